@@ -1,0 +1,1 @@
+"""hvsim's network half: frames, ports, switches, capture, topologies, scenarios, the vDS."""

@@ -1,0 +1,4 @@
+"""`python -m netsim` is the `hvsim` command."""
+from netsim.cli import main
+
+main()

@@ -1,0 +1,8 @@
+"""CLI commands (typer): see `register`."""
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the root `hvsim` app."""

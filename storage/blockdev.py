@@ -1,0 +1,45 @@
+"""The one narrow interface every virtual disk offers: byte-addressed read/write of a fixed size.
+
+VHD images and chains, LVM logical volumes and raw files all implement `BlockDevice`; the blkif
+backend and the SR layer talk to disks only through it.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+SECTOR_SIZE = 512
+
+
+@runtime_checkable
+class BlockDevice(Protocol):
+    """A virtual disk of `size` bytes. Offsets and lengths are in bytes, any alignment."""
+
+    @property
+    def size(self) -> int:
+        """Virtual size in bytes."""
+        ...
+
+    @property
+    def read_only(self) -> bool:
+        """True when writes and discards are refused."""
+        ...
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Return `length` bytes at `offset`; unwritten space reads as zeros (or the parent's)."""
+        ...
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset`; durable once `flush` returns."""
+        ...
+
+    def flush(self) -> None:
+        """Make every write that returned before this call durable."""
+        ...
+
+    def discard(self, offset: int, length: int) -> None:
+        """Hint that the range is unused; later reads of it may return zeros."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the underlying file(s)."""
+        ...

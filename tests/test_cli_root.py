@@ -1,0 +1,37 @@
+"""The `hvsim` root command: help, benchmark lookup, and error translation."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from netsim.cli import app, available_benchmarks
+
+runner = CliRunner()
+
+
+def test_help_lists_bench_and_says_what_hvsim_does() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "bench" in result.output
+    assert "hypervisor" in result.output
+
+
+def test_unknown_benchmark_is_a_clear_error_not_a_traceback() -> None:
+    result = runner.invoke(app, ["bench", "no-such-bench"])
+    assert result.exit_code != 0
+    assert "no benchmark 'no-such-bench'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_python_dash_m_runs_the_same_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "netsim", "--help"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage" in proc.stdout
+
+
+def test_benchmark_names_come_from_the_bench_package() -> None:
+    assert all(not n.startswith("_") for n in available_benchmarks())
