@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
 from multiprocessing import resource_tracker, shared_memory
 from typing import Protocol
 
@@ -458,6 +459,10 @@ class SocketEventChannel:
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+
+EventChannelBinder = Callable[[int], EventChannel]
+"""Bind the backend's end of the event channel the frontend allocated (its port number)."""
 
 
 def _set_if_pending(fut: asyncio.Future[None]) -> None:
