@@ -41,6 +41,7 @@ from storage.xenstore import XenbusState, Xs, parse_state, read_int, wait_for_st
 
 VDISK_READONLY = 0x4
 _ID = struct.Struct("<Q")
+_OP_NAMES = {Op.READ: "READ", Op.WRITE: "WRITE"}
 
 
 @dataclass(frozen=True)
@@ -227,12 +228,13 @@ class BlkBack:
         rid = _ID.unpack_from(raw, 8)[0]
         try:
             if op == Op.READ or op == Op.WRITE:
-                self.stats.requests[Op(op).name] += 1
-                nseg = raw[1]
+                self.stats.requests[_OP_NAMES[op]] += 1
+                f = blkif.REQUEST.unpack_from(raw)
+                nseg = f[1]
                 if nseg == 0 or nseg > blkif.MAX_SEGMENTS:
                     raise _Refused("bad-nr-segments")
-                req = blkif.unpack_request(raw)
-                self._rw(op, req.sector, req.segments)  # type: ignore[union-attr]
+                flat = iter(f[5: 5 + 3 * nseg])
+                self._rw(op, f[4], list(zip(flat, flat, flat, strict=True)))
             elif op == Op.INDIRECT:
                 self.stats.requests["INDIRECT"] += 1
                 self._indirect(blkif.unpack_request(raw))  # type: ignore[arg-type]
@@ -262,21 +264,22 @@ class BlkBack:
         if sector >= self.sectors or nr > self.sectors - sector:
             raise _Refused("beyond-end")
 
-    def _rw(self, op: int, sector: int, segments: tuple[blkif.Segment, ...] | list) -> None:
+    def _rw(self, op: int, sector: int, segments: list[tuple[int, int, int]]) -> None:
+        """READ or WRITE of (gref, first_sect, last_sect) segments, contiguous on the disk."""
         write = op == Op.WRITE
         if write and self.read_only:
             raise _Refused("read-only")
         total = 0
-        for s in segments:
-            if s.first_sect > s.last_sect or s.last_sect >= SECTORS_PER_PAGE:
+        for _, first, last in segments:
+            if first > last or last >= SECTORS_PER_PAGE:
                 raise _Refused("bad-segment")
-            total += s.last_sect - s.first_sect + 1
+            total += last - first + 1
         self._check_range(sector, total)
         mapper = self.mapper
         # Map (= validate) every grant before moving a byte: no half-done requests.
-        views = [mapper.map(s.gref, write=not write)[s.first_sect * SECTOR_SIZE:
-                                                      (s.last_sect + 1) * SECTOR_SIZE]
-                 for s in segments]
+        views = [mapper.map(gref, write=not write)[first * SECTOR_SIZE:
+                                                   (last + 1) * SECTOR_SIZE]
+                 for gref, first, last in segments]
         offset = sector * SECTOR_SIZE
         if write:
             self.disk.write(offset, b"".join(views))
@@ -302,7 +305,8 @@ class BlkBack:
         # Copy the descriptors out of guest memory first: the guest can't change them under us.
         table = b"".join(bytes(self.mapper.map(g, write=False))
                          for g in req.indirect_grefs[:npages])
-        self._rw(req.indirect_op, req.sector, blkif.unpack_segments(table, req.nr_segments))
+        segments = list(blkif.SEGMENT.iter_unpack(table[: req.nr_segments * blkif.SEGMENT.size]))
+        self._rw(req.indirect_op, req.sector, segments)
 
     def _discard(self, req: blkif.DiscardRequest) -> None:
         if not self.options.feature_discard:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,11 +24,11 @@ from storage.blkif import (
     PAGE_SIZE,
     SECTOR_SIZE,
     SECTORS_PER_PAGE,
+    AnyRequest,
     DiscardRequest,
     IndirectRequest,
     Op,
     Request,
-    Segment,
     Status,
 )
 from storage.errors import RingProtocolError, StorageError
@@ -243,96 +244,100 @@ class BlkFront:
             self._fail_pending(f"backend broke the ring: {exc}")
 
     # --- requests ---------------------------------------------------------------------------
-    async def _submit(self, build: object, *, what: str) -> None:
-        """Put one request on the ring, wait for its response; raise on an error status."""
+    def _post(self, build: Callable[[int], AnyRequest | tuple[int, int, list[int]]]
+              ) -> asyncio.Future[int]:
+        """Put one request on the ring (the caller holds a slot); the future gets its status."""
         if self._broken:
             raise BlkIOError(f"{self.path}: {self._broken}")
-        if self._ring is None or self._slots is None:
-            raise BlkIOError(f"{self.path}: not connected")
-        # The caller holds one of the ring's slots (`self._slots`), so the ring has room.
-        loop = asyncio.get_running_loop()
-        rid = self._next_id = (self._next_id + 1) & 0xFFFFFFFFFFFFFFFF
-        req = build(rid)  # type: ignore[operator]
-        fut: asyncio.Future[int] = loop.create_future()
-        self._pending[rid] = fut
         ring = self._ring
-        ring.put_request(req)
+        if ring is None:
+            raise BlkIOError(f"{self.path}: not connected")
+        rid = self._next_id = (self._next_id + 1) & 0xFFFFFFFFFFFFFFFF
+        req = build(rid)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        if isinstance(req, tuple):  # (op, sector, flat segments): the READ/WRITE fast path
+            ring.put_rw(req[0], rid, req[1], req[2])
+        else:
+            ring.put_request(req)
         self.stats.requests += 1
         if ring.push_requests():
             self._evtchn.notify()  # type: ignore[union-attr]
             self.stats.notifications_sent += 1
-        status = await fut
-        if status != Status.OKAY:
-            self.stats.errors += 1
-            reason = {Status.EOPNOTSUPP: "not supported"}.get(status, "I/O error")
-            ro = " (read-only device)" if self.read_only and "write" in what else ""
-            raise BlkIOError(f"{self.path}: {what}: {reason}{ro} (status {status})")
+        return fut
 
-    async def _one(self, build: object, *, what: str) -> None:
+    def _raise_for(self, status: int, what: str) -> None:
+        self.stats.errors += 1
+        reason = {Status.EOPNOTSUPP: "not supported"}.get(status, "I/O error")
+        ro = " (read-only device)" if self.read_only and what.startswith(("write", "disc")) \
+            else ""
+        raise BlkIOError(f"{self.path}: {what}: {reason}{ro} (status {status})")
+
+    async def _one(self, build: Callable[[int], AnyRequest], *, what: str) -> None:
         """A request without data pages (flush, discard)."""
         if self._slots is None:
             raise BlkIOError(f"{self.path}: not connected")
         async with self._slots:
-            await self._submit(build, what=what)
+            status = await self._post(build)
+        if status != Status.OKAY:
+            self._raise_for(status, what)
 
     async def _transfer(self, op: int, sector: int, nsect: int, view: memoryview) -> None:
         """One request moving `nsect` sectors between the disk and `view` (sector-aligned)."""
-        if self._slots is None:
+        slots = self._slots
+        if slots is None:
             raise BlkIOError(f"{self.path}: not connected")
-        async with self._slots:  # a ring slot first: pages are budgeted per slot
-            await self._transfer_in_slot(op, sector, nsect, view)
-
-    async def _transfer_in_slot(self, op: int, sector: int, nsect: int,
-                                view: memoryview) -> None:
         g, bdom = self.guest, self.backend_domid
         write = op == Op.WRITE
         npages = -(-nsect // SECTORS_PER_PAGE)
         pages: list[int] = []
         grefs: list[int] = []
+        await slots.acquire()  # a ring slot first: guest pages are budgeted per slot
         try:
             for _ in range(npages):
                 pages.append(g.pages.alloc())
-            segs = []
+            flat: list[int] = []
             left = nsect
+            page = g.memory.page
             for i, pfn in enumerate(pages):
                 n = min(SECTORS_PER_PAGE, left)
                 left -= n
                 if write:
-                    g.memory.page(pfn)[: n * SECTOR_SIZE] = \
+                    page(pfn)[: n * SECTOR_SIZE] = \
                         view[i * PAGE_SIZE: i * PAGE_SIZE + n * SECTOR_SIZE]
                 gref = g.grants.grant_access(pfn, bdom, readonly=write)
                 grefs.append(gref)
-                segs.append(Segment(gref, 0, n - 1))
+                flat += (gref, 0, n - 1)
             if npages <= blkif.MAX_SEGMENTS:
-                def build(rid: int) -> Request:
-                    return Request(op, rid, sector, tuple(segs))
+                fut = self._post(lambda rid: (op, sector, flat))
             else:
-                table = blkif.pack_segments(segs)
-                ipages = blkif.indirect_pages_for(npages)
+                table = blkif.pack_segment_table(flat)
                 igrefs = []
-                for k in range(ipages):
+                for k in range(blkif.indirect_pages_for(npages)):
                     pfn = g.pages.alloc()
                     pages.append(pfn)
                     chunk = table[k * PAGE_SIZE:(k + 1) * PAGE_SIZE]
-                    g.memory.page(pfn)[: len(chunk)] = chunk
+                    page(pfn)[: len(chunk)] = chunk
                     gref = g.grants.grant_access(pfn, bdom, readonly=True)
                     grefs.append(gref)
                     igrefs.append(gref)
                 self.stats.indirect_requests += 1
-
-                def build(rid: int) -> IndirectRequest:  # type: ignore[misc]
-                    return IndirectRequest(op, rid, sector, npages, tuple(igrefs))
-            name = "write" if write else "read"
-            await self._submit(build, what=f"{name} of {nsect} sectors at sector {sector}")
+                fut = self._post(lambda rid: IndirectRequest(op, rid, sector, npages,
+                                                             tuple(igrefs)))
+            status = await fut
+            if status != Status.OKAY:
+                name = "write" if write else "read"
+                self._raise_for(status, f"{name} of {nsect} sectors at sector {sector}")
             if not write:
                 for i, pfn in enumerate(pages[:npages]):
                     n = min(SECTORS_PER_PAGE, nsect - i * SECTORS_PER_PAGE) * SECTOR_SIZE
-                    view[i * PAGE_SIZE: i * PAGE_SIZE + n] = g.memory.page(pfn)[:n]
+                    view[i * PAGE_SIZE: i * PAGE_SIZE + n] = page(pfn)[:n]
         finally:
             for gref in grefs:
                 g.grants.end_access(gref)
             for pfn in pages:
                 g.pages.free(pfn)
+            slots.release()
 
     async def _sectors_io(self, op: int, sector: int, view: memoryview) -> None:
         """Move whole sectors, split into requests of at most `max_segments` pages, in flight
@@ -365,7 +370,10 @@ class BlkFront:
         first = offset // SECTOR_SIZE
         end = -(-(offset + length) // SECTOR_SIZE)
         buf = bytearray((end - first) * SECTOR_SIZE)
-        await self._sectors_io(Op.READ, first, memoryview(buf))
+        if end - first <= SECTORS_PER_PAGE * self.max_segments:
+            await self._transfer(Op.READ, first, end - first, memoryview(buf))
+        else:
+            await self._sectors_io(Op.READ, first, memoryview(buf))
         skip = offset - first * SECTOR_SIZE
         return bytes(buf[skip: skip + length])
 

@@ -220,6 +220,25 @@ def pack_segments(segments: list[Segment]) -> bytes:
     return b"".join(SEGMENT.pack(s.gref, s.first_sect, s.last_sect) for s in segments)
 
 
+def pack_segment_table(flat: list[int]) -> bytes:
+    """Encode flat (gref, first_sect, last_sect, ...) triples as an indirect page's contents."""
+    count = len(flat) // 3
+    return struct.pack("<" + "IBB2x" * count, *flat)
+
+
+def pack_rw_into(buf: memoryview | bytearray, offset: int, op: int, rid: int, sector: int,
+                 flat: list[int]) -> None:
+    """READ/WRITE request from flat (gref, first, last, ...) triples: the data path's packer."""
+    nseg = len(flat) // 3
+    if nseg > MAX_SEGMENTS:
+        raise RingProtocolError(f"request {rid}: {nseg} segments > 11")
+    REQUEST.pack_into(buf, offset, op, nseg, 0, rid, sector, *flat,
+                      *_ZERO_SEGS[: 3 * (MAX_SEGMENTS - nseg)])
+
+
+_ZERO_SEGS = (0,) * (3 * MAX_SEGMENTS)
+
+
 def pack_response_into(buf: memoryview | bytearray, offset: int, rsp: Response) -> None:
     """Write `rsp` into a ring slot at `offset`."""
     RESPONSE.pack_into(buf, offset, rsp.id & 0xFFFFFFFFFFFFFFFF, rsp.op & 0xFF, rsp.status)

@@ -279,6 +279,13 @@ class FrontRing:
         blkif.pack_request_into(self.buf, self.sring.slot(self.req_prod_pvt), req)
         self.req_prod_pvt = (self.req_prod_pvt + 1) & U32
 
+    def put_rw(self, op: int, rid: int, sector: int, flat: list[int]) -> None:
+        """`put_request` for a READ/WRITE given as flat (gref, first, last, ...) triples."""
+        if self.free_requests() <= 0:
+            raise RingProtocolError("ring full")
+        blkif.pack_rw_into(self.buf, self.sring.slot(self.req_prod_pvt), op, rid, sector, flat)
+        self.req_prod_pvt = (self.req_prod_pvt + 1) & U32
+
     def push_requests(self) -> bool:
         """Publish private requests; True iff the backend asked to be notified of them."""
         buf = self.buf
