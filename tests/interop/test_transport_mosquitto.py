@@ -89,3 +89,34 @@ def test_cli_writes_private_files(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )
     assert bad.returncode == 2 and "host name 'a/b'" in bad.stderr
+
+
+def _make_lab_ca(d: Path) -> None:
+    """The README's openssl commands: a private CA and a broker certificate for 127.0.0.1."""
+    def sh(*args: str) -> None:
+        subprocess.run(args, cwd=d, check=True, capture_output=True)
+
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+       "-subj", "/CN=hvsim lab CA", "-keyout", "ca.key", "-out", "ca.crt")
+    sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=broker.lab",
+       "-keyout", "server.key", "-out", "server.csr")
+    (d / "san.ext").write_text("subjectAltName=DNS:broker.lab,IP:127.0.0.1\n")
+    sh("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+       "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt")
+
+
+async def test_tls_listener_with_a_lab_ca(tmp_path: Path) -> None:
+    from netsim.transport.broker import TlsFiles
+    from netsim.transport.mqtt import parse_broker_url
+
+    _make_lab_ca(tmp_path)
+    tls = TlsFiles(tmp_path / "ca.crt", tmp_path / "server.crt", tmp_path / "server.key")
+    with MosquittoBroker(tmp_path / "run", tls=tls) as broker:
+        assert broker.url.startswith("mqtts://")
+        settings = parse_broker_url(broker.url, tls_ca=tmp_path / "ca.crt")
+        async with MqttBus(settings, client_id="tls") as bus, bus.subscribe("lab/x") as sub:
+            await bus.publish("lab/x", b"over tls")
+            assert (await asyncio.wait_for(sub.get(), 5)).payload == b"over tls"
+        untrusted = MqttBus(parse_broker_url(broker.url), client_id="tls2")  # system CAs only
+        with pytest.raises(TransportError, match="certificate verify failed"):
+            await untrusted.__aenter__()
