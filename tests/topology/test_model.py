@@ -320,3 +320,17 @@ def test_teamed_uplinks_to_one_switch_are_not_a_loop() -> None:
 def test_unreadable_file_is_a_topology_error(tmp_path) -> None:
     with pytest.raises(TopologyError, match="cannot read"):
         load_topology(tmp_path / "nope.yaml")
+
+
+def test_readme_topology_examples_work() -> None:
+    import re
+
+    readme = (TOPOLOGIES.parent / "README.md").read_text()
+    section = readme[readme.index("## Topologies"):]
+    (yaml_block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)[:1]
+    topo = parse_topology(yaml_block, "readme.yaml")
+    assert topo.mirrors[0].destination == "vif2.0"
+    (py_block,) = re.findall(r"```python\n(.*?)```", section, re.S)[:1]
+    scope: dict = {}
+    exec(py_block, scope)
+    assert scope["graph"].number_of_nodes() > 0
