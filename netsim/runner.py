@@ -416,7 +416,8 @@ def _summary(offsets: list[int]) -> dict[str, Any]:
     def pct(p: float) -> int:
         return s[min(len(s) - 1, int(p * len(s)))]
 
-    return {"frames": len(s), "offset_ns_p50": pct(0.5), "offset_ns_p99": pct(0.99),
+    return {"frames": len(s), "offset_ns_p50": pct(0.5), "offset_ns_p90": pct(0.9),
+            "offset_ns_p99": pct(0.99),
             "offset_ns_max": s[-1], "within_1ms": sum(1 for o in s if o <= 1_000_000) / len(s)}
 
 
