@@ -103,10 +103,11 @@ class GuestAgent:
         self._waiting[key] = fut
         start = self.clock.now_ns()
         try:
-            out = self.guest.ping(dst, ident=key[0], seq=key[1], payload=payload)
-            if not out:  # no route: nothing was sent, nothing can come back
+            if self.guest.route(dst) is None:  # nothing can be sent, nothing can come back
+                self.guest.counters["no-route"] += 1
                 return PingResult(self.name, dst, key[1], False)
-            self._send(out)
+            # (an empty list is fine: the packet waits behind an ARP request already out)
+            self._send(self.guest.ping(dst, ident=key[0], seq=key[1], payload=payload))
             if not await self._sleep_or(fut, wait_s / 2):
                 self._send(self.guest.retry_arp())
                 await self._sleep_or(fut, wait_s / 2)
