@@ -89,8 +89,9 @@ def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
         fab.link(a, b)
     for h in topo.hosts:
         for pif in h.pifs:
-            if not pif.up:
-                fab[f"{h.name}/{pif.name}"].set_link(False)
+            port = fab[f"{h.name}/{pif.name}"]
+            if not pif.up or port.link is None:  # no cable = no carrier
+                port.set_link(False)
     for m in topo.mirrors:
         sw: StandardSwitch = fab[f"{m.host}/{m.switch}"]
         sources = set(m.sources)
@@ -231,7 +232,8 @@ class Lab:
     async def settle(self, *, rounds: int = 5, limit: int = 1_000_000) -> None:
         """Yield to the loop until no port holds a queued frame for `rounds` passes in a row
         (every frame in flight, guests' answers included, has arrived)."""
-        queues = [p.queue for p in self.fabric.ports() if not hasattr(p, "parent")]
+        queues = [p.queue for p in self.fabric.ports()
+                  if p.link is not None or isinstance(p, VmPort)]  # the queues someone drains
         quiet = 0
         for _ in range(limit):
             await asyncio.sleep(0)
