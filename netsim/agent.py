@@ -109,7 +109,7 @@ class GuestAgent:
             # (an empty list is fine: the packet waits behind an ARP request already out)
             self._send(self.guest.ping(dst, ident=key[0], seq=key[1], payload=payload))
             if not await self._sleep_or(fut, wait_s / 2):
-                self._send(self.guest.retry_arp())
+                self._send(self.guest.retry_arp(dst))
                 await self._sleep_or(fut, wait_s / 2)
             if fut.done():
                 reply = fut.result()

@@ -197,12 +197,14 @@ class Lab:
                 router=vm.router, gateway=vm.gateway,
                 routes=[Route(r.to, r.via) for r in vm.routes])
             ports: list[VmPort] = self.fabric[vm.name].ports
-            agent = GuestAgent(guest, [p.vnic.send for p in ports], self.clock)
-            self.agents[vm.name] = agent
-            for i, p in enumerate(ports):
-                self.fabric.on_receive(p.vnic, _deliverer(agent, i))
+            self.agents[vm.name] = GuestAgent(guest, [p.vnic.send for p in ports], self.clock)
 
     async def __aenter__(self) -> Lab:
+        # Guests start listening when the lab starts (a Lab built and never run leaves nothing
+        # behind).
+        for name, agent in self.agents.items():
+            for i, p in enumerate(self.fabric[name].ports):
+                self.fabric.on_receive(p.vnic, _deliverer(agent, i))
         await self.fabric.__aenter__()
         return self
 
@@ -285,13 +287,21 @@ class Lab:
         return await self.drive(agent.ping(target, wait_s=wait_s))
 
     async def pingall(self, *, wait_s: float = 1.0, vms: list[str] | None = None,
+                      per_vm: int = 8,
                       progress: Callable[[int], None] | None = None) -> Reachability:
-        """Every VM with an address pings every other: the reachability matrix."""
+        """Every VM with an address pings every other: the reachability matrix.
+
+        All VMs ping at once, each with at most `per_vm` pings outstanding, so the ARP
+        broadcasts of a large lab do not overflow the port queues (which would drop, and count,
+        frames a real lab would have paced).
+        """
         names = [v for v in (vms or list(self.agents)) if self.agents[v].guest.addresses()]
+        limits = {n: asyncio.Semaphore(per_vm) for n in names}
 
         async def one(src: str, dst: str) -> PingResult:
-            result = await self.agents[src].ping(self.address_of(dst, toward=src),
-                                                 wait_s=wait_s)
+            async with limits[src]:
+                result = await self.agents[src].ping(self.address_of(dst, toward=src),
+                                                     wait_s=wait_s)
             if progress is not None:
                 progress(1)
             return result
