@@ -330,7 +330,8 @@ def test_readme_topology_examples_work() -> None:
     (yaml_block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)[:1]
     topo = parse_topology(yaml_block, "readme.yaml")
     assert topo.mirrors[0].destination == "vif2.0"
-    (py_block,) = re.findall(r"```python\n(.*?)```", section, re.S)[:1]
+    builder_block, lab_block = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
     scope: dict = {}
-    exec(py_block, scope)
+    exec(builder_block, scope)
     assert scope["graph"].number_of_nodes() > 0
+    exec(lab_block, {"__name__": "readme"})  # runs a lab: ping, failover, pingall
