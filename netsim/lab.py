@@ -190,14 +190,15 @@ class Lab:
         self.clock: Clock = clock if clock is not None else ManualClock()
         self.fabric = build_fabric(topo, clock=self.clock)
         self.agents: dict[str, GuestAgent] = {}
-        for vm in topo.vms:
+        for index, vm in enumerate(topo.vms):
             guest = Guest(
                 vm.name,
                 [Iface(f.mac, f.ip, f.vlan) for f in vm.vifs],
                 router=vm.router, gateway=vm.gateway,
                 routes=[Route(r.to, r.via) for r in vm.routes])
             ports: list[VmPort] = self.fabric[vm.name].ports
-            self.agents[vm.name] = GuestAgent(guest, [p.vnic.send for p in ports], self.clock)
+            self.agents[vm.name] = GuestAgent(guest, [p.vnic.send for p in ports], self.clock,
+                                              ident=index + 1)
 
     async def __aenter__(self) -> Lab:
         # Guests start listening when the lab starts (a Lab built and never run leaves nothing
