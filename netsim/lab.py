@@ -31,10 +31,10 @@ from typing import Any, TypeVar
 from netsim.agent import GuestAgent, PingResult
 from netsim.clock import Clock, ManualClock
 from netsim.errors import TopologyError
-from netsim.fabric import Fabric, Link
+from netsim.fabric import Fabric
 from netsim.guest import Guest, Iface, Route
 from netsim.policy import LoadBalancing, SecurityPolicy, ShapingPolicy, TeamingPolicy, VlanPolicy
-from netsim.port import Pif, Port, VmPort
+from netsim.port import Port, VmPort
 from netsim.switch import PortGroup, StandardSwitch
 from netsim.topology import HostSpec, NetworkSpec, PhysPortSpec, Topology
 
@@ -315,12 +315,12 @@ class Lab:
         return Reachability(tuple(names), matrix, tuple(results))
 
     def set_link(self, name: str, up: bool) -> None:
-        """Bring a PIF (`esx1/vmnic0`), port or cable up or down."""
+        """Bring a PIF (`esx1/vmnic0`) or any port up or down; a switch with NIC teaming fails
+        over to its standby uplink when the active one goes down."""
         obj = self.fabric[name]
-        if isinstance(obj, (Port, Link)):
-            (obj.set_link if isinstance(obj, Port) else obj.set_up)(up)
-            return
-        raise TopologyError(f"{name} is not a port or cable")
+        if not isinstance(obj, Port):
+            raise TopologyError(f"{name} is not a port or PIF")
+        obj.set_link(up)
 
     def capture(self, targets: str | list[str], out_dir: str | Path) -> list[Path]:
         """pcapng per port: `<out_dir>/<port>.pcapng` ("all" = every port)."""
@@ -332,8 +332,3 @@ def _deliverer(agent: GuestAgent, ifindex: int) -> Callable[[bytes], None]:
         agent.deliver(ifindex, frame)
     return deliver
 
-
-def uplinks_of(fab: Fabric, host: str, switch: str) -> list[Pif]:
-    """The uplinks of a host's switch (for tests and displays)."""
-    sw: StandardSwitch = fab[f"{host}/{switch}"]
-    return list(sw.uplinks)
