@@ -16,7 +16,7 @@ import random
 import socket
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,35 +240,39 @@ class VolumeGroup:
 
     def __init__(self, meta: VgMetadata, header: TextHeader, devices: dict[str, PvDevice], *,
                  rng: random.Random | None = None, host: str | None = None,
-                 clock: object = None) -> None:
+                 now: Callable[[], int] | None = None) -> None:
         self.meta = meta
         self.header = header
         self.devices = devices  # pv name in metadata -> device
         self.rng = rng or random.SystemRandom()
         self.host = host or socket.gethostname()
-        self._now = (lambda: int(time.time())) if clock is None else clock  # type: ignore
+        self._now = now or (lambda: int(time.time()))  # seconds, for creation_time fields
         self._stores: dict[str, CowStore] = {}
         self._closed = False
 
     # ------------------------------------------------------------- open / create
     @classmethod
-    def create(cls, name: str, paths: Iterable[str | os.PathLike[str]], *,
+    def create(cls, name: str, paths: Iterable[str | os.PathLike[str] | RawIO], *,
                extent_size: int = DEFAULT_EXTENT_SECTORS * SECTOR,
-               rng: random.Random | None = None, description: str = "") -> VolumeGroup:
-        """vgcreate: a new VG over PVs that belong to no VG yet."""
+               rng: random.Random | None = None, description: str = "",
+               now: Callable[[], int] | None = None) -> VolumeGroup:
+        """vgcreate: a new VG over PVs (paths, or RawIOs) that belong to no VG yet."""
         _name_ok(name, "VG")
         if extent_size < 4096 or extent_size & (extent_size - 1) or extent_size % SECTOR:
             raise LvmError(f"extent size {extent_size} must be a power of two ≥ 4 KiB")
-        paths = [str(p) for p in paths]
-        if not paths:
+        sources = [p if hasattr(p, "pread") else str(p) for p in paths]  # type: ignore[misc]
+        if not sources:
             raise LvmError("vgcreate needs at least one physical volume")
         devs: dict[str, PvDevice] = {}
         meta = VgMetadata(name=name, id=new_id(rng), seqno=0,
                           extent_size=extent_size // SECTOR)
-        for i, p in enumerate(paths):
+        for i, src in enumerate(sources):
+            io = src if not isinstance(src, str) else FileIO(src)
+            p = io.name
             try:
-                dev = read_pv(FileIO(p), p)
+                dev = read_pv(io, p)
             except LvmError as exc:
+                io.close()
                 raise LvmError(f"{p}: not a physical volume; run pvcreate first ({exc})") from exc
             for h in dev.mdas:
                 got = read_mda_text(dev, h)
@@ -288,15 +292,33 @@ class VolumeGroup:
             dev.label.ext_flags |= PV_EXT_USED
             dev.io.pwrite(dev.label.sector * SECTOR, pack_label(dev.label))
             devs[pv_name] = dev
-        vg = cls(meta, TextHeader(), devs, rng=rng)
+        vg = cls(meta, TextHeader(), devs, rng=rng, now=now)
         vg.commit(description or f"vgcreate {name}")
         return vg
 
     @classmethod
     def open(cls, name: str, paths: Iterable[str | os.PathLike[str]], *,
-             rng: random.Random | None = None, writable: bool = True) -> VolumeGroup:
+             rng: random.Random | None = None, writable: bool = True,
+             now: Callable[[], int] | None = None) -> VolumeGroup:
         """Find VG `name` among the PVs in `paths`; the newest valid metadata copy wins."""
-        devs = scan(paths, writable=writable)
+        return cls.from_devices(name, scan(paths, writable=writable), rng=rng, now=now)
+
+    @classmethod
+    def open_ios(cls, name: str, ios: Iterable[RawIO], *, rng: random.Random | None = None,
+                 now: Callable[[], int] | None = None) -> VolumeGroup:
+        """Open VG `name` on PVs given as RawIOs (memory, wrapped files); non-PVs are skipped."""
+        devs = []
+        for io in ios:
+            try:
+                devs.append(read_pv(io, io.name))
+            except LvmError:
+                continue
+        return cls.from_devices(name, devs, rng=rng, now=now)
+
+    @classmethod
+    def from_devices(cls, name: str, devs: list[PvDevice], *, rng: random.Random | None = None,
+                     now: Callable[[], int] | None = None) -> VolumeGroup:
+        """Open VG `name` from scanned PVs; the newest valid metadata copy wins."""
         best: tuple[VgMetadata, TextHeader] | None = None
         for dev in devs:
             for h in dev.mdas:
@@ -324,7 +346,7 @@ class VolumeGroup:
             if d not in used.values():
                 d.io.close()
         alloc.check_consistency(meta)
-        return cls(meta, header, used, rng=rng)
+        return cls(meta, header, used, rng=rng, now=now)
 
     def close(self) -> None:
         """Flush and close every PV (idempotent)."""
