@@ -32,7 +32,7 @@ lvm_app = typer.Typer(
          "Example: hvsim lvm pvcreate pv0.img --size 1g && hvsim lvm vgcreate vg0 pv0.img",
     no_args_is_help=True,
 )
-console = Console()
+console = Console(soft_wrap=True)  # long paths stay on one line (and greppable)
 
 _UNITS = {"b": 1, "s": 512, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
           "p": 1 << 50, "e": 1 << 60}
@@ -238,9 +238,12 @@ def lvcreate_cmd(
     if permission not in ("rw", "r"):
         raise LvmError("--permission must be rw or r")
     with _vg(vg, devices) as g:
-        g.lvcreate(lv, parse_size(size), snapshot_of=snapshot,
+        want = parse_size(size)
+        g.lvcreate(lv, want, snapshot_of=snapshot,
                    chunk_size=parse_size(chunksize), read_only=permission == "r")
         actual = g.lv_size(lv)
+    if actual != want:
+        console.print(f"Rounding up size to full physical extent {human(actual)}.")
     console.print(f'Logical volume "{lv}" created ({human(actual)}).')
 
 
@@ -257,8 +260,11 @@ def lvextend_cmd(
     vg, name = _split_lv(lv)
     with _vg(vg, devices) as g:
         old = g.lv_size(name)
-        g.lvextend(name, _new_size(size, old, sign_ok="+"))
+        want = _new_size(size, old, sign_ok="+")
+        g.lvextend(name, want)
         new = g.lv_size(name)
+    if new != want:
+        console.print(f"Rounding size to boundary between physical extents: {human(new)}.")
     console.print(f"Size of logical volume {vg}/{name} changed from {human(old)} to "
                   f"{human(new)}.")
 

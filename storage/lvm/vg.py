@@ -26,6 +26,7 @@ from storage.lvm.cow import DEFAULT_CHUNK_SECTORS, CowStore
 from storage.lvm.device import (
     ExtentMap,
     LogicalVolumeDevice,
+    LvBinding,
     LvRawIO,
     Run,
     SnapshotDevice,
@@ -105,6 +106,22 @@ class PvDevice:
     def uuid(self) -> str:
         """Dashed PV UUID."""
         return format_id(self.label.pv_uuid)
+
+    fd: int = -1  # our own descriptor on the PV file, for the LV data fast path
+
+    def fast_fd(self) -> int | None:
+        """A raw descriptor on the PV when it is a plain FileIO (None for other RawIOs)."""
+        if self.fd < 0 and isinstance(self.io, FileIO):
+            self.fd = os.open(self.io.name, os.O_RDWR if self.io.writable else os.O_RDONLY)
+        return self.fd if self.fd >= 0 else None
+
+    def close(self) -> None:
+        """Flush and close the PV."""
+        self.io.flush()
+        self.io.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     @property
     def pe_start(self) -> int:
@@ -249,6 +266,7 @@ class VolumeGroup:
         self._now = now or (lambda: int(time.time()))  # seconds, for creation_time fields
         self._stores: dict[str, CowStore] = {}
         self._closed = False
+        self.generation = 0  # bumped by every commit; open LV devices re-resolve on change
 
     # ------------------------------------------------------------- open / create
     @classmethod
@@ -354,8 +372,7 @@ class VolumeGroup:
             return
         self._closed = True
         for d in self.devices.values():
-            d.io.flush()
-            d.io.close()
+            d.close()
 
     def __enter__(self) -> VolumeGroup:
         return self
@@ -391,6 +408,7 @@ class VolumeGroup:
                 dev.io.flush()
                 dev.mdas[i] = new
         self.header.description = description
+        self.generation += 1
 
     def backup_text(self, description: str = "") -> str:
         """The metadata as `vgcfgbackup` writes it."""
@@ -482,36 +500,51 @@ class VolumeGroup:
         runs.sort(key=lambda r: r.lv_offset)
         return ExtentMap(f"{self.name}/{name}", runs, lv.extent_count * ext, striped)
 
+    def lv_binding(self, lv_id: str) -> LvBinding:
+        """The current mapping of the LV with this id (used by open LV devices)."""
+        lv = next((v for v in self.meta.lvs if v.id == lv_id), None)
+        if lv is None:
+            raise LvmError(f"{self.name}: logical volume {lv_id} no longer exists")
+        read_only = "WRITE" not in lv.status
+        seg = self.snapshot_segment(lv.name)
+        if seg is not None:
+            return LvBinding(f"{self.name}/{lv.name}", self._extent_map(seg.origin), read_only,
+                             [self.store(lv.name)])
+        emap = self._extent_map(lv.name)
+        fast = None
+        if emap.single is not None and not emap.striped:
+            dev = next(d for d in self.devices.values() if d.io is emap.single.io)
+            fd = dev.fast_fd()
+            if fd is not None:
+                fast = (fd, emap.single.phys_offset)
+        return LvBinding(f"{self.name}/{lv.name}", emap, read_only,
+                         [self.store(s) for s in self.snapshots_of(lv.name)], fast)
+
     def open_lv(self, name: str) -> LogicalVolumeDevice | SnapshotDevice:
-        """The LV as a BlockDevice (a snapshot's frozen view for snapshots)."""
+        """The LV as a BlockDevice (a snapshot's frozen view for snapshots).
+
+        The device follows later changes made through this VG handle (resize, rename, new
+        snapshots of it); it fails cleanly once the LV is removed.
+        """
         lv = self.meta.lv(name)
         if not self.meta.lv_visible(lv):
             raise LvmError(f"{self.name}/{name} is an internal LV")
-        read_only = "WRITE" not in lv.status
-        seg = self.snapshot_segment(name)
-        if seg is not None:
-            return SnapshotDevice(f"{self.name}/{name}", self._extent_map(seg.origin),
-                                  self.store(name), read_only=read_only)
-        emap = self._extent_map(name)
-        snaps = self.snapshots_of(name)
-        return LogicalVolumeDevice(
-            f"{self.name}/{name}", emap, read_only=read_only,
-            snapshots=(lambda: [self.store(s) for s in snaps]) if snaps else None,
-            zero=lambda o, n: None)
+        if self.snapshot_segment(name) is not None:
+            return SnapshotDevice(self, lv.id)
+        return LogicalVolumeDevice(self, lv.id)
 
     def raw_io(self, name: str, *, resizable: bool = False) -> LvRawIO:
         """A RawIO view of LV `name`; with `resizable`, truncate() runs lvextend/lvreduce."""
         dev = self.open_lv(name)
+        lv_id = self.meta.lv(name).id
 
-        def resize(size: int) -> LogicalVolumeDevice:
-            cur = self.lv_size(name)
+        def resize(size: int) -> None:
+            current = next(v.name for v in self.meta.lvs if v.id == lv_id)
+            cur = self.lv_size(current)
             if size > cur:
-                self.lvextend(name, size)
-            elif size < cur - self.extent_bytes:
-                self.lvreduce(name, size, force=True)
-            new = self.open_lv(name)
-            assert isinstance(new, LogicalVolumeDevice)
-            return new
+                self.lvextend(current, size)
+            elif size <= cur - self.extent_bytes:
+                self.lvreduce(current, size, force=True)
 
         return LvRawIO(dev, resize if resizable else None)
 

@@ -139,3 +139,15 @@ def test_snapshot_matches_a_model_under_random_writes(ops) -> None:
     assert origin.read(0, 4 * MiB) == model_origin
     assert snap.read(0, 4 * MiB) == model_snap
     g.close()
+
+
+def test_device_opened_before_the_snapshot_still_copies_on_write(vg: VolumeGroup) -> None:
+    vg.lvcreate("data", 4 * MiB)
+    origin = vg.open_lv("data")  # e.g. a VDI attached to a running guest
+    origin.write(0, b"before")
+    vg.lvcreate("snap", 4 * MiB, snapshot_of="data")
+    origin.write(0, b"after!")
+    assert vg.open_lv("snap").read(0, 6) == b"before"
+    vg.lvremove("snap")
+    origin.write(0, b"again!")  # no snapshot left: plain writes
+    assert origin.read(0, 6) == b"again!"
