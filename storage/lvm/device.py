@@ -322,38 +322,58 @@ class SnapshotDevice(_LvDeviceBase):
 
 
 class LvRawIO:
-    """RawIO over an LV. It grows only through `truncate` when the VG gave a resizer."""
+    """RawIO over an LV.
+
+    By default its size is the LV's, and it grows only through `truncate` when the VG gave a
+    resizer (truncate then runs lvextend/lvreduce). With `length`, it behaves like a file
+    inside the LV (as a VHD does in XenServer's LVHD): `size()` is that file's length, writes
+    past it extend it, and the LV grows (never shrinks) to hold it.
+    """
 
     def __init__(self, dev: LogicalVolumeDevice | SnapshotDevice,
-                 resize: Callable[[int], None] | None = None) -> None:
+                 resize: Callable[[int], None] | None = None, *,
+                 length: int | None = None) -> None:
         self.dev = dev
         self.name = dev.name
         self._resize = resize
+        self._length = length
 
     def pread(self, offset: int, length: int) -> bytes:
-        """Up to `length` bytes at `offset` (short at the end of the LV)."""
-        length = max(0, min(length, self.dev.size - offset))
+        """Up to `length` bytes at `offset` (short at the end)."""
+        length = max(0, min(length, self.size() - offset))
         return self.dev.read(offset, length) if length else b""
 
     def pwrite(self, offset: int, data: bytes) -> None:
-        """Write `data`; an LV does not grow on its own, so writing past its end is an error."""
-        if offset + len(data) > self.dev.size:
+        """Write `data`; past the end only when the LV may grow."""
+        end = offset + len(data)
+        if end > self.dev.size:
             if self._resize is None:
                 raise LvmError(f"{self.name}: write at {offset}+{len(data)} past the end of the "
                                f"{self.dev.size}-byte LV (extend it first)")
-            self.truncate(offset + len(data))
+            self._resize(end)
         self.dev.write(offset, data)
+        if self._length is not None and end > self._length:
+            self._length = end
 
     def flush(self) -> None:
         """Flush the LV."""
         self.dev.flush()
 
     def size(self) -> int:
-        """The LV size."""
-        return self.dev.size
+        """The file length (logical-length mode) or the LV size."""
+        return self.dev.size if self._length is None else self._length
 
     def truncate(self, size: int) -> None:
-        """Resize the LV (rounded up to whole extents) when a resizer was given."""
+        """Set the length: grows the LV when needed; shrinks it only in plain mode."""
+        if self._length is not None:
+            if size > self.dev.size:
+                if self._resize is None:
+                    raise LvmError(f"{self.name}: cannot grow past the {self.dev.size}-byte LV")
+                self._resize(size)
+            if size > self._length:
+                self.dev.write(self._length, bytes(size - self._length))
+            self._length = size
+            return
         if self._resize is None:
             raise LvmError(f"{self.name}: cannot resize this LV view")
         self._resize(size)

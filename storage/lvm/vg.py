@@ -533,8 +533,13 @@ class VolumeGroup:
             return SnapshotDevice(self, lv.id)
         return LogicalVolumeDevice(self, lv.id)
 
-    def raw_io(self, name: str, *, resizable: bool = False) -> LvRawIO:
-        """A RawIO view of LV `name`; with `resizable`, truncate() runs lvextend/lvreduce."""
+    def raw_io(self, name: str, *, resizable: bool = False,
+               length: int | None = None) -> LvRawIO:
+        """A RawIO view of LV `name`.
+
+        `resizable`: truncate()/writes past the end run lvextend (and, without `length`,
+        lvreduce). `length`: present a file of that length inside the LV (see LvRawIO).
+        """
         dev = self.open_lv(name)
         lv_id = self.meta.lv(name).id
 
@@ -543,10 +548,10 @@ class VolumeGroup:
             cur = self.lv_size(current)
             if size > cur:
                 self.lvextend(current, size)
-            elif size <= cur - self.extent_bytes:
+            elif length is None and size <= cur - self.extent_bytes:
                 self.lvreduce(current, size, force=True)
 
-        return LvRawIO(dev, resize if resizable else None)
+        return LvRawIO(dev, resize if resizable else None, length=length)
 
     def _zero_areas(self, areas: list[alloc.Area]) -> None:
         ext = self.extent_bytes
