@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 FRAME_SIZE = 64
-TOPIC = "hvsim/bench/host/h1/data/to/h2"
+TOPIC = "hvsim/bench/host/h1/data/dvs/to/h2"
 IDLE_S = 1.5  # the subscriber stops after this long without traffic
 
 
