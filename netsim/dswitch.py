@@ -23,8 +23,9 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
+from netsim.clock import Clock
 from netsim.errors import ConfigError, TransportError
 from netsim.transport.bus import (
     PRESENCE_ONLINE,
@@ -36,9 +37,6 @@ from netsim.transport.bus import (
 from netsim.transport.dataplane import BatchReceiver, BatchSender
 from netsim.transport.topics import Topics
 from netsim.vdsconfig import VdsConfig
-
-if TYPE_CHECKING:
-    from netsim.clock import Clock
 
 NS = 1_000_000_000
 VGT = 4095  # a guest-tagging port group carries every VLAN
@@ -276,14 +274,32 @@ class LinkCounters:
     tx_unicast: int = 0
     tx_flood: int = 0
     tx_no_remote_member: int = 0
+    tx_malformed: int = 0
     rx_frames: int = 0
     rx_vlan_not_local: int = 0
+    rx_vlan_mismatch: int = 0
+
+
+def frame_vid(frame: bytes) -> int | None:
+    """The VLAN a wire-form frame travels in (its 802.1Q tag's VID, 0 if untagged), or None for
+    a frame too short to tell."""
+    n = len(frame)
+    if n < 14:
+        return None
+    if frame[12] == 0x81 and frame[13] == 0x00:
+        if n < 18:
+            return None
+        return ((frame[14] << 8) | frame[15]) & 0x0FFF
+    return 0
 
 
 class ProxyLink:
     """A proxy switch's connection to the same vDS on other hosts, through the bus.
 
-    `deliver(vid, frame)` hands a frame from another host to the local proxy switch.
+    Frames travel in wire form (802.1Q-tagged when their VLAN is not 0), as they leave the
+    proxy switch's uplink. `deliver(vid, frame)` hands a frame from another host to the local
+    proxy switch — only when the frame's own tag matches the VLAN it was sent in and a local
+    port carries that VLAN, so a forged batch cannot move a frame across VLANs.
     """
 
     def __init__(
@@ -369,6 +385,9 @@ class ProxyLink:
                     continue
                 src, frames = got
                 for vid, frame in frames:
+                    if frame_vid(frame) != vid:
+                        self.counters.rx_vlan_mismatch += 1
+                        continue
                     if not self.has_vlan(vid):
                         self.counters.rx_vlan_not_local += 1
                         continue
@@ -378,8 +397,12 @@ class ProxyLink:
                     self.counters.rx_frames += 1
                     self.deliver(vid, frame)
 
-    async def send(self, vid: int, frame: bytes) -> None:
+    async def send(self, frame: bytes) -> None:
         """Send a frame that leaves this host's proxy switch toward the other hosts."""
+        vid = frame_vid(frame)
+        if vid is None:
+            self.counters.tx_malformed += 1
+            return
         dst = frame[0:6]
         if not dst[0] & 1:
             host = self.remote.lookup(vid, dst)

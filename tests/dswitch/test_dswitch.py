@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from netsim.clock import ManualClock
 from netsim.dswitch import HostPlane, ManagementPlane, Peers, ProxyLink, RemoteMacTable
 from netsim.errors import ConfigError
+from netsim.transport.batch import encode_batch
 from netsim.transport.bus import BusMessage
 from netsim.transport.topics import Topics
 from netsim.vdsconfig import DvPortGroup, VdsConfig
@@ -17,25 +19,14 @@ T = 5.0
 TOPICS = Topics("lab")
 
 
-class TickClock:
-    """Time that moves only when told (net's ManualClock replaces this once it is on main)."""
-
-    def __init__(self) -> None:
-        self.ns = 1_000_000_000
-
-    def now_ns(self) -> int:
-        return self.ns
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
-
-
 def mac(n: int) -> bytes:
     return bytes([0x00, 0x16, 0x3E, 0, 0, n])
 
 
-def frame(dst: bytes, src: bytes, tag: int = 0) -> bytes:
-    return dst + src + b"\x08\x00" + tag.to_bytes(2, "big") + bytes(44)
+def frame(dst: bytes, src: bytes, vid: int = 0) -> bytes:
+    """A frame as it leaves a proxy switch's uplink: tagged unless VLAN 0."""
+    tag = b"\x81\x00" + vid.to_bytes(2, "big") if vid else b""
+    return dst + src + tag + b"\x08\x00" + bytes(46)
 
 
 BCAST = b"\xff" * 6
@@ -87,7 +78,7 @@ async def fabric(bus_kit, hosts: dict[str, dict[str, int]], config: VdsConfig):
                 HostPlane(bus, TOPICS, host=name, session=i + 1, apply=h.apply)
             )
             h.link = ProxyLink(bus, TOPICS, host=name, vds="dvs1", peers=h.plane.peers,
-                               clock=TickClock(), deliver=lambda v, f, h=h: h.got.append((v, f)),
+                               clock=ManualClock(), deliver=lambda v, f, h=h: h.got.append((v, f)),
                                session=i + 1)
             await stack.enter_async_context(h.link)
             h.plane.attach_link(h.link)
@@ -121,24 +112,24 @@ async def test_same_vlan_crosses_hosts_other_vlans_do_not(bus_kit) -> None:
     async with fabric(bus_kit, hosts, dvs(1)) as (_, hs):
         e1, e2, e3 = hs["esx1"], hs["esx2"], hs["esx3"]
         # app1 on esx1 broadcasts (ARP who-has) in VLAN 100: only esx2 has VLAN 100
-        await e1.link.send(100, frame(BCAST, mac(1)))
+        await e1.link.send(frame(BCAST, mac(1), 100))
         await e1.link.flush()
-        assert await e2.rx(1) == [(100, frame(BCAST, mac(1)))]
+        assert await e2.rx(1) == [(100, frame(BCAST, mac(1), 100))]
         assert e2.link.remote.lookup(100, mac(1)) == "esx1"
         # the reply goes unicast to esx1 only, not flooded
-        await e2.link.send(100, frame(mac(1), mac(2)))
+        await e2.link.send(frame(mac(1), mac(2), 100))
         await e2.link.flush()
-        assert await e1.rx(1) == [(100, frame(mac(1), mac(2)))]
+        assert await e1.rx(1) == [(100, frame(mac(1), mac(2), 100))]
         assert e2.link.counters.tx_unicast == 1
         # db3 on esx3 broadcasts in VLAN 200: esx2 gets it, esx1 (no VLAN 200 port) never does
-        await e3.link.send(200, frame(BCAST, mac(3)))
+        await e3.link.send(frame(BCAST, mac(3), 200))
         await e3.link.flush()
-        assert (await e2.rx(2))[1] == (200, frame(BCAST, mac(3)))
+        assert (await e2.rx(2))[1] == (200, frame(BCAST, mac(3), 200))
         # esx1 has nobody else in VLAN 300: nothing is published, and that is counted
-        await e1.link.send(300, frame(BCAST, mac(1)))
+        await e1.link.send(frame(BCAST, mac(1), 300))
         assert e1.link.counters.tx_no_remote_member == 1
         await asyncio.sleep(0.2)
-        assert e1.got == [(100, frame(mac(1), mac(2)))] and e3.got == []
+        assert e1.got == [(100, frame(mac(1), mac(2), 100))] and e3.got == []
 
 
 async def test_a_frame_for_a_vlan_without_local_ports_is_refused(bus_kit) -> None:
@@ -147,12 +138,20 @@ async def test_a_frame_for_a_vlan_without_local_ports_is_refused(bus_kit) -> Non
         e1, e3 = hs["esx1"], hs["esx3"]
         # esx1 learned nothing about mac(3); make it unicast a VLAN-100 frame straight to esx3
         e1.link.remote.learn(100, mac(3), "esx3")
-        await e1.link.send(100, frame(mac(3), mac(1)))
+        await e1.link.send(frame(mac(3), mac(1), 100))
         await e1.link.flush()
         async def refused() -> None:
             while e3.link.counters.rx_vlan_not_local == 0:  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
         await asyncio.wait_for(refused(), T)
+        assert e3.got == []
+        # a batch whose record claims VLAN 200 (esx3 has it) for a frame tagged 100 is refused
+        bad = encode_batch("esx1", 9, 0, [(200, frame(mac(3), mac(1), 100))])
+        await e1.link.bus.publish(TOPICS.unicast("esx1", "esx3", "dvs1"), bad)
+        async def mismatch() -> None:
+            while e3.link.counters.rx_vlan_mismatch == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        await asyncio.wait_for(mismatch(), T)
         assert e3.got == []
 
 
@@ -160,7 +159,7 @@ async def test_killed_host_goes_down_and_peers_stop_flooding_to_it(bus_kit) -> N
     hosts = {"esx1": {"App": 0}, "esx2": {"App": 0}}
     async with fabric(bus_kit, hosts, dvs(1, hosts=("esx1", "esx2"))) as (mp, hs):
         e1, e2 = hs["esx1"], hs["esx2"]
-        await e2.link.send(100, frame(BCAST, mac(2)))
+        await e2.link.send(frame(BCAST, mac(2), 100))
         await e2.link.flush()
         await e1.rx(1)
         assert e1.link.remote.lookup(100, mac(2)) == "esx2"
@@ -170,8 +169,8 @@ async def test_killed_host_goes_down_and_peers_stop_flooding_to_it(bus_kit) -> N
                 lambda p=peers: "esx2" not in p.online(), within_s=T, what="esx2 down"
             )
         assert e1.link.remote.lookup(100, mac(2)) is None  # its MACs are forgotten
-        await e1.link.send(100, frame(BCAST, mac(1)))
-        await e1.link.send(100, frame(mac(2), mac(1)))
+        await e1.link.send(frame(BCAST, mac(1), 100))
+        await e1.link.send(frame(mac(2), mac(1), 100))
         assert e1.link.counters.tx_no_remote_member == 2 and e1.link.counters.tx_flood == 0
 
 
@@ -190,7 +189,7 @@ async def test_bad_and_foreign_configs_are_counted_not_applied(bus_kit) -> None:
 
 
 def test_remote_mac_table_ages_moves_and_evicts_fairly() -> None:
-    clock = TickClock()
+    clock = ManualClock()
     t = RemoteMacTable(clock, capacity=3, aging_s=300)
     t.learn(1, mac(1), "a")
     t.learn(1, mac(2), "a")
@@ -200,7 +199,7 @@ def test_remote_mac_table_ages_moves_and_evicts_fairly() -> None:
     t.learn(1, mac(3), "a")  # moved (a migration)
     assert t.lookup(1, mac(3)) == "a" and t.moves == 1
     assert t.lookup(2, mac(3)) is None  # keyed on (VLAN, MAC)
-    clock.ns += 301 * 1_000_000_000
+    clock.advance(301)
     assert t.lookup(1, mac(4)) is None  # aged out
     assert t.forget_host("a") == 2 and len(t) == 0
 
