@@ -10,7 +10,9 @@ Who does what:
   hosts with ports in that VLAN subscribe to (and nothing is sent when no other host has one);
   frames from other hosts are checked (VLAN present here, batch not forged) and handed in;
 - `HostPlane` is a host's side of the management plane: it applies every newer config version
-  through a callback, reports the version it runs, and keeps the flood subscriptions in step.
+  through a callback, reports the version it runs, and keeps the flood subscriptions in step;
+- `ProxySwitch` is the host's `StandardSwitch` for the vDS, configured from the document, whose
+  uplink PIFs the `ProxyLink` carries over the bus.
 
 Everything runs on any `Bus` (in-process or MQTT) and never imports a concrete transport.
 """
@@ -27,6 +29,10 @@ from typing import Self
 
 from netsim.clock import Clock
 from netsim.errors import ConfigError, TransportError
+from netsim.fabric import Host
+from netsim.policy import LoadBalancing, SecurityPolicy, ShapingPolicy, TeamingPolicy
+from netsim.port import Pif, VmPort
+from netsim.switch import PortGroup, StandardSwitch
 from netsim.transport.bus import (
     PRESENCE_ONLINE,
     Bus,
@@ -36,7 +42,7 @@ from netsim.transport.bus import (
 )
 from netsim.transport.dataplane import BatchReceiver, BatchSender
 from netsim.transport.topics import Topics
-from netsim.vdsconfig import VdsConfig
+from netsim.vdsconfig import DvShaping, VdsConfig
 
 NS = 1_000_000_000
 VGT = 4095  # a guest-tagging port group carries every VLAN
@@ -278,6 +284,8 @@ class LinkCounters:
     rx_frames: int = 0
     rx_vlan_not_local: int = 0
     rx_vlan_mismatch: int = 0
+    #: frames for a VM that migrated away, arriving before everyone relearned (switch-over)
+    rx_in_flight: int = 0
 
 
 def frame_vid(frame: bytes) -> int | None:
@@ -327,6 +335,9 @@ class ProxyLink:
         self.sender = BatchSender(bus, host, session=session, max_frames=batch_frames)
         self.receiver = BatchReceiver(topics.host_of, ignore_src=host)
         self.counters = LinkCounters()
+        self.clock = clock
+        #: MAC → clock ns until which frames for it count as in flight (its VM migrated away)
+        self.departed: dict[bytes, int] = {}
         self.vlans: frozenset[int] = frozenset()
         self._flood_subs: dict[int, tuple[Subscription, asyncio.Task[None]]] = {}
         self._stack = contextlib.AsyncExitStack()
@@ -388,6 +399,9 @@ class ProxyLink:
                     if frame_vid(frame) != vid:
                         self.counters.rx_vlan_mismatch += 1
                         continue
+                    if self.departed and self._departed(frame[0:6]):
+                        self.counters.rx_in_flight += 1
+                        continue
                     if not self.has_vlan(vid):
                         self.counters.rx_vlan_not_local += 1
                         continue
@@ -396,6 +410,15 @@ class ProxyLink:
                         self.remote.learn(vid, smac, src)
                     self.counters.rx_frames += 1
                     self.deliver(vid, frame)
+
+    def _departed(self, dst: bytes) -> bool:
+        until = self.departed.get(dst)
+        if until is None:
+            return False
+        if until >= self.clock.now_ns():
+            return True
+        del self.departed[dst]
+        return False
 
     async def send(self, frame: bytes) -> None:
         """Send a frame that leaves this host's proxy switch toward the other hosts."""
@@ -532,6 +555,16 @@ class HostPlane:
         await self.report()
         self._applied.set()
 
+    async def update_vlans(self, vds: str, vlans: frozenset[int]) -> None:
+        """Local ports changed (a VM came or left): follow the new VLAN set and report it."""
+        if self.vlans.get(vds) == vlans:
+            return
+        self.vlans[vds] = vlans
+        link = self.links.get(vds)
+        if link is not None:
+            await link.set_vlans(vlans)
+        await self.report()
+
     async def report(self) -> None:
         """Publish this host's status (retained): versions it runs and VLANs with ports."""
         doc = {
@@ -560,3 +593,116 @@ class HostPlane:
             raise TransportError(
                 f"{self.host}: {vds} version {version} not received within {within_s} s"
             ) from None
+
+
+# ----------------------------------------------------------------------------- proxy switch
+class ProxySwitch:
+    """A host's member of a vDS: a `StandardSwitch` configured from the `VdsConfig`.
+
+    Each vDS uplink maps to a host NIC (`config.hosts[host]`); that PIF is the proxy switch's
+    uplink, and what leaves it goes to the other hosts through the `ProxyLink` (the bus plays the
+    physical network). Port groups are added or updated live; removing a port group that still
+    has ports is refused (as vCenter refuses it) and the host keeps running its old version.
+    """
+
+    def __init__(self, host: Host, vds: str) -> None:
+        self.host = host
+        self.vds = vds
+        self.switch: StandardSwitch = host.add_switch(vds)
+        self.uplinks: dict[str, Pif] = {}
+        self.config: VdsConfig | None = None
+
+    def vm_ports(self) -> list[VmPort]:
+        """The VM ports plugged into this proxy switch."""
+        return [p for p in self.switch.ports.values() if isinstance(p, VmPort)]
+
+    def vlans(self) -> frozenset[int]:
+        """VLANs (port group VLAN IDs; 4095 = all) that local VM ports use."""
+        return frozenset(p.sw_group.vlan for p in self.vm_ports())
+
+    def apply(self, config: VdsConfig) -> frozenset[int]:
+        """Reconfigure live to `config`; returns the VLANs with local ports."""
+        mapping = config.hosts.get(self.host.name)
+        if mapping is None:
+            raise ConfigError(f"{config.name}: host {self.host.name} is not a member")
+        # check everything first so a refused config changes nothing
+        wanted = {pg.name for pg in config.portgroups}
+        in_use = {p.sw_group.name for p in self.vm_ports()}
+        gone = in_use - wanted
+        if gone:
+            raise ConfigError(
+                f"{config.name} v{config.version}: port group(s) {sorted(gone)} still have "
+                f"ports on {self.host.name}; move them first"
+            )
+        for up, nic in mapping.items():
+            pif = self.host.pifs.get(nic)
+            if up not in self.uplinks and pif is not None and pif.switch is not None:
+                raise ConfigError(
+                    f"{config.name}: {self.host.name}/{nic} (for {up}) already belongs to "
+                    f"switch {pif.switch.name}"
+                )
+        groups = {
+            pg.name: PortGroup(
+                pg.name,
+                pg.vlan,
+                SecurityPolicy(
+                    pg.security.promiscuous, pg.security.mac_changes, pg.security.forged_transmits
+                ),
+                shaping=_shaping(pg.shaping_out),
+            )
+            for pg in config.portgroups
+        }
+        # then apply
+        for up, nic in mapping.items():
+            if up not in self.uplinks:
+                pif = self.host.pifs.get(nic) or self.host.add_pif(nic)
+                self.switch.add_uplink(pif)
+                self.uplinks[up] = pif
+        for name in list(self.switch.port_groups):
+            if name not in wanted:
+                del self.switch.port_groups[name]
+        for pg in config.portgroups:
+            group = groups[pg.name]
+            old = self.switch.port_groups.get(pg.name)
+            if old is None:
+                self.switch.add_port_group(group)
+            elif old != group:
+                self.switch.update_port_group(group)
+            shaping_in = _shaping(pg.shaping_in)
+            for p in self.vm_ports():
+                if p.sw_group.name == pg.name:
+                    self.switch.set_egress_shaping(p, shaping_in)
+        teamed = next((pg.teaming for pg in config.portgroups if pg.teaming), None)
+        if teamed is not None:
+            nic = {up: self.uplinks[up].name for up in self.uplinks}
+            self.switch.teaming = TeamingPolicy(
+                active=tuple(nic[u] for u in teamed.active if u in nic),
+                standby=tuple(nic[u] for u in teamed.standby if u in nic),
+                load_balancing=LoadBalancing(teamed.policy),
+            )
+        self.config = config
+        return self.vlans()
+
+    def deliver(self, vid: int, frame: bytes) -> None:
+        """A frame from another host enters through the first uplink that is up."""
+        active, standby = self.switch.team_order()
+        for pif in (*active, *standby):
+            if pif.link_up:
+                pif.receive(frame)
+                return
+        for pif in self.uplinks.values():
+            pif.counters.drop("link-down")
+            return
+
+    async def pump(self, pif: Pif, link: ProxyLink) -> None:
+        """Carry what leaves uplink `pif` to the other hosts, one flush per wake-up."""
+        get_batch = pif.queue.get_batch
+        send = link.send
+        while True:
+            for f in await get_batch():
+                await send(f)
+            await link.flush()
+
+
+def _shaping(s: DvShaping | None) -> ShapingPolicy | None:
+    return ShapingPolicy(s.average_bps, s.peak_bps, s.burst_bytes) if s is not None else None
