@@ -25,7 +25,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from netsim.clock import Clock
 from netsim.errors import ConfigError, TransportError
@@ -126,6 +126,8 @@ class PeerState:
 
     online: bool = False
     session: int = 0
+    vms: tuple[str, ...] = ()
+    migration_error: str = ""
     #: vds → (config version running, VLANs with local ports)
     vds: dict[str, tuple[int, frozenset[int]]] = field(default_factory=dict)
 
@@ -156,6 +158,8 @@ class Peers:
             try:
                 doc = json.loads(msg.payload)
                 st.session = int(doc.get("session", 0))
+                st.vms = tuple(str(v) for v in doc.get("vms", ()))
+                st.migration_error = str(doc.get("migration_error", ""))
                 st.vds = {
                     name: (int(v["version"]), frozenset(int(x) for x in v["vlans"]))
                     for name, v in doc["vds"].items()
@@ -179,6 +183,13 @@ class Peers:
             if vid in vlans or VGT in vlans:
                 out.add(h)
         return out
+
+    def host_of_vm(self, vm: str) -> str | None:
+        """The online host that reports running `vm`, or None."""
+        for h, s in self.hosts.items():
+            if s.online and vm in s.vms:
+                return h
+        return None
 
     def version(self, host: str, vds: str) -> int | None:
         """The config version `host` reports for `vds`, or None."""
@@ -471,8 +482,16 @@ class HostPlane:
     """
 
     def __init__(
-        self, bus: Bus, topics: Topics, *, host: str, session: int, apply: ApplyFn
+        self,
+        bus: Bus,
+        topics: Topics,
+        *,
+        host: str,
+        session: int,
+        apply: ApplyFn,
+        extra_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        self.extra_status = extra_status
         self.bus = bus
         self.topics = topics
         self.host = host
@@ -557,17 +576,17 @@ class HostPlane:
 
     async def update_vlans(self, vds: str, vlans: frozenset[int]) -> None:
         """Local ports changed (a VM came or left): follow the new VLAN set and report it."""
-        if self.vlans.get(vds) == vlans:
-            return
-        self.vlans[vds] = vlans
-        link = self.links.get(vds)
-        if link is not None:
-            await link.set_vlans(vlans)
+        if self.vlans.get(vds) != vlans:
+            self.vlans[vds] = vlans
+            link = self.links.get(vds)
+            if link is not None:
+                await link.set_vlans(vlans)
         await self.report()
 
     async def report(self) -> None:
         """Publish this host's status (retained): versions it runs and VLANs with ports."""
         doc = {
+            **(self.extra_status() if self.extra_status else {}),
             "host": self.host,
             "session": self.session,
             "vds": {

@@ -15,19 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
+from netsim.agent import GuestAgent
 from netsim.dswitch import HostPlane, ProxyLink, ProxySwitch
-from netsim.errors import ConfigError, TransportError
+from netsim.errors import ConfigError, NetsimError, TopologyError, TransportError
 from netsim.fabric import Fabric, Vm
 from netsim.frame import mac_to_bytes, mac_to_str
+from netsim.guest import Guest, Iface, Route
 from netsim.port import Vif, VmPort
+from netsim.topology import Topology
 from netsim.transport.bus import Bus, BusMessage, Subscription
 from netsim.transport.topics import Topics
-from netsim.vdsconfig import VdsConfig
+from netsim.vdsconfig import DvPortGroup, DvSecurity, DvShaping, VdsConfig
 
 ETHERTYPE_RARP = 0x8035
 #: how long after a VM left frames for it at the old host count as "in flight" (seconds)
@@ -49,12 +53,14 @@ def rarp_announce(mac: bytes) -> bytes:
 
 @dataclass
 class NicSpec:
-    """A VM NIC as it moves between hosts."""
+    """A VM NIC as it moves between hosts (with the guest's address on it, if any)."""
 
     vds: str
     portgroup: str
     mac: str
     vif: bool = False
+    ip: str | None = None  # "10.0.0.1/24"
+    vlan: int | None = None  # the guest tags its frames itself (VGT port group)
 
 
 @dataclass
@@ -81,7 +87,11 @@ class HostAgent:
         *,
         session: int,
         batch_frames: int = 256,
+        guests: bool = False,
     ) -> None:
+        self.run_guests = guests
+        self.guests: dict[str, GuestAgent] = {}
+        self._guest_tasks: dict[str, list[asyncio.Task[None]]] = {}
         self.fabric = fabric
         self.host = fabric.hosts.get(host) or fabric.add_host(host)
         self.name = host
@@ -91,9 +101,15 @@ class HostAgent:
         self.batch_frames = batch_frames
         self.proxies: dict[str, ProxySwitch] = {}
         self.links: dict[str, ProxyLink] = {}
-        self.plane = HostPlane(bus, topics, host=host, session=session, apply=self._apply)
+        self.plane = HostPlane(
+            bus, topics, host=host, session=session, apply=self._apply,
+            extra_status=lambda: {
+                "vms": sorted(self.host.vms), "migration_error": self.migrations.last_error,
+            },
+        )
         self.migrations = MigrationCounters()
         self._arrived = asyncio.Event()
+        self.failures: list[tuple[str, BaseException]] = []
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Self:
@@ -120,10 +136,20 @@ class HostAgent:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
+        for t in [t for ts in self._guest_tasks.values() for t in ts]:
+            t.cancel()
+        if exc_type is None and self.failures:
+            name, err = self.failures[0]
+            raise NetsimError(f"host agent task {name!r} crashed: {err!r}") from err
 
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.create_task(coro, name=f"{self.name} {what}")
+        task.add_done_callback(self._task_done)
         self._stack.callback(task.cancel)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.failures.append((task.get_name(), task.exception()))  # type: ignore[arg-type]
 
     # -- management plane --------------------------------------------------------------------
     async def _apply(self, config: VdsConfig) -> frozenset[int]:
@@ -161,11 +187,43 @@ class HostAgent:
             )
         return proxy
 
-    async def add_vm(self, name: str, nics: list[NicSpec], *, domid: int | None = None) -> Vm:
-        """Create a VM whose NICs plug into port groups of this host's proxy switches."""
+    async def add_vm(
+        self, name: str, nics: list[NicSpec], *, domid: int | None = None, **guest: Any
+    ) -> Vm:
+        """Create a VM whose NICs plug into port groups of this host's proxy switches.
+
+        With `guests=True` on the agent, the VM also runs a guest stack (ARP, ping, routing;
+        `router`, `gateway`, `routes` are passed to it).
+        """
         vm = self._plug(name, nics, domid)
+        if self.run_guests:
+            self._start_guest(vm, nics, **guest)
         await self._ports_changed({n.vds for n in nics})
         return vm
+
+    def _start_guest(self, vm: Vm, nics: list[NicSpec], **options: Any) -> None:
+        ifaces = [
+            Iface(n.mac, ipaddress.IPv4Interface(n.ip) if n.ip else None, n.vlan) for n in nics
+        ]
+        agent = GuestAgent(
+            Guest(vm.name, ifaces, **options), [p.vnic.send for p in vm.ports], self.fabric.clock
+        )
+        self.guests[vm.name] = agent
+
+        async def serve(i: int, port: VmPort) -> None:
+            while True:
+                for f in await port.vnic.recv_batch():
+                    agent.deliver(i, f)
+
+        self._guest_tasks[vm.name] = [
+            asyncio.create_task(serve(i, p), name=f"guest {vm.name}/{i}")
+            for i, p in enumerate(vm.ports)
+        ]
+
+    def _stop_guest(self, name: str) -> None:
+        self.guests.pop(name, None)
+        for t in self._guest_tasks.pop(name, []):
+            t.cancel()
 
     def _plug(self, name: str, nics: list[NicSpec], domid: int | None) -> Vm:
         for nic in nics:
@@ -189,11 +247,18 @@ class HostAgent:
             if sw is None or sw.name not in self.proxies:
                 raise ConfigError(f"{vm.name}: NIC {p.name} is not on a distributed switch")
             out.append(NicSpec(sw.name, p.sw_group.name, mac_to_str(p.mac), isinstance(p, Vif)))
+        agent = self.guests.get(vm.name)
+        if agent is not None:
+            for spec, iface in zip(out, agent.guest.ifaces, strict=True):
+                spec.ip = str(iface.ip) if iface.ip else None
+                spec.vlan = iface.vlan
         return out
 
     async def _ports_changed(self, vdses: set[str]) -> None:
         for vds in vdses:
             await self.plane.update_vlans(vds, self._proxy(vds).vlans())
+        if not vdses:
+            await self.plane.report()
 
     # -- live migration ----------------------------------------------------------------------
     async def migrate(self, vm_name: str, to: str) -> int:
@@ -206,7 +271,16 @@ class HostAgent:
         if to not in self.plane.peers.online():
             raise TransportError(f"cannot migrate {vm_name}: host {to} is not online")
         nics = self.nic_specs(vm)
-        doc = {"vm": vm_name, "domid": vm.domid, "nics": [n.__dict__ for n in nics]}
+        doc: dict[str, Any] = {"vm": vm_name, "domid": vm.domid, "nics": [n.__dict__ for n in nics]}
+        agent = self.guests.get(vm_name)
+        if agent is not None:
+            g = agent.guest
+            doc["guest"] = {
+                "router": g.router,
+                "gateway": str(g.gateway) if g.gateway else None,
+                "routes": [[str(r.to), str(r.via)] for r in g.routes],
+            }
+        self._stop_guest(vm_name)
         # stun: unplug first, so nothing is delivered to a VM that is no longer here; then hand
         # the VM over at once (the switch-over time is what loses frames), then tidy up
         dropped = self._unplug(vm)
@@ -245,10 +319,18 @@ class HostAgent:
             doc = json.loads(msg.payload)
             nics = [NicSpec(**n) for n in doc["nics"]]
             name = str(doc["vm"])
-            vm = self._plug(name, nics, int(doc["domid"]))
+            domid = int(doc["domid"])
+            used = {v.domid for v in self.host.vms.values()}
+            if domid in used:  # as on Xen, the domain gets a new id on its new host
+                domid = max(used) + 1
+            vm = self._plug(name, nics, domid)
+            g = doc.get("guest")
+            if self.run_guests:
+                self._start_guest(vm, nics, **_guest_options(g or {}))
         except (ValueError, KeyError, TypeError, ConfigError) as exc:
             self.migrations.refused += 1
             self.migrations.last_error = f"migration from {src}: {exc}"
+            await self.plane.report()
             return
         for p in vm.ports:
             link = self.links[p.switch.name]
@@ -295,6 +377,17 @@ class HostAgent:
         }
 
 
+def _guest_options(g: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "router": bool(g.get("router", False)),
+        "gateway": ipaddress.IPv4Address(g["gateway"]) if g.get("gateway") else None,
+        "routes": tuple(
+            Route(ipaddress.IPv4Network(to), ipaddress.IPv4Address(via))
+            for to, via in g.get("routes", [])
+        ),
+    }
+
+
 def _link(link: ProxyLink) -> dict[str, int]:
     c = link.counters
     r = link.receiver.counters
@@ -326,3 +419,105 @@ def find_port(fabric: Fabric, mac: str | bytes) -> VmPort | None:
         if isinstance(p, VmPort) and p.mac == m:
             return p
     return None
+
+
+# ------------------------------------------------------------------- topology → distributed
+@dataclass(frozen=True)
+class HostPlan:
+    """One host's part of a topology in distributed mode: its VMs and how their NICs plug."""
+
+    host: str
+    domids: dict[str, int]
+    vms: dict[str, list[NicSpec]]
+    guests: dict[str, dict[str, Any]]
+
+
+def _vds_switch(topo: Topology, host: str, switch: str | None) -> str:
+    spec = topo.host(host)
+    if switch is not None:
+        if all(s.name != switch for s in spec.switches):
+            raise TopologyError(
+                f"{topo.source}: host {host} has no switch {switch!r} "
+                f"(has {', '.join(s.name for s in spec.switches)})"
+            )
+        return switch
+    used = {spec.network(v.network).switch for vm in spec.vms for v in vm.vifs}
+    if len(used) > 1:
+        raise TopologyError(
+            f"{topo.source}: host {host}'s VMs use switches {sorted(used)}; name the one to "
+            "distribute with --switch"
+        )
+    if used:
+        return used.pop()
+    if not spec.switches:
+        raise TopologyError(f"{topo.source}: host {host} has no switch to distribute")
+    return spec.switches[0].name
+
+
+def vds_from_topology(
+    topo: Topology, *, name: str = "dvs1", switch: str | None = None
+) -> VdsConfig:
+    """The vDS that replaces each host's switch `switch` (default: the one its VMs use).
+
+    Port groups of the same name must agree across hosts (VLAN, security, shaping); uplink1 of
+    each host is its switch's first uplink NIC (the bus plays the physical network between
+    hosts, so the topology's physical switches are not used in distributed mode).
+    """
+    groups: dict[str, tuple[str, DvPortGroup]] = {}
+    members: dict[str, dict[str, str]] = {}
+    for h in topo.hosts:
+        sw = _vds_switch(topo, h.name, switch)
+        swspec = h.switch(sw)
+        members[h.name] = {"uplink1": swspec.uplinks[0] if swspec.uplinks else "dvuplink0"}
+        for net in h.networks:
+            if net.switch != sw:
+                continue
+            sec = net.security
+            pg = DvPortGroup(
+                net.name,
+                net.vlan,
+                DvSecurity(sec.promiscuous, sec.mac_changes, sec.forged_transmits),
+                shaping_out=(
+                    DvShaping(net.shaping.average_bps, net.shaping.peak_bps,
+                              net.shaping.burst_bytes) if net.shaping else None
+                ),
+            )
+            seen = groups.get(net.name)
+            if seen is not None and seen[1] != pg:
+                raise TopologyError(
+                    f"{topo.source}: port group {net.name!r} differs between hosts {seen[0]} "
+                    f"and {h.name} (a distributed port group is one definition)"
+                )
+            groups.setdefault(net.name, (h.name, pg))
+    return VdsConfig(
+        name, 1, portgroups=tuple(pg for _, pg in groups.values()), hosts=members
+    )
+
+
+def host_plan(topo: Topology, host: str, vds: VdsConfig, *, switch: str | None = None) -> HostPlan:
+    """The VMs of `host` with their NICs on `vds`'s port groups."""
+    try:
+        spec = topo.host(host)
+    except KeyError:
+        raise TopologyError(
+            f"{topo.source}: no host {host!r} (hosts: {', '.join(h.name for h in topo.hosts)})"
+        ) from None
+    sw = _vds_switch(topo, host, switch)
+    vms: dict[str, list[NicSpec]] = {}
+    guests: dict[str, dict[str, Any]] = {}
+    for vm in spec.vms:
+        nics = []
+        for v in vm.vifs:
+            if spec.network(v.network).switch != sw:
+                raise TopologyError(
+                    f"{topo.source}: {vm.name} NIC {v.index} is on {v.network!r}, not on the "
+                    f"distributed switch {sw}"
+                )
+            nics.append(NicSpec(vds.name, v.network, v.mac, spec.type == "xen",
+                                str(v.ip) if v.ip else None, v.vlan))
+        vms[vm.name] = nics
+        guests[vm.name] = {
+            "router": vm.router, "gateway": vm.gateway,
+            "routes": tuple(Route(r.to, r.via) for r in vm.routes),
+        }
+    return HostPlan(host, {vm.name: vm.domid for vm in spec.vms}, vms, guests)
