@@ -69,6 +69,8 @@ async def run_host(
     topo_path: Path, name: str, lab: Lab, *, duration: float | None, config_wait_s: float = 60.0
 ) -> None:
     """Run host `name` of the topology until stopped (or for `duration` seconds)."""
+    if duration is not None:
+        config_wait_s = min(config_wait_s, duration)
     topo = load_topology(topo_path)
     vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
     plan = host_plan(topo, name, vds, switch=lab.switch)
