@@ -201,6 +201,12 @@ class HostAgent:
         await self._ports_changed({n.vds for n in nics})
         return vm
 
+    async def add_vms(self, vms: dict[str, list[NicSpec]]) -> list[Vm]:
+        """Create many VMs (no guest stacks), reporting the new ports once."""
+        out = [self._plug(name, nics, None) for name, nics in vms.items()]
+        await self._ports_changed({n.vds for nics in vms.values() for n in nics})
+        return out
+
     def _start_guest(self, vm: Vm, nics: list[NicSpec], **options: Any) -> None:
         ifaces = [
             Iface(n.mac, ipaddress.IPv4Interface(n.ip) if n.ip else None, n.vlan) for n in nics

@@ -189,3 +189,40 @@ async def test_broker_restart_mid_run_recovers(bus_kit) -> None:
             assert asyncio.get_running_loop().time() < deadline
         await mp.publish(config(2, ["esx1", "esx2"], app_vlan=300))  # and config still rolls out
         await mp.wait_applied("dvs1", 2, within_s=T)
+
+
+async def test_partitioned_host_switches_locally_drops_counted_and_resyncs_config() -> None:
+    from netsim.transport.memory import MemoryBroker, MemoryBus
+
+    from .conftest import BusKit
+
+    broker = MemoryBroker()
+
+    def make(client_id: str, presence_topic: str | None = None, **kw):
+        return MemoryBus(broker, client_id=client_id, presence_topic=presence_topic, **kw)
+
+    kit = BusKit("memory", make, broker.restart)
+    async with lab(kit, ["esx1", "esx2"]) as (mp, ag):
+        e1 = ag["esx1"]
+        app1 = await e1.add_vm("app1", [NicSpec("dvs1", "App", "00:50:56:00:00:01")])
+        app1b = await e1.add_vm("app1b", [NicSpec("dvs1", "App", "00:50:56:00:00:03")])
+        await ag["esx2"].add_vm("app2", [NicSpec("dvs1", "App", "00:50:56:00:00:02")])
+        await sees(e1, "esx2", 100)
+        broker.partition("esx1")
+        await mp.peers.wait_until(lambda: "esx1" not in mp.peers.online(), within_s=T,
+                                  what="esx1 down")
+        # local switching goes on; what would cross the broker is dropped and counted
+        f = echo(BCAST, app1.ports[0].mac, 1, 1)
+        app1.ports[0].vnic.send(f)
+        assert await recv(app1b.ports[0]) == f
+        await asyncio.sleep(0.05)
+        assert e1.bus.counters.tx_dropped_disconnected >= 1
+        # the management plane moves on without esx1 ...
+        await mp.publish(config(2, ["esx1", "esx2"], app_vlan=300))
+        await mp.wait_applied("dvs1", 2, {"esx2"}, within_s=T)
+        assert e1.plane.running["dvs1"].version == 1
+        # ... and esx1 catches up when the partition heals
+        broker.heal("esx1")
+        await mp.wait_applied("dvs1", 2, within_s=T)
+        assert e1.proxies["dvs1"].switch.port_groups["App"].vlan == 300
+        await sees(ag["esx2"], "esx1", 300)
