@@ -56,8 +56,8 @@ def _read_all(path: Path, chunk: int = 8 * MiB) -> None:
 
 def run(*, quick: bool) -> dict:
     """Run the storage benchmark; prints a table and returns the figures."""
-    size = 128 * MiB if quick else 1024 * MiB
-    ops = 2000 if quick else 20000
+    size = 64 * MiB if quick else 1024 * MiB
+    ops = 1000 if quick else 20000
     runs = 2 if quick else 3
     block = 2 * MiB
     rng = random.Random(42)

@@ -68,6 +68,17 @@ def parent_candidates(child: VhdImage, child_path: str | os.PathLike[str]) -> li
     return out
 
 
+def peek_uuid(path: str | os.PathLike[str]) -> uuidlib.UUID:
+    """The uuid in a VHD's footer (end of file, else the copy at 0), without a full open."""
+    with FileIO(path, writable=False) as io:
+        size = io.size()
+        for off in (size - fmt.FOOTER_SIZE, 0):
+            raw = io.pread(max(off, 0), fmt.FOOTER_SIZE)
+            if raw[:8] == fmt.FOOTER_COOKIE:
+                return fmt.Footer.unpack(raw, source=str(path), offset=off).uuid
+    raise VhdFormatError(f"{path}: not a VHD: no 'conectix' footer")
+
+
 def find_parent(child: VhdImage, child_path: str | os.PathLike[str]) -> str:
     """The path of `child`'s parent whose footer UUID matches; raises ChainError otherwise."""
     want = child.parent_uuid
@@ -78,8 +89,7 @@ def find_parent(child: VhdImage, child_path: str | os.PathLike[str]) -> str:
             tried.append(cand)
             continue
         try:
-            with FileIO(cand, writable=False) as io:
-                got = VhdImage.open(io, read_only=True).uuid
+            got = peek_uuid(cand)
         except VhdFormatError as exc:
             raise ChainError(f"{child_path}: parent {cand} is not a valid VHD: {exc}") from exc
         if got == want:

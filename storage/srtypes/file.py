@@ -60,7 +60,7 @@ class FileSRDriver(SRDriver):
                        "copies": [asdict(c) for c in copies]})
         vpath, bpath = self._path(vdi.location), self._path(base.location)
         staged = [(Path(f"{vpath}.new"), vpath)] + [(self._path(c.location),) * 2 for c in copies]
-        src = chain.open_chain(vpath, read_only=True, max_depth=self.max_depth)
+        src = chain.open_image(vpath, read_only=True)   # the leaf alone: O(1) in chain depth
         try:
             for tmp, final in staged:
                 img = VhdImage.create(FileIO(tmp, create=True), disk_type="differencing",
