@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
+import os
 import socket
 import struct
 from collections.abc import Callable
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 from typing import Protocol
 
 from storage import blkif
@@ -46,9 +48,6 @@ GTF_READONLY = 0x4
 GRANTS_PER_PAGE = PAGE_SIZE // GRANT_ENTRY.size  # 512
 RESERVED_GREFS = 8  # GNTTAB_NR_RESERVED_ENTRIES: the toolstack's, never handed out
 
-# Segments this process created: attaching to one of those must not touch the resource tracker.
-_CREATED_HERE: set[str] = set()
-
 
 class DomainMemory:
     """A guest's memory: `grant_pages` pages of grant table, then `ram_pages` pages of RAM.
@@ -65,6 +64,8 @@ class DomainMemory:
         self.grant_pages = grant_pages
         self._shm = shm
         self._owner = owner
+        self._mmap: mmap.mmap | None = None
+        self._attached_name: str | None = None
         self._buf = buf
         self.grant_buf = buf[: grant_pages * PAGE_SIZE]
         self.ram = buf[grant_pages * PAGE_SIZE: (grant_pages + ram_pages) * PAGE_SIZE]
@@ -79,26 +80,39 @@ class DomainMemory:
     def shared(cls, ram_pages: int, *, grant_pages: int = 4) -> DomainMemory:
         """Memory in a new shared-memory segment (named by `.name`), owned by this process."""
         shm = shared_memory.SharedMemory(create=True, size=(ram_pages + grant_pages) * PAGE_SIZE)
-        _CREATED_HERE.add(shm.name)
         return cls(shm.buf, ram_pages=ram_pages, grant_pages=grant_pages, shm=shm)
 
     @classmethod
     def attach(cls, name: str, *, ram_pages: int, grant_pages: int) -> DomainMemory:
-        """Map a segment another process created; this process never unlinks it."""
+        """Map a segment another process created; this process never unlinks it.
+
+        Mapped with mmap rather than `SharedMemory(name=...)`: before Python 3.13 the latter
+        registers the segment with the resource tracker, which then unlinks the creator's
+        segment when this process exits (or, for a multiprocessing child sharing the tracker,
+        forgets the creator's registration).
+        """
+        import _posixshmem
+
         try:
-            shm = shared_memory.SharedMemory(name=name)
+            fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDWR, mode=0o600)
         except FileNotFoundError as exc:
             raise RingProtocolError(f"shared memory {name!r} does not exist") from exc
-        # Python < 3.13 registers attachments with the resource tracker, which would unlink
-        # the creator's segment when this process exits.
-        if shm.name not in _CREATED_HERE:
-            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-        return cls(shm.buf, ram_pages=ram_pages, grant_pages=grant_pages, shm=shm, owner=False)
+        try:
+            size = os.fstat(fd).st_size
+            if size < (ram_pages + grant_pages) * PAGE_SIZE:
+                raise RingProtocolError(f"shared memory {name!r} is only {size} bytes")
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        mem = cls(memoryview(mm), ram_pages=ram_pages, grant_pages=grant_pages, owner=False)
+        mem._mmap = mm
+        mem._attached_name = name
+        return mem
 
     @property
     def name(self) -> str | None:
         """The shared-memory segment's name (None for local memory)."""
-        return self._shm.name if self._shm else None
+        return self._shm.name if self._shm else self._attached_name
 
     def page(self, pfn: int) -> memoryview:
         """RAM page `pfn` (guest-side access: no grant needed for one's own memory)."""
@@ -111,10 +125,12 @@ class DomainMemory:
         self.grant_buf.release()
         self.ram.release()
         self._buf.release()
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
         if self._shm is not None:
             self._shm.close()
             if self._owner:
-                _CREATED_HERE.discard(self._shm.name)
                 with contextlib.suppress(FileNotFoundError):
                     self._shm.unlink()
             self._shm = None
@@ -167,6 +183,7 @@ class GrantTable:
         self.nr_entries = memory.grant_pages * GRANTS_PER_PAGE
         self._ram_pages = memory.ram_pages
         self._free = list(range(self.nr_entries - 1, RESERVED_GREFS - 1, -1))
+        self._buf[:] = bytes(len(self._buf))  # a booting guest starts with no grants
 
     def grant_access(self, pfn: int, domid: int, *, readonly: bool) -> int:
         """Let domain `domid` map page `pfn`; returns the grant reference."""
