@@ -20,6 +20,7 @@ import mmap
 import os
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from multiprocessing import shared_memory
 from typing import Protocol
@@ -252,6 +253,12 @@ class GrantMapper:
 
 
 # --- rings ------------------------------------------------------------------------------------
+if sys.byteorder != "little":  # the ring is the x86-64 ABI; native u32 items must be little-endian
+    raise ImportError("storage.ring needs a little-endian host")
+_REQ_PROD, _REQ_EVENT, _RSP_PROD, _RSP_EVENT = (o // 4 for o in (
+    blkif.REQ_PROD_OFF, blkif.REQ_EVENT_OFF, blkif.RSP_PROD_OFF, blkif.RSP_EVENT_OFF))
+
+
 class SharedRing:
     """The shared ring pages (`io/ring.h` sring): header then `nr_ents` 112-byte slots."""
 
@@ -261,6 +268,10 @@ class SharedRing:
         self.buf = buf
         self.nr_pages = nr_pages
         self.nr_ents = blkif.ring_slots(nr_pages)
+        # The four indices as native u32 items: each read or write is one aligned 4-byte
+        # access. struct's little-endian codecs move one byte at a time, so the other process
+        # could see a half-updated index (seen: rsp_prod 7573 "behind" the consumer).
+        self.idx = buf[:16].cast("I")
 
     def init(self) -> None:
         """SHARED_RING_INIT: producers 0, events 1, padding zeroed (the frontend does this)."""
@@ -281,6 +292,7 @@ class FrontRing:
     def __init__(self, sring: SharedRing) -> None:
         self.sring = sring
         self.buf = sring.buf
+        self.idx = sring.idx
         self.nr_ents = sring.nr_ents
         self.req_prod_pvt = 0
         self.rsp_cons = 0
@@ -305,15 +317,15 @@ class FrontRing:
 
     def push_requests(self) -> bool:
         """Publish private requests; True iff the backend asked to be notified of them."""
-        buf = self.buf
-        old = blkif.read_u32(buf, blkif.REQ_PROD_OFF)
+        idx = self.idx
+        old = idx[_REQ_PROD]
         new = self.req_prod_pvt
-        blkif.write_u32(buf, blkif.REQ_PROD_OFF, new)
-        return blkif.need_notify(new, old, blkif.read_u32(buf, blkif.REQ_EVENT_OFF))
+        idx[_REQ_PROD] = new
+        return blkif.need_notify(new, old, idx[_REQ_EVENT])
 
     def unconsumed_responses(self) -> int:
         """Responses published but not yet taken."""
-        return (blkif.read_u32(self.buf, blkif.RSP_PROD_OFF) - self.rsp_cons) & U32
+        return (self.idx[_RSP_PROD] - self.rsp_cons) & U32
 
     def take_response(self) -> blkif.Response:
         """The next response (caller checked `unconsumed_responses`)."""
@@ -325,7 +337,7 @@ class FrontRing:
         """Re-arm `rsp_event` and look once more; True means do not sleep."""
         if self.unconsumed_responses():
             return True
-        blkif.write_u32(self.buf, blkif.RSP_EVENT_OFF, self.rsp_cons + 1)
+        self.idx[_RSP_EVENT] = (self.rsp_cons + 1) & U32
         return bool(self.unconsumed_responses())
 
 
@@ -335,6 +347,7 @@ class BackRing:
     def __init__(self, sring: SharedRing) -> None:
         self.sring = sring
         self.buf = sring.buf
+        self.idx = sring.idx
         self.nr_ents = sring.nr_ents
         self.rsp_prod_pvt = 0
         self.req_cons = 0
@@ -345,7 +358,7 @@ class BackRing:
         Raises `RingOverflowError` if the frontend's `req_prod` is more than a ring ahead of the
         responses (RING_REQUEST_PROD_OVERFLOW): such a frontend must be disconnected.
         """
-        prod = blkif.read_u32(self.buf, blkif.REQ_PROD_OFF)
+        prod = self.idx[_REQ_PROD]
         if ((prod - self.rsp_prod_pvt) & U32) > self.nr_ents:
             raise RingOverflowError(
                 f"req_prod {prod} is more than {self.nr_ents} ahead of "
@@ -367,17 +380,17 @@ class BackRing:
 
     def push_responses(self) -> bool:
         """Publish responses; True iff the frontend asked to be notified of them."""
-        buf = self.buf
-        old = blkif.read_u32(buf, blkif.RSP_PROD_OFF)
+        idx = self.idx
+        old = idx[_RSP_PROD]
         new = self.rsp_prod_pvt
-        blkif.write_u32(buf, blkif.RSP_PROD_OFF, new)
-        return blkif.need_notify(new, old, blkif.read_u32(buf, blkif.RSP_EVENT_OFF))
+        idx[_RSP_PROD] = new
+        return blkif.need_notify(new, old, idx[_RSP_EVENT])
 
     def final_check_for_requests(self) -> bool:
         """Re-arm `req_event` and look once more; True means do not sleep."""
         if self.unconsumed_requests():
             return True
-        blkif.write_u32(self.buf, blkif.REQ_EVENT_OFF, self.req_cons + 1)
+        self.idx[_REQ_EVENT] = (self.req_cons + 1) & U32
         return bool(self.unconsumed_requests())
 
 
