@@ -44,6 +44,7 @@ from storage.ring import (
 from storage.xenstore import Watch, XenStoreError
 
 MAX_LINE = 64 * 1024
+MAX_WATCHES = 128  # per guest connection
 ACK = b"+\n"
 
 
@@ -160,6 +161,8 @@ class HostServer:
         try:
             while line := await reader.readline():
                 msg = json.loads(line)
+                if not isinstance(msg, dict):
+                    msg = {}
                 rid, op = msg.get("id"), msg.get("op")
                 try:
                     if op == "read":
@@ -172,6 +175,8 @@ class HostServer:
                         result = await xs.ls(str(msg["path"]))
                     elif op == "watch":
                         token = int(msg["token"])
+                        if len(watches) >= MAX_WATCHES or token in watches:
+                            raise XenStoreError("too many watches or token in use")
                         w = xs.watch(str(msg["path"]))
                         watches[token] = (w, asyncio.create_task(forward(token, w)))
                         result = None

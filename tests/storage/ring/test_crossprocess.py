@@ -113,6 +113,10 @@ async def test_host_refuses_foreign_writes_and_double_attach(tmp_path: Path) -> 
             s.close()
             async with connect_guest(sock, 2) as guest:
                 assert await guest.xs.read("/local/domain/0/backend/vbd/2/51712/mode") == "w"
+                with pytest.raises(XenStoreError, match="unknown op"):
+                    await guest.xs.call("format-disk")
+                guest.xs._writer.write(b"[1, 2]\n")  # not an object: answered, not fatal
+                assert await guest.xs.ls("/local/domain/2/device/vbd") == ["51712"]
 
 
 async def test_ring_serve_cleans_up_on_sigterm(tmp_path: Path) -> None:
