@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from netsim.errors import ScenarioError
+from netsim.fabric import Link, Vm
 from netsim.filters import Filter, decode
 from netsim.pcapread import read_capture
 from netsim.scenario import (
@@ -190,7 +191,6 @@ class ScenarioRun:
 
     # -- helpers -----------------------------------------------------------------------------
     def _port(self, name: str) -> Any:
-        from netsim.fabric import Vm
         obj = self.fabric[name]
         return obj.ports[0] if isinstance(obj, Vm) else obj
 
@@ -205,7 +205,10 @@ class ScenarioRun:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if scn.capture is not None:
-                captures = fab.capture(scn.capture, self.out_dir)
+                targets = scn.capture if scn.capture == "all" else [
+                    self._port(n) if not isinstance(fab[n], Link) else fab[n]
+                    for n in scn.capture]
+                captures = fab.capture(targets, self.out_dir)
         watches: dict[str, _Watch] = {}
         arrivals: dict[int, list[int]] = {}
         for i, e in enumerate(scn.expectations):
@@ -367,9 +370,12 @@ class ScenarioRun:
         where = self.scn.smap.where(e.path).rsplit(": ", 1)[0]
         if isinstance(e, Arrives):
             assert times is not None
-            end = e.end_ns if e.end_ns is not None else self._end_ns
-            got = [t for t in times if e.start_ns <= t <= end]
-            window = f"{fmt_ns(e.start_ns)}..{fmt_ns(end)}"
+            if e.end_ns is not None:  # half-open: a frame at the closing instant is not in
+                got = [t for t in times if e.start_ns <= t < e.end_ns]
+                window = f"[{fmt_ns(e.start_ns)}, {fmt_ns(e.end_ns)})"
+            else:
+                got = [t for t in times if e.start_ns <= t]
+                window = f"[{fmt_ns(e.start_ns)}, end]"
             first = f", first at {fmt_ns(got[0])}" if got else ""
             if e.never:
                 ok = not got

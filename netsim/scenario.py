@@ -68,6 +68,8 @@ def parse_duration(value: Any) -> int:
 
 def fmt_ns(ns: int) -> str:
     """Nanoseconds → a short readable duration (`1.5ms`)."""
+    if ns == 0:
+        return "0s"
     for unit, size in (("s", NS), ("ms", 1_000_000), ("us", 1_000)):
         if ns >= size:
             return f"{ns / size:g}{unit}"
@@ -144,7 +146,7 @@ class Expectation:
 @dataclass(frozen=True)
 class Arrives(Expectation):
     """Frames matching `filter` leave the switch through `port` (towards the guest for a VM port,
-    onto the wire for a PIF or physical port) between `start_ns` and `end_ns` (None = the end).
+    onto the wire for a PIF or physical port) in [`start_ns`, `end_ns`) (None = to the end).
     `count` exact, or at least `min_count`; `never` = none may arrive."""
 
     port: str
@@ -235,6 +237,9 @@ class Scenario:
                 raise self.error(path, f"{name!r} is a {type(obj).__name__}, not {what}")
             return obj
 
+        if isinstance(self.capture, list):
+            for i, name in enumerate(self.capture):
+                lookup(name, ("capture", i), (Port, Vm, Link), "a port, VM or cable")
         for s in self.steps:
             if isinstance(s, Send):
                 lookup(s.port, (*s.path, "send", "from"), (Port, Vm), "a port or VM")
@@ -513,6 +518,11 @@ def _expectation(r: _Reader, raw: Any, path: PathT) -> Expectation:
     kind = kinds[0]
     kp = (*path, kind)
     b = m[kind]
+    if kind != "counter" and isinstance(b, Mapping) and "name" in b:  # or inside the body
+        if "name" in m:
+            raise r.fail((*kp, "name"), "name is given twice")
+        m = {**m, "name": r.name(b["name"], (*kp, "name"))}
+        b = {k: v for k, v in b.items() if k != "name"}
     if kind in ("arrives", "never"):
         b = r.mapping(b, kp, ("at", "match", "tagged", "after", "within", "count", "min"),
                       ("at",))

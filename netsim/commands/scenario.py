@@ -75,7 +75,8 @@ def replay(
     table.add_column("observed")
     table.add_column("where", style="dim")
     for r in report.results:
-        table.add_row("[green]ok[/]" if r.passed else "[red]FAIL[/]", r.name, r.detail, r.where)
+        table.add_row("[green]ok[/]" if r.passed else "[red]FAIL[/]", r.name, r.detail,
+                      Path(r.where).name)
     for s in report.steps:
         if s.get("unfinished"):
             table.add_row("[yellow]cut[/]", f"step {s['step']}", "still running at the end "
