@@ -27,7 +27,9 @@ Times are `500ns`, `10us`, `1.5ms`, `2s`, `1m`, `1h` or plain seconds. `load_sce
 file's shape, frames, filters and times, raising `ScenarioError` as `file:line: key: message`;
 `Scenario.check(fabric)` then checks every port, VM, switch and port group it names against the
 built fabric, still before anything runs. Nothing in a file is evaluated as code: frames are
-declarative (Python callers may pass Scapy packets to `netsim.pytest_plugin`'s helpers instead).
+declarative; Python callers may name frames built with Scapy (`load_scenario(path,
+frames={"syn": Ether()/IP()/TCP()})`, then `frame: syn` in the file) or pass packets to
+`netsim.pytest_plugin`'s `send`.
 """
 from __future__ import annotations
 
@@ -303,6 +305,18 @@ class _Reader:
     def __init__(self, smap: SourceMap, base: Path) -> None:
         self.smap = smap
         self.base = base
+        self.frames: dict[str, Any] = {}
+
+    def named_frame(self, name: str, path: PathT) -> bytes:
+        if name not in self.frames:
+            known = ", ".join(sorted(self.frames)) or "none were given"
+            raise self.fail(path, f"no frame named {name!r} (named frames come from Python: "
+                            f"load_scenario(..., frames={{...}}); known: {known})")
+        value = self.frames[name]
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value)
+        from netsim.frame import from_scapy  # the one place Scapy objects become bytes
+        return from_scapy(value)
 
     def fail(self, path: PathT, message: str) -> ScenarioError:
         err = self.smap.error(path, message, ScenarioError)
@@ -360,8 +374,11 @@ class _Reader:
             raise self.fail(path, str(exc)) from None
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file (see the module docstring)."""
+def load_scenario(path: str | Path, *, frames: Mapping[str, Any] | None = None) -> Scenario:
+    """Read and validate a scenario file (see the module docstring).
+
+    `frames`: named frames for `send.frame: <name>` — Scapy packets or bytes, given from Python
+    (a file itself only holds declarative frames; nothing in it is evaluated)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -369,14 +386,16 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{path}: cannot read scenario: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ScenarioError(f"{path}: not a text file ({exc.reason})") from exc
-    return parse_scenario(text, str(path), base=path.parent)
+    return parse_scenario(text, str(path), base=path.parent, frames=frames)
 
 
-def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | None = None
-                   ) -> Scenario:
-    """Validate scenario text; relative paths resolve against `base` (default: cwd)."""
+def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | None = None,
+                   frames: Mapping[str, Any] | None = None) -> Scenario:
+    """Validate scenario text; relative paths resolve against `base` (default: cwd); `frames`
+    as for `load_scenario`."""
     data, smap = load_yaml(text, source, ScenarioError)
     r = _Reader(smap, base or Path("."))
+    r.frames = dict(frames or {})
     top = r.mapping(data, (), ("name", "topology", "seed", "capture", "duration", "steps",
                                "expect", "description"))
     name = r.name(top.get("name", Path(source).stem), ("name",))
@@ -431,10 +450,13 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
     body = m[kind]
     if kind == "send":
         b = r.mapping(body, kp, ("from", "frame", "count", "rate", "interval"), ("from", "frame"))
-        try:
-            frame = parse_spec(b["frame"], ()).build()
-        except SpecError as exc:
-            raise r.fail((*kp, "frame", *exc.path), exc.message) from None
+        if isinstance(b["frame"], str):
+            frame = r.named_frame(b["frame"], (*kp, "frame"))
+        else:
+            try:
+                frame = parse_spec(b["frame"], ()).build()
+            except SpecError as exc:
+                raise r.fail((*kp, "frame", *exc.path), exc.message) from None
         count = r.integer(b.get("count", 1), (*kp, "count"), 1, 10_000_000)
         interval = 0
         if "rate" in b and "interval" in b:
@@ -473,8 +495,8 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
     if kind == "flush_mac":
         b = r.mapping(body, kp, ("switch",))
         return FlushMac(at, path, r.name(b["switch"], (*kp, "switch")) if "switch" in b else None)
-    raise r.fail(kp, "moving a VM needs the distributed switch, which this version does not "
-                 "have yet")
+    raise r.fail(kp, "moving a VM needs a distributed-switch run (netsim.host.HostAgent.migrate, "
+                 "`hvsim host`); scenarios on one fabric cannot move VMs yet")
 
 
 def _rate_interval(r: _Reader, value: Any, path: PathT) -> int:
