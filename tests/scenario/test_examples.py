@@ -110,3 +110,24 @@ def test_cli_pcap_one_liner(tmp_path: Path) -> None:
     from netsim.pcapread import read_capture
     assert len([1 for *_x, i in read_capture(tmp_path / "out" / "vif2.0.pcapng")]) >= 20
     assert list(read_capture(tmp_path / "out" / "vif3.0.pcapng")) == []
+
+
+def test_pcapng_replayed_into_the_ports_its_interfaces_name(tmp_path: Path) -> None:
+    from .test_pcapread import write_pcapng_ns
+
+    f1 = build_frame({"eth": {"src": "00:16:3e:00:05:01"}, "payload": 46})
+    f3 = build_frame({"eth": {"src": "00:16:3e:00:41:03"}, "payload": 46})
+    t = 1_700_000_000 * 10**9
+    records = [(t, f1, 0), (t + 10**6, f3, 1), (t + 2 * 10**6, f1, 0)]
+    write_pcapng_ns(tmp_path / "two.pcapng", records, ["vif1.0", "vif3.0"])
+    res = hvsim("replay", "--pcap", "two.pcapng", str(ROOT / "topologies" / "xen-vlans.yaml"),
+                "--capture", "vif2.0,vif4.0", "--out", "out", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    from netsim.pcapread import read_capture
+    assert [f for _, f, _ in read_capture(tmp_path / "out" / "vif2.0.pcapng")] == [f1, f1]
+    assert [f for _, f, _ in read_capture(tmp_path / "out" / "vif4.0.pcapng")] == [f3]
+    write_pcapng_ns(tmp_path / "bad.pcapng", [(t, f1, 0)], ["vif42.0"])
+    res = hvsim("replay", "--pcap", "bad.pcapng", str(ROOT / "topologies" / "xen-vlans.yaml"),
+                "--out", "out2", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "frame 1 was captured on 'vif42.0', which is no port here; give `into:`" in res.stderr

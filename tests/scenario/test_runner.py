@@ -154,3 +154,19 @@ expect:
         assert len(files) > 5
         digests.append({f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
     assert digests[0] == digests[1]
+
+
+async def test_a_simulated_hour_takes_seconds(tmp_path: Path) -> None:
+    import time
+    t0 = time.perf_counter()
+    report = await run(f"""
+duration: 1h
+steps:
+  - {{at: 0, send: {{from: a, count: 7, interval: 10m, frame: {BCAST_FROM_A}}}}}
+expect:
+  - arrives: {{at: b.eth0, match: "ether src {MAC_A}", count: 7}}
+  - arrives: {{at: b.eth0, match: "ether src {MAC_A}", after: 59m, count: 1}}
+""", tmp_path)
+    assert report.passed, report.to_json()
+    assert report.duration_ns == 3600 * 10**9
+    assert time.perf_counter() - t0 < 10
