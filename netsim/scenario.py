@@ -195,7 +195,6 @@ class Scenario:
     expectations: list[Expectation]
     capture: list[str] | str | None = None
     duration_ns: int | None = None
-    seed: int = 0
     smap: SourceMap = field(default_factory=lambda: SourceMap("<scenario>"))
 
     @property
@@ -396,7 +395,7 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
     data, smap = load_yaml(text, source, ScenarioError)
     r = _Reader(smap, base or Path("."))
     r.frames = dict(frames or {})
-    top = r.mapping(data, (), ("name", "topology", "seed", "capture", "duration", "steps",
+    top = r.mapping(data, (), ("name", "topology", "capture", "duration", "steps",
                                "expect", "description"))
     name = r.name(top.get("name", Path(source).stem), ("name",))
     topology = None
@@ -405,7 +404,6 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
         topology = tpath if tpath.is_absolute() else r.base / tpath
         if not topology.is_file():
             raise r.fail(("topology",), f"no topology file {str(topology)!r}")
-    seed = r.integer(top.get("seed", 0), ("seed",), 0, 2**63 - 1)
     capture: list[str] | str | None = None
     if "capture" in top:
         cap = top["capture"]
@@ -425,7 +423,7 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
         raise r.fail(("expect",), "expected a list of expectations")
     expectations = [_expectation(r, raw, ("expect", i)) for i, raw in enumerate(exp_raw)]
     scn = Scenario(name=name, source=source, topology=topology, steps=steps,
-                   expectations=expectations, capture=capture, duration_ns=duration, seed=seed,
+                   expectations=expectations, capture=capture, duration_ns=duration,
                    smap=smap)
     if duration is not None:
         for s in steps:
