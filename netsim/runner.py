@@ -182,12 +182,27 @@ class ScenarioRun:
         if lab is not None:
             pingable = [n for n, a in lab.agents.items() if a.guest.addresses()]
         scn.check(self.fabric, pingable=pingable)
+        if lab is not None:
+            self._check_xen_vlan_changes(lab)
         self._t0 = 0
         self._end_ns = scn.end_ns
         self._step_stats: list[dict[str, Any]] = []
         self._offsets: list[int] = []
         self._counter_values: dict[int, int] = {}
         self._ping_results: dict[int, Any] = {}
+
+    def _check_xen_vlan_changes(self, lab: Any) -> None:
+        for s in self.scn.steps:
+            if isinstance(s, PortGroupEvent) and s.vlan is not None:
+                sw, _ = find_port_group(self.fabric, s, self.scn)
+                host = next((h for h in self.fabric.hosts.values()
+                             if sw in h.switches.values()), None)
+                if host is not None and lab.topo.host(host.name).type == "xen":
+                    raise self.scn.error(
+                        (*s.path, "port_group", "vlan"),
+                        f"on XenServer host {host.name} a VLAN network is its own bridge over "
+                        "ethX.VID; changing its VLAN means another network (not supported); "
+                        "security changes work")
 
     # -- helpers -----------------------------------------------------------------------------
     def _port(self, name: str) -> Any:

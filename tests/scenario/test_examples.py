@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from netsim.errors import ScenarioError
 from netsim.framespec import build_frame
 from netsim.runner import run_scenario
 from netsim.scenario import load_scenario, parse_scenario
@@ -131,3 +132,12 @@ def test_pcapng_replayed_into_the_ports_its_interfaces_name(tmp_path: Path) -> N
                 "--out", "out2", cwd=tmp_path)
     assert res.returncode == 2
     assert "frame 1 was captured on 'vif42.0', which is no port here; give `into:`" in res.stderr
+
+
+async def test_xen_network_vlan_change_is_refused_before_running(tmp_path: Path) -> None:
+    text = (f"topology: {ROOT / 'topologies' / 'xen-vlans.yaml'}\n"
+            "steps:\n  - {at: 1ms, port_group: {name: vlan5, vlan: 6}}\n")
+    with pytest.raises(ScenarioError, match=r"x\.yaml:3: steps\[0\]\.port_group\.vlan: on "
+                       "XenServer host xen1 a VLAN network is its own bridge"):
+        await run_scenario(parse_scenario(text, "x.yaml"), out_dir=tmp_path)
+    assert not (tmp_path / "report.json").exists()
