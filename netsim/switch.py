@@ -442,7 +442,6 @@ class StandardSwitch(Bridge):
             raise ConfigError(f"{self.name}: an uplink must be a Pif (eth0, eth0.5), not {pif!r}")
         self._attach(pif, vlan if vlan is not None else VlanPolicy.trunk(), ROLE_UPLINK)
         self.uplinks.append(pif)
-        self._check_team()
         return pif
 
     @property
@@ -558,13 +557,16 @@ class StandardSwitch(Bridge):
             if p is not port:
                 tagged = self._to_port(p, check, inner, tagged, vid, pcp, now)
                 sent = True
-        if from_vm:
+        reason = "no-destination"
+        if from_vm and self.uplinks:
             up = self.uplink_for(port)
-            if up is not None and up.sw_vlan.carries(vid):
+            if up is None:
+                reason = "link-down"  # every uplink is down
+            elif up.sw_vlan.carries(vid):
                 self._emit(up, inner, tagged, vid, pcp, now)
                 sent = True
         if not sent:
-            port.counters.drop("no-destination")
+            port.counters.drop(reason)
 
     def _to_port(
         self,
