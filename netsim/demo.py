@@ -181,7 +181,7 @@ async def run(out_dir: Path, *, progress: Callable[[int, int], None] | None = No
         plan = steps(eps)
         eth0 = fab["xen1/eth0"]
         uplink_seen: list[bytes] = []
-        eth0.taps.append(lambda f, outbound: uplink_seen.append(f))
+        eth0.add_tap(lambda f, outbound: uplink_seen.append(f))
         for i, (label, expect, sender, frame) in enumerate(plan):
             before = {p.path: dict(p.counters.drops) for p in fab.ports()}
             uplink_seen.clear()

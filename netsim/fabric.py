@@ -319,13 +319,13 @@ class Fabric:
             w = PcapngWriter(path, clock=self.clock)
             ids = [w.add_interface(n, description=d) for _, n, d in ports]
             for (port, _, _), i in zip(ports, ids, strict=True):
-                port.taps.append(w.tap(i))
+                port.add_tap(w.tap(i))
             self.captures.append(w)
             return [path]
         for port, name, desc in ports:
             path = out / f"{name.replace('/', '_')}.pcapng"
             w = PcapngWriter(path, clock=self.clock)
-            port.taps.append(w.tap(w.add_interface(name, description=desc)))
+            port.add_tap(w.tap(w.add_interface(name, description=desc)))
             self.captures.append(w)
             paths.append(path)
         return paths

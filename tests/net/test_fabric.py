@@ -72,7 +72,7 @@ async def test_frames_cross_links_with_vlan_pif_tagging() -> None:
     async with fab:
         vm1.vnic.send(make(BCAST, vm1.vnic.mac))
         await fab.settle()
-        (f,) = ge2.queue._items  # access 5 on the physical switch: untagged, VLAN 5
+        (f,) = ge2.queue.items  # access 5 on the physical switch: untagged, VLAN 5
         assert fr.parse(f).tags == 0
         assert eth0.counters.tx_frames == 1 and ge1.counters.rx_frames == 1
         assert vm2.vnic.drain() == []  # other network
