@@ -458,10 +458,16 @@ class Fabric:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             self._tasks.clear()
+            errors = []
             for w in self.captures:
-                w.close()
+                try:
+                    w.close()
+                except CaptureError as err:
+                    errors.append(err)
         if exc_type is None:
             self.check()
+            if errors:
+                raise errors[0]
 
     def check(self) -> None:
         """Raise if any fabric task has crashed (a bug: switch tasks never raise for frames)."""

@@ -358,7 +358,8 @@ class VmPort(Port):
 
 
 class Vif(VmPort):
-    """A Xen VIF backend, named `vif<domid>.<devid>` as in dom0."""
+    """A Xen VIF backend, named `vif<domid>.<devid>` as in dom0. Without `mac`, the MAC is
+    `00:16:3e:DD:DD:NN` from the domid and devid (Xen's prefix, next byte below 0x80)."""
 
     kind = "vif"
 
@@ -367,7 +368,7 @@ class Vif(VmPort):
         domid: int,
         devid: int,
         *,
-        mac: str | bytes,
+        mac: str | bytes | None = None,
         queue_size: int = DEFAULT_QUEUE,
         mtu: int = 1500,
     ) -> None:
@@ -376,6 +377,8 @@ class Vif(VmPort):
                 raise ConfigError(f"vif {what}: {v!r} must be a non-negative integer")
         self.domid = domid
         self.devid = devid
+        if mac is None:
+            mac = f"00:16:3e:{(domid >> 8) & 0x7F:02x}:{domid & 0xFF:02x}:{devid & 0xFF:02x}"
         super().__init__(f"vif{domid}.{devid}", mac=mac, queue_size=queue_size, mtu=mtu)
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from netsim.clock import Clock, RealClock
 from netsim.errors import ConfigError
 from netsim.frame import arp_is_gratuitous
-from netsim.mac_table import DEFAULT_AGING_S, DEFAULT_SIZE, NO_SPACE, MacTable
+from netsim.mac_table import DEFAULT_AGING_S, DEFAULT_SIZE, NO_SPACE, MacEntry, MacTable
 from netsim.policy import (
     LoadBalancing,
     SecurityPolicy,
@@ -211,13 +211,18 @@ class Bridge:
         self._flood[vid] = members
         return members
 
+    def mac_entries(self) -> list[MacEntry]:
+        """The live MAC table now (VLAN, MAC, port, age), sorted by VLAN then MAC."""
+        return self.mac_table.entries(self._now())
+
     def port_counters(self) -> dict[str, dict[str, Any]]:
         """Every port's counters, by port name."""
         return {name: p.counters.as_dict() for name, p in self.ports.items()}
 
     # -- the pipeline ------------------------------------------------------------------------
     def ingress(self, port: Port, frame: bytes) -> None:
-        """Switch one frame that arrived on `port` (already counted as received there)."""
+        """Switch one frame that arrived on `port`. Call `port.receive(frame)` to inject a frame:
+        it counts and taps the arrival, then calls this."""
         c = port.counters
         n = len(frame)
         if n < 14:
