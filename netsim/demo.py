@@ -171,9 +171,16 @@ def steps(eps: dict[str, Endpoint]) -> list[tuple[str, str, Endpoint, bytes]]:
     return plan
 
 
-async def run(out_dir: Path, *, progress: Callable[[int, int], None] | None = None) -> DemoResult:
-    """Build, drive and capture the demo; pcapng files go to `out_dir`."""
-    clock = ManualClock(start_ns=time.time_ns())
+async def run(
+    out_dir: Path,
+    *,
+    start_ns: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DemoResult:
+    """Build, drive and capture the demo; pcapng files go to `out_dir`. Time starts at
+    `start_ns` (now by default) and moves 1 ms per step, so the same start gives byte-identical
+    captures."""
+    clock = ManualClock(start_ns=time.time_ns() if start_ns is None else start_ns)
     result = DemoResult(out_dir=out_dir)
     async with Fabric(clock=clock) as fab:
         eps = build(fab)

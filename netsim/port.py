@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from netsim.errors import ConfigError
 from netsim.frame import TPID_8021Q, mac_to_bytes, mac_to_str
+from netsim.policy import check_vlan
 
 if TYPE_CHECKING:
     from netsim.switch import Bridge
@@ -398,8 +399,6 @@ class Pif(Port):
 
     def vlan(self, vid: int) -> VlanPif:
         """The VLAN PIF `<name>.<vid>` on this NIC."""
-        from netsim.policy import check_vlan
-
         check_vlan(vid, f"{self.name}: VLAN PIF", allow_vgt=False)
         if vid == 0:
             raise ConfigError(f"{self.name}: VLAN PIF needs a VLAN ID 1-4094, not 0")

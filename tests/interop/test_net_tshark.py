@@ -67,3 +67,4 @@ def test_timestamps_are_nanosecond_and_direction_is_recorded(demo_out) -> None:
     epoch = tshark("-r", str(out / "eth0.pcapng"), "-T", "fields", "-e", "frame.time_epoch",
                    "-c", "1").strip()
     assert len(epoch.split(".")[1]) == 9
+

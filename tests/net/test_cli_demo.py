@@ -1,12 +1,14 @@
 """`hvsim demo`: runs the XenServer VLAN example, prints the tables, writes one pcapng per port."""
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
 
+from netsim import demo
 from netsim.cli import app
 
 runner = CliRunner()
@@ -39,3 +41,12 @@ def test_demo_to_an_unwritable_place_is_one_clear_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "cannot create capture directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_same_start_time_gives_byte_identical_captures(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    asyncio.run(demo.run(a, start_ns=1_790_000_000_000_000_000))
+    asyncio.run(demo.run(b, start_ns=1_790_000_000_000_000_000))
+    files = sorted(p.name for p in a.glob("*.pcapng"))
+    assert len(files) == 16
+    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in files)

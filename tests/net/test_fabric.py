@@ -190,3 +190,20 @@ def test_vm_with_several_port_groups_must_name_one() -> None:
     assert fr.mac_to_str(nic.mac).startswith("00:50:56")
     assert isinstance(Pif("eth0"), Pif) and isinstance(vm.ports[0], type(nic))
     assert not isinstance(nic, Vif)
+
+
+async def test_settle_waits_for_guests_that_answer() -> None:
+    fab = Fabric(clock=ManualClock())
+    _, _, _, ge2, vm1, _ = xen(fab)
+    station = fr.mac_to_bytes("02:00:00:00:00:01")
+
+    def echo(frame: bytes) -> None:  # vm1 answers every frame addressed to it
+        if frame[:6] == vm1.vnic.mac:
+            vm1.vnic.send(frame[6:12] + frame[0:6] + frame[12:])
+
+    fab.on_receive(vm1, echo)
+    async with fab:
+        ge2.receive(make(vm1.vnic.mac, station))
+        await fab.settle()
+        (answer,) = ge2.queue.items
+        assert answer[:6] == station
