@@ -5,6 +5,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netsim import frame as fr
 from netsim.capture import read_pcapng
@@ -207,3 +209,22 @@ async def test_settle_waits_for_guests_that_answer() -> None:
         await fab.settle()
         (answer,) = ge2.queue.items
         assert answer[:6] == station
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=80)), min_size=1, max_size=20))
+def test_garbage_from_guests_and_the_wire_never_crashes_a_task(frames) -> None:
+    async def scenario() -> None:
+        fab = Fabric(clock=ManualClock())
+        _, eth0, ge1, _, vm1, _ = xen(fab)
+        async with fab:
+            for from_wire, data in frames:
+                if from_wire:
+                    ge1.transmit(data)  # arrives at eth0: VLAN PIF demux, then xenbr0
+                else:
+                    vm1.vnic.send(data)
+            await fab.settle()
+        seen = eth0.counters.rx_frames + vm1.ports[0].counters.rx_frames
+        assert seen == len(frames)
+
+    asyncio.run(scenario())
