@@ -68,6 +68,8 @@ class DemoResult:
     counters: dict[str, dict[str, Any]] = field(default_factory=dict)
     captures: list[Path] = field(default_factory=list)
     out_dir: Path = Path()
+    #: the physical switch's MAC table at the end: (VLAN, MAC, port)
+    phys_macs: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 def build(fab: Fabric) -> dict[str, Endpoint]:
@@ -207,6 +209,7 @@ async def run(
             if progress is not None:
                 progress(i + 1, len(plan))
         result.counters = {fab.short_name(p): p.counters.as_dict() for p in fab.ports()}
+        result.phys_macs = [(e.vlan, e.mac, e.port.name) for e in fab["phys"].mac_entries()]
     return result
 
 
@@ -244,5 +247,12 @@ def render(result: DemoResult, console: Any) -> None:
         drops = ", ".join(f"{r}={n}" for r, n in cnt["drops"].items()) or "-"
         c.add_row(name, str(cnt["rx_frames"]), str(cnt["tx_frames"]), drops)
     console.print(c)
+
+    m = Table(title="MAC table of phys", title_justify="left")
+    for col in ("VLAN", "MAC", "port"):
+        m.add_column(col)
+    for vlan, mac, port in result.phys_macs:
+        m.add_row(str(vlan), mac, port)
+    console.print(m)
     console.print(f"pcapng files ({len(result.captures)}, one per port) in "
                   f"[bold]{result.out_dir}[/]: try `wireshark {result.out_dir}/eth0.pcapng`")

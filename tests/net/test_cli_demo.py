@@ -22,6 +22,7 @@ def test_demo_prints_who_reached_whom_and_writes_pcaps(tmp_path: Path) -> None:
     assert "vm1 ARP who-has 10.5.0.2" in text
     assert "tagged-on-access" in text and "not-promiscuous" in text
     assert "did not go as expected" not in text
+    assert "MAC table of phys" in text and "00:16:3e:00:41:03" in text
     assert str(out) in text.replace("\n", "")
     names = sorted(p.name for p in out.glob("*.pcapng"))
     assert "eth0.pcapng" in names and "vif1.0.pcapng" in names and len(names) == 16
