@@ -2,8 +2,9 @@
 (bits/s) and burst size (bytes), enforced frame by frame.
 
 A `Shaper` is two token buckets: the committed bucket fills at the average rate and holds up to
-`burst_bytes` (so a frame larger than the burst size never conforms); the peak bucket fills at the peak rate and holds
-`PEAK_WINDOW_S` worth of peak-rate traffic (at least one maximum-size frame). A frame conforms
+`burst_bytes` (so a frame larger than the burst size never conforms); the peak bucket fills at
+the peak rate and holds `PEAK_WINDOW_S` worth of peak-rate traffic (at least one maximum-size
+frame). A frame conforms
 when both hold enough, so an idle sender may send `burst_bytes` at up to the peak rate, and over
 any long run never more than the average rate. Tokens are exact integers (bit-nanoseconds), so
 long runs do not drift.
