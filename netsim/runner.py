@@ -127,11 +127,11 @@ class _Watch:
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self.t0 = 0
-        self.items: list[tuple[Filter, list[int]]] = []
+        self.items: list[tuple[Callable[[Any], bool], list[int]]] = []
 
     def add(self, flt: Filter) -> list[int]:
         times: list[int] = []
-        self.items.append((flt, times))
+        self.items.append((flt.match_decoded, times))
         return times
 
     def tap(self, frame: bytes, outbound: bool) -> None:
@@ -140,9 +140,11 @@ class _Watch:
         d = decode(frame)
         if d is None:
             return
-        t = self.clock.now_ns() - self.t0
-        for flt, times in self.items:
-            if flt.match_decoded(d):
+        t = -1
+        for match, times in self.items:
+            if match(d):
+                if t < 0:
+                    t = self.clock.now_ns() - self.t0
                 times.append(t)
 
 
