@@ -32,8 +32,7 @@ import time
 import weakref
 from typing import Any
 
-# 2026-01-01T00:00:00Z: a fixed start, so virtual runs stamp identical times run after run.
-DEFAULT_START_NS = 1_767_225_600 * 1_000_000_000
+from netsim.clock import DEFAULT_START_NS  # 2026-01-01T00:00:00Z: same stamps every run
 
 _NS = 1_000_000_000
 _FALLBACK_ROUNDS = 64  # yields per idleness check on loops without a visible ready queue

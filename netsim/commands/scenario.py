@@ -69,6 +69,8 @@ def replay(
             scn, out_dir=out, realtime=realtime,
             progress=lambda frac: bar.update(task, completed=frac)))
 
+    if not console.is_terminal:  # logs and CI: room for the names instead of 80 columns
+        console.width = max(console.width, 140)
     table = Table(title=f"{scn.name}: {'PASS' if report.passed else 'FAIL'}")
     table.add_column("", width=4)
     table.add_column("expectation")
