@@ -272,6 +272,10 @@ class Port:
         """Call `fn(port)` whenever this port's link goes up or down."""
         self._link_listeners.append(fn)
 
+    def off_link_change(self, fn: Callable[[Port], None]) -> None:
+        """Stop calling `fn` on link changes."""
+        self._link_listeners = [f for f in self._link_listeners if f != fn]
+
     def __repr__(self) -> str:
         state = "up" if self.link_up else "down"
         return f"<{type(self).__name__} {self.path} {state}>"

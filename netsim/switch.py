@@ -160,6 +160,7 @@ class Bridge:
         p = self._port(port)
         del self.ports[p.name]
         self.mac_table.flush(p)
+        p.off_link_change(self._link_changed)
         p.switch = None
         self._changed()
 
