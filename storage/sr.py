@@ -1,0 +1,519 @@
+"""XenServer storage objects: SR, VDI, VBD, PBD, and the SR's garbage collector.
+
+An SR (storage repository) is a directory holding `sr.json` (its metadata, always rewritten
+atomically) and its volumes. What a volume is depends on the SR type: `file` keeps each VDI as
+a VHD file `<uuid>.vhd`; other types (`lvm`, `lvhd`) are added by dropping a module into
+`storage/srtypes/` that registers an `SRDriver` subclass with `@register_sr_type`.
+
+Snapshot and clone follow XenServer: the VDI's volume becomes a hidden, read-only "base copy",
+the VDI continues as an empty child with the same UUID, and the snapshot (or clone) is a second
+child with a new UUID. `SR.gc()` removes hidden base copies nobody uses and coalesces a hidden
+parent with its only child, as XenServer's GC does.
+
+Multi-step changes are made crash-safe by recording the operation in `sr.json` (`pending`)
+before touching volumes; `SR.open` finishes or rolls back whatever a crash interrupted.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import uuid as uuidlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from storage.blockdev import BlockDevice
+from storage.chain import write_json_atomic
+from storage.errors import SrError
+
+META_FILE = "sr.json"
+META_VERSION = 1
+
+
+@dataclass
+class VDI:
+    """A virtual disk image record."""
+
+    uuid: str
+    name_label: str
+    virtual_size: int
+    location: str = ""                  # the driver's name for the volume (a file name, an LV)
+    read_only: bool = False
+    sharable: bool = False
+    hidden: bool = False                # a base copy: part of chains, not user-visible
+    parent: str | None = None           # uuid of the VDI whose volume is this one's parent
+    is_a_snapshot: bool = False
+    snapshot_of: str | None = None
+    name_description: str = ""
+
+    @property
+    def managed(self) -> bool:
+        """False for hidden base copies, which only the SR manages."""
+        return not self.hidden
+
+
+@dataclass
+class VBD:
+    """A VDI attached to a VM (a virtual block device)."""
+
+    uuid: str
+    vdi: str
+    vm: str
+    mode: str = "RW"                    # "RO" or "RW"
+    device: str = "xvda"
+    currently_attached: bool = False
+
+
+@dataclass
+class PBD:
+    """An SR attached to a host."""
+
+    uuid: str
+    host: str
+    device_config: dict[str, str] = field(default_factory=dict)
+    currently_attached: bool = False
+
+
+@dataclass
+class GcReport:
+    """What a garbage-collector run did."""
+
+    removed: list[str] = field(default_factory=list)
+    coalesced: list[tuple[str, str]] = field(default_factory=list)   # (child, into parent)
+    skipped: list[str] = field(default_factory=list)
+
+
+class SRDriver(ABC):
+    """How an SR type stores volumes. Small on purpose: the SR keeps records and lifecycle.
+
+    A driver is built with its `SR` and works only on VDI records it is handed. Methods that
+    create volumes return nothing; they fill in `vdi.location` and `vdi.virtual_size`.
+    """
+
+    type_name: ClassVar[str] = ""
+
+    def __init__(self, sr: SR) -> None:
+        self.sr = sr
+
+    def create_sr(self, device_config: dict[str, str]) -> None:
+        """Prepare storage for a new, empty SR."""
+        return None
+
+    def attach(self) -> None:
+        """Make the SR's storage reachable (PBD plug); idempotent."""
+        return None
+
+    @abstractmethod
+    def vdi_create(self, vdi: VDI, size: int) -> None:
+        """Create an empty volume of at least `size` bytes for `vdi`."""
+
+    @abstractmethod
+    def vdi_open(self, vdi: VDI, *, read_only: bool) -> BlockDevice:
+        """Open the VDI (with its whole chain) as a block device."""
+
+    @abstractmethod
+    def vdi_snapshot(self, vdi: VDI, copies: list[VDI]) -> list[VDI]:
+        """Give each of `copies` `vdi`'s current contents, in O(1).
+
+        Returns the new hidden VDIs (base copies) the SR must record; the driver sets
+        `parent` of `vdi` and of every copy.
+        """
+
+    @abstractmethod
+    def vdi_destroy(self, vdi: VDI) -> None:
+        """Delete the VDI's volume."""
+
+    @abstractmethod
+    def vdi_resize(self, vdi: VDI, size: int) -> int:
+        """Resize the VDI's volume; returns the new virtual size."""
+
+    @abstractmethod
+    def vdi_coalesce(self, parent: VDI, child: VDI, grandchildren: list[VDI]) -> None:
+        """Merge `child` into `parent`, relinking `grandchildren` to `parent`.
+
+        If `child` is a leaf (not hidden) the merged volume then takes `child`'s place
+        (`child.location` ends up naming it) and `parent`'s volume is gone.
+        """
+
+    @abstractmethod
+    def physical_utilisation(self, vdi: VDI) -> int:
+        """Bytes the VDI's volume occupies."""
+
+    def recover(self, pending: dict[str, Any]) -> None:
+        """Finish or roll back the operation `pending` that a crash interrupted."""
+        return None
+
+
+SR_TYPES: dict[str, type[SRDriver]] = {}
+
+
+def register_sr_type(cls: type[SRDriver]) -> type[SRDriver]:
+    """Class decorator: make `cls` available as `hvsim sr create --type <cls.type_name>`."""
+    SR_TYPES[cls.type_name] = cls
+    return cls
+
+
+def driver_class(type_name: str) -> type[SRDriver]:
+    """The driver for an SR type, importing `storage.srtypes.<type_name>` on first use."""
+    if type_name not in SR_TYPES:
+        try:
+            importlib.import_module(f"storage.srtypes.{type_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"storage.srtypes.{type_name}":
+                raise
+        if type_name not in SR_TYPES:
+            known = sorted({*SR_TYPES, *_available_types()})
+            raise SrError(f"unknown SR type {type_name!r} (known: {', '.join(known)})")
+    return SR_TYPES[type_name]
+
+
+def _available_types() -> list[str]:
+    import pkgutil
+
+    import storage.srtypes as pkg
+
+    return [m.name for m in pkgutil.iter_modules(pkg.__path__)]
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class SR:
+    """A storage repository. Open with `SR.create(...)` or `SR.open(path)`."""
+
+    def __init__(self, path: Path, *, uuid: str, type_name: str, name_label: str) -> None:
+        self.path = path
+        self.uuid = uuid
+        self.type = type_name
+        self.name_label = name_label
+        self.vdis: dict[str, VDI] = {}
+        self.vbds: dict[str, VBD] = {}
+        self.pbds: dict[str, PBD] = {}
+        self.pending: dict[str, Any] | None = None
+        self.driver = driver_class(type_name)(self)
+        self._devices: dict[str, BlockDevice] = {}
+
+    # --- persistence -------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], *, type_name: str = "file",
+               name_label: str = "", device_config: dict[str, str] | None = None,
+               uuid: str | None = None) -> SR:
+        """Create a new, empty SR in directory `path` (created if missing, must be empty)."""
+        p = Path(path)
+        if (p / META_FILE).exists():
+            raise SrError(f"{p}: already an SR (found {META_FILE})")
+        if p.exists() and not p.is_dir():
+            raise SrError(f"{p}: not a directory")
+        p.mkdir(parents=True, exist_ok=True)
+        sr = cls(p, uuid=uuid or str(uuidlib.uuid4()), type_name=type_name,
+                 name_label=name_label or p.name)
+        sr.driver.create_sr(device_config or {})
+        sr.save()
+        return sr
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> SR:
+        """Load the SR in `path`, finishing any operation a crash interrupted."""
+        p = Path(path)
+        meta = p / META_FILE
+        try:
+            data = json.loads(meta.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise SrError(f"{p}: not an SR (no {META_FILE}; create one with "
+                          "`hvsim sr create`)") from exc
+        except (OSError, ValueError) as exc:
+            raise SrError(f"{meta}: unreadable SR metadata: {exc}") from exc
+        try:
+            sr = cls(p, uuid=data["uuid"], type_name=data["type"],
+                     name_label=data.get("name_label", ""))
+            sr.vdis = {k: _from_dict(VDI, v) for k, v in data.get("vdis", {}).items()}
+            sr.vbds = {k: _from_dict(VBD, v) for k, v in data.get("vbds", {}).items()}
+            sr.pbds = {k: _from_dict(PBD, v) for k, v in data.get("pbds", {}).items()}
+            sr.pending = data.get("pending")
+        except (KeyError, TypeError) as exc:
+            raise SrError(f"{meta}: malformed SR metadata: {exc}") from exc
+        if sr.pending:
+            sr.driver.recover(sr.pending)
+            sr.pending = None
+            sr.save()
+        return sr
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metadata as stored in sr.json."""
+        return {"version": META_VERSION, "uuid": self.uuid, "type": self.type,
+                "name_label": self.name_label,
+                "vdis": {k: asdict(v) for k, v in sorted(self.vdis.items())},
+                "vbds": {k: asdict(v) for k, v in sorted(self.vbds.items())},
+                "pbds": {k: asdict(v) for k, v in sorted(self.pbds.items())},
+                "pending": self.pending}
+
+    def save(self) -> None:
+        """Write sr.json atomically."""
+        write_json_atomic(self.path / META_FILE, self.to_dict())
+
+    def begin(self, op: dict[str, Any]) -> None:
+        """Record an operation as pending (the driver's `recover` handles an interruption)."""
+        self.pending = op
+        self.save()
+
+    def commit(self) -> None:
+        """Clear the pending operation and save the records."""
+        self.pending = None
+        self.save()
+
+    # --- VDIs --------------------------------------------------------------------------------
+
+    def vdi(self, uuid: str) -> VDI:
+        """The VDI with this uuid (a unique prefix of at least 4 characters also works)."""
+        if uuid in self.vdis:
+            return self.vdis[uuid]
+        matches = [v for k, v in self.vdis.items() if len(uuid) >= 4 and k.startswith(uuid)]
+        if len(matches) == 1:
+            return matches[0]
+        raise SrError(f"SR {self.path}: no VDI {uuid!r}" if not matches else
+                      f"SR {self.path}: VDI prefix {uuid!r} is ambiguous")
+
+    def children(self, uuid: str) -> list[VDI]:
+        """VDIs whose parent is `uuid`."""
+        return [v for v in self.vdis.values() if v.parent == uuid]
+
+    def chain_depth(self, uuid: str) -> int:
+        """Volumes from this VDI down to its base."""
+        n, cur = 1, self.vdis[uuid].parent
+        while cur is not None:
+            n, cur = n + 1, self.vdis[cur].parent
+        return n
+
+    def vdi_create(self, name_label: str, size: int, *, read_only: bool = False,
+                   sharable: bool = False, uuid: str | None = None) -> VDI:
+        """Create an empty VDI of at least `size` bytes."""
+        if size <= 0:
+            raise SrError(f"VDI size must be positive, got {size}")
+        vdi = VDI(uuid=uuid or str(uuidlib.uuid4()), name_label=name_label, virtual_size=size,
+                  read_only=read_only, sharable=sharable)
+        self.driver.vdi_create(vdi, size)
+        self.vdis[vdi.uuid] = vdi
+        self.save()
+        return vdi
+
+    def _snapshot(self, uuid: str, *, clone: bool) -> VDI:
+        vdi = self.vdi(uuid)
+        if vdi.hidden:
+            raise SrError(f"VDI {vdi.uuid} is a hidden base copy; snapshot its children instead")
+        new = VDI(uuid=str(uuidlib.uuid4()), name_label=vdi.name_label,
+                  virtual_size=vdi.virtual_size, sharable=vdi.sharable,
+                  is_a_snapshot=not clone, snapshot_of=None if clone else vdi.uuid,
+                  name_description=vdi.name_description)
+        bases = self.driver.vdi_snapshot(vdi, [new])
+        for b in bases:
+            self.vdis[b.uuid] = b
+        self.vdis[new.uuid] = new
+        self.commit()
+        return new
+
+    def vdi_snapshot(self, uuid: str) -> VDI:
+        """Snapshot a VDI as XenServer does; returns the snapshot VDI (a new uuid)."""
+        return self._snapshot(uuid, clone=False)
+
+    def vdi_clone(self, uuid: str) -> VDI:
+        """Clone a VDI (a writable copy sharing the base copy); returns the clone."""
+        return self._snapshot(uuid, clone=True)
+
+    def vdi_destroy(self, uuid: str) -> None:
+        """Destroy a user-visible VDI; its base copies are left for `gc`."""
+        vdi = self.vdi(uuid)
+        if vdi.hidden:
+            raise SrError(f"VDI {vdi.uuid} is a hidden base copy; `hvsim sr gc` removes it once "
+                          "nothing uses it")
+        if self.children(vdi.uuid):
+            raise SrError(f"VDI {vdi.uuid} has children; destroy them first")
+        for vbd in self.vbds.values():
+            if vbd.vdi == vdi.uuid and vbd.currently_attached:
+                raise SrError(f"VDI {vdi.uuid} is attached to VM {vbd.vm} (VBD {vbd.uuid}); "
+                              "unplug it first")
+        self.driver.vdi_destroy(vdi)
+        del self.vdis[vdi.uuid]
+        self.vbds = {k: v for k, v in self.vbds.items() if v.vdi != vdi.uuid}
+        for v in self.vdis.values():
+            if v.snapshot_of == vdi.uuid:
+                v.snapshot_of = None
+        self.save()
+
+    def vdi_resize(self, uuid: str, size: int) -> int:
+        """Resize a VDI (grow; shrink only when no data is lost); returns its new size."""
+        vdi = self.vdi(uuid)
+        if vdi.hidden or vdi.read_only:
+            raise SrError(f"VDI {vdi.uuid} is read-only")
+        vdi.virtual_size = self.driver.vdi_resize(vdi, size)
+        self.save()
+        return vdi.virtual_size
+
+    def vdi_open(self, uuid: str, *, read_only: bool = False) -> BlockDevice:
+        """Open a VDI as a block device (hidden and read-only VDIs open read-only)."""
+        vdi = self.vdi(uuid)
+        if (vdi.hidden or vdi.read_only) and not read_only:
+            raise SrError(f"VDI {vdi.uuid} is read-only")
+        return self.driver.vdi_open(vdi, read_only=read_only)
+
+    def physical_utilisation(self, uuid: str) -> int:
+        """Bytes the VDI's own volume occupies."""
+        return self.driver.physical_utilisation(self.vdi(uuid))
+
+    # --- VBDs and PBDs -----------------------------------------------------------------------
+
+    def vbd_create(self, vdi_uuid: str, vm: str, *, mode: str = "RW",
+                   device: str = "xvda") -> VBD:
+        """Record that VM `vm` uses the VDI (not yet plugged)."""
+        vdi = self.vdi(vdi_uuid)
+        if mode not in ("RO", "RW"):
+            raise SrError(f"VBD mode must be RO or RW, not {mode!r}")
+        if vdi.hidden:
+            raise SrError(f"VDI {vdi.uuid} is a hidden base copy and cannot be attached")
+        if mode == "RW" and vdi.read_only:
+            raise SrError(f"VDI {vdi.uuid} is read-only; attach it with mode RO")
+        vbd = VBD(uuid=str(uuidlib.uuid4()), vdi=vdi.uuid, vm=vm, mode=mode, device=device)
+        self.vbds[vbd.uuid] = vbd
+        self.save()
+        return vbd
+
+    def vbd_plug(self, vbd_uuid: str) -> BlockDevice:
+        """Attach the VBD: open its VDI and return the block device the backend serves."""
+        vbd = self._vbd(vbd_uuid)
+        if vbd.currently_attached and vbd.uuid in self._devices:
+            return self._devices[vbd.uuid]
+        vdi = self.vdi(vbd.vdi)
+        if vbd.mode == "RW" and not vdi.sharable:
+            for other in self.vbds.values():
+                if other.uuid != vbd.uuid and other.vdi == vdi.uuid and \
+                        other.currently_attached and other.mode == "RW":
+                    raise SrError(f"VDI {vdi.uuid} is already attached read-write to VM "
+                                  f"{other.vm} and is not sharable")
+        dev = self.driver.vdi_open(vdi, read_only=vbd.mode == "RO")
+        self._devices[vbd.uuid] = dev
+        vbd.currently_attached = True
+        self.save()
+        return dev
+
+    def vbd_unplug(self, vbd_uuid: str) -> None:
+        """Detach the VBD, flushing and closing its device."""
+        vbd = self._vbd(vbd_uuid)
+        dev = self._devices.pop(vbd.uuid, None)
+        if dev is not None:
+            dev.close()
+        vbd.currently_attached = False
+        self.save()
+
+    def vbd_destroy(self, vbd_uuid: str) -> None:
+        """Forget an unplugged VBD."""
+        vbd = self._vbd(vbd_uuid)
+        if vbd.currently_attached:
+            raise SrError(f"VBD {vbd.uuid} is plugged; unplug it first")
+        del self.vbds[vbd.uuid]
+        self.save()
+
+    def _vbd(self, uuid: str) -> VBD:
+        try:
+            return self.vbds[uuid]
+        except KeyError:
+            raise SrError(f"SR {self.path}: no VBD {uuid!r}") from None
+
+    def pbd_create(self, host: str, device_config: dict[str, str] | None = None) -> PBD:
+        """Record that `host` may attach this SR."""
+        pbd = PBD(uuid=str(uuidlib.uuid4()), host=host, device_config=device_config or {})
+        self.pbds[pbd.uuid] = pbd
+        self.save()
+        return pbd
+
+    def pbd_plug(self, pbd_uuid: str) -> None:
+        """Attach the SR on the PBD's host."""
+        pbd = self._pbd(pbd_uuid)
+        self.driver.attach()
+        pbd.currently_attached = True
+        self.save()
+
+    def pbd_unplug(self, pbd_uuid: str) -> None:
+        """Detach the SR from the PBD's host (refused while its VBDs are plugged)."""
+        pbd = self._pbd(pbd_uuid)
+        if any(v.currently_attached for v in self.vbds.values()):
+            raise SrError(f"SR {self.path} has plugged VBDs; unplug them first")
+        pbd.currently_attached = False
+        self.save()
+
+    def _pbd(self, uuid: str) -> PBD:
+        try:
+            return self.pbds[uuid]
+        except KeyError:
+            raise SrError(f"SR {self.path}: no PBD {uuid!r}") from None
+
+    def close(self) -> None:
+        """Close every block device this process plugged (their VBDs stay recorded as plugged)."""
+        for dev in self._devices.values():
+            dev.close()
+        self._devices.clear()
+
+    # --- garbage collection ------------------------------------------------------------------
+
+    def gc(self, *, progress: Callable[[str], None] | None = None) -> GcReport:
+        """Remove unused base copies; coalesce each base copy that has a single child."""
+        report = GcReport()
+        attached = {v.vdi for v in self.vbds.values() if v.currently_attached}
+        changed = True
+        while changed:
+            changed = False
+            for vdi in sorted(self.vdis.values(), key=lambda v: v.uuid):
+                if not vdi.hidden:
+                    continue
+                kids = self.children(vdi.uuid)
+                if not kids:
+                    if progress:
+                        progress(f"remove unused base copy {vdi.uuid}")
+                    self.driver.vdi_destroy(vdi)
+                    del self.vdis[vdi.uuid]
+                    self.save()
+                    report.removed.append(vdi.uuid)
+                    changed = True
+                    break
+                if len(kids) != 1:
+                    continue
+                child = kids[0]
+                if not child.hidden and child.uuid in attached:
+                    if child.uuid not in report.skipped:
+                        report.skipped.append(child.uuid)
+                    continue
+                if progress:
+                    progress(f"coalesce {child.uuid} into {vdi.uuid}")
+                self._coalesce(vdi, child)
+                report.coalesced.append((child.uuid, vdi.uuid))
+                changed = True
+                break
+        return report
+
+    def _coalesce(self, parent: VDI, child: VDI) -> None:
+        grandchildren = self.children(child.uuid)
+        self.begin({"op": "coalesce", "parent": parent.uuid, "child": child.uuid,
+                    "leaf": not child.hidden,
+                    "parent_location": parent.location, "child_location": child.location,
+                    "grandchildren": [g.uuid for g in grandchildren]})
+        self.driver.vdi_coalesce(parent, child, grandchildren)
+        self.finish_coalesce(parent.uuid, child.uuid)
+        self.commit()
+
+    def finish_coalesce(self, parent_uuid: str, child_uuid: str) -> None:
+        """Update the records after `child` was merged into `parent` (idempotent)."""
+        parent = self.vdis.get(parent_uuid)
+        child = self.vdis.get(child_uuid)
+        if parent is None or child is None:
+            return
+        if child.hidden:
+            for g in self.children(child.uuid):
+                g.parent = parent.uuid
+            del self.vdis[child.uuid]
+        else:
+            child.parent = parent.parent
+            del self.vdis[parent.uuid]

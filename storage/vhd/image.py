@@ -1,0 +1,763 @@
+"""`VhdImage`: a fixed, dynamic or differencing VHD opened through a `RawIO`, as a BlockDevice.
+
+The image never opens files itself: it reads and writes its container through the `RawIO` it is
+given (a file, an LVM logical volume, memory). A differencing image reads the sectors its
+bitmaps do not hold from `parent` (another `VhdImage`, attached by `storage.chain`).
+
+Writes that allocate a block follow the order data → bitmap → BAT entry → footer, each its own
+`pwrite`, so a crash at any point leaves the old contents readable: until the BAT entry lands the
+new block is unreferenced space; until the footer lands the end-of-file footer is missing and
+the copy at offset 0 (which never changes on allocation) stands in for it. With `barriers=True`
+each step is also fsynced, for power-loss safety at the cost of speed.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid as uuidlib
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from storage.errors import StorageError, VhdFormatError
+from storage.rawio import RawIO
+from storage.vhd import format as fmt
+from storage.vhd.format import SECTOR, DynamicHeader, Footer, ParentLocator
+
+#: One mapped run of sectors: (sector count, container or None for zeros, byte offset).
+Run = tuple[int, "RawIO | None", int]
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A region of the file and what it holds (for overlap checks and `vhd info`)."""
+
+    start: int
+    end: int
+    what: str
+
+
+def _locator_paths(parent_path: str | None, child_path: str | None) -> list[tuple[bytes, str]]:
+    """The (code, path) locators a child at `child_path` records for `parent_path`."""
+    if not parent_path:
+        return []
+    absolute = os.path.abspath(parent_path)
+    out: list[tuple[bytes, str]] = []
+    if child_path:
+        rel = os.path.relpath(absolute, os.path.dirname(os.path.abspath(child_path)))
+        out.append((fmt.PLATFORM_W2RU, rel if rel.startswith(".") else "./" + rel))
+    out.append((fmt.PLATFORM_W2KU, absolute))
+    out.append((fmt.PLATFORM_MACX, absolute))
+    return out
+
+
+class VhdImage:
+    """An open VHD. Implements `storage.blockdev.BlockDevice`.
+
+    Use `VhdImage.create(...)` or `VhdImage.open(...)`; for differencing images use
+    `storage.chain.open_chain`, which finds and attaches the parents.
+    """
+
+    def __init__(self, io: RawIO, footer: Footer, header: DynamicHeader | None, bat: array,
+                 *, footer_pos: int, read_only: bool, barriers: bool = False,
+                 warnings: list[str] | None = None) -> None:
+        self.io = io
+        self.footer = footer
+        self.header = header
+        self.bat = bat
+        self.parent: VhdImage | None = None
+        self.warnings = warnings or []
+        self._footer_pos = footer_pos
+        self._read_only = read_only
+        self._barriers = barriers
+        self._size = footer.virtual_size
+        self._bitmaps: dict[int, bytearray] = {}
+        self._full: set[int] = set()
+        self._closed = False
+        if header is not None:
+            self._spb = header.block_size // SECTOR
+            self._bm = header.bitmap_size
+            self._bm_full = fmt.bitmap_bits(b"\xff" * self._bm, 0, self._spb)
+        if self.warnings and not read_only:
+            self._repair_footer()
+
+    # --- properties ------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The container's name (its path for files)."""
+        return self.io.name
+
+    @property
+    def size(self) -> int:
+        """Virtual size in bytes."""
+        return self._size
+
+    @property
+    def read_only(self) -> bool:
+        """True when writes are refused (hidden parents, read-only opens)."""
+        return self._read_only
+
+    @property
+    def disk_type(self) -> str:
+        """'fixed', 'dynamic' or 'differencing'."""
+        return self.footer.type_name
+
+    @property
+    def uuid(self) -> uuidlib.UUID:
+        """The image's unique id (footer)."""
+        return self.footer.uuid
+
+    @property
+    def block_size(self) -> int:
+        """Block size in bytes (0 for fixed images)."""
+        return self.header.block_size if self.header else 0
+
+    @property
+    def parent_uuid(self) -> uuidlib.UUID | None:
+        """The parent's uuid for differencing images, else None."""
+        if self.footer.disk_type == fmt.DISK_DIFFERENCING and self.header:
+            return self.header.parent_uuid
+        return None
+
+    @property
+    def allocated_blocks(self) -> int:
+        """Number of allocated blocks (0 for fixed images)."""
+        return len(self.bat) - self.bat.count(fmt.UNALLOCATED)
+
+    @property
+    def depth(self) -> int:
+        """Images in the chain from this one down to the base (1 for a standalone image)."""
+        n, img = 1, self.parent
+        while img is not None:
+            n, img = n + 1, img.parent
+        return n
+
+    def parent_locators(self) -> list[tuple[bytes, str]]:
+        """The (platform code, path) pairs this differencing image records for its parent."""
+        out: list[tuple[bytes, str]] = []
+        if self.header is None:
+            return out
+        size = self.io.size()
+        for i, loc in enumerate(self.header.locators):
+            if not loc.used:
+                continue
+            if loc.data_offset + loc.data_length > size:
+                raise VhdFormatError(
+                    f"{self.name}: parent locator {i} data at offset {loc.data_offset} "
+                    f"(+{loc.data_length}) lies past the end of the file ({size} bytes)")
+            data = self.io.pread(loc.data_offset, loc.data_length)
+            out.append((loc.code, fmt.decode_locator(loc.code, data, source=self.name,
+                                                     offset=loc.data_offset)))
+        return out
+
+    # --- create / open ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, io: RawIO, *, size: int | None = None, disk_type: str = "dynamic",
+               block_size: int = fmt.DEFAULT_BLOCK_SIZE, parent: VhdImage | None = None,
+               parent_path: str | None = None, path: str | None = None,
+               uuid: uuidlib.UUID | None = None, now: float | None = None,
+               barriers: bool = False) -> VhdImage:
+        """Write a new image into the empty container `io` and return it opened read-write.
+
+        `size` is rounded up to a whole CHS geometry (see `format.round_to_geometry`). A
+        differencing image takes its size from `parent` and records `parent_path` in W2ru
+        (relative to `path`), W2ku and MacX locators.
+        """
+        if io.size() != 0:
+            raise StorageError(f"{io.name}: refusing to create a VHD over a non-empty container")
+        uuid = uuid or uuidlib.uuid4()
+        ts = fmt.vhd_timestamp(time.time() if now is None else now)
+        if disk_type not in fmt.DISK_TYPES_BY_NAME:
+            raise StorageError(f"unknown VHD type {disk_type!r} (fixed, dynamic, differencing)")
+        dtype = fmt.DISK_TYPES_BY_NAME[disk_type]
+        if dtype == fmt.DISK_DIFFERENCING:
+            if parent is None:
+                raise StorageError("a differencing VHD needs a parent")
+            size = parent.size
+            if parent.header is not None:
+                block_size = parent.block_size
+        elif parent is not None:
+            raise StorageError(f"a {disk_type} VHD has no parent")
+        if size is None:
+            raise StorageError("a size is needed")
+        vsize, geometry = fmt.round_to_geometry(size)
+        if block_size < SECTOR or block_size & (block_size - 1) or block_size > 256 * 1024 ** 2:
+            raise StorageError(f"block size {block_size} must be a power of two from 512 B "
+                               "to 256 MiB")
+        footer = Footer(disk_type=dtype, current_size=vsize, original_size=vsize,
+                        geometry=geometry, uuid=uuid, timestamp=ts)
+        if dtype == fmt.DISK_FIXED:
+            footer = replace(footer, data_offset=fmt.FIXED_DATA_OFFSET)
+            io.truncate(vsize)
+            io.pwrite(vsize, footer.pack())
+            return cls(io, footer, None, array("I"), footer_pos=vsize, read_only=False,
+                       barriers=barriers)
+        entries = -(-vsize // block_size)
+        pos = fmt.BAT_OFFSET + fmt.bat_bytes(entries)
+        locs: list[ParentLocator] = []
+        loc_data: list[tuple[int, bytes]] = []
+        header = DynamicHeader(table_offset=fmt.BAT_OFFSET, max_table_entries=entries,
+                               block_size=block_size)
+        if dtype == fmt.DISK_DIFFERENCING:
+            assert parent is not None
+            for code, p in _locator_paths(parent_path, path):
+                data = fmt.encode_locator(code, p)
+                space = max(SECTOR, -(-len(data) // SECTOR) * SECTOR)
+                locs.append(ParentLocator(code=code, data_space=space, data_length=len(data),
+                                          data_offset=pos))
+                loc_data.append((pos, data))
+                pos += space
+            name = os.path.basename(parent_path) if parent_path else ""
+            header = header.with_parent(
+                parent_uuid=parent.uuid, parent_timestamp=parent.footer.timestamp,
+                parent_name=name, locators=tuple(locs + [ParentLocator()] * (8 - len(locs))))
+        bat = array("I", [fmt.UNALLOCATED]) * entries
+        io.pwrite(0, footer.pack())
+        io.pwrite(fmt.HEADER_OFFSET, header.pack())
+        io.pwrite(fmt.BAT_OFFSET, fmt.pack_bat(bat))
+        for off, data in loc_data:
+            io.pwrite(off, data + bytes(-len(data) % SECTOR))
+        io.pwrite(pos, footer.pack())     # durable at the caller's flush()/close()
+        img = cls(io, footer, header, bat, footer_pos=pos, read_only=False, barriers=barriers)
+        img.parent = parent
+        return img
+
+    @classmethod
+    def open(cls, io: RawIO, *, read_only: bool = False, barriers: bool = False) -> VhdImage:
+        """Parse and validate the image in `io`; raises `VhdFormatError` naming what is wrong.
+
+        A missing end-of-file footer whose copy at offset 0 is intact (an interrupted block
+        allocation) is accepted with a warning, and repaired when opened read-write.
+        """
+        src = io.name
+        fsize = io.size()
+        if fsize < fmt.FOOTER_SIZE:
+            raise VhdFormatError(f"{src}: file is {fsize} bytes, too short to hold a VHD footer "
+                                 "(truncated?)")
+        warnings: list[str] = []
+        end_off = fsize - fmt.FOOTER_SIZE
+        end_raw = io.pread(end_off, fmt.FOOTER_SIZE)
+        footer: Footer | None = None
+        footer_lost = False
+        if end_raw[:8] == fmt.FOOTER_COOKIE:
+            footer = Footer.unpack(end_raw, source=src, offset=end_off)
+        elif fsize % SECTOR == 511:
+            # Some old tools wrote a 511-byte footer.
+            raw511 = io.pread(fsize - 511, 511)
+            if raw511[:8] == fmt.FOOTER_COOKIE:
+                footer = Footer.unpack(raw511, source=src, offset=fsize - 511)
+                end_off = fsize - 511
+        copy_raw = io.pread(0, fmt.FOOTER_SIZE)
+        if footer is None:
+            if copy_raw[:8] != fmt.FOOTER_COOKIE:
+                raise VhdFormatError(
+                    f"{src}: not a VHD: no 'conectix' footer at offset {end_off} nor at 0")
+            copy = Footer.unpack(copy_raw, source=src, offset=0)
+            if copy.disk_type == fmt.DISK_FIXED:
+                raise VhdFormatError(f"{src}: footer at offset {end_off} missing (file "
+                                     "truncated?)")
+            footer = copy
+            footer_lost = True
+        if footer.disk_type == fmt.DISK_FIXED:
+            if end_off < footer.current_size:
+                raise VhdFormatError(
+                    f"{src}: fixed disk of {footer.current_size} bytes but only {end_off} bytes "
+                    "of data precede the footer (file truncated?)")
+            return cls(io, footer, None, array("I"), footer_pos=end_off, read_only=read_only,
+                       barriers=barriers)
+        if not footer_lost:
+            copy = Footer.unpack(copy_raw, source=src, offset=0)
+            if copy != footer:
+                diff = next((f for f in ("disk_type", "current_size", "original_size",
+                                         "geometry", "uuid", "timestamp", "data_offset",
+                                         "creator_app", "features") if
+                             getattr(copy, f) != getattr(footer, f)), "saved_state")
+                raise VhdFormatError(
+                    f"{src}: footer copy at offset 0 differs from the footer at offset {end_off}"
+                    f" in field {diff!r} (offset {fmt.FOOTER_FIELDS.get(diff, 0)}):"
+                    f" {getattr(copy, diff)!r} != {getattr(footer, diff)!r}")
+        hoff = footer.data_offset
+        if hoff + fmt.HEADER_SIZE > fsize:
+            raise VhdFormatError(f"{src}: footer field 'data_offset' at offset 16 points at "
+                                 f"{hoff}, past the end of the file ({fsize} bytes)")
+        header = DynamicHeader.unpack(io.pread(hoff, fmt.HEADER_SIZE), source=src, offset=hoff)
+        if header.max_table_entries * header.block_size < footer.current_size:
+            raise VhdFormatError(
+                f"{src}: dynamic header field 'max_table_entries' at offset {hoff + 28}: "
+                f"{header.max_table_entries} blocks of {header.block_size} bytes cannot hold "
+                f"the disk's {footer.current_size} bytes")
+        if header.max_table_entries > (fmt.MAX_VIRTUAL_SIZE // SECTOR):
+            raise VhdFormatError(f"{src}: dynamic header field 'max_table_entries' at offset "
+                                 f"{hoff + 28}: {header.max_table_entries} is implausibly large")
+        bat_len = fmt.bat_bytes(header.max_table_entries)
+        if header.table_offset + header.max_table_entries * 4 > fsize:
+            raise VhdFormatError(
+                f"{src}: dynamic header field 'table_offset' at offset {hoff + 16}: BAT at "
+                f"{header.table_offset} (+{bat_len}) lies past the end of the file ({fsize} "
+                "bytes; truncated?)")
+        bat = fmt.unpack_bat(io.pread(header.table_offset, header.max_table_entries * 4),
+                             header.max_table_entries)
+        data_end = fsize if footer_lost else end_off
+        extents = [Extent(0, fmt.FOOTER_SIZE, "footer copy"),
+                   Extent(hoff, hoff + fmt.HEADER_SIZE, "dynamic header"),
+                   Extent(header.table_offset, header.table_offset + bat_len, "BAT")]
+        for i, loc in enumerate(header.locators):
+            if loc.used:
+                extents.append(Extent(loc.data_offset, loc.data_offset + loc.data_space,
+                                      f"parent locator {i}"))
+        span = header.bitmap_size + header.block_size
+        for i, entry in fmt.allocated_entries(bat):
+            start = entry * SECTOR
+            if start + span > data_end:
+                raise VhdFormatError(
+                    f"{src}: BAT entry {i} at offset {header.table_offset + 4 * i}: block at "
+                    f"{start} (+{span}) lies past the end of the data ({data_end} bytes"
+                    f"{', footer lost' if footer_lost else ''}; file truncated?)")
+            extents.append(Extent(start, start + span, f"block {i}"))
+        extents.sort(key=lambda e: (e.start, e.end))
+        for a, b in itertools.pairwise(extents):
+            if b.start < a.end:
+                raise VhdFormatError(f"{src}: {a.what} at {a.start}..{a.end} overlaps {b.what} "
+                                     f"at {b.start}..{b.end}")
+        footer_pos = data_end
+        if footer_lost:
+            footer_pos = -(-max(e.end for e in extents) // SECTOR) * SECTOR
+            warnings.append(f"footer at end of file missing (interrupted write or truncation); "
+                            f"the copy at offset 0 is intact; data ends at {footer_pos}")
+        return cls(io, footer, header, bat, footer_pos=footer_pos, read_only=read_only,
+                   barriers=barriers, warnings=warnings)
+
+    def extents(self) -> list[Extent]:
+        """Every metadata and block region of the file, sorted by offset."""
+        out = [Extent(self._footer_pos, self._footer_pos + fmt.FOOTER_SIZE, "footer")]
+        if self.header is None:
+            return [Extent(0, self.footer.current_size, "data"), *out]
+        h = self.header
+        out += [Extent(0, 512, "footer copy"),
+                Extent(self.footer.data_offset, self.footer.data_offset + 1024, "dynamic header"),
+                Extent(h.table_offset, h.table_offset + fmt.bat_bytes(h.max_table_entries),
+                       "BAT")]
+        out += [Extent(loc.data_offset, loc.data_offset + loc.data_space, f"parent locator {i}")
+                for i, loc in enumerate(h.locators) if loc.used]
+        out += [Extent(e * SECTOR, e * SECTOR + self._bm + h.block_size, f"block {i}")
+                for i, e in fmt.allocated_entries(self.bat)]
+        return sorted(out, key=lambda e: e.start)
+
+    # --- low level -------------------------------------------------------------------------------
+
+    def _barrier(self) -> None:
+        if self._barriers:
+            self.io.flush()
+
+    def _write_footers(self) -> None:
+        """Rewrite the end footer (and the copy at 0 for dynamic/differencing images)."""
+        raw = self.footer.pack()
+        if self.header is not None:
+            self.io.pwrite(0, raw)
+            self._barrier()
+        self.io.pwrite(self._footer_pos, raw)
+        end = self._footer_pos + fmt.FOOTER_SIZE
+        if self.io.size() > end:
+            self.io.truncate(end)
+
+    def _repair_footer(self) -> None:
+        self.io.pwrite(self._footer_pos, self.footer.pack())
+        if self.io.size() > self._footer_pos + fmt.FOOTER_SIZE:
+            self.io.truncate(self._footer_pos + fmt.FOOTER_SIZE)
+        self.io.flush()
+        self.warnings = []
+
+    def bitmap(self, block: int) -> bytes:
+        """The sector bitmap of an allocated block."""
+        return bytes(self._bitmap(block))
+
+    def _bitmap(self, block: int) -> bytearray:
+        bm = self._bitmaps.get(block)
+        if bm is None:
+            raw = self.io.pread(self.bat[block] * SECTOR, self._bm)
+            bm = bytearray(raw.ljust(self._bm, b"\0"))
+            self._bitmaps[block] = bm
+            if fmt.bitmap_bits(bm, 0, self._spb) == self._bm_full:
+                self._full.add(block)
+        return bm
+
+    def _absent(self, sector: int, count: int, out: list[Run]) -> None:
+        """Map sectors this image does not hold: the parent's, or zeros."""
+        parent = self.parent
+        if parent is not None:
+            psectors = parent._size // SECTOR
+            if sector < psectors:
+                n = min(count, psectors - sector)
+                parent._map(sector, n, out)
+                sector += n
+                count -= n
+        if count:
+            _append(out, count, None, 0)
+
+    def _map(self, sector: int, count: int, out: list[Run]) -> None:
+        if self.header is None:
+            _append(out, count, self.io, sector * SECTOR)
+            return
+        spb, bat, nbat = self._spb, self.bat, len(self.bat)
+        diff = self.footer.disk_type == fmt.DISK_DIFFERENCING
+        end = sector + count
+        while sector < end:
+            blk, inb = divmod(sector, spb)
+            n = min(spb - inb, end - sector)
+            entry = bat[blk] if blk < nbat else fmt.UNALLOCATED
+            if entry == fmt.UNALLOCATED:
+                if diff:
+                    self._absent(sector, n, out)
+                else:
+                    _append(out, n, None, 0)
+            else:
+                base = entry * SECTOR + self._bm
+                bm = self._bitmap(blk)
+                if blk in self._full:
+                    _append(out, n, self.io, base + inb * SECTOR)
+                else:
+                    for first, ln, is_set in fmt.bitmap_runs(bm, inb, n):
+                        if is_set:
+                            _append(out, ln, self.io, base + first * SECTOR)
+                        elif diff:
+                            self._absent(blk * spb + first, ln, out)
+                        else:
+                            _append(out, ln, None, 0)
+            sector += n
+
+    def map(self, offset: int, length: int) -> list[Run]:
+        """Where each sector of [offset, offset+length) comes from, through the whole chain.
+
+        Runs are (sector count, container or None for zeros, byte offset in the container);
+        the range is widened to whole sectors.
+        """
+        self._check_range(offset, length)
+        first = offset // SECTOR
+        last = -(-(offset + length) // SECTOR)
+        out: list[Run] = []
+        if last > first:
+            self._map(first, last - first, out)
+        return out
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if self._closed:
+            raise StorageError(f"{self.name}: image is closed")
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise StorageError(f"{self.name}: range {offset}+{length} outside the disk "
+                               f"(size {self._size})")
+
+    # --- BlockDevice -----------------------------------------------------------------------------
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Return `length` bytes at `offset`, resolving unallocated sectors through parents."""
+        runs = self.map(offset, length)
+        parts = []
+        for n, io, off in runs:
+            nbytes = n * SECTOR
+            if io is None:
+                parts.append(bytes(nbytes))
+            else:
+                data = io.pread(off, nbytes)
+                if len(data) < nbytes:
+                    data += bytes(nbytes - len(data))
+                parts.append(data)
+        buf = parts[0] if len(parts) == 1 else b"".join(parts)
+        head = offset % SECTOR
+        if head or len(buf) != length:
+            return buf[head:head + length]
+        return buf
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset` (any alignment) into this image; parents are never touched."""
+        if self._read_only:
+            raise StorageError(f"{self.name}: image is read-only")
+        length = len(data)
+        self._check_range(offset, length)
+        if not length:
+            return
+        head = offset % SECTOR
+        tail = (offset + length) % SECTOR
+        if head or tail:
+            start = offset - head
+            end = offset + length + (SECTOR - tail if tail else 0)
+            buf = bytearray(self.read(start, SECTOR)[:head]) if head else bytearray()
+            buf += data
+            if tail:
+                buf += self.read(end - SECTOR, SECTOR)[tail:]
+            data, offset = bytes(buf), start
+        self._write_sectors(offset // SECTOR, memoryview(data))
+
+    def _write_sectors(self, sector: int, data: memoryview) -> None:
+        if self.header is None:
+            self.io.pwrite(sector * SECTOR, data)
+            return
+        spb = self._spb
+        pos = 0
+        total = len(data) // SECTOR
+        while pos < total:
+            blk, inb = divmod(sector + pos, spb)
+            n = min(spb - inb, total - pos)
+            chunk = data[pos * SECTOR:(pos + n) * SECTOR]
+            if self.bat[blk] == fmt.UNALLOCATED:
+                self._allocate_and_write(blk, inb, n, chunk)
+            else:
+                base = self.bat[blk] * SECTOR
+                self.io.pwrite(base + self._bm + inb * SECTOR, chunk)
+                if blk not in self._full:
+                    bm = self._bitmap(blk)
+                    if fmt.bitmap_bits(bm, inb, n) != b"1" * n:
+                        self._barrier()
+                        fmt.bitmap_set(bm, inb, n)
+                        lo, hi = inb // 8, (inb + n + 7) // 8
+                        self.io.pwrite(base + lo, bytes(bm[lo:hi]))
+                        if fmt.bitmap_bits(bm, 0, spb) == self._bm_full:
+                            self._full.add(blk)
+            pos += n
+
+    def _allocate_and_write(self, blk: int, inb: int, n: int, chunk: memoryview) -> None:
+        diff = self.footer.disk_type == fmt.DISK_DIFFERENCING
+        if not diff and not any(chunk.tobytes().rstrip(b"\0")):
+            # Zeros into an unallocated block of a dynamic disk: it already reads as zeros.
+            # (Never in a differencing disk: unallocated there means "ask the parent".)
+            return
+        pos = self._footer_pos
+        bm_size, bsize = self._bm, self.header.block_size  # type: ignore[union-attr]
+        # 1. data (past the old footer, which stays intact)
+        self.io.pwrite(pos + bm_size + inb * SECTOR, chunk)
+        new_end = pos + bm_size + bsize
+        if self.io.size() < new_end:
+            self.io.truncate(new_end)
+        self._barrier()
+        # 2. bitmap (overwrites the old footer; the copy at offset 0 stands in for it)
+        if diff:
+            bm = bytearray(bm_size)
+            fmt.bitmap_set(bm, inb, n)
+        else:
+            # Like QEMU and blktap: a dynamic block is wholly present (unwritten parts are
+            # zeros), so readers that ignore bitmaps agree with us.
+            bm = bytearray(b"\xff" * bm_size)
+        self.io.pwrite(pos, bytes(bm))
+        self._barrier()
+        # 3. BAT entry
+        self.bat[blk] = pos // SECTOR
+        self.io.pwrite(self.header.table_offset + 4 * blk,  # type: ignore[union-attr]
+                       (pos // SECTOR).to_bytes(4, "big"))
+        self._barrier()
+        # 4. footer at the new end
+        self._footer_pos = new_end
+        self.io.pwrite(new_end, self.footer.pack())
+        self._bitmaps[blk] = bm
+        if fmt.bitmap_bits(bm, 0, self._spb) == self._bm_full:
+            self._full.add(blk)
+
+    def flush(self) -> None:
+        """Make every completed write durable."""
+        if not self._read_only and not self._closed:
+            self.io.flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        """Unmap whole blocks of a dynamic disk inside the range; elsewhere a no-op hint.
+
+        (In a differencing disk unmapping would expose the parent's data, and a fixed disk has
+        nothing to unmap; the BlockDevice contract allows ignoring the hint.)
+        """
+        self._check_range(offset, length)
+        if self._read_only:
+            raise StorageError(f"{self.name}: image is read-only")
+        if self.header is None or self.footer.disk_type != fmt.DISK_DYNAMIC:
+            return
+        bs = self.header.block_size
+        first = -(-offset // bs)
+        last = (offset + length) // bs
+        for blk in range(first, min(last, len(self.bat))):
+            if self.bat[blk] != fmt.UNALLOCATED:
+                self.bat[blk] = fmt.UNALLOCATED
+                self.io.pwrite(self.header.table_offset + 4 * blk, b"\xff\xff\xff\xff")
+                self._bitmaps.pop(blk, None)
+                self._full.discard(blk)
+
+    def close(self) -> None:
+        """Flush and release this image and its parents (idempotent)."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self.io.close()
+            if self.parent is not None:
+                self.parent.close()
+
+    def __enter__(self) -> VhdImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- maintenance -----------------------------------------------------------------------------
+
+    def allocated_ranges(self) -> list[tuple[int, int]]:
+        """(offset, length) byte ranges this image itself holds, merged, in disk order."""
+        if self.header is None:
+            return [(0, self._size)]
+        out: list[tuple[int, int]] = []
+        spb = self._spb
+        for blk, _entry in fmt.allocated_entries(self.bat):
+            bm = self._bitmap(blk)
+            runs = [(0, spb, True)] if blk in self._full else fmt.bitmap_runs(bm, 0, spb)
+            for first, ln, is_set in runs:
+                if not is_set:
+                    continue
+                off = (blk * spb + first) * SECTOR
+                ln_b = min(ln * SECTOR, self._size - off)
+                if ln_b <= 0:
+                    continue
+                if out and out[-1][0] + out[-1][1] == off:
+                    out[-1] = (out[-1][0], out[-1][1] + ln_b)
+                else:
+                    out.append((off, ln_b))
+        return out
+
+    def resize(self, size: int) -> int:
+        """Change the virtual size (rounded up to a CHS geometry); returns the new size.
+
+        Shrinking is refused when any byte beyond the new size is non-zero.
+        """
+        if self._read_only:
+            raise StorageError(f"{self.name}: image is read-only")
+        new_size, geometry = fmt.round_to_geometry(size)
+        if new_size < self._size:
+            step = 4 * 1024 * 1024
+            for off in range(new_size, self._size, step):
+                n = min(step, self._size - off)
+                if any(io is not None for _, io, _ in self.map(off, n)) and \
+                        self.read(off, n).count(0) != n:
+                    raise StorageError(
+                        f"{self.name}: shrinking to {new_size} bytes would lose data written "
+                        f"beyond it (first non-zero byte in {off}..{off + n})")
+        if self.header is None:
+            old = self._size
+            if new_size > old:
+                self.io.pwrite(old, bytes(fmt.FOOTER_SIZE))
+            self._footer_pos = new_size
+            self.footer = replace(self.footer, current_size=new_size, geometry=geometry)
+            self.io.truncate(new_size)
+            self._write_footers()
+            self.io.flush()
+            self._size = new_size
+            return new_size
+        h = self.header
+        entries = -(-new_size // h.block_size)
+        if entries > h.max_table_entries:
+            capacity = self._bat_capacity()
+            if entries <= capacity:
+                h = replace(h, max_table_entries=entries)
+                self.bat.extend([fmt.UNALLOCATED] * (entries - len(self.bat)))
+                self.io.pwrite(h.table_offset, fmt.pack_bat(self.bat, pad=False))
+            else:
+                # Move the BAT to the end of the file, with room to grow.
+                self.bat.extend([fmt.UNALLOCATED] * (entries - len(self.bat)))
+                new_off = self._footer_pos
+                raw = fmt.pack_bat(self.bat)
+                self.io.pwrite(new_off, raw)
+                self._footer_pos = new_off + len(raw)
+                h = replace(h, table_offset=new_off, max_table_entries=entries)
+            self.header = h
+            self.io.pwrite(self.footer.data_offset, h.pack())
+        elif entries < h.max_table_entries:
+            for blk in range(entries, len(self.bat)):
+                if self.bat[blk] != fmt.UNALLOCATED:
+                    self.bat[blk] = fmt.UNALLOCATED
+                    self._bitmaps.pop(blk, None)
+                    self._full.discard(blk)
+            self.io.pwrite(h.table_offset, fmt.pack_bat(self.bat))
+            # max_table_entries stays: the BAT keeps its room for growing back.
+        self.footer = replace(self.footer, current_size=new_size, geometry=geometry)
+        self._write_footers()
+        self.io.flush()
+        self._size = new_size
+        return new_size
+
+    def _bat_capacity(self) -> int:
+        """Entries that fit where the BAT is before the next structure of the file."""
+        h = self.header
+        assert h is not None
+        after = [e.start for e in self.extents() if e.start > h.table_offset]
+        limit = min(after) if after else self._footer_pos
+        return (limit - h.table_offset) // 4
+
+    def set_parent(self, parent: VhdImage, *, parent_path: str | None,
+                   path: str | None) -> None:
+        """Point this differencing image at a new parent (relinking after a coalesce)."""
+        if self.header is None or self.footer.disk_type != fmt.DISK_DIFFERENCING:
+            raise StorageError(f"{self.name}: only a differencing VHD has a parent")
+        old = {i: loc for i, loc in enumerate(self.header.locators) if loc.used}
+        free_slots = sorted(old.values(), key=lambda loc: loc.data_offset)
+        locs: list[ParentLocator] = []
+        writes: list[tuple[int, bytes]] = []
+        for code, p in _locator_paths(parent_path, path):
+            data = fmt.encode_locator(code, p)
+            slot = next((s for s in free_slots if s.data_space >= len(data)), None)
+            if slot is not None:
+                free_slots.remove(slot)
+                off, space = slot.data_offset, slot.data_space
+            else:
+                off = self._footer_pos
+                space = max(SECTOR, -(-len(data) // SECTOR) * SECTOR)
+                self._footer_pos += space
+            writes.append((off, data + bytes(space - len(data))))
+            locs.append(ParentLocator(code=code, data_space=space, data_length=len(data),
+                                      data_offset=off))
+        for off, data in writes:
+            self.io.pwrite(off, data)
+        # Unused old slots keep their space reserved as empty entries would lose track of it;
+        # they are simply not referenced any more.
+        self.header = self.header.with_parent(
+            parent_uuid=parent.uuid, parent_timestamp=parent.footer.timestamp,
+            parent_name=os.path.basename(parent_path) if parent_path else "",
+            locators=tuple(locs + [ParentLocator()] * (8 - len(locs))))
+        self.io.pwrite(self.footer.data_offset, self.header.pack())
+        self._write_footers()
+        self.io.flush()
+        self.parent = parent
+
+    def copy_into(self, target: VhdImage, *, progress: Callable[[int], None] | None = None,
+                  chunk: int = 4 * 1024 * 1024) -> int:
+        """Write every sector this image holds into `target` (the coalesce data step).
+
+        Returns the bytes copied; `progress(n)` is called after each piece.
+        """
+        total = 0
+        for off, ln in self.allocated_ranges():
+            end = off + ln
+            while off < end:
+                n = min(chunk, end - off)
+                data = b"".join(self.io.pread(o, k * SECTOR) if io is not None else bytes(k *
+                                SECTOR) for k, io, o in self._own_runs(off, n))
+                target.write(off, data[:n])
+                total += n
+                off += n
+                if progress:
+                    progress(n)
+        return total
+
+    def _own_runs(self, offset: int, length: int) -> list[Run]:
+        """Map a range this image fully holds (no parent lookups)."""
+        saved, self.parent = self.parent, None
+        try:
+            return self.map(offset, length)
+        finally:
+            self.parent = saved
+
+
+def _append(out: list[Run], n: int, io: RawIO | None, off: int) -> None:
+    """Append a run, merging it with the previous one when contiguous in the same container."""
+    if out:
+        pn, pio, poff = out[-1]
+        if pio is io and (io is None or poff + pn * SECTOR == off):
+            out[-1] = (pn + n, pio, poff)
+            return
+    out.append((n, io, off))
