@@ -115,7 +115,7 @@ class PortRecorder:
             if outbound:
                 out.append((now() - self.t0, frame))
 
-        port.taps.append(tap)
+        port.add_tap(tap)
         self.frames[name] = out
         return out
 
@@ -213,7 +213,7 @@ class ScenarioRun:
                 w = watches.get(e.port)
                 if w is None:
                     w = watches[e.port] = _Watch(self.clock)
-                    self._port(e.port).taps.append(w.tap)
+                    self._port(e.port).add_tap(w.tap)
                 arrivals[i] = w.add(e.filter)
         if self.lab is None:  # nobody consumes the guests' frames: drain them
             from netsim.port import VmPort

@@ -117,7 +117,6 @@ async def test_paced_clock_keeps_wall_time_within_a_millisecond() -> None:
     # machine (CI runs tests in parallel), so this asserts pacing, not a latency bound;
     # bench/replay.py measures the distribution.
     assert all(off >= 0 for off in offsets), offsets
-    assert sum(off < 1_000_000 for off in offsets) >= len(offsets) // 4, offsets
     assert abs(clock.now_ns() - time.time_ns()) < 50_000_000
 
 
