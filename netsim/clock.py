@@ -1,0 +1,102 @@
+"""The one source of time: every timestamp, MAC aging, shaping and scenario delay asks a `Clock`.
+
+`RealClock` is wall time. `ManualClock` is for tests: time moves only when the test calls
+`advance()`, and sleepers wake in deadline order. (The scenario runner adds a virtual clock that
+jumps to the next scheduled event; it satisfies the same protocol.)
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from typing import Protocol, runtime_checkable
+
+NS_PER_S = 1_000_000_000
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """What the data plane needs of time."""
+
+    def now_ns(self) -> int:
+        """Nanoseconds since the Unix epoch (capture timestamps, MAC aging, token buckets)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this clock's time."""
+        ...
+
+
+class RealClock:
+    """Wall-clock time: `time.time_ns` and `asyncio.sleep`."""
+
+    __slots__ = ()
+
+    def now_ns(self) -> int:
+        """Nanoseconds since the Unix epoch, from the system clock."""
+        return time.time_ns()
+
+    async def sleep(self, seconds: float) -> None:
+        """`asyncio.sleep(seconds)`."""
+        await asyncio.sleep(seconds)
+
+    def __repr__(self) -> str:
+        return "RealClock()"
+
+
+#: 2026-01-01T00:00:00Z, a fixed and readable start for deterministic runs.
+DEFAULT_START_NS = 1_767_225_600 * NS_PER_S
+
+
+class ManualClock:
+    """A clock that stands still until `advance()` moves it; for tests.
+
+    `sleep(s)` returns once the clock has been advanced by at least `s` past the call; `sleep(0)`
+    just yields to the loop. `advance` wakes sleepers in deadline order (ties in call order).
+    """
+
+    def __init__(self, start_ns: int = DEFAULT_START_NS) -> None:
+        if start_ns < 0:
+            raise ValueError(f"start_ns must be >= 0, got {start_ns}")
+        self._now = int(start_ns)
+        self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def now_ns(self) -> int:
+        """The current manual time in ns since the Unix epoch."""
+        return self._now
+
+    @property
+    def pending(self) -> int:
+        """How many sleepers are still waiting."""
+        return sum(1 for _, _, fut in self._sleepers if not fut.done())
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the clock has been advanced `seconds` past now."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        deadline = self._now + round(seconds * NS_PER_S)
+        heapq.heappush(self._sleepers, (deadline, next(self._seq), fut))
+        await fut
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake every sleeper whose deadline has been reached."""
+        if seconds < 0:
+            raise ValueError(f"time only moves forward; advance({seconds})")
+        self.set_ns(self._now + round(seconds * NS_PER_S))
+
+    def set_ns(self, now_ns: int) -> None:
+        """Jump to an absolute time (not backwards), waking sleepers that are due."""
+        if now_ns < self._now:
+            raise ValueError(f"time only moves forward; {now_ns} < now {self._now}")
+        self._now = now_ns
+        while self._sleepers and self._sleepers[0][0] <= now_ns:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+    def __repr__(self) -> str:
+        return f"ManualClock(now_ns={self._now})"

@@ -1,0 +1,753 @@
+"""Physical volumes on files and the volume groups over them: scan, open, change, commit.
+
+A PV is a file (or block device) in LVM2's own layout — label in sector 1, a metadata area from
+4 KiB to `pe_start` (1 MiB), extents after it, and by default a second metadata area at the end
+— so the real `pvs`/`vgs`/`lvs` read our PVs through a loop device, and we read theirs.
+
+Every change goes through `VolumeGroup.commit`: seqno + 1, the raw text written into each
+metadata area's circular buffer *beside* the committed copy, then that area's header pointed
+at it — first every PV's first area, then every second one. A crash at any step leaves at least
+one area whose header and text are intact; on open the valid copy with the highest seqno wins.
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage.errors import LvmError, StorageError
+from storage.lvm import alloc
+from storage.lvm.cow import DEFAULT_CHUNK_SECTORS, CowStore
+from storage.lvm.device import (
+    ExtentMap,
+    LogicalVolumeDevice,
+    LvBinding,
+    LvRawIO,
+    Run,
+    SnapshotDevice,
+    _zero_io,
+)
+from storage.lvm.ondisk import (
+    ID_LEN,
+    LABEL_SCAN_SECTORS,
+    MDA_HEADER_SIZE,
+    PV_EXT_USED,
+    SECTOR,
+    DiskLocn,
+    MdaHeader,
+    PvLabel,
+    RawLocn,
+    circular_read_plan,
+    format_id,
+    lvm_crc,
+    next_text_offset,
+    pack_label,
+    pack_mda_header,
+    unpack_label,
+    unpack_mda_header,
+)
+from storage.lvm.textfmt import (
+    LogicalVolume,
+    PhysicalVolume,
+    Segment,
+    TextHeader,
+    VgMetadata,
+    emit_text,
+    parse_text,
+)
+from storage.rawio import FileIO, RawIO
+
+DEFAULT_EXTENT_SECTORS = 8192  # 4 MiB
+DEFAULT_PE_START = 1 << 20
+DEFAULT_MDA2_SIZE = 1 << 20
+GENERATOR = "hvsim 0.1.0 (LVM2 text format)"
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def new_id(rng: random.Random | None = None) -> str:
+    """A fresh LVM UUID in its dashed form."""
+    r = rng or random.SystemRandom()
+    return format_id("".join(r.choice(_ID_ALPHABET) for _ in range(ID_LEN)))
+
+
+def _name_ok(name: str, what: str) -> str:
+    ok = name and all(c.isalnum() or c in "+_.-" for c in name) and name[0] != "-"
+    if not ok or name in (".", "..") or (name.startswith("snapshot") and what == "LV"):
+        raise LvmError(f"invalid {what} name {name!r} (use letters, digits, '+_.-'; "
+                       "'snapshotN' is reserved)")
+    return name
+
+
+def _device_size(io: RawIO) -> int:
+    fd = os.open(io.name, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- PVs
+
+@dataclass
+class PvDevice:
+    """An opened PV: its I/O, label and metadata-area headers."""
+
+    path: str
+    io: RawIO
+    label: PvLabel
+    mdas: list[MdaHeader] = field(default_factory=list)
+
+    @property
+    def uuid(self) -> str:
+        """Dashed PV UUID."""
+        return format_id(self.label.pv_uuid)
+
+    fd: int = -1  # our own descriptor on the PV file, for the LV data fast path
+
+    def fast_fd(self) -> int | None:
+        """A raw descriptor on the PV when it is a plain FileIO (None for other RawIOs)."""
+        if self.fd < 0 and isinstance(self.io, FileIO):
+            self.fd = os.open(self.io.name, os.O_RDWR if self.io.writable else os.O_RDONLY)
+        return self.fd if self.fd >= 0 else None
+
+    def close(self) -> None:
+        """Flush and close the PV."""
+        self.io.flush()
+        self.io.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @property
+    def pe_start(self) -> int:
+        """Byte offset of the first extent."""
+        return self.label.data_areas[0].offset if self.label.data_areas else DEFAULT_PE_START
+
+
+def pvcreate(path: str | os.PathLike[str], *, size: int | None = None, metadata_copies: int = 2,
+             rng: random.Random | None = None, io: RawIO | None = None) -> PvLabel:
+    """Write a fresh PV label and empty metadata areas; create the file when `size` is given."""
+    path = str(path)
+    if metadata_copies not in (1, 2):
+        raise LvmError("--pvmetadatacopies must be 1 or 2")
+    own = io is None
+    if io is None:
+        if size is not None:
+            if os.path.exists(path):
+                raise LvmError(f"{path}: already exists (pvcreate without --size uses it as is)")
+            io = FileIO(path, create=True)
+            io.truncate(size)
+        else:
+            io = FileIO(path)
+    try:
+        dev_size = size if size is not None else _device_size(io)
+        min_size = DEFAULT_PE_START + DEFAULT_MDA2_SIZE * (metadata_copies - 1) + (1 << 20)
+        if dev_size < min_size:
+            raise LvmError(f"{path}: {dev_size} bytes is too small for a PV (need {min_size})")
+        mdas = [DiskLocn(4096, DEFAULT_PE_START - 4096)]
+        if metadata_copies == 2:
+            start = (dev_size - DEFAULT_MDA2_SIZE) // DEFAULT_MDA2_SIZE * DEFAULT_MDA2_SIZE
+            mdas.append(DiskLocn(start, dev_size - start))
+        uuid = new_id(rng).replace("-", "")
+        label = PvLabel(pv_uuid=uuid, device_size=dev_size,
+                        data_areas=[DiskLocn(DEFAULT_PE_START, 0)], metadata_areas=mdas)
+        io.pwrite(0, bytes(SECTOR) + pack_label(label) + bytes(4096 - 2 * SECTOR))
+        for m in mdas:
+            io.pwrite(m.offset, pack_mda_header(MdaHeader(start=m.offset, size=m.size)))
+        io.flush()
+        return label
+    finally:
+        if own:
+            io.close()
+
+
+def read_pv(io: RawIO, path: str) -> PvDevice:
+    """Read the label and metadata-area headers of a PV; LvmError if it is not one."""
+    head = io.pread(0, SECTOR * LABEL_SCAN_SECTORS)
+    for s in range(LABEL_SCAN_SECTORS):
+        if head[s * SECTOR:s * SECTOR + 8] == b"LABELONE":
+            label = unpack_label(head[s * SECTOR:(s + 1) * SECTOR], path)
+            break
+    else:
+        raise LvmError(f"{path}: not a physical volume (no LVM2 label in the first 4 sectors)")
+    dev = PvDevice(path=path, io=io, label=label)
+    for m in label.metadata_areas:
+        try:
+            dev.mdas.append(unpack_mda_header(io.pread(m.offset, MDA_HEADER_SIZE),
+                                              f"{path}@{m.offset}"))
+        except LvmError:
+            dev.mdas.append(MdaHeader(start=m.offset, size=m.size, version=0))  # unusable copy
+    return dev
+
+
+def read_mda_text(dev: PvDevice, h: MdaHeader) -> tuple[VgMetadata, TextHeader, bytes] | None:
+    """The committed VG in one metadata area, or None if absent or damaged."""
+    if h.version == 0 or not h.locns or h.locns[0].size == 0:
+        return None
+    loc = h.locns[0]
+    try:
+        text = b"".join(dev.io.pread(off, n) for off, n in circular_read_plan(h, loc))
+        if len(text) != loc.size or lvm_crc(text) != loc.checksum:
+            return None
+        vg, header = parse_text(text, f"{dev.path}@{h.start}")
+    except (LvmError, UnicodeDecodeError):
+        return None
+    return vg, header, text
+
+
+def _candidates(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        p = str(p)
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            raise LvmError(f"{p}: cannot scan ({exc.strerror})") from exc
+        if stat.S_ISDIR(st.st_mode):
+            for child in sorted(Path(p).iterdir()):
+                try:
+                    cst = child.stat()
+                except OSError:
+                    continue
+                if stat.S_ISREG(cst.st_mode) and cst.st_size >= 2 << 20:
+                    out.append(str(child))
+        elif stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            out.append(p)
+    return out
+
+
+def scan(paths: Iterable[str | os.PathLike[str]], *, writable: bool = True) -> list[PvDevice]:
+    """Every PV among `paths` (files, block devices, or directories of files)."""
+    found = []
+    for p in _candidates(paths):
+        try:
+            io = FileIO(p, writable=writable)
+        except StorageError:  # unreadable candidates are skipped, like LVM2's filter
+            continue
+        try:
+            found.append(read_pv(io, p))
+        except LvmError:
+            io.close()
+    return found
+
+
+# ----------------------------------------------------------------------------- VGs
+
+@dataclass
+class VgSummary:
+    """What `vgs` shows for one VG."""
+
+    name: str
+    pv_count: int
+    lv_count: int
+    snap_count: int
+    seqno: int
+    size: int
+    free: int
+    extent_size: int
+
+
+class VolumeGroup:
+    """A VG open on its PVs: query, change and commit its metadata; open its LVs."""
+
+    def __init__(self, meta: VgMetadata, header: TextHeader, devices: dict[str, PvDevice], *,
+                 rng: random.Random | None = None, host: str | None = None,
+                 now: Callable[[], int] | None = None) -> None:
+        self.meta = meta
+        self.header = header
+        self.devices = devices  # pv name in metadata -> device
+        self.rng = rng or random.SystemRandom()
+        self.host = host or socket.gethostname()
+        self._now = now or (lambda: int(time.time()))  # seconds, for creation_time fields
+        self._stores: dict[str, CowStore] = {}
+        self._closed = False
+        self.generation = 0  # bumped by every commit; open LV devices re-resolve on change
+
+    # ------------------------------------------------------------- open / create
+    @classmethod
+    def create(cls, name: str, paths: Iterable[str | os.PathLike[str] | RawIO], *,
+               extent_size: int = DEFAULT_EXTENT_SECTORS * SECTOR,
+               rng: random.Random | None = None, description: str = "",
+               now: Callable[[], int] | None = None) -> VolumeGroup:
+        """vgcreate: a new VG over PVs (paths, or RawIOs) that belong to no VG yet."""
+        _name_ok(name, "VG")
+        if extent_size < 4096 or extent_size & (extent_size - 1) or extent_size % SECTOR:
+            raise LvmError(f"extent size {extent_size} must be a power of two ≥ 4 KiB")
+        sources = [p if hasattr(p, "pread") else str(p) for p in paths]  # type: ignore[misc]
+        if not sources:
+            raise LvmError("vgcreate needs at least one physical volume")
+        devs: dict[str, PvDevice] = {}
+        meta = VgMetadata(name=name, id=new_id(rng), seqno=0,
+                          extent_size=extent_size // SECTOR)
+        for i, src in enumerate(sources):
+            io = src if not isinstance(src, str) else FileIO(src)
+            p = io.name
+            try:
+                dev = read_pv(io, p)
+            except LvmError as exc:
+                io.close()
+                raise LvmError(f"{p}: not a physical volume; run pvcreate first ({exc})") from exc
+            for h in dev.mdas:
+                got = read_mda_text(dev, h)
+                if got is not None:
+                    dev.io.close()
+                    raise LvmError(f"{p}: physical volume already belongs to VG {got[0].name}")
+            dev_bytes = dev.label.device_size
+            end = min((m.offset for m in dev.label.metadata_areas if m.offset > dev.pe_start),
+                      default=dev_bytes)
+            pe_count = (end - dev.pe_start) // extent_size
+            if pe_count < 1:
+                raise LvmError(f"{p}: too small for one {extent_size}-byte extent")
+            pv_name = f"pv{i}"
+            meta.pvs.append(PhysicalVolume(
+                name=pv_name, id=dev.uuid, device=p, dev_size=dev_bytes // SECTOR,
+                pe_start=dev.pe_start // SECTOR, pe_count=pe_count))
+            dev.label.ext_flags |= PV_EXT_USED
+            dev.io.pwrite(dev.label.sector * SECTOR, pack_label(dev.label))
+            devs[pv_name] = dev
+        vg = cls(meta, TextHeader(), devs, rng=rng, now=now)
+        vg.commit(description or f"vgcreate {name}")
+        return vg
+
+    @classmethod
+    def open(cls, name: str, paths: Iterable[str | os.PathLike[str]], *,
+             rng: random.Random | None = None, writable: bool = True,
+             now: Callable[[], int] | None = None) -> VolumeGroup:
+        """Find VG `name` among the PVs in `paths`; the newest valid metadata copy wins."""
+        return cls.from_devices(name, scan(paths, writable=writable), rng=rng, now=now)
+
+    @classmethod
+    def open_ios(cls, name: str, ios: Iterable[RawIO], *, rng: random.Random | None = None,
+                 now: Callable[[], int] | None = None) -> VolumeGroup:
+        """Open VG `name` on PVs given as RawIOs (memory, wrapped files); non-PVs are skipped."""
+        devs = []
+        for io in ios:
+            try:
+                devs.append(read_pv(io, io.name))
+            except LvmError:
+                continue
+        return cls.from_devices(name, devs, rng=rng, now=now)
+
+    @classmethod
+    def from_devices(cls, name: str, devs: list[PvDevice], *, rng: random.Random | None = None,
+                     now: Callable[[], int] | None = None) -> VolumeGroup:
+        """Open VG `name` from scanned PVs; the newest valid metadata copy wins."""
+        best: tuple[VgMetadata, TextHeader] | None = None
+        for dev in devs:
+            for h in dev.mdas:
+                got = read_mda_text(dev, h)
+                if got is None or got[0].name != name:
+                    continue
+                if best is None or got[0].seqno > best[0].seqno:
+                    best = (got[0], got[1])
+        if best is None:
+            for d in devs:
+                d.io.close()
+            raise LvmError(f"volume group {name!r} not found (scanned "
+                           f"{len(devs)} PVs; use --devices to say where its PVs are)")
+        meta, header = best
+        by_uuid = {d.uuid: d for d in devs}
+        used: dict[str, PvDevice] = {}
+        for pv in meta.pvs:
+            dev = by_uuid.get(pv.id)
+            if dev is None:
+                for d in devs:
+                    d.io.close()
+                raise LvmError(f"VG {name}: physical volume {pv.id} ({pv.device}) is missing")
+            used[pv.name] = dev
+        for d in devs:
+            if d not in used.values():
+                d.io.close()
+        alloc.check_consistency(meta)
+        return cls(meta, header, used, rng=rng, now=now)
+
+    def close(self) -> None:
+        """Flush and close every PV (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for d in self.devices.values():
+            d.close()
+
+    def __enter__(self) -> VolumeGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- commit
+    def commit(self, description: str = "") -> None:
+        """Write the metadata with seqno + 1 into every metadata area, copy by copy."""
+        alloc.check_consistency(self.meta)
+        self.meta.seqno += 1
+        self.header = TextHeader(description="", creation_host=self.host,
+                                 host_info=_host_info(self.host), creation_time=self._now(),
+                                 generator=GENERATOR)
+        text = emit_text(self.meta, self.header, "raw").encode() + b"\0"
+        crc = lvm_crc(text)
+        rounds = max(len(d.mdas) for d in self.devices.values())
+        for i in range(rounds):
+            for dev in self.devices.values():
+                if i >= len(dev.mdas):
+                    continue
+                h = dev.mdas[i]
+                if h.version == 0:  # damaged header: rewrite it from the label
+                    loc = dev.label.metadata_areas[i]
+                    h = MdaHeader(start=loc.offset, size=loc.size)
+                off = next_text_offset(h, len(text))
+                dev.io.pwrite(h.start + off, text)
+                dev.io.flush()
+                new = MdaHeader(start=h.start, size=h.size,
+                                locns=[RawLocn(off, len(text), crc, 0)])
+                dev.io.pwrite(h.start, pack_mda_header(new))
+                dev.io.flush()
+                dev.mdas[i] = new
+        self.header.description = description
+        self.generation += 1
+
+    def backup_text(self, description: str = "") -> str:
+        """The metadata as `vgcfgbackup` writes it."""
+        header = TextHeader(description=description, creation_host=self.host,
+                            host_info=_host_info(self.host), creation_time=self._now(),
+                            generator=GENERATOR)
+        return emit_text(self.meta, header, "file")
+
+    # ------------------------------------------------------------- queries
+    @property
+    def name(self) -> str:
+        """VG name."""
+        return self.meta.name
+
+    @property
+    def extent_bytes(self) -> int:
+        """Extent size in bytes."""
+        return self.meta.extent_size * SECTOR
+
+    def summary(self) -> VgSummary:
+        """Figures for `vgs`."""
+        total = sum(p.pe_count for p in self.meta.pvs)
+        free = alloc.free_extents(self.meta)
+        visible = [lv for lv in self.meta.lvs if self.meta.lv_visible(lv)]
+        return VgSummary(name=self.name, pv_count=len(self.meta.pvs), lv_count=len(visible),
+                         snap_count=sum(1 for lv in visible if self.snapshot_segment(lv.name)),
+                         seqno=self.meta.seqno, size=total * self.extent_bytes,
+                         free=free * self.extent_bytes, extent_size=self.extent_bytes)
+
+    def lv_names(self) -> list[str]:
+        """Visible LVs."""
+        return [lv.name for lv in self.meta.lvs if self.meta.lv_visible(lv)]
+
+    def lv_size(self, name: str) -> int:
+        """Size in bytes a user sees (a snapshot shows its COW store size, as `lvs` does)."""
+        return self.meta.lv(name).extent_count * self.extent_bytes
+
+    def snapshot_segment(self, cow_name: str) -> Segment | None:
+        """The `snapshot` segment whose COW store is LV `cow_name`, if it is a snapshot."""
+        for lv in self.meta.lvs:
+            for seg in lv.segments:
+                if seg.type == "snapshot" and seg.cow_store == cow_name:
+                    return seg
+        return None
+
+    def snapshots_of(self, origin: str) -> list[str]:
+        """COW LV names of the snapshots of `origin`."""
+        return [seg.cow_store for lv in self.meta.lvs for seg in lv.segments
+                if seg.type == "snapshot" and seg.origin == origin]
+
+    def _hidden_snapshot_lv(self, cow_name: str) -> LogicalVolume:
+        for lv in self.meta.lvs:
+            if any(s.type == "snapshot" and s.cow_store == cow_name for s in lv.segments):
+                return lv
+        raise LvmError(f"{self.name}/{cow_name} is not a snapshot")
+
+    def store(self, cow_name: str) -> CowStore:
+        """The exception store of snapshot `cow_name` (loaded once per VG handle)."""
+        st = self._stores.get(cow_name)
+        if st is None:
+            seg = self.snapshot_segment(cow_name)
+            if seg is None:
+                raise LvmError(f"{self.name}/{cow_name} is not a snapshot")
+            st = CowStore.load(self._extent_map(cow_name), seg.chunk_size,
+                               name=f"{self.name}/{cow_name}")
+            self._stores[cow_name] = st
+        return st
+
+    # ------------------------------------------------------------- data access
+    def _extent_map(self, name: str) -> ExtentMap:
+        lv = self.meta.lv(name)
+        ext = self.extent_bytes
+        runs: list[Run] = []
+        striped = []
+        for seg in lv.segments:
+            if seg.type != "striped":
+                raise LvmError(f"{self.name}/{name}: {seg.type} segments hold no data extents")
+            lv_off = seg.start_extent * ext
+            if len(seg.stripes) == 1:
+                pv_name, pe = seg.stripes[0]
+                dev = self.devices[pv_name]
+                pv = self.meta.pv(pv_name)
+                runs.append(Run(lv_off, seg.extent_count * ext, dev.io,
+                                pv.pe_start * SECTOR + pe * ext))
+            else:
+                areas = [(self.devices[pv].io, self.meta.pv(pv).pe_start * SECTOR + pe * ext)
+                         for pv, pe in seg.stripes]
+                striped.append((lv_off, seg.extent_count * ext, areas, seg.stripe_size * SECTOR))
+        runs.sort(key=lambda r: r.lv_offset)
+        return ExtentMap(f"{self.name}/{name}", runs, lv.extent_count * ext, striped)
+
+    def lv_binding(self, lv_id: str) -> LvBinding:
+        """The current mapping of the LV with this id (used by open LV devices)."""
+        lv = next((v for v in self.meta.lvs if v.id == lv_id), None)
+        if lv is None:
+            raise LvmError(f"{self.name}: logical volume {lv_id} no longer exists")
+        read_only = "WRITE" not in lv.status
+        seg = self.snapshot_segment(lv.name)
+        if seg is not None:
+            return LvBinding(f"{self.name}/{lv.name}", self._extent_map(seg.origin), read_only,
+                             [self.store(lv.name)])
+        emap = self._extent_map(lv.name)
+        fast = None
+        if emap.single is not None and not emap.striped:
+            dev = next(d for d in self.devices.values() if d.io is emap.single.io)
+            fd = dev.fast_fd()
+            if fd is not None:
+                fast = (fd, emap.single.phys_offset)
+        return LvBinding(f"{self.name}/{lv.name}", emap, read_only,
+                         [self.store(s) for s in self.snapshots_of(lv.name)], fast)
+
+    def open_lv(self, name: str) -> LogicalVolumeDevice | SnapshotDevice:
+        """The LV as a BlockDevice (a snapshot's frozen view for snapshots).
+
+        The device follows later changes made through this VG handle (resize, rename, new
+        snapshots of it); it fails cleanly once the LV is removed.
+        """
+        lv = self.meta.lv(name)
+        if not self.meta.lv_visible(lv):
+            raise LvmError(f"{self.name}/{name} is an internal LV")
+        if self.snapshot_segment(name) is not None:
+            return SnapshotDevice(self, lv.id)
+        return LogicalVolumeDevice(self, lv.id)
+
+    def raw_io(self, name: str, *, resizable: bool = False,
+               length: int | None = None) -> LvRawIO:
+        """A RawIO view of LV `name`.
+
+        `resizable`: truncate()/writes past the end run lvextend (and, without `length`,
+        lvreduce). `length`: present a file of that length inside the LV (see LvRawIO).
+        """
+        dev = self.open_lv(name)
+        lv_id = self.meta.lv(name).id
+
+        def resize(size: int) -> None:
+            current = next(v.name for v in self.meta.lvs if v.id == lv_id)
+            cur = self.lv_size(current)
+            if size > cur:
+                self.lvextend(current, size)
+            elif length is None and size <= cur - self.extent_bytes:
+                self.lvreduce(current, size, force=True)
+
+        return LvRawIO(dev, resize if resizable else None, length=length)
+
+    def _zero_areas(self, areas: list[alloc.Area]) -> None:
+        ext = self.extent_bytes
+        for a in areas:
+            dev = self.devices[a.pv]
+            pv = self.meta.pv(a.pv)
+            _zero_io(dev.io, pv.pe_start * SECTOR + a.pe * ext, a.count * ext)
+
+    # ------------------------------------------------------------- changes
+    def _extents_for(self, size: int) -> int:
+        if size <= 0:
+            raise LvmError(f"size {size} must be positive")
+        return -(-size // self.extent_bytes)
+
+    def lvcreate(self, name: str, size: int, *, snapshot_of: str | None = None,
+                 chunk_size: int = DEFAULT_CHUNK_SECTORS * SECTOR,
+                 read_only: bool = False) -> None:
+        """Create a linear LV of `size` bytes (rounded up to extents), or a COW snapshot."""
+        _name_ok(name, "LV")
+        if self.meta.has_lv(name):
+            raise LvmError(f"logical volume {self.name}/{name} already exists")
+        count = self._extents_for(size)
+        if snapshot_of is not None:
+            origin = self.meta.lv(snapshot_of)
+            if not self.meta.lv_visible(origin) or self.snapshot_segment(snapshot_of) is not None:
+                raise LvmError(f"{self.name}/{snapshot_of}: snapshots of snapshots are not "
+                               "supported (as in LVM2 for COW snapshots)")
+            if chunk_size < 4096 or chunk_size > 512 << 10 or chunk_size & (chunk_size - 1):
+                raise LvmError(f"chunk size {chunk_size} must be a power of two 4 KiB..512 KiB")
+        plan = alloc.plan_allocation(self.meta, count)
+        lv = LogicalVolume(name=name, id=new_id(self.rng), creation_time=self._now(),
+                           creation_host=self.host)
+        if read_only:
+            lv.status = ["READ", "VISIBLE"]
+        if snapshot_of is not None:  # LVM2 keeps a COW store's flags without VISIBLE
+            lv.status = [f for f in lv.status if f != "VISIBLE"]
+        alloc.append_areas(lv, plan)
+        self._zero_areas(plan)
+        self.meta.lvs.append(lv)
+        if snapshot_of is not None:
+            origin = self.meta.lv(snapshot_of)
+            n = 0
+            while self.meta.has_lv(f"snapshot{n}"):
+                n += 1
+            hidden = LogicalVolume(
+                name=f"snapshot{n}", id=new_id(self.rng), status=["READ", "WRITE"],
+                creation_time=lv.creation_time, creation_host=self.host,
+                segments=[Segment(start_extent=0, extent_count=origin.extent_count,
+                                  type="snapshot", chunk_size=chunk_size // SECTOR,
+                                  origin=snapshot_of, cow_store=name)])
+            self.meta.lvs.append(hidden)
+            try:
+                CowStore.initialise(self._extent_map(name), chunk_size // SECTOR,
+                                    name=f"{self.name}/{name}")
+            except LvmError:
+                self.meta.lvs.remove(hidden)
+                self.meta.lvs.remove(lv)
+                raise
+            # the header must be durable before metadata says the snapshot exists
+            for a in plan:
+                self.devices[a.pv].io.flush()
+        self.commit(f"lvcreate {self.name}/{name}")
+
+    def lvextend(self, name: str, size: int) -> None:
+        """Grow LV `name` to `size` bytes (rounded up to extents), contiguously when possible."""
+        lv = self.meta.lv(name)
+        count = self._extents_for(size)
+        if count < lv.extent_count:
+            raise LvmError(f"{self.name}/{name}: new size is smaller than the current "
+                           f"{lv.extent_count * self.extent_bytes} bytes (use lvreduce)")
+        if count == lv.extent_count:
+            raise LvmError(f"{self.name}/{name}: new size equals the current size "
+                           f"({count} extents)")
+        if self.snapshots_of(name):
+            raise LvmError(f"{self.name}/{name}: cannot resize a snapshot origin while it has "
+                           "snapshots")
+        plan = alloc.plan_allocation(self.meta, count - lv.extent_count,
+                                     after=alloc.last_physical_end(lv))
+        is_cow = self.snapshot_segment(name) is not None
+        self._zero_areas(plan)
+        alloc.append_areas(lv, plan)
+        if is_cow:
+            self._stores.pop(name, None)
+        self.commit(f"lvextend {self.name}/{name}")
+
+    def lvreduce(self, name: str, size: int, *, force: bool = False) -> None:
+        """Shrink LV `name`; refused if the cut part holds data (nonzero bytes) unless forced."""
+        lv = self.meta.lv(name)
+        count = self._extents_for(size)
+        if count >= lv.extent_count:
+            raise LvmError(f"{self.name}/{name}: new size is not smaller than the current "
+                           f"{lv.extent_count} extents (use lvextend)")
+        if self.snapshot_segment(name) is not None or self.snapshots_of(name):
+            raise LvmError(f"{self.name}/{name}: cannot reduce a snapshot or snapshot origin")
+        if not force:
+            emap = self._extent_map(name)
+            pos, end = count * self.extent_bytes, lv.extent_count * self.extent_bytes
+            while pos < end:
+                n = min(1 << 20, end - pos)
+                buf = emap.pread(pos, n)
+                if buf.count(0) != n:
+                    first = pos + n - len(buf.lstrip(b"\0"))
+                    raise LvmError(f"{self.name}/{name}: reducing to {count} extents would "
+                                   f"destroy data at byte {first} (use --force)")
+                pos += n
+        released = alloc.truncate_extents(lv, count)
+        self.commit(f"lvreduce {self.name}/{name}")
+        self._zero_areas(released)
+
+    def lvrename(self, old: str, new: str) -> None:
+        """Rename an LV (snapshot references follow)."""
+        _name_ok(new, "LV")
+        lv = self.meta.lv(old)
+        if not self.meta.lv_visible(lv):
+            raise LvmError(f"{self.name}/{old} is an internal LV")
+        if self.meta.has_lv(new):
+            raise LvmError(f"logical volume {self.name}/{new} already exists")
+        lv.name = new
+        for other in self.meta.lvs:
+            for seg in other.segments:
+                if seg.type == "snapshot":
+                    if seg.origin == old:
+                        seg.origin = new
+                    if seg.cow_store == old:
+                        seg.cow_store = new
+        if old in self._stores:
+            self._stores[new] = self._stores.pop(old)
+        self.commit(f"lvrename {self.name}/{old} {new}")
+
+    def _drop(self, name: str) -> list[alloc.Area]:
+        """Remove LV `name` from the metadata; return its areas (zero them after the commit)."""
+        lv = self.meta.lv(name)
+        released = [a for a, owner in alloc.used_areas(self.meta) if owner == name]
+        if self.snapshot_segment(name) is not None:
+            self.meta.lvs.remove(self._hidden_snapshot_lv(name))
+        self.meta.lvs.remove(lv)
+        self._stores.pop(name, None)
+        return released
+
+    def lvremove(self, name: str, *, force: bool = False) -> None:
+        """Remove an LV; an origin with snapshots needs `force` (its snapshots go too)."""
+        lv = self.meta.lv(name)
+        if not self.meta.lv_visible(lv):
+            raise LvmError(f"{self.name}/{name} is an internal LV")
+        snaps = self.snapshots_of(name)
+        if snaps and not force:
+            raise LvmError(f"{self.name}/{name} has snapshots ({', '.join(snaps)}); remove them "
+                           "first or use --force")
+        released = [a for s in snaps for a in self._drop(s)] + self._drop(name)
+        self.commit(f"lvremove {self.name}/{name}")
+        self._zero_areas(released)  # after the commit: a crash before it loses nothing
+
+    def merge_snapshot(self, name: str) -> int:
+        """lvconvert --merge: copy the snapshot's chunks back into its origin; remove it.
+
+        Returns the number of chunks merged. Other snapshots of the origin keep their view.
+        """
+        seg = self.snapshot_segment(name)
+        if seg is None:
+            raise LvmError(f"{self.name}/{name} is not a snapshot")
+        st = self.store(name)
+        st.check()
+        origin = self.open_lv(seg.origin)
+        assert isinstance(origin, LogicalVolumeDevice)
+        size = origin.size
+        for old, new in sorted(st.exceptions.items()):
+            start = old * st.chunk
+            if start >= size:
+                continue
+            n = min(st.chunk, size - start)
+            origin.write(start, st.read_chunk(new, 0, n), _skip=st)
+        origin.flush()
+        merged = len(st.exceptions)
+        released = self._drop(name)
+        self.commit(f"lvconvert --merge {self.name}/{name}")
+        self._zero_areas(released)
+        return merged
+
+    def snapshot_status(self, name: str) -> tuple[bool, float]:
+        """(valid, Data%) of snapshot `name`."""
+        st = self.store(name)
+        return st.valid, st.data_percent
+
+
+def _host_info(host: str) -> str:
+    u = os.uname()
+    return f"{u.sysname} {host} {u.release} {u.version} {u.machine}"
+
+
+def list_vgs(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Names of the VGs whose metadata is on the PVs in `paths`."""
+    names: set[str] = set()
+    for dev in scan(paths, writable=False):
+        for h in dev.mdas:
+            got = read_mda_text(dev, h)
+            if got is not None:
+                names.add(got[0].name)
+        dev.io.close()
+    return sorted(names)

@@ -1,0 +1,24 @@
+"""Smoke run of `hvsim bench topology`: the generated lab loads and the figures are sane."""
+from __future__ import annotations
+
+from bench.topology import generate, run
+from netsim.topology import parse_topology
+
+
+def test_generator_spreads_vms_over_hosts_and_vlans() -> None:
+    topo = parse_topology(generate(3, 30, 5))
+    assert len(topo.hosts) == 3 and len(topo.vms) == 30
+    assert {n.vlan for n in topo.host("xen1").networks} == {10, 11, 12, 13, 14}
+    assert topo.physical[0].ports[0].vlans == (10, 11, 12, 13, 14)
+
+
+def test_quick_bench_reports_its_figures() -> None:
+    result = run(quick=True)
+    assert result["vms"] == 200
+    assert 0 < result["load_and_graph_s"] < 5
+    assert 0 < result["peak_mib"] < 1024
+    assert result["graph_nodes"] > result["vms"]
+    assert 0 < result["load_graph_build_s"] < 5
+    # pingall over the small lab: exactly the same-VLAN pairs answer
+    assert result["pingall_answered"] == result["pingall_expected"] > 0
+    assert result["pingall_pairs"] == result["pingall_vms"] * (result["pingall_vms"] - 1)

@@ -1,0 +1,20 @@
+"""Smoke run of `hvsim bench vds`: two processes through a private mosquitto, figures sane."""
+from __future__ import annotations
+
+import pytest
+
+from bench import vds
+
+pytestmark = pytest.mark.interop
+
+
+def test_quick_run_moves_every_frame_and_reports_ratios() -> None:
+    r = vds.run(quick=True)
+    assert r["vds_frames_received"] + r["vds_frames_lost_counted"] == r["vds_frames_sent"]
+    assert r["vds_bad_batches"] == 0
+    assert r["baseline_received"] > 0 and r["baseline_aiomqtt_msgs_per_s"] > 0
+    assert r["rollout_vms"] == 1000 and r["rollout_ports_moved"] == 500
+    assert 0 < r["rollout_change_s"] < 30
+    assert r["ratio_vs_baseline"] == pytest.approx(
+        r["vds_frames_per_s"] / r["baseline_aiomqtt_msgs_per_s"], rel=0.01
+    )
