@@ -11,6 +11,7 @@ one area whose header and text are intact; on open the valid copy with the highe
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import socket
@@ -381,9 +382,47 @@ class VolumeGroup:
         self.close()
 
     # ------------------------------------------------------------- commit
+    def _lock(self) -> list[int]:
+        """flock every PV file (in path order), so commits of two processes never interleave."""
+        fds = []
+        try:
+            for dev in sorted(self.devices.values(), key=lambda d: d.path):
+                fd = dev.fast_fd()
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    fds.append(fd)
+        except BaseException:
+            for fd in fds:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            raise
+        return fds
+
+    def _check_unchanged(self) -> None:
+        """Refuse to commit over metadata another process committed since we read it."""
+        for dev in self.devices.values():
+            for h in dev.mdas:
+                if h.version == 0:
+                    continue
+                try:
+                    on_disk = unpack_mda_header(dev.io.pread(h.start, MDA_HEADER_SIZE))
+                except LvmError:
+                    continue  # damaged since: this commit rewrites it
+                if on_disk.locns[:1] != h.locns[:1]:
+                    raise LvmError(f"VG {self.name} was changed by another process since it was "
+                                   f"opened (metadata area {dev.path}@{h.start}); open it again")
+
     def commit(self, description: str = "") -> None:
         """Write the metadata with seqno + 1 into every metadata area, copy by copy."""
         alloc.check_consistency(self.meta)
+        fds = self._lock()
+        try:
+            self._check_unchanged()
+            self._write_metadata(description)
+        finally:
+            for fd in fds:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _write_metadata(self, description: str) -> None:
         self.meta.seqno += 1
         self.header = TextHeader(description="", creation_host=self.host,
                                  host_info=_host_info(self.host), creation_time=self._now(),
