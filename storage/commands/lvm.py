@@ -191,6 +191,49 @@ def vgcfgbackup_cmd(
     console.print(f'Volume group "{vg}" successfully backed up to {out}.')
 
 
+@lvm_app.command("vgcfgrestore")
+def vgcfgrestore_cmd(
+    vg: Annotated[str, typer.Argument(help="Volume group.")],
+    file: Annotated[Path, typer.Option("--file", "-f", help="Backup file (vgcfgbackup's).")],
+    test: Annotated[bool, typer.Option("--test", "-t",
+                                       help="Check the file against the PVs; change nothing.")]
+    = False,
+    devices: DevicesOpt = None,
+) -> None:
+    """Restore a VG's metadata from a vgcfgbackup file (LV data is not touched).
+
+    Example: hvsim lvm vgcfgrestore vg0 -f vg0.backup
+    """
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LvmError(f"{file}: cannot read ({exc.strerror})") from exc
+    with _vg(vg, devices) as g:
+        g.restore(text, source=str(file), test=test)
+        if test:
+            console.print(f"{file}: valid metadata for VG {vg} on its PVs; nothing changed "
+                          "(--test).")
+            return
+        console.print(f"Restored volume group {vg} (seqno {g.meta.seqno}).")
+
+
+@lvm_app.command("vgextend")
+def vgextend_cmd(
+    vg: Annotated[str, typer.Argument(help="Volume group.")],
+    pvs: Annotated[list[Path], typer.Argument(help="Physical volumes to add (from pvcreate).")],
+    devices: DevicesOpt = None,
+) -> None:
+    """Add physical volumes to a volume group.
+
+    Example: hvsim lvm vgextend vg0 pv2.img
+    """
+    with _vg(vg, devices) as g:
+        for p in pvs:
+            g.vgextend(str(p))
+        s = g.summary()
+    console.print(f'Volume group "{vg}" successfully extended ({human(s.size)}).')
+
+
 # ----------------------------------------------------------------------------- LVs
 
 @lvm_app.command("lvcreate")

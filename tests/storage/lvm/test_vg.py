@@ -241,3 +241,38 @@ def test_a_second_handle_cannot_commit_over_newer_metadata(vg: VolumeGroup, pv_f
     check_consistency(fresh.meta)
     assert fresh.lv_names() == ["a", "b"]
     fresh.close()
+
+
+def test_vgcfgrestore_undoes_an_lvremove(vg: VolumeGroup, pv_files, tmp_path: Path) -> None:
+    vg.lvcreate("precious", 8 * MiB)
+    vg.open_lv("precious").write(0, b"do not lose me")
+    backup = vg.backup_text("before the accident")
+    vg.lvremove("precious")
+    seq = vg.meta.seqno
+    vg.restore(backup, test=True)
+    assert vg.lv_names() == [] and vg.meta.seqno == seq  # --test changes nothing
+    vg.restore(backup)
+    assert vg.meta.seqno == seq + 1
+    g = reopen(vg, pv_files)
+    assert g.open_lv("precious").read(0, 14) == b"do not lose me"
+    other = VolumeGroup.create("vgx", [_new_pv(tmp_path / "x.img")])
+    with pytest.raises(LvmError, match="describes VG vg0"):
+        other.restore(backup)
+    other.close()
+    g.close()
+
+
+def _new_pv(path: Path) -> Path:
+    pvcreate(path, size=16 * MiB, rng=random.Random(9))
+    return path
+
+
+def test_vgextend_adds_a_pv(vg: VolumeGroup, pv_files, tmp_path: Path) -> None:
+    name = vg.vgextend(_new_pv(tmp_path / "pv2.img"))
+    assert name == "pv2" and vg.summary().pv_count == 3
+    vg.lvcreate("wide", 120 * MiB)  # needs all three PVs
+    g = reopen(vg, [*pv_files, tmp_path / "pv2.img"])
+    assert g.lv_size("wide") == 120 * MiB
+    with pytest.raises(LvmError, match="already in VG vg0"):
+        g.vgextend(tmp_path / "pv2.img")
+    g.close()
