@@ -153,3 +153,18 @@ def test_sr_and_vdi_commands_on_lvm_srs(tmp_path: Path, kind: str) -> None:
     lvs = json.loads(run_hvsim("lvm", "lvs", "--json", "-d", sr))["report"][0]["lv"]
     assert [(r["vg_name"], r["lv_name"]) for r in lvs] == \
         [(f"VG_XenStorage-{sr_uuid}", f"{prefix}{vdi}")]
+
+
+def test_extents_option_and_hidden_lvs(setup: Path) -> None:
+    hv(setup, "lvcreate", "vg0", "half", "-l", "50%FREE")
+    lvs = {r["lv_name"]: r for r in json.loads(hv(setup, "lvs", "--json"))["report"][0]["lv"]}
+    assert lvs["half"]["lv_size"] == str(12 * 4 * MiB)  # (30 - 5) free extents, halved
+    hv(setup, "lvcreate", "vg0", "s", "-l", "100%ORIGIN", "-s", "data")
+    hv(setup, "lvcreate", "vg0", "three", "-l", "3")
+    out = json.loads(hv(setup, "lvs", "-a", "--json"))["report"][0]["lv"]
+    by = {r["lv_name"]: r for r in out}
+    assert by["three"]["lv_size"] == str(12 * MiB) and by["s"]["lv_size"] == str(20 * MiB)
+    assert by["[snapshot0]"]["lv_attr"].startswith("v")
+    assert "[snapshot0]" not in hv(setup, "lvs")
+    with pytest.raises(LvmError, match="needs --snapshot"):
+        hv(setup, "lvcreate", "vg0", "bad", "-l", "10%ORIGIN")
