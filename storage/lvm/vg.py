@@ -17,6 +17,7 @@ import random
 import socket
 import stat
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +269,7 @@ class VolumeGroup:
         self._stores: dict[str, CowStore] = {}
         self._closed = False
         self.generation = 0  # bumped by every commit; open LV devices re-resolve on change
+        self._watchers: weakref.WeakSet[object] = weakref.WeakSet()
 
     # ------------------------------------------------------------- open / create
     @classmethod
@@ -448,6 +450,8 @@ class VolumeGroup:
                 dev.mdas[i] = new
         self.header.description = description
         self.generation += 1
+        for dev in list(self._watchers):
+            dev.invalidate()  # type: ignore[attr-defined]
 
     def backup_text(self, description: str = "") -> str:
         """The metadata as `vgcfgbackup` writes it."""
@@ -598,6 +602,10 @@ class VolumeGroup:
                 striped.append((lv_off, seg.extent_count * ext, areas, seg.stripe_size * SECTOR))
         runs.sort(key=lambda r: r.lv_offset)
         return ExtentMap(f"{self.name}/{name}", runs, lv.extent_count * ext, striped)
+
+    def watch(self, dev: object) -> None:
+        """Tell `dev` (an open LV device) when the metadata changes."""
+        self._watchers.add(dev)
 
     def lv_binding(self, lv_id: str) -> LvBinding:
         """The current mapping of the LV with this id (used by open LV devices)."""
