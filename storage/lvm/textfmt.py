@@ -22,6 +22,7 @@ Style = Literal["file", "raw"]
 Value = int | float | str | list  # list items are int | float | str
 
 FORMAT_VERSION = 1
+MAX_DEPTH = 32  # VG metadata nests 5 deep; anything far deeper is hostile
 CONTENTS = "Text Format Volume Group"
 
 
@@ -121,8 +122,11 @@ def parse_config(text: str, source: str = "<metadata>") -> Section:
             return float(val) if "." in val else int(val)
         raise MetadataSyntaxError(f"{source}:{line}: expected a value, found {val or 'end'!r}")
 
-    def body(sec: Section, closing: bool) -> Section:
+    def body(sec: Section, closing: bool, depth: int = 0) -> Section:
         nonlocal pos
+        if depth > MAX_DEPTH:
+            raise MetadataSyntaxError(f"{source}:{peek()[2]}: sections nested deeper than "
+                                      f"{MAX_DEPTH}")
         while True:
             kind, val, line = peek()
             if kind == "eof":
@@ -140,7 +144,7 @@ def parse_config(text: str, source: str = "<metadata>") -> Section:
             nxt = peek()
             if nxt[:2] == ("punct", "{"):
                 pos += 1
-                sec.entries.append((val, body(Section(val), True)))
+                sec.entries.append((val, body(Section(val), True, depth + 1)))
             elif nxt[:2] == ("punct", "="):
                 pos += 1
                 if peek()[:2] == ("punct", "["):
