@@ -320,8 +320,13 @@ def _segment(sec: Section, where: str) -> Segment:
         type=seg_type,
         tags=list(_opt(sec, "tags", list, [], w)),
     )
+    if seg.extent_count <= 0 or seg.start_extent < 0:
+        raise LvmError(f"{w}: start_extent/extent_count out of range")
     if seg_type == "striped":
         count = int(_req(sec, "stripe_count", int, w))
+        if count < 1 or seg.extent_count % count:
+            raise LvmError(f"{w}: stripe_count {count} does not divide extent_count "
+                           f"{seg.extent_count}")
         flat = list(_req(sec, "stripes", list, w))
         if len(flat) != 2 * count:
             raise LvmError(f"{w}: stripes lists {len(flat) // 2} areas, stripe_count says {count}")
@@ -330,8 +335,12 @@ def _segment(sec: Section, where: str) -> Segment:
                 raise LvmError(f"{w}: stripes entry {i // 2} is not (\"pvN\", extent)")
             seg.stripes.append((flat[i], flat[i + 1]))
         seg.stripe_size = int(_opt(sec, "stripe_size", int, 0, w))
+        if count > 1 and (seg.stripe_size <= 0 or seg.stripe_size & (seg.stripe_size - 1)):
+            raise LvmError(f"{w}: stripe_size {seg.stripe_size} is not a power of two")
     elif seg_type == "snapshot":
         seg.chunk_size = int(_req(sec, "chunk_size", int, w))
+        if seg.chunk_size < 8 or seg.chunk_size & (seg.chunk_size - 1):
+            raise LvmError(f"{w}: chunk_size {seg.chunk_size} is not a power of two ≥ 8")
         seg.origin = str(_req(sec, "origin", str, w))
         if sec.get("merging_store") is not None:
             seg.cow_store = str(_req(sec, "merging_store", str, w))
