@@ -258,6 +258,10 @@ class BlkBack:
         except (StorageError, OSError):
             self.stats.errors["io-error"] += 1
             return Response(rid, op, Status.ERROR)
+        except Exception as exc:  # a disk driver's bug must not take the backend down
+            self.stats.errors["disk-exception"] += 1
+            self.last_error = f"request {rid}: {type(exc).__name__}: {exc}"
+            return Response(rid, op, Status.ERROR)
         return Response(rid, op, Status.OKAY)
 
     def _check_range(self, sector: int, nr: int) -> None:

@@ -188,3 +188,25 @@ async def test_cancelled_request_keeps_its_pages_until_the_backend_answers(host:
         assert front.stats.unknown_responses == 0
         assert await asyncio.gather(*(front.read(0, 4096) for _ in range(40))) == \
             [b"\x11" * 4096] * 40  # every ring slot is usable again
+
+
+class BuggyDisk(MemoryDisk):
+    """A disk driver with a bug on one range."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset >= 1 << 20:
+            raise ZeroDivisionError("driver bug")
+        return super().read(offset, length)
+
+
+async def test_a_disk_driver_bug_is_an_error_response_not_a_dead_backend() -> None:
+    h = await make_host(disk=BuggyDisk(DISK_SIZE))
+    try:
+        async with BlkFront(h.guest, XVDA) as front:
+            with pytest.raises(BlkIOError, match="I/O error"):
+                await front.read(2 << 20, 512)
+            assert await front.read(0, 512) == bytes(512)
+        assert h.backend.stats.errors["disk-exception"] == 1
+        assert "ZeroDivisionError" in (h.backend.last_error or "")
+    finally:
+        await h.hv.close()
