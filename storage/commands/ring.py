@@ -387,6 +387,50 @@ def guest_discard(
     asyncio.run(_with_front(socket_path, domid, devid, lambda f: f.discard(offset, length)))
 
 
+@guest_app.command("xenstore-ls")
+def guest_xenstore_ls(
+    path: Annotated[str | None, typer.Argument(
+        help="Subtree to list (default: this domain's device and its backend).")] = None,
+    socket_path: SocketOpt = Path(DEFAULT_SOCKET), domid: DomOpt = 1, devid: DevOpt = 51712,
+    connect: Annotated[bool, typer.Option(
+        help="Run the blkfront handshake first, so the Connected-state keys are there.")] = True,
+) -> None:
+    """List xenstore keys and values as the guest sees them (like xenstore-ls).
+
+    Example: hvsim guest xenstore-ls --socket /tmp/host.sock
+    """
+    from storage.blkfront import BlkFront
+    from storage.hostlink import connect_guest
+
+    async def walk(xs, top: str, lines: list[str]) -> None:  # type: ignore[no-untyped-def]
+        value = await xs.read(top)
+        if value:
+            lines.append(f"{top} = {value!r}")
+        for child in await xs.ls(top):
+            await walk(xs, f"{top.rstrip('/')}/{child}", lines)
+
+    async def run() -> list[str]:
+        async with connect_guest(socket_path, domid) as guest:
+            front = BlkFront(guest, devid)
+            lines: list[str] = []
+            try:
+                if connect:
+                    await front.connect()
+                tops = [path] if path else [
+                    f"/local/domain/{domid}/device/vbd/{devid}",
+                    await guest.xs.read(f"/local/domain/{domid}/device/vbd/{devid}/backend")
+                    or f"/local/domain/0/backend/vbd/{domid}/{devid}"]
+                for top in tops:
+                    await walk(guest.xs, top, lines)
+            finally:
+                if connect:
+                    await front.close()
+            return lines
+
+    for line in asyncio.run(run()):
+        out.print(line, highlight=False, markup=False)
+
+
 @guest_app.command("selftest")
 def guest_selftest(
     nbytes: Annotated[int, typer.Option("--bytes", help="Bytes to write and verify.")] = 1 << 20,
