@@ -79,8 +79,16 @@ class HostServer:
         self.events: asyncio.Queue[str] = asyncio.Queue()
 
     async def __aenter__(self) -> HostServer:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if os.path.exists(self.path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.path)
+            except OSError:
+                os.unlink(self.path)  # a stale socket left by a host that died
+            else:
+                raise HostLinkError(f"{self.path}: another host is serving on this socket")
+            finally:
+                probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(self.path)

@@ -135,3 +135,16 @@ async def test_ring_serve_cleans_up_on_sigterm(tmp_path: Path) -> None:
     server.terminate()
     assert await asyncio.wait_for(server.wait(), 30) == 0
     assert not sock.exists()
+
+
+async def test_second_host_on_a_live_socket_is_refused_stale_one_replaced(tmp_path: Path) -> None:
+    sock = tmp_path / "host.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock))  # bound, never listening: what a killed host leaves behind
+    stale.close()
+    async with Hypervisor() as hv:
+        async with HostServer(hv, sock):
+            with pytest.raises(HostLinkError, match="another host"):
+                async with HostServer(Hypervisor(), sock):
+                    pass
+            assert sock.exists()
