@@ -163,6 +163,25 @@ async def migrate_vm(vm: str, to: str, lab: Lab, *, within_s: float = 10.0) -> f
         return took
 
 
+async def host_table(lab: Lab, *, wait_s: float = 1.0) -> Table:
+    """Every host the fabric's retained topics know: presence, vDS versions, VLANs, VMs."""
+    topics = lab.topics
+    async with _bus(lab, "vcenter-status") as bus, ManagementPlane(bus, topics) as mp:
+        await asyncio.sleep(wait_s)  # retained presence and status arrive right after SUBACK
+        t = Table(title=f"hosts of fabric {lab.fabric}")
+        for col in ("host", "presence", "vDS (version: VLANs)", "VMs", "last migration error"):
+            t.add_column(col)
+        for name, st in sorted(mp.peers.hosts.items()):
+            t.add_row(
+                name,
+                "[green]online[/]" if st.online else "[red]offline[/]",
+                "; ".join(f"{v} v{ver}: {sorted(vl)}" for v, (ver, vl) in sorted(st.vds.items())),
+                ", ".join(st.vms),
+                st.migration_error,
+            )
+        return t
+
+
 async def run_local(
     topo: Topology, lab: Lab, *, ping: bool = True, wait_s: float = 10.0
 ) -> dict[str, Any]:

@@ -157,6 +157,25 @@ def migrate(
     asyncio.run(migrate_vm(vm, to, lab))  # type: ignore[arg-type]
 
 
+def hosts(
+    broker: BrokerOpt,
+    user: UserOpt = None,
+    password_file: PasswordOpt = None,
+    tls_ca: TlsOpt = None,
+    fabric: FabricOpt = "lab",
+) -> None:
+    """Show every host of a running fabric: presence (last will), vDS versions it runs, VLANs
+    with ports, VMs.
+
+    Example: hvsim hosts --broker mqtt://10.0.0.9:1883 --user vcenter
+    --password-file broker/vcenter.password
+    """
+    from netsim.multihost import host_table
+
+    lab = _lab(broker, user, password_file, tls_ca, fabric, None)
+    console.print(asyncio.run(host_table(lab)))  # type: ignore[arg-type]
+
+
 def multihost(
     topology: TopologyArg,
     broker: Annotated[
@@ -194,4 +213,5 @@ def register(app: typer.Typer) -> None:
     app.command("host")(host)
     app.command("vds-push")(vds_push)
     app.command("migrate")(migrate)
+    app.command("hosts")(hosts)
     app.command("multihost")(multihost)

@@ -73,6 +73,11 @@ async def test_hosts_as_processes_push_migrate_and_a_killed_host_goes_down(mqtt_
                     procs["esx1"].send_signal(signal.SIGKILL)
                     await peers.wait_until(lambda: "esx1" not in peers.online(), within_s=T,
                                            what="esx1 down")
+                    r = await asyncio.to_thread(hvsim, "hosts", "--broker", url)
+                    rows = {line.split()[1]: line for line in r.stdout.splitlines()
+                            if line.startswith("│ esx")}
+                    assert "offline" in rows["esx1"] and "online" in rows["esx3"]
+                    assert "app2" in rows["esx3"] and "dvs1 v1" in rows["esx3"]
                     # a host told to stop leaves cleanly
                     procs["esx2"].send_signal(signal.SIGTERM)
                     assert await asyncio.to_thread(procs["esx2"].wait, 10) == 0
