@@ -111,8 +111,16 @@ def load_yaml(
         mark = exc.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         raise cls(f"{source}{line}: not valid YAML: {exc.problem}") from exc
+    except yaml.reader.ReaderError as exc:
+        # A character YAML does not allow (control characters, a stray BOM): its str() spans
+        # two lines naming "<unicode string>"; say where it is in the user's file instead.
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else 0
+        where = f":{line}" if line else ""
+        raise cls(f"{source}{where}: not valid YAML: {exc.reason} "
+                  f"(character {exc.character!r})") from exc
     except yaml.YAMLError as exc:
-        raise cls(f"{source}: not valid YAML: {exc}") from exc
+        msg = " ".join(str(exc).split())
+        raise cls(f"{source}: not valid YAML: {msg}") from exc
     if node is None:
         return None, smap
     try:

@@ -410,7 +410,12 @@ def vg_from_section(sec: Section, where: str = "<metadata>") -> VgMetadata:
 def parse_text(text: str | bytes, source: str = "<metadata>") -> tuple[VgMetadata, TextHeader]:
     """Parse VG metadata text in either layout into the model and its header fields."""
     if isinstance(text, bytes):
-        text = text.split(b"\0", 1)[0].decode("utf-8", errors="strict")
+        raw = text.split(b"\0", 1)[0]
+        try:
+            text = raw.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            raise MetadataSyntaxError(f"{source}: metadata text is not UTF-8 (byte "
+                                      f"0x{raw[exc.start]:02x} at offset {exc.start})") from None
     root = parse_config(text, source)
     vg_secs = root.sections()
     if len(vg_secs) != 1:
@@ -552,6 +557,7 @@ def _lv_text(w: _Writer, vg: VgMetadata, lv: LogicalVolume) -> None:
     if lv.creation_time:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime(lv.creation_time))
         w.out(f"creation_time = {lv.creation_time}", f"# {stamp}")
+    if lv.creation_host:  # kept even without a creation_time, so a rewrite loses nothing
         w.out(f'creation_host = "{_escape(lv.creation_host)}"')
     if lv.allocation_policy:
         w.out(f'allocation_policy = "{lv.allocation_policy}"')
