@@ -72,7 +72,9 @@ SwitchOpt = Annotated[
 
 
 def _lab(broker: str | None, user: str | None, password_file: Path | None, tls_ca: Path | None,
-         fabric: str, switch: str | None) -> object:
+         fabric: str, switch: str | None, keepalive: int | None = None) -> object:
+    from dataclasses import replace
+
     from netsim.multihost import Lab
     from netsim.transport.mqtt import parse_broker_url
 
@@ -80,6 +82,8 @@ def _lab(broker: str | None, user: str | None, password_file: Path | None, tls_c
     if broker is not None:
         settings = parse_broker_url(broker, username=user, password_file=password_file,
                                     tls_ca=tls_ca)
+        if keepalive is not None:
+            settings = replace(settings, keepalive=keepalive)
     return Lab(settings, fabric=fabric, switch=switch)
 
 
@@ -95,6 +99,11 @@ def host(
     duration: Annotated[
         float | None, typer.Option("--duration", help="Leave after this many seconds.")
     ] = None,
+    keepalive: Annotated[
+        int, typer.Option("--keepalive", min=1, max=3600,
+                          help="MQTT keep-alive in seconds: a host that goes silent (hung, "
+                          "cut off) is marked down after about 1.5-2× this.")
+    ] = 5,
 ) -> None:
     """Run one host of a topology as its own process: its VMs (with guest stacks that answer
     ping) on a distributed-switch proxy, joined to the other hosts through an MQTT broker.
@@ -107,7 +116,7 @@ def host(
     """
     from netsim.multihost import run_host
 
-    lab = _lab(broker, user or name, password_file, tls_ca, fabric, switch)
+    lab = _lab(broker, user or name, password_file, tls_ca, fabric, switch, keepalive)
     asyncio.run(run_host(topology, name, lab, duration=duration))  # type: ignore[arg-type]
 
 

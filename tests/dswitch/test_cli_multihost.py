@@ -125,12 +125,12 @@ async def test_stalled_host_is_marked_down_by_keepalive_and_resyncs_config(
     mqtt_broker, changed_topology: Path
 ) -> None:
     """SIGSTOP keeps the host's TCP connection open but silent: the broker fires its will after
-    1.5 × keep-alive; on SIGCONT it reconnects and runs the version it missed."""
+    1.5-2 × keep-alive; on SIGCONT it reconnects and runs the version it missed."""
     url = mqtt_broker.url
     topics = Topics("lab")
     procs = {
         h: subprocess.Popen(  # noqa: ASYNC220 - returns at once
-            [*HVSIM, "host", "--name", h, "--broker", url, TOPO],
+            [*HVSIM, "host", "--name", h, "--broker", url, "--keepalive", "2", TOPO],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for h in ("esx1", "esx2", "esx3")
@@ -152,9 +152,10 @@ async def test_stalled_host_is_marked_down_by_keepalive_and_resyncs_config(
                     assert r.returncode == 0, r.stderr
                     procs["esx2"].send_signal(signal.SIGSTOP)
                     t0 = asyncio.get_running_loop().time()
-                    await peers.wait_until(lambda: "esx2" not in peers.online(), within_s=12,
+                    await peers.wait_until(lambda: "esx2" not in peers.online(), within_s=10,
                                            what="esx2 down by keep-alive")
-                    assert asyncio.get_running_loop().time() - t0 <= 1.5 * 5 + 2
+                    # mosquitto 2.0 takes 1.5-2× the keep-alive (its check runs periodically)
+                    assert asyncio.get_running_loop().time() - t0 <= 2 * 2 + 2
                     r = await asyncio.to_thread(hvsim, "vds-push", "--broker", url,
                                                 str(changed_topology), "--wait", "0")
                     assert r.returncode == 0, r.stderr
