@@ -216,6 +216,37 @@ def multihost(
         json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
+def run_with_broker(
+    topology: Path,
+    *,
+    broker: str,
+    out: Path | None = None,
+    user: str | None = None,
+    password_file: Path | None = None,
+    tls_ca: Path | None = None,
+    fabric: str = "lab",
+    duration: float = 0.0,
+    ping: bool = True,
+) -> dict:
+    """`hvsim run TOPOLOGY --broker URL`: every host as its own agent in this process, joined
+    by a distributed switch through the broker; captures per host in OUT; ping matrix."""
+    from netsim.multihost import ping_table, run_local
+    from netsim.topology import load_topology
+
+    lab = _lab(broker, user, password_file, tls_ca, fabric, None)
+    result = asyncio.run(run_local(load_topology(topology), lab,  # type: ignore[arg-type]
+                                   ping=ping, capture_dir=out, duration=duration))
+    if ping:
+        console.print(ping_table(result["pings"]))
+        answered = sum(1 for p in result["pings"] if p["replied"])
+        routed = [p for p in result["pings"] if not p["no_route"]]
+        console.print(f"pingall across hosts: {answered}/{len(routed)} answered "
+                      f"({len(result['pings']) - len(routed)} pairs have no route)")
+    if out is not None:
+        console.print(f"wrote {len(result['captures'])} capture file(s) in {out}")
+    return result
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root `hvsim` app."""
     app.command("broker-config")(broker_config)

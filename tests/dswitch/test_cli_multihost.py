@@ -172,3 +172,15 @@ async def test_stalled_host_is_marked_down_by_keepalive_and_resyncs_config(
                 p.send_signal(signal.SIGCONT)
                 p.kill()
             p.communicate(timeout=10)
+
+
+def test_hvsim_run_with_broker_pings_across_hosts_and_captures(mqtt_broker, tmp_path: Path
+                                                               ) -> None:
+    out = tmp_path / "run"
+    r = hvsim("run", TOPO, "--out", str(out), "--broker", mqtt_broker.url, "--duration", "0.1")
+    assert r.returncode == 0, r.stderr + r.stdout
+    text = " ".join(r.stdout.split())
+    assert "pingall across hosts: 12/12 answered (18 pairs have no route)" in text
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["esx1.pcapng", "esx2.pcapng", "esx3.pcapng"]
+    assert (out / "esx2.pcapng").read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"  # pcapng SHB
