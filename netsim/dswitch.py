@@ -139,6 +139,7 @@ class Peers:
         self.topics = topics
         self.hosts: dict[str, PeerState] = {}
         self.bad_status = 0
+        self._online: set[str] = set()
         self._changed = asyncio.Event()
         self.on_down: list[Callable[[str], None]] = []
 
@@ -151,6 +152,10 @@ class Peers:
         if msg.topic.endswith("/presence"):
             was = st.online
             st.online = msg.payload == PRESENCE_ONLINE
+            if st.online:
+                self._online.add(host)
+            else:
+                self._online.discard(host)
             if was and not st.online:
                 for cb in self.on_down:
                     cb(host)
@@ -170,8 +175,8 @@ class Peers:
         self._changed.set()
 
     def online(self) -> set[str]:
-        """Hosts whose presence is online."""
-        return {h for h, s in self.hosts.items() if s.online}
+        """Hosts whose presence is online (kept up to date as presence arrives; do not modify)."""
+        return self._online
 
     def flood_targets(self, vds: str, vid: int, exclude: str) -> set[str]:
         """Online hosts other than `exclude` with ports in `vid` on `vds`."""
@@ -349,6 +354,7 @@ class ProxyLink:
         self.clock = clock
         #: MAC → clock ns until which frames for it count as in flight (its VM migrated away)
         self.departed: dict[bytes, int] = {}
+        self._uni_topics: dict[str, str] = {}
         self.vlans: frozenset[int] = frozenset()
         self._flood_subs: dict[int, tuple[Subscription, asyncio.Task[None]]] = {}
         self._stack = contextlib.AsyncExitStack()
@@ -406,21 +412,25 @@ class ProxyLink:
                 if got is None:
                     continue
                 src, frames = got
+                c = self.counters
+                deliver = self.deliver
+                learned = None
                 for vid, frame in frames:
                     if frame_vid(frame) != vid:
-                        self.counters.rx_vlan_mismatch += 1
+                        c.rx_vlan_mismatch += 1
                         continue
                     if self.departed and self._departed(frame[0:6]):
-                        self.counters.rx_in_flight += 1
+                        c.rx_in_flight += 1
                         continue
                     if not self.has_vlan(vid):
-                        self.counters.rx_vlan_not_local += 1
+                        c.rx_vlan_not_local += 1
                         continue
-                    smac = frame[6:12]
-                    if not smac[0] & 1:
-                        self.remote.learn(vid, smac, src)
-                    self.counters.rx_frames += 1
-                    self.deliver(vid, frame)
+                    key = (vid, frame[6:12])
+                    if key != learned and not frame[6] & 1:  # once per run of one source
+                        self.remote.learn(vid, key[1], src)
+                        learned = key
+                    c.rx_frames += 1
+                    deliver(vid, frame)
 
     def _departed(self, dst: bytes) -> bool:
         until = self.departed.get(dst)
@@ -441,8 +451,12 @@ class ProxyLink:
         if not dst[0] & 1:
             host = self.remote.lookup(vid, dst)
             if host is not None and host in self.peers.online():
-                await self.sender.send(self.topics.unicast(self.host, host, self.vds), vid, frame)
+                topic = self._uni_topics.get(host)
+                if topic is None:
+                    topic = self._uni_topics[host] = self.topics.unicast(self.host, host, self.vds)
                 self.counters.tx_unicast += 1
+                if self.sender.add(topic, vid, frame):
+                    await self.sender.publish(topic)
                 return
         if not self.peers.flood_targets(self.vds, vid, self.host):
             self.counters.tx_no_remote_member += 1
@@ -630,6 +644,7 @@ class ProxySwitch:
         self.switch: StandardSwitch = host.add_switch(vds)
         self.uplinks: dict[str, Pif] = {}
         self.config: VdsConfig | None = None
+        self._rx_pif: Pif | None = None
 
     def vm_ports(self) -> list[VmPort]:
         """The VM ports plugged into this proxy switch."""
@@ -704,9 +719,14 @@ class ProxySwitch:
 
     def deliver(self, vid: int, frame: bytes) -> None:
         """A frame from another host enters through the first uplink that is up."""
+        pif = self._rx_pif
+        if pif is not None and pif.link_up and pif.switch is self.switch:
+            pif.receive(frame)
+            return
         active, standby = self.switch.team_order()
         for pif in (*active, *standby):
             if pif.link_up:
+                self._rx_pif = pif
                 pif.receive(frame)
                 return
         for pif in self.uplinks.values():

@@ -527,3 +527,62 @@ def host_plan(topo: Topology, host: str, vds: VdsConfig, *, switch: str | None =
             "routes": tuple(Route(r.to, r.via) for r in vm.routes),
         }
     return HostPlan(host, {vm.name: vm.domid for vm in spec.vms}, vms, guests)
+
+
+# ------------------------------------------------------------------ migration inside one lab
+@dataclass(frozen=True)
+class LocalMigration:
+    """What moving a VM between hosts of one fabric did."""
+
+    vm: str
+    source: str
+    destination: str
+    nics: int
+    queued_dropped: int  # frames waiting for the guest at the source, lost with the switch-over
+
+
+def migrate_in_fabric(fabric: Fabric, vm_name: str, to: str) -> LocalMigration:
+    """Move a VM to another host of the same fabric (a scenario's `migrate: {vm, to}` step).
+
+    Each NIC moves to the destination's switch of the same name (a vDS exists on every member
+    host), into the port group of the same name, keeping its MAC; the destination then sends a
+    RARP per NIC so the physical network and every switch relearn where the VM is. The VM's name
+    stays; its ports' full names change host (`esx2/web.eth0` → `esx3/web.eth0`).
+    """
+    vm = fabric[vm_name]
+    if not isinstance(vm, Vm):
+        raise ConfigError(f"{vm_name!r} is not a VM")
+    src = vm.host
+    dst = fabric.hosts.get(to)
+    if dst is None:
+        raise ConfigError(f"migrate {vm_name}: no host {to!r} (hosts: {sorted(fabric.hosts)})")
+    if dst is src:
+        raise ConfigError(f"migrate {vm_name}: already on {to}")
+    plan = []
+    for p in vm.ports:
+        if p.switch is None:
+            raise ConfigError(f"migrate {vm_name}: {p.name} is not plugged in")
+        sw = dst.switches.get(p.switch.name)
+        if sw is None or p.sw_group.name not in sw.port_groups:
+            raise ConfigError(
+                f"migrate {vm_name}: {to} has no switch {p.switch.name!r} with port group "
+                f"{p.sw_group.name!r} (the destination must carry the same networks)"
+            )
+        plan.append((p, sw, p.sw_group.name))
+    if any(v.domid == vm.domid for v in dst.vms.values()):
+        vm.domid = max(v.domid for v in dst.vms.values()) + 1  # a new domain id, as on Xen
+    dropped = 0
+    for p, _, _ in plan:
+        dropped += p.queue.clear()
+        p.switch.detach(p)  # type: ignore[union-attr]
+    _forget(fabric, vm)
+    del src.vms[vm.name]
+    vm.host = dst
+    ports, vm.ports = vm.ports, []
+    dst.vms[vm.name] = vm
+    fabric._register(vm.name, vm)
+    for p, sw, group in plan:
+        vm._plug(sw, p, group)  # same port object: the guest's VNic keeps working
+    for p in vm.ports:
+        p.vnic.send(rarp_announce(p.mac))
+    return LocalMigration(vm.name, src.name, dst.name, len(ports), dropped)

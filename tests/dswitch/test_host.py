@@ -226,3 +226,35 @@ async def test_partitioned_host_switches_locally_drops_counted_and_resyncs_confi
         await mp.wait_applied("dvs1", 2, within_s=T)
         assert e1.proxies["dvs1"].switch.port_groups["App"].vlan == 300
         await sees(ag["esx2"], "esx1", 300)
+
+
+async def test_icmp_ping_across_hosts_survives_a_migration(bus_kit) -> None:
+    """Guest stacks (ARP + ICMP) on both ends; the pinged VM moves mid-run."""
+    async with contextlib.AsyncExitStack() as stack:
+        vc = await stack.enter_async_context(bus_kit.make("vcenter"))
+        mp = await stack.enter_async_context(ManagementPlane(vc, TOPICS))
+        ag: dict[str, HostAgent] = {}
+        for i, name in enumerate(["esx1", "esx2", "esx3"]):
+            fab = await stack.enter_async_context(Fabric())
+            bus = await stack.enter_async_context(
+                bus_kit.make(name, presence_topic=TOPICS.presence(name)))
+            ag[name] = await stack.enter_async_context(
+                HostAgent(fab, name, bus, TOPICS, session=i + 1, guests=True))
+        await mp.publish(config(1, list(ag)))
+        await mp.wait_applied("dvs1", 1, within_s=T)
+        await ag["esx1"].add_vm("client", [NicSpec("dvs1", "App", "00:50:56:00:00:01",
+                                                   ip="10.0.0.1/24")])
+        await ag["esx2"].add_vm("web", [NicSpec("dvs1", "App", "00:50:56:00:00:02",
+                                                ip="10.0.0.2/24")])
+        await sees(ag["esx1"], "esx2", 100)
+        client = ag["esx1"].guests["client"]
+        results = []
+        for seq in range(80):
+            if seq == 30:
+                await ag["esx2"].migrate("web", "esx3")
+            results.append(await client.ping("10.0.0.2", wait_s=0.2))
+            await asyncio.sleep(0.005)
+        lost = [i for i, r in enumerate(results) if not r.replied]
+        assert "web" in ag["esx3"].guests and "web" not in ag["esx2"].guests
+        assert results[0].replied and all(r.replied for r in results[40:])
+        assert len(lost) <= 3, f"lost echoes {lost}"
