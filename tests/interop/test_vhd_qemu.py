@@ -111,3 +111,17 @@ def test_creator_quirks_agree_with_qemu(tmp_path: Path, creator: bytes, sized_by
     img = chain.open_image(p)
     assert img.size == want == qemu_info(p)["virtual-size"]
     img.close()
+
+
+def test_coalescing_into_a_qemu_made_parent_keeps_it_readable_by_qemu(tmp_path: Path) -> None:
+    base, child = tmp_path / "base.vhd", tmp_path / "child.vhd"
+    run("qemu-img", "create", "-q", "-f", "vpc", base, "16M")
+    run("qemu-io", "-f", "vpc", "-c", "write -P 0x61 0 3M", base)
+    img = chain.create_image(child, parent_path=base)
+    img.write(MiB + 7, b"child data, unaligned")
+    img.write(9 * MiB, b"\x62" * 70_000)                   # a block QEMU never allocated
+    expected = img.read(0, img.size)
+    img.close()
+    chain.coalesce(child)
+    assert qemu_raw(base, tmp_path / "flat.raw") == expected
+    assert chain.check(base) == [] and chain.check(child) == []
