@@ -294,7 +294,10 @@ class SR:
             raise SrError(f"{p}: already an SR (found {META_FILE})")
         if p.exists() and not p.is_dir():
             raise SrError(f"{p}: not a directory")
-        p.mkdir(parents=True, exist_ok=True)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SrError(f"{p}: cannot create the SR directory: {exc.strerror}") from exc
         sr = cls(p, uuid=uuid or str(uuidlib.uuid4()), type_name=type_name,
                  name_label=name_label or p.name)
         sr.driver.create_sr(device_config or {})
