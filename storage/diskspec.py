@@ -13,52 +13,23 @@ import os
 import re
 from pathlib import Path
 
-from storage.blockdev import BlockDevice
+from storage.blockdev import BlockDevice, DelegatingDisk
 from storage.errors import StorageError
-
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+from storage.units import parse_size as _parse_size
 
 
 def parse_size(text: str) -> int:
     """'64M' → 67108864 (K/M/G/T are powers of 1024)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
-    if not m:
-        raise StorageError(f"{text!r} is not a size (examples: 4096, 64K, 10M, 2G)")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    return _parse_size(text)
 
 
-class LvDisk:
+class LvDisk(DelegatingDisk):
     """An LV as a BlockDevice that also closes its volume group."""
 
     def __init__(self, vg: object, dev: BlockDevice) -> None:
-        self._vg, self._dev = vg, dev
+        super().__init__(dev)
+        self._vg = vg
         self.name = getattr(dev, "name", "lv")
-
-    @property
-    def size(self) -> int:
-        """LV size in bytes."""
-        return self._dev.size
-
-    @property
-    def read_only(self) -> bool:
-        """True for a read-only LV."""
-        return self._dev.read_only
-
-    def read(self, offset: int, length: int) -> bytes:
-        """`length` bytes at `offset`."""
-        return self._dev.read(offset, length)
-
-    def write(self, offset: int, data: bytes) -> None:
-        """Write `data` at `offset`."""
-        self._dev.write(offset, data)
-
-    def flush(self) -> None:
-        """Flush the LV."""
-        self._dev.flush()
-
-    def discard(self, offset: int, length: int) -> None:
-        """Discard a range."""
-        self._dev.discard(offset, length)
 
     def close(self) -> None:
         """Close the LV, then its VG."""

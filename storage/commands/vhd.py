@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -27,22 +26,17 @@ from rich.table import Table
 from storage import chain
 from storage.errors import StorageError
 from storage.sr import SR
+from storage.units import parse_size as _parse_size
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
 def parse_size(text: str) -> int:
     """'64M' → 67108864. Accepts K, M, G, T (also KiB/KB forms, all powers of 1024)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
-    if not m:
-        raise typer.BadParameter(f"{text!r} is not a size (examples: 512, 64K, 10M, 2G)")
-    value = float(m.group(1)) * _UNITS[m.group(2)]
-    if value != int(value):
-        raise typer.BadParameter(f"{text!r} is not a whole number of bytes")
-    return int(value)
+    try:
+        return _parse_size(text)
+    except StorageError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 SizeOpt = Annotated[str, typer.Option("--size", help="Size in bytes, or with K/M/G/T suffix.")]
