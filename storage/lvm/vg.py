@@ -403,8 +403,8 @@ class VolumeGroup:
             raise
         return fds
 
-    def _check_unchanged(self) -> None:
-        """Refuse to commit over metadata another process committed since we read it."""
+    def _changed_on_disk(self) -> str | None:
+        """Where another process committed since we read the metadata (None: nowhere)."""
         for dev in self.devices.values():
             for h in dev.mdas:
                 if h.version == 0:
@@ -412,10 +412,55 @@ class VolumeGroup:
                 try:
                     on_disk = unpack_mda_header(dev.io.pread(h.start, MDA_HEADER_SIZE))
                 except LvmError:
-                    continue  # damaged since: this commit rewrites it
+                    continue  # damaged since: the next commit rewrites it
                 if on_disk.locns[:1] != h.locns[:1]:
-                    raise LvmError(f"VG {self.name} was changed by another process since it was "
-                                   f"opened (metadata area {dev.path}@{h.start}); open it again")
+                    return f"{dev.path}@{h.start}"
+        return None
+
+    def _check_unchanged(self) -> None:
+        """Refuse to commit over metadata another process committed since we read it."""
+        where = self._changed_on_disk()
+        if where is not None:
+            raise LvmError(f"VG {self.name} was changed by another process since it was "
+                           f"opened (metadata area {where}); open it again")
+
+    def refresh(self) -> bool:
+        """Re-read the metadata if another process committed since; True if it changed.
+
+        Open LV devices follow (as after our own commits). Refused when the other process
+        changed which PVs make up the VG: reopen the VG then.
+        """
+        if self._changed_on_disk() is None:
+            return False
+        for pool in self._pools.values():
+            pool.commit()
+        best: tuple[VgMetadata, TextHeader] | None = None
+        for dev in self.devices.values():
+            for i, m in enumerate(dev.label.metadata_areas):
+                try:
+                    dev.mdas[i] = unpack_mda_header(dev.io.pread(m.offset, MDA_HEADER_SIZE))
+                except LvmError:
+                    dev.mdas[i] = MdaHeader(start=m.offset, size=m.size, version=0)
+                    continue
+                got = read_mda_text(dev, dev.mdas[i])
+                if got and got[0].name == self.name and (best is None or
+                                                         got[0].seqno > best[0].seqno):
+                    best = (got[0], got[1])
+        if best is None:
+            raise LvmError(f"VG {self.name}: no valid metadata left on its PVs")
+        meta, header = best
+        ids = {pv.name: pv.id for pv in self.meta.pvs}
+        if {pv.name: pv.id for pv in meta.pvs} != ids:
+            raise LvmError(f"VG {self.name}: another process changed its physical volumes; "
+                           "open it again")
+        alloc.check_consistency(meta)
+        self.meta, self.header = meta, header
+        self._stores.clear()
+        self._pools.clear()
+        self.generation += 1
+        for dev in list(self._watchers):
+            dev.invalidate()  # type: ignore[attr-defined]
+        return True
 
     def commit(self, description: str = "") -> None:
         """Write the metadata with seqno + 1 into every metadata area, copy by copy."""

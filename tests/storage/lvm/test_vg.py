@@ -276,3 +276,17 @@ def test_vgextend_adds_a_pv(vg: VolumeGroup, pv_files, tmp_path: Path) -> None:
     with pytest.raises(LvmError, match="already in VG vg0"):
         g.vgextend(tmp_path / "pv2.img")
     g.close()
+
+
+def test_refresh_picks_up_another_handles_commits(vg: VolumeGroup, pv_files) -> None:
+    other = VolumeGroup.open("vg0", pv_files)
+    dev = other.open_lv("a") if other.meta.has_lv("a") else None
+    assert dev is None
+    vg.lvcreate("a", 8 * MiB)
+    vg.open_lv("a").write(0, b"from the first handle")
+    assert other.refresh() and not other.refresh()
+    assert other.open_lv("a").read(0, 21) == b"from the first handle"
+    other.lvcreate("b", 4 * MiB)  # no conflict after a refresh
+    assert vg.refresh() and vg.lv_names() == ["a", "b"]
+    check_consistency(vg.meta)
+    other.close()
