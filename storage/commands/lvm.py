@@ -369,7 +369,7 @@ def lvremove_cmd(
                                         help="Also remove an origin's snapshots.")] = False,
     devices: DevicesOpt = None,
 ) -> None:
-    """Remove logical volumes (their extents are zeroed and freed).
+    """Remove logical volumes (extents freed; zeroed when reused, so vgcfgrestore can undo).
 
     Example: hvsim lvm lvremove vg0/snap
     """
