@@ -729,7 +729,8 @@ class VolumeGroup:
 
     def lvcreate(self, name: str, size: int, *, snapshot_of: str | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SECTORS * SECTOR,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, stripes: int = 1,
+                 stripe_size: int = 64 << 10) -> None:
         """Create a linear LV of `size` bytes (rounded up to extents), or a COW snapshot.
 
         A snapshot of a thin LV is a thin snapshot (it shares the pool's chunks; `size` is
@@ -752,14 +753,25 @@ class VolumeGroup:
                                "supported (as in LVM2 for COW snapshots)")
             if chunk_size < 4096 or chunk_size > 512 << 10 or chunk_size & (chunk_size - 1):
                 raise LvmError(f"chunk size {chunk_size} must be a power of two 4 KiB..512 KiB")
-        plan = alloc.plan_allocation(self.meta, count)
         lv = LogicalVolume(name=name, id=new_id(self.rng), creation_time=self._now(),
                            creation_host=self.host)
+        if stripes > 1:
+            if snapshot_of is not None:
+                raise LvmError("a COW snapshot's store is linear (no --stripes)")
+            if stripe_size < 4096 or stripe_size & (stripe_size - 1) or \
+                    stripe_size > self.extent_bytes:
+                raise LvmError(f"stripe size {stripe_size} must be a power of two from 4 KiB "
+                               "to the extent size")
+            count = -(-count // stripes) * stripes  # as LVM2 rounds up to full stripes
+            plan = alloc.plan_striped(self.meta, count, stripes)
+            alloc.append_striped(lv, plan, stripe_size // SECTOR)
+        else:
+            plan = alloc.plan_allocation(self.meta, count)
+            alloc.append_areas(lv, plan)
         if read_only:
             lv.status = ["READ", "VISIBLE"]
         if snapshot_of is not None:  # LVM2 keeps a COW store's flags without VISIBLE
             lv.status = [f for f in lv.status if f != "VISIBLE"]
-        alloc.append_areas(lv, plan)
         self._zero_areas(plan)
         self.meta.lvs.append(lv)
         if snapshot_of is not None:
@@ -941,11 +953,19 @@ class VolumeGroup:
                 tp.data = self._extent_map(pseg.pool)
                 tp.grown()
             return
-        plan = alloc.plan_allocation(self.meta, count - lv.extent_count,
-                                     after=alloc.last_physical_end(lv))
+        last = lv.segments[-1] if lv.segments else None
         is_cow = self.snapshot_segment(name) is not None
-        self._zero_areas(plan)
-        alloc.append_areas(lv, plan)
+        if last is not None and last.type == "striped" and len(last.stripes) > 1:
+            n = len(last.stripes)  # a striped LV grows by another segment of as many stripes
+            add = -(-(count - lv.extent_count) // n) * n
+            plan = alloc.plan_striped(self.meta, add, n)
+            self._zero_areas(plan)
+            alloc.append_striped(lv, plan, last.stripe_size)
+        else:
+            plan = alloc.plan_allocation(self.meta, count - lv.extent_count,
+                                         after=alloc.last_physical_end(lv))
+            self._zero_areas(plan)
+            alloc.append_areas(lv, plan)
         if is_cow:
             self._stores.pop(name, None)
         self.commit(f"lvextend {self.name}/{name}")

@@ -269,3 +269,30 @@ def test_we_read_and_write_a_striped_lv_lvm2_created(ours: VolumeGroup, loops: l
         with open(path, "rb") as f:
             f.seek(pe_start[path] + int(pe) * 4 * MiB + (k // 2) * (64 << 10))
             assert f.read(64 << 10) == unit, f"stripe unit {k}"
+
+
+def test_lvm2_reads_a_striped_lv_we_created(tmp_path: Path) -> None:
+    files = [tmp_path / "a.img", tmp_path / "b.img"]
+    rng = random.Random(6)
+    for f in files:
+        pvcreate(f, size=64 * MiB, rng=rng)
+    name = f"hv{uuid.uuid4().hex[:8]}"
+    g = VolumeGroup.create(name, files, rng=rng)
+    g.lvcreate("wide", 16 * MiB, stripes=2, stripe_size=128 << 10)
+    g.close()
+    attached = []
+    try:
+        for f in files:
+            proc = subprocess.run(["losetup", "--find", "--show", str(f)], capture_output=True,
+                                  text=True, timeout=30)
+            if proc.returncode != 0:
+                pytest.skip(f"cannot attach a loop device here (needs root): {proc.stderr}")
+            attached.append(proc.stdout.strip())
+        rows = report("lvs", "-o", "lv_name,lv_size,stripes,stripe_size,segtype", name,
+                      devices=attached)
+        lvm("vgck", name, devices=attached)
+    finally:
+        for dev in attached:
+            subprocess.run(["losetup", "--detach", dev], capture_output=True, timeout=30)
+    assert rows == [{"lv_name": "wide", "lv_size": str(16 * MiB), "stripes": "2",
+                     "stripe_size": str(128 << 10), "segtype": "striped"}]
