@@ -258,6 +258,10 @@ def lvcreate_cmd(
     chunksize: Annotated[str, typer.Option(
         "--chunksize", "-c", help="Snapshot chunk size (default 64k).")] = "64k",
     permission: Annotated[str, typer.Option("--permission", "-p", help="rw or r.")] = "rw",
+    stripes: Annotated[int, typer.Option("--stripes", "-i",
+                                         help="Stripe over this many PVs.")] = 1,
+    stripesize: Annotated[str, typer.Option("--stripesize", "-I",
+                                            help="Stripe unit (default 64k).")] = "64k",
     devices: DevicesOpt = None,
 ) -> None:
     """Create a linear LV, a COW or thin snapshot (-s ORIGIN), a thin pool or a thin LV.
@@ -296,7 +300,8 @@ def lvcreate_cmd(
             return
         want = parse_size(size) if size else _extents(g, extents, snapshot)
         g.lvcreate(lv, want, snapshot_of=snapshot,
-                   chunk_size=parse_size(chunksize), read_only=permission == "r")
+                   chunk_size=parse_size(chunksize), read_only=permission == "r",
+                   stripes=stripes, stripe_size=parse_size(stripesize, default_unit="k"))
         actual = g.lv_size(lv)
     if actual != want:
         console.print(f"Rounding up size to full physical extent {human(actual)}.")
@@ -369,7 +374,7 @@ def lvremove_cmd(
                                         help="Also remove an origin's snapshots.")] = False,
     devices: DevicesOpt = None,
 ) -> None:
-    """Remove logical volumes (their extents are zeroed and freed).
+    """Remove logical volumes (extents freed; zeroed when reused, so vgcfgrestore can undo).
 
     Example: hvsim lvm lvremove vg0/snap
     """

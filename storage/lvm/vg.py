@@ -403,8 +403,8 @@ class VolumeGroup:
             raise
         return fds
 
-    def _check_unchanged(self) -> None:
-        """Refuse to commit over metadata another process committed since we read it."""
+    def _changed_on_disk(self) -> str | None:
+        """Where another process committed since we read the metadata (None: nowhere)."""
         for dev in self.devices.values():
             for h in dev.mdas:
                 if h.version == 0:
@@ -412,10 +412,55 @@ class VolumeGroup:
                 try:
                     on_disk = unpack_mda_header(dev.io.pread(h.start, MDA_HEADER_SIZE))
                 except LvmError:
-                    continue  # damaged since: this commit rewrites it
+                    continue  # damaged since: the next commit rewrites it
                 if on_disk.locns[:1] != h.locns[:1]:
-                    raise LvmError(f"VG {self.name} was changed by another process since it was "
-                                   f"opened (metadata area {dev.path}@{h.start}); open it again")
+                    return f"{dev.path}@{h.start}"
+        return None
+
+    def _check_unchanged(self) -> None:
+        """Refuse to commit over metadata another process committed since we read it."""
+        where = self._changed_on_disk()
+        if where is not None:
+            raise LvmError(f"VG {self.name} was changed by another process since it was "
+                           f"opened (metadata area {where}); open it again")
+
+    def refresh(self) -> bool:
+        """Re-read the metadata if another process committed since; True if it changed.
+
+        Open LV devices follow (as after our own commits). Refused when the other process
+        changed which PVs make up the VG: reopen the VG then.
+        """
+        if self._changed_on_disk() is None:
+            return False
+        for pool in self._pools.values():
+            pool.commit()
+        best: tuple[VgMetadata, TextHeader] | None = None
+        for dev in self.devices.values():
+            for i, m in enumerate(dev.label.metadata_areas):
+                try:
+                    dev.mdas[i] = unpack_mda_header(dev.io.pread(m.offset, MDA_HEADER_SIZE))
+                except LvmError:
+                    dev.mdas[i] = MdaHeader(start=m.offset, size=m.size, version=0)
+                    continue
+                got = read_mda_text(dev, dev.mdas[i])
+                if got and got[0].name == self.name and (best is None or
+                                                         got[0].seqno > best[0].seqno):
+                    best = (got[0], got[1])
+        if best is None:
+            raise LvmError(f"VG {self.name}: no valid metadata left on its PVs")
+        meta, header = best
+        ids = {pv.name: pv.id for pv in self.meta.pvs}
+        if {pv.name: pv.id for pv in meta.pvs} != ids:
+            raise LvmError(f"VG {self.name}: another process changed its physical volumes; "
+                           "open it again")
+        alloc.check_consistency(meta)
+        self.meta, self.header = meta, header
+        self._stores.clear()
+        self._pools.clear()
+        self.generation += 1
+        for dev in list(self._watchers):
+            dev.invalidate()  # type: ignore[attr-defined]
+        return True
 
     def commit(self, description: str = "") -> None:
         """Write the metadata with seqno + 1 into every metadata area, copy by copy."""
@@ -684,7 +729,8 @@ class VolumeGroup:
 
     def lvcreate(self, name: str, size: int, *, snapshot_of: str | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SECTORS * SECTOR,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, stripes: int = 1,
+                 stripe_size: int = 64 << 10) -> None:
         """Create a linear LV of `size` bytes (rounded up to extents), or a COW snapshot.
 
         A snapshot of a thin LV is a thin snapshot (it shares the pool's chunks; `size` is
@@ -707,14 +753,25 @@ class VolumeGroup:
                                "supported (as in LVM2 for COW snapshots)")
             if chunk_size < 4096 or chunk_size > 512 << 10 or chunk_size & (chunk_size - 1):
                 raise LvmError(f"chunk size {chunk_size} must be a power of two 4 KiB..512 KiB")
-        plan = alloc.plan_allocation(self.meta, count)
         lv = LogicalVolume(name=name, id=new_id(self.rng), creation_time=self._now(),
                            creation_host=self.host)
+        if stripes > 1:
+            if snapshot_of is not None:
+                raise LvmError("a COW snapshot's store is linear (no --stripes)")
+            if stripe_size < 4096 or stripe_size & (stripe_size - 1) or \
+                    stripe_size > self.extent_bytes:
+                raise LvmError(f"stripe size {stripe_size} must be a power of two from 4 KiB "
+                               "to the extent size")
+            count = -(-count // stripes) * stripes  # as LVM2 rounds up to full stripes
+            plan = alloc.plan_striped(self.meta, count, stripes)
+            alloc.append_striped(lv, plan, stripe_size // SECTOR)
+        else:
+            plan = alloc.plan_allocation(self.meta, count)
+            alloc.append_areas(lv, plan)
         if read_only:
             lv.status = ["READ", "VISIBLE"]
         if snapshot_of is not None:  # LVM2 keeps a COW store's flags without VISIBLE
             lv.status = [f for f in lv.status if f != "VISIBLE"]
-        alloc.append_areas(lv, plan)
         self._zero_areas(plan)
         self.meta.lvs.append(lv)
         if snapshot_of is not None:
@@ -896,11 +953,19 @@ class VolumeGroup:
                 tp.data = self._extent_map(pseg.pool)
                 tp.grown()
             return
-        plan = alloc.plan_allocation(self.meta, count - lv.extent_count,
-                                     after=alloc.last_physical_end(lv))
+        last = lv.segments[-1] if lv.segments else None
         is_cow = self.snapshot_segment(name) is not None
-        self._zero_areas(plan)
-        alloc.append_areas(lv, plan)
+        if last is not None and last.type == "striped" and len(last.stripes) > 1:
+            n = len(last.stripes)  # a striped LV grows by another segment of as many stripes
+            add = -(-(count - lv.extent_count) // n) * n
+            plan = alloc.plan_striped(self.meta, add, n)
+            self._zero_areas(plan)
+            alloc.append_striped(lv, plan, last.stripe_size)
+        else:
+            plan = alloc.plan_allocation(self.meta, count - lv.extent_count,
+                                         after=alloc.last_physical_end(lv))
+            self._zero_areas(plan)
+            alloc.append_areas(lv, plan)
         if is_cow:
             self._stores.pop(name, None)
         self.commit(f"lvextend {self.name}/{name}")

@@ -241,3 +241,58 @@ def test_lvm2_reads_our_thin_pool_metadata(tmp_path: Path) -> None:
     assert by["t1"]["segtype"] == "thin" and by["t1"]["thin_id"] == "1"
     assert by["t1"]["lv_size"] == str(200 * MiB) and by["t1"]["pool_lv"] == "pool"
     assert by["s1"]["thin_id"] == "2" and by["s1"]["origin"] == "t1"
+
+
+def test_we_read_and_write_a_striped_lv_lvm2_created(ours: VolumeGroup, loops: list[str]) -> None:
+    """LVM2 lays out `-i 2 -I 64k`; our writes land in the stripe LVM2 says, 64 KiB apart."""
+    name, files = ours.name, [d.path for d in ours.devices.values()]
+    lvm("lvcreate", "--activate", "n", "--zero", "n", "-i", "2", "-I", "64k", "-L", "16m",
+        "-n", "wide", name, devices=loops)
+    ranges = report("lvs", "-o", "seg_pe_ranges", f"{name}/wide", devices=loops)[0]
+    stripes = re.findall(r"(/dev/loop\d+):(\d+)-\d+", ranges["seg_pe_ranges"])
+    assert len(stripes) == 2, ranges
+    g = VolumeGroup.open(name, files)
+    try:
+        seg = g.meta.lv("wide").segments[0]
+        assert len(seg.stripes) == 2 and seg.stripe_size == 128
+        dev = g.open_lv("wide")
+        units = [bytes([65 + i]) * (64 << 10) for i in range(4)]  # A, B, C, D: one per unit
+        dev.write(0, b"".join(units))
+        assert dev.read(0, 4 * (64 << 10)) == b"".join(units)
+        pe_start = {d.path: g.meta.pv(n).pe_start * 512 for n, d in g.devices.items()}
+    finally:
+        g.close()
+    # unit k goes to stripe k % 2, row k // 2
+    for k, unit in enumerate(units):
+        loop, pe = stripes[k % 2]
+        path = files[loops.index(loop)]
+        with open(path, "rb") as f:
+            f.seek(pe_start[path] + int(pe) * 4 * MiB + (k // 2) * (64 << 10))
+            assert f.read(64 << 10) == unit, f"stripe unit {k}"
+
+
+def test_lvm2_reads_a_striped_lv_we_created(tmp_path: Path) -> None:
+    files = [tmp_path / "a.img", tmp_path / "b.img"]
+    rng = random.Random(6)
+    for f in files:
+        pvcreate(f, size=64 * MiB, rng=rng)
+    name = f"hv{uuid.uuid4().hex[:8]}"
+    g = VolumeGroup.create(name, files, rng=rng)
+    g.lvcreate("wide", 16 * MiB, stripes=2, stripe_size=128 << 10)
+    g.close()
+    attached = []
+    try:
+        for f in files:
+            proc = subprocess.run(["losetup", "--find", "--show", str(f)], capture_output=True,
+                                  text=True, timeout=30)
+            if proc.returncode != 0:
+                pytest.skip(f"cannot attach a loop device here (needs root): {proc.stderr}")
+            attached.append(proc.stdout.strip())
+        rows = report("lvs", "-o", "lv_name,lv_size,stripes,stripe_size,segtype", name,
+                      devices=attached)
+        lvm("vgck", name, devices=attached)
+    finally:
+        for dev in attached:
+            subprocess.run(["losetup", "--detach", dev], capture_output=True, timeout=30)
+    assert rows == [{"lv_name": "wide", "lv_size": str(16 * MiB), "stripes": "2",
+                     "stripe_size": str(128 << 10), "segtype": "striped"}]
