@@ -216,6 +216,22 @@ class Peers:
             raise TransportError(f"{what}: not within {within_s} s") from None
 
 
+#: tasks of this module that ended with an exception (a bug: they handle every bad input);
+#: `HostAgent` re-raises the first one when it closes, as `Fabric` does for its tasks
+Failures = list[tuple[str, BaseException]]
+
+
+def _start(coro: Any, name: str, failures: Failures) -> asyncio.Task[Any]:
+    task = asyncio.create_task(coro, name=name)
+
+    def done(t: asyncio.Task[Any]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            failures.append((t.get_name(), t.exception()))  # type: ignore[arg-type]
+
+    task.add_done_callback(done)
+    return task
+
+
 async def _pump(sub: Subscription, handle: Callable[[BusMessage], None]) -> None:
     """Feed every message of `sub` to `handle` until the subscription closes."""
     async for msg in sub:
@@ -230,6 +246,7 @@ class ManagementPlane:
         self.bus = bus
         self.topics = topics
         self.peers = Peers(topics)
+        self.failures: Failures = []
         self.configs: dict[str, VdsConfig] = {}
         self._stack = contextlib.AsyncExitStack()
 
@@ -240,7 +257,7 @@ class ManagementPlane:
                 sub = await self._stack.enter_async_context(
                     self.bus.subscribe(flt, qos=1, policy=DropPolicy.DROP_OLDEST)
                 )
-                task = asyncio.create_task(_pump(sub, self.peers.handle))
+                task = _start(_pump(sub, self.peers.handle), f"peers {flt}", self.failures)
                 self._stack.callback(task.cancel)
         except BaseException:
             await self._stack.aclose()
@@ -351,6 +368,7 @@ class ProxyLink:
         self.sender = BatchSender(bus, host, session=session, max_frames=batch_frames)
         self.receiver = BatchReceiver(topics.host_of, ignore_src=host)
         self.counters = LinkCounters()
+        self.failures: Failures = []
         self.clock = clock
         #: MAC → clock ns until which frames for it count as in flight (its VM migrated away)
         self.departed: dict[bytes, int] = {}
@@ -368,7 +386,7 @@ class ProxyLink:
         sub = await self._stack.enter_async_context(
             self.bus.subscribe(self.topics.unicast_to(self.host, self.vds), maxsize=8192)
         )
-        task = asyncio.create_task(self._receive(sub))
+        task = _start(self._receive(sub), f"{self.host} {self.vds} unicast in", self.failures)
         self._stack.callback(task.cancel)
         return self
 
@@ -398,7 +416,9 @@ class ProxyLink:
             )
             sub = self.bus.subscribe(flt, maxsize=8192)
             await sub.__aenter__()
-            self._flood_subs[vid] = (sub, asyncio.create_task(self._receive(sub)))
+            self._flood_subs[vid] = (
+                sub, _start(self._receive(sub), f"{self.host} flood {vid} in", self.failures)
+            )
         self.vlans = frozenset(vlans)
 
     def has_vlan(self, vid: int) -> bool:
@@ -516,6 +536,7 @@ class HostPlane:
         self.vlans: dict[str, frozenset[int]] = {}
         self.links: dict[str, ProxyLink] = {}
         self.counters = HostPlaneCounters()
+        self.failures: Failures = []
         self._applied = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
 
@@ -526,7 +547,7 @@ class HostPlane:
                 sub = await self._stack.enter_async_context(
                     self.bus.subscribe(flt, qos=1, policy=DropPolicy.DROP_OLDEST)
                 )
-                task = asyncio.create_task(_pump(sub, self.peers.handle))
+                task = _start(_pump(sub, self.peers.handle), f"peers {flt}", self.failures)
                 self._stack.callback(task.cancel)
             cfg = await self._stack.enter_async_context(
                 self.bus.subscribe(
@@ -534,7 +555,7 @@ class HostPlane:
                 )
             )
             await self.report()
-            task = asyncio.create_task(self._follow(cfg))
+            task = _start(self._follow(cfg), f"{self.host} config", self.failures)
             self._stack.callback(task.cancel)
         except BaseException:
             await self._stack.aclose()

@@ -138,8 +138,10 @@ class HostAgent:
         await self._stack.aclose()
         for t in [t for ts in self._guest_tasks.values() for t in ts]:
             t.cancel()
-        if exc_type is None and self.failures:
-            name, err = self.failures[0]
+        failures = [*self.failures, *self.plane.failures,
+                    *(f for link in self.links.values() for f in link.failures)]
+        if exc_type is None and failures:
+            name, err = failures[0]
             raise NetsimError(f"host agent task {name!r} crashed: {err!r}") from err
 
     def _spawn(self, coro: Any, what: str) -> None:

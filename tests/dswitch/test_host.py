@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import itertools
 
+import pytest
+
 from netsim.dswitch import ManagementPlane
 from netsim.fabric import Fabric
 from netsim.host import ETHERTYPE_RARP, HostAgent, NicSpec
@@ -260,3 +262,26 @@ async def test_icmp_ping_across_hosts_survives_a_migration(bus_kit) -> None:
         assert "web" in ag["esx3"].guests and "web" not in ag["esx2"].guests
         assert results[0].replied and all(r.replied for r in results[40:])
         assert len(lost) <= 3, f"lost echoes {lost}"
+
+
+async def test_a_crashed_agent_task_is_raised_not_silent(monkeypatch) -> None:
+    from netsim.dswitch import ProxySwitch
+    from netsim.errors import NetsimError
+    from netsim.transport.memory import MemoryBroker, MemoryBus
+
+    def boom(self, config):
+        raise RuntimeError("bug in apply")
+
+    monkeypatch.setattr(ProxySwitch, "apply", boom)
+    broker = MemoryBroker()
+    with pytest.raises(NetsimError, match="task 'esx1 config' crashed: RuntimeError"):
+        async with (
+            MemoryBus(broker, client_id="vc") as vc,
+            ManagementPlane(vc, TOPICS) as mp,
+            Fabric() as fab,
+            MemoryBus(broker, client_id="esx1", presence_topic=TOPICS.presence("esx1")) as bus,
+            HostAgent(fab, "esx1", bus, TOPICS, session=1) as agent,
+        ):
+            await mp.publish(config(1, ["esx1"]))
+            while not agent.plane.failures:  # noqa: ASYNC110 - waiting for the crash
+                await asyncio.sleep(0.01)
