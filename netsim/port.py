@@ -53,6 +53,58 @@ Tap = Callable[[bytes, bool], None]
 DEFAULT_QUEUE = 1024
 
 
+class TapList(list):  # type: ignore[type-arg]
+    """A port's taps: a list that tells its port when it changes, so the switch's fast path
+    (taken only while a port has no taps) stays correct however taps are added or removed."""
+
+    __slots__ = ("_port",)
+
+    def __init__(self, port: Port) -> None:
+        super().__init__()
+        self._port = port
+
+    def _changed(self) -> None:
+        self._port.refresh()
+
+    def append(self, tap: Tap) -> None:  # type: ignore[override]
+        super().append(tap)
+        self._changed()
+
+    def extend(self, taps: Iterable[Tap]) -> None:  # type: ignore[override]
+        super().extend(taps)
+        self._changed()
+
+    def insert(self, i: Any, tap: Tap) -> None:  # type: ignore[override]
+        super().insert(i, tap)
+        self._changed()
+
+    def remove(self, tap: Tap) -> None:  # type: ignore[override]
+        super().remove(tap)
+        self._changed()
+
+    def pop(self, i: Any = -1) -> Tap:  # type: ignore[override]
+        tap = super().pop(i)
+        self._changed()
+        return tap
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+    def __setitem__(self, i: Any, v: Any) -> None:
+        super().__setitem__(i, v)
+        self._changed()
+
+    def __delitem__(self, i: Any) -> None:
+        super().__delitem__(i)
+        self._changed()
+
+    def __iadd__(self, taps: Iterable[Tap]) -> TapList:  # type: ignore[override]
+        super().extend(taps)
+        self._changed()
+        return self
+
+
 class PortCounters:
     """Frames and bytes received (into the switch) and transmitted (out of it), and drops by
     reason. Receive counts every arrival, including ones dropped afterwards."""
@@ -187,8 +239,8 @@ class Port:
         self.queue = FrameQueue(queue_size)
         self.link_up = True
         self.switch: Bridge | None = None
-        #: taps see every frame crossing the port; change them with add_tap/remove_tap
-        self.taps: tuple[Tap, ...] = ()
+        #: taps see every frame crossing the port (`taps.append(fn)` or `add_tap(fn)`)
+        self.taps: TapList = TapList(self)
         #: set by Fabric: "host/name" or "switch/name", unique in a fabric
         self.path = name
         #: the `Link` (cable) this port is plugged into, if any
@@ -202,13 +254,12 @@ class Port:
 
     def add_tap(self, tap: Tap) -> None:
         """Call `tap(frame, outbound)` for every frame crossing this port."""
-        self.taps = (*self.taps, tap)
-        self.refresh()
+        self.taps.append(tap)
 
     def remove_tap(self, tap: Tap) -> None:
         """Stop calling `tap`."""
-        self.taps = tuple(t for t in self.taps if t is not tap)
-        self.refresh()
+        if tap in self.taps:
+            self.taps.remove(tap)
 
     def refresh(self) -> None:
         """Recompute `tx_plain` after a change of link, taps, shaping or mirroring."""
@@ -272,6 +323,10 @@ class Port:
     def on_link_change(self, fn: Callable[[Port], None]) -> None:
         """Call `fn(port)` whenever this port's link goes up or down."""
         self._link_listeners.append(fn)
+
+    def off_link_change(self, fn: Callable[[Port], None]) -> None:
+        """Stop calling `fn` on link changes."""
+        self._link_listeners = [f for f in self._link_listeners if f != fn]
 
     def __repr__(self) -> str:
         state = "up" if self.link_up else "down"

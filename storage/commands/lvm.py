@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from rich.table import Table
 
 from storage.errors import LvmError
 from storage.lvm import VolumeGroup, list_vgs, pvcreate, scan
-from storage.lvm.alloc import free_areas
+from storage.lvm.alloc import free_areas, free_extents
 from storage.lvm.units import human, parse_size
 from storage.lvm.vg import read_mda_text
 
@@ -191,6 +192,49 @@ def vgcfgbackup_cmd(
     console.print(f'Volume group "{vg}" successfully backed up to {out}.')
 
 
+@lvm_app.command("vgcfgrestore")
+def vgcfgrestore_cmd(
+    vg: Annotated[str, typer.Argument(help="Volume group.")],
+    file: Annotated[Path, typer.Option("--file", "-f", help="Backup file (vgcfgbackup's).")],
+    test: Annotated[bool, typer.Option("--test", "-t",
+                                       help="Check the file against the PVs; change nothing.")]
+    = False,
+    devices: DevicesOpt = None,
+) -> None:
+    """Restore a VG's metadata from a vgcfgbackup file (LV data is not touched).
+
+    Example: hvsim lvm vgcfgrestore vg0 -f vg0.backup
+    """
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LvmError(f"{file}: cannot read ({exc.strerror})") from exc
+    with _vg(vg, devices) as g:
+        g.restore(text, source=str(file), test=test)
+        if test:
+            console.print(f"{file}: valid metadata for VG {vg} on its PVs; nothing changed "
+                          "(--test).")
+            return
+        console.print(f"Restored volume group {vg} (seqno {g.meta.seqno}).")
+
+
+@lvm_app.command("vgextend")
+def vgextend_cmd(
+    vg: Annotated[str, typer.Argument(help="Volume group.")],
+    pvs: Annotated[list[Path], typer.Argument(help="Physical volumes to add (from pvcreate).")],
+    devices: DevicesOpt = None,
+) -> None:
+    """Add physical volumes to a volume group.
+
+    Example: hvsim lvm vgextend vg0 pv2.img
+    """
+    with _vg(vg, devices) as g:
+        for p in pvs:
+            g.vgextend(str(p))
+        s = g.summary()
+    console.print(f'Volume group "{vg}" successfully extended ({human(s.size)}).')
+
+
 # ----------------------------------------------------------------------------- LVs
 
 @lvm_app.command("lvcreate")
@@ -200,24 +244,57 @@ def lvcreate_cmd(
     size: Annotated[str, typer.Option("--size", "-L", help="Size (default unit m); for a "
                                       "snapshot, the size of its COW store.")] = "",
     name: Annotated[str | None, typer.Option("--name", "-n", help="New LV name.")] = None,
+    extents: Annotated[str, typer.Option(
+        "--extents", "-l", help="Size in extents: N, N%FREE, N%VG (or N%ORIGIN with -s).")] = "",
     snapshot: Annotated[str | None, typer.Option(
-        "--snapshot", "-s", help="Create a COW snapshot of this origin LV.")] = None,
+        "--snapshot", "-s", help="Snapshot this origin LV: COW (needs -L), or thin for a thin "
+                                 "origin (no size).")] = None,
+    lv_type: Annotated[str, typer.Option(
+        "--type", help="linear (default) or thin-pool (with -L).")] = "linear",
+    thinpool: Annotated[str | None, typer.Option(
+        "--thinpool", "-T", help="Create a thin LV in this pool (with -V).")] = None,
+    virtualsize: Annotated[str, typer.Option(
+        "--virtualsize", "-V", help="Size of a thin LV (may exceed the pool).")] = "",
     chunksize: Annotated[str, typer.Option(
         "--chunksize", "-c", help="Snapshot chunk size (default 64k).")] = "64k",
     permission: Annotated[str, typer.Option("--permission", "-p", help="rw or r.")] = "rw",
     devices: DevicesOpt = None,
 ) -> None:
-    """Create a linear logical volume, or a COW snapshot with --snapshot ORIGIN.
+    """Create a linear LV, a COW or thin snapshot (-s ORIGIN), a thin pool or a thin LV.
 
-    Example: hvsim lvm lvcreate vg0 data -L 100m; hvsim lvm lvcreate vg0 snap -L 20m -s data
+    Example: hvsim lvm lvcreate vg0 data -L 100m; hvsim lvm lvcreate vg0 snap -L 20m -s data;
+    hvsim lvm lvcreate vg0 pool --type thin-pool -L 1g; hvsim lvm lvcreate vg0 t1 -V 10g -T pool
     """
     lv = name or name_arg
-    if not lv or not size:
-        raise LvmError("lvcreate needs an LV name (NAME or -n) and a size (-L)")
     if permission not in ("rw", "r"):
         raise LvmError("--permission must be rw or r")
+    if not lv:
+        raise LvmError("lvcreate needs an LV name (NAME or -n)")
+    if lv_type not in ("linear", "thin-pool"):
+        raise LvmError(f"--type {lv_type}: only linear and thin-pool are supported")
+    thin_origin = False
+    if snapshot and not size and not extents:
+        thin_origin = True
+    elif lv_type == "linear" and not thinpool and bool(size) == bool(extents):
+        raise LvmError("lvcreate needs one of -L SIZE / -l EXTENTS (or -V SIZE -T POOL)")
     with _vg(vg, devices) as g:
-        want = parse_size(size)
+        if thin_origin or thinpool or lv_type == "thin-pool":
+            if thinpool:
+                if not virtualsize:
+                    raise LvmError("a thin LV needs --virtualsize/-V")
+                g.lvcreate_thin(lv, parse_size(virtualsize), thinpool.split("/")[-1],
+                                read_only=permission == "r")
+            elif lv_type == "thin-pool":
+                if not size:
+                    raise LvmError("a thin pool needs -L SIZE")
+                g.lvcreate_thin_pool(lv, parse_size(size), chunk_size=parse_size(chunksize))
+            else:
+                if g.thin_segment(snapshot) is None:  # type: ignore[arg-type]
+                    raise LvmError(f"{vg}/{snapshot} is not a thin LV: a COW snapshot needs -L")
+                g.lvcreate(lv, 0, snapshot_of=snapshot)
+            console.print(f'Logical volume "{lv}" created ({human(g.lv_size(lv))}).')
+            return
+        want = parse_size(size) if size else _extents(g, extents, snapshot)
         g.lvcreate(lv, want, snapshot_of=snapshot,
                    chunk_size=parse_size(chunksize), read_only=permission == "r")
         actual = g.lv_size(lv)
@@ -322,9 +399,36 @@ def lvconvert_cmd(
     console.print(f"Merged {n} chunks of {vg}/{name} into its origin; snapshot removed.")
 
 
+def _extents(g: VolumeGroup, spec: str, origin: str | None) -> int:
+    """`-l` as LVM2 reads it: N extents, or N% of FREE / VG / ORIGIN; returns bytes."""
+    m = re.fullmatch(r"(\d+)(?:%(FREE|VG|ORIGIN))?", spec.strip().upper())
+    if not m:
+        raise LvmError(f"invalid extents {spec!r} (examples: 25, 100%FREE, 50%VG, 20%ORIGIN)")
+    n, base = int(m.group(1)), m.group(2)
+    if base is None:
+        return n * g.extent_bytes
+    if base == "ORIGIN" and origin is None:
+        raise LvmError("-l N%ORIGIN needs --snapshot ORIGIN")
+    total = {"FREE": free_extents(g.meta), "VG": sum(p.pe_count for p in g.meta.pvs),
+             "ORIGIN": g.meta.lv(origin).extent_count if origin else 0}[base]
+    count = total * n // 100
+    if count < 1:
+        raise LvmError(f"-l {spec}: that is less than one extent")
+    return count * g.extent_bytes
+
+
 def _lv_attr(g: VolumeGroup, name: str) -> tuple[str, str, str]:
     lv = g.meta.lv(name)
     perm = "w" if "WRITE" in lv.status else "r"
+    if g.pool_segment(name) is not None:
+        tp = g.pool(name)
+        return f"t{perm}i-a-tz--", "", f"{100 * tp.used_chunks / max(1, tp.total_chunks):.2f}"
+    tseg = g.thin_segment(name)
+    if tseg is not None:
+        tp = g.pool(tseg.thin_pool)
+        virt = -(-g.lv_size(name) // tp.chunk)
+        pct = 100 * tp.mapped_chunks(tseg.device_id) / max(1, virt)
+        return f"V{perm}i-a-tz--", tseg.origin, f"{pct:.2f}"
     seg = g.snapshot_segment(name)
     if seg is not None:
         valid, pct = g.snapshot_status(name)
@@ -337,7 +441,10 @@ def _lv_attr(g: VolumeGroup, name: str) -> tuple[str, str, str]:
 @lvm_app.command("lvs")
 def lvs_cmd(vg: Annotated[str | None, typer.Argument(help="Only this VG.")] = None,
             devices: DevicesOpt = None, json_out: JsonOpt = False,
-            reportformat: ReportFmtOpt = "basic") -> None:
+            reportformat: ReportFmtOpt = "basic",
+            all_lvs: Annotated[bool, typer.Option(
+                "--all", "-a", help="Also internal LVs, in [brackets] (snapshotN).")] = False,
+            ) -> None:
     """List logical volumes: attributes, size, snapshot origin and fullness (Data%).
 
     Example: hvsim lvm lvs vg0 --json
@@ -346,20 +453,34 @@ def lvs_cmd(vg: Annotated[str | None, typer.Argument(help="Only this VG.")] = No
     rows = []
     for vname in names:
         with _vg(vname, devices) as g:
-            for name in g.lv_names():
+            for lv in g.meta.lvs:
+                name = lv.name
+                if not g.meta.lv_visible(lv):
+                    if all_lvs:
+                        rows.append({"lv_name": f"[{name}]", "vg_name": vname,
+                                     "lv_attr": "vwi-a-----" if "snapshot" in
+                                     {s.type for s in lv.segments} else "-wi-a-----",
+                                     "lv_size": str(lv.extent_count * g.extent_bytes),
+                                     "origin": "", "pool_lv": "", "data_percent": "",
+                                     "lv_uuid": lv.id, "seg_count": str(len(lv.segments))})
+                    continue
                 attr, origin, pct = _lv_attr(g, name)
+                tseg = g.thin_segment(name)
                 rows.append({"lv_name": name, "vg_name": vname, "lv_attr": attr,
                              "lv_size": str(g.lv_size(name)), "origin": origin,
+                             "pool_lv": tseg.thin_pool if tseg else "",
                              "data_percent": pct, "lv_uuid": g.meta.lv(name).id,
                              "seg_count": str(len(g.meta.lv(name).segments))})
-    _report("lv", rows, ["lv_name", "vg_name", "lv_attr", "lv_size", "origin", "data_percent"],
+    _report("lv", rows, ["lv_name", "vg_name", "lv_attr", "lv_size", "pool_lv", "origin",
+                         "data_percent"],
             json_out or reportformat == "json")
 
 
 _HEADINGS = {"pv_name": "PV", "vg_name": "VG", "pv_fmt": "Fmt", "pv_size": "PSize",
              "pv_free": "PFree", "pv_count": "#PV", "lv_count": "#LV", "snap_count": "#SN",
              "vg_attr": "Attr", "vg_size": "VSize", "vg_free": "VFree", "lv_name": "LV",
-             "lv_attr": "Attr", "lv_size": "LSize", "origin": "Origin", "data_percent": "Data%"}
+             "lv_attr": "Attr", "lv_size": "LSize", "origin": "Origin", "data_percent": "Data%",
+             "pool_lv": "Pool"}
 _SIZES = {"pv_size", "pv_free", "vg_size", "vg_free", "lv_size"}
 
 

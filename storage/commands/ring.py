@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from storage import blkif
+from storage import blkif, diskspec
 from storage.blockdev import BlockDevice
 from storage.errors import StorageError
 
@@ -45,32 +44,17 @@ SocketOpt = Annotated[Path, typer.Option("--socket", "-s",
 DomOpt = Annotated[int, typer.Option("--domid", help="Guest domain id.", min=1, max=0x7FEF)]
 DevOpt = Annotated[int, typer.Option("--devid", help="Virtual device number (51712 = xvda).")]
 
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
 def parse_size(text: str) -> int:
-    """'64M' → 67108864 (K/M/G/T are powers of 1024)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
-    if not m:
-        raise typer.BadParameter(f"{text!r} is not a size (examples: 4096, 64K, 10M, 2G)")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    """'64M' → 67108864, as a CLI parameter error when malformed."""
+    try:
+        return diskspec.parse_size(text)
+    except StorageError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 def open_disk(spec: str, *, read_only: bool) -> BlockDevice:
-    """A disk from the command line: `mem:SIZE`, a `.vhd` (with its chain) or a raw file."""
-    from storage.memdisk import MemoryDisk, RawFileDisk
-
-    if spec.startswith("mem:"):
-        return MemoryDisk(parse_size(spec[4:]), read_only=read_only, name=spec)
-    if spec.lower().endswith(".vhd"):
-        try:
-            from storage.chain import open_chain
-        except ImportError as exc:
-            raise StorageError(f"{spec}: VHD support is not in this build") from exc
-        return open_chain(spec, read_only=read_only)
-    if not Path(spec).is_file():
-        raise StorageError(f"{spec}: no such file (use mem:64M for a memory disk)")
-    return RawFileDisk(spec, read_only=read_only)
+    """The disk a command line names (see `storage.diskspec.open_disk`)."""
+    return diskspec.open_disk(spec, read_only=read_only)
 
 
 # --- hvsim ring ---------------------------------------------------------------------------------
@@ -108,7 +92,8 @@ def ring_layout() -> None:
 
 @ring_app.command("serve")
 def ring_serve(
-    disk: Annotated[str, typer.Argument(help="Raw file, .vhd file, or mem:SIZE.")],
+    disk: Annotated[str, typer.Argument(
+        help="Raw file, .vhd file (with its chain), lvm:VG/LV:PV[,PV...], or mem:SIZE.")],
     socket_path: SocketOpt = Path(DEFAULT_SOCKET),
     domid: DomOpt = 1,
     devid: DevOpt = 51712,
@@ -342,6 +327,50 @@ def guest_discard(
     Example: hvsim guest discard --socket /tmp/host.sock 0 1048576
     """
     asyncio.run(_with_front(socket_path, domid, devid, lambda f: f.discard(offset, length)))
+
+
+@guest_app.command("xenstore-ls")
+def guest_xenstore_ls(
+    path: Annotated[str | None, typer.Argument(
+        help="Subtree to list (default: this domain's device and its backend).")] = None,
+    socket_path: SocketOpt = Path(DEFAULT_SOCKET), domid: DomOpt = 1, devid: DevOpt = 51712,
+    connect: Annotated[bool, typer.Option(
+        help="Run the blkfront handshake first, so the Connected-state keys are there.")] = True,
+) -> None:
+    """List xenstore keys and values as the guest sees them (like xenstore-ls).
+
+    Example: hvsim guest xenstore-ls --socket /tmp/host.sock
+    """
+    from storage.blkfront import BlkFront
+    from storage.hostlink import connect_guest
+
+    async def walk(xs, top: str, lines: list[str]) -> None:  # type: ignore[no-untyped-def]
+        value = await xs.read(top)
+        if value:
+            lines.append(f"{top} = {value!r}")
+        for child in await xs.ls(top):
+            await walk(xs, f"{top.rstrip('/')}/{child}", lines)
+
+    async def run() -> list[str]:
+        async with connect_guest(socket_path, domid) as guest:
+            front = BlkFront(guest, devid)
+            lines: list[str] = []
+            try:
+                if connect:
+                    await front.connect()
+                tops = [path] if path else [
+                    f"/local/domain/{domid}/device/vbd/{devid}",
+                    await guest.xs.read(f"/local/domain/{domid}/device/vbd/{devid}/backend")
+                    or f"/local/domain/0/backend/vbd/{domid}/{devid}"]
+                for top in tops:
+                    await walk(guest.xs, top, lines)
+            finally:
+                if connect:
+                    await front.close()
+            return lines
+
+    for line in asyncio.run(run()):
+        out.print(line, highlight=False, markup=False)
 
 
 @guest_app.command("selftest")

@@ -186,3 +186,58 @@ def test_we_open_what_lvm2_changed(ours: VolumeGroup, loops: list[str]) -> None:
         g.close()
     names = {lv["lv_name"] for lv in report("lvs", "-o", "lv_name", name, devices=loops)}
     assert names == {"data", "other", "snap", "lvm2lv", "after_lvm2"}
+
+
+def test_lvm2_reads_an_lvhd_sr(tmp_path: Path) -> None:
+    """The SR's PV is an LVM2 PV: `lvs` lists the VHD-<uuid> LVs at their inflated sizes."""
+    from storage.sr import SR
+
+    sr = SR.create(tmp_path / "sr", type_name="lvhd", device_config={"size": "256M"})
+    v = sr.vdi_create("disk0", 40 << 20)
+    snap = sr.vdi_snapshot(v.uuid)
+    sizes = {x.location: sr.physical_utilisation(u) for u, x in sr.vdis.items()}
+    sr.close()
+    sr.driver.vg.close()  # type: ignore[attr-defined]
+    proc = subprocess.run(["losetup", "--find", "--show", str(tmp_path / "sr" / "pv0.img")],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot attach a loop device here (needs root): {proc.stderr}")
+    loop = proc.stdout.strip()
+    try:
+        rows = report("lvs", "-o", "lv_name,lv_size", f"VG_XenStorage-{sr.uuid}",
+                      devices=[loop])
+    finally:
+        subprocess.run(["losetup", "--detach", loop], capture_output=True, timeout=30)
+    assert {r["lv_name"]: int(r["lv_size"]) for r in rows} == sizes
+    assert f"VHD-{snap.uuid}" in sizes and len(sizes) == 3
+
+
+def test_lvm2_reads_our_thin_pool_metadata(tmp_path: Path) -> None:
+    """`lvs` sees our pool, its hidden data/metadata LVs and thin LVs with their device ids
+    (the mapping table inside _tmeta is ours, which LVM2 does not read without activation)."""
+    pv = tmp_path / "pv0.img"
+    pvcreate(pv, size=128 * MiB, rng=random.Random(4))
+    name = f"hv{uuid.uuid4().hex[:8]}"
+    g = VolumeGroup.create(name, [pv], rng=random.Random(5))
+    g.lvcreate_thin_pool("pool", 32 * MiB)
+    g.lvcreate_thin("t1", 200 * MiB, "pool")
+    g.open_lv("t1").write(0, b"thin data")
+    g.lvcreate("s1", 0, snapshot_of="t1")
+    g.close()
+    proc = subprocess.run(["losetup", "--find", "--show", str(pv)], capture_output=True,
+                          text=True, timeout=30)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot attach a loop device here (needs root): {proc.stderr}")
+    loop = proc.stdout.strip()
+    try:
+        rows = report("lvs", "-a", "-o", "lv_name,lv_size,segtype,thin_id,pool_lv,origin",
+                      name, devices=[loop])
+        lvm("vgck", name, devices=[loop])
+    finally:
+        subprocess.run(["losetup", "--detach", loop], capture_output=True, timeout=30)
+    by = {r["lv_name"]: r for r in rows}
+    assert by["pool"]["segtype"] == "thin-pool" and by["pool"]["lv_size"] == str(32 * MiB)
+    assert by["[pool_tdata]"]["segtype"] == "linear" and "[pool_tmeta]" in by
+    assert by["t1"]["segtype"] == "thin" and by["t1"]["thin_id"] == "1"
+    assert by["t1"]["lv_size"] == str(200 * MiB) and by["t1"]["pool_lv"] == "pool"
+    assert by["s1"]["thin_id"] == "2" and by["s1"]["origin"] == "t1"

@@ -228,3 +228,19 @@ def test_garbage_from_guests_and_the_wire_never_crashes_a_task(frames) -> None:
         assert seen == len(frames)
 
     asyncio.run(scenario())
+
+
+def test_taps_added_as_a_list_still_see_every_frame() -> None:
+    fab = Fabric(clock=ManualClock())
+    _, _, _, ge2, vm1, _ = xen(fab)
+    seen: list[bool] = []
+    port = vm1.ports[0]
+    port.taps.append(lambda f, outbound: seen.append(outbound))  # not add_tap: still counted
+    assert not port.tx_plain
+    ge2.receive(make(BCAST, fr.mac_to_bytes("02:00:00:00:00:01")))
+    assert seen == []  # the link pump has not run: nothing crossed vif1.0 yet
+    vm1.vnic.send(make(BCAST, vm1.vnic.mac))
+    port.transmit(make(BCAST, fr.mac_to_bytes("02:00:00:00:00:01")))
+    assert seen == [False, True]
+    port.taps.clear()
+    assert port.tx_plain

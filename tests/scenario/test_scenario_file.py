@@ -106,3 +106,20 @@ def test_durations() -> None:
     for bad in ("-1s", "1 fortnight", True, -3):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_named_frames_come_from_python_never_from_the_file(tmp_path: Path) -> None:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    syn = Ether(src=MAC_A, dst="00:50:56:00:00:0b") / IP(src="10.0.0.1", dst="10.0.0.2") / TCP()
+    text = "steps:\n  - send: {from: a, frame: syn}\n"
+    scn = parse_scenario(text, "n.yaml", frames={"syn": syn})
+    assert scn.steps[0].frame == bytes(syn)
+    with pytest.raises(ScenarioError, match=r"n\.yaml:2: steps\[0\]\.send\.frame: no frame named "
+                       r"'syn' \(named frames come from Python"):
+        parse_scenario(text, "n.yaml")
+    # a Scapy expression in the file is just an unknown name: never evaluated
+    with pytest.raises(ScenarioError, match="no frame named"):
+        parse_scenario("steps:\n  - send: {from: a, frame: \"Ether()/IP()\"}\n", "n.yaml",
+                       frames={"syn": syn})

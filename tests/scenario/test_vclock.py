@@ -11,6 +11,12 @@ import pytest
 from netsim.vclock import DEFAULT_START_NS, PacedClock, VirtualClock
 
 
+def test_both_satisfy_the_clock_protocol() -> None:
+    from netsim.clock import Clock
+
+    assert isinstance(VirtualClock(), Clock) and isinstance(PacedClock(), Clock)
+
+
 async def test_an_hour_of_sleeps_takes_no_wall_time() -> None:
     clock = VirtualClock()
     t0 = time.perf_counter()

@@ -1,0 +1,105 @@
+"""Disks named by a short text, as command lines and topology files name them.
+
+    mem:64M                      a MemoryDisk of that size
+    lvm:VG/LV:PV[,PV...]         a logical volume (or COW snapshot) of a VG on those PV files
+    path/to/disk.vhd             a VHD with its whole chain of parents
+    path/to/disk.raw             any other file: a raw image
+
+Relative paths resolve against `base_dir` when one is given (a topology file's directory).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from storage.blockdev import BlockDevice
+from storage.errors import StorageError
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'64M' → 67108864 (K/M/G/T are powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not m:
+        raise StorageError(f"{text!r} is not a size (examples: 4096, 64K, 10M, 2G)")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+class LvDisk:
+    """An LV as a BlockDevice that also closes its volume group."""
+
+    def __init__(self, vg: object, dev: BlockDevice) -> None:
+        self._vg, self._dev = vg, dev
+        self.name = getattr(dev, "name", "lv")
+
+    @property
+    def size(self) -> int:
+        """LV size in bytes."""
+        return self._dev.size
+
+    @property
+    def read_only(self) -> bool:
+        """True for a read-only LV."""
+        return self._dev.read_only
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset`."""
+        return self._dev.read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset`."""
+        self._dev.write(offset, data)
+
+    def flush(self) -> None:
+        """Flush the LV."""
+        self._dev.flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        """Discard a range."""
+        self._dev.discard(offset, length)
+
+    def close(self) -> None:
+        """Close the LV, then its VG."""
+        try:
+            self._dev.close()
+        finally:
+            self._vg.close()  # type: ignore[attr-defined]
+
+
+def _path(text: str, base_dir: str | os.PathLike[str] | None) -> str:
+    p = Path(text).expanduser()
+    if base_dir is not None and not p.is_absolute():
+        p = Path(base_dir) / p
+    return str(p)
+
+
+def open_disk(spec: str, *, read_only: bool,
+              base_dir: str | os.PathLike[str] | None = None) -> BlockDevice:
+    """Open the disk `spec` names (see the module docstring)."""
+    from storage.memdisk import MemoryDisk, RawFileDisk
+
+    if spec.startswith("mem:"):
+        return MemoryDisk(parse_size(spec[4:]), read_only=read_only, name=spec)
+    if spec.startswith("lvm:"):
+        from storage.lvm.vg import VolumeGroup
+
+        m = re.fullmatch(r"lvm:([^/:]+)/([^/:]+):(.+)", spec)
+        if not m:
+            raise StorageError(f"{spec}: expected lvm:VG/LV:PV[,PV...]")
+        pvs = [_path(p, base_dir) for p in m.group(3).split(",")]
+        vg = VolumeGroup.open(m.group(1), pvs, writable=not read_only)
+        try:
+            return LvDisk(vg, vg.open_lv(m.group(2)))
+        except BaseException:
+            vg.close()
+            raise
+    path = _path(spec, base_dir)
+    if spec.lower().endswith(".vhd"):
+        from storage.chain import open_chain
+
+        return open_chain(path, read_only=read_only)
+    if not Path(path).is_file():
+        raise StorageError(f"{path}: no such file (use mem:64M for a memory disk)")
+    return RawFileDisk(path, read_only=read_only)
