@@ -128,6 +128,8 @@ class PeerState:
     session: int = 0
     vms: tuple[str, ...] = ()
     migration_error: str = ""
+    #: the last config this host refused: (vds, version, why)
+    refused: tuple[str, int, str] | None = None
     #: vds → (config version running, VLANs with local ports)
     vds: dict[str, tuple[int, frozenset[int]]] = field(default_factory=dict)
 
@@ -165,6 +167,9 @@ class Peers:
                 st.session = int(doc.get("session", 0))
                 st.vms = tuple(str(v) for v in doc.get("vms", ()))
                 st.migration_error = str(doc.get("migration_error", ""))
+                ref = doc.get("refused")
+                st.refused = (str(ref["vds"]), int(ref["version"]), str(ref["error"])) \
+                    if ref else None
                 st.vds = {
                     name: (int(v["version"]), frozenset(int(x) for x in v["vlans"]))
                     for name, v in doc["vds"].items()
@@ -294,10 +299,21 @@ class ManagementPlane:
         def lagging() -> set[str]:
             return {h for h in want if (self.peers.version(h, vds) or 0) < version}
 
+        def refusals() -> list[str]:
+            out = []
+            for h in sorted(lagging()):
+                st = self.peers.hosts.get(h)
+                if st is not None and st.refused and st.refused[:2] == (vds, version):
+                    out.append(f"{h}: {st.refused[2]}")
+            return out
+
         try:
             await self.peers.wait_until(
-                lambda: not lagging(), within_s=within_s, what=f"{vds} version {version}"
+                lambda: not lagging() or bool(refusals()),
+                within_s=within_s, what=f"{vds} version {version}",
             )
+            if refusals():
+                raise ConfigError(f"{vds} v{version} refused by " + "; ".join(refusals()))
         except TransportError:
             raise TransportError(
                 f"{vds}: version {version} not applied within {within_s} s by "
@@ -524,8 +540,11 @@ class HostPlane:
         session: int,
         apply: ApplyFn,
         extra_status: Callable[[], dict[str, Any]] | None = None,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.extra_status = extra_status
+        self.on_event = on_event or (lambda text: None)
+        self.refused: tuple[str, int, str] | None = None
         self.bus = bus
         self.topics = topics
         self.host = host
@@ -599,6 +618,9 @@ class HostPlane:
         except ConfigError as exc:
             c.refused += 1
             c.last_error = str(exc)
+            self.refused = (config.name, config.version, str(exc))
+            self.on_event(f"refused {config.name} v{config.version}: {exc}")
+            await self.report()
             return
         self.running[config.name] = config
         self.vlans[config.name] = vlans
@@ -606,6 +628,7 @@ class HostPlane:
         if link is not None:
             await link.set_vlans(vlans)
         c.applied += 1
+        self.on_event(f"runs {config.name} v{config.version} (VLANs {sorted(vlans)})")
         await self.report()
         self._applied.set()
 
@@ -624,6 +647,10 @@ class HostPlane:
             **(self.extra_status() if self.extra_status else {}),
             "host": self.host,
             "session": self.session,
+            "refused": (
+                {"vds": self.refused[0], "version": self.refused[1], "error": self.refused[2]}
+                if self.refused else None
+            ),
             "vds": {
                 name: {"version": cfg.version, "vlans": sorted(self.vlans.get(name, ()))}
                 for name, cfg in self.running.items()

@@ -285,3 +285,18 @@ async def test_a_crashed_agent_task_is_raised_not_silent(monkeypatch) -> None:
             await mp.publish(config(1, ["esx1"]))
             while not agent.plane.failures:  # noqa: ASYNC110 - waiting for the crash
                 await asyncio.sleep(0.01)
+
+
+async def test_a_refused_config_is_reported_to_the_management_plane(bus_kit) -> None:
+    from netsim.errors import ConfigError
+
+    async with lab(bus_kit, ["esx1", "esx2"]) as (mp, ag):
+        await ag["esx1"].add_vm("app1", [NicSpec("dvs1", "App", "00:50:56:00:00:01")])
+        without_app = VdsConfig("dvs1", 2, portgroups=(DvPortGroup("DB", 200),),
+                                hosts={h: {"uplink1": "vmnic0"} for h in ag})
+        await mp.publish(without_app)
+        with pytest.raises(ConfigError, match=r"dvs1 v2 refused by esx1: .*\['App'\] still have "
+                                              r"ports on esx1"):
+            await mp.wait_applied("dvs1", 2, within_s=T)
+        assert ag["esx1"].plane.running["dvs1"].version == 1  # still runs what it ran
+        assert ag["esx2"].plane.running["dvs1"].version == 2
