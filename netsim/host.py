@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -88,7 +89,9 @@ class HostAgent:
         session: int,
         batch_frames: int = 256,
         guests: bool = False,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_event = on_event or (lambda text: None)
         self.run_guests = guests
         self.guests: dict[str, GuestAgent] = {}
         self._guest_tasks: dict[str, list[asyncio.Task[None]]] = {}
@@ -106,6 +109,7 @@ class HostAgent:
             extra_status=lambda: {
                 "vms": sorted(self.host.vms), "migration_error": self.migrations.last_error,
             },
+            on_event=self.on_event,
         )
         self.migrations = MigrationCounters()
         self._arrived = asyncio.Event()
@@ -138,8 +142,10 @@ class HostAgent:
         await self._stack.aclose()
         for t in [t for ts in self._guest_tasks.values() for t in ts]:
             t.cancel()
-        if exc_type is None and self.failures:
-            name, err = self.failures[0]
+        failures = [*self.failures, *self.plane.failures,
+                    *(f for link in self.links.values() for f in link.failures)]
+        if exc_type is None and failures:
+            name, err = failures[0]
             raise NetsimError(f"host agent task {name!r} crashed: {err!r}") from err
 
     def _spawn(self, coro: Any, what: str) -> None:
@@ -296,6 +302,7 @@ class HostAgent:
         )
         await self._ports_changed({n.vds for n in nics})
         self.migrations.out += 1
+        self.on_event(f"{vm_name} migrated to {to} ({dropped} frames queued for it dropped)")
         self.migrations.queued_dropped += dropped
         self.migrations.done[vm_name] = to
         return dropped
@@ -336,6 +343,7 @@ class HostAgent:
         except (ValueError, KeyError, TypeError, ConfigError) as exc:
             self.migrations.refused += 1
             self.migrations.last_error = f"migration from {src}: {exc}"
+            self.on_event(self.migrations.last_error)
             await self.plane.report()
             return
         for p in vm.ports:
@@ -345,6 +353,7 @@ class HostAgent:
             p.vnic.send(rarp_announce(p.mac))  # at once, as vMotion does: everyone relearns
         await self._ports_changed({n.vds for n in nics})
         self.migrations.into += 1
+        self.on_event(f"{name} arrived from {src}")
         self.migrations.done[name] = src
         self._arrived.set()
 

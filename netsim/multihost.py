@@ -80,7 +80,8 @@ async def run_host(
     async with (
         Fabric() as fab,
         _bus(lab, name, topics.presence(name)) as bus,
-        HostAgent(fab, name, bus, topics, session=session, guests=True) as agent,
+        HostAgent(fab, name, bus, topics, session=session, guests=True,
+                  on_event=lambda text: console.print(f"{name}: {text}")) as agent,
     ):
         console.print(f"{name}: connected to {lab.settings.url if lab.settings else 'memory'}; "
                       f"waiting for {vds.name}'s configuration (hvsim vds-push)")

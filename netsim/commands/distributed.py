@@ -38,12 +38,13 @@ def broker_config(
     cfg = make_broker_config(fabric, hosts, controller=controller, file_dir=str(out.resolve()))
     for name, text in cfg.files.items():
         path = out / name
-        secret = name.endswith(".password") or name == "passwd"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+        # clear passwords: owner only; hashes and ACL: the broker's group may read them
+        mode = 0o600 if name.endswith(".password") else 0o640 if name in ("passwd", "acl") \
+            else 0o644
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        if secret:
-            path.chmod(0o600)
+        path.chmod(mode)
     console.print(
         f"fabric [bold]{fabric}[/]: users {controller} (management), {', '.join(hosts)}; "
         f"wrote {', '.join(sorted(cfg.files))} to {out}"
