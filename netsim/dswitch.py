@@ -42,7 +42,7 @@ from netsim.transport.bus import (
 )
 from netsim.transport.dataplane import BatchReceiver, BatchSender
 from netsim.transport.topics import Topics
-from netsim.vdsconfig import DvShaping, VdsConfig
+from netsim.vdsconfig import DvShaping, DvTeaming, VdsConfig
 
 NS = 1_000_000_000
 VGT = 4095  # a guest-tagging port group carries every VLAN
@@ -723,6 +723,9 @@ class ProxySwitch:
                     f"{config.name}: {self.host.name}/{nic} (for {up}) already belongs to "
                     f"switch {pif.switch.name}"
                 )
+        # each vDS uplink name → the host NIC behind it (the teaming policies name NICs here)
+        nics = {up: (self.uplinks[up].name if up in self.uplinks else nic)
+                for up, nic in mapping.items()}
         groups = {
             pg.name: PortGroup(
                 pg.name,
@@ -731,6 +734,7 @@ class ProxySwitch:
                     pg.security.promiscuous, pg.security.mac_changes, pg.security.forged_transmits
                 ),
                 shaping=_shaping(pg.shaping_out),
+                teaming=_teaming(pg.teaming, nics),
             )
             for pg in config.portgroups
         }
@@ -742,7 +746,7 @@ class ProxySwitch:
                 self.uplinks[up] = pif
         for name in list(self.switch.port_groups):
             if name not in wanted:
-                del self.switch.port_groups[name]
+                self.switch.remove_port_group(name)
         for pg in config.portgroups:
             group = groups[pg.name]
             old = self.switch.port_groups.get(pg.name)
@@ -754,32 +758,42 @@ class ProxySwitch:
             for p in self.vm_ports():
                 if p.sw_group.name == pg.name:
                     self.switch.set_egress_shaping(p, shaping_in)
-        teamed = next((pg.teaming for pg in config.portgroups if pg.teaming), None)
-        if teamed is not None:
-            nic = {up: self.uplinks[up].name for up in self.uplinks}
-            self.switch.teaming = TeamingPolicy(
-                active=tuple(nic[u] for u in teamed.active if u in nic),
-                standby=tuple(nic[u] for u in teamed.standby if u in nic),
-                load_balancing=LoadBalancing(teamed.policy),
-            )
         self.config = config
         return self.vlans()
 
     def deliver(self, vid: int, frame: bytes) -> None:
-        """A frame from another host enters through the first uplink that is up."""
-        pif = self._rx_pif
-        if pif is not None and pif.link_up and pif.switch is self.switch:
+        """A frame from another host enters as the physical network hands it over: a
+        broadcast or multicast through every uplink that VM ports of its VLAN are pinned to
+        (each uplink passes it only to the ports pinned there, so every VM gets one copy); a
+        unicast through the uplink its destination is pinned to, else the first in use."""
+        sw = self.switch
+        in_use = sw.uplinks_in_use()
+        if len(in_use) == 1:  # the common case: one uplink carries everything
+            pif = self._rx_pif
+            if pif is None or pif not in in_use:
+                pif = self._rx_pif = next(iter(in_use))
             pif.receive(frame)
             return
-        active, standby = self.switch.team_order()
-        for pif in (*active, *standby):
-            if pif.link_up:
-                self._rx_pif = pif
-                pif.receive(frame)
+        if not in_use:
+            for pif in self.uplinks.values():
+                pif.counters.drop("link-down")
                 return
-        for pif in self.uplinks.values():
-            pif.counters.drop("link-down")
             return
+        if frame[0] & 1:
+            pinned = sw.uplinks_pinned(vid)
+            for pif in pinned:
+                pif.receive(frame)
+            if not pinned:
+                self._in_order(in_use)[0].counters.drop("no-destination")
+            return
+        port = sw.mac_table.lookup(vid, frame[0:6], sw.clock.now_ns())
+        pif = sw.uplink_for(port) if isinstance(port, VmPort) else None
+        if pif is None or pif not in in_use:
+            pif = self._in_order(in_use)[0]
+        pif.receive(frame)
+
+    def _in_order(self, in_use: frozenset) -> list[Pif]:
+        return [p for p in self.switch.uplinks if p in in_use]
 
     async def pump(self, pif: Pif, link: ProxyLink) -> None:
         """Carry what leaves uplink `pif` to the other hosts, one flush per wake-up."""
@@ -789,6 +803,20 @@ class ProxySwitch:
             for f in await get_batch():
                 await send(f)
             await link.flush()
+
+
+def _teaming(t: DvTeaming | None, nics: dict[str, str]) -> TeamingPolicy | None:
+    """A distributed port group's teaming over vDS uplink names, as a policy over this host's
+    NICs (uplinks this host does not map are left out; if it maps none of them, the group
+    uses all of this host's uplinks)."""
+    if t is None:
+        return None
+    active = tuple(nics[u] for u in t.active if u in nics)
+    standby = tuple(nics[u] for u in t.standby if u in nics)
+    if (t.active or t.standby) and not active and not standby:
+        return None
+    return TeamingPolicy(active=active, standby=standby,
+                         load_balancing=LoadBalancing(t.policy))
 
 
 def _shaping(s: DvShaping | None) -> ShapingPolicy | None:

@@ -18,7 +18,7 @@ import contextlib
 import ipaddress
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -29,10 +29,10 @@ from netsim.fabric import Fabric, Vm
 from netsim.frame import mac_to_bytes, mac_to_str
 from netsim.guest import Guest, Iface, Route
 from netsim.port import Vif, VmPort
-from netsim.topology import Topology
+from netsim.topology import TeamingSpec, Topology
 from netsim.transport.bus import Bus, BusMessage, Subscription
 from netsim.transport.topics import Topics
-from netsim.vdsconfig import DvPortGroup, DvSecurity, DvShaping, VdsConfig
+from netsim.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
 
 ETHERTYPE_RARP = 0x8035
 #: how long after a VM left frames for it at the old host count as "in flight" (seconds)
@@ -474,16 +474,21 @@ def vds_from_topology(
 ) -> VdsConfig:
     """The vDS that replaces each host's switch `switch` (default: the one its VMs use).
 
-    Port groups of the same name must agree across hosts (VLAN, security, shaping); uplink1 of
-    each host is its switch's first uplink NIC (the bus plays the physical network between
-    hosts, so the topology's physical switches are not used in distributed mode).
+    Port groups of the same name must agree across hosts (VLAN, security, shaping, teaming);
+    uplinkN of each host is its switch's Nth uplink NIC (the bus plays the physical network
+    between hosts, so the topology's physical switches are not used in distributed mode). Each
+    port group's teaming is its network's own `teaming:`, else its switch's, over those uplink
+    names; a host with one uplink has no say in it.
     """
     groups: dict[str, tuple[str, DvPortGroup]] = {}
     members: dict[str, dict[str, str]] = {}
+    width = 1
     for h in topo.hosts:
         sw = _vds_switch(topo, h.name, switch)
         swspec = h.switch(sw)
-        members[h.name] = {"uplink1": swspec.uplinks[0] if swspec.uplinks else "dvuplink0"}
+        uplinks = swspec.uplinks or ("dvuplink0",)
+        members[h.name] = {f"uplink{i + 1}": nic for i, nic in enumerate(uplinks)}
+        width = max(width, len(uplinks))
         for net in h.networks:
             if net.switch != sw:
                 continue
@@ -496,8 +501,14 @@ def vds_from_topology(
                     DvShaping(net.shaping.average_bps, net.shaping.peak_bps,
                               net.shaping.burst_bytes) if net.shaping else None
                 ),
+                teaming=_dv_teaming(net.teaming or swspec.teaming, swspec.uplinks),
             )
             seen = groups.get(net.name)
+            if seen is not None and seen[1].teaming is None:
+                seen = (seen[0], replace(seen[1], teaming=pg.teaming))
+                groups[net.name] = seen
+            if seen is not None and pg.teaming is None:
+                pg = replace(pg, teaming=seen[1].teaming)
             if seen is not None and seen[1] != pg:
                 raise TopologyError(
                     f"{topo.source}: port group {net.name!r} differs between hosts {seen[0]} "
@@ -505,8 +516,19 @@ def vds_from_topology(
                 )
             groups.setdefault(net.name, (h.name, pg))
     return VdsConfig(
-        name, 1, portgroups=tuple(pg for _, pg in groups.values()), hosts=members
+        name, 1, uplinks=tuple(f"uplink{i + 1}" for i in range(width)),
+        portgroups=tuple(pg for _, pg in groups.values()), hosts=members,
     )
+
+
+def _dv_teaming(spec: TeamingSpec | None, uplinks: tuple[str, ...]) -> DvTeaming | None:
+    """A topology teaming over one host's PIFs, over the vDS uplink names instead; None when
+    the host has fewer than two uplinks (nothing to team)."""
+    if spec is None or len(uplinks) < 2:
+        return None
+    name = {nic: f"uplink{i + 1}" for i, nic in enumerate(uplinks)}
+    return DvTeaming(spec.policy, tuple(name[n] for n in spec.active),
+                     tuple(name[n] for n in spec.standby))
 
 
 def host_plan(topo: Topology, host: str, vds: VdsConfig, *, switch: str | None = None) -> HostPlan:

@@ -36,7 +36,7 @@ from netsim.guest import Guest, Iface, Route
 from netsim.policy import LoadBalancing, SecurityPolicy, ShapingPolicy, TeamingPolicy, VlanPolicy
 from netsim.port import Port, VmPort
 from netsim.switch import PortGroup, StandardSwitch
-from netsim.topology import HostSpec, NetworkSpec, PhysPortSpec, Topology
+from netsim.topology import HostSpec, NetworkSpec, PhysPortSpec, TeamingSpec, Topology
 
 T = TypeVar("T")
 
@@ -58,7 +58,14 @@ def _port_group(n: NetworkSpec, vlan: int | None = None) -> PortGroup:
         shaping = ShapingPolicy(n.shaping.average_bps, n.shaping.peak_bps, n.shaping.burst_bytes)
     return PortGroup(n.name, vlan=n.vlan if vlan is None else vlan,
                      security=SecurityPolicy(s.promiscuous, s.mac_changes, s.forged_transmits),
-                     shaping=shaping)
+                     shaping=shaping, teaming=_teaming(n.teaming))
+
+
+def _teaming(t: TeamingSpec | None) -> TeamingPolicy | None:
+    if t is None:
+        return None
+    lb = LoadBalancing.PORT_ID if t.policy == "port-id" else LoadBalancing.EXPLICIT_FAILOVER
+    return TeamingPolicy(t.active, t.standby, lb)
 
 
 @dataclass
@@ -118,11 +125,7 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
     pifs = {p.name: host.add_pif(p.name, mtu=p.mtu) for p in h.pifs}
     switches: dict[str, StandardSwitch] = {}
     for s in h.switches:
-        teaming = None
-        if s.teaming is not None:
-            lb = (LoadBalancing.PORT_ID if s.teaming.policy == "port-id"
-                  else LoadBalancing.EXPLICIT_FAILOVER)
-            teaming = TeamingPolicy(s.teaming.active, s.teaming.standby, lb)
+        teaming = _teaming(s.teaming)
         sw = host.add_switch(s.name, mac_table_size=s.mac_table_size, aging_s=s.aging_s)
         for u in s.uplinks:
             sw.add_uplink(pifs[u])

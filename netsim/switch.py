@@ -395,6 +395,9 @@ class PortGroup:
     uplinks, untagged toward VMs), 4095 = VGT (the guest's tags pass through).
     mac_limit: most source MACs learned per port (0 = no limit); beyond it, frames from new
     MACs are dropped as `no-learn-space`.
+    teaming: overrides the switch's NIC teaming for this group's ports (vSphere's per port
+    group "override"): which uplinks are active and standby, and the load balancing; None
+    inherits the switch's policy.
     """
 
     name: str
@@ -402,6 +405,7 @@ class PortGroup:
     security: SecurityPolicy = field(default_factory=SecurityPolicy)
     shaping: ShapingPolicy | None = None
     mac_limit: int = 0
+    teaming: TeamingPolicy | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -415,6 +419,8 @@ class PortGroup:
             self.mac_limit < 0
         ):
             raise ConfigError(f"port group {self.name!r}: mac_limit {self.mac_limit!r} < 0")
+        if self.teaming is not None and not isinstance(self.teaming, TeamingPolicy):
+            raise ConfigError(f"port group {self.name!r}: teaming must be a TeamingPolicy")
 
     @property
     def vlan_policy(self) -> VlanPolicy:
@@ -427,7 +433,10 @@ class StandardSwitch(Bridge):
     port group on VLAN 0.
 
     `add_port_group(PortGroup(...))`, `attach(vm_port, "group")`, `add_uplink(pif)`; teaming
-    across several uplinks is set with `teaming = TeamingPolicy(...)`.
+    across several uplinks is set with `teaming = TeamingPolicy(...)`, and a port group may
+    override it (`PortGroup(..., teaming=TeamingPolicy(...))`): each VM port is pinned to an
+    uplink by its own group's policy, fails over by it, and a flood arriving on an uplink
+    reaches only the VM ports pinned to that uplink.
     """
 
     def __init__(
@@ -447,6 +456,7 @@ class StandardSwitch(Bridge):
         self._vm_flood: dict[int, tuple[tuple[Port, ...], tuple[Port, ...]]] = {}
         self._any_promisc = False
         self._in_use: frozenset[Port] | None = None
+        self._pinned: dict[int, tuple[Port, ...]] = {}
 
     # -- configuration -----------------------------------------------------------------------
     def add_port_group(self, group: PortGroup) -> PortGroup:
@@ -455,7 +465,10 @@ class StandardSwitch(Bridge):
             raise ConfigError(f"{self.name}: add_port_group wants a PortGroup, not {group!r}")
         if group.name in self.port_groups:
             raise ConfigError(f"{self.name}: port group {group.name!r} already exists")
+        if group.teaming is not None:
+            self._check_team(group.teaming, f"port group {group.name!r} teaming")
         self.port_groups[group.name] = group
+        self._changed()
         return group
 
     def attach(self, port: VmPort, port_group: PortGroup | str) -> VmPort:
@@ -489,12 +502,28 @@ class StandardSwitch(Bridge):
         """Replace a port group's policies; its ports pick them up at once."""
         if group.name not in self.port_groups:
             raise ConfigError(f"{self.name}: unknown port group {group.name!r}")
+        if group.teaming is not None:
+            self._check_team(group.teaming, f"port group {group.name!r} teaming")
         self.port_groups[group.name] = group
+        self._changed()
         for p in self.ports.values():
             if p.sw_role == ROLE_VM and p.sw_group.name == group.name:
                 self._set_vlan(p, group.vlan_policy)
                 self.mac_table.flush(p)
                 self._apply_group(p, group)
+
+    def remove_port_group(self, name: str) -> None:
+        """Remove a port group that has no ports left."""
+        if name not in self.port_groups:
+            raise ConfigError(f"{self.name}: unknown port group {name!r}")
+        users = [p.name for p in self.ports.values()
+                 if p.sw_role == ROLE_VM and p.sw_group.name == name]
+        if users:
+            raise ConfigError(
+                f"{self.name}: port group {name!r} still has ports {', '.join(sorted(users))}"
+            )
+        del self.port_groups[name]
+        self._changed()
 
     def add_uplink(self, pif: Pif, *, vlan: VlanPolicy | None = None) -> Pif:
         """Add a physical NIC (or VLAN PIF) as an uplink; a trunk of all VLANs by default
@@ -520,12 +549,13 @@ class StandardSwitch(Bridge):
         self._check_team()
         self._changed()
 
-    def _check_team(self) -> None:
+    def _check_team(self, policy: TeamingPolicy | None = None, what: str = "teaming") -> None:
         names = {u.name for u in self.uplinks}
-        for n in (*self._teaming.active, *self._teaming.standby):
+        t = policy if policy is not None else self._teaming
+        for n in (*t.active, *t.standby):
             if n not in names and self.uplinks:
                 raise ConfigError(
-                    f"{self.name}: teaming names uplink {n!r}, which is not an uplink here "
+                    f"{self.name}: {what} names uplink {n!r}, which is not an uplink here "
                     f"(uplinks: {', '.join(sorted(names))})"
                 )
 
@@ -540,15 +570,25 @@ class StandardSwitch(Bridge):
         self._flood.clear()
         self._vm_flood.clear()
         self._team.clear()
+        self._pinned.clear()
         self._any_promisc = any(
             p.sw_promisc for p in self.ports.values() if p.sw_role == ROLE_VM
         )
         self._in_use = None
 
     # -- teaming -----------------------------------------------------------------------------
-    def team_order(self) -> tuple[list[Pif], list[Pif]]:
-        """(active, standby) uplinks in policy order, whatever their link state."""
-        t = self._teaming
+    def teaming_of(self, port: Port) -> TeamingPolicy:
+        """The teaming policy `port`'s frames follow: its port group's override, else the
+        switch's."""
+        group = getattr(port, "sw_group", None) if port.sw_role == ROLE_VM else None
+        if group is not None and group.teaming is not None:
+            return group.teaming
+        return self._teaming
+
+    def team_order(self, policy: TeamingPolicy | None = None) -> tuple[list[Pif], list[Pif]]:
+        """(active, standby) uplinks in the order of `policy` (default: the switch's),
+        whatever their link state."""
+        t = policy if policy is not None else self._teaming
         by_name = {u.name: u for u in self.uplinks}
         standby = [by_name[n] for n in t.standby if n in by_name]
         if t.active:
@@ -557,33 +597,54 @@ class StandardSwitch(Bridge):
             active = [u for u in self.uplinks if u.name not in t.standby]
         return active, standby
 
+    def _team_up(self, policy: TeamingPolicy) -> list[Pif]:
+        """The uplinks `policy` spreads ports over now: its active ones that are up, else the
+        first standby that is up."""
+        active, standby = self.team_order(policy)
+        return [u for u in active if u.link_up] or [u for u in standby if u.link_up][:1]
+
     def uplink_for(self, port: Port) -> Port | None:
         """The uplink frames from `port` leave by, or None if no uplink is up."""
         try:
             return self._team[port]
         except KeyError:
             pass
-        active, standby = self.team_order()
-        up = [u for u in active if u.link_up] or [u for u in standby if u.link_up][:1]
+        policy = self.teaming_of(port)
+        up = self._team_up(policy)
         if not up:
             choice = None
-        elif self._teaming.load_balancing is LoadBalancing.PORT_ID:
+        elif policy.load_balancing is LoadBalancing.PORT_ID:
             choice = up[port.sw_id % len(up)]
         else:
             choice = up[0]
         self._team[port] = choice
         return choice
 
+    def uplinks_pinned(self, vid: int) -> tuple[Port, ...]:
+        """The uplinks that VM ports carrying VLAN `vid` are pinned to now, in uplink order:
+        where a flood of `vid` from the physical network has someone to reach."""
+        pinned = self._pinned.get(vid)
+        if pinned is None:
+            used = {self.uplink_for(p) for p in self.ports.values()
+                    if p.sw_role == ROLE_VM and p.sw_vlan.carries(vid)}
+            pinned = self._pinned[vid] = tuple(u for u in self.uplinks if u in used)
+        return pinned
+
     def uplinks_in_use(self) -> frozenset[Port]:
-        """The uplinks carrying traffic now: the active ones that are up, else the first standby
-        that is up (only the first of them under explicit failover)."""
+        """The uplinks carrying traffic now, under the switch's policy and every port group's
+        override: per policy, the active ones that are up, else the first standby that is up
+        (only the first of them under explicit failover)."""
         in_use = self._in_use
         if in_use is None:
-            active, standby = self.team_order()
-            up = [u for u in active if u.link_up] or [u for u in standby if u.link_up][:1]
-            if self._teaming.load_balancing is not LoadBalancing.PORT_ID:
-                up = up[:1]
-            in_use = self._in_use = frozenset(up)
+            policies = {self._teaming}
+            policies.update(g.teaming for g in self.port_groups.values() if g.teaming)
+            chosen: set[Port] = set()
+            for policy in policies:
+                up = self._team_up(policy)
+                if policy.load_balancing is not LoadBalancing.PORT_ID:
+                    up = up[:1]
+                chosen.update(up)
+            in_use = self._in_use = frozenset(chosen)
         return in_use
 
     # -- the pipeline ------------------------------------------------------------------------

@@ -102,6 +102,7 @@ class NetworkSpec:
     internal: bool = False
     security: SecuritySpec = field(default_factory=SecuritySpec)
     shaping: ShapingSpec | None = None
+    teaming: TeamingSpec | None = None  # overrides the switch's teaming (ESXi port groups)
 
 
 @dataclass(frozen=True)
@@ -389,7 +390,7 @@ _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mir
 _PIF_KEYS = ("mtu", "up")
 _SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging")
 _TEAM_KEYS = ("policy", "active", "standby")
-_NET_KEYS = ("switch", "vlan", "internal", "security", "shaping")
+_NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming")
 _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
 _SHAPE_KEYS = ("average", "peak", "burst")
 _VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "disks")
@@ -566,12 +567,19 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
             forged_transmits=c.boolean(sec.get("forged_transmits"),
                                        (*np_, "security", "forged_transmits"), True))
         shaping = _shaping(c, n.get("shaping"), (*np_, "shaping"))
+        teaming = None
+        if n.get("teaming") is not None:
+            if htype != "esxi":
+                raise c.fail((*np_, "teaming"), "teaming per network is an ESXi port group "
+                             "override; on Xen, team (bond) the PIFs at the switch")
+            teaming = _teaming(c, n["teaming"], (*np_, "teaming"), switches[sw].uplinks, htype)
         if htype == "xen" and 1 <= vlan <= 4094:
             twin = next((o for o in networks.values() if o.switch == sw and o.vlan == vlan), None)
             if twin is not None:  # xapi: one VLAN PIF ethX.VID, one network
                 raise c.fail((*np_, "vlan"), f"VLAN {vlan} on {sw} is already network "
                              f"{twin.name}")
-        networks[nname] = NetworkSpec(hname, nname, sw, vlan, internal, security, shaping)
+        networks[nname] = NetworkSpec(hname, nname, sw, vlan, internal, security, shaping,
+                                      teaming)
 
     vm_dicts: list[dict[str, Any]] = []
     domids: dict[int, PathT] = {}

@@ -33,16 +33,30 @@ def test_document_maps_onto_the_standard_switch() -> None:
     assert not group.security.forged_transmits  # vDS default: Reject
     assert group.shaping.average_bps == SHAPE_OUT.average_bps  # from the VM
     assert [u.name for u in sw.uplinks] == ["vmnic0", "vmnic1"]
-    assert sw.teaming.active == ("vmnic1",) and sw.teaming.standby == ("vmnic0",)
-    assert sw.teaming.load_balancing is LoadBalancing.EXPLICIT_FAILOVER
+    # App's teaming is App's alone (over this host's NICs); DB and the switch keep the vDS
+    # default: every uplink active, route based on originating port
+    assert group.teaming.active == ("vmnic1",) and group.teaming.standby == ("vmnic0",)
+    assert group.teaming.load_balancing is LoadBalancing.EXPLICIT_FAILOVER
+    assert sw.port_groups["DB"].teaming is None
+    assert sw.teaming.active == () and sw.teaming.load_balancing is LoadBalancing.PORT_ID
     vm = host.add_vm("web")
     port = vm.add_nic(sw, "App")
+    db = [vm.add_nic(sw, "DB") for _ in range(2)]
+    assert sw.uplink_for(port).name == "vmnic1"
+    assert {sw.uplink_for(p).name for p in db} == {"vmnic0", "vmnic1"}  # spread by port id
+    proxy.apply(cfg(2, app, DvPortGroup("DB", 200)))  # same document again: nothing moves
+    assert sw.uplink_for(port).name == "vmnic1"
+    for p in db:
+        vm.ports.remove(p)
+        sw.detach(p)
     assert proxy.vlans() == {100}
-    # v2: App moves to VLAN 300 and loses its inbound shaping; DB is removed (no ports)
-    proxy.apply(cfg(2, DvPortGroup("App", 300, shaping_in=None)))
+    # v3: App moves to VLAN 300, loses its inbound shaping and its teaming override; DB is
+    # removed (no ports left)
+    proxy.apply(cfg(3, DvPortGroup("App", 300, shaping_in=None)))
+    assert port.sw_group.teaming is None
     assert port.sw_group.vlan == 300 and sorted(sw.port_groups) == ["App"]
     assert port.sw_egress_shaper is None
-    proxy.apply(cfg(3, DvPortGroup("App", 300, shaping_in=SHAPE_IN)))
+    proxy.apply(cfg(4, DvPortGroup("App", 300, shaping_in=SHAPE_IN)))
     assert port.sw_egress_shaper is not None  # toward the VM
     assert proxy.vlans() == {300}
 

@@ -97,6 +97,53 @@ async def test_failover_loses_only_the_frames_in_flight() -> None:
         assert (await lab.ping("web", "db")).replied
 
 
+def per_group_team() -> TopologyBuilder:
+    """esx1 teams vmnic0+vmnic1 (both to tor1); App prefers vmnic0, Backup vmnic1."""
+    t = TopologyBuilder("pgteam", seed=9)
+    t.add_host("esx1", type="esxi", pifs=["vmnic0", "vmnic1"])
+    t.add_switch("esx1", "vSwitch0", uplinks=["vmnic0", "vmnic1"])
+    t.add_port_group("esx1", "App", vlan=10,
+                     teaming={"policy": "failover", "active": ["vmnic0"], "standby": ["vmnic1"]})
+    t.add_port_group("esx1", "Backup", vlan=20,
+                     teaming={"policy": "failover", "active": ["vmnic1"], "standby": ["vmnic0"]})
+    t.add_vm("esx1", "web", nics=[{"network": "App", "ip": "10.0.0.1/24"}])
+    t.add_vm("esx1", "bak", nics=[{"network": "Backup", "ip": "10.0.1.1/24"}])
+    t.add_host("esx2", type="esxi", pifs=["vmnic0"])
+    t.add_switch("esx2", "vSwitch0", uplinks=["vmnic0"])
+    t.add_port_group("esx2", "App", vlan=10)
+    t.add_port_group("esx2", "Backup", vlan=20)
+    t.add_vm("esx2", "db", nics=[{"network": "App", "ip": "10.0.0.2/24"}])
+    t.add_vm("esx2", "bak2", nics=[{"network": "Backup", "ip": "10.0.1.2/24"}])
+    for pif in ("esx1.vmnic0", "esx1.vmnic1", "esx2.vmnic0"):
+        t.connect(pif, "tor1", mode="trunk", vlans=[10, 20])
+    return t
+
+
+async def test_port_group_teaming_from_the_topology_pins_and_fails_over_per_group() -> None:
+    topo = per_group_team().build()
+    assert topo.host("esx1").network("App").teaming.active == ("vmnic0",)
+    async with Lab(topo) as lab:
+        up0, up1 = lab["esx1/vmnic0"], lab["esx1/vmnic1"]
+        sw = lab["esx1/vSwitch0"]
+        assert sw.uplink_for(lab["web"].ports[0]) is up0
+        assert sw.uplink_for(lab["bak"].ports[0]) is up1
+        for src, dst, busy, idle in (("db", "web", up0, up1), ("bak2", "bak", up1, up0)):
+            before = (busy.counters.tx_frames, idle.counters.tx_frames)
+            assert (await lab.ping(src, dst)).replied
+            assert busy.counters.tx_frames > before[0]  # replies left by dst's group's uplink
+            assert idle.counters.tx_frames == before[1]  # and nothing by the other group's
+        # tor1 floods each broadcast to both uplinks; each VM took exactly one copy
+        assert lab.agents["web"].guest.counters["tx-arp-reply"] == 1
+        assert lab.agents["bak"].guest.counters["tx-arp-reply"] == 1
+        lab.set_link("esx1/vmnic1", False)  # only Backup fails over
+        assert sw.uplink_for(lab["bak"].ports[0]) is up0
+        assert sw.uplink_for(lab["web"].ports[0]) is up0
+        assert (await lab.ping("bak", "bak2")).replied
+        lab.set_link("esx1/vmnic1", True)  # failback
+        assert sw.uplink_for(lab["bak"].ports[0]) is up1
+        assert (await lab.ping("bak", "bak2")).replied
+
+
 async def test_shaped_rate_is_the_average_within_two_percent() -> None:
     topo = load_topology(TOPOLOGIES / "esxi-vss.yaml")  # Backup: 10 Mbit/s, 20 peak, 64 KiB
     async with Lab(topo) as lab:

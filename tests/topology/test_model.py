@@ -184,7 +184,7 @@ BAD = {
               lan: {internal: true, vlna: 5}
         """,
         "topology.yaml:4: hosts.xen1.networks.lan.vlna: unknown key 'vlna' (expected one of: "
-        "switch, vlan, internal, security, shaping)"),
+        "switch, vlan, internal, security, shaping, teaming)"),
     "unknown top-level key": (
         "hosts: {xen1: {}}\nswitches: {}\n",
         "topology.yaml:2: switches: unknown key 'switches'"),
@@ -252,6 +252,29 @@ BAD = {
         """,
         "topology.yaml:6: hosts.esx1.port_groups.pg.shaping.peak: peak 5000000 bit/s is below "
         "average 10000000 bit/s"),
+    "port group teaming naming a PIF that is not an uplink": (
+        """\
+        hosts:
+          esx1:
+            type: esxi
+            pifs: {vmnic0: {}, vmnic1: {}, vmnic2: {}}
+            switches: {vSwitch0: {uplinks: [vmnic0, vmnic1]}}
+            port_groups:
+              App: {teaming: {active: [vmnic2]}}
+        """,
+        "topology.yaml:7: hosts.esx1.port_groups.App.teaming.active[0]: vmnic2 is not an "
+        "uplink of this switch (uplinks: vmnic0, vmnic1)"),
+    "network teaming on xen": (
+        """\
+        hosts:
+          xen1:
+            pifs: {eth0: {}}
+            switches: {xenbr0: {uplinks: [eth0]}}
+            networks:
+              lan: {teaming: {active: [eth0]}}
+        """,
+        "topology.yaml:6: hosts.xen1.networks.lan.teaming: teaming per network is an ESXi "
+        "port group override"),
     "uplink that is not a PIF": (
         """\
         hosts:
