@@ -296,6 +296,90 @@ class Fabric:
 
         self.spawn(serve(), name=f"guest {vnic.name}")
 
+    # -- VM lifecycle ------------------------------------------------------------------------
+    def remove_vm(self, vm: Vm | str) -> int:
+        """Shut a VM down: unplug every NIC from its switch (what it learned there is
+        forgotten) and forget the VM's and its ports' names. Returns how many frames that
+        were still queued toward the guest were dropped (also counted on each port as
+        `link-down`)."""
+        v = self._as_vm(vm)
+        dropped = self._unplug(v)
+        del v.host.vms[v.name]
+        return dropped
+
+    def move_vm(self, vm: Vm | str, to: Host | str) -> int:
+        """Move a running VM to host `to` (live migration's switch-over).
+
+        Each NIC moves, as the same port object (the guest's `VNic` keeps working, same MAC),
+        to the destination's switch of the same name and its port group of the same name;
+        everything is checked before anything moves, so a refused move changes nothing. The
+        VM keeps its name; its ports' full names change host (`esx2/web.eth0` →
+        `esx3/web.eth0`). If its domid is taken there it gets a new one, as on Xen, and its
+        VIFs are renamed to match (`vif3.0` → `vif5.0`). Returns how many frames queued toward
+        the guest were dropped in the switch-over. Announcing the move (RARP) is the caller's.
+        """
+        v = self._as_vm(vm)
+        dst = to if isinstance(to, Host) else self.hosts.get(to)
+        if dst is None or self.hosts.get(dst.name) is not dst:
+            raise ConfigError(f"move {v.name}: no host {to!r} (hosts: {sorted(self.hosts)})")
+        if dst is v.host:
+            raise ConfigError(f"move {v.name}: already on {dst.name}")
+        plan: list[tuple[VmPort, StandardSwitch, str]] = []
+        for p in v.ports:
+            if p.switch is None:
+                raise ConfigError(f"move {v.name}: {p.name} is not plugged in")
+            sw = dst.switches.get(p.switch.name)
+            group = p.sw_group.name
+            if sw is None or group not in sw.port_groups:
+                raise ConfigError(
+                    f"move {v.name}: {dst.name} has no switch {p.switch.name!r} with port group "
+                    f"{group!r} (the destination must carry the same networks)"
+                )
+            plan.append((p, sw, group))
+        domid = v.domid
+        if any(o.domid == domid for o in dst.vms.values()):
+            domid = max(o.domid for o in dst.vms.values()) + 1  # a new domain id, as on Xen
+        names = [
+            f"{dst.name}/{f'vif{domid}.{p.devid}' if isinstance(p, Vif) else p.name}"
+            for p, _, _ in plan
+        ]
+        clash = [n for n in names if n in self._objects]
+        if clash:
+            raise ConfigError(f"move {v.name}: {', '.join(clash)} already exist(s)")
+        dropped = self._unplug(v)
+        del v.host.vms[v.name]
+        v.host = dst
+        v.domid = domid
+        v.ports = []
+        dst.vms[v.name] = v
+        self._register(v.name, v)
+        for p, sw, group in plan:
+            if isinstance(p, Vif) and p.domid != domid:
+                p.domid = domid
+                p.name = f"vif{domid}.{p.devid}"
+            v._plug(sw, p, group)
+        return dropped
+
+    def _unplug(self, vm: Vm) -> int:
+        dropped = 0
+        for p in vm.ports:
+            n = p.queue.clear()
+            if n:
+                p.counters.drop("link-down", n)
+            dropped += n
+            if p.switch is not None:
+                p.switch.detach(p)
+        self._unregister(vm)
+        for p in vm.ports:
+            self._unregister(p)
+        return dropped
+
+    def _as_vm(self, vm: Vm | str) -> Vm:
+        obj = self[vm] if isinstance(vm, str) else vm
+        if not isinstance(obj, Vm) or obj.host.vms.get(obj.name) is not obj:
+            raise ConfigError(f"{vm!r} is not a VM of this fabric")
+        return obj
+
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str = "task") -> None:
         """Run a coroutine as a fabric task (started now if running, else on enter)."""
         if self.running:
@@ -419,6 +503,21 @@ class Fabric:
                 prev.paths.append(path)
             else:
                 self._short[short] = _Ambiguous(getattr(prev, "path", short), path)
+
+    def _unregister(self, obj: Any) -> None:
+        """Forget every name of `obj` (full, and short unless another object shares it)."""
+        for path in [k for k, v in self._objects.items() if v is obj]:
+            del self._objects[path]
+            if "/" not in path:
+                continue
+            short = path.split("/", 1)[1]
+            prev = self._short.get(short)
+            if prev is obj:
+                del self._short[short]
+            elif isinstance(prev, _Ambiguous) and path in prev.paths:
+                prev.paths.remove(path)
+                if len(prev.paths) == 1:
+                    self._short[short] = self._objects[prev.paths[0]]
 
     def _as_port(self, p: Port | str) -> Port:
         obj = self[p] if isinstance(p, str) else p

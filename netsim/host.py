@@ -309,18 +309,11 @@ class HostAgent:
 
     def _unplug(self, vm: Vm) -> int:
         until = self.fabric.clock.now_ns() + int(IN_FLIGHT_WINDOW_S * 1e9)
-        dropped = 0
-        for p in list(vm.ports):
-            sw = p.switch
-            dropped += p.queue.clear()
-            if sw is not None:
-                sw.detach(p)
-                link = self.links.get(sw.name)
-                if link is not None:
-                    link.departed[p.mac] = until
-        del self.host.vms[vm.name]
-        _forget(self.fabric, vm)
-        return dropped
+        for p in vm.ports:
+            link = self.links.get(p.switch.name) if p.switch is not None else None
+            if link is not None:
+                link.departed[p.mac] = until
+        return self.fabric.remove_vm(vm)
 
     async def _incoming(self, sub: Subscription) -> None:
         async for msg in sub:
@@ -413,18 +406,6 @@ def _link(link: ProxyLink) -> dict[str, int]:
         "rx_bad_batches": r.bad_batches, "rx_forged_batches": r.forged_batches,
         "rx_lost_frames": r.lost_frames,
     }
-
-
-def _forget(fabric: Fabric, vm: Vm) -> None:
-    """Remove a VM that left from the fabric's name registry.
-
-    Fabric (net's) has no public removal yet; this touches its registry directly and only for
-    the VM's own names.
-    """
-    gone: list[Any] = [vm, *vm.ports]
-    for registry in (fabric._objects, fabric._short):
-        for key in [k for k, v in registry.items() if any(v is g for g in gone)]:
-            del registry[key]
 
 
 def find_port(fabric: Fabric, mac: str | bytes) -> VmPort | None:
@@ -584,36 +565,12 @@ def migrate_in_fabric(fabric: Fabric, vm_name: str, to: str) -> LocalMigration:
     if not isinstance(vm, Vm):
         raise ConfigError(f"{vm_name!r} is not a VM")
     src = vm.host
-    dst = fabric.hosts.get(to)
-    if dst is None:
+    if to not in fabric.hosts:
         raise ConfigError(f"migrate {vm_name}: no host {to!r} (hosts: {sorted(fabric.hosts)})")
-    if dst is src:
-        raise ConfigError(f"migrate {vm_name}: already on {to}")
-    plan = []
-    for p in vm.ports:
-        if p.switch is None:
-            raise ConfigError(f"migrate {vm_name}: {p.name} is not plugged in")
-        sw = dst.switches.get(p.switch.name)
-        if sw is None or p.sw_group.name not in sw.port_groups:
-            raise ConfigError(
-                f"migrate {vm_name}: {to} has no switch {p.switch.name!r} with port group "
-                f"{p.sw_group.name!r} (the destination must carry the same networks)"
-            )
-        plan.append((p, sw, p.sw_group.name))
-    if any(v.domid == vm.domid for v in dst.vms.values()):
-        vm.domid = max(v.domid for v in dst.vms.values()) + 1  # a new domain id, as on Xen
-    dropped = 0
-    for p, _, _ in plan:
-        dropped += p.queue.clear()
-        p.switch.detach(p)  # type: ignore[union-attr]
-    _forget(fabric, vm)
-    del src.vms[vm.name]
-    vm.host = dst
-    ports, vm.ports = vm.ports, []
-    dst.vms[vm.name] = vm
-    fabric._register(vm.name, vm)
-    for p, sw, group in plan:
-        vm._plug(sw, p, group)  # same port object: the guest's VNic keeps working
+    try:
+        dropped = fabric.move_vm(vm, to)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("move ", "migrate ", 1)) from None
     for p in vm.ports:
         p.vnic.send(rarp_announce(p.mac))
-    return LocalMigration(vm.name, src.name, dst.name, len(ports), dropped)
+    return LocalMigration(vm.name, src.name, to, len(vm.ports), dropped)
