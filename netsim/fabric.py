@@ -1,10 +1,11 @@
 """The fabric: hosts, their PIFs, switches and VMs, the physical network, links and captures.
 
-`async with Fabric() as fab:` starts every task (one pump per link direction, guest callbacks,
-anything `spawn`ed) and stops them all on exit, closing capture files; a task that crashed is
-re-raised there, so a bug never goes unnoticed. Objects are built with plain calls
-(`fab.add_host("xen1")`, `host.add_pif("eth0")`, `vm.add_vif(bridge, "lan")`,
-`fab.link(eth0, phys_port)`) before or while the fabric runs, and looked up one way:
+`async with Fabric() as fab:` starts every task (one pump per link direction, a MAC aging sweep
+per switch, guest callbacks, anything `spawn`ed) and stops them all on exit, closing capture
+files; a task that crashed is re-raised there, so a bug never goes unnoticed. Objects are built
+with plain calls (`fab.add_host("xen1")`, `host.add_pif("eth0")`, `vm.add_vif(bridge, "lan")`,
+`fab.link(eth0, phys_port)`) before or while the fabric runs, removed or moved with
+`fab.remove_vm(vm)` / `fab.move_vm(vm, host)`, and looked up one way:
 
     fab["xen1"]          a host            fab["vm1"]        a VM
     fab["xen1/eth0"]     a PIF (or "eth0" when only one host has one)
@@ -29,6 +30,9 @@ from netsim.errors import CaptureError, ConfigError, NetsimError, TopologyError
 from netsim.policy import TeamingPolicy
 from netsim.port import Pif, Port, Vif, VlanPif, VmPort, VNic
 from netsim.switch import Bridge, PhysicalSwitch, PortGroup, StandardSwitch
+
+#: how many MAC table sweeps per aging time: an entry outlives its aging by at most a quarter
+AGING_SWEEPS = 4
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]*(/[A-Za-z0-9][A-Za-z0-9_.:@+-]*)*$")
 
@@ -197,6 +201,7 @@ class Host:
         sw = StandardSwitch(name, clock=self.fabric.clock, mac_table_size=mac_table_size,
                             aging_s=aging_s, teaming=teaming)
         self.fabric._register(f"{self.name}/{name}", sw)
+        self.fabric._add_bridge(sw)
         self.switches[name] = sw
         return sw
 
@@ -245,6 +250,7 @@ class Fabric:
         self._pending: list[tuple[Coroutine[Any, Any, Any], str]] = []
         self._macs = itertools.count(1)
         self._watched: list[Any] = []  # guest queues drained by on_receive callbacks
+        self._bridges: list[Bridge] = []  # every switch: each gets a MAC aging sweep task
         self.running = False
 
     # -- building ----------------------------------------------------------------------------
@@ -261,6 +267,7 @@ class Fabric:
         sw = PhysicalSwitch(name, clock=self.clock, mac_table_size=mac_table_size,
                             aging_s=aging_s)
         self._register(name, sw)
+        self._add_bridge(sw)
         self.switches[name] = sw
         return sw
 
@@ -540,10 +547,31 @@ class Fabric:
         return f"{oui}:{(n >> 16) & 0x7F:02x}:{(n >> 8) & 0xFF:02x}:{n & 0xFF:02x}"
 
     # -- running -----------------------------------------------------------------------------
+    def _add_bridge(self, sw: Bridge) -> None:
+        self._bridges.append(sw)
+        if self.running:
+            self._start_aging(sw)
+
+    def _start_aging(self, sw: Bridge) -> None:
+        self._start(self._age(sw), f"mac aging {sw.name}")
+
+    async def _age(self, sw: Bridge) -> None:
+        """Sweep `sw`'s MAC table every aging/`AGING_SWEEPS` seconds of the fabric's clock, so
+        the table's memory follows the live stations (lookups also expire entries lazily; the
+        frame path pays nothing for the sweep)."""
+        table = sw.mac_table
+        interval = table.aging_s / AGING_SWEEPS
+        sleep, now = self.clock.sleep, self.clock.now_ns
+        while True:
+            await sleep(interval)
+            table.expire(now())
+
     async def __aenter__(self) -> Fabric:
         self.running = True
         for link in self.links:
             self._start_link(link)
+        for sw in self._bridges:
+            self._start_aging(sw)
         pending, self._pending = self._pending, []
         for coro, name in pending:
             self._start(coro, name)
