@@ -93,10 +93,9 @@ class Link:
     async def pump(self, src: Port, dst: Port) -> None:
         """Move frames from `src`'s queue into `dst` until cancelled."""
         get_batch = src.queue.get_batch
-        receive = dst.receive
+        receive_batch = dst.receive_batch
         while True:
-            for frame in await get_batch():
-                receive(frame)
+            receive_batch(await get_batch())
 
     def __repr__(self) -> str:
         return f"<Link {self.name} {'up' if self.up else 'down'}>"

@@ -23,7 +23,7 @@ promiscuous only receives unicast for its own MAC.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,9 +221,11 @@ class Bridge:
         return {name: p.counters.as_dict() for name, p in self.ports.items()}
 
     # -- the pipeline ------------------------------------------------------------------------
-    def ingress(self, port: Port, frame: bytes) -> None:
-        """Switch one frame that arrived on `port`. Call `port.receive(frame)` to inject a frame:
-        it counts and taps the arrival, then calls this."""
+    def ingress(self, port: Port, frame: bytes, now: int | None = None) -> Port | None:
+        """Switch one frame that arrived on `port` (at `now`, default: the clock's now). Call
+        `port.receive(frame)` to inject a frame: it counts and taps the arrival, then calls
+        this. Returns the one port a known unicast frame was switched to (None for floods and
+        drops): `ingress_batch` reuses that decision for the frames that follow it."""
         c = port.counters
         n = len(frame)
         if n < 14:
@@ -270,7 +272,8 @@ class Bridge:
             c.drop("malformed")
             return
         src = frame[6:12]
-        now = self._now()
+        if now is None:
+            now = self._now()
         if port.sw_rx_checks:  # forged transmits Reject, shaping, reflection, mirroring
             if not port.sw_forged_ok and src != port.vnic.mac:
                 c.drop("forged-source")
@@ -296,8 +299,8 @@ class Bridge:
             limit=port.sw_mac_limit,
         ) == NO_SPACE:
             c.drop("no-learn-space")
-            return
-        self._forward(port, inner, tagged, vid, pcp, now)
+            return None
+        return self._forward(port, inner, tagged, vid, pcp, now)
 
     def _reflected(self, vid: int, src: bytes, now: int) -> bool:
         return False
@@ -313,15 +316,15 @@ class Bridge:
 
     def _forward(
         self, port: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int, now: int
-    ) -> None:
+    ) -> Port | None:
         if not inner[0] & 1:
             out = self._lookup(vid, inner[0:6], now)
             if out is not None:
                 if out is port:
                     port.counters.drop("same-port")
-                else:
-                    self._emit(out, inner, tagged, vid, pcp, now)
-                return
+                    return None
+                self._emit(out, inner, tagged, vid, pcp, now)
+                return out
         members = self._flood.get(vid)
         if members is None:
             members = self._members(vid)
@@ -332,6 +335,77 @@ class Bridge:
                 sent = True
         if not sent:
             port.counters.drop("no-destination")
+        return None
+
+    def _to_port(
+        self,
+        out: Port,
+        dst: bytes | None,
+        inner: bytes,
+        tagged: bytes | None,
+        vid: int,
+        pcp: int,
+        now: int,
+    ) -> bytes | None:
+        """Send to one output port (with its per-port checks: none on a plain bridge)."""
+        return self._emit(out, inner, tagged, vid, pcp, now)
+
+    def ingress_batch(self, port: Port, frames: Sequence[bytes]) -> None:
+        """Switch frames that arrived on `port`, in order: what `ingress` does to each, at one
+        clock reading for the batch, with the decision for a run of frames between the same
+        two stations (same header, not ARP) made once, by the first of them.
+
+        Call `port.receive_batch(frames)`, which counts the arrivals first. The frames after
+        the first of a run skip classification, learning (a refresh at the same instant
+        changes nothing) and lookup, and go through the output port's checks, tagging,
+        shaping and queueing one by one; a run is not reused when the input port shapes or
+        mirrors (both act per frame) or a promiscuous port must get a copy.
+        """
+        now = self._now()
+        ingress = self.ingress
+        to_port = self._to_port
+        reuse = port.sw_shaper is None and not port.sw_mirror_rx
+        hdr = None  # the run's header: dst, src, and the tag if any
+        out: Any = None
+        tagged_run = False
+        keep_tagged = False
+        vid = pcp = 0
+        dst = b""
+        limit = 0
+        for f in frames:
+            if hdr is not None and f.startswith(hdr) and 18 <= len(f) <= limit:
+                if tagged_run:
+                    to_port(out, dst, f[:12] + f[16:], f if keep_tagged else None, vid, pcp,
+                            now)
+                else:
+                    to_port(out, dst, f, None, vid, pcp, now)
+                continue
+            hdr = None
+            out = ingress(port, f, now)
+            if out is None or not reuse or self._promisc_copies() or len(f) < 18:
+                continue
+            if f[12] == 0x81 and f[13] == 0x00:
+                tci = (f[14] << 8) | f[15]
+                vid, pcp = tci & 0x0FFF, tci >> 13
+                if vid == 0:
+                    vid = port.sw_pvid
+                tagged_run = True
+                keep_tagged = (tci & 0x0FFF) != 0 and not tci & 0x1000
+                et = f[16:18]
+                hdr = f[:16]
+                limit = port.sw_max_tagged
+            else:
+                vid, pcp = port.sw_pvid, 0
+                tagged_run = keep_tagged = False
+                et = f[12:14]
+                hdr = f[:14]
+                limit = port.sw_max_untagged
+            if et == b"\x08\x06":  # ARP: learning looks at each one (GARP locks)
+                hdr = None
+            dst = f[0:6]
+
+    def _promisc_copies(self) -> bool:
+        return False
 
     def _emit(
         self, out: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int, now: int
@@ -664,7 +738,7 @@ class StandardSwitch(Bridge):
 
     def _forward(
         self, port: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int, now: int
-    ) -> None:
+    ) -> Port | None:
         from_vm = port.sw_role == ROLE_VM
         if not from_vm and port not in self.uplinks_in_use():
             # Teaming, no duplicates on the way in: a standby uplink takes nothing while an
@@ -728,7 +802,7 @@ class StandardSwitch(Bridge):
                     for p in fl[1]:
                         if p is not port and p is not out:
                             tagged = self._to_port(p, None, inner, tagged, vid, pcp, now)
-                return
+                return out
         fl = self._vm_flood.get(vid)
         if fl is None:
             fl = self._vm_members(vid)
@@ -751,6 +825,10 @@ class StandardSwitch(Bridge):
                 sent = True
         if not sent:
             port.counters.drop(reason)
+        return None
+
+    def _promisc_copies(self) -> bool:
+        return self._any_promisc
 
     def _to_port(
         self,
