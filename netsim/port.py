@@ -292,7 +292,7 @@ class Port:
         """Several frames arrive, in order: the same as `receive` for each, switched in one
         pipeline call (`ingress_batch`) when the port is up, untapped and attached."""
         sw = self.switch
-        if not self.tx_plain or sw is None:  # taps, link down or detached: one by one
+        if not self.tx_plain or sw is None or len(frames) < 2:  # taps, link down, detached
             for f in frames:
                 self.receive(f)
             return
