@@ -66,6 +66,7 @@ class RemoteMacTable:
         self._where: dict[tuple[int, bytes], str] = {}
         self.evictions = 0
         self.moves = 0
+        self.expirations = 0
 
     def __len__(self) -> int:
         return len(self._where)
@@ -89,6 +90,26 @@ class RemoteMacTable:
         key, _ = self._by_host[host].popitem(last=False)
         del self._where[key]
         self.evictions += 1
+
+    def expire(self) -> int:
+        """Drop every entry not seen for longer than the aging time; returns how many.
+
+        Each host's entries are kept oldest first, so this costs what it removes."""
+        limit = self.clock.now_ns() - self.aging_ns
+        gone = 0
+        for host in list(self._by_host):
+            entries = self._by_host[host]
+            while entries:
+                key, seen = next(iter(entries.items()))
+                if seen >= limit:
+                    break
+                del entries[key]
+                del self._where[key]
+                gone += 1
+            if not entries:
+                del self._by_host[host]
+        self.expirations += gone
+        return gone
 
     def lookup(self, vid: int, mac: bytes) -> str | None:
         """The host behind `mac` in `vid`, or None (unknown or aged out)."""
@@ -404,7 +425,17 @@ class ProxyLink:
         )
         task = _start(self._receive(sub), f"{self.host} {self.vds} unicast in", self.failures)
         self._stack.callback(task.cancel)
+        aging = _start(self._age(), f"{self.host} {self.vds} remote MAC aging", self.failures)
+        self._stack.callback(aging.cancel)
         return self
+
+    async def _age(self) -> None:
+        """Sweep the remote MAC table every quarter of its aging time, as the fabric sweeps
+        the switches' tables, so it holds only stations still heard from."""
+        interval = self.remote.aging_ns / NS / 4
+        while True:
+            await self.clock.sleep(interval)
+            self.remote.expire()
 
     async def __aexit__(
         self,
