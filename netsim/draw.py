@@ -100,6 +100,10 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                     label += "\ninternal"
                 if spec.shaping:
                     label += f"\nshaped {spec.shaping.average_bps / 1e6:g} Mbit/s"
+                if spec.teaming is not None:  # the port group overrides its switch's teaming
+                    label += f"\nteaming: {', '.join(spec.teaming.active)} active"
+                    if spec.teaming.standby:
+                        label += f", {', '.join(spec.teaming.standby)} standby"
             elif kind == "switch":
                 label = data["name"]
                 if spec.teaming is not None and spec.teaming.standby:

@@ -42,6 +42,13 @@ def test_standby_uplink_is_drawn_dashed() -> None:
     assert "shaped 10 Mbit/s" in dot
 
 
+def test_port_group_teaming_override_is_labelled() -> None:
+    from tests.topology.test_lab import per_group_team
+
+    dot = to_dot(per_group_team().build())
+    assert "Backup\\nVLAN 20\\nteaming: vmnic1 active, vmnic0 standby" in dot
+
+
 def test_unknown_picture_format_is_one_clear_line(tmp_path) -> None:
     result = runner.invoke(app, ["draw", str(EXAMPLES[0]), "-o", str(tmp_path / "x.gif")])
     assert result.exit_code != 0
