@@ -253,6 +253,18 @@ class VhdImage:
                 footer = Footer.unpack(raw511, source=src, offset=fsize - 511)
                 end_off = fsize - 511
         copy_raw = io.pread(0, fmt.FOOTER_SIZE)
+        if footer is not None and not (footer.disk_type == fmt.DISK_FIXED
+                                       and footer.current_size == end_off):
+            # A footer of *another* disk in the last sector: guest data (a VHD file stored in
+            # this disk) at the end of a block whose allocation was cut before our footer
+            # landed. Our identity is the copy at offset 0; treat the end footer as lost.
+            try:
+                copy0 = Footer.unpack(copy_raw, source=src, offset=0)
+            except VhdFormatError:
+                copy0 = None
+            if copy0 is not None and copy0.disk_type != fmt.DISK_FIXED and \
+                    copy0.uuid != footer.uuid:
+                footer = None
         if footer is None:
             if copy_raw[:8] != fmt.FOOTER_COOKIE:
                 raise VhdFormatError(
