@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ipaddress
-import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,9 +35,8 @@ class PingResult:
 class GuestAgent:
     """Runs one VM's `Guest` on a clock, sending through one function per vNIC."""
 
-    _idents = itertools.count(1)
-
-    def __init__(self, guest: Guest, senders: Sequence[SendFn], clock: Any) -> None:
+    def __init__(self, guest: Guest, senders: Sequence[SendFn], clock: Any, *,
+                 ident: int = 1) -> None:
         if len(senders) != len(guest.ifaces):
             raise ValueError(f"{guest.name}: {len(guest.ifaces)} interfaces but "
                              f"{len(senders)} senders")
@@ -47,7 +45,7 @@ class GuestAgent:
         self.clock = clock
         self.received: deque[Received] = deque(maxlen=4096)
         self._waiting: dict[tuple[int, int], asyncio.Future[Received]] = {}
-        self._ident = next(self._idents) & 0xFFFF
+        self._ident = ident & 0xFFFF  # ICMP echo identifier of this guest's pings
         self._seq = 0
         self._pending_sends: set[asyncio.Task[Any]] = set()
 
@@ -103,12 +101,13 @@ class GuestAgent:
         self._waiting[key] = fut
         start = self.clock.now_ns()
         try:
-            out = self.guest.ping(dst, ident=key[0], seq=key[1], payload=payload)
-            if not out:  # no route: nothing was sent, nothing can come back
+            if self.guest.route(dst) is None:  # nothing can be sent, nothing can come back
+                self.guest.counters["no-route"] += 1
                 return PingResult(self.name, dst, key[1], False)
-            self._send(out)
+            # (an empty list is fine: the packet waits behind an ARP request already out)
+            self._send(self.guest.ping(dst, ident=key[0], seq=key[1], payload=payload))
             if not await self._sleep_or(fut, wait_s / 2):
-                self._send(self.guest.retry_arp())
+                self._send(self.guest.retry_arp(dst))
                 await self._sleep_or(fut, wait_s / 2)
             if fut.done():
                 reply = fut.result()

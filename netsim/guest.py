@@ -223,9 +223,15 @@ class Guest:
         self.counters["tx-arp-request"] += 1
         return ifindex, self._eth(st, BROADCAST, ETH_ARP) + body
 
-    def retry_arp(self) -> list[Tx]:
-        """Re-send ARP requests for next hops that still have packets waiting."""
-        return [self.arp_request(ifindex, hop) for (ifindex, hop) in self._pending]
+    def retry_arp(self, dst: ipaddress.IPv4Address | None = None) -> list[Tx]:
+        """Re-send the ARP request for the next hop toward `dst` if packets still wait for it
+        (for every such next hop when `dst` is None)."""
+        if dst is None:
+            return [self.arp_request(ifindex, hop) for (ifindex, hop) in self._pending]
+        route = self.route(dst)
+        if route is None or (route[0], route[1].packed) not in self._pending:
+            return []
+        return [self.arp_request(route[0], route[1].packed)]
 
     def _eth(self, st: _IfState, dst: bytes, ethertype: int) -> bytes:
         if st.vlan is None:

@@ -43,6 +43,7 @@ DROP_REASONS = (
     "uplink-to-uplink",  # a vSwitch never forwards between its uplinks
     "no-destination",  # no other port carries the frame's VLAN
     "reflected",  # a vSwitch's own vNIC source MAC coming back in from the physical network
+    "uplink-not-in-use",  # teaming: arrived on a standby uplink while an active one is up
 )
 
 #: A tap sees every frame crossing a port: (frame bytes, outbound?). Captures read their clock.

@@ -387,6 +387,7 @@ class StandardSwitch(Bridge):
         self._teaming = teaming if teaming is not None else TeamingPolicy()
         self._team: dict[Port, Port | None] = {}
         self._vm_flood: dict[int, tuple[tuple[Port, ...], tuple[Port, ...]]] = {}
+        self._in_use: frozenset[Port] | None = None
 
     # -- configuration -----------------------------------------------------------------------
     def add_port_group(self, group: PortGroup) -> PortGroup:
@@ -478,6 +479,7 @@ class StandardSwitch(Bridge):
         self._flood.clear()
         self._vm_flood.clear()
         self._team.clear()
+        self._in_use = None
 
     # -- teaming -----------------------------------------------------------------------------
     def team_order(self) -> tuple[list[Pif], list[Pif]]:
@@ -508,6 +510,18 @@ class StandardSwitch(Bridge):
         self._team[port] = choice
         return choice
 
+    def uplinks_in_use(self) -> frozenset[Port]:
+        """The uplinks carrying traffic now: the active ones that are up, else the first standby
+        that is up (only the first of them under explicit failover)."""
+        in_use = self._in_use
+        if in_use is None:
+            active, standby = self.team_order()
+            up = [u for u in active if u.link_up] or [u for u in standby if u.link_up][:1]
+            if self._teaming.load_balancing is not LoadBalancing.PORT_ID:
+                up = up[:1]
+            in_use = self._in_use = frozenset(up)
+        return in_use
+
     # -- the pipeline ------------------------------------------------------------------------
     def _reflected(self, vid: int, src: bytes, now: int) -> bool:
         # A frame from the physical network carrying a local vNIC's source MAC is our own frame
@@ -527,6 +541,11 @@ class StandardSwitch(Bridge):
         self, port: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int, now: int
     ) -> None:
         from_vm = port.sw_role == ROLE_VM
+        if not from_vm and port not in self.uplinks_in_use():
+            # Teaming, no duplicates on the way in: a standby uplink takes nothing while an
+            # active one is up (the physical network may flood to both).
+            port.counters.drop("uplink-not-in-use")
+            return
         dst = inner[0:6]
         unicast = not inner[0] & 1
         fl = self._vm_flood.get(vid)
@@ -555,7 +574,9 @@ class StandardSwitch(Bridge):
         sent = False
         check = dst if unicast else None
         for p in vms:
-            if p is not port:
+            # A flood that came in on an uplink reaches only the VM ports pinned to that uplink,
+            # so each VM gets one copy however many active uplinks the flood arrives on.
+            if p is not port and (from_vm or self.uplink_for(p) is port):
                 tagged = self._to_port(p, check, inner, tagged, vid, pcp, now)
                 sent = True
         if from_vm:

@@ -550,6 +550,11 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
             forged_transmits=c.boolean(sec.get("forged_transmits"),
                                        (*np_, "security", "forged_transmits"), True))
         shaping = _shaping(c, n.get("shaping"), (*np_, "shaping"))
+        if htype == "xen" and 1 <= vlan <= 4094:
+            twin = next((o for o in networks.values() if o.switch == sw and o.vlan == vlan), None)
+            if twin is not None:  # xapi: one VLAN PIF ethX.VID, one network
+                raise c.fail((*np_, "vlan"), f"VLAN {vlan} on {sw} is already network "
+                             f"{twin.name}")
         networks[nname] = NetworkSpec(hname, nname, sw, vlan, internal, security, shaping)
 
     vm_dicts: list[dict[str, Any]] = []

@@ -77,7 +77,7 @@ class _Refused(Exception):
 
 
 class BlkBack:
-    """Serves `disk` to frontend domain `frontend_domid`, device `devid`, until `stop()`."""
+    """Serves `disk` to frontend domain `frontend_domid`, device `devid`, while `run()` runs."""
 
     def __init__(self, disk: BlockDevice, *, xs: Xs, mapper: GrantMapper,
                  bind: EventChannelBinder, frontend_domid: int, devid: int,
@@ -101,8 +101,8 @@ class BlkBack:
 
     # --- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
-        """Negotiate, serve, and renegotiate whenever the frontend starts over; never returns
-        on its own (cancel it, or use `stop`)."""
+        """Negotiate, serve, and renegotiate whenever the frontend starts over; runs until
+        cancelled (`Hypervisor.detach_vbd` does that)."""
         try:
             while True:
                 await self._set_state(XenbusState.INITIALISING)

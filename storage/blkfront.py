@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from storage import blkif
@@ -41,7 +41,7 @@ from storage.ring import (
     PageAllocator,
     SharedRing,
 )
-from storage.xenstore import XenbusState, Xs, parse_state, read_int, wait_for_state
+from storage.xenstore import XenbusState, Xs, read_int, wait_for_state
 
 
 class BlkIOError(StorageError):
@@ -73,7 +73,6 @@ class FrontendStats:
     responses: int = 0
     errors: int = 0
     unknown_responses: int = 0
-    ops: dict[str, int] = field(default_factory=dict)
 
 
 class BlkFront:
@@ -414,8 +413,3 @@ class BlkFront:
             return
         await self._one(lambda rid: DiscardRequest(rid, first, end - first),
                            what=f"discard of {end - first} sectors at sector {first}")
-
-
-def backend_state_name(value: str | None) -> str:
-    """Readable name of a xenbus state node's value."""
-    return parse_state(value).name

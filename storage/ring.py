@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
+import os
 import socket
 import struct
+import sys
 from collections.abc import Callable
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 from typing import Protocol
 
 from storage import blkif
@@ -46,9 +49,6 @@ GTF_READONLY = 0x4
 GRANTS_PER_PAGE = PAGE_SIZE // GRANT_ENTRY.size  # 512
 RESERVED_GREFS = 8  # GNTTAB_NR_RESERVED_ENTRIES: the toolstack's, never handed out
 
-# Segments this process created: attaching to one of those must not touch the resource tracker.
-_CREATED_HERE: set[str] = set()
-
 
 class DomainMemory:
     """A guest's memory: `grant_pages` pages of grant table, then `ram_pages` pages of RAM.
@@ -65,6 +65,8 @@ class DomainMemory:
         self.grant_pages = grant_pages
         self._shm = shm
         self._owner = owner
+        self._mmap: mmap.mmap | None = None
+        self._attached_name: str | None = None
         self._buf = buf
         self.grant_buf = buf[: grant_pages * PAGE_SIZE]
         self.ram = buf[grant_pages * PAGE_SIZE: (grant_pages + ram_pages) * PAGE_SIZE]
@@ -79,26 +81,39 @@ class DomainMemory:
     def shared(cls, ram_pages: int, *, grant_pages: int = 4) -> DomainMemory:
         """Memory in a new shared-memory segment (named by `.name`), owned by this process."""
         shm = shared_memory.SharedMemory(create=True, size=(ram_pages + grant_pages) * PAGE_SIZE)
-        _CREATED_HERE.add(shm.name)
         return cls(shm.buf, ram_pages=ram_pages, grant_pages=grant_pages, shm=shm)
 
     @classmethod
     def attach(cls, name: str, *, ram_pages: int, grant_pages: int) -> DomainMemory:
-        """Map a segment another process created; this process never unlinks it."""
+        """Map a segment another process created; this process never unlinks it.
+
+        Mapped with mmap rather than `SharedMemory(name=...)`: before Python 3.13 the latter
+        registers the segment with the resource tracker, which then unlinks the creator's
+        segment when this process exits (or, for a multiprocessing child sharing the tracker,
+        forgets the creator's registration).
+        """
+        import _posixshmem
+
         try:
-            shm = shared_memory.SharedMemory(name=name)
+            fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDWR, mode=0o600)
         except FileNotFoundError as exc:
             raise RingProtocolError(f"shared memory {name!r} does not exist") from exc
-        # Python < 3.13 registers attachments with the resource tracker, which would unlink
-        # the creator's segment when this process exits.
-        if shm.name not in _CREATED_HERE:
-            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-        return cls(shm.buf, ram_pages=ram_pages, grant_pages=grant_pages, shm=shm, owner=False)
+        try:
+            size = os.fstat(fd).st_size
+            if size < (ram_pages + grant_pages) * PAGE_SIZE:
+                raise RingProtocolError(f"shared memory {name!r} is only {size} bytes")
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        mem = cls(memoryview(mm), ram_pages=ram_pages, grant_pages=grant_pages, owner=False)
+        mem._mmap = mm
+        mem._attached_name = name
+        return mem
 
     @property
     def name(self) -> str | None:
         """The shared-memory segment's name (None for local memory)."""
-        return self._shm.name if self._shm else None
+        return self._shm.name if self._shm else self._attached_name
 
     def page(self, pfn: int) -> memoryview:
         """RAM page `pfn` (guest-side access: no grant needed for one's own memory)."""
@@ -111,10 +126,12 @@ class DomainMemory:
         self.grant_buf.release()
         self.ram.release()
         self._buf.release()
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
         if self._shm is not None:
             self._shm.close()
             if self._owner:
-                _CREATED_HERE.discard(self._shm.name)
                 with contextlib.suppress(FileNotFoundError):
                     self._shm.unlink()
             self._shm = None
@@ -167,6 +184,7 @@ class GrantTable:
         self.nr_entries = memory.grant_pages * GRANTS_PER_PAGE
         self._ram_pages = memory.ram_pages
         self._free = list(range(self.nr_entries - 1, RESERVED_GREFS - 1, -1))
+        self._buf[:] = bytes(len(self._buf))  # a booting guest starts with no grants
 
     def grant_access(self, pfn: int, domid: int, *, readonly: bool) -> int:
         """Let domain `domid` map page `pfn`; returns the grant reference."""
@@ -235,6 +253,12 @@ class GrantMapper:
 
 
 # --- rings ------------------------------------------------------------------------------------
+if sys.byteorder != "little":  # the ring is the x86-64 ABI; native u32 items must be little-endian
+    raise ImportError("storage.ring needs a little-endian host")
+_REQ_PROD, _REQ_EVENT, _RSP_PROD, _RSP_EVENT = (o // 4 for o in (
+    blkif.REQ_PROD_OFF, blkif.REQ_EVENT_OFF, blkif.RSP_PROD_OFF, blkif.RSP_EVENT_OFF))
+
+
 class SharedRing:
     """The shared ring pages (`io/ring.h` sring): header then `nr_ents` 112-byte slots."""
 
@@ -244,6 +268,10 @@ class SharedRing:
         self.buf = buf
         self.nr_pages = nr_pages
         self.nr_ents = blkif.ring_slots(nr_pages)
+        # The four indices as native u32 items: each read or write is one aligned 4-byte
+        # access. struct's little-endian codecs move one byte at a time, so the other process
+        # could see a half-updated index (seen: rsp_prod 7573 "behind" the consumer).
+        self.idx = buf[:16].cast("I")
 
     def init(self) -> None:
         """SHARED_RING_INIT: producers 0, events 1, padding zeroed (the frontend does this)."""
@@ -264,6 +292,7 @@ class FrontRing:
     def __init__(self, sring: SharedRing) -> None:
         self.sring = sring
         self.buf = sring.buf
+        self.idx = sring.idx
         self.nr_ents = sring.nr_ents
         self.req_prod_pvt = 0
         self.rsp_cons = 0
@@ -288,15 +317,15 @@ class FrontRing:
 
     def push_requests(self) -> bool:
         """Publish private requests; True iff the backend asked to be notified of them."""
-        buf = self.buf
-        old = blkif.read_u32(buf, blkif.REQ_PROD_OFF)
+        idx = self.idx
+        old = idx[_REQ_PROD]
         new = self.req_prod_pvt
-        blkif.write_u32(buf, blkif.REQ_PROD_OFF, new)
-        return blkif.need_notify(new, old, blkif.read_u32(buf, blkif.REQ_EVENT_OFF))
+        idx[_REQ_PROD] = new
+        return blkif.need_notify(new, old, idx[_REQ_EVENT])
 
     def unconsumed_responses(self) -> int:
         """Responses published but not yet taken."""
-        return (blkif.read_u32(self.buf, blkif.RSP_PROD_OFF) - self.rsp_cons) & U32
+        return (self.idx[_RSP_PROD] - self.rsp_cons) & U32
 
     def take_response(self) -> blkif.Response:
         """The next response (caller checked `unconsumed_responses`)."""
@@ -308,7 +337,7 @@ class FrontRing:
         """Re-arm `rsp_event` and look once more; True means do not sleep."""
         if self.unconsumed_responses():
             return True
-        blkif.write_u32(self.buf, blkif.RSP_EVENT_OFF, self.rsp_cons + 1)
+        self.idx[_RSP_EVENT] = (self.rsp_cons + 1) & U32
         return bool(self.unconsumed_responses())
 
 
@@ -318,6 +347,7 @@ class BackRing:
     def __init__(self, sring: SharedRing) -> None:
         self.sring = sring
         self.buf = sring.buf
+        self.idx = sring.idx
         self.nr_ents = sring.nr_ents
         self.rsp_prod_pvt = 0
         self.req_cons = 0
@@ -328,7 +358,7 @@ class BackRing:
         Raises `RingOverflowError` if the frontend's `req_prod` is more than a ring ahead of the
         responses (RING_REQUEST_PROD_OVERFLOW): such a frontend must be disconnected.
         """
-        prod = blkif.read_u32(self.buf, blkif.REQ_PROD_OFF)
+        prod = self.idx[_REQ_PROD]
         if ((prod - self.rsp_prod_pvt) & U32) > self.nr_ents:
             raise RingOverflowError(
                 f"req_prod {prod} is more than {self.nr_ents} ahead of "
@@ -350,17 +380,17 @@ class BackRing:
 
     def push_responses(self) -> bool:
         """Publish responses; True iff the frontend asked to be notified of them."""
-        buf = self.buf
-        old = blkif.read_u32(buf, blkif.RSP_PROD_OFF)
+        idx = self.idx
+        old = idx[_RSP_PROD]
         new = self.rsp_prod_pvt
-        blkif.write_u32(buf, blkif.RSP_PROD_OFF, new)
-        return blkif.need_notify(new, old, blkif.read_u32(buf, blkif.RSP_EVENT_OFF))
+        idx[_RSP_PROD] = new
+        return blkif.need_notify(new, old, idx[_RSP_EVENT])
 
     def final_check_for_requests(self) -> bool:
         """Re-arm `req_event` and look once more; True means do not sleep."""
         if self.unconsumed_requests():
             return True
-        blkif.write_u32(self.buf, blkif.REQ_EVENT_OFF, self.req_cons + 1)
+        self.idx[_REQ_EVENT] = (self.req_cons + 1) & U32
         return bool(self.unconsumed_requests())
 
 

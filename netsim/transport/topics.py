@@ -8,8 +8,8 @@ plane (the "vCenter" user) publishes the distributed switches' configuration and
     hvsim/<fabric>/ctl/<host>                   QoS 1: commands to a host (migrate, …)
     hvsim/<fabric>/host/<host>/presence         retained: online / offline (last will)
     hvsim/<fabric>/host/<host>/status           retained JSON: config versions applied, ports
-    hvsim/<fabric>/host/<host>/data/to/<dst>    QoS 0: frame batches for one host
-    hvsim/<fabric>/host/<host>/data/flood/<vid> QoS 0: frame batches for every host in VLAN <vid>
+    hvsim/<fabric>/host/<host>/data/<vds>/to/<dst>    QoS 0: frame batches for one host
+    hvsim/<fabric>/host/<host>/data/<vds>/flood/<vid> QoS 0: batches for every host in VLAN <vid>
 """
 from __future__ import annotations
 
@@ -72,19 +72,23 @@ class Topics:
     def all_status(self) -> str:
         return f"{self.prefix}/host/+/status"
 
-    def unicast(self, src: str, dst: str) -> str:
-        return f"{self.prefix}/host/{src}/data/to/{dst}"
+    def unicast(self, src: str, dst: str, vds: str = "dvs") -> str:
+        return f"{self.prefix}/host/{src}/data/{vds}/to/{dst}"
 
-    def unicast_to(self, dst: str) -> str:
-        """Filter: every batch addressed to `dst`, from any host."""
-        return f"{self.prefix}/host/+/data/to/{dst}"
+    def unicast_to(self, dst: str, vds: str = "dvs") -> str:
+        """Filter: every batch of switch `vds` addressed to `dst`, from any host."""
+        return f"{self.prefix}/host/+/data/{vds}/to/{dst}"
 
-    def flood(self, src: str, vid: int) -> str:
-        return f"{self.prefix}/host/{src}/data/flood/{vid}"
+    def flood(self, src: str, vid: int, vds: str = "dvs") -> str:
+        return f"{self.prefix}/host/{src}/data/{vds}/flood/{vid}"
 
-    def flood_in(self, vid: int) -> str:
-        """Filter: every flood batch of VLAN `vid`, from any host."""
-        return f"{self.prefix}/host/+/data/flood/{vid}"
+    def flood_in(self, vid: int, vds: str = "dvs") -> str:
+        """Filter: every flood batch of VLAN `vid` on switch `vds`, from any host."""
+        return f"{self.prefix}/host/+/data/{vds}/flood/{vid}"
+
+    @property
+    def all_vds_configs(self) -> str:
+        return f"{self.prefix}/vds/+/config"
 
     def host_of(self, topic: str) -> str | None:
         """The publishing host named by a `…/host/<host>/…` topic, or None."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from rich.table import Table
 from storage.errors import LvmError
 from storage.lvm import VolumeGroup, list_vgs, pvcreate, scan
 from storage.lvm.alloc import free_areas
+from storage.lvm.units import human, parse_size
 from storage.lvm.vg import read_mda_text
 
 lvm_app = typer.Typer(
@@ -32,10 +32,7 @@ lvm_app = typer.Typer(
          "Example: hvsim lvm pvcreate pv0.img --size 1g && hvsim lvm vgcreate vg0 pv0.img",
     no_args_is_help=True,
 )
-console = Console()
-
-_UNITS = {"b": 1, "s": 512, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
-          "p": 1 << 50, "e": 1 << 60}
+console = Console(soft_wrap=True)  # long paths stay on one line (and greppable)
 
 DevicesOpt = Annotated[
     list[str] | None,
@@ -46,24 +43,6 @@ DevicesOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON report instead of a table.")]
 ReportFmtOpt = Annotated[str, typer.Option("--reportformat",
                                            help="'basic' table or 'json' (as LVM2).")]
-
-
-def parse_size(text: str, *, default_unit: str = "m") -> int:
-    """`10g`, `512M`, `4096b`, `100` (default MiB) → bytes, as LVM2 reads -L."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bBsSkKmMgGtTpPeE]?)(?:i?[bB])?\s*", text)
-    if not m:
-        raise LvmError(f"invalid size {text!r} (examples: 100m, 1.5g, 4096b)")
-    unit = (m.group(2) or default_unit).lower()
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
-def human(n: int) -> str:
-    """LVM2's default size display: `20.00m`."""
-    for unit, factor in (("e", 1 << 60), ("p", 1 << 50), ("t", 1 << 40), ("g", 1 << 30),
-                         ("m", 1 << 20), ("k", 1 << 10)):
-        if n >= factor:
-            return f"{n / factor:.2f}{unit}"
-    return f"{n}b"
 
 
 def _devices(devices: list[str] | None) -> list[str]:
@@ -238,9 +217,12 @@ def lvcreate_cmd(
     if permission not in ("rw", "r"):
         raise LvmError("--permission must be rw or r")
     with _vg(vg, devices) as g:
-        g.lvcreate(lv, parse_size(size), snapshot_of=snapshot,
+        want = parse_size(size)
+        g.lvcreate(lv, want, snapshot_of=snapshot,
                    chunk_size=parse_size(chunksize), read_only=permission == "r")
         actual = g.lv_size(lv)
+    if actual != want:
+        console.print(f"Rounding up size to full physical extent {human(actual)}.")
     console.print(f'Logical volume "{lv}" created ({human(actual)}).')
 
 
@@ -257,8 +239,11 @@ def lvextend_cmd(
     vg, name = _split_lv(lv)
     with _vg(vg, devices) as g:
         old = g.lv_size(name)
-        g.lvextend(name, _new_size(size, old, sign_ok="+"))
+        want = _new_size(size, old, sign_ok="+")
+        g.lvextend(name, want)
         new = g.lv_size(name)
+    if new != want:
+        console.print(f"Rounding size to boundary between physical extents: {human(new)}.")
     console.print(f"Size of logical volume {vg}/{name} changed from {human(old)} to "
                   f"{human(new)}.")
 
@@ -383,11 +368,22 @@ def _report(kind: str, rows: list[dict[str, str]], cols: list[str], as_json: boo
     if as_json:
         sys.stdout.write(json.dumps({"report": [{kind: rows}]}, indent=2) + "\n")
         return
+    cells = [[human(int(r[c])) if c in _SIZES and r[c] else r[c] for c in cols] for r in rows]
+    if not console.is_terminal:  # plain aligned text: nothing cut, easy to grep and awk
+        heads = [_HEADINGS[c] for c in cols]
+        widths = [max(len(x) for x in [h] + [row[i] for row in cells])
+                  for i, h in enumerate(heads)]
+        for line in [heads, *cells]:
+            sys.stdout.write("  ".join(x.rjust(w) if c in _SIZES else x.ljust(w)
+                                       for x, w, c in zip(line, widths, cols, strict=True))
+                             .rstrip() + "\n")
+        return
     table = Table(box=None, pad_edge=False)
     for c in cols:
-        table.add_column(_HEADINGS[c], justify="right" if c in _SIZES else "left")
-    for r in rows:
-        table.add_row(*[human(int(r[c])) if c in _SIZES else r[c] for c in cols])
+        table.add_column(_HEADINGS[c], justify="right" if c in _SIZES else "left",
+                         no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
 
 

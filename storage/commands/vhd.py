@@ -292,12 +292,15 @@ def sr_create(
     name: Annotated[str, typer.Option("--name", help="name-label.")] = "",
     device_config: Annotated[list[str] | None, typer.Option(
         "--device-config", help="KEY=VALUE passed to the SR type (repeatable).")] = None,
+    size: Annotated[str | None, typer.Option(
+        "--size", help="lvm/lvhd: size of the PV file made in the SR directory (e.g. 10G); "
+                       "same as --device-config size=SIZE.")] = None,
 ) -> None:
     """Create an SR and print its UUID.
 
-    Example: hvsim sr create ./sr1 --type file
+    Example: hvsim sr create ./sr1 --type file; hvsim sr create ./sr2 --type lvhd --size 10G
     """
-    cfg: dict[str, str] = {}
+    cfg: dict[str, str] = {"size": str(parse_size(size))} if size else {}
     for item in device_config or []:
         k, sep, v = item.partition("=")
         if not sep:

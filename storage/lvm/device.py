@@ -8,11 +8,13 @@ own writes); `LvRawIO` lets a format driver (a VHD for LVHD) live inside an LV.
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from storage.errors import LvmError
-from storage.lvm.cow import CowStore, SnapshotInvalidError
+from storage.lvm.cow import CowStore
 from storage.rawio import RawIO
 
 
@@ -39,6 +41,8 @@ class ExtentMap:
         # striped segments: (lv_offset, length, [(io, phys base) per stripe], stripe bytes)
         self._striped = stripe_runs or []
         self._single = runs[0] if len(runs) == 1 and not self._striped else None
+        self.single = self._single
+        self.striped = bool(self._striped)
         self.ios = list({id(r.io): r.io for r in runs}.values())
         for _, _, stripes, _ in self._striped:
             for io, _ in stripes:
@@ -109,38 +113,107 @@ class ExtentMap:
             io.flush()
 
 
-class LogicalVolumeDevice:
-    """A plain LV as a `BlockDevice`; origin writes copy old chunks into its snapshots first."""
+class VgView(Protocol):
+    """What an LV device needs from its volume group (implemented by `VolumeGroup`)."""
 
-    def __init__(self, name: str, emap: ExtentMap, *, read_only: bool = False,
-                 snapshots: Callable[[], list[CowStore]] | None = None,
-                 zero: Callable[[int, int], None] | None = None) -> None:
-        self.name = name
-        self.map = emap
-        self._read_only = read_only
-        self._snapshots = snapshots or (lambda: [])
-        self._zero = zero
+    generation: int
+
+    def lv_binding(self, lv_id: str) -> LvBinding: ...
+
+
+@dataclass
+class LvBinding:
+    """An LV's current mapping, resolved by the VG for one metadata generation."""
+
+    name: str  # "vg/lv"
+    map: ExtentMap  # the LV's own extents (for a snapshot: its origin's)
+    read_only: bool
+    stores: list[CowStore]  # origin: its snapshots' stores; snapshot: [its own store]
+    fast: tuple[int, int] | None = None  # (fd, byte offset) when one file holds the whole LV
+
+
+class _LvDeviceBase:
+    """Follows the VG's metadata: a resize, rename or new snapshot applies to open devices."""
+
+    def __init__(self, vg: VgView, lv_id: str) -> None:
+        self._vg = vg
+        self._lv_id = lv_id
+        self._gen = -1
         self.closed = False
+        self._refresh()
+
+    def _refresh(self) -> None:
+        b = self._vg.lv_binding(self._lv_id)
+        self.name = b.name
+        self.map = b.map
+        self._read_only = b.read_only
+        self._stores = b.stores
+        self._size = b.map.size()
+        self._fd, self._base = b.fast if b.fast is not None else (-1, 0)
+        self._gen = self._vg.generation
 
     @property
     def size(self) -> int:
-        """LV size in bytes."""
-        return self.map.size()
+        """Size in bytes."""
+        if self._gen != self._vg.generation:
+            self._refresh()
+        return self._size
 
     @property
     def read_only(self) -> bool:
-        """True for LVs without the WRITE flag."""
+        """True when writes are refused."""
         return self._read_only
+
+    def _bounds(self, offset: int, length: int) -> None:
+        raise LvmError(f"{self.name}: I/O at {offset}+{length} beyond the LV's {self._size} bytes")
+
+    def close(self) -> None:
+        """Flush; the PV files stay open with the VG."""
+        if not self.closed:
+            self.flush()
+            self.closed = True
+
+    def flush(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class LogicalVolumeDevice(_LvDeviceBase):
+    """A plain LV as a `BlockDevice`; origin writes copy old chunks into its snapshots first."""
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes at `offset`."""
+        if self._gen != self._vg.generation:
+            self._refresh()
+        if offset < 0 or length < 0 or offset + length > self._size:
+            self._bounds(offset, length)
+        if self._fd >= 0:  # linear LV in one file: straight to the PV (the hot path)
+            return os.pread(self._fd, length, self._base + offset)
         return self.map.pread(offset, length)
+
+    def write(self, offset: int, data: bytes, *, _skip: CowStore | None = None) -> None:
+        """Write `data` at `offset` after preserving the old chunks in every valid snapshot."""
+        if self._gen != self._vg.generation:
+            self._refresh()
+        if self._read_only:
+            raise LvmError(f"{self.name}: logical volume is read-only")
+        n = len(data)
+        if offset < 0 or offset + n > self._size:
+            self._bounds(offset, n)
+        if self._stores:
+            self._preserve(offset, n, _skip)
+        if self._fd >= 0:
+            pos, view = self._base + offset, memoryview(data)
+            while view:
+                done = os.pwrite(self._fd, view, pos)
+                view, pos = view[done:], pos + done
+            return
+        self.map.pwrite(offset, data)
 
     def _preserve(self, offset: int, length: int, skip: CowStore | None = None) -> None:
         if length <= 0:
             return
-        size = self.size
-        for s in self._snapshots():
+        size = self._size
+        for s in self._stores:
             if s is skip or not s.valid:
                 continue
             c = s.chunk
@@ -152,26 +225,21 @@ class LogicalVolumeDevice:
                 if s.add(idx, old) is None:  # store full: the snapshot is now invalid
                     break
 
-    def write(self, offset: int, data: bytes, *, _skip: CowStore | None = None) -> None:
-        """Write `data` at `offset` after preserving the old chunks in every valid snapshot."""
-        if self._read_only:
-            raise LvmError(f"{self.name}: logical volume is read-only")
-        self.map._check(offset, len(data))
-        self._preserve(offset, len(data), _skip)
-        self.map.pwrite(offset, data)
-
     def flush(self) -> None:
         """Make completed writes durable (PVs and COW stores)."""
         self.map.flush()
-        for s in self._snapshots():
+        for s in self._stores:
             s.raw.flush()
 
     def discard(self, offset: int, length: int) -> None:
-        """Zero the range (punching holes in the PV files when nothing needs the old data)."""
+        """Zero the range (punching holes in PV files when no snapshot needs the old data)."""
+        if self._gen != self._vg.generation:
+            self._refresh()
         if self._read_only:
             raise LvmError(f"{self.name}: logical volume is read-only")
-        self.map._check(offset, length)
-        if any(s.valid for s in self._snapshots()) or self._zero is None:
+        if offset < 0 or length < 0 or offset + length > self._size:
+            self._bounds(offset, length)
+        if any(s.valid for s in self._stores):
             pos = offset
             while pos < offset + length:
                 n = min(1 << 20, offset + length - pos)
@@ -181,40 +249,23 @@ class LogicalVolumeDevice:
         for io, phys, n in self.map.pieces(offset, length):
             _zero_io(io, phys, n)
 
-    def close(self) -> None:
-        """Flush; the PV files stay open with the VG."""
-        if not self.closed:
-            self.flush()
-            self.closed = True
-
     def raw_io(self) -> LvRawIO:
         """A RawIO view of this LV (for a VHD inside it)."""
         return LvRawIO(self)
 
 
-class SnapshotDevice:
+class SnapshotDevice(_LvDeviceBase):
     """A COW snapshot as a `BlockDevice`: the origin as it was, plus writes to the snapshot."""
 
-    def __init__(self, name: str, origin: ExtentMap, store: CowStore, *,
-                 read_only: bool = False) -> None:
-        self.name = name
-        self.origin = origin
-        self.store = store
-        self._read_only = read_only
-        self.closed = False
-
     @property
-    def size(self) -> int:
-        """The origin's size."""
-        return self.origin.size()
-
-    @property
-    def read_only(self) -> bool:
-        """True when the snapshot was created read-only."""
-        return self._read_only
+    def store(self) -> CowStore:
+        """This snapshot's exception store."""
+        if self._gen != self._vg.generation:
+            self._refresh()
+        return self._stores[0]
 
     def _chunks(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
-        c = self.store.chunk
+        c = self._stores[0].chunk
         end = offset + length
         while offset < end:
             idx, within = divmod(offset, c)
@@ -224,35 +275,39 @@ class SnapshotDevice:
 
     def read(self, offset: int, length: int) -> bytes:
         """The frozen view at `offset`."""
-        self.store.check()
-        self.origin._check(offset, length)
+        store = self.store
+        store.check()
+        if offset < 0 or length < 0 or offset + length > self._size:
+            self._bounds(offset, length)
         out = []
         for idx, within, n in self._chunks(offset, length):
-            new = self.store.lookup(idx)
+            new = store.lookup(idx)
             if new is None:
-                out.append(self.origin.pread(idx * self.store.chunk + within, n))
+                out.append(self.map.pread(idx * store.chunk + within, n))
             else:
-                out.append(self.store.read_chunk(new, within, n))
+                out.append(store.read_chunk(new, within, n))
         return b"".join(out)
 
     def write(self, offset: int, data: bytes) -> None:
         """Write into the snapshot only (the origin is untouched)."""
+        store = self.store
         if self._read_only:
             raise LvmError(f"{self.name}: snapshot is read-only")
-        self.store.check()
-        self.origin._check(offset, len(data))
+        store.check()
+        if offset < 0 or offset + len(data) > self._size:
+            self._bounds(offset, len(data))
         pos = 0
-        c = self.store.chunk
+        c = store.chunk
         for idx, within, n in self._chunks(offset, len(data)):
-            new = self.store.lookup(idx)
+            new = store.lookup(idx)
             if new is None:
                 start = idx * c
-                old = self.origin.pread(start, min(c, self.size - start)).ljust(c, b"\0")
-                new = self.store.add(idx, old)
+                old = self.map.pread(start, min(c, self._size - start)).ljust(c, b"\0")
+                new = store.add(idx, old)
                 if new is None:
-                    self.store.check()
-                    raise SnapshotInvalidError(f"snapshot {self.name} is invalid")
-            self.store.write_chunk(new, within, data[pos:pos + n])
+                    store.check()
+            assert new is not None
+            store.write_chunk(new, within, data[pos:pos + n])
             pos += n
 
     def flush(self) -> None:
@@ -260,53 +315,68 @@ class SnapshotDevice:
         self.store.raw.flush()
 
     def discard(self, offset: int, length: int) -> None:
-        """Snapshots keep their data; discard is a no-op hint here."""
+        """A hint only: a snapshot keeps its data."""
         self.store.check()
-        self.origin._check(offset, length)
-
-    def close(self) -> None:
-        """Flush."""
-        if not self.closed:
-            self.flush()
-            self.closed = True
+        if offset < 0 or length < 0 or offset + length > self._size:
+            self._bounds(offset, length)
 
 
 class LvRawIO:
-    """RawIO over an LV: fixed size (growing needs `lvextend`), writes beyond the end refused."""
+    """RawIO over an LV.
+
+    By default its size is the LV's, and it grows only through `truncate` when the VG gave a
+    resizer (truncate then runs lvextend/lvreduce). With `length`, it behaves like a file
+    inside the LV (as a VHD does in XenServer's LVHD): `size()` is that file's length, writes
+    past it extend it, and the LV grows (never shrinks) to hold it.
+    """
 
     def __init__(self, dev: LogicalVolumeDevice | SnapshotDevice,
-                 resize: Callable[[int], LogicalVolumeDevice] | None = None) -> None:
+                 resize: Callable[[int], None] | None = None, *,
+                 length: int | None = None) -> None:
         self.dev = dev
         self.name = dev.name
         self._resize = resize
+        self._length = length
 
     def pread(self, offset: int, length: int) -> bytes:
-        """Up to `length` bytes at `offset` (short at the end of the LV)."""
-        length = max(0, min(length, self.dev.size - offset))
+        """Up to `length` bytes at `offset` (short at the end)."""
+        length = max(0, min(length, self.size() - offset))
         return self.dev.read(offset, length) if length else b""
 
     def pwrite(self, offset: int, data: bytes) -> None:
-        """Write `data`; an LV does not grow on its own, so writing past its end is an error."""
-        if offset + len(data) > self.dev.size:
+        """Write `data`; past the end only when the LV may grow."""
+        end = offset + len(data)
+        if end > self.dev.size:
             if self._resize is None:
                 raise LvmError(f"{self.name}: write at {offset}+{len(data)} past the end of the "
                                f"{self.dev.size}-byte LV (extend it first)")
-            self.truncate(offset + len(data))
+            self._resize(end)
         self.dev.write(offset, data)
+        if self._length is not None and end > self._length:
+            self._length = end
 
     def flush(self) -> None:
         """Flush the LV."""
         self.dev.flush()
 
     def size(self) -> int:
-        """The LV size."""
-        return self.dev.size
+        """The file length (logical-length mode) or the LV size."""
+        return self.dev.size if self._length is None else self._length
 
     def truncate(self, size: int) -> None:
-        """Resize the LV (rounded up to whole extents) when a resizer was given."""
+        """Set the length: grows the LV when needed; shrinks it only in plain mode."""
+        if self._length is not None:
+            if size > self.dev.size:
+                if self._resize is None:
+                    raise LvmError(f"{self.name}: cannot grow past the {self.dev.size}-byte LV")
+                self._resize(size)
+            if size > self._length:
+                self.dev.write(self._length, bytes(size - self._length))
+            self._length = size
+            return
         if self._resize is None:
             raise LvmError(f"{self.name}: cannot resize this LV view")
-        self.dev = self._resize(size)
+        self._resize(size)
 
     def close(self) -> None:
         """Close the LV device."""

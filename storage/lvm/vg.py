@@ -16,7 +16,7 @@ import random
 import socket
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from storage.lvm.cow import DEFAULT_CHUNK_SECTORS, CowStore
 from storage.lvm.device import (
     ExtentMap,
     LogicalVolumeDevice,
+    LvBinding,
     LvRawIO,
     Run,
     SnapshotDevice,
@@ -105,6 +106,22 @@ class PvDevice:
     def uuid(self) -> str:
         """Dashed PV UUID."""
         return format_id(self.label.pv_uuid)
+
+    fd: int = -1  # our own descriptor on the PV file, for the LV data fast path
+
+    def fast_fd(self) -> int | None:
+        """A raw descriptor on the PV when it is a plain FileIO (None for other RawIOs)."""
+        if self.fd < 0 and isinstance(self.io, FileIO):
+            self.fd = os.open(self.io.name, os.O_RDWR if self.io.writable else os.O_RDONLY)
+        return self.fd if self.fd >= 0 else None
+
+    def close(self) -> None:
+        """Flush and close the PV."""
+        self.io.flush()
+        self.io.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     @property
     def pe_start(self) -> int:
@@ -240,35 +257,40 @@ class VolumeGroup:
 
     def __init__(self, meta: VgMetadata, header: TextHeader, devices: dict[str, PvDevice], *,
                  rng: random.Random | None = None, host: str | None = None,
-                 clock: object = None) -> None:
+                 now: Callable[[], int] | None = None) -> None:
         self.meta = meta
         self.header = header
         self.devices = devices  # pv name in metadata -> device
         self.rng = rng or random.SystemRandom()
         self.host = host or socket.gethostname()
-        self._now = (lambda: int(time.time())) if clock is None else clock  # type: ignore
+        self._now = now or (lambda: int(time.time()))  # seconds, for creation_time fields
         self._stores: dict[str, CowStore] = {}
         self._closed = False
+        self.generation = 0  # bumped by every commit; open LV devices re-resolve on change
 
     # ------------------------------------------------------------- open / create
     @classmethod
-    def create(cls, name: str, paths: Iterable[str | os.PathLike[str]], *,
+    def create(cls, name: str, paths: Iterable[str | os.PathLike[str] | RawIO], *,
                extent_size: int = DEFAULT_EXTENT_SECTORS * SECTOR,
-               rng: random.Random | None = None, description: str = "") -> VolumeGroup:
-        """vgcreate: a new VG over PVs that belong to no VG yet."""
+               rng: random.Random | None = None, description: str = "",
+               now: Callable[[], int] | None = None) -> VolumeGroup:
+        """vgcreate: a new VG over PVs (paths, or RawIOs) that belong to no VG yet."""
         _name_ok(name, "VG")
         if extent_size < 4096 or extent_size & (extent_size - 1) or extent_size % SECTOR:
             raise LvmError(f"extent size {extent_size} must be a power of two ≥ 4 KiB")
-        paths = [str(p) for p in paths]
-        if not paths:
+        sources = [p if hasattr(p, "pread") else str(p) for p in paths]  # type: ignore[misc]
+        if not sources:
             raise LvmError("vgcreate needs at least one physical volume")
         devs: dict[str, PvDevice] = {}
         meta = VgMetadata(name=name, id=new_id(rng), seqno=0,
                           extent_size=extent_size // SECTOR)
-        for i, p in enumerate(paths):
+        for i, src in enumerate(sources):
+            io = src if not isinstance(src, str) else FileIO(src)
+            p = io.name
             try:
-                dev = read_pv(FileIO(p), p)
+                dev = read_pv(io, p)
             except LvmError as exc:
+                io.close()
                 raise LvmError(f"{p}: not a physical volume; run pvcreate first ({exc})") from exc
             for h in dev.mdas:
                 got = read_mda_text(dev, h)
@@ -288,15 +310,33 @@ class VolumeGroup:
             dev.label.ext_flags |= PV_EXT_USED
             dev.io.pwrite(dev.label.sector * SECTOR, pack_label(dev.label))
             devs[pv_name] = dev
-        vg = cls(meta, TextHeader(), devs, rng=rng)
+        vg = cls(meta, TextHeader(), devs, rng=rng, now=now)
         vg.commit(description or f"vgcreate {name}")
         return vg
 
     @classmethod
     def open(cls, name: str, paths: Iterable[str | os.PathLike[str]], *,
-             rng: random.Random | None = None, writable: bool = True) -> VolumeGroup:
+             rng: random.Random | None = None, writable: bool = True,
+             now: Callable[[], int] | None = None) -> VolumeGroup:
         """Find VG `name` among the PVs in `paths`; the newest valid metadata copy wins."""
-        devs = scan(paths, writable=writable)
+        return cls.from_devices(name, scan(paths, writable=writable), rng=rng, now=now)
+
+    @classmethod
+    def open_ios(cls, name: str, ios: Iterable[RawIO], *, rng: random.Random | None = None,
+                 now: Callable[[], int] | None = None) -> VolumeGroup:
+        """Open VG `name` on PVs given as RawIOs (memory, wrapped files); non-PVs are skipped."""
+        devs = []
+        for io in ios:
+            try:
+                devs.append(read_pv(io, io.name))
+            except LvmError:
+                continue
+        return cls.from_devices(name, devs, rng=rng, now=now)
+
+    @classmethod
+    def from_devices(cls, name: str, devs: list[PvDevice], *, rng: random.Random | None = None,
+                     now: Callable[[], int] | None = None) -> VolumeGroup:
+        """Open VG `name` from scanned PVs; the newest valid metadata copy wins."""
         best: tuple[VgMetadata, TextHeader] | None = None
         for dev in devs:
             for h in dev.mdas:
@@ -324,7 +364,7 @@ class VolumeGroup:
             if d not in used.values():
                 d.io.close()
         alloc.check_consistency(meta)
-        return cls(meta, header, used, rng=rng)
+        return cls(meta, header, used, rng=rng, now=now)
 
     def close(self) -> None:
         """Flush and close every PV (idempotent)."""
@@ -332,8 +372,7 @@ class VolumeGroup:
             return
         self._closed = True
         for d in self.devices.values():
-            d.io.flush()
-            d.io.close()
+            d.close()
 
     def __enter__(self) -> VolumeGroup:
         return self
@@ -369,6 +408,7 @@ class VolumeGroup:
                 dev.io.flush()
                 dev.mdas[i] = new
         self.header.description = description
+        self.generation += 1
 
     def backup_text(self, description: str = "") -> str:
         """The metadata as `vgcfgbackup` writes it."""
@@ -460,38 +500,58 @@ class VolumeGroup:
         runs.sort(key=lambda r: r.lv_offset)
         return ExtentMap(f"{self.name}/{name}", runs, lv.extent_count * ext, striped)
 
+    def lv_binding(self, lv_id: str) -> LvBinding:
+        """The current mapping of the LV with this id (used by open LV devices)."""
+        lv = next((v for v in self.meta.lvs if v.id == lv_id), None)
+        if lv is None:
+            raise LvmError(f"{self.name}: logical volume {lv_id} no longer exists")
+        read_only = "WRITE" not in lv.status
+        seg = self.snapshot_segment(lv.name)
+        if seg is not None:
+            return LvBinding(f"{self.name}/{lv.name}", self._extent_map(seg.origin), read_only,
+                             [self.store(lv.name)])
+        emap = self._extent_map(lv.name)
+        fast = None
+        if emap.single is not None and not emap.striped:
+            dev = next(d for d in self.devices.values() if d.io is emap.single.io)
+            fd = dev.fast_fd()
+            if fd is not None:
+                fast = (fd, emap.single.phys_offset)
+        return LvBinding(f"{self.name}/{lv.name}", emap, read_only,
+                         [self.store(s) for s in self.snapshots_of(lv.name)], fast)
+
     def open_lv(self, name: str) -> LogicalVolumeDevice | SnapshotDevice:
-        """The LV as a BlockDevice (a snapshot's frozen view for snapshots)."""
+        """The LV as a BlockDevice (a snapshot's frozen view for snapshots).
+
+        The device follows later changes made through this VG handle (resize, rename, new
+        snapshots of it); it fails cleanly once the LV is removed.
+        """
         lv = self.meta.lv(name)
         if not self.meta.lv_visible(lv):
             raise LvmError(f"{self.name}/{name} is an internal LV")
-        read_only = "WRITE" not in lv.status
-        seg = self.snapshot_segment(name)
-        if seg is not None:
-            return SnapshotDevice(f"{self.name}/{name}", self._extent_map(seg.origin),
-                                  self.store(name), read_only=read_only)
-        emap = self._extent_map(name)
-        snaps = self.snapshots_of(name)
-        return LogicalVolumeDevice(
-            f"{self.name}/{name}", emap, read_only=read_only,
-            snapshots=(lambda: [self.store(s) for s in snaps]) if snaps else None,
-            zero=lambda o, n: None)
+        if self.snapshot_segment(name) is not None:
+            return SnapshotDevice(self, lv.id)
+        return LogicalVolumeDevice(self, lv.id)
 
-    def raw_io(self, name: str, *, resizable: bool = False) -> LvRawIO:
-        """A RawIO view of LV `name`; with `resizable`, truncate() runs lvextend/lvreduce."""
+    def raw_io(self, name: str, *, resizable: bool = False,
+               length: int | None = None) -> LvRawIO:
+        """A RawIO view of LV `name`.
+
+        `resizable`: truncate()/writes past the end run lvextend (and, without `length`,
+        lvreduce). `length`: present a file of that length inside the LV (see LvRawIO).
+        """
         dev = self.open_lv(name)
+        lv_id = self.meta.lv(name).id
 
-        def resize(size: int) -> LogicalVolumeDevice:
-            cur = self.lv_size(name)
+        def resize(size: int) -> None:
+            current = next(v.name for v in self.meta.lvs if v.id == lv_id)
+            cur = self.lv_size(current)
             if size > cur:
-                self.lvextend(name, size)
-            elif size < cur - self.extent_bytes:
-                self.lvreduce(name, size, force=True)
-            new = self.open_lv(name)
-            assert isinstance(new, LogicalVolumeDevice)
-            return new
+                self.lvextend(current, size)
+            elif length is None and size <= cur - self.extent_bytes:
+                self.lvreduce(current, size, force=True)
 
-        return LvRawIO(dev, resize if resizable else None)
+        return LvRawIO(dev, resize if resizable else None, length=length)
 
     def _zero_areas(self, areas: list[alloc.Area]) -> None:
         ext = self.extent_bytes

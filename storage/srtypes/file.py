@@ -15,6 +15,7 @@ from storage.blockdev import BlockDevice
 from storage.errors import SrError
 from storage.rawio import FileIO
 from storage.sr import VDI, SRDriver, register_sr_type
+from storage.vhd import format as fmt
 from storage.vhd.image import VhdImage
 
 
@@ -24,6 +25,7 @@ class FileSRDriver(SRDriver):
 
     type_name = "file"
     max_depth = chain.DEFAULT_MAX_DEPTH
+    block_size = fmt.DEFAULT_BLOCK_SIZE
 
     def _path(self, location: str) -> Path:
         return self.sr.path / location
@@ -31,7 +33,8 @@ class FileSRDriver(SRDriver):
     def vdi_create(self, vdi: VDI, size: int) -> None:
         """A dynamic VHD of `size` (rounded up to a CHS geometry, like qemu-img)."""
         vdi.location = f"{vdi.uuid}.vhd"
-        img = chain.create_image(self._path(vdi.location), size=size)
+        img = chain.create_image(self._path(vdi.location), size=size,
+                                 block_size=self.block_size)
         vdi.virtual_size = img.size
         img.close()
 
@@ -57,7 +60,7 @@ class FileSRDriver(SRDriver):
                        "copies": [asdict(c) for c in copies]})
         vpath, bpath = self._path(vdi.location), self._path(base.location)
         staged = [(Path(f"{vpath}.new"), vpath)] + [(self._path(c.location),) * 2 for c in copies]
-        src = chain.open_chain(vpath, read_only=True, max_depth=self.max_depth)
+        src = chain.open_image(vpath, read_only=True)   # the leaf alone: O(1) in chain depth
         try:
             for tmp, final in staged:
                 img = VhdImage.create(FileIO(tmp, create=True), disk_type="differencing",

@@ -407,6 +407,19 @@ def pack_bat(bat: array | list[int], *, pad: bool = True) -> bytes:
     return arr.tobytes()
 
 
+def allocated_entries(bat: array) -> list[tuple[int, int]]:
+    """(index, sector offset) of every allocated BAT entry, skipping empty stretches quickly."""
+    out: list[tuple[int, int]] = []
+    step = 1024
+    empty = array(bat.typecode, [UNALLOCATED]) * step
+    for base in range(0, len(bat), step):
+        chunk = bat[base:base + step]
+        if chunk == empty[:len(chunk)]:
+            continue
+        out.extend((base + i, e) for i, e in enumerate(chunk) if e != UNALLOCATED)
+    return out
+
+
 def bitmap_size(block_size: int) -> int:
     """Bytes of a block's sector bitmap: one bit per sector, rounded up to 512."""
     bits = block_size // SECTOR

@@ -124,7 +124,7 @@ class VhdImage:
     @property
     def allocated_blocks(self) -> int:
         """Number of allocated blocks (0 for fixed images)."""
-        return sum(1 for e in self.bat if e != fmt.UNALLOCATED)
+        return len(self.bat) - self.bat.count(fmt.UNALLOCATED)
 
     @property
     def depth(self) -> int:
@@ -193,7 +193,6 @@ class VhdImage:
             footer = replace(footer, data_offset=fmt.FIXED_DATA_OFFSET)
             io.truncate(vsize)
             io.pwrite(vsize, footer.pack())
-            io.flush()
             return cls(io, footer, None, array("I"), footer_pos=vsize, read_only=False,
                        barriers=barriers)
         entries = -(-vsize // block_size)
@@ -221,8 +220,7 @@ class VhdImage:
         io.pwrite(fmt.BAT_OFFSET, fmt.pack_bat(bat))
         for off, data in loc_data:
             io.pwrite(off, data + bytes(-len(data) % SECTOR))
-        io.pwrite(pos, footer.pack())
-        io.flush()
+        io.pwrite(pos, footer.pack())     # durable at the caller's flush()/close()
         img = cls(io, footer, header, bat, footer_pos=pos, read_only=False, barriers=barriers)
         img.parent = parent
         return img
@@ -323,9 +321,7 @@ class VhdImage:
                 extents.append(Extent(loc.data_offset, loc.data_offset + loc.data_space,
                                       f"parent locator {i}"))
         span = header.bitmap_size + header.block_size
-        for i, entry in enumerate(bat):
-            if entry == fmt.UNALLOCATED:
-                continue
+        for i, entry in fmt.allocated_entries(bat):
             start = entry * SECTOR
             if start + span > data_end:
                 raise VhdFormatError(
@@ -359,7 +355,7 @@ class VhdImage:
         out += [Extent(loc.data_offset, loc.data_offset + loc.data_space, f"parent locator {i}")
                 for i, loc in enumerate(h.locators) if loc.used]
         out += [Extent(e * SECTOR, e * SECTOR + self._bm + h.block_size, f"block {i}")
-                for i, e in enumerate(self.bat) if e != fmt.UNALLOCATED]
+                for i, e in fmt.allocated_entries(self.bat)]
         return sorted(out, key=lambda e: e.start)
 
     # --- low level -------------------------------------------------------------------------------
@@ -621,9 +617,7 @@ class VhdImage:
             return [(0, self._size)]
         out: list[tuple[int, int]] = []
         spb = self._spb
-        for blk, entry in enumerate(self.bat):
-            if entry == fmt.UNALLOCATED:
-                continue
+        for blk, _entry in fmt.allocated_entries(self.bat):
             bm = self._bitmap(blk)
             runs = [(0, spb, True)] if blk in self._full else fmt.bitmap_runs(bm, 0, spb)
             for first, ln, is_set in runs:

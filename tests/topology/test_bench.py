@@ -18,3 +18,7 @@ def test_quick_bench_reports_its_figures() -> None:
     assert 0 < result["load_and_graph_s"] < 5
     assert 0 < result["peak_mib"] < 1024
     assert result["graph_nodes"] > result["vms"]
+    assert 0 < result["load_graph_build_s"] < 5
+    # pingall over the small lab: exactly the same-VLAN pairs answer
+    assert result["pingall_answered"] == result["pingall_expected"] > 0
+    assert result["pingall_pairs"] == result["pingall_vms"] * (result["pingall_vms"] - 1)

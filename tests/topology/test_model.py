@@ -289,6 +289,17 @@ BAD = {
           a: {host: xen1}
         """,
         "topology.yaml:6: vms.a: VM 'a' is already defined at topology.yaml:4: hosts.xen1.vms.a"),
+    "two Xen networks on one VLAN PIF": (
+        """\
+        hosts:
+          xen1:
+            pifs: {eth0: {}}
+            switches: {xenbr0: {uplinks: [eth0]}}
+            networks:
+              a: {switch: xenbr0, vlan: 5}
+              b: {switch: xenbr0, vlan: 5}
+        """,
+        "topology.yaml:7: hosts.xen1.networks.b.vlan: VLAN 5 on xenbr0 is already network a"),
     "not YAML": ("hosts: {xen1: [}\n", "topology.yaml:1: not valid YAML"),
     "python tag": ("hosts: !!python/object:os.system {}\n", "topology.yaml:1"),
 }
@@ -330,7 +341,8 @@ def test_readme_topology_examples_work() -> None:
     (yaml_block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)[:1]
     topo = parse_topology(yaml_block, "readme.yaml")
     assert topo.mirrors[0].destination == "vif2.0"
-    (py_block,) = re.findall(r"```python\n(.*?)```", section, re.S)[:1]
+    builder_block, lab_block = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
     scope: dict = {}
-    exec(py_block, scope)
+    exec(builder_block, scope)
     assert scope["graph"].number_of_nodes() > 0
+    exec(lab_block, {"__name__": "readme"})  # runs a lab: ping, failover, pingall

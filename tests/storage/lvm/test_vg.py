@@ -207,3 +207,16 @@ def test_pv_can_be_an_existing_file(tmp_path: Path) -> None:
     g = VolumeGroup.create("vgx", [p], extent_size=MiB)
     assert g.meta.pvs[0].pe_count == 31
     g.close()
+
+
+def test_open_device_follows_resize_and_rename_and_fails_after_remove(vg: VolumeGroup) -> None:
+    vg.lvcreate("a", 4 * MiB)
+    dev = vg.open_lv("a")
+    vg.lvextend("a", 8 * MiB)
+    assert dev.size == 8 * MiB
+    dev.write(7 * MiB, b"tail")
+    vg.lvrename("a", "b")
+    assert dev.read(7 * MiB, 4) == b"tail" and dev.name == "vg0/b"
+    vg.lvremove("b")
+    with pytest.raises(LvmError, match="no longer exists"):
+        dev.read(0, 1)

@@ -165,3 +165,59 @@ async def test_guest_may_not_write_backend_nodes(host: Host) -> None:
 
     with pytest.raises(XenStoreError):
         await host.guest.xs.write(f"/local/domain/0/backend/vbd/1/{XVDA}/sectors", "1")
+
+
+async def _offer(host: Host, nodes: dict[str, str], *, ring_readonly: bool = False,
+                 pages: list[int] | None = None) -> None:
+    """Publish frontend nodes (after granting `pages` as ring pages) and go Initialised."""
+    g, xs = host.guest, host.guest.xs
+    path = f"/local/domain/1/device/vbd/{XVDA}"
+    back = f"/local/domain/0/backend/vbd/1/{XVDA}"
+    await wait_for_state(xs, f"{back}/state", {XenbusState.INIT_WAIT})
+    grefs = [g.grants.grant_access(p, 0, readonly=ring_readonly) for p in pages or [100]]
+    port, _ = await g.alloc_unbound(0)
+    base = {"event-channel": str(port)}
+    if len(grefs) == 1:
+        base["ring-ref"] = str(grefs[0])
+    else:
+        base["ring-page-order"] = str(len(grefs).bit_length() - 1)
+        base.update({f"ring-ref{i}": str(r) for i, r in enumerate(grefs)})
+    for key, value in {**base, **nodes}.items():
+        await xs.write(f"{path}/{key}", value)
+    await xs.write(f"{path}/state", str(int(XenbusState.INITIALISED)))
+
+
+async def _refused(host: Host) -> str:
+    back = f"/local/domain/0/backend/vbd/1/{XVDA}"
+    async with asyncio.timeout(5):
+        await wait_for_state(host.guest.xs, f"{back}/state", {XenbusState.CLOSED})
+    assert host.backend.stats.disconnects["bad-connect"] == 1
+    assert host.backend.last_error is not None
+    return host.backend.last_error
+
+
+async def test_ring_pages_must_be_contiguous(host: Host) -> None:
+    await _offer(host, {}, pages=[100, 102])
+    assert "contiguous" in await _refused(host)
+
+
+async def test_ring_page_order_beyond_offer(host: Host) -> None:
+    await _offer(host, {}, pages=list(range(100, 108)))  # order 3 > max-ring-page-order 2
+    assert "ring-page-order" in await _refused(host)
+
+
+async def test_ring_page_granted_read_only(host: Host) -> None:
+    await _offer(host, {}, ring_readonly=True)
+    assert "read-only" in await _refused(host)
+
+
+async def test_unknown_abi_refused(host: Host) -> None:
+    await _offer(host, {"protocol": "x86_32-abi"})
+    assert "ABI" in await _refused(host)
+
+
+async def test_multi_page_ring_accepted(host: Host) -> None:
+    await _offer(host, {}, pages=[200, 201, 202, 203])
+    back = f"/local/domain/0/backend/vbd/1/{XVDA}"
+    async with asyncio.timeout(5):
+        await wait_for_state(host.guest.xs, f"{back}/state", {XenbusState.CONNECTED})

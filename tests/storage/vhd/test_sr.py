@@ -49,6 +49,20 @@ def test_snapshot_as_xenserver_does(sr: SR) -> None:
     assert json.loads((sr.path / "sr.json").read_text())["vdis"][base.uuid]["hidden"] is True
 
 
+def test_snapshot_is_o1_the_base_copy_is_the_same_inode(sr: SR) -> None:
+    v = sr.vdi_create("big", 100 * 1024 * MiB)
+    write(sr, v.uuid, 50 * 1024 * MiB, b"far away")
+    inode = os.stat(sr.path / v.location).st_ino
+    snap = sr.vdi_snapshot(v.uuid)
+    base = sr.vdis[sr.vdis[v.uuid].parent]                 # type: ignore[index]
+    assert os.stat(sr.path / base.location).st_ino == inode    # renamed, never copied
+    for u in (v.uuid, snap.uuid):
+        assert sr.physical_utilisation(u) < 2 * MiB           # two small BATs, no data
+        dev = sr.vdi_open(u, read_only=True)
+        assert dev.read(50 * 1024 * MiB, 8) == b"far away"
+        dev.close()
+
+
 def test_clone_is_writable_and_independent(sr: SR) -> None:
     v = sr.vdi_create("disk0", 4 * MiB)
     write(sr, v.uuid, 100, b"shared")

@@ -1,0 +1,208 @@
+"""Clocks for scenarios: a virtual clock that jumps to the next event, and a wall-clock pacer.
+
+Both satisfy the `Clock` protocol of `netsim.clock` (`now_ns()`, `async sleep(seconds)`) and add
+`sleep_until(t_ns)` (absolute deadlines, so a long replay does not accumulate drift) and
+`settle()` (wait until every other task is blocked).
+
+`VirtualClock` — time stands still while any task can run; when every task is blocked (on a
+queue, a future, or a `sleep` of this clock), time jumps to the earliest pending `sleep` deadline
+and wakes every sleeper due at that instant, in the order they went to sleep. Nothing depends on
+the wall clock, so the same scenario gives the same timestamps and the same output bytes on
+every run, and a simulated hour takes as long as its events need to compute.
+
+It does not patch the event loop (unlike `looptime` and `aiotools.VirtualClock`, which replace
+`loop.time()` and the selector for the whole loop): it works in any asyncio loop — the one
+pytest-asyncio gives a test, or `asyncio.run` in the CLI — and only the code that is given the
+clock sees virtual time. Idleness is read from the loop's ready queue (`loop._ready`, present in
+CPython's loops); on a loop without it, the clock yields a fixed number of rounds instead.
+Real I/O (a broker, a thread) is invisible to it: use `PacedClock` when a run waits on the outside
+world.
+
+`PacedClock` — real time: `now_ns()` is the scenario start plus the monotonic time elapsed, and
+`sleep_until` wakes within a few tens of microseconds of its deadline (the loop's timer sleeps
+to ~1.5 ms before the deadline, then the clock yields with `sleep(0)` until it is reached, so other
+tasks keep running meanwhile).
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+import weakref
+from typing import Any
+
+# 2026-01-01T00:00:00Z: a fixed start, so virtual runs stamp identical times run after run.
+DEFAULT_START_NS = 1_767_225_600 * 1_000_000_000
+
+_NS = 1_000_000_000
+_FALLBACK_ROUNDS = 64  # yields per idleness check on loops without a visible ready queue
+
+
+def _seconds_to_ns(seconds: float) -> int:
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(f"sleep duration must be a finite number, not {seconds!r}")
+    return max(0, round(seconds * _NS))
+
+
+class VirtualClock:
+    """Deterministic simulated time: jumps to the next sleeper's deadline when all tasks block.
+
+    `start_ns` is the epoch time (ns) the clock starts at. Sleeps are integers of nanoseconds;
+    sleepers due at the same instant wake in the order they called `sleep`. Several virtual clocks
+    on one loop share one scheduler and advance in step (by time elapsed since their start).
+    """
+
+    def __init__(self, start_ns: int = DEFAULT_START_NS) -> None:
+        self._start = int(start_ns)
+        self._now = self._start
+        self._jumps = 0
+
+    # -- Clock protocol ---------------------------------------------------------------------------
+    def now_ns(self) -> int:
+        """Current simulated time, ns since the Unix epoch."""
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of simulated time (0 or less yields once without advancing time)."""
+        await self.sleep_until(self._now + _seconds_to_ns(seconds))
+
+    # -- extras -----------------------------------------------------------------------------------
+    @property
+    def jumps(self) -> int:
+        """How many times the clock has moved forward (a measure of event count)."""
+        return self._jumps
+
+    async def sleep_until(self, t_ns: int) -> None:
+        """Wait until simulated time reaches `t_ns` (returns after one yield if already past)."""
+        if t_ns <= self._now:
+            await asyncio.sleep(0)
+            return
+        await _scheduler().wait_until(self, int(t_ns))
+
+    async def settle(self) -> None:
+        """Return once every other task is blocked, without moving time."""
+        await _scheduler().wait_idle()
+
+    def _advance_to(self, t_ns: int) -> None:
+        if t_ns > self._now:
+            self._now = t_ns
+            self._jumps += 1
+
+    def __repr__(self) -> str:
+        return f"VirtualClock(now_ns={self._now})"
+
+
+class _Scheduler:
+    """One per event loop: the only task that watches for idleness, so waiters never livelock."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        # (ns since the clock's start, arrival seq, clock, future); seq is unique -> no ties
+        self._heap: list[tuple[int, int, VirtualClock, asyncio.Future[None]]] = []
+        self._idle: list[asyncio.Future[None]] = []
+        self._seq = itertools.count()
+        self._driver: asyncio.Task[None] | None = None
+
+    async def wait_until(self, clock: VirtualClock, t_ns: int) -> None:
+        fut: asyncio.Future[None] = self._loop.create_future()
+        heapq.heappush(self._heap, (t_ns - clock._start, next(self._seq), clock, fut))
+        self._ensure_driver()
+        await fut
+
+    async def wait_idle(self) -> None:
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._idle.append(fut)
+        self._ensure_driver()
+        await fut
+
+    def _ensure_driver(self) -> None:
+        if self._driver is None or self._driver.done():
+            self._driver = self._loop.create_task(self._drive(), name="VirtualClock.scheduler")
+
+    async def _drive(self) -> None:
+        heap = self._heap
+        while heap or self._idle:
+            await _until_idle(self._loop)
+            if self._idle:
+                waiters, self._idle = self._idle, []
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(None)
+                continue
+            # Drop sleepers whose task was cancelled: they must not move time.
+            while heap and heap[0][3].done():
+                heapq.heappop(heap)
+            if not heap:
+                break
+            key = heap[0][0]
+            while heap and heap[0][0] == key:
+                _, _, clock, fut = heapq.heappop(heap)
+                if not fut.done():
+                    clock._advance_to(clock._start + key)
+                    fut.set_result(None)
+
+
+_SCHEDULERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Scheduler] = (
+    weakref.WeakKeyDictionary())
+
+
+def _scheduler() -> _Scheduler:
+    loop = asyncio.get_running_loop()
+    sched = _SCHEDULERS.get(loop)
+    if sched is None:
+        sched = _SCHEDULERS[loop] = _Scheduler(loop)
+    return sched
+
+
+async def _until_idle(loop: asyncio.AbstractEventLoop) -> None:
+    """Yield until nothing but the calling task is runnable on `loop`."""
+    ready: Any = getattr(loop, "_ready", None)
+    if ready is None:
+        for _ in range(_FALLBACK_ROUNDS):
+            await asyncio.sleep(0)
+        return
+    await asyncio.sleep(0)
+    while ready:  # noqa: ASYNC110 - polling idleness is the point
+        await asyncio.sleep(0)
+
+
+class PacedClock:
+    """Wall-clock time for real-time replays: `now_ns()` advances with the monotonic clock.
+
+    `start_ns` is the epoch time reported at creation (default: the current wall time), so a
+    run's timestamps are in real time but never jump with NTP or DST.
+    """
+
+    # Sleep on the loop's timer until this close to the deadline, then yield-spin the rest:
+    # epoll rounds timeouts up to whole milliseconds, so a plain asyncio.sleep overshoots by ~1 ms.
+    SPIN_NS = 1_500_000
+
+    def __init__(self, start_ns: int | None = None) -> None:
+        self._start = time.time_ns() if start_ns is None else int(start_ns)
+        self._mono0 = time.perf_counter_ns()
+
+    def now_ns(self) -> int:
+        """Current time, ns since the Unix epoch (monotonic since the clock was made)."""
+        return self._start + (time.perf_counter_ns() - self._mono0)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of wall-clock time, precisely (see `sleep_until`)."""
+        await self.sleep_until(self.now_ns() + _seconds_to_ns(seconds))
+
+    async def sleep_until(self, t_ns: int) -> None:
+        """Wait until `now_ns()` reaches `t_ns`; other tasks run while this one waits."""
+        remaining = t_ns - self.now_ns()
+        if remaining > self.SPIN_NS:
+            await asyncio.sleep((remaining - self.SPIN_NS) / _NS)
+        while self.now_ns() < t_ns:  # noqa: ASYNC110 - sub-ms spin, see SPIN_NS
+            await asyncio.sleep(0)
+        if remaining <= 0:
+            await asyncio.sleep(0)
+
+    async def settle(self) -> None:
+        """Return once every other task is blocked (time keeps flowing meanwhile)."""
+        await _scheduler().wait_idle()
+
+    def __repr__(self) -> str:
+        return f"PacedClock(now_ns={self.now_ns()})"

@@ -1,0 +1,197 @@
+"""The distributed switch's configuration document: one versioned JSON object per vDS.
+
+This is the management plane's wire format (what vCenter keeps centrally and every member
+host's proxy switch applies): distributed port groups with VLAN, security, shaping in both
+directions and teaming over the vDS's uplink names; the member hosts and, per host, which NIC
+backs each uplink. Parsing is strict: anything wrong raises `ConfigError` naming the field path
+(`dvs1: portgroups[App].vlan: 4096 outside 0..4095`). Pure: no I/O, clock or globals.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from netsim.errors import ConfigError
+
+TEAMING_POLICIES = ("port-id", "failover")
+SCHEMA = "hvsim.vds/1"
+
+
+@dataclass(frozen=True)
+class DvSecurity:
+    """Security policy; vDS defaults are Reject for all three (unlike a vSS)."""
+
+    promiscuous: bool = False
+    mac_changes: bool = False
+    forged_transmits: bool = False
+
+
+@dataclass(frozen=True)
+class DvShaping:
+    """Token-bucket shaping of one direction: average and peak in bits/s, burst in bytes."""
+
+    average_bps: int
+    peak_bps: int
+    burst_bytes: int
+
+
+@dataclass(frozen=True)
+class DvTeaming:
+    """NIC teaming over the vDS's uplink names (`uplink1`...)."""
+
+    policy: str = "port-id"
+    active: tuple[str, ...] = ()
+    standby: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DvPortGroup:
+    """A distributed port group: exists on every member host's proxy switch."""
+
+    name: str
+    vlan: int = 0
+    security: DvSecurity = field(default_factory=DvSecurity)
+    shaping_in: DvShaping | None = None  # toward the VM (vDS shapes both directions)
+    shaping_out: DvShaping | None = None  # from the VM
+    teaming: DvTeaming | None = None
+
+
+@dataclass(frozen=True)
+class VdsConfig:
+    """One vDS: its version, uplink names, port groups, member hosts and their uplink NICs."""
+
+    name: str
+    version: int = 1
+    uplinks: tuple[str, ...] = ("uplink1",)
+    portgroups: tuple[DvPortGroup, ...] = ()
+    #: host → {uplink name → host NIC}
+    hosts: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def portgroup(self, name: str) -> DvPortGroup:
+        """The port group called `name`; ConfigError if there is none."""
+        for pg in self.portgroups:
+            if pg.name == name:
+                return pg
+        raise ConfigError(f"{self.name}: no distributed port group {name!r}")
+
+    def vlans(self) -> set[int]:
+        """Every VLAN a port group of this vDS uses (4095 = guest tagging)."""
+        return {pg.vlan for pg in self.portgroups}
+
+    def bumped(self, **changes: Any) -> VdsConfig:
+        """A copy with `changes` applied and the version increased by one."""
+        return replace(self, version=self.version + 1, **changes)
+
+    def to_json(self) -> bytes:
+        """The document as published (canonical key order)."""
+        doc = {"schema": SCHEMA, **asdict(self)}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, source: str = "vds config") -> VdsConfig:
+        """Parse and validate a published document."""
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{source}: not JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{source}: expected a JSON object")
+        if doc.get("schema") != SCHEMA:
+            raise ConfigError(f"{source}: schema {doc.get('schema')!r}, expected {SCHEMA!r}")
+        return _parse(doc, source)
+
+
+# ------------------------------------------------------------------------------ validation
+def _get(d: dict, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    if key not in d:
+        if default is ...:
+            raise ConfigError(f"{where}.{key}: missing")
+        return default
+    v = d[key]
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise ConfigError(f"{where}.{key}: {v!r} is not {getattr(kind, '__name__', kind)}")
+    return v
+
+
+def _shaping(d: Any, where: str) -> DvShaping | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected an object or null")
+    s = DvShaping(
+        _get(d, "average_bps", int, where),
+        _get(d, "peak_bps", int, where),
+        _get(d, "burst_bytes", int, where),
+    )
+    if s.average_bps <= 0 or s.burst_bytes <= 0:
+        raise ConfigError(f"{where}: average_bps and burst_bytes must be > 0")
+    if s.peak_bps < s.average_bps:
+        raise ConfigError(f"{where}: peak_bps {s.peak_bps} < average_bps {s.average_bps}")
+    return s
+
+
+def _parse(doc: dict, source: str) -> VdsConfig:
+    name = _get(doc, "name", str, source)
+    where = f"{source} {name}"
+    version = _get(doc, "version", int, where)
+    if version < 1:
+        raise ConfigError(f"{where}.version: {version} must be ≥ 1")
+    uplinks = tuple(_get(doc, "uplinks", list, where))
+    if not all(isinstance(u, str) and u for u in uplinks) or len(set(uplinks)) != len(uplinks):
+        raise ConfigError(f"{where}.uplinks: expected distinct names, got {list(uplinks)}")
+    pgs: list[DvPortGroup] = []
+    seen: set[str] = set()
+    for i, p in enumerate(_get(doc, "portgroups", list, where)):
+        if not isinstance(p, dict):
+            raise ConfigError(f"{where}.portgroups[{i}]: expected an object")
+        pname = _get(p, "name", str, f"{where}.portgroups[{i}]")
+        pw = f"{where}.portgroups[{pname}]"
+        if pname in seen:
+            raise ConfigError(f"{pw}: port group named twice")
+        seen.add(pname)
+        vlan = _get(p, "vlan", int, pw, 0)
+        if not 0 <= vlan <= 4095:
+            raise ConfigError(f"{pw}.vlan: {vlan} outside 0..4095")
+        sec = _get(p, "security", dict, pw, {})
+        security = DvSecurity(
+            _get(sec, "promiscuous", bool, f"{pw}.security", False),
+            _get(sec, "mac_changes", bool, f"{pw}.security", False),
+            _get(sec, "forged_transmits", bool, f"{pw}.security", False),
+        )
+        teaming = None
+        t = p.get("teaming")
+        if t is not None:
+            tw = f"{pw}.teaming"
+            if not isinstance(t, dict):
+                raise ConfigError(f"{tw}: expected an object")
+            policy = _get(t, "policy", str, tw, "port-id")
+            if policy not in TEAMING_POLICIES:
+                raise ConfigError(f"{tw}.policy: {policy!r} not one of {TEAMING_POLICIES}")
+            active = tuple(_get(t, "active", list, tw, []))
+            standby = tuple(_get(t, "standby", list, tw, []))
+            for u in (*active, *standby):
+                if u not in uplinks:
+                    raise ConfigError(f"{tw}: uplink {u!r} is not one of the vDS's {list(uplinks)}")
+            teaming = DvTeaming(policy, active, standby)
+        pgs.append(
+            DvPortGroup(
+                pname,
+                vlan,
+                security,
+                _shaping(p.get("shaping_in"), f"{pw}.shaping_in"),
+                _shaping(p.get("shaping_out"), f"{pw}.shaping_out"),
+                teaming,
+            )
+        )
+    hosts: dict[str, dict[str, str]] = {}
+    for h, mapping in _get(doc, "hosts", dict, where, {}).items():
+        if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+        ):
+            raise ConfigError(f"{where}.hosts[{h}]: expected {{uplink: nic}}")
+        for u in mapping:
+            if u not in uplinks:
+                raise ConfigError(f"{where}.hosts[{h}]: uplink {u!r} is not one of {list(uplinks)}")
+        hosts[h] = dict(mapping)
+    return VdsConfig(name, version, uplinks, tuple(pgs), hosts)

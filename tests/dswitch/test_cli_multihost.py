@@ -1,0 +1,108 @@
+"""`hvsim host`, `vds-push` and `migrate` as separate processes through a real mosquitto."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from netsim.dswitch import Peers
+from netsim.transport.broker import MosquittoBroker
+from netsim.transport.brokerconf import make_broker_config
+from netsim.transport.mqtt import MqttBus
+from netsim.transport.topics import Topics
+
+pytestmark = pytest.mark.interop
+
+TOPO = str(Path(__file__).resolve().parents[2] / "topologies" / "three-hosts.yaml")
+HVSIM = [sys.executable, "-m", "netsim"]
+T = 15.0
+
+
+def hvsim(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; stderr with rich's line wrapping undone."""
+    r = subprocess.run([*HVSIM, *args], capture_output=True, text=True, timeout=timeout,
+                       check=False)
+    r.stderr = " ".join(r.stderr.split())
+    return r
+
+
+async def test_hosts_as_processes_push_migrate_and_a_killed_host_goes_down(mqtt_broker) -> None:
+    url = mqtt_broker.url
+    topics = Topics("lab")
+    # Popen returns at once (only wait() blocks, and that runs in a thread below)
+    procs = {
+        h: subprocess.Popen(  # noqa: ASYNC220
+            [*HVSIM, "host", "--name", h, "--broker", url, TOPO],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for h in ("esx1", "esx2", "esx3")
+    }
+    try:
+        async with MqttBus(mqtt_broker.settings(), client_id="observer") as bus:
+            peers = Peers(topics)
+            async with bus.subscribe(topics.all_presence, qos=1) as pres, \
+                    bus.subscribe(topics.all_status, qos=1) as stat:
+                async def feed() -> None:
+                    async def one(sub) -> None:
+                        async for m in sub:
+                            peers.handle(m)
+                    await asyncio.gather(one(pres), one(stat))
+
+                task = asyncio.create_task(feed())
+                try:
+                    await peers.wait_until(lambda: peers.online() == set(procs), within_s=T,
+                                           what="three hosts online")
+                    r = await asyncio.to_thread(hvsim, "vds-push", "--broker", url, TOPO)
+                    assert r.returncode == 0, r.stderr
+                    assert "dvs1 v1 runs on esx1, esx2, esx3" in r.stderr
+                    await peers.wait_until(lambda: peers.host_of_vm("app2") == "esx2",
+                                           within_s=T, what="VMs plugged")
+                    r = await asyncio.to_thread(hvsim, "migrate", "app2", "--to", "esx3",
+                                                "--broker", url)
+                    assert r.returncode == 0, r.stderr
+                    assert "app2: esx2 → esx3" in r.stderr
+                    assert peers.host_of_vm("app2") == "esx3"
+                    r = await asyncio.to_thread(hvsim, "migrate", "nosuchvm", "--to", "esx1",
+                                                "--broker", url)
+                    assert r.returncode == 2 and "runs VM 'nosuchvm'" in r.stderr
+                    # a crashed host: its will marks it down at once (socket closed)
+                    procs["esx1"].send_signal(signal.SIGKILL)
+                    await peers.wait_until(lambda: "esx1" not in peers.online(), within_s=T,
+                                           what="esx1 down")
+                    # a host told to stop leaves cleanly
+                    procs["esx2"].send_signal(signal.SIGTERM)
+                    assert await asyncio.to_thread(procs["esx2"].wait, 10) == 0
+                    await peers.wait_until(lambda: "esx2" not in peers.online(), within_s=T,
+                                           what="esx2 down")
+                    assert peers.online() == {"esx3"}
+                finally:
+                    task.cancel()
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=10)
+
+
+def test_wrong_password_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    cfg = make_broker_config("lab", ["esx1"])
+    for name, text in cfg.files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "wrong").write_text("not-it\n")
+    with MosquittoBroker(tmp_path / "run", password_file=tmp_path / "passwd",
+                         acl_file=tmp_path / "acl") as broker:
+        r = hvsim("host", "--name", "esx1", "--broker", broker.url, "--password-file",
+                  str(tmp_path / "wrong"), TOPO)
+        assert r.returncode == 2
+        assert "refused the login of user 'esx1': bad user name or password" in r.stderr
+        assert "Traceback" not in r.stderr
+        r = hvsim("host", "--name", "esx1", "--broker", broker.url, "--password-file",
+                  str(tmp_path / "esx1.password"), "--duration", "0.5", TOPO)
+        # logged in; no vDS config was pushed, which it says clearly
+        assert r.returncode == 2, r.stderr
+        assert "dvs1 version 1 not received" in r.stderr
+

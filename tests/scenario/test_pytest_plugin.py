@@ -1,0 +1,87 @@
+"""The pytest plugin as a user meets it: a test file of their own, run by pytest with our plugin."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+USER_TESTS = '''
+import pytest
+from scapy.all import IP, UDP, Dot1Q, Ether
+
+from netsim.fabric import Fabric
+from netsim.policy import VlanPolicy
+from netsim.switch import PortGroup
+
+
+def two_hosts(clock):
+    fab = Fabric(clock=clock)
+    for h in ("esx1", "esx2"):
+        host = fab.add_host(h)
+        sw = host.add_switch("vSwitch0")
+        sw.add_port_group(PortGroup("web", vlan=10))
+        sw.add_port_group(PortGroup("db", vlan=20))
+        sw.add_uplink(host.add_pif("vmnic0"))
+    fab.add_physical_switch("phys")
+    for h in ("esx1", "esx2"):
+        fab.link(f"{h}/vmnic0", fab.add_port("phys", h, VlanPolicy.trunk(10, 20)))
+    fab["esx1"].add_vm("web1").add_nic("vSwitch0", "web", mac="00:50:56:00:00:01")
+    fab["esx2"].add_vm("web2").add_nic("vSwitch0", "web", mac="00:50:56:00:00:02")
+    fab["esx2"].add_vm("db1").add_nic("vSwitch0", "db", mac="00:50:56:00:00:03")
+    return fab
+
+
+BCAST = (Ether(src="00:50:56:00:00:01", dst="ff:ff:ff:ff:ff:ff")
+         / IP(src="10.0.0.1", dst="10.0.0.255") / UDP(dport=9))
+
+
+@pytest.mark.asyncio
+@pytest.mark.hvsim(builder=two_hosts)
+async def test_web_vlan_stays_in_web(fabric, send, expect):
+    await send("web1", BCAST)
+    [pkt] = await expect.arrives("web2", "udp dst port 9")
+    assert pkt[IP].src == "10.0.0.1" and not pkt.haslayer(Dot1Q)
+    [wire] = await expect.arrives("esx1/vmnic0", "vlan 10 and udp")
+    assert wire[Dot1Q].vlan == 10
+    await expect.never("db1", "udp")
+    assert expect.counter("web1", "rx_frames") == 1
+    assert len(fabric.received("web2")) == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.hvsim(builder=two_hosts)
+async def test_spec_dicts_and_time(fabric, send, expect):
+    t0 = fabric.clock.now_ns()
+    await send("web1", {"eth": {"src": "00:50:56:00:00:01"}, "payload": 10}, count=3,
+               interval="1h")
+    assert fabric.clock.now_ns() - t0 == 2 * 3600 * 10**9
+    await expect.arrives("web2", "ether src 00:50:56:00:00:01", count=3)
+
+
+@pytest.mark.asyncio
+@pytest.mark.hvsim(builder=two_hosts)
+async def test_a_failing_expectation_says_what_it_saw(send, expect):
+    await send("web1", BCAST)
+    await expect.arrives("db1", "udp")
+'''
+
+
+def test_a_users_test_file_runs_with_the_plugin(tmp_path: Path) -> None:
+    (tmp_path / "test_user.py").write_text(USER_TESTS)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "netsim.pytest_plugin", "-q",
+         "-p", "no:cacheprovider", "test_user.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    text = out.stdout + out.stderr
+    assert "1 failed, 2 passed" in text, text
+    assert ("db1: expected at least 1 frame(s) matching 'udp' within 50ms, got 0 (0 frame"
+            in text), text
+
+
+def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["entry-points"]["pytest11"]["hvsim"] == "netsim.pytest_plugin"

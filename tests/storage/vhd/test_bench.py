@@ -1,0 +1,15 @@
+"""Smoke run of `hvsim bench storage --quick`: the figures exist and the exports agree."""
+from __future__ import annotations
+
+from bench import storage
+
+
+def test_quick_bench_reports_sane_figures() -> None:
+    res = storage.run(quick=True)
+    assert res["export"]["identical_output"] is True      # our export == qemu-img convert
+    assert res["allocated_fraction"] == 0.5
+    for key in ("qemu_img_MiB_s", "hvsim_cli_MiB_s", "hvsim_inprocess_MiB_s", "ratio_cli"):
+        assert res["export"][key] > 0
+    assert res["chain"]["ratio"] > 0
+    assert set(res["iops_4k"]) == {f"{d}_{op}" for d in ("raw", "dynamic", "chain16")
+                                   for op in ("read", "write")}
