@@ -70,6 +70,16 @@ def powered_by(plan: PowerPlan) -> Iterator[None]:
     for mod in (storage.chain, storage.srtypes.file, storage.lvm.vg):
         saved.append((mod, "FileIO", mod.FileIO))
         mod.FileIO = crash_file_io  # type: ignore[attr-defined]
+    if hasattr(storage.chain, "VhdFileIO"):
+        vhd_file_io = storage.chain.VhdFileIO
+
+        def crash_vhd_file_io(*args: Any, **kw: Any) -> CrashIO:
+            if plan.dead:
+                raise PowerCut("power off")
+            return CrashIO(vhd_file_io(*args, **kw), plan)
+
+        saved.append((storage.chain, "VhdFileIO", vhd_file_io))
+        storage.chain.VhdFileIO = crash_vhd_file_io  # type: ignore[assignment]
     for mod in (storage.chain, storage.srtypes.file, storage.sr):
         saved.append((mod, "os", mod.os))
         mod.os = proxy  # type: ignore[attr-defined]

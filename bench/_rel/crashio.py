@@ -98,6 +98,11 @@ class CrashIO:
             buf[lo - offset:hi - offset] = data[lo - off:hi - off]
         return bytes(buf)
 
+    def preadinto(self, offset: int, buf: memoryview) -> int:
+        data = self.pread(offset, len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
     def pwrite(self, offset: int, data: bytes) -> None:
         data = bytes(data)
         if self.plan.volatile:

@@ -648,3 +648,120 @@ REGRESSIONS: list[Regression] = [
                          if ln != "\t\t\tcreation_time = 1795555561\t# 2026-11-24 21:26:01 +0000"),
                "an LV with creation_host but no creation_time lost its host when re-emitted"),
 ]
+
+
+# --- pcap / pcapng reader and scenario YAML (landed later; appended as their own targets) ------
+
+@functools.cache
+def _capture_samples() -> dict[str, bytes]:
+    import io
+
+    from netsim.capture import PcapngWriter
+    from netsim.clock import ManualClock
+
+    frames = [bytes(range(60)), b"\xff" * 6 + bytes(58), bytes(100)]
+    pcap = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for i, f in enumerate(frames):
+        pcap += struct.pack("<IIII", 1_000_000 + i, 500, len(f), len(f)) + f
+    buf = io.BytesIO()
+    w = PcapngWriter(buf, clock=ManualClock())
+    a, b = w.add_interface("vif1.0"), w.add_interface("eth0")
+    for i, f in enumerate(frames):
+        w.write(a if i % 2 else b, 10**18 + i, f)
+    w.close()
+    return {"pcap": pcap, "pcapng": buf.getvalue()}
+
+
+@st.composite
+def _capture_input(draw: st.DrawFn) -> bytes:
+    if draw(st.integers(0, 5)) == 0:
+        return draw(st.binary(max_size=64))
+    raw = bytearray(_capture_samples()[draw(st.sampled_from(["pcap", "pcapng"]))])
+    _apply(raw, 0, len(raw), draw(_mutations(4)))
+    cut = draw(st.one_of(st.none(), st.integers(0, len(raw))))
+    return bytes(raw if cut is None else raw[:cut])
+
+
+def check_capture(raw: bytes) -> None:
+    """read_capture yields (ns, frame, iface) records or raises CaptureError; never more frame
+    bytes than the file holds, never a negative length."""
+    import os
+    import tempfile
+
+    from netsim.pcapread import read_capture
+
+    fd, name = tempfile.mkstemp(suffix=".pcap", dir="/dev/shm" if os.path.isdir("/dev/shm")
+                                else None)
+    try:
+        os.write(fd, raw)
+        os.close(fd)
+        total = 0
+        try:
+            for ts, frame, iface in read_capture(name):
+                assert isinstance(ts, int) and isinstance(frame, bytes)
+                assert iface is None or isinstance(iface, str)
+                total += len(frame)
+                assert total <= len(raw)
+        except Exception as exc:
+            expect_typed(exc, "read_capture")
+    finally:
+        os.unlink(name)
+
+
+_SCENARIO = """name: good
+capture: [a.eth0]
+duration: 5s
+steps:
+  - at: 1ms
+    send:
+      from: a
+      count: 3
+      rate: 2k/s
+      frame: {eth: {src: "00:16:3e:00:00:01"}, vlan: 10, payload: 8}
+  - {at: 2s, link: {port: esx1/vmnic0, state: down}}
+expect:
+  - arrives: {at: b.eth0, match: "ether src 00:16:3e:00:00:01", after: 1ms, within: 10ms}
+  - counter: {port: esx1/vmnic0, name: drops.link-down, ge: 0, at: 4s}
+"""
+_SCEN_KEYS = ["name", "capture", "duration", "steps", "expect", "at", "send", "from", "count",
+              "rate", "frame", "eth", "src", "dst", "vlan", "payload", "link", "port", "state",
+              "arrives", "match", "after", "within", "counter", "ge", "le", "replay", "pcap",
+              "into", "speed", "flush_mac", "port_group", "move_vm", "seed"]
+_scen_tree = st.recursive(
+    st.one_of(_scalar, st.sampled_from(["1ms", "5s", "-1s", "2k/s", "10x", "0x", "1e9s",
+                                        "ether src 00:16:3e:00:00:01", "udp", "(", "down"])),
+    lambda kids: st.one_of(st.lists(kids, max_size=4),
+                           st.dictionaries(st.sampled_from(_SCEN_KEYS), kids, max_size=5)),
+    max_leaves=30)
+
+
+@st.composite
+def _scenario_input(draw: st.DrawFn) -> str:
+    if draw(st.booleans()):
+        return yaml.safe_dump(draw(st.dictionaries(st.sampled_from(_SCEN_KEYS), _scen_tree,
+                                                   max_size=6)))
+    lines = _SCENARIO.split("\n")
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(lines) - 1))
+        head, sep, _ = lines[i].partition(":")
+        if sep and draw(st.booleans()):
+            lines[i] = head + ": " + yaml.safe_dump(draw(_scen_tree),
+                                                    default_flow_style=True).strip()
+        elif draw(st.booleans()):
+            del lines[i]
+        else:
+            lines.insert(i, lines[draw(st.integers(0, len(lines) - 1))])
+    return "\n".join(lines)
+
+
+def check_scenario(text: str) -> None:
+    """A scenario YAML text validates or raises ScenarioError with a file:line message."""
+    from netsim.scenario import parse_scenario
+
+    typed(parse_scenario, text, "fuzz.yaml", base=Path("/nonexistent-hvsim-base"))
+
+
+TARGETS += [
+    Target("pcap/pcapng reader", _capture_input, check_capture),
+    Target("scenario YAML", _scenario_input, check_scenario),
+]
