@@ -765,3 +765,136 @@ TARGETS += [
     Target("pcap/pcapng reader", _capture_input, check_capture),
     Target("scenario YAML", _scenario_input, check_scenario),
 ]
+
+
+# --- filter language, declarative frames, vDS configuration from the broker ---------------------
+
+_FILTER_WORDS = ["ether", "src", "dst", "host", "broadcast", "multicast", "vlan", "untagged",
+                 "tagged", "proto", "ethertype", "arp", "ip", "ipv6", "udp", "tcp", "icmp",
+                 "port", "len", ">=", "<=", "=", "and", "or", "not", "(", ")", "&&", "||", "!",
+                 "10", "0", "4095", "99999999999999999999", "-1", "0x800", "10.0.0.1",
+                 "00:16:3e:00:00:01", "ff:ff", "1.2.3.400", "65536", "é", ""]
+
+
+@st.composite
+def _filter_input(draw: st.DrawFn) -> tuple[str, list[bytes]]:
+    if draw(st.booleans()):
+        text = " ".join(draw(st.lists(st.sampled_from(_FILTER_WORDS), max_size=9)))
+    else:
+        text = draw(st.text(max_size=40))
+    return text, draw(st.lists(_frame_strategy(), max_size=4))
+
+
+def check_filter(inp: tuple[str, list[bytes]]) -> None:
+    """compile_filter answers a Filter or FilterError; a compiled filter answers True/False for
+    any bytes, never raises."""
+    from netsim.filters import compile_filter
+
+    text, frames = inp
+    flt = typed(compile_filter, text)
+    if flt is None:
+        return
+    for f in frames:
+        assert flt(f) in (True, False)
+
+
+_SPEC_KEYS = ["eth", "src", "dst", "type", "vlan", "vid", "pcp", "tags", "ip", "udp", "tcp",
+              "icmp", "arp", "payload", "sport", "dport", "ttl", "op", "len", "pad"]
+_spec_tree = st.recursive(
+    st.one_of(_scalar, st.sampled_from(["00:16:3e:00:00:01", "10.0.0.1", "ff:ff:ff:ff:ff:ff",
+                                        "request", "0x0800", "hello"])),
+    lambda kids: st.one_of(st.lists(kids, max_size=3),
+                           st.dictionaries(st.sampled_from(_SPEC_KEYS), kids, max_size=4)),
+    max_leaves=20)
+
+
+def check_frame_spec(spec: Any) -> None:
+    """A declarative frame (scenario `frame:`) builds to a parseable frame or raises our
+    FrameError subclass naming the key."""
+    from netsim import frame as fr
+    from netsim.framespec import build_frame
+
+    if not isinstance(spec, dict):
+        spec = {"eth": spec}
+    raw = typed(build_frame, spec)
+    if raw is not None:
+        assert isinstance(raw, bytes) and fr.parse(raw).header_len <= len(raw)
+
+
+@functools.cache
+def _vds_sample() -> bytes:
+    from netsim.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
+
+    return VdsConfig(
+        "dvs1", 3, uplinks=("uplink1", "uplink2"),
+        portgroups=(DvPortGroup("App", 100, DvSecurity(promiscuous=True),
+                                DvShaping(10**6, 2 * 10**6, 4096), None,
+                                DvTeaming("failover", ("uplink1",), ("uplink2",))),
+                    DvPortGroup("Trunk", 4095)),
+        hosts={"esx1": {"uplink1": "vmnic0", "uplink2": "vmnic1"}}).to_json()
+
+
+@st.composite
+def _vds_input(draw: st.DrawFn) -> bytes:
+    import json
+
+    mode = draw(st.integers(0, 2))
+    if mode == 0:
+        doc = json.loads(_vds_sample())
+        # replace one value somewhere in the document with a random JSON-able value
+        path: list[Any] = []
+        node: Any = doc
+        while isinstance(node, dict | list) and node and draw(st.booleans()):
+            key = draw(st.sampled_from(sorted(node) if isinstance(node, dict)
+                                       else list(range(len(node)))))
+            path.append(key)
+            node = node[key]
+        value = draw(st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 2**65),
+                                            st.text(max_size=8), st.floats()),
+                                  lambda k: st.one_of(st.lists(k, max_size=3),
+                                                      st.dictionaries(st.text(max_size=6), k,
+                                                                      max_size=3)),
+                                  max_leaves=8))
+        if path:
+            parent = doc
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = value
+        else:
+            doc = value
+        return json.dumps(doc).encode()
+    raw = bytearray(_vds_sample())
+    if mode == 1:
+        _apply(raw, 0, len(raw), draw(_mutations(3)))
+        return bytes(raw)
+    return draw(st.binary(max_size=60))
+
+
+def check_vds_config(raw: bytes) -> None:
+    """A vDS configuration message from the broker decodes to a VdsConfig that round-trips, or
+    raises our ConfigError/TransportError."""
+    from netsim.vdsconfig import VdsConfig
+
+    cfg = typed(VdsConfig.from_json, raw, "hvsim/lab/vds/dvs1/config")
+    if cfg is not None:
+        assert VdsConfig.from_json(cfg.to_json()) == cfg
+
+
+TARGETS += [
+    Target("filter language", _filter_input, check_filter),
+    Target("declarative frames", lambda: _spec_tree, check_frame_spec),
+    Target("vDS config (broker)", _vds_input, check_vds_config),
+]
+
+
+def _vds_with_bad_host() -> bytes:
+    import json
+
+    doc = json.loads(_vds_sample())
+    doc["hosts"]["\n"] = "vmnic0"
+    return json.dumps(doc).encode()
+
+
+REGRESSIONS.append(Regression(
+    "vDS config (broker)", _vds_with_bad_host(),
+    "a host name with a newline in a vDS config message broke the one-line error"))

@@ -32,3 +32,13 @@ def test_lv_creation_host_survives_rewrite_without_creation_time() -> None:
     vg, header = parse_text(text)
     again, _ = parse_text(emit_text(vg, header))
     assert again.lv("data").creation_host == "vm" == vg.lv("data").creation_host
+
+
+def test_vds_config_error_stays_one_line_for_hostile_names() -> None:
+    from netsim.errors import ConfigError
+    from netsim.vdsconfig import VdsConfig
+
+    bad = next(r for r in fuzz.REGRESSIONS if r.target == "vDS config (broker)").input
+    with pytest.raises(ConfigError) as ei:
+        VdsConfig.from_json(bad, "hvsim/lab/vds/dvs1/config")
+    assert "hosts['\\n']" in str(ei.value) and "\n" not in str(ei.value)
