@@ -111,6 +111,9 @@ class PcapngWriter:
         self._sealed = False
         self.records = 0
         self.closed = False
+        #: the first write error; once set, records are counted in `lost` and not written
+        self.error: CaptureError | None = None
+        self.lost = 0
 
     @property
     def interfaces(self) -> list[str]:
@@ -151,6 +154,9 @@ class PcapngWriter:
         pads = _PAD
 
         def record(frame: bytes, outbound: bool) -> None:
+            if self.error is not None:
+                self.lost += 1
+                return
             ts = now()
             n = len(frame)
             pad = pads[n & 3]
@@ -161,7 +167,10 @@ class PcapngWriter:
             self.records += 1
             self._buffered += total
             if self._buffered >= FLUSH_BYTES:
-                self.flush()
+                try:
+                    self.flush()
+                except CaptureError as exc:  # never raise into the switch: keep the error
+                    self.error = exc
 
         self._sealed = True
         return record
@@ -182,13 +191,21 @@ class PcapngWriter:
                 raise CaptureError(f"cannot write capture {self.path}: {exc.strerror}") from exc
 
     def close(self) -> None:
-        """Flush and close (idempotent)."""
+        """Flush and close (idempotent). Raises the first write error, if any, naming how many
+        records were lost."""
         if self.closed:
             return
-        self.flush()
-        self.closed = True
-        if self._owns:
-            self._file.close()
+        try:
+            if self.error is None:
+                self.flush()
+        except CaptureError as exc:
+            self.error = exc
+        finally:
+            self.closed = True
+            if self._owns:
+                self._file.close()
+        if self.error is not None:
+            raise CaptureError(f"{self.error} ({self.lost} record(s) after it not written)")
 
 
 def read_pcapng(data: bytes | Path) -> tuple[list[str], list[tuple[int, int, bytes, int]]]:
@@ -203,10 +220,10 @@ def read_pcapng(data: bytes | Path) -> tuple[list[str], list[tuple[int, int, byt
         if off + 12 > len(data):
             raise CaptureError(f"pcapng truncated at offset {off}: partial block header")
         btype, total = struct.unpack_from("<II", data, off)
-        if total < 12 or total % 4 or off + total > len(data):
-            raise CaptureError(f"pcapng block at offset {off}: bad length {total}")
         if off == 0 and btype != _SHB:
             raise CaptureError("not a pcapng file: no section header block at offset 0")
+        if total < 12 or total % 4 or off + total > len(data):
+            raise CaptureError(f"pcapng block at offset {off}: bad length {total}")
         if btype == _IDB:
             opts = _options(data, off + 16, off + total - 4)
             names.append(opts.get(_IF_NAME, b"").decode(errors="replace"))

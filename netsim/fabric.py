@@ -244,6 +244,7 @@ class Fabric:
         self._failures: list[tuple[str, BaseException]] = []
         self._pending: list[tuple[Coroutine[Any, Any, Any], str]] = []
         self._macs = itertools.count(1)
+        self._watched: list[Any] = []  # guest queues drained by on_receive callbacks
         self.running = False
 
     # -- building ----------------------------------------------------------------------------
@@ -286,6 +287,7 @@ class Fabric:
                    callback: Callable[[bytes], None]) -> None:
         """Run `callback(frame)` for every frame delivered to a guest NIC (as a fabric task)."""
         vnic = self._as_vnic(target)
+        self._watched.append(vnic.port.queue)
 
         async def serve() -> None:
             while True:
@@ -319,13 +321,13 @@ class Fabric:
             w = PcapngWriter(path, clock=self.clock)
             ids = [w.add_interface(n, description=d) for _, n, d in ports]
             for (port, _, _), i in zip(ports, ids, strict=True):
-                port.taps.append(w.tap(i))
+                port.add_tap(w.tap(i))
             self.captures.append(w)
             return [path]
         for port, name, desc in ports:
             path = out / f"{name.replace('/', '_')}.pcapng"
             w = PcapngWriter(path, clock=self.clock)
-            port.taps.append(w.tap(w.add_interface(name, description=desc)))
+            port.add_tap(w.tap(w.add_interface(name, description=desc)))
             self.captures.append(w)
             paths.append(path)
         return paths
@@ -458,10 +460,16 @@ class Fabric:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             self._tasks.clear()
+            errors = []
             for w in self.captures:
-                w.close()
+                try:
+                    w.close()
+                except CaptureError as err:
+                    errors.append(err)
         if exc_type is None:
             self.check()
+            if errors:
+                raise errors[0]
 
     def check(self) -> None:
         """Raise if any fabric task has crashed (a bug: switch tasks never raise for frames)."""
@@ -470,13 +478,16 @@ class Fabric:
             raise NetsimError(f"fabric task {name!r} crashed: {err!r}") from err
 
     async def settle(self, *, rounds: int = 3, limit: int = 100_000) -> None:
-        """Yield to the loop until every link queue has been empty for `rounds` passes in a row
-        (frames in flight have arrived); raises if it does not quiet down within `limit`."""
+        """Yield to the loop until every link queue, and every guest queue an `on_receive`
+        callback drains, has been empty for `rounds` passes in a row: frames in flight have
+        arrived and guests have answered. Raises if it does not quiet down within `limit`."""
         quiet = 0
         for _ in range(limit):
             await asyncio.sleep(0)
             self.check()
-            if any(len(lk.a.queue) or len(lk.b.queue) for lk in self.links):
+            if any(len(lk.a.queue) or len(lk.b.queue) for lk in self.links) or any(
+                len(q) for q in self._watched
+            ):
                 quiet = 0
             else:
                 quiet += 1

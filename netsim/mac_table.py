@@ -64,8 +64,12 @@ class MacTable(Generic[P]):
             raise ConfigError(f"aging_s: {aging_s!r} must be between 1 and 86400 seconds")
         self.size = size
         self.aging_s = float(aging_s)
-        self._aging_ns = int(aging_s * _NS)
         self._table: dict[tuple[int, bytes], _Entry[P]] = {}
+        #: get_entry((vid, mac)) -> entry with .port, .last_ns, .lru, or None; for the switch's
+        #: inlined fast path, which must refresh by `e.last_ns = now; e.lru.move_to_end(key)`
+        #: and treat `now - e.last_ns > aging_ns` as unknown.
+        self.get_entry = self._table.get
+        self.aging_ns = int(aging_s * _NS)
         self._by_port: dict[P, OrderedDict[tuple[int, bytes], None]] = {}
         self._last_sweep_ns = -(1 << 62)
         #: how many entries were evicted to make room, aged out, and moves refused by a lock
@@ -93,7 +97,7 @@ class MacTable(Generic[P]):
             if (
                 not garp
                 and now_ns < e.locked_until_ns
-                and now_ns - e.last_ns <= self._aging_ns
+                and now_ns - e.last_ns <= self.aging_ns
             ):
                 self.lock_refusals += 1
                 return LOCKED
@@ -117,7 +121,7 @@ class MacTable(Generic[P]):
         e = self._table.get((vid, mac))
         if e is None:
             return None
-        if now_ns - e.last_ns > self._aging_ns:
+        if now_ns - e.last_ns > self.aging_ns:
             self._remove((vid, mac), e)
             self.expirations += 1
             return None
@@ -125,7 +129,7 @@ class MacTable(Generic[P]):
 
     def expire(self, now_ns: int) -> int:
         """Remove every aged-out entry; returns how many."""
-        old = [k for k, e in self._table.items() if now_ns - e.last_ns > self._aging_ns]
+        old = [k for k, e in self._table.items() if now_ns - e.last_ns > self.aging_ns]
         for k in old:
             self._remove(k, self._table[k])
         self.expirations += len(old)
@@ -154,7 +158,7 @@ class MacTable(Generic[P]):
             MacEntry(vid, mac_to_str(mac), e.port, (now_ns - e.last_ns) / _NS,
                      now_ns < e.locked_until_ns)
             for (vid, mac), e in self._table.items()
-            if now_ns - e.last_ns <= self._aging_ns
+            if now_ns - e.last_ns <= self.aging_ns
         ]
         rows.sort(key=lambda r: (r.vlan, r.mac))
         return rows

@@ -180,7 +180,6 @@ class TeamingPolicy:
     active: tuple[str, ...] = ()
     standby: tuple[str, ...] = ()
     load_balancing: LoadBalancing = LoadBalancing.PORT_ID
-    notify_switches: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "active", tuple(self.active))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from netsim.errors import ScenarioError
+from netsim.fabric import Link, Vm
 from netsim.filters import Filter, decode
 from netsim.pcapread import read_capture
 from netsim.scenario import (
@@ -115,7 +116,7 @@ class PortRecorder:
             if outbound:
                 out.append((now() - self.t0, frame))
 
-        port.taps.append(tap)
+        port.add_tap(tap)
         self.frames[name] = out
         return out
 
@@ -126,11 +127,11 @@ class _Watch:
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self.t0 = 0
-        self.items: list[tuple[Filter, list[int]]] = []
+        self.items: list[tuple[Callable[[Any], bool], list[int]]] = []
 
     def add(self, flt: Filter) -> list[int]:
         times: list[int] = []
-        self.items.append((flt, times))
+        self.items.append((flt.match_decoded, times))
         return times
 
     def tap(self, frame: bytes, outbound: bool) -> None:
@@ -139,9 +140,11 @@ class _Watch:
         d = decode(frame)
         if d is None:
             return
-        t = self.clock.now_ns() - self.t0
-        for flt, times in self.items:
-            if flt.match_decoded(d):
+        t = -1
+        for match, times in self.items:
+            if match(d):
+                if t < 0:
+                    t = self.clock.now_ns() - self.t0
                 times.append(t)
 
 
@@ -181,6 +184,8 @@ class ScenarioRun:
         if lab is not None:
             pingable = [n for n, a in lab.agents.items() if a.guest.addresses()]
         scn.check(self.fabric, pingable=pingable)
+        if lab is not None:
+            self._check_xen_vlan_changes(lab)
         self._t0 = 0
         self._end_ns = scn.end_ns
         self._step_stats: list[dict[str, Any]] = []
@@ -188,9 +193,21 @@ class ScenarioRun:
         self._counter_values: dict[int, int] = {}
         self._ping_results: dict[int, Any] = {}
 
+    def _check_xen_vlan_changes(self, lab: Any) -> None:
+        for s in self.scn.steps:
+            if isinstance(s, PortGroupEvent) and s.vlan is not None:
+                sw, _ = find_port_group(self.fabric, s, self.scn)
+                host = next((h for h in self.fabric.hosts.values()
+                             if sw in h.switches.values()), None)
+                if host is not None and lab.topo.host(host.name).type == "xen":
+                    raise self.scn.error(
+                        (*s.path, "port_group", "vlan"),
+                        f"on XenServer host {host.name} a VLAN network is its own bridge over "
+                        "ethX.VID; changing its VLAN means another network (not supported); "
+                        "security changes work")
+
     # -- helpers -----------------------------------------------------------------------------
     def _port(self, name: str) -> Any:
-        from netsim.fabric import Vm
         obj = self.fabric[name]
         return obj.ports[0] if isinstance(obj, Vm) else obj
 
@@ -205,7 +222,10 @@ class ScenarioRun:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if scn.capture is not None:
-                captures = fab.capture(scn.capture, self.out_dir)
+                targets = scn.capture if scn.capture == "all" else [
+                    self._port(n) if not isinstance(fab[n], Link) else fab[n]
+                    for n in scn.capture]
+                captures = fab.capture(targets, self.out_dir)
         watches: dict[str, _Watch] = {}
         arrivals: dict[int, list[int]] = {}
         for i, e in enumerate(scn.expectations):
@@ -213,7 +233,7 @@ class ScenarioRun:
                 w = watches.get(e.port)
                 if w is None:
                     w = watches[e.port] = _Watch(self.clock)
-                    self._port(e.port).taps.append(w.tap)
+                    self._port(e.port).add_tap(w.tap)
                 arrivals[i] = w.add(e.filter)
         if self.lab is None:  # nobody consumes the guests' frames: drain them
             from netsim.port import VmPort
@@ -367,9 +387,12 @@ class ScenarioRun:
         where = self.scn.smap.where(e.path).rsplit(": ", 1)[0]
         if isinstance(e, Arrives):
             assert times is not None
-            end = e.end_ns if e.end_ns is not None else self._end_ns
-            got = [t for t in times if e.start_ns <= t <= end]
-            window = f"{fmt_ns(e.start_ns)}..{fmt_ns(end)}"
+            if e.end_ns is not None:  # half-open: a frame at the closing instant is not in
+                got = [t for t in times if e.start_ns <= t < e.end_ns]
+                window = f"[{fmt_ns(e.start_ns)}, {fmt_ns(e.end_ns)})"
+            else:
+                got = [t for t in times if e.start_ns <= t]
+                window = f"[{fmt_ns(e.start_ns)}, end]"
             first = f", first at {fmt_ns(got[0])}" if got else ""
             if e.never:
                 ok = not got
@@ -416,7 +439,8 @@ def _summary(offsets: list[int]) -> dict[str, Any]:
     def pct(p: float) -> int:
         return s[min(len(s) - 1, int(p * len(s)))]
 
-    return {"frames": len(s), "offset_ns_p50": pct(0.5), "offset_ns_p99": pct(0.99),
+    return {"frames": len(s), "offset_ns_p50": pct(0.5), "offset_ns_p90": pct(0.9),
+            "offset_ns_p99": pct(0.99),
             "offset_ns_max": s[-1], "within_1ms": sum(1 for o in s if o <= 1_000_000) / len(s)}
 
 

@@ -27,7 +27,9 @@ Times are `500ns`, `10us`, `1.5ms`, `2s`, `1m`, `1h` or plain seconds. `load_sce
 file's shape, frames, filters and times, raising `ScenarioError` as `file:line: key: message`;
 `Scenario.check(fabric)` then checks every port, VM, switch and port group it names against the
 built fabric, still before anything runs. Nothing in a file is evaluated as code: frames are
-declarative (Python callers may pass Scapy packets to `netsim.pytest_plugin`'s helpers instead).
+declarative; Python callers may name frames built with Scapy (`load_scenario(path,
+frames={"syn": Ether()/IP()/TCP()})`, then `frame: syn` in the file) or pass packets to
+`netsim.pytest_plugin`'s `send`.
 """
 from __future__ import annotations
 
@@ -68,6 +70,8 @@ def parse_duration(value: Any) -> int:
 
 def fmt_ns(ns: int) -> str:
     """Nanoseconds → a short readable duration (`1.5ms`)."""
+    if ns == 0:
+        return "0s"
     for unit, size in (("s", NS), ("ms", 1_000_000), ("us", 1_000)):
         if ns >= size:
             return f"{ns / size:g}{unit}"
@@ -144,7 +148,7 @@ class Expectation:
 @dataclass(frozen=True)
 class Arrives(Expectation):
     """Frames matching `filter` leave the switch through `port` (towards the guest for a VM port,
-    onto the wire for a PIF or physical port) between `start_ns` and `end_ns` (None = the end).
+    onto the wire for a PIF or physical port) in [`start_ns`, `end_ns`) (None = to the end).
     `count` exact, or at least `min_count`; `never` = none may arrive."""
 
     port: str
@@ -191,7 +195,6 @@ class Scenario:
     expectations: list[Expectation]
     capture: list[str] | str | None = None
     duration_ns: int | None = None
-    seed: int = 0
     smap: SourceMap = field(default_factory=lambda: SourceMap("<scenario>"))
 
     @property
@@ -235,6 +238,9 @@ class Scenario:
                 raise self.error(path, f"{name!r} is a {type(obj).__name__}, not {what}")
             return obj
 
+        if isinstance(self.capture, list):
+            for i, name in enumerate(self.capture):
+                lookup(name, ("capture", i), (Port, Vm, Link), "a port, VM or cable")
         for s in self.steps:
             if isinstance(s, Send):
                 lookup(s.port, (*s.path, "send", "from"), (Port, Vm), "a port or VM")
@@ -298,6 +304,18 @@ class _Reader:
     def __init__(self, smap: SourceMap, base: Path) -> None:
         self.smap = smap
         self.base = base
+        self.frames: dict[str, Any] = {}
+
+    def named_frame(self, name: str, path: PathT) -> bytes:
+        if name not in self.frames:
+            known = ", ".join(sorted(self.frames)) or "none were given"
+            raise self.fail(path, f"no frame named {name!r} (named frames come from Python: "
+                            f"load_scenario(..., frames={{...}}); known: {known})")
+        value = self.frames[name]
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value)
+        from netsim.frame import from_scapy  # the one place Scapy objects become bytes
+        return from_scapy(value)
 
     def fail(self, path: PathT, message: str) -> ScenarioError:
         err = self.smap.error(path, message, ScenarioError)
@@ -355,8 +373,11 @@ class _Reader:
             raise self.fail(path, str(exc)) from None
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file (see the module docstring)."""
+def load_scenario(path: str | Path, *, frames: Mapping[str, Any] | None = None) -> Scenario:
+    """Read and validate a scenario file (see the module docstring).
+
+    `frames`: named frames for `send.frame: <name>` — Scapy packets or bytes, given from Python
+    (a file itself only holds declarative frames; nothing in it is evaluated)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -364,15 +385,17 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{path}: cannot read scenario: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ScenarioError(f"{path}: not a text file ({exc.reason})") from exc
-    return parse_scenario(text, str(path), base=path.parent)
+    return parse_scenario(text, str(path), base=path.parent, frames=frames)
 
 
-def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | None = None
-                   ) -> Scenario:
-    """Validate scenario text; relative paths resolve against `base` (default: cwd)."""
+def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | None = None,
+                   frames: Mapping[str, Any] | None = None) -> Scenario:
+    """Validate scenario text; relative paths resolve against `base` (default: cwd); `frames`
+    as for `load_scenario`."""
     data, smap = load_yaml(text, source, ScenarioError)
     r = _Reader(smap, base or Path("."))
-    top = r.mapping(data, (), ("name", "topology", "seed", "capture", "duration", "steps",
+    r.frames = dict(frames or {})
+    top = r.mapping(data, (), ("name", "topology", "capture", "duration", "steps",
                                "expect", "description"))
     name = r.name(top.get("name", Path(source).stem), ("name",))
     topology = None
@@ -381,7 +404,6 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
         topology = tpath if tpath.is_absolute() else r.base / tpath
         if not topology.is_file():
             raise r.fail(("topology",), f"no topology file {str(topology)!r}")
-    seed = r.integer(top.get("seed", 0), ("seed",), 0, 2**63 - 1)
     capture: list[str] | str | None = None
     if "capture" in top:
         cap = top["capture"]
@@ -401,7 +423,7 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
         raise r.fail(("expect",), "expected a list of expectations")
     expectations = [_expectation(r, raw, ("expect", i)) for i, raw in enumerate(exp_raw)]
     scn = Scenario(name=name, source=source, topology=topology, steps=steps,
-                   expectations=expectations, capture=capture, duration_ns=duration, seed=seed,
+                   expectations=expectations, capture=capture, duration_ns=duration,
                    smap=smap)
     if duration is not None:
         for s in steps:
@@ -426,10 +448,13 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
     body = m[kind]
     if kind == "send":
         b = r.mapping(body, kp, ("from", "frame", "count", "rate", "interval"), ("from", "frame"))
-        try:
-            frame = parse_spec(b["frame"], ()).build()
-        except SpecError as exc:
-            raise r.fail((*kp, "frame", *exc.path), exc.message) from None
+        if isinstance(b["frame"], str):
+            frame = r.named_frame(b["frame"], (*kp, "frame"))
+        else:
+            try:
+                frame = parse_spec(b["frame"], ()).build()
+            except SpecError as exc:
+                raise r.fail((*kp, "frame", *exc.path), exc.message) from None
         count = r.integer(b.get("count", 1), (*kp, "count"), 1, 10_000_000)
         interval = 0
         if "rate" in b and "interval" in b:
@@ -468,8 +493,8 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
     if kind == "flush_mac":
         b = r.mapping(body, kp, ("switch",))
         return FlushMac(at, path, r.name(b["switch"], (*kp, "switch")) if "switch" in b else None)
-    raise r.fail(kp, "moving a VM needs the distributed switch, which this version does not "
-                 "have yet")
+    raise r.fail(kp, "moving a VM needs a distributed-switch run (netsim.host.HostAgent.migrate, "
+                 "`hvsim host`); scenarios on one fabric cannot move VMs yet")
 
 
 def _rate_interval(r: _Reader, value: Any, path: PathT) -> int:
@@ -513,6 +538,11 @@ def _expectation(r: _Reader, raw: Any, path: PathT) -> Expectation:
     kind = kinds[0]
     kp = (*path, kind)
     b = m[kind]
+    if kind != "counter" and isinstance(b, Mapping) and "name" in b:  # or inside the body
+        if "name" in m:
+            raise r.fail((*kp, "name"), "name is given twice")
+        m = {**m, "name": r.name(b["name"], (*kp, "name"))}
+        b = {k: v for k, v in b.items() if k != "name"}
     if kind in ("arrives", "never"):
         b = r.mapping(b, kp, ("at", "match", "tagged", "after", "within", "count", "min"),
                       ("at",))

@@ -2,8 +2,9 @@
 (bits/s) and burst size (bytes), enforced frame by frame.
 
 A `Shaper` is two token buckets: the committed bucket fills at the average rate and holds up to
-`burst_bytes` (at least one maximum-size frame); the peak bucket fills at the peak rate and holds
-`PEAK_WINDOW_S` worth of peak-rate traffic (at least one maximum-size frame). A frame conforms
+`burst_bytes` (so a frame larger than the burst size never conforms); the peak bucket fills at
+the peak rate and holds `PEAK_WINDOW_S` worth of peak-rate traffic (at least one maximum-size
+frame). A frame conforms
 when both hold enough, so an idle sender may send `burst_bytes` at up to the peak rate, and over
 any long run never more than the average rate. Tokens are exact integers (bit-nanoseconds), so
 long runs do not drift.
@@ -31,7 +32,7 @@ class Shaper:
         self.policy = policy
         self._avg_rate = policy.average_bps
         self._peak_rate = policy.peak_bps
-        self._cap_avg = max(policy.burst_bytes, MAX_FRAME) * 8 * NS
+        self._cap_avg = policy.burst_bytes * 8 * NS
         peak_depth = max(MAX_FRAME, int(policy.peak_bps * PEAK_WINDOW_S / 8))
         self._cap_peak = peak_depth * 8 * NS
         self._tok_avg = self._cap_avg

@@ -30,7 +30,7 @@ from typing import Any
 from netsim.clock import Clock, RealClock
 from netsim.errors import ConfigError
 from netsim.frame import arp_is_gratuitous
-from netsim.mac_table import DEFAULT_AGING_S, DEFAULT_SIZE, NO_SPACE, MacTable
+from netsim.mac_table import DEFAULT_AGING_S, DEFAULT_SIZE, NO_SPACE, MacEntry, MacTable
 from netsim.policy import (
     LoadBalancing,
     SecurityPolicy,
@@ -44,6 +44,8 @@ from netsim.policy import (
 from netsim.port import Pif, Port, VmPort
 from netsim.shaper import Shaper
 
+_UNSET: Any = object()
+
 # Port roles on a switch.
 ROLE_BRIDGE = 0  # a port of a physical 802.1Q bridge
 ROLE_VM = 1  # a vNIC's port on a vSwitch
@@ -56,6 +58,7 @@ _MODE_CODE = {
     VlanMode.NATIVE_UNTAGGED: 3,
 }
 _ACCESS, _TRUNK = 0, 1
+_TAGS: dict[int, bytes] = {}  # TCI -> the 4 tag bytes, built once each
 
 
 class Bridge:
@@ -79,6 +82,10 @@ class Bridge:
         self._flood: dict[int, tuple[Port, ...]] = {}
         self._next_id = 0
         self._now = self.clock.now_ns
+        # The pipeline reads the table's entries directly for the common cases (source already
+        # learned on this port; destination known and fresh): two method calls less per frame.
+        self._mac_get = self.mac_table.get_entry
+        self._aging_ns = self.mac_table.aging_ns
 
     # -- configuration -----------------------------------------------------------------------
     def _attach(self, port: Port, vlan: VlanPolicy, role: int) -> Port:
@@ -102,11 +109,21 @@ class Bridge:
         port.sw_mac_limit = 0
         port.sw_mirror_rx = ()
         port.sw_mirror_tx = ()
+        port.sw_check_reflect = False
+        self._rx_checks(port)
+        port.refresh()
         self._set_vlan(port, vlan)
         self.ports[port.name] = port
         port.on_link_change(self._link_changed)
         self._changed()
         return port
+
+    @staticmethod
+    def _rx_checks(port: Port) -> None:
+        port.sw_rx_checks = bool(
+            not port.sw_forged_ok or port.sw_shaper is not None or port.sw_check_reflect
+            or port.sw_mirror_rx
+        )
 
     def _set_vlan(self, port: Port, vlan: VlanPolicy) -> None:
         if not isinstance(vlan, VlanPolicy):
@@ -126,6 +143,8 @@ class Bridge:
             port.sw_allowed = (vlan.trunks | {vlan.vlan}) if vlan.trunks else None
             port.sw_untagged_vid = vlan.vlan if vlan.mode is VlanMode.NATIVE_UNTAGGED else -1
             port.sw_untagged_ok = True
+        port.sw_carry = None if port.sw_allowed is None and mode != _ACCESS else (
+            frozenset({vlan.vlan}) if mode == _ACCESS else port.sw_allowed)
         port.sw_max_untagged = 14 + port.mtu
         port.sw_max_tagged = 18 + port.mtu
 
@@ -141,6 +160,7 @@ class Bridge:
         p = self._port(port)
         del self.ports[p.name]
         self.mac_table.flush(p)
+        p.off_link_change(self._link_changed)
         p.switch = None
         self._changed()
 
@@ -161,13 +181,16 @@ class Bridge:
                 raise ConfigError(f"{self.name}: port {p.name} cannot mirror to itself")
             if ingress:
                 p.sw_mirror_rx = (*p.sw_mirror_rx, dest)
+                self._rx_checks(p)
             if egress:
                 p.sw_mirror_tx = (*p.sw_mirror_tx, dest)
+                p.refresh()
 
     def set_egress_shaping(self, port: Port | str, shaping: ShapingPolicy | None) -> None:
         """Shape frames leaving the switch through `port` (vDS-style egress shaping)."""
         p = self._port(port)
         p.sw_egress_shaper = Shaper(shaping, self._now()) if shaping is not None else None
+        p.refresh()
 
     def _port(self, port: Port | str) -> Port:
         name = port if isinstance(port, str) else port.name
@@ -189,13 +212,18 @@ class Bridge:
         self._flood[vid] = members
         return members
 
+    def mac_entries(self) -> list[MacEntry]:
+        """The live MAC table now (VLAN, MAC, port, age), sorted by VLAN then MAC."""
+        return self.mac_table.entries(self._now())
+
     def port_counters(self) -> dict[str, dict[str, Any]]:
         """Every port's counters, by port name."""
         return {name: p.counters.as_dict() for name, p in self.ports.items()}
 
     # -- the pipeline ------------------------------------------------------------------------
     def ingress(self, port: Port, frame: bytes) -> None:
-        """Switch one frame that arrived on `port` (already counted as received there)."""
+        """Switch one frame that arrived on `port`. Call `port.receive(frame)` to inject a frame:
+        it counts and taps the arrival, then calls this."""
         c = port.counters
         n = len(frame)
         if n < 14:
@@ -242,36 +270,52 @@ class Bridge:
             c.drop("malformed")
             return
         src = frame[6:12]
-        if not port.sw_forged_ok and src != port.vnic.mac:
-            c.drop("forged-source")
-            return
         now = self._now()
-        shaper = port.sw_shaper
-        if shaper is not None and not shaper.conform(n, now):
-            c.drop("shaped")
-            return
-        if port.sw_role == ROLE_UPLINK and self._reflected(vid, src, now):
-            c.drop("reflected")
-            return
-        garp = inner[12] == 0x08 and inner[13] == 0x06 and arp_is_gratuitous(inner, 14)
-        if self.mac_table.learn(vid, src, port, now, garp=garp, limit=port.sw_mac_limit) == (
-            NO_SPACE
-        ):
+        if port.sw_rx_checks:  # forged transmits Reject, shaping, reflection, mirroring
+            if not port.sw_forged_ok and src != port.vnic.mac:
+                c.drop("forged-source")
+                return
+            shaper = port.sw_shaper
+            if shaper is not None and not shaper.conform(n, now):
+                c.drop("shaped")
+                return
+            if port.sw_check_reflect and self._reflected(vid, src, now):
+                c.drop("reflected")
+                return
+            if port.sw_mirror_rx:
+                for m in port.sw_mirror_rx:
+                    m.transmit(frame)
+        key = (vid, src)
+        e = self._mac_get(key)
+        arp = inner[12] == 0x08 and inner[13] == 0x06
+        if e is not None and e.port is port and not arp:
+            e.last_ns = now  # known here already: refresh (MacTable.learn's first branch)
+            e.lru.move_to_end(key)
+        elif self.mac_table.learn(
+            vid, src, port, now, garp=arp and arp_is_gratuitous(inner, 14),
+            limit=port.sw_mac_limit,
+        ) == NO_SPACE:
             c.drop("no-learn-space")
             return
-        if port.sw_mirror_rx:
-            for m in port.sw_mirror_rx:
-                m.transmit(frame)
         self._forward(port, inner, tagged, vid, pcp, now)
 
     def _reflected(self, vid: int, src: bytes, now: int) -> bool:
         return False
 
+    def _lookup(self, vid: int, mac: bytes, now: int) -> Port | None:
+        e = self._mac_get((vid, mac))
+        if e is None:
+            return None
+        if now - e.last_ns > self._aging_ns:
+            self.mac_table.lookup(vid, mac, now)  # removes the aged-out entry
+            return None
+        return e.port
+
     def _forward(
         self, port: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int, now: int
     ) -> None:
         if not inner[0] & 1:
-            out = self.mac_table.lookup(vid, inner[0:6], now)
+            out = self._lookup(vid, inner[0:6], now)
             if out is not None:
                 if out is port:
                     port.counters.drop("same-port")
@@ -300,12 +344,26 @@ class Bridge:
             f = inner
         else:
             if tagged is None:
-                tagged = (
-                    inner[:12]
-                    + bytes((0x81, 0x00, (pcp << 5) | (vid >> 8), vid & 0xFF))
-                    + inner[12:]
-                )
+                tci = (pcp << 13) | vid
+                tag = _TAGS.get(tci)
+                if tag is None:
+                    tag = _TAGS[tci] = bytes((0x81, 0x00, tci >> 8, tci & 0xFF))
+                tagged = inner[:12] + tag + inner[12:]
             f = tagged
+        if out.tx_plain:
+            # Port.transmit + FrameQueue.put, inlined: link up, no taps/shaping/mirroring.
+            q = out.queue
+            items = q.items
+            if len(items) < q.maxlen:
+                items.append(f)
+                if q._waiter is not None:
+                    q.wake()
+                c = out.counters
+                c.tx_frames += 1
+                c.tx_bytes += len(f)
+            else:
+                out.counters.drop("queue-full")
+            return tagged
         shaper = out.sw_egress_shaper
         if shaper is not None and not shaper.conform(len(f), now):
             out.counters.drop("shaped")
@@ -387,6 +445,7 @@ class StandardSwitch(Bridge):
         self._teaming = teaming if teaming is not None else TeamingPolicy()
         self._team: dict[Port, Port | None] = {}
         self._vm_flood: dict[int, tuple[tuple[Port, ...], tuple[Port, ...]]] = {}
+        self._any_promisc = False
         self._in_use: frozenset[Port] | None = None
 
     # -- configuration -----------------------------------------------------------------------
@@ -423,6 +482,7 @@ class StandardSwitch(Bridge):
         port.sw_mac_changes_ok = sec.mac_changes
         port.sw_mac_limit = group.mac_limit
         port.sw_shaper = Shaper(group.shaping, self._now()) if group.shaping else None
+        self._rx_checks(port)
         self._changed()
 
     def update_port_group(self, group: PortGroup) -> None:
@@ -442,8 +502,9 @@ class StandardSwitch(Bridge):
         if not isinstance(pif, Pif):
             raise ConfigError(f"{self.name}: an uplink must be a Pif (eth0, eth0.5), not {pif!r}")
         self._attach(pif, vlan if vlan is not None else VlanPolicy.trunk(), ROLE_UPLINK)
+        pif.sw_check_reflect = True
+        self._rx_checks(pif)
         self.uplinks.append(pif)
-        self._check_team()
         return pif
 
     @property
@@ -479,6 +540,9 @@ class StandardSwitch(Bridge):
         self._flood.clear()
         self._vm_flood.clear()
         self._team.clear()
+        self._any_promisc = any(
+            p.sw_promisc for p in self.ports.values() if p.sw_role == ROLE_VM
+        )
         self._in_use = None
 
     # -- teaming -----------------------------------------------------------------------------
@@ -548,12 +612,14 @@ class StandardSwitch(Bridge):
             return
         dst = inner[0:6]
         unicast = not inner[0] & 1
-        fl = self._vm_flood.get(vid)
-        if fl is None:
-            fl = self._vm_members(vid)
-        vms, promisc = fl
         if unicast:
-            out = self.mac_table.lookup(vid, dst, now)
+            e = self._mac_get((vid, dst))  # MacTable.lookup, inlined for fresh entries
+            if e is None:
+                out = None
+            elif now - e.last_ns <= self._aging_ns:
+                out = e.port
+            else:
+                out = self.mac_table.lookup(vid, dst, now)  # removes the aged-out entry
             if out is not None:
                 if out is port:
                     port.counters.drop("same-port")
@@ -562,15 +628,50 @@ class StandardSwitch(Bridge):
                     if not from_vm:
                         port.counters.drop("uplink-to-uplink")
                         return
-                    out = self.uplink_for(port)
-                    if out is None or not out.sw_vlan.carries(vid):
-                        port.counters.drop("link-down" if out is None else "vlan-not-allowed")
+                    out = self._team.get(port, _UNSET)
+                    if out is _UNSET:
+                        out = self.uplink_for(port)
+                    if out is None:
+                        port.counters.drop("link-down")
                         return
-                tagged = self._to_port(out, dst, inner, tagged, vid, pcp, now)
-                for p in promisc:
-                    if p is not port and p is not out:
-                        tagged = self._to_port(p, None, inner, tagged, vid, pcp, now)
+                    carry = out.sw_carry
+                    if carry is not None and vid not in carry:
+                        port.counters.drop("vlan-not-allowed")
+                        return
+                    if out.tx_plain and vid and out.sw_untagged_vid != vid:
+                        # The hottest case (a VM's frame leaving tagged by its uplink): _emit's
+                        # fast path, inlined.
+                        if tagged is None:
+                            tci = (pcp << 13) | vid
+                            tag = _TAGS.get(tci)
+                            if tag is None:
+                                tag = _TAGS[tci] = bytes((0x81, 0x00, tci >> 8, tci & 0xFF))
+                            tagged = inner[:12] + tag + inner[12:]
+                        q = out.queue
+                        items = q.items
+                        if len(items) < q.maxlen:
+                            items.append(tagged)
+                            if q._waiter is not None:
+                                q.wake()
+                            c = out.counters
+                            c.tx_frames += 1
+                            c.tx_bytes += len(tagged)
+                        else:
+                            out.counters.drop("queue-full")
+                    else:
+                        tagged = self._emit(out, inner, tagged, vid, pcp, now)
+                else:
+                    tagged = self._to_port(out, dst, inner, tagged, vid, pcp, now)
+                if self._any_promisc:
+                    fl = self._vm_flood.get(vid) or self._vm_members(vid)
+                    for p in fl[1]:
+                        if p is not port and p is not out:
+                            tagged = self._to_port(p, None, inner, tagged, vid, pcp, now)
                 return
+        fl = self._vm_flood.get(vid)
+        if fl is None:
+            fl = self._vm_members(vid)
+        vms = fl[0]
         sent = False
         check = dst if unicast else None
         for p in vms:
@@ -579,13 +680,16 @@ class StandardSwitch(Bridge):
             if p is not port and (from_vm or self.uplink_for(p) is port):
                 tagged = self._to_port(p, check, inner, tagged, vid, pcp, now)
                 sent = True
-        if from_vm:
+        reason = "no-destination"
+        if from_vm and self.uplinks:
             up = self.uplink_for(port)
-            if up is not None and up.sw_vlan.carries(vid):
+            if up is None:
+                reason = "link-down"  # every uplink is down
+            elif up.sw_carry is None or vid in up.sw_carry:
                 self._emit(up, inner, tagged, vid, pcp, now)
                 sent = True
         if not sent:
-            port.counters.drop("no-destination")
+            port.counters.drop(reason)
 
     def _to_port(
         self,

@@ -238,11 +238,11 @@ class BlkBack:
         try:
             if op == Op.READ or op == Op.WRITE:
                 self.stats.requests[_OP_NAMES[op]] += 1
-                f = blkif.REQUEST.unpack_from(raw)
-                nseg = f[1]
+                nseg = raw[1]
                 if nseg == 0 or nseg > blkif.MAX_SEGMENTS:
                     raise _Refused("bad-nr-segments")
-                flat = iter(f[5: 5 + 3 * nseg])
+                f = blkif.REQUEST_N[nseg].unpack_from(raw)
+                flat = iter(f[5:])
                 self._rw(op, f[4], list(zip(flat, flat, flat, strict=True)))
             elif op == Op.INDIRECT:
                 self.stats.requests["INDIRECT"] += 1
@@ -266,6 +266,10 @@ class BlkBack:
             return Response(rid, op, Status.ERROR)
         except (StorageError, OSError):
             self.stats.errors["io-error"] += 1
+            return Response(rid, op, Status.ERROR)
+        except Exception as exc:  # a disk driver's bug must not take the backend down
+            self.stats.errors["disk-exception"] += 1
+            self.last_error = f"request {rid}: {type(exc).__name__}: {exc}"
             return Response(rid, op, Status.ERROR)
         return Response(rid, op, Status.OKAY)
 

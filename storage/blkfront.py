@@ -75,6 +75,34 @@ class FrontendStats:
     unknown_responses: int = 0
 
 
+class _Held:
+    """One request's ring slot, pages and grants; returned once the backend is done with them."""
+
+    __slots__ = ("front", "grefs", "orphaned", "pages", "slots")
+
+    def __init__(self, front: BlkFront, slots: asyncio.Semaphore) -> None:
+        self.front = front
+        self.slots = slots
+        self.pages: list[int] = []
+        self.grefs: list[int] = []
+        self.orphaned = False
+
+    def done(self) -> None:
+        """The caller is finished: release now, unless the request is still on the ring."""
+        if not self.orphaned:
+            self.release()
+
+    def release(self) -> None:
+        """Revoke the grants, free the pages, give the ring slot back."""
+        g = self.front.guest
+        for gref in self.grefs:
+            g.grants.end_access(gref)
+        for pfn in self.pages:
+            g.pages.free(pfn)
+        self.grefs, self.pages = [], []
+        self.slots.release()
+
+
 class BlkFront:
     """The guest block device `devid` of `guest` (e.g. 51712 = xvda)."""
 
@@ -100,6 +128,7 @@ class BlkFront:
         self._ring_grefs: list[int] = []
         self._evtchn: EventChannel | None = None
         self._pending: dict[int, asyncio.Future[int]] = {}
+        self._orphans: dict[int, Callable[[], None]] = {}  # cancelled callers' requests
         self._next_id = 0
         self._slots: asyncio.Semaphore | None = None
         self._rmw_lock = asyncio.Lock()
@@ -216,10 +245,14 @@ class BlkFront:
             if not fut.done():
                 fut.set_exception(BlkIOError(f"{self.path}: {why}"))
         self._pending.clear()
+        for release in self._orphans.values():  # the ring is dead: nobody will answer them
+            release()
+        self._orphans.clear()
 
     # --- responses --------------------------------------------------------------------------
     async def _responses(self) -> None:
         ring, evtchn, pending, stats = self._ring, self._evtchn, self._pending, self.stats
+        orphans = self._orphans
         assert ring is not None and evtchn is not None
         try:
             while True:
@@ -235,6 +268,8 @@ class BlkFront:
                         stats.unknown_responses += 1
                     elif not fut.done():
                         fut.set_result(rsp.status)
+                    elif rsp.id in orphans:  # its caller was cancelled: release its resources
+                        orphans.pop(rsp.id)()
                 if n or ring.final_check_for_responses():
                     continue
                 await evtchn.wait()
@@ -244,7 +279,7 @@ class BlkFront:
 
     # --- requests ---------------------------------------------------------------------------
     def _post(self, build: Callable[[int], AnyRequest | tuple[int, int, list[int]]]
-              ) -> asyncio.Future[int]:
+              ) -> tuple[int, asyncio.Future[int]]:
         """Put one request on the ring (the caller holds a slot); the future gets its status."""
         if self._broken:
             raise BlkIOError(f"{self.path}: {self._broken}")
@@ -263,7 +298,18 @@ class BlkFront:
         if ring.push_requests():
             self._evtchn.notify()  # type: ignore[union-attr]
             self.stats.notifications_sent += 1
-        return fut
+        return rid, fut
+
+    async def _status(self, rid: int, fut: asyncio.Future[int], held: _Held) -> int:
+        """Wait for a response. If the caller is cancelled first, the request stays on the
+        ring: its slot, pages and grants go back only when the backend has answered."""
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.cancelled() and not self._broken:
+                held.orphaned = True
+                self._orphans[rid] = held.release
+            raise
 
     def _raise_for(self, status: int, what: str) -> None:
         self.stats.errors += 1
@@ -272,26 +318,47 @@ class BlkFront:
             else ""
         raise BlkIOError(f"{self.path}: {what}: {reason}{ro} (status {status})")
 
-    async def _one(self, build: Callable[[int], AnyRequest], *, what: str) -> None:
-        """A request without data pages (flush, discard)."""
+    async def _hold(self) -> _Held:
+        """A ring slot (and, later, pages and grants) for one request."""
         if self._slots is None:
             raise BlkIOError(f"{self.path}: not connected")
-        async with self._slots:
-            status = await self._post(build)
+        await self._slots.acquire()
+        return _Held(self, self._slots)
+
+    async def _one(self, build: Callable[[int], AnyRequest], *, what: str) -> None:
+        """A request without data pages (flush, discard)."""
+        held = await self._hold()
+        try:
+            status = await self._status(*self._post(build), held)
+        finally:
+            held.done()
         if status != Status.OKAY:
             self._raise_for(status, what)
 
+    async def _read_small(self, sector: int, nsect: int, skip: int, length: int) -> bytes:
+        """A read within one page (≤ 8 sectors): one segment, data copied out once."""
+        g = self.guest
+        held = await self._hold()
+        try:
+            pfn = g.pages.alloc()
+            held.pages.append(pfn)
+            gref = g.grants.grant_access(pfn, self.backend_domid, readonly=False)
+            held.grefs.append(gref)
+            rid, fut = self._post(lambda rid: (Op.READ, sector, [gref, 0, nsect - 1]))
+            status = await self._status(rid, fut, held)
+            if status != Status.OKAY:
+                self._raise_for(status, f"read of {nsect} sectors at sector {sector}")
+            return bytes(g.memory.page(pfn)[skip: skip + length])
+        finally:
+            held.done()
+
     async def _transfer(self, op: int, sector: int, nsect: int, view: memoryview) -> None:
         """One request moving `nsect` sectors between the disk and `view` (sector-aligned)."""
-        slots = self._slots
-        if slots is None:
-            raise BlkIOError(f"{self.path}: not connected")
         g, bdom = self.guest, self.backend_domid
         write = op == Op.WRITE
         npages = -(-nsect // SECTORS_PER_PAGE)
-        pages: list[int] = []
-        grefs: list[int] = []
-        await slots.acquire()  # a ring slot first: guest pages are budgeted per slot
+        held = await self._hold()  # a ring slot first: guest pages are budgeted per slot
+        pages, grefs = held.pages, held.grefs
         try:
             for _ in range(npages):
                 pages.append(g.pages.alloc())
@@ -308,7 +375,7 @@ class BlkFront:
                 grefs.append(gref)
                 flat += (gref, 0, n - 1)
             if npages <= blkif.MAX_SEGMENTS:
-                fut = self._post(lambda rid: (op, sector, flat))
+                rid, fut = self._post(lambda rid: (op, sector, flat))
             else:
                 table = blkif.pack_segment_table(flat)
                 igrefs = []
@@ -321,9 +388,9 @@ class BlkFront:
                     grefs.append(gref)
                     igrefs.append(gref)
                 self.stats.indirect_requests += 1
-                fut = self._post(lambda rid: IndirectRequest(op, rid, sector, npages,
-                                                             tuple(igrefs)))
-            status = await fut
+                rid, fut = self._post(lambda rid: IndirectRequest(op, rid, sector, npages,
+                                                                  tuple(igrefs)))
+            status = await self._status(rid, fut, held)
             if status != Status.OKAY:
                 name = "write" if write else "read"
                 self._raise_for(status, f"{name} of {nsect} sectors at sector {sector}")
@@ -332,11 +399,7 @@ class BlkFront:
                     n = min(SECTORS_PER_PAGE, nsect - i * SECTORS_PER_PAGE) * SECTOR_SIZE
                     view[i * PAGE_SIZE: i * PAGE_SIZE + n] = page(pfn)[:n]
         finally:
-            for gref in grefs:
-                g.grants.end_access(gref)
-            for pfn in pages:
-                g.pages.free(pfn)
-            slots.release()
+            held.done()
 
     async def _sectors_io(self, op: int, sector: int, view: memoryview) -> None:
         """Move whole sectors, split into requests of at most `max_segments` pages, in flight
@@ -368,6 +431,9 @@ class BlkFront:
             return b""
         first = offset // SECTOR_SIZE
         end = -(-(offset + length) // SECTOR_SIZE)
+        if end - first <= SECTORS_PER_PAGE:
+            return await self._read_small(first, end - first, offset - first * SECTOR_SIZE,
+                                          length)
         buf = bytearray((end - first) * SECTOR_SIZE)
         if end - first <= SECTORS_PER_PAGE * self.max_segments:
             await self._transfer(Op.READ, first, end - first, memoryview(buf))

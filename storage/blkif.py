@@ -232,11 +232,12 @@ def pack_rw_into(buf: memoryview | bytearray, offset: int, op: int, rid: int, se
     nseg = len(flat) // 3
     if nseg > MAX_SEGMENTS:
         raise RingProtocolError(f"request {rid}: {nseg} segments > 11")
-    REQUEST.pack_into(buf, offset, op, nseg, 0, rid, sector, *flat,
-                      *_ZERO_SEGS[: 3 * (MAX_SEGMENTS - nseg)])
+    # Only the segments in use are written: the rest of the slot is ignored by nr_segments.
+    REQUEST_N[nseg].pack_into(buf, offset, op, nseg, 0, rid, sector, *flat)
 
 
-_ZERO_SEGS = (0,) * (3 * MAX_SEGMENTS)
+# A request's head plus its first n segments, n = 0..11 (the data path packs only those).
+REQUEST_N = tuple(struct.Struct("<BBH4xQQ" + "IBB2x" * n) for n in range(MAX_SEGMENTS + 1))
 
 
 def pack_response_into(buf: memoryview | bytearray, offset: int, rsp: Response) -> None:

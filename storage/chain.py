@@ -197,6 +197,16 @@ def snapshot(path: str | os.PathLike[str], base_path: str | os.PathLike[str], *,
         raise
 
 
+def clone(path: str | os.PathLike[str], base_path: str | os.PathLike[str],
+          clone_path: str | os.PathLike[str], *, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    """Give `clone_path` the contents of `path` in O(1): `path` is snapshotted into the
+    read-only `base_path`, and `clone_path` becomes its second (writable) child."""
+    if os.path.exists(clone_path):
+        raise StorageError(f"{clone_path}: already exists")
+    snapshot(path, base_path, max_depth=max_depth)
+    create_image(clone_path, parent_path=base_path).close()
+
+
 def siblings_and_children(image: VhdImage, directories: list[str]) -> tuple[list[str], list[str]]:
     """(children of image's parent other than image, children of image) among VHDs in dirs."""
     siblings: list[str] = []

@@ -78,9 +78,22 @@ class HostServer:
         self._live: set[int] = set()
         self.events: asyncio.Queue[str] = asyncio.Queue()
 
+    def _claim_path(self) -> None:
+        """Refuse a socket a live host answers on; remove a stale one."""
+        if not os.path.exists(self.path):
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.path)
+        except OSError:
+            os.unlink(self.path)  # a stale socket left by a host that died
+        else:
+            raise HostLinkError(f"{self.path}: another host is serving on this socket")
+        finally:
+            probe.close()
+
     async def __aenter__(self) -> HostServer:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        self._claim_path()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(self.path)

@@ -119,6 +119,7 @@ class Hypervisor:
         self.domains: dict[int, DomainMemory] = {}
         self.backends: dict[tuple[int, int], BlkBack] = {}
         self._tasks: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._guests: dict[int, Guest] = {}
 
     def create_domain(self, domid: int, *, ram_pages: int = 4096, grant_pages: int = 4,
                       shared: bool = False) -> DomainMemory:
@@ -137,8 +138,14 @@ class Hypervisor:
         return mem
 
     def guest(self, domid: int) -> Guest:
-        """The in-process guest side of domain `domid`."""
-        return Guest(domid, self.domains[domid], self.store.handle(domid), self.evtchn)
+        """The in-process guest side of domain `domid` (one per domain: it owns the domain's
+        free pages and grant table, which every frontend of that guest shares)."""
+        if domid not in self._guests:
+            if domid not in self.domains:
+                raise RingProtocolError(f"no domain {domid}")
+            self._guests[domid] = Guest(domid, self.domains[domid], self.store.handle(domid),
+                                        self.evtchn)
+        return self._guests[domid]
 
     async def attach_vbd(self, domid: int, disk: BlockDevice, *, devid: int = XVDA,
                          read_only: bool = False,
@@ -195,6 +202,7 @@ class Hypervisor:
         """Stop every backend and release every domain's memory."""
         for domid, devid in list(self._tasks):
             await self.detach_vbd(domid, devid)
+        self._guests.clear()
         for mem in self.domains.values():
             mem.close()
         self.domains.clear()

@@ -122,19 +122,29 @@ class DomainMemory:
         return self.ram[pfn * PAGE_SIZE: (pfn + 1) * PAGE_SIZE]
 
     def close(self) -> None:
-        """Release the mapping (and unlink the segment if this process created it)."""
-        self.grant_buf.release()
-        self.ram.release()
-        self._buf.release()
+        """Release the mapping (and unlink the segment if this process created it).
+
+        Views into the memory that others still hold (a ring, a mapped grant) keep the mapping
+        alive until they go; the segment's name is removed at once either way.
+        """
+        for view in (self.grant_buf, self.ram, self._buf):
+            view.release()
         if self._mmap is not None:
-            self._mmap.close()
+            with contextlib.suppress(BufferError):
+                self._mmap.close()
             self._mmap = None
         if self._shm is not None:
-            self._shm.close()
+            shm, self._shm = self._shm, None
+            try:
+                shm.close()
+            except BufferError:  # views still alive: let the mapping go with the last of them
+                shm._mmap = None  # type: ignore[attr-defined]
+                with contextlib.suppress(OSError):
+                    os.close(shm._fd)  # type: ignore[attr-defined]
+                shm._fd = -1  # type: ignore[attr-defined]
             if self._owner:
                 with contextlib.suppress(FileNotFoundError):
-                    self._shm.unlink()
-            self._shm = None
+                    shm.unlink()
 
     def __enter__(self) -> DomainMemory:
         return self

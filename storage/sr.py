@@ -12,15 +12,22 @@ parent with its only child, as XenServer's GC does.
 
 Multi-step changes are made crash-safe by recording the operation in `sr.json` (`pending`)
 before touching volumes; `SR.open` finishes or rolls back whatever a crash interrupted.
+
+Several processes may use one SR (a backend serving a VBD while the CLI snapshots): every
+operation runs under an exclusive `flock` on `.sr.lock` and first re-reads `sr.json` when its
+`seqno` moved, updating the record objects in place, so no process saves stale records.
 """
 from __future__ import annotations
 
+import fcntl
+import functools
 import importlib
 import json
 import os
 import uuid as uuidlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +37,7 @@ from storage.chain import write_json_atomic
 from storage.errors import SrError
 
 META_FILE = "sr.json"
+LOCK_FILE = ".sr.lock"
 META_VERSION = 1
 
 
@@ -183,6 +191,80 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+class VbdDevice:
+    """The block device a plugged VBD serves: its VDI's chain, re-opened in place by the SR
+    when a snapshot, clone or resize changes which volume is the VDI's leaf (XenServer pauses
+    and unpauses the tapdisk for this). Implements `BlockDevice`."""
+
+    def __init__(self, dev: BlockDevice) -> None:
+        self._dev = dev
+
+    @property
+    def size(self) -> int:
+        """Virtual size in bytes."""
+        return self._dev.size
+
+    @property
+    def read_only(self) -> bool:
+        """True for a read-only VBD."""
+        return self._dev.read_only
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read from the VDI."""
+        return self._dev.read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write to the VDI's leaf."""
+        self._dev.write(offset, data)
+
+    def flush(self) -> None:
+        """Make completed writes durable."""
+        self._dev.flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        """Pass a discard hint on."""
+        self._dev.discard(offset, length)
+
+    def close(self) -> None:
+        """Flush and close the VDI."""
+        self._dev.close()
+
+    def pause(self) -> None:
+        """Flush and release the volume before the SR changes the chain under it."""
+        self._dev.close()
+
+    def unpause(self, dev: BlockDevice) -> None:
+        """Continue on the (re-opened) VDI."""
+        self._dev = dev
+
+
+def _merge(current: dict[str, Any], raw: dict[str, Any], cls: type) -> dict[str, Any]:
+    """Records from `raw`, reusing (and updating) the objects already in `current`."""
+    names = [f.name for f in fields(cls)]
+    out: dict[str, Any] = {}
+    for key, data in raw.items():
+        obj = current.get(key)
+        if obj is None:
+            obj = _from_dict(cls, data)
+        else:
+            for n in names:
+                if n in data:
+                    setattr(obj, n, data[n])
+        out[key] = obj
+    return out
+
+
+def _mutating(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an SR method under the SR lock, on records as they are on disk."""
+
+    @functools.wraps(fn)
+    def wrapper(self: SR, *args: Any, **kwargs: Any) -> Any:
+        with self.locked():
+            return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
 class SR:
     """A storage repository. Open with `SR.create(...)` or `SR.open(path)`."""
 
@@ -196,7 +278,9 @@ class SR:
         self.pbds: dict[str, PBD] = {}
         self.pending: dict[str, Any] | None = None
         self.driver = driver_class(type_name)(self)
-        self._devices: dict[str, BlockDevice] = {}
+        self.seqno = 0
+        self._devices: dict[str, VbdDevice] = {}
+        self._lock_depth = 0
 
     # --- persistence -------------------------------------------------------------------------
 
@@ -221,6 +305,19 @@ class SR:
     def open(cls, path: str | os.PathLike[str]) -> SR:
         """Load the SR in `path`, finishing any operation a crash interrupted."""
         p = Path(path)
+        data = cls._read_meta(p)
+        try:
+            sr = cls(p, uuid=data["uuid"], type_name=data["type"],
+                     name_label=data.get("name_label", ""))
+        except (KeyError, TypeError) as exc:
+            raise SrError(f"{p / META_FILE}: malformed SR metadata: {exc}") from exc
+        sr.seqno = -1
+        with sr.locked():          # loads the records and recovers a pending operation
+            pass
+        return sr
+
+    @staticmethod
+    def _read_meta(p: Path) -> dict[str, Any]:
         meta = p / META_FILE
         try:
             data = json.loads(meta.read_text(encoding="utf-8"))
@@ -229,32 +326,58 @@ class SR:
                           "`hvsim sr create`)") from exc
         except (OSError, ValueError) as exc:
             raise SrError(f"{meta}: unreadable SR metadata: {exc}") from exc
+        if not isinstance(data, dict):
+            raise SrError(f"{meta}: malformed SR metadata: not a JSON object")
+        return data
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the SR's exclusive lock (across processes), with records fresh from disk."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            sr = cls(p, uuid=data["uuid"], type_name=data["type"],
-                     name_label=data.get("name_label", ""))
-            sr.vdis = {k: _from_dict(VDI, v) for k, v in data.get("vdis", {}).items()}
-            sr.vbds = {k: _from_dict(VBD, v) for k, v in data.get("vbds", {}).items()}
-            sr.pbds = {k: _from_dict(PBD, v) for k, v in data.get("pbds", {}).items()}
-            sr.pending = data.get("pending")
-        except (KeyError, TypeError) as exc:
-            raise SrError(f"{meta}: malformed SR metadata: {exc}") from exc
-        if sr.pending:
-            sr.driver.recover(sr.pending)
-            sr.pending = None
-            sr.save()
-        return sr
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            self._refresh()
+            yield
+        finally:
+            self._lock_depth = 0
+            os.close(fd)           # releases the flock
+
+    def _refresh(self) -> None:
+        data = self._read_meta(self.path)
+        if data.get("seqno", 0) != self.seqno:
+            try:
+                self.vdis = _merge(self.vdis, data.get("vdis", {}), VDI)
+                self.vbds = _merge(self.vbds, data.get("vbds", {}), VBD)
+                self.pbds = _merge(self.pbds, data.get("pbds", {}), PBD)
+            except (TypeError, AttributeError) as exc:
+                raise SrError(f"{self.path / META_FILE}: malformed SR metadata: {exc}") from exc
+            self.pending = data.get("pending")
+            self.seqno = data.get("seqno", 0)
+        if self.pending:
+            self.driver.recover(self.pending)
+            self.pending = None
+            self.save()
 
     def to_dict(self) -> dict[str, Any]:
         """The metadata as stored in sr.json."""
         return {"version": META_VERSION, "uuid": self.uuid, "type": self.type,
-                "name_label": self.name_label,
+                "name_label": self.name_label, "seqno": self.seqno,
                 "vdis": {k: asdict(v) for k, v in sorted(self.vdis.items())},
                 "vbds": {k: asdict(v) for k, v in sorted(self.vbds.items())},
                 "pbds": {k: asdict(v) for k, v in sorted(self.pbds.items())},
                 "pending": self.pending}
 
     def save(self) -> None:
-        """Write sr.json atomically."""
+        """Write sr.json atomically (bumping its seqno)."""
+        self.seqno += 1
         write_json_atomic(self.path / META_FILE, self.to_dict())
 
     def begin(self, op: dict[str, Any]) -> None:
@@ -290,6 +413,7 @@ class SR:
             n, cur = n + 1, self.vdis[cur].parent
         return n
 
+    @_mutating
     def vdi_create(self, name_label: str, size: int, *, read_only: bool = False,
                    sharable: bool = False, uuid: str | None = None) -> VDI:
         """Create an empty VDI of at least `size` bytes."""
@@ -302,6 +426,7 @@ class SR:
         self.save()
         return vdi
 
+    @_mutating
     def _snapshot(self, uuid: str, *, clone: bool) -> VDI:
         vdi = self.vdi(uuid)
         if vdi.hidden:
@@ -310,12 +435,36 @@ class SR:
                   virtual_size=vdi.virtual_size, sharable=vdi.sharable,
                   is_a_snapshot=not clone, snapshot_of=None if clone else vdi.uuid,
                   name_description=vdi.name_description)
-        bases = self.driver.vdi_snapshot(vdi, [new])
-        for b in bases:
-            self.vdis[b.uuid] = b
-        self.vdis[new.uuid] = new
-        self.commit()
+        with self._paused(vdi):
+            bases = self.driver.vdi_snapshot(vdi, [new])
+            for b in bases:
+                self.vdis[b.uuid] = b
+            self.vdis[new.uuid] = new
+            self.commit()
         return new
+
+    def _attached(self, vdi_uuid: str) -> list[VBD]:
+        return [v for v in self.vbds.values() if v.vdi == vdi_uuid and v.currently_attached]
+
+    @contextmanager
+    def _paused(self, vdi: VDI) -> Iterator[None]:
+        """Pause this process's VBDs of `vdi` around a change of its leaf volume.
+
+        VBDs plugged by another process cannot be paused from here, so the change is refused.
+        """
+        vbds = self._attached(vdi.uuid)
+        foreign = [v for v in vbds if v.uuid not in self._devices]
+        if foreign:
+            raise SrError(f"VDI {vdi.uuid} is attached to VM {foreign[0].vm} (VBD "
+                          f"{foreign[0].uuid}) by another process; unplug it there first")
+        for v in vbds:
+            self._devices[v.uuid].pause()
+        try:
+            yield
+        finally:
+            for v in vbds:
+                self._devices[v.uuid].unpause(
+                    self.driver.vdi_open(self.vdis[vdi.uuid], read_only=v.mode == "RO"))
 
     def vdi_snapshot(self, uuid: str) -> VDI:
         """Snapshot a VDI as XenServer does; returns the snapshot VDI (a new uuid)."""
@@ -325,6 +474,7 @@ class SR:
         """Clone a VDI (a writable copy sharing the base copy); returns the clone."""
         return self._snapshot(uuid, clone=True)
 
+    @_mutating
     def vdi_destroy(self, uuid: str) -> None:
         """Destroy a user-visible VDI; its base copies are left for `gc`."""
         vdi = self.vdi(uuid)
@@ -345,15 +495,18 @@ class SR:
                 v.snapshot_of = None
         self.save()
 
+    @_mutating
     def vdi_resize(self, uuid: str, size: int) -> int:
         """Resize a VDI (grow; shrink only when no data is lost); returns its new size."""
         vdi = self.vdi(uuid)
         if vdi.hidden or vdi.read_only:
             raise SrError(f"VDI {vdi.uuid} is read-only")
-        vdi.virtual_size = self.driver.vdi_resize(vdi, size)
-        self.save()
+        with self._paused(vdi):
+            vdi.virtual_size = self.driver.vdi_resize(vdi, size)
+            self.save()
         return vdi.virtual_size
 
+    @_mutating
     def vdi_open(self, uuid: str, *, read_only: bool = False) -> BlockDevice:
         """Open a VDI as a block device (hidden and read-only VDIs open read-only)."""
         vdi = self.vdi(uuid)
@@ -367,6 +520,7 @@ class SR:
 
     # --- VBDs and PBDs -----------------------------------------------------------------------
 
+    @_mutating
     def vbd_create(self, vdi_uuid: str, vm: str, *, mode: str = "RW",
                    device: str = "xvda") -> VBD:
         """Record that VM `vm` uses the VDI (not yet plugged)."""
@@ -382,7 +536,8 @@ class SR:
         self.save()
         return vbd
 
-    def vbd_plug(self, vbd_uuid: str) -> BlockDevice:
+    @_mutating
+    def vbd_plug(self, vbd_uuid: str) -> VbdDevice:
         """Attach the VBD: open its VDI and return the block device the backend serves."""
         vbd = self._vbd(vbd_uuid)
         if vbd.currently_attached and vbd.uuid in self._devices:
@@ -394,12 +549,13 @@ class SR:
                         other.currently_attached and other.mode == "RW":
                     raise SrError(f"VDI {vdi.uuid} is already attached read-write to VM "
                                   f"{other.vm} and is not sharable")
-        dev = self.driver.vdi_open(vdi, read_only=vbd.mode == "RO")
+        dev = VbdDevice(self.driver.vdi_open(vdi, read_only=vbd.mode == "RO"))
         self._devices[vbd.uuid] = dev
         vbd.currently_attached = True
         self.save()
         return dev
 
+    @_mutating
     def vbd_unplug(self, vbd_uuid: str) -> None:
         """Detach the VBD, flushing and closing its device."""
         vbd = self._vbd(vbd_uuid)
@@ -409,6 +565,7 @@ class SR:
         vbd.currently_attached = False
         self.save()
 
+    @_mutating
     def vbd_destroy(self, vbd_uuid: str) -> None:
         """Forget an unplugged VBD."""
         vbd = self._vbd(vbd_uuid)
@@ -423,6 +580,7 @@ class SR:
         except KeyError:
             raise SrError(f"SR {self.path}: no VBD {uuid!r}") from None
 
+    @_mutating
     def pbd_create(self, host: str, device_config: dict[str, str] | None = None) -> PBD:
         """Record that `host` may attach this SR."""
         pbd = PBD(uuid=str(uuidlib.uuid4()), host=host, device_config=device_config or {})
@@ -430,6 +588,7 @@ class SR:
         self.save()
         return pbd
 
+    @_mutating
     def pbd_plug(self, pbd_uuid: str) -> None:
         """Attach the SR on the PBD's host."""
         pbd = self._pbd(pbd_uuid)
@@ -437,6 +596,7 @@ class SR:
         pbd.currently_attached = True
         self.save()
 
+    @_mutating
     def pbd_unplug(self, pbd_uuid: str) -> None:
         """Detach the SR from the PBD's host (refused while its VBDs are plugged)."""
         pbd = self._pbd(pbd_uuid)
@@ -459,6 +619,7 @@ class SR:
 
     # --- garbage collection ------------------------------------------------------------------
 
+    @_mutating
     def gc(self, *, progress: Callable[[str], None] | None = None) -> GcReport:
         """Remove unused base copies; coalesce each base copy that has a single child."""
         report = GcReport()
@@ -482,9 +643,12 @@ class SR:
                 if len(kids) != 1:
                     continue
                 child = kids[0]
-                if not child.hidden and child.uuid in attached:
-                    if child.uuid not in report.skipped:
-                        report.skipped.append(child.uuid)
+                # A leaf in use, or the leaves whose headers a relink would rewrite, stay put.
+                busy = [child] if not child.hidden else self.children(child.uuid)
+                if any(b.uuid in attached for b in busy):
+                    for b in busy:
+                        if b.uuid in attached and b.uuid not in report.skipped:
+                            report.skipped.append(b.uuid)
                     continue
                 if progress:
                     progress(f"coalesce {child.uuid} into {vdi.uuid}")

@@ -22,7 +22,9 @@ def replay(
     pcap: Annotated[Path | None, typer.Option("--pcap", help="Replay this pcap/pcapng into "
                                               "--into (TARGET is then a topology).")] = None,
     into: Annotated[str | None, typer.Option("--into", help="Port or VM the capture enters "
-                                             "at, e.g. vif1.0 or xen1/eth0.")] = None,
+                                             "at, e.g. vif1.0 or xen1/eth0 (default: each "
+                                             "frame at the port its pcapng interface names).")
+                    ] = None,
     speed: Annotated[str, typer.Option("--speed", help="With --pcap: original, max, or a "
                                        "factor like 10x.")] = "original",
     capture: Annotated[str, typer.Option("--capture", help="With --pcap: ports to capture, "
@@ -47,8 +49,6 @@ def replay(
     from netsim.scenario import load_scenario, parse_scenario
 
     if pcap is not None:
-        if into is None:
-            raise typer.BadParameter("--pcap needs --into PORT", param_hint="--into")
         cap = "all" if capture == "all" else [c.strip() for c in capture.split(",") if c.strip()]
         text = _one_liner(target.resolve(), pcap.resolve(), into, speed, cap)
         scn = parse_scenario(text, f"replay of {pcap.name}")
@@ -69,13 +69,16 @@ def replay(
             scn, out_dir=out, realtime=realtime,
             progress=lambda frac: bar.update(task, completed=frac)))
 
+    if not console.is_terminal:  # logs and CI: room for the names instead of 80 columns
+        console.width = max(console.width, 140)
     table = Table(title=f"{scn.name}: {'PASS' if report.passed else 'FAIL'}")
     table.add_column("", width=4)
     table.add_column("expectation")
     table.add_column("observed")
     table.add_column("where", style="dim")
     for r in report.results:
-        table.add_row("[green]ok[/]" if r.passed else "[red]FAIL[/]", r.name, r.detail, r.where)
+        table.add_row("[green]ok[/]" if r.passed else "[red]FAIL[/]", r.name, r.detail,
+                      Path(r.where).name)
     for s in report.steps:
         if s.get("unfinished"):
             table.add_row("[yellow]cut[/]", f"step {s['step']}", "still running at the end "
@@ -92,15 +95,15 @@ def replay(
         raise typer.Exit(1)
 
 
-def _one_liner(topology: Path, pcap: Path, into: str, speed: str, capture: list[str] | str
-               ) -> str:
+def _one_liner(topology: Path, pcap: Path, into: str | None, speed: str,
+               capture: list[str] | str) -> str:
     import json
-    cap = json.dumps(capture)
+    into_part = f"into: {json.dumps(into)}, " if into is not None else ""
     return (f"name: replay-{pcap.stem}\n"
             f"topology: {json.dumps(str(topology))}\n"
-            f"capture: {cap}\n"
+            f"capture: {json.dumps(capture)}\n"
             f"steps:\n"
-            f"  - replay: {{pcap: {json.dumps(str(pcap))}, into: {json.dumps(into)}, "
+            f"  - replay: {{pcap: {json.dumps(str(pcap))}, {into_part}"
             f"speed: {json.dumps(speed)}}}\n")
 
 

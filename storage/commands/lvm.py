@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from rich.table import Table
 
 from storage.errors import LvmError
 from storage.lvm import VolumeGroup, list_vgs, pvcreate, scan
-from storage.lvm.alloc import free_areas
+from storage.lvm.alloc import free_areas, free_extents
 from storage.lvm.units import human, parse_size
 from storage.lvm.vg import read_mda_text
 
@@ -191,6 +192,49 @@ def vgcfgbackup_cmd(
     console.print(f'Volume group "{vg}" successfully backed up to {out}.')
 
 
+@lvm_app.command("vgcfgrestore")
+def vgcfgrestore_cmd(
+    vg: Annotated[str, typer.Argument(help="Volume group.")],
+    file: Annotated[Path, typer.Option("--file", "-f", help="Backup file (vgcfgbackup's).")],
+    test: Annotated[bool, typer.Option("--test", "-t",
+                                       help="Check the file against the PVs; change nothing.")]
+    = False,
+    devices: DevicesOpt = None,
+) -> None:
+    """Restore a VG's metadata from a vgcfgbackup file (LV data is not touched).
+
+    Example: hvsim lvm vgcfgrestore vg0 -f vg0.backup
+    """
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LvmError(f"{file}: cannot read ({exc.strerror})") from exc
+    with _vg(vg, devices) as g:
+        g.restore(text, source=str(file), test=test)
+        if test:
+            console.print(f"{file}: valid metadata for VG {vg} on its PVs; nothing changed "
+                          "(--test).")
+            return
+        console.print(f"Restored volume group {vg} (seqno {g.meta.seqno}).")
+
+
+@lvm_app.command("vgextend")
+def vgextend_cmd(
+    vg: Annotated[str, typer.Argument(help="Volume group.")],
+    pvs: Annotated[list[Path], typer.Argument(help="Physical volumes to add (from pvcreate).")],
+    devices: DevicesOpt = None,
+) -> None:
+    """Add physical volumes to a volume group.
+
+    Example: hvsim lvm vgextend vg0 pv2.img
+    """
+    with _vg(vg, devices) as g:
+        for p in pvs:
+            g.vgextend(str(p))
+        s = g.summary()
+    console.print(f'Volume group "{vg}" successfully extended ({human(s.size)}).')
+
+
 # ----------------------------------------------------------------------------- LVs
 
 @lvm_app.command("lvcreate")
@@ -200,6 +244,8 @@ def lvcreate_cmd(
     size: Annotated[str, typer.Option("--size", "-L", help="Size (default unit m); for a "
                                       "snapshot, the size of its COW store.")] = "",
     name: Annotated[str | None, typer.Option("--name", "-n", help="New LV name.")] = None,
+    extents: Annotated[str, typer.Option(
+        "--extents", "-l", help="Size in extents: N, N%FREE, N%VG (or N%ORIGIN with -s).")] = "",
     snapshot: Annotated[str | None, typer.Option(
         "--snapshot", "-s", help="Create a COW snapshot of this origin LV.")] = None,
     chunksize: Annotated[str, typer.Option(
@@ -212,12 +258,12 @@ def lvcreate_cmd(
     Example: hvsim lvm lvcreate vg0 data -L 100m; hvsim lvm lvcreate vg0 snap -L 20m -s data
     """
     lv = name or name_arg
-    if not lv or not size:
-        raise LvmError("lvcreate needs an LV name (NAME or -n) and a size (-L)")
+    if not lv or bool(size) == bool(extents):
+        raise LvmError("lvcreate needs an LV name (NAME or -n) and one of -L SIZE / -l EXTENTS")
     if permission not in ("rw", "r"):
         raise LvmError("--permission must be rw or r")
     with _vg(vg, devices) as g:
-        want = parse_size(size)
+        want = parse_size(size) if size else _extents(g, extents, snapshot)
         g.lvcreate(lv, want, snapshot_of=snapshot,
                    chunk_size=parse_size(chunksize), read_only=permission == "r")
         actual = g.lv_size(lv)
@@ -322,6 +368,24 @@ def lvconvert_cmd(
     console.print(f"Merged {n} chunks of {vg}/{name} into its origin; snapshot removed.")
 
 
+def _extents(g: VolumeGroup, spec: str, origin: str | None) -> int:
+    """`-l` as LVM2 reads it: N extents, or N% of FREE / VG / ORIGIN; returns bytes."""
+    m = re.fullmatch(r"(\d+)(?:%(FREE|VG|ORIGIN))?", spec.strip().upper())
+    if not m:
+        raise LvmError(f"invalid extents {spec!r} (examples: 25, 100%FREE, 50%VG, 20%ORIGIN)")
+    n, base = int(m.group(1)), m.group(2)
+    if base is None:
+        return n * g.extent_bytes
+    if base == "ORIGIN" and origin is None:
+        raise LvmError("-l N%ORIGIN needs --snapshot ORIGIN")
+    total = {"FREE": free_extents(g.meta), "VG": sum(p.pe_count for p in g.meta.pvs),
+             "ORIGIN": g.meta.lv(origin).extent_count if origin else 0}[base]
+    count = total * n // 100
+    if count < 1:
+        raise LvmError(f"-l {spec}: that is less than one extent")
+    return count * g.extent_bytes
+
+
 def _lv_attr(g: VolumeGroup, name: str) -> tuple[str, str, str]:
     lv = g.meta.lv(name)
     perm = "w" if "WRITE" in lv.status else "r"
@@ -337,7 +401,10 @@ def _lv_attr(g: VolumeGroup, name: str) -> tuple[str, str, str]:
 @lvm_app.command("lvs")
 def lvs_cmd(vg: Annotated[str | None, typer.Argument(help="Only this VG.")] = None,
             devices: DevicesOpt = None, json_out: JsonOpt = False,
-            reportformat: ReportFmtOpt = "basic") -> None:
+            reportformat: ReportFmtOpt = "basic",
+            all_lvs: Annotated[bool, typer.Option(
+                "--all", "-a", help="Also internal LVs, in [brackets] (snapshotN).")] = False,
+            ) -> None:
     """List logical volumes: attributes, size, snapshot origin and fullness (Data%).
 
     Example: hvsim lvm lvs vg0 --json
@@ -346,7 +413,17 @@ def lvs_cmd(vg: Annotated[str | None, typer.Argument(help="Only this VG.")] = No
     rows = []
     for vname in names:
         with _vg(vname, devices) as g:
-            for name in g.lv_names():
+            for lv in g.meta.lvs:
+                name = lv.name
+                if not g.meta.lv_visible(lv):
+                    if all_lvs:
+                        rows.append({"lv_name": f"[{name}]", "vg_name": vname,
+                                     "lv_attr": "vwi-a-----" if "snapshot" in
+                                     {s.type for s in lv.segments} else "-wi-a-----",
+                                     "lv_size": str(lv.extent_count * g.extent_bytes),
+                                     "origin": "", "data_percent": "", "lv_uuid": lv.id,
+                                     "seg_count": str(len(lv.segments))})
+                    continue
                 attr, origin, pct = _lv_attr(g, name)
                 rows.append({"lv_name": name, "vg_name": vname, "lv_attr": attr,
                              "lv_size": str(g.lv_size(name)), "origin": origin,

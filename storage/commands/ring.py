@@ -56,12 +56,54 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
+class _LvDisk:
+    """An LV as a BlockDevice that also closes its volume group."""
+
+    def __init__(self, vg: object, dev: BlockDevice) -> None:
+        self._vg, self._dev = vg, dev
+        self.name = getattr(dev, "name", "lv")
+
+    size = property(lambda self: self._dev.size)
+    read_only = property(lambda self: self._dev.read_only)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._dev.read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._dev.write(offset, data)
+
+    def flush(self) -> None:
+        self._dev.flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        self._dev.discard(offset, length)
+
+    def close(self) -> None:
+        try:
+            self._dev.close()
+        finally:
+            self._vg.close()  # type: ignore[attr-defined]
+
+
 def open_disk(spec: str, *, read_only: bool) -> BlockDevice:
-    """A disk from the command line: `mem:SIZE`, a `.vhd` (with its chain) or a raw file."""
+    """A disk from the command line: `mem:SIZE`, `lvm:VG/LV:PV[,PV...]`, a `.vhd` (with its
+    chain) or a raw file."""
     from storage.memdisk import MemoryDisk, RawFileDisk
 
     if spec.startswith("mem:"):
         return MemoryDisk(parse_size(spec[4:]), read_only=read_only, name=spec)
+    if spec.startswith("lvm:"):
+        from storage.lvm.vg import VolumeGroup
+
+        m = re.fullmatch(r"lvm:([^/:]+)/([^/:]+):(.+)", spec)
+        if not m:
+            raise StorageError(f"{spec}: expected lvm:VG/LV:PV[,PV...]")
+        vg = VolumeGroup.open(m.group(1), m.group(3).split(","), writable=not read_only)
+        try:
+            return _LvDisk(vg, vg.open_lv(m.group(2)))
+        except BaseException:
+            vg.close()
+            raise
     if spec.lower().endswith(".vhd"):
         try:
             from storage.chain import open_chain
@@ -108,7 +150,8 @@ def ring_layout() -> None:
 
 @ring_app.command("serve")
 def ring_serve(
-    disk: Annotated[str, typer.Argument(help="Raw file, .vhd file, or mem:SIZE.")],
+    disk: Annotated[str, typer.Argument(
+        help="Raw file, .vhd file (with its chain), lvm:VG/LV:PV[,PV...], or mem:SIZE.")],
     socket_path: SocketOpt = Path(DEFAULT_SOCKET),
     domid: DomOpt = 1,
     devid: DevOpt = 51712,
@@ -342,6 +385,50 @@ def guest_discard(
     Example: hvsim guest discard --socket /tmp/host.sock 0 1048576
     """
     asyncio.run(_with_front(socket_path, domid, devid, lambda f: f.discard(offset, length)))
+
+
+@guest_app.command("xenstore-ls")
+def guest_xenstore_ls(
+    path: Annotated[str | None, typer.Argument(
+        help="Subtree to list (default: this domain's device and its backend).")] = None,
+    socket_path: SocketOpt = Path(DEFAULT_SOCKET), domid: DomOpt = 1, devid: DevOpt = 51712,
+    connect: Annotated[bool, typer.Option(
+        help="Run the blkfront handshake first, so the Connected-state keys are there.")] = True,
+) -> None:
+    """List xenstore keys and values as the guest sees them (like xenstore-ls).
+
+    Example: hvsim guest xenstore-ls --socket /tmp/host.sock
+    """
+    from storage.blkfront import BlkFront
+    from storage.hostlink import connect_guest
+
+    async def walk(xs, top: str, lines: list[str]) -> None:  # type: ignore[no-untyped-def]
+        value = await xs.read(top)
+        if value:
+            lines.append(f"{top} = {value!r}")
+        for child in await xs.ls(top):
+            await walk(xs, f"{top.rstrip('/')}/{child}", lines)
+
+    async def run() -> list[str]:
+        async with connect_guest(socket_path, domid) as guest:
+            front = BlkFront(guest, devid)
+            lines: list[str] = []
+            try:
+                if connect:
+                    await front.connect()
+                tops = [path] if path else [
+                    f"/local/domain/{domid}/device/vbd/{devid}",
+                    await guest.xs.read(f"/local/domain/{domid}/device/vbd/{devid}/backend")
+                    or f"/local/domain/0/backend/vbd/{domid}/{devid}"]
+                for top in tops:
+                    await walk(guest.xs, top, lines)
+            finally:
+                if connect:
+                    await front.close()
+            return lines
+
+    for line in asyncio.run(run()):
+        out.print(line, highlight=False, markup=False)
 
 
 @guest_app.command("selftest")

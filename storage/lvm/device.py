@@ -120,6 +120,8 @@ class VgView(Protocol):
 
     def lv_binding(self, lv_id: str) -> LvBinding: ...
 
+    def watch(self, dev: _LvDeviceBase) -> None: ...
+
 
 @dataclass
 class LvBinding:
@@ -141,6 +143,7 @@ class _LvDeviceBase:
         self._gen = -1
         self.closed = False
         self._refresh()
+        vg.watch(self)
 
     def _refresh(self) -> None:
         b = self._vg.lv_binding(self._lv_id)
@@ -151,6 +154,16 @@ class _LvDeviceBase:
         self._size = b.map.size()
         self._fd, self._base = b.fast if b.fast is not None else (-1, 0)
         self._gen = self._vg.generation
+        self._install_fast()
+
+    def _install_fast(self) -> None:
+        """Hook for subclasses: per-instance fast paths valid until the next `invalidate`."""
+
+    def invalidate(self) -> None:
+        """The VG's metadata changed: drop fast paths; the next call re-resolves the LV."""
+        self.__dict__.pop("read", None)
+        self.__dict__.pop("write", None)
+        self._gen = -1
 
     @property
     def size(self) -> int:
@@ -179,6 +192,32 @@ class _LvDeviceBase:
 
 class LogicalVolumeDevice(_LvDeviceBase):
     """A plain LV as a `BlockDevice`; origin writes copy old chunks into its snapshots first."""
+
+    def _install_fast(self) -> None:
+        # A linear LV in one PV file with no snapshots: read/write become closures doing one
+        # bounds check and one syscall. Measured: the method path (generation check, attribute
+        # loads) made 4 KiB random reads 0.65-0.95x of a plain file; this is ~1x.
+        if self._fd < 0 or self._stores:
+            return
+        fd, base, size = self._fd, self._base, self._size
+        pread, pwrite = os.pread, os.pwrite
+        slow_read, slow_write = LogicalVolumeDevice.read, LogicalVolumeDevice.write
+
+        def read(offset: int, length: int) -> bytes:
+            if offset < 0 or length < 0 or offset + length > size:
+                return slow_read(self, offset, length)
+            return pread(fd, length, base + offset)
+
+        self.read = read  # type: ignore[method-assign]
+        if self._read_only:
+            return
+
+        def write(offset: int, data: bytes, *, _skip: CowStore | None = None) -> None:
+            n = len(data)
+            if offset < 0 or offset + n > size or pwrite(fd, data, base + offset) != n:
+                slow_write(self, offset, data)  # errors, and the rare short write, go slow
+
+        self.write = write  # type: ignore[method-assign]
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes at `offset`."""

@@ -22,6 +22,7 @@ Style = Literal["file", "raw"]
 Value = int | float | str | list  # list items are int | float | str
 
 FORMAT_VERSION = 1
+MAX_DEPTH = 32  # VG metadata nests 5 deep; anything far deeper is hostile
 CONTENTS = "Text Format Volume Group"
 
 
@@ -121,8 +122,11 @@ def parse_config(text: str, source: str = "<metadata>") -> Section:
             return float(val) if "." in val else int(val)
         raise MetadataSyntaxError(f"{source}:{line}: expected a value, found {val or 'end'!r}")
 
-    def body(sec: Section, closing: bool) -> Section:
+    def body(sec: Section, closing: bool, depth: int = 0) -> Section:
         nonlocal pos
+        if depth > MAX_DEPTH:
+            raise MetadataSyntaxError(f"{source}:{peek()[2]}: sections nested deeper than "
+                                      f"{MAX_DEPTH}")
         while True:
             kind, val, line = peek()
             if kind == "eof":
@@ -140,7 +144,7 @@ def parse_config(text: str, source: str = "<metadata>") -> Section:
             nxt = peek()
             if nxt[:2] == ("punct", "{"):
                 pos += 1
-                sec.entries.append((val, body(Section(val), True)))
+                sec.entries.append((val, body(Section(val), True, depth + 1)))
             elif nxt[:2] == ("punct", "="):
                 pos += 1
                 if peek()[:2] == ("punct", "["):
@@ -316,8 +320,13 @@ def _segment(sec: Section, where: str) -> Segment:
         type=seg_type,
         tags=list(_opt(sec, "tags", list, [], w)),
     )
+    if seg.extent_count <= 0 or seg.start_extent < 0:
+        raise LvmError(f"{w}: start_extent/extent_count out of range")
     if seg_type == "striped":
         count = int(_req(sec, "stripe_count", int, w))
+        if count < 1 or seg.extent_count % count:
+            raise LvmError(f"{w}: stripe_count {count} does not divide extent_count "
+                           f"{seg.extent_count}")
         flat = list(_req(sec, "stripes", list, w))
         if len(flat) != 2 * count:
             raise LvmError(f"{w}: stripes lists {len(flat) // 2} areas, stripe_count says {count}")
@@ -326,8 +335,12 @@ def _segment(sec: Section, where: str) -> Segment:
                 raise LvmError(f"{w}: stripes entry {i // 2} is not (\"pvN\", extent)")
             seg.stripes.append((flat[i], flat[i + 1]))
         seg.stripe_size = int(_opt(sec, "stripe_size", int, 0, w))
+        if count > 1 and (seg.stripe_size <= 0 or seg.stripe_size & (seg.stripe_size - 1)):
+            raise LvmError(f"{w}: stripe_size {seg.stripe_size} is not a power of two")
     elif seg_type == "snapshot":
         seg.chunk_size = int(_req(sec, "chunk_size", int, w))
+        if seg.chunk_size < 8 or seg.chunk_size & (seg.chunk_size - 1):
+            raise LvmError(f"{w}: chunk_size {seg.chunk_size} is not a power of two ≥ 8")
         seg.origin = str(_req(sec, "origin", str, w))
         if sec.get("merging_store") is not None:
             seg.cow_store = str(_req(sec, "merging_store", str, w))

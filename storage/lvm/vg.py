@@ -11,11 +11,13 @@ one area whose header and text are intact; on open the valid copy with the highe
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import socket
 import stat
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,6 +269,7 @@ class VolumeGroup:
         self._stores: dict[str, CowStore] = {}
         self._closed = False
         self.generation = 0  # bumped by every commit; open LV devices re-resolve on change
+        self._watchers: weakref.WeakSet[object] = weakref.WeakSet()
 
     # ------------------------------------------------------------- open / create
     @classmethod
@@ -381,9 +384,47 @@ class VolumeGroup:
         self.close()
 
     # ------------------------------------------------------------- commit
+    def _lock(self) -> list[int]:
+        """flock every PV file (in path order), so commits of two processes never interleave."""
+        fds = []
+        try:
+            for dev in sorted(self.devices.values(), key=lambda d: d.path):
+                fd = dev.fast_fd()
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    fds.append(fd)
+        except BaseException:
+            for fd in fds:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            raise
+        return fds
+
+    def _check_unchanged(self) -> None:
+        """Refuse to commit over metadata another process committed since we read it."""
+        for dev in self.devices.values():
+            for h in dev.mdas:
+                if h.version == 0:
+                    continue
+                try:
+                    on_disk = unpack_mda_header(dev.io.pread(h.start, MDA_HEADER_SIZE))
+                except LvmError:
+                    continue  # damaged since: this commit rewrites it
+                if on_disk.locns[:1] != h.locns[:1]:
+                    raise LvmError(f"VG {self.name} was changed by another process since it was "
+                                   f"opened (metadata area {dev.path}@{h.start}); open it again")
+
     def commit(self, description: str = "") -> None:
         """Write the metadata with seqno + 1 into every metadata area, copy by copy."""
         alloc.check_consistency(self.meta)
+        fds = self._lock()
+        try:
+            self._check_unchanged()
+            self._write_metadata(description)
+        finally:
+            for fd in fds:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _write_metadata(self, description: str) -> None:
         self.meta.seqno += 1
         self.header = TextHeader(description="", creation_host=self.host,
                                  host_info=_host_info(self.host), creation_time=self._now(),
@@ -409,6 +450,8 @@ class VolumeGroup:
                 dev.mdas[i] = new
         self.header.description = description
         self.generation += 1
+        for dev in list(self._watchers):
+            dev.invalidate()  # type: ignore[attr-defined]
 
     def backup_text(self, description: str = "") -> str:
         """The metadata as `vgcfgbackup` writes it."""
@@ -416,6 +459,66 @@ class VolumeGroup:
                             host_info=_host_info(self.host), creation_time=self._now(),
                             generator=GENERATOR)
         return emit_text(self.meta, header, "file")
+
+    def restore(self, text: str, *, source: str = "<backup>", test: bool = False) -> None:
+        """vgcfgrestore: make a backup's metadata current (seqno continues from ours).
+
+        The backup must describe this VG (same name and id) over these PVs (same UUIDs);
+        LV data is not touched — extents map again as the backup says. With `test`, only
+        check.
+        """
+        meta, _ = parse_text(text, source)
+        if meta.name != self.name or meta.id != self.meta.id:
+            raise LvmError(f"{source}: describes VG {meta.name} ({meta.id}), not {self.name} "
+                           f"({self.meta.id})")
+        have = {pv.id: pv for pv in self.meta.pvs}
+        for pv in meta.pvs:
+            cur = have.get(pv.id)
+            if cur is None:
+                raise LvmError(f"{source}: physical volume {pv.id} is not in VG {self.name}")
+            if (pv.pe_start, pv.pe_count) != (cur.pe_start, cur.pe_count) or \
+                    meta.extent_size != self.meta.extent_size:
+                raise LvmError(f"{source}: extent layout of {pv.id} differs from the PV's")
+        alloc.check_consistency(meta)
+        if test:
+            return
+        by_id = {pv.id: name for name, pv in ((n, self.meta.pv(n)) for n in self.devices)}
+        devices = {pv.name: self.devices[by_id[pv.id]] for pv in meta.pvs}
+        meta.seqno = self.meta.seqno
+        self.meta = meta
+        self.devices = devices
+        self._stores.clear()
+        self.commit(f"vgcfgrestore {self.name}")
+
+    def vgextend(self, path: str | os.PathLike[str] | RawIO) -> str:
+        """Add a PV (from pvcreate, in no VG) to this VG; returns its name in the metadata."""
+        io = path if hasattr(path, "pread") else FileIO(str(path))  # type: ignore[arg-type]
+        dev = read_pv(io, io.name)  # type: ignore[arg-type]
+        if any(d.uuid == dev.uuid for d in self.devices.values()):
+            raise LvmError(f"{io.name}: already in VG {self.name}")  # type: ignore[union-attr]
+        for h in dev.mdas:
+            got = read_mda_text(dev, h)
+            if got is not None:
+                io.close()  # type: ignore[union-attr]
+                raise LvmError(f"{dev.path}: physical volume already belongs to VG "
+                               f"{got[0].name}")
+        end = min((m.offset for m in dev.label.metadata_areas if m.offset > dev.pe_start),
+                  default=dev.label.device_size)
+        pe_count = (end - dev.pe_start) // self.extent_bytes
+        if pe_count < 1:
+            raise LvmError(f"{dev.path}: too small for one extent of VG {self.name}")
+        n = 0
+        while any(p.name == f"pv{n}" for p in self.meta.pvs):
+            n += 1
+        name = f"pv{n}"
+        self.meta.pvs.append(PhysicalVolume(
+            name=name, id=dev.uuid, device=dev.path, dev_size=dev.label.device_size // SECTOR,
+            pe_start=dev.pe_start // SECTOR, pe_count=pe_count))
+        dev.label.ext_flags |= PV_EXT_USED
+        dev.io.pwrite(dev.label.sector * SECTOR, pack_label(dev.label))
+        self.devices[name] = dev
+        self.commit(f"vgextend {self.name} {dev.path}")
+        return name
 
     # ------------------------------------------------------------- queries
     @property
@@ -499,6 +602,10 @@ class VolumeGroup:
                 striped.append((lv_off, seg.extent_count * ext, areas, seg.stripe_size * SECTOR))
         runs.sort(key=lambda r: r.lv_offset)
         return ExtentMap(f"{self.name}/{name}", runs, lv.extent_count * ext, striped)
+
+    def watch(self, dev: object) -> None:
+        """Tell `dev` (an open LV device) when the metadata changes."""
+        self._watchers.add(dev)
 
     def lv_binding(self, lv_id: str) -> LvBinding:
         """The current mapping of the LV with this id (used by open LV devices)."""
@@ -657,9 +764,8 @@ class VolumeGroup:
                     raise LvmError(f"{self.name}/{name}: reducing to {count} extents would "
                                    f"destroy data at byte {first} (use --force)")
                 pos += n
-        released = alloc.truncate_extents(lv, count)
+        alloc.truncate_extents(lv, count)
         self.commit(f"lvreduce {self.name}/{name}")
-        self._zero_areas(released)
 
     def lvrename(self, old: str, new: str) -> None:
         """Rename an LV (snapshot references follow)."""
@@ -681,15 +787,13 @@ class VolumeGroup:
             self._stores[new] = self._stores.pop(old)
         self.commit(f"lvrename {self.name}/{old} {new}")
 
-    def _drop(self, name: str) -> list[alloc.Area]:
-        """Remove LV `name` from the metadata; return its areas (zero them after the commit)."""
+    def _drop(self, name: str) -> None:
+        """Remove LV `name` (and a snapshot's hidden LV) from the metadata."""
         lv = self.meta.lv(name)
-        released = [a for a, owner in alloc.used_areas(self.meta) if owner == name]
         if self.snapshot_segment(name) is not None:
             self.meta.lvs.remove(self._hidden_snapshot_lv(name))
         self.meta.lvs.remove(lv)
         self._stores.pop(name, None)
-        return released
 
     def lvremove(self, name: str, *, force: bool = False) -> None:
         """Remove an LV; an origin with snapshots needs `force` (its snapshots go too)."""
@@ -700,9 +804,12 @@ class VolumeGroup:
         if snaps and not force:
             raise LvmError(f"{self.name}/{name} has snapshots ({', '.join(snaps)}); remove them "
                            "first or use --force")
-        released = [a for s in snaps for a in self._drop(s)] + self._drop(name)
+        for s in snaps:
+            self._drop(s)
+        self._drop(name)
+        # The extents keep their data (as in LVM2, so vgcfgrestore can undo a removal); they
+        # are zeroed when allocated again, so nothing leaks into another LV.
         self.commit(f"lvremove {self.name}/{name}")
-        self._zero_areas(released)  # after the commit: a crash before it loses nothing
 
     def merge_snapshot(self, name: str) -> int:
         """lvconvert --merge: copy the snapshot's chunks back into its origin; remove it.
@@ -725,9 +832,8 @@ class VolumeGroup:
             origin.write(start, st.read_chunk(new, 0, n), _skip=st)
         origin.flush()
         merged = len(st.exceptions)
-        released = self._drop(name)
+        self._drop(name)
         self.commit(f"lvconvert --merge {self.name}/{name}")
-        self._zero_areas(released)
         return merged
 
     def snapshot_status(self, name: str) -> tuple[bool, float]:

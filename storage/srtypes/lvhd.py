@@ -43,11 +43,22 @@ def full_vhd_size(virtual_size: int, block_size: int = fmt.DEFAULT_BLOCK_SIZE) -
 
 
 class LvhdDevice:
-    """The opened chain of an LVHD VDI; closing a snapshot VDI deflates it again."""
+    """The opened chain of an LVHD VDI; closing a snapshot VDI deflates it again.
 
-    def __init__(self, image: VhdImage, on_close: Any = None) -> None:
+    When a snapshot or coalesce changes the VDI's chain while it is open (a plugged VBD), the
+    driver pauses it and swaps in the new chain, as XenServer pauses and reopens a tapdisk.
+    """
+
+    def __init__(self, vdi_uuid: str, image: VhdImage, on_close: Any = None) -> None:
+        self.vdi_uuid = vdi_uuid
         self.image = image
         self._on_close = on_close
+        self.closed = False
+
+    def swap(self, image: VhdImage) -> None:
+        """Continue on a freshly opened chain (the old one was flushed before the change)."""
+        old, self.image = self.image, image
+        old.close()
 
     @property
     def size(self) -> int:
@@ -77,6 +88,7 @@ class LvhdDevice:
 
     def close(self) -> None:
         """Close the chain (and deflate an unused snapshot); idempotent."""
+        self.closed = True
         try:
             self.image.close()
         finally:
@@ -93,6 +105,26 @@ class LvhdSRDriver(LvmBackedDriver):
     lv_prefix = "VHD-"
     block_size = fmt.DEFAULT_BLOCK_SIZE
     max_depth = DEFAULT_MAX_DEPTH
+
+    def __init__(self, sr: Any) -> None:
+        super().__init__(sr)
+        self._open_devices: list[LvhdDevice] = []
+
+    def _live(self, vdi_uuid: str | None = None) -> list[LvhdDevice]:
+        self._open_devices = [d for d in self._open_devices if not d.closed]
+        return [d for d in self._open_devices if vdi_uuid is None or d.vdi_uuid == vdi_uuid]
+
+    def _pause(self, devices: list[LvhdDevice]) -> None:
+        for d in devices:
+            d.flush()
+
+    def _unpause(self, devices: list[LvhdDevice], extra: dict[str, VDI] | None = None) -> None:
+        """Reopen each paused device on its VDI's current chain (`extra`: records the SR adds
+        when the driver returns)."""
+        for d in devices:
+            vdi = self.sr.vdis.get(d.vdi_uuid)
+            if vdi is not None:
+                d.swap(self._open_chain(vdi, read_only=d.read_only, extra=extra))
 
     # ------------------------------------------------------------------ VHD in an LV
     def _io(self, lv: str, *, length: int | None = None) -> LvRawIO:
@@ -132,17 +164,19 @@ class LvhdSRDriver(LvmBackedDriver):
         """Cut the LV to the VHD's current end (base copies, unused snapshots)."""
         self._set_lv_size(vdi.location, 0)
 
-    def _open_chain(self, vdi: VDI, *, read_only: bool) -> VhdImage:
+    def _open_chain(self, vdi: VDI, *, read_only: bool,
+                    extra: dict[str, VDI] | None = None) -> VhdImage:
+        records = {**self.sr.vdis, **(extra or {})}
         leaf = self._open_one(vdi.location, read_only=read_only)
         try:
             cur, rec, depth = leaf, vdi, 1
             while cur.parent_uuid is not None:
-                if rec.parent is None or rec.parent not in self.sr.vdis:
+                if rec.parent is None or rec.parent not in records:
                     raise ChainError(f"{self.vg_name}/{rec.location}: differencing VHD but the "
                                      f"SR records no parent for VDI {rec.uuid}")
                 if depth >= self.max_depth:
                     raise ChainError(f"VDI {vdi.uuid}: chain deeper than {self.max_depth}")
-                prec = self.sr.vdis[rec.parent]
+                prec = records[rec.parent]
                 parent = self._open_one(prec.location, read_only=True)
                 cur.parent = parent
                 if parent.uuid != cur.parent_uuid:
@@ -164,7 +198,7 @@ class LvhdSRDriver(LvmBackedDriver):
             fmt.BAT_OFFSET + fmt.bat_bytes(-(-vsize // self.block_size)) + LOCATOR_SLACK + 512
         self.vg.lvcreate(lv, lv_size)
         try:
-            pimg = self._open_chain(parent, read_only=True) if parent is not None else None
+            pimg = self._open_one(parent.location, read_only=True) if parent else None
             try:
                 img = VhdImage.create(
                     self._io(lv, length=0), size=size if parent is None else None,
@@ -196,7 +230,9 @@ class LvhdSRDriver(LvmBackedDriver):
             if vdi.is_a_snapshot:
                 def on_close() -> None:
                     self.deflate(vdi)
-        return LvhdDevice(self._open_chain(vdi, read_only=read_only), on_close)
+        dev = LvhdDevice(vdi.uuid, self._open_chain(vdi, read_only=read_only), on_close)
+        self._open_devices.append(dev)
+        return dev
 
     def vdi_snapshot(self, vdi: VDI, copies: list[VDI]) -> list[VDI]:
         """Rename the VDI's LV to a hidden, deflated base copy; re-create the VDI and copies
@@ -212,10 +248,13 @@ class LvhdSRDriver(LvmBackedDriver):
         for c in copies:
             c.location = self.lv_name(c.uuid)
             c.parent = base.uuid
+        paused = self._live(vdi.uuid)
+        self._pause(paused)
         self.sr.begin({"op": "snapshot", "vdi": vdi.uuid, "base": asdict(base),
                        "copies": [asdict(c) for c in copies]})
         self.vg.lvrename(vdi.location, base.location)
         self._finish_snapshot(vdi, base, copies)
+        self._unpause(paused, {base.uuid: base})  # an attached VDI goes on in its new leaf
         return [base]
 
     def _finish_snapshot(self, vdi: VDI, base: VDI, copies: list[VDI]) -> None:
@@ -264,11 +303,19 @@ class LvhdSRDriver(LvmBackedDriver):
 
     def vdi_coalesce(self, parent: VDI, child: VDI, grandchildren: list[VDI]) -> None:
         """Copy the child's blocks into the (inflated) parent, relink, then swap the LVs."""
+        paused = self._live()
+        self._pause(paused)
         self._merge(parent, child, grandchildren)
         assert self.sr.pending is not None
         self.sr.pending["phase"] = "merged"
         self.sr.save()
         self._finish_coalesce(parent.location, child.location, leaf=not child.hidden)
+        if not child.hidden:
+            child.parent = parent.parent  # what the SR records next; the reopen needs it now
+        else:
+            for g in grandchildren:
+                g.parent = parent.uuid
+        self._unpause([d for d in paused if d.vdi_uuid != parent.uuid])
 
     def _merge(self, parent: VDI, child: VDI, grandchildren: list[VDI]) -> None:
         """Idempotent: copying the child's sectors again gives the same parent."""

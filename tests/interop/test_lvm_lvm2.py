@@ -186,3 +186,27 @@ def test_we_open_what_lvm2_changed(ours: VolumeGroup, loops: list[str]) -> None:
         g.close()
     names = {lv["lv_name"] for lv in report("lvs", "-o", "lv_name", name, devices=loops)}
     assert names == {"data", "other", "snap", "lvm2lv", "after_lvm2"}
+
+
+def test_lvm2_reads_an_lvhd_sr(tmp_path: Path) -> None:
+    """The SR's PV is an LVM2 PV: `lvs` lists the VHD-<uuid> LVs at their inflated sizes."""
+    from storage.sr import SR
+
+    sr = SR.create(tmp_path / "sr", type_name="lvhd", device_config={"size": "256M"})
+    v = sr.vdi_create("disk0", 40 << 20)
+    snap = sr.vdi_snapshot(v.uuid)
+    sizes = {x.location: sr.physical_utilisation(u) for u, x in sr.vdis.items()}
+    sr.close()
+    sr.driver.vg.close()  # type: ignore[attr-defined]
+    proc = subprocess.run(["losetup", "--find", "--show", str(tmp_path / "sr" / "pv0.img")],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot attach a loop device here (needs root): {proc.stderr}")
+    loop = proc.stdout.strip()
+    try:
+        rows = report("lvs", "-o", "lv_name,lv_size", f"VG_XenStorage-{sr.uuid}",
+                      devices=[loop])
+    finally:
+        subprocess.run(["losetup", "--detach", loop], capture_output=True, timeout=30)
+    assert {r["lv_name"]: int(r["lv_size"]) for r in rows} == sizes
+    assert f"VHD-{snap.uuid}" in sizes and len(sizes) == 3

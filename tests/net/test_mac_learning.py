@@ -158,3 +158,20 @@ def test_link_down_flushes_what_was_learned_there() -> None:
 def test_bad_table_config(kw: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         MacTable(**kw)
+
+
+def test_detached_port_is_forgotten_and_can_join_another_switch() -> None:
+    clock = ManualClock()
+    s1 = PhysicalSwitch("s1", clock=clock)
+    s2 = PhysicalSwitch("s2", clock=clock)
+    p1 = s1.add_port("p1", V.access(1))
+    other = s1.add_port("p2", V.access(1))
+    p1.receive(make(BCAST, A))
+    s1.detach(p1)
+    assert len(s1.mac_table) == 0 and p1.switch is None
+    s2.add_port(p1, V.access(1))
+    q = s2.add_port("q", V.access(1))
+    p1.receive(make(BCAST, A))
+    assert len(sent(q)) == 1 and len(sent(other)) == 1  # the one before detaching
+    p1.set_link(False)  # only s2 hears about it now
+    assert len(s2.mac_table) == 0

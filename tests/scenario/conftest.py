@@ -1,6 +1,8 @@
 """Fixtures for the scenario tests: a two-host vSphere fabric built with the Python API."""
 from __future__ import annotations
 
+import struct
+from pathlib import Path
 from typing import Any
 
 from netsim.fabric import Fabric
@@ -28,3 +30,12 @@ def two_esx(clock: Any, *, mac_table_size: int = 8192) -> Fabric:
     fab["esx2"].add_vm("b").add_nic("vSwitch0", "vlan10", mac=MAC_B)
     fab["esx2"].add_vm("c").add_nic("vSwitch0", "vlan20", mac=MAC_C)
     return fab
+
+
+def write_pcap_ns(path: Path, records: list[tuple[int, bytes]]) -> None:
+    """A classic nanosecond pcap with exact integer timestamps (no float rounding)."""
+    out = [struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 1)]
+    for ts, frame in records:
+        out.append(struct.pack("<IIII", ts // 10**9, ts % 10**9, len(frame), len(frame)))
+        out.append(frame)
+    path.write_bytes(b"".join(out))

@@ -85,3 +85,20 @@ def test_a_users_test_file_runs_with_the_plugin(tmp_path: Path) -> None:
 def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert meta["project"]["entry-points"]["pytest11"]["hvsim"] == "netsim.pytest_plugin"
+
+
+def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Testing your VLAN plan with pytest"):]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 8 <= len([ln for ln in code.splitlines() if ln.strip()]) <= 12
+    (tmp_path / "topologies").mkdir()
+    (tmp_path / "topologies" / "xen-vlans.yaml").write_text(
+        (ROOT / "topologies" / "xen-vlans.yaml").read_text())
+    (tmp_path / "test_readme.py").write_text(code)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "netsim.pytest_plugin", "-q",
+         "-p", "no:cacheprovider", "test_readme.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert "1 passed" in out.stdout, out.stdout + out.stderr

@@ -65,8 +65,8 @@ def test_a_good_file_becomes_a_model(tmp_path: Path) -> None:
     ("at: 1ms", "at: soon", "good.yaml:5: steps[0].at: 'soon' is not a duration"),
     ("  - {at: 2s, link", "  - {at: 9s, link", "good.yaml:11: steps[1].at: step at 9s is after"),
     ("  - {at: 2s, link: {port: esx1/vmnic0, state: down}}",
-     "  - {at: 2s, move_vm: {vm: a, to: esx2}}", "steps[1].move_vm: moving a VM needs the "
-     "distributed switch"),
+     "  - {at: 2s, move_vm: {vm: a, to: esx2}}",
+     "good.yaml:11: steps[1].move_vm: moving a VM needs a distributed-switch run"),
     ("duration: 5s", "duration: 5s\nsurprise: 1", "good.yaml:4: surprise: unknown key"),
 ])
 def test_mistakes_name_file_line_and_key(tmp_path: Path, old: str, new: str, expected: str
@@ -107,3 +107,20 @@ def test_durations() -> None:
     for bad in ("-1s", "1 fortnight", True, -3):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_named_frames_come_from_python_never_from_the_file(tmp_path: Path) -> None:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    syn = Ether(src=MAC_A, dst="00:50:56:00:00:0b") / IP(src="10.0.0.1", dst="10.0.0.2") / TCP()
+    text = "steps:\n  - send: {from: a, frame: syn}\n"
+    scn = parse_scenario(text, "n.yaml", frames={"syn": syn})
+    assert scn.steps[0].frame == bytes(syn)
+    with pytest.raises(ScenarioError, match=r"n\.yaml:2: steps\[0\]\.send\.frame: no frame named "
+                       r"'syn' \(named frames come from Python"):
+        parse_scenario(text, "n.yaml")
+    # a Scapy expression in the file is just an unknown name: never evaluated
+    with pytest.raises(ScenarioError, match="no frame named"):
+        parse_scenario("steps:\n  - send: {from: a, frame: \"Ether()/IP()\"}\n", "n.yaml",
+                       frames={"syn": syn})

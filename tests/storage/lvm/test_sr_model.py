@@ -118,6 +118,6 @@ class LvhdModel(RuleBasedStateMachine):
         assert sorted(vg.lv_names()) == sorted(v.location for v in self.sr.vdis.values())
 
 
-LvhdModel.TestCase.settings = settings(max_examples=20, stateful_step_count=12, deadline=None,
+LvhdModel.TestCase.settings = settings(max_examples=15, stateful_step_count=12, deadline=None,
                                        suppress_health_check=[HealthCheck.too_slow])
 TestLvhdModel = LvhdModel.TestCase

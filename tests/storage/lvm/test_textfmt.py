@@ -113,8 +113,13 @@ def test_semantic_errors_name_the_field() -> None:
     text = emit_text(vg, header, "file")
     with pytest.raises(LvmError, match=r"VG vg0: missing field 'seqno'"):
         parse_text(text.replace("\tseqno = 12\n", ""))
-    with pytest.raises(LvmError, match=r"data.segment1: stripes lists 1 areas, stripe_count"):
+    with pytest.raises(LvmError, match=r"data.segment1: stripe_count 2 does not divide"):
         parse_text(text.replace("stripe_count = 1\t# linear", "stripe_count = 2", 1))
+    with pytest.raises(LvmError, match=r"data.segment2: stripes lists 1 areas, stripe_count"):
+        parse_text(text.replace("stripe_count = 1\t# linear", "stripe_count = 2", 2)
+                   .replace("stripe_count = 2", "stripe_count = 1", 1))
+    with pytest.raises(LvmError, match=r"stripe_size 100 is not a power of two"):
+        parse_text(text.replace("stripe_size = 128", "stripe_size = 100"))
     with pytest.raises(LvmError, match="segment type 'thin' is not supported"):
         parse_text(text.replace('type = "snapshot"', 'type = "thin"'))
     with pytest.raises(LvmError, match="expected exactly one volume group"):

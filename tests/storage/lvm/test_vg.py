@@ -1,6 +1,7 @@
 """Volume groups on PV files: create, open, change, commit, and LVs as block devices."""
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from pathlib import Path
@@ -13,7 +14,7 @@ from storage.lvm import VolumeGroup, pvcreate, read_pv
 from storage.lvm.alloc import check_consistency, free_extents
 from storage.lvm.ondisk import MDA_HEADER_SIZE, unpack_mda_header
 from storage.lvm.vg import read_mda_text
-from storage.rawio import FileIO, RawIO
+from storage.rawio import FileIO, MemoryIO, RawIO
 from tests.storage.lvm.conftest import MiB, reopen
 
 
@@ -187,16 +188,23 @@ def test_pv_in_use_and_bad_pv_are_refused(vg: VolumeGroup, pv_files, tmp_path: P
         pvcreate(tmp_path / "tiny.img", size=MiB)
 
 
-def test_metadata_area_headers_point_into_their_own_area(vg: VolumeGroup) -> None:
-    for _ in range(40):  # wraps the circular buffer of the 1 MiB areas? no: check positions
-        vg.lvcreate("x", MiB)
-        vg.lvremove("x")
-    for dev in vg.devices.values():
-        for m in dev.label.metadata_areas:
-            h = unpack_mda_header(dev.io.pread(m.offset, MDA_HEADER_SIZE))
-            assert h.start == m.offset and h.size == m.size
-            loc = h.locns[0]
-            assert MDA_HEADER_SIZE <= loc.offset < h.size
+def test_metadata_buffer_wraps_around_and_still_opens() -> None:
+    io = MemoryIO(bytes(32 * MiB), name="pv0")
+    pvcreate("pv0", size=32 * MiB, io=io, rng=random.Random(4))
+    g = VolumeGroup.create("vgw", [io], rng=random.Random(5))
+    g.lvcreate("keep", 4 * MiB)
+    offsets = []
+    for _ in range(450):  # 900 commits of ~1.3 KB: more than one lap of the 1 MiB area
+        g.lvcreate("x", 4 * MiB)
+        g.lvremove("x")
+        offsets.append(g.devices["pv0"].mdas[0].locns[0].offset)
+    assert any(b < a for a, b in itertools.pairwise(offsets))  # it went round
+    for m in g.devices["pv0"].label.metadata_areas:
+        h = unpack_mda_header(io.pread(m.offset, MDA_HEADER_SIZE))
+        assert h.start == m.offset and h.size == m.size
+        assert MDA_HEADER_SIZE <= h.locns[0].offset < h.size
+    again = VolumeGroup.open_ios("vgw", [io])
+    assert again.meta.seqno == g.meta.seqno and again.lv_names() == ["keep"]
 
 
 def test_pv_can_be_an_existing_file(tmp_path: Path) -> None:
@@ -220,3 +228,51 @@ def test_open_device_follows_resize_and_rename_and_fails_after_remove(vg: Volume
     vg.lvremove("b")
     with pytest.raises(LvmError, match="no longer exists"):
         dev.read(0, 1)
+
+
+def test_a_second_handle_cannot_commit_over_newer_metadata(vg: VolumeGroup, pv_files) -> None:
+    other = VolumeGroup.open("vg0", pv_files)
+    vg.lvcreate("a", 8 * MiB)  # committed by the first handle
+    with pytest.raises(LvmError, match="changed by another process"):
+        other.lvcreate("b", 8 * MiB)  # would reuse a's extents: refused
+    other.close()
+    fresh = VolumeGroup.open("vg0", pv_files)
+    fresh.lvcreate("b", 8 * MiB)
+    check_consistency(fresh.meta)
+    assert fresh.lv_names() == ["a", "b"]
+    fresh.close()
+
+
+def test_vgcfgrestore_undoes_an_lvremove(vg: VolumeGroup, pv_files, tmp_path: Path) -> None:
+    vg.lvcreate("precious", 8 * MiB)
+    vg.open_lv("precious").write(0, b"do not lose me")
+    backup = vg.backup_text("before the accident")
+    vg.lvremove("precious")
+    seq = vg.meta.seqno
+    vg.restore(backup, test=True)
+    assert vg.lv_names() == [] and vg.meta.seqno == seq  # --test changes nothing
+    vg.restore(backup)
+    assert vg.meta.seqno == seq + 1
+    g = reopen(vg, pv_files)
+    assert g.open_lv("precious").read(0, 14) == b"do not lose me"
+    other = VolumeGroup.create("vgx", [_new_pv(tmp_path / "x.img")])
+    with pytest.raises(LvmError, match="describes VG vg0"):
+        other.restore(backup)
+    other.close()
+    g.close()
+
+
+def _new_pv(path: Path) -> Path:
+    pvcreate(path, size=16 * MiB, rng=random.Random(9))
+    return path
+
+
+def test_vgextend_adds_a_pv(vg: VolumeGroup, pv_files, tmp_path: Path) -> None:
+    name = vg.vgextend(_new_pv(tmp_path / "pv2.img"))
+    assert name == "pv2" and vg.summary().pv_count == 3
+    vg.lvcreate("wide", 120 * MiB)  # needs all three PVs
+    g = reopen(vg, [*pv_files, tmp_path / "pv2.img"])
+    assert g.lv_size("wide") == 120 * MiB
+    with pytest.raises(LvmError, match="already in VG vg0"):
+        g.vgextend(tmp_path / "pv2.img")
+    g.close()

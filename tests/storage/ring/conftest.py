@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,14 @@ from storage.ring import EventChannel, FrontRing, SharedRing
 from storage.xenstore import XenbusState, wait_for_state
 
 DISK_SIZE = 4 << 20
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A ring test that hangs fails in a minute, not after the suite-wide 300 s."""
+    for item in items:
+        if HERE in Path(str(item.fspath)).parents and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(60))
 
 
 @dataclass

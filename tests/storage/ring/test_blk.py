@@ -163,3 +163,50 @@ async def test_guest_can_reconnect_after_close(host: Host) -> None:
     async with BlkFront(host.guest, XVDA) as front:
         assert await front.read(0, 512) == b"a" * 512
     assert host.backend.stats.connections == 2
+
+
+async def test_cancelled_request_keeps_its_pages_until_the_backend_answers(host: Host) -> None:
+    host.disk.write(0, b"\x11" * 8192)
+    async with BlkFront(host.guest, XVDA) as front:
+        free_before = host.guest.pages.available
+        assert front._ring is not None and front._evtchn is not None
+        await asyncio.sleep(0.01)  # the backend has re-armed req_event and sleeps
+        front._ring.idx[1] = 1000  # req_event far ahead: the push won't wake the backend
+        task = asyncio.create_task(front.read(0, 4096))
+        await asyncio.sleep(0)  # the request is on the ring; the backend sleeps
+        assert host.guest.grants.in_use == 2  # ring page + the data page
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # still granted: the backend may write into that page until it answers
+        assert host.guest.grants.in_use == 2
+        front._evtchn.notify()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert host.guest.grants.in_use == 1  # answered: released
+        assert host.guest.pages.available == free_before
+        assert front.stats.unknown_responses == 0
+        assert await asyncio.gather(*(front.read(0, 4096) for _ in range(40))) == \
+            [b"\x11" * 4096] * 40  # every ring slot is usable again
+
+
+class BuggyDisk(MemoryDisk):
+    """A disk driver with a bug on one range."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset >= 1 << 20:
+            raise ZeroDivisionError("driver bug")
+        return super().read(offset, length)
+
+
+async def test_a_disk_driver_bug_is_an_error_response_not_a_dead_backend() -> None:
+    h = await make_host(disk=BuggyDisk(DISK_SIZE))
+    try:
+        async with BlkFront(h.guest, XVDA) as front:
+            with pytest.raises(BlkIOError, match="I/O error"):
+                await front.read(2 << 20, 512)
+            assert await front.read(0, 512) == bytes(512)
+        assert h.backend.stats.errors["disk-exception"] == 1
+        assert "ZeroDivisionError" in (h.backend.last_error or "")
+    finally:
+        await h.hv.close()

@@ -40,11 +40,16 @@ async def test_guest_process_writes_and_reads_through_the_ring(tmp_path: Path) -
                                      "--out", str(out_file))
             assert rc == 0, err
             assert out_file.read_bytes() == bytes(10) + b"hello from the guest" + bytes(10)
+            rc, out, err = await hvsim("guest", "xenstore-ls", "--socket", sock)
+            assert rc == 0, err
+            assert "/local/domain/0/backend/vbd/1/51712/sectors = '8192'" in out
+            assert "/local/domain/0/backend/vbd/1/51712/state = '4'" in out
+            assert "/local/domain/1/device/vbd/51712/ring-ref = " in out
             rc, out, err = await hvsim("guest", "selftest", "--socket", sock,
                                        "--bytes", str(3 << 20))
             assert rc == 0, err
             assert "verified=True" in out
-        assert back.stats.connections == 3
+        assert back.stats.connections == 4
         assert not back.stats.errors
 
 
@@ -130,3 +135,16 @@ async def test_ring_serve_cleans_up_on_sigterm(tmp_path: Path) -> None:
     server.terminate()
     assert await asyncio.wait_for(server.wait(), 30) == 0
     assert not sock.exists()
+
+
+async def test_second_host_on_a_live_socket_is_refused_stale_one_replaced(tmp_path: Path) -> None:
+    sock = tmp_path / "host.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock))  # bound, never listening: what a killed host leaves behind
+    stale.close()
+    async with Hypervisor() as hv:
+        async with HostServer(hv, sock):
+            with pytest.raises(HostLinkError, match="another host"):
+                async with HostServer(Hypervisor(), sock):
+                    pass
+            assert sock.exists()

@@ -55,6 +55,19 @@ def test_snapshot_is_o1_and_keeps_contents(base_vhd: Path, tmp_path: Path) -> No
     assert read_all(base_vhd)[:4] == b"next"
 
 
+def test_clone_gives_two_independent_writable_children(base_vhd: Path, tmp_path: Path) -> None:
+    before = read_all(base_vhd)
+    chain.clone(base_vhd, tmp_path / "gold.vhd", tmp_path / "copy.vhd")
+    for p, tag in ((base_vhd, b"ORIG"), (tmp_path / "copy.vhd", b"COPY")):
+        img = chain.open_chain(p, read_only=False)
+        assert img.read(0, img.size) == before
+        img.write(100, tag)
+        img.close()
+    assert read_all(base_vhd)[100:104] == b"ORIG"
+    assert read_all(tmp_path / "copy.vhd")[100:104] == b"COPY"
+    assert read_all(tmp_path / "gold.vhd") == before
+
+
 def test_depth_limit(base_vhd: Path, tmp_path: Path) -> None:
     prev = base_vhd
     for i in range(4):

@@ -85,7 +85,7 @@ def test_gc_leaf_coalesce_and_removal_of_unused_base(sr: SR) -> None:
     assert [x.uuid for x in sr.vdis.values()] == [v.uuid] and sr.vdis[v.uuid].parent is None
     assert content(sr, v.uuid) == expected
     assert chain.chain_paths(sr.path / v.location) == [str(sr.path / v.location)]
-    assert sorted(os.listdir(sr.path)) == sorted([v.location, "sr.json"])
+    assert sorted(os.listdir(sr.path)) == sorted([v.location, "sr.json", ".sr.lock"])
     # A base copy whose children are all gone is removed.
     s2 = sr.vdi_snapshot(v.uuid)
     c2 = sr.vdi_clone(v.uuid)
@@ -190,7 +190,7 @@ def test_interrupted_snapshot_before_rename_rolls_back(sr: SR,
     monkeypatch.undo()
     again = SR.open(sr.path)
     assert list(again.vdis) == [v.uuid] and sorted(os.listdir(sr.path)) == sorted(
-        [v.location, "sr.json"])
+        [v.location, "sr.json", ".sr.lock"])
 
 
 def test_type_registry(tmp_path: Path) -> None:
@@ -215,3 +215,38 @@ def test_type_registry(tmp_path: Path) -> None:
         assert s.vdi_create("x", 1).location == "mem" and driver_class("memtest") is MemDriver
     finally:
         del SR_TYPES["memtest"]
+
+
+def test_two_handles_on_one_sr_never_save_stale_records(sr: SR) -> None:
+    # Like a backend holding the SR open while the CLI works on it from another process.
+    v = sr.vdi_create("d", MiB)
+    w = sr.vdi_create("e", MiB)
+    other = SR.open(sr.path)
+    vbd = other.vbd_create(v.uuid, "vm1")
+    dev = other.vbd_plug(vbd.uuid)
+    snap = sr.vdi_snapshot(w.uuid)               # sr has not seen the VBD yet
+    assert vbd.uuid in sr.vbds
+    with pytest.raises(SrError, match="another process"):
+        sr.vdi_snapshot(v.uuid)                  # would pull the leaf from under the backend
+    dev.write(0, b"after")
+    other.vbd_unplug(vbd.uuid)                   # `other` has not seen the snapshot yet
+    final = SR.open(sr.path)
+    assert snap.uuid in final.vdis and final.vdis[w.uuid].parent in final.vdis
+    assert not final.vbds[vbd.uuid].currently_attached
+    assert content(final, v.uuid)[:5] == b"after"
+
+
+def test_snapshot_and_resize_of_a_plugged_vdi_continue_on_the_new_leaf(sr: SR) -> None:
+    v = sr.vdi_create("d", MiB)
+    vbd = sr.vbd_create(v.uuid, "vm1")
+    dev = sr.vbd_plug(vbd.uuid)
+    dev.write(0, b"before")
+    snap = sr.vdi_snapshot(v.uuid)
+    dev.write(0, b"AFTER!")                      # lands in the new leaf, not the base copy
+    assert content(sr, snap.uuid)[:6] == b"before"
+    assert content(sr, v.uuid)[:6] == b"AFTER!"
+    new_size = sr.vdi_resize(v.uuid, 4 * MiB)
+    assert dev.size == new_size
+    dev.write(new_size - 3, b"end")
+    sr.vbd_unplug(vbd.uuid)
+    assert content(sr, v.uuid)[-3:] == b"end"
