@@ -61,7 +61,7 @@ def _crash(quick: bool) -> dict[str, Any]:
     rows = []
     scenarios = crash.scenarios()
     if quick:
-        scenarios = [s for s in scenarios if s.name == "SR snapshot"]
+        scenarios = [s for s in scenarios if s.name == "SR snapshot (file)"]
     for sc in scenarios:
         for torn in ((False,) if quick else (False, True)):
             r = crash.sweep(sc, torn=torn)
