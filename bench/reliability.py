@@ -13,6 +13,11 @@ The long runs of the suite in `tests/reliability/` (same harnesses, in `bench/_r
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +76,26 @@ def _crash(quick: bool) -> dict[str, Any]:
             "survived": sum(r["survived"] for r in rows)}
 
 
+def _atheris(quick: bool, seconds: int = 10) -> dict[str, Any]:
+    """Coverage-guided runs (bench/_rel/atheris_run.py) when atheris is installed."""
+    if quick or importlib.util.find_spec("atheris") is None:
+        return {"ran": False, "why": "quick run" if quick else "atheris not installed"}
+    rows = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    with tempfile.TemporaryDirectory(prefix="hvsim-atheris-") as d:
+        for name in ("frame", "filter", "pcap", "scenario", "topology", "batch", "vds",
+                     "lvm-text", "lvm-label", "vhd"):
+            proc = subprocess.run([sys.executable, "-m", "bench._rel.atheris_run", name,
+                                   str(seconds)], cwd=d, env=env, capture_output=True,
+                                  text=True, timeout=seconds * 6 + 60)
+            out = proc.stdout + proc.stderr
+            m = re.search(r"number_of_executed_units: (\d+)", out)
+            rows.append({"target": name, "executions": int(m.group(1)) if m else 0,
+                         "crashed": proc.returncode != 0,
+                         "detail": (re.findall(r"ContractBroken: .*", out) or [""])[0][:200]})
+    return {"ran": True, "seconds_each": seconds, "targets": rows}
+
+
 def _broker(quick: bool) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="hvsim-brokerfaults-") as d:
         work = Path(d)
@@ -92,6 +117,7 @@ def run(*, quick: bool) -> dict[str, Any]:
     console = Console()
     t0 = time.perf_counter()
     fz = _fuzz(quick)
+    ath = _atheris(quick)
     cr = _crash(quick)
     ov = overload.run_overload(capacity=200 if quick else 2000, seconds=60.0,
                                tick_ms=10 if quick else 1)
@@ -107,6 +133,13 @@ def run(*, quick: bool) -> dict[str, Any]:
                   str(r["regressed"]), str(r["s"]))
     console.print(t)
     console.print("found and fixed: " + "; ".join(fz["found_and_fixed"]))
+    if ath["ran"]:
+        console.print("atheris (coverage-guided, {}s each): ".format(ath["seconds_each"]) +
+                      ", ".join(f"{r['target']} {r['executions']:,}"
+                                f"{' CRASHED ' + r['detail'] if r['crashed'] else ''}"
+                                for r in ath["targets"]))
+    else:
+        console.print(f"atheris: skipped ({ath['why']})")
 
     t = Table(title="power cuts: every durable step (ordered; torn = multi-sector write cut)")
     for col in ("operation", "cut points", "survived"):
@@ -154,6 +187,7 @@ def run(*, quick: bool) -> dict[str, Any]:
     console.print(t)
     total = round(time.perf_counter() - t0, 1)
     console.print(f"total {total} s")
-    return {"fuzz": fz, "crash": cr, "overload": ov, "ring_fairness": ring, "isolation": iso,
+    return {"fuzz": fz, "atheris": ath, "crash": cr, "overload": ov, "ring_fairness": ring,
+            "isolation": iso,
             "broker_faults": br, "broker_faults_survived": sum(1 for r in br if r["survived"]),
             "seconds": total}
