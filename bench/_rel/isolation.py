@@ -1,17 +1,19 @@
 """Isolation proofs over random topologies and frame sequences (struct-level, synchronous).
 
-Each case builds 1-3 hosts, each with a vSphere standard switch of 1-4 port groups (VST VLANs
+Each case builds 1-3 hosts, each with a vSphere standard switch of 1-4 port groups (EST 0, VST
 1-4094 or VGT 4095, promiscuous and forged-transmits Accept/Reject at random) and 1-5 VMs, its
-uplink a trunk (all VLANs or a random subset) cabled to one physical 802.1Q switch, which also
-has "outside" hosts on access ports. Random frames (unicast to known/unknown MACs, broadcast,
+uplink cabled to one physical 802.1Q switch on a port that is a trunk (all VLANs or a subset),
+native-untagged or native-tagged; the physical switch also has "outside" hosts on access
+ports. Random frames (unicast to known/unknown MACs, broadcast,
 multicast; untagged, priority-tagged or tagged; sometimes with a forged source) are sent from
 VMs and outside hosts; links are pumped synchronously until quiet, and every delivered copy is
 checked against three invariants computed from the configuration alone (not from the switch
 code):
 
-1. VLAN: a frame belongs to one network VLAN (a VST sender's group VLAN, a VGT sender's tag or
-   0, an outside host's access VLAN); every copy delivered is in that VLAN as the receiver reads
-   it (untagged into its group/access VLAN, or with that tag for a VGT guest).
+1. VLAN: a frame belongs to one network VLAN (a VST sender's group VLAN, a VGT sender's tag, an
+   outside host's access VLAN; untagged frames of EST and VGT guests belong to the native VLAN
+   of their host's physical port, 0 on a plain trunk); every copy delivered is in that VLAN as
+   the receiver reads it.
 2. Promiscuous Reject: a non-promiscuous vNIC receives unicast only for its own MAC.
 3. Forged transmits Reject: a frame whose source MAC is not its sender's configured MAC never
    leaves the sender's switch.
@@ -35,10 +37,11 @@ VLANS = [1, 5, 10, 100, 4094]
 @dataclass
 class _Rx:
     port: Port
-    kind: str          # "vst", "vgt", "access"
-    vlan: int          # group / access VLAN (unused for vgt)
+    kind: str          # "vst", "est" (group VLAN 0), "vgt", "access"
+    vlan: int          # group / access VLAN (unused for est and vgt)
     promiscuous: bool
     mac: bytes
+    native: int        # the network VLAN untagged frames of this host's uplink belong to
 
 
 @dataclass
@@ -57,7 +60,8 @@ def _case(rng: random.Random, res: IsolationResult, nframes: int) -> None:
     phys = PhysicalSwitch("phys", clock=clock)
     links: list[tuple[Port, Port]] = []
     receivers: list[_Rx] = []
-    senders: list[tuple[Port, str, int, bool, bytes]] = []  # port, kind, vlan, forged_ok, mac
+    # port, kind, vlan, forged_ok, mac, native
+    senders: list[tuple[Port, str, int, bool, bytes, int]] = []
     mac_n = 0
 
     def new_mac() -> bytes:
@@ -68,8 +72,20 @@ def _case(rng: random.Random, res: IsolationResult, nframes: int) -> None:
     for h in range(rng.randint(1, 3)):
         sw = StandardSwitch(f"vs{h}", clock=clock)
         groups = []
+        # the physical port this host's uplink is cabled to, and the network VLAN its untagged
+        # frames belong to
+        r = rng.random()
+        if r < 0.5:
+            phys_mode, native = VlanPolicy.trunk(), 0
+        elif r < 0.7:
+            phys_mode, native = VlanPolicy.trunk(*rng.sample(VLANS, rng.randint(1, 3))), 0
+        else:
+            native = rng.choice(VLANS)
+            others = rng.sample(VLANS, rng.randint(0, 3))
+            phys_mode = (VlanPolicy.native_untagged(native, native, *others) if r < 0.85
+                         else VlanPolicy.native_tagged(native, native, *others))
         for g in range(rng.randint(1, 4)):
-            vlan = rng.choice([*VLANS, 4095])
+            vlan = rng.choice([0, *VLANS, 4095])
             sec = SecurityPolicy(promiscuous=rng.random() < 0.3,
                                  forged_transmits=rng.random() < 0.5)
             groups.append(sw.add_port_group(PortGroup(f"g{g}", vlan=vlan, security=sec)))
@@ -77,26 +93,25 @@ def _case(rng: random.Random, res: IsolationResult, nframes: int) -> None:
             *rng.sample(VLANS, rng.randint(1, 3)))
         from netsim.port import Pif
         up = sw.add_uplink(Pif(f"vmnic{h}"), vlan=trunk)
-        pport = phys.add_port(Port(f"p{h}"), VlanPolicy.trunk() if rng.random() < 0.7 else
-                              VlanPolicy.trunk(*rng.sample(VLANS, rng.randint(1, 3))))
+        pport = phys.add_port(Port(f"p{h}"), phys_mode)
         links.append((up, pport))
         for v in range(rng.randint(1, 5)):
             grp = rng.choice(groups)
             mac = new_mac()
             port = sw.attach(VmPort(f"h{h}vm{v}", mac=mac), grp)
-            kind = "vgt" if grp.vlan == 4095 else "vst"
-            receivers.append(_Rx(port, kind, grp.vlan, grp.security.promiscuous, mac))
-            senders.append((port, kind, grp.vlan, grp.security.forged_transmits, mac))
+            kind = "vgt" if grp.vlan == 4095 else "est" if grp.vlan == 0 else "vst"
+            receivers.append(_Rx(port, kind, grp.vlan, grp.security.promiscuous, mac, native))
+            senders.append((port, kind, grp.vlan, grp.security.forged_transmits, mac, native))
     for o in range(rng.randint(0, 3)):
         vlan = rng.choice(VLANS)
         port = phys.add_port(Port(f"out{o}"), VlanPolicy.access(vlan))
         mac = new_mac()
-        receivers.append(_Rx(port, "access", vlan, True, mac))
-        senders.append((port, "access", vlan, True, mac))
+        receivers.append(_Rx(port, "access", vlan, True, mac, vlan))
+        senders.append((port, "access", vlan, True, mac, vlan))
 
     known = [r.mac for r in receivers]
     for fid in range(nframes):
-        port, kind, vlan, forged_ok, mac = rng.choice(senders)
+        port, kind, vlan, forged_ok, mac, native = rng.choice(senders)
         r = rng.random()
         dst = (rng.choice(known) if r < 0.6 else fr.BROADCAST if r < 0.75 else
                bytes.fromhex("01005e000001") if r < 0.85 else bytes((0x02, 9, 9, 9, 9, 9)))
@@ -107,12 +122,15 @@ def _case(rng: random.Random, res: IsolationResult, nframes: int) -> None:
         body = b"ID" + fid.to_bytes(4, "big") + bytes(40)
         f = fr.ethernet(dst, src, 0x0800, body, vid=tag)
         # the network VLAN this frame belongs to (None: it must not get anywhere)
+        untagged = tag in (None, 0)
         if kind == "vst":
-            net = vlan if tag in (None, 0) else None
+            net = vlan if untagged else None
+        elif kind == "est":
+            net = native if untagged else None
         elif kind == "vgt":
-            net = 0 if tag in (None, 0) else (tag if tag != 4095 else None)
+            net = native if untagged else (tag if tag != 4095 else None)
         else:
-            net = vlan if tag in (None, 0) else None
+            net = vlan if untagged else None
         leak_ok = not forged or forged_ok
         if isinstance(port, VmPort):
             port.vnic.send(f)
@@ -143,13 +161,14 @@ def _case(rng: random.Random, res: IsolationResult, nframes: int) -> None:
                 if net is None:
                     res.violations.append(f"{where}: a frame that belongs to no VLAN arrived")
                 elif rx.kind == "vgt":
-                    seen = v.vid if v.tags else 0
+                    seen = v.vid if v.tags and v.vid else rx.native
                     if seen != net:
                         res.violations.append(f"{where}: VLAN {net} frame arrived as VLAN {seen}")
                 elif v.tags and v.vid != 0:
                     res.violations.append(f"{where}: tagged frame on an untagged port")
-                elif rx.vlan != net:
-                    res.violations.append(f"{where}: VLAN {net} frame on VLAN {rx.vlan}")
+                elif (rx.native if rx.kind == "est" else rx.vlan) != net:
+                    mine = rx.native if rx.kind == "est" else rx.vlan
+                    res.violations.append(f"{where}: VLAN {net} frame on VLAN {mine}")
                 if (not rx.promiscuous and not v.dst[0] & 1 and v.dst != rx.mac):
                     res.violations.append(f"{where}: non-promiscuous port got unicast for "
                                           f"{fr.mac_to_str(v.dst)}")

@@ -42,3 +42,15 @@ def test_the_oracle_catches_a_switch_that_ignores_promiscuous_reject(
     monkeypatch.setattr(StandardSwitch, "_apply_group", promisc)
     res = isolation.run_isolation(300, seed=1)
     assert any("non-promiscuous" in v for v in res.violations)
+
+
+def test_the_oracle_catches_a_switch_that_forgets_to_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from netsim.switch import Bridge
+
+    def untagged(self, out, inner, tagged, vid, pcp, now):  # type: ignore[no-untyped-def]
+        out.transmit(inner)
+        return tagged
+
+    monkeypatch.setattr(Bridge, "_emit", untagged)
+    res = isolation.run_isolation(300, seed=1)
+    assert any("arrived as VLAN" in v or "on VLAN" in v for v in res.violations)
