@@ -778,6 +778,11 @@ _FILTER_WORDS = ["ether", "src", "dst", "host", "broadcast", "multicast", "vlan"
 
 @st.composite
 def _filter_input(draw: st.DrawFn) -> tuple[str, list[bytes]]:
+    if draw(st.integers(0, 9)) == 0:  # deep nesting and long chains
+        n = draw(st.integers(1, 3000))
+        text = draw(st.sampled_from(["(" * n + "udp" + ")" * n, "not " * n + "arp",
+                                     " and ".join(["ip"] * n), " or ".join(["vlan 5"] * n)]))
+        return text, [bytes(12) + b"\x08\x00" + bytes(46)]
     if draw(st.booleans()):
         text = " ".join(draw(st.lists(st.sampled_from(_FILTER_WORDS), max_size=9)))
     else:
@@ -898,3 +903,13 @@ def _vds_with_bad_host() -> bytes:
 REGRESSIONS.append(Regression(
     "vDS config (broker)", _vds_with_bad_host(),
     "a host name with a newline in a vDS config message broke the one-line error"))
+
+_ETH_IP = bytes(12) + b"\x08\x00" + bytes(46)
+REGRESSIONS += [
+    Regression("filter language", ("(" * 3000 + "udp" + ")" * 3000, [_ETH_IP]),
+               "a deeply parenthesised filter raised RecursionError (found by atheris)"),
+    Regression("filter language", ("not " * 3000 + "udp", [_ETH_IP]),
+               "a long run of `not` raised RecursionError"),
+    Regression("filter language", (" and ".join(["udp"] * 3000), [_ETH_IP]),
+               "a long `and` chain compiled, then raised RecursionError on every frame matched"),
+]
