@@ -95,6 +95,8 @@ class VdsConfig:
             doc = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{source}: not JSON ({exc})") from None
+        except RecursionError:  # a hostile document nested thousands deep
+            raise ConfigError(f"{source}: JSON nested too deeply") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{source}: expected a JSON object")
         if doc.get("schema") != SCHEMA:
