@@ -913,3 +913,14 @@ REGRESSIONS += [
     Regression("filter language", (" and ".join(["udp"] * 3000), [_ETH_IP]),
                "a long `and` chain compiled, then raised RecursionError on every frame matched"),
 ]
+REGRESSIONS += [
+    Regression("topology YAML", "[" * 3000 + "]" * 3000,
+               "YAML nested 3,000 deep raised RecursionError (topology and scenario loaders)"),
+    Regression("topology YAML", "".join("  " * i + "a:\n" for i in range(1500)),
+               "a 1,500-level block mapping raised RecursionError"),
+    Regression("scenario YAML", "steps: " + "[" * 3000 + "]" * 3000,
+               "same, through the scenario loader"),
+    Regression("vDS config (broker)", b"[" * 100_000 + b"]" * 100_000,
+               "a vDS config message nested 100,000 deep raised RecursionError (so did host "
+               "migration/control/status messages)"),
+]
