@@ -128,6 +128,8 @@ class PeerState:
     session: int = 0
     vms: tuple[str, ...] = ()
     migration_error: str = ""
+    #: the last config this host refused: (vds, version, why)
+    refused: tuple[str, int, str] | None = None
     #: vds → (config version running, VLANs with local ports)
     vds: dict[str, tuple[int, frozenset[int]]] = field(default_factory=dict)
 
@@ -139,6 +141,7 @@ class Peers:
         self.topics = topics
         self.hosts: dict[str, PeerState] = {}
         self.bad_status = 0
+        self._online: set[str] = set()
         self._changed = asyncio.Event()
         self.on_down: list[Callable[[str], None]] = []
 
@@ -151,6 +154,10 @@ class Peers:
         if msg.topic.endswith("/presence"):
             was = st.online
             st.online = msg.payload == PRESENCE_ONLINE
+            if st.online:
+                self._online.add(host)
+            else:
+                self._online.discard(host)
             if was and not st.online:
                 for cb in self.on_down:
                     cb(host)
@@ -160,6 +167,9 @@ class Peers:
                 st.session = int(doc.get("session", 0))
                 st.vms = tuple(str(v) for v in doc.get("vms", ()))
                 st.migration_error = str(doc.get("migration_error", ""))
+                ref = doc.get("refused")
+                st.refused = (str(ref["vds"]), int(ref["version"]), str(ref["error"])) \
+                    if ref else None
                 st.vds = {
                     name: (int(v["version"]), frozenset(int(x) for x in v["vlans"]))
                     for name, v in doc["vds"].items()
@@ -170,8 +180,8 @@ class Peers:
         self._changed.set()
 
     def online(self) -> set[str]:
-        """Hosts whose presence is online."""
-        return {h for h, s in self.hosts.items() if s.online}
+        """Hosts whose presence is online (kept up to date as presence arrives; do not modify)."""
+        return self._online
 
     def flood_targets(self, vds: str, vid: int, exclude: str) -> set[str]:
         """Online hosts other than `exclude` with ports in `vid` on `vds`."""
@@ -211,6 +221,22 @@ class Peers:
             raise TransportError(f"{what}: not within {within_s} s") from None
 
 
+#: tasks of this module that ended with an exception (a bug: they handle every bad input);
+#: `HostAgent` re-raises the first one when it closes, as `Fabric` does for its tasks
+Failures = list[tuple[str, BaseException]]
+
+
+def _start(coro: Any, name: str, failures: Failures) -> asyncio.Task[Any]:
+    task = asyncio.create_task(coro, name=name)
+
+    def done(t: asyncio.Task[Any]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            failures.append((t.get_name(), t.exception()))  # type: ignore[arg-type]
+
+    task.add_done_callback(done)
+    return task
+
+
 async def _pump(sub: Subscription, handle: Callable[[BusMessage], None]) -> None:
     """Feed every message of `sub` to `handle` until the subscription closes."""
     async for msg in sub:
@@ -225,6 +251,7 @@ class ManagementPlane:
         self.bus = bus
         self.topics = topics
         self.peers = Peers(topics)
+        self.failures: Failures = []
         self.configs: dict[str, VdsConfig] = {}
         self._stack = contextlib.AsyncExitStack()
 
@@ -235,7 +262,7 @@ class ManagementPlane:
                 sub = await self._stack.enter_async_context(
                     self.bus.subscribe(flt, qos=1, policy=DropPolicy.DROP_OLDEST)
                 )
-                task = asyncio.create_task(_pump(sub, self.peers.handle))
+                task = _start(_pump(sub, self.peers.handle), f"peers {flt}", self.failures)
                 self._stack.callback(task.cancel)
         except BaseException:
             await self._stack.aclose()
@@ -272,10 +299,21 @@ class ManagementPlane:
         def lagging() -> set[str]:
             return {h for h in want if (self.peers.version(h, vds) or 0) < version}
 
+        def refusals() -> list[str]:
+            out = []
+            for h in sorted(lagging()):
+                st = self.peers.hosts.get(h)
+                if st is not None and st.refused and st.refused[:2] == (vds, version):
+                    out.append(f"{h}: {st.refused[2]}")
+            return out
+
         try:
             await self.peers.wait_until(
-                lambda: not lagging(), within_s=within_s, what=f"{vds} version {version}"
+                lambda: not lagging() or bool(refusals()),
+                within_s=within_s, what=f"{vds} version {version}",
             )
+            if refusals():
+                raise ConfigError(f"{vds} v{version} refused by " + "; ".join(refusals()))
         except TransportError:
             raise TransportError(
                 f"{vds}: version {version} not applied within {within_s} s by "
@@ -346,9 +384,11 @@ class ProxyLink:
         self.sender = BatchSender(bus, host, session=session, max_frames=batch_frames)
         self.receiver = BatchReceiver(topics.host_of, ignore_src=host)
         self.counters = LinkCounters()
+        self.failures: Failures = []
         self.clock = clock
         #: MAC → clock ns until which frames for it count as in flight (its VM migrated away)
         self.departed: dict[bytes, int] = {}
+        self._uni_topics: dict[str, str] = {}
         self.vlans: frozenset[int] = frozenset()
         self._flood_subs: dict[int, tuple[Subscription, asyncio.Task[None]]] = {}
         self._stack = contextlib.AsyncExitStack()
@@ -362,7 +402,7 @@ class ProxyLink:
         sub = await self._stack.enter_async_context(
             self.bus.subscribe(self.topics.unicast_to(self.host, self.vds), maxsize=8192)
         )
-        task = asyncio.create_task(self._receive(sub))
+        task = _start(self._receive(sub), f"{self.host} {self.vds} unicast in", self.failures)
         self._stack.callback(task.cancel)
         return self
 
@@ -392,7 +432,9 @@ class ProxyLink:
             )
             sub = self.bus.subscribe(flt, maxsize=8192)
             await sub.__aenter__()
-            self._flood_subs[vid] = (sub, asyncio.create_task(self._receive(sub)))
+            self._flood_subs[vid] = (
+                sub, _start(self._receive(sub), f"{self.host} flood {vid} in", self.failures)
+            )
         self.vlans = frozenset(vlans)
 
     def has_vlan(self, vid: int) -> bool:
@@ -406,21 +448,25 @@ class ProxyLink:
                 if got is None:
                     continue
                 src, frames = got
+                c = self.counters
+                deliver = self.deliver
+                learned = None
                 for vid, frame in frames:
                     if frame_vid(frame) != vid:
-                        self.counters.rx_vlan_mismatch += 1
+                        c.rx_vlan_mismatch += 1
                         continue
                     if self.departed and self._departed(frame[0:6]):
-                        self.counters.rx_in_flight += 1
+                        c.rx_in_flight += 1
                         continue
                     if not self.has_vlan(vid):
-                        self.counters.rx_vlan_not_local += 1
+                        c.rx_vlan_not_local += 1
                         continue
-                    smac = frame[6:12]
-                    if not smac[0] & 1:
-                        self.remote.learn(vid, smac, src)
-                    self.counters.rx_frames += 1
-                    self.deliver(vid, frame)
+                    key = (vid, frame[6:12])
+                    if key != learned and not frame[6] & 1:  # once per run of one source
+                        self.remote.learn(vid, key[1], src)
+                        learned = key
+                    c.rx_frames += 1
+                    deliver(vid, frame)
 
     def _departed(self, dst: bytes) -> bool:
         until = self.departed.get(dst)
@@ -441,8 +487,12 @@ class ProxyLink:
         if not dst[0] & 1:
             host = self.remote.lookup(vid, dst)
             if host is not None and host in self.peers.online():
-                await self.sender.send(self.topics.unicast(self.host, host, self.vds), vid, frame)
+                topic = self._uni_topics.get(host)
+                if topic is None:
+                    topic = self._uni_topics[host] = self.topics.unicast(self.host, host, self.vds)
                 self.counters.tx_unicast += 1
+                if self.sender.add(topic, vid, frame):
+                    await self.sender.publish(topic)
                 return
         if not self.peers.flood_targets(self.vds, vid, self.host):
             self.counters.tx_no_remote_member += 1
@@ -490,8 +540,11 @@ class HostPlane:
         session: int,
         apply: ApplyFn,
         extra_status: Callable[[], dict[str, Any]] | None = None,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.extra_status = extra_status
+        self.on_event = on_event or (lambda text: None)
+        self.refused: tuple[str, int, str] | None = None
         self.bus = bus
         self.topics = topics
         self.host = host
@@ -502,6 +555,7 @@ class HostPlane:
         self.vlans: dict[str, frozenset[int]] = {}
         self.links: dict[str, ProxyLink] = {}
         self.counters = HostPlaneCounters()
+        self.failures: Failures = []
         self._applied = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
 
@@ -512,7 +566,7 @@ class HostPlane:
                 sub = await self._stack.enter_async_context(
                     self.bus.subscribe(flt, qos=1, policy=DropPolicy.DROP_OLDEST)
                 )
-                task = asyncio.create_task(_pump(sub, self.peers.handle))
+                task = _start(_pump(sub, self.peers.handle), f"peers {flt}", self.failures)
                 self._stack.callback(task.cancel)
             cfg = await self._stack.enter_async_context(
                 self.bus.subscribe(
@@ -520,7 +574,7 @@ class HostPlane:
                 )
             )
             await self.report()
-            task = asyncio.create_task(self._follow(cfg))
+            task = _start(self._follow(cfg), f"{self.host} config", self.failures)
             self._stack.callback(task.cancel)
         except BaseException:
             await self._stack.aclose()
@@ -564,6 +618,9 @@ class HostPlane:
         except ConfigError as exc:
             c.refused += 1
             c.last_error = str(exc)
+            self.refused = (config.name, config.version, str(exc))
+            self.on_event(f"refused {config.name} v{config.version}: {exc}")
+            await self.report()
             return
         self.running[config.name] = config
         self.vlans[config.name] = vlans
@@ -571,6 +628,7 @@ class HostPlane:
         if link is not None:
             await link.set_vlans(vlans)
         c.applied += 1
+        self.on_event(f"runs {config.name} v{config.version} (VLANs {sorted(vlans)})")
         await self.report()
         self._applied.set()
 
@@ -589,6 +647,10 @@ class HostPlane:
             **(self.extra_status() if self.extra_status else {}),
             "host": self.host,
             "session": self.session,
+            "refused": (
+                {"vds": self.refused[0], "version": self.refused[1], "error": self.refused[2]}
+                if self.refused else None
+            ),
             "vds": {
                 name: {"version": cfg.version, "vlans": sorted(self.vlans.get(name, ()))}
                 for name, cfg in self.running.items()
@@ -630,6 +692,7 @@ class ProxySwitch:
         self.switch: StandardSwitch = host.add_switch(vds)
         self.uplinks: dict[str, Pif] = {}
         self.config: VdsConfig | None = None
+        self._rx_pif: Pif | None = None
 
     def vm_ports(self) -> list[VmPort]:
         """The VM ports plugged into this proxy switch."""
@@ -704,9 +767,14 @@ class ProxySwitch:
 
     def deliver(self, vid: int, frame: bytes) -> None:
         """A frame from another host enters through the first uplink that is up."""
+        pif = self._rx_pif
+        if pif is not None and pif.link_up and pif.switch is self.switch:
+            pif.receive(frame)
+            return
         active, standby = self.switch.team_order()
         for pif in (*active, *standby):
             if pif.link_up:
+                self._rx_pif = pif
                 pif.receive(frame)
                 return
         for pif in self.uplinks.values():

@@ -17,6 +17,9 @@ from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from netsim.frame import mac_to_bytes
+from netsim.framespec import checksum as inet_checksum
+
 ETH_IPV4 = 0x0800
 ETH_ARP = 0x0806
 ETH_8021Q = 0x8100
@@ -29,21 +32,6 @@ BROADCAST = b"\xff" * 6
 PENDING_PER_HOP = 16  # packets queued per unresolved next hop; older ones are dropped (counted)
 
 Tx = tuple[int, bytes]  # (interface index, frame)
-
-
-def mac_bytes(mac: str) -> bytes:
-    """`00:16:3e:00:00:01` -> 6 bytes."""
-    return bytes.fromhex(mac.replace(":", "").replace("-", ""))
-
-
-def inet_checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of `data`."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def ipv4_header(src: bytes, dst: bytes, proto: int, payload_len: int, *, ident: int = 0,
@@ -119,7 +107,7 @@ class Guest:
         self.router = router
         self.gateway = gateway
         self.routes = tuple(routes)
-        self._if = [_IfState(mac_bytes(i.mac), i.ip.ip.packed if i.ip else None,
+        self._if = [_IfState(mac_to_bytes(i.mac), i.ip.ip.packed if i.ip else None,
                              i.ip.network if i.ip else None, i.vlan) for i in self.ifaces]
         self._my_ips = {s.ip for s in self._if if s.ip is not None}
         self.arp: dict[bytes, bytes] = {}  # IPv4 (4 bytes) -> MAC (6 bytes)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -88,7 +89,9 @@ class HostAgent:
         session: int,
         batch_frames: int = 256,
         guests: bool = False,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_event = on_event or (lambda text: None)
         self.run_guests = guests
         self.guests: dict[str, GuestAgent] = {}
         self._guest_tasks: dict[str, list[asyncio.Task[None]]] = {}
@@ -106,6 +109,7 @@ class HostAgent:
             extra_status=lambda: {
                 "vms": sorted(self.host.vms), "migration_error": self.migrations.last_error,
             },
+            on_event=self.on_event,
         )
         self.migrations = MigrationCounters()
         self._arrived = asyncio.Event()
@@ -138,8 +142,10 @@ class HostAgent:
         await self._stack.aclose()
         for t in [t for ts in self._guest_tasks.values() for t in ts]:
             t.cancel()
-        if exc_type is None and self.failures:
-            name, err = self.failures[0]
+        failures = [*self.failures, *self.plane.failures,
+                    *(f for link in self.links.values() for f in link.failures)]
+        if exc_type is None and failures:
+            name, err = failures[0]
             raise NetsimError(f"host agent task {name!r} crashed: {err!r}") from err
 
     def _spawn(self, coro: Any, what: str) -> None:
@@ -296,6 +302,7 @@ class HostAgent:
         )
         await self._ports_changed({n.vds for n in nics})
         self.migrations.out += 1
+        self.on_event(f"{vm_name} migrated to {to} ({dropped} frames queued for it dropped)")
         self.migrations.queued_dropped += dropped
         self.migrations.done[vm_name] = to
         return dropped
@@ -336,6 +343,7 @@ class HostAgent:
         except (ValueError, KeyError, TypeError, ConfigError, RecursionError) as exc:
             self.migrations.refused += 1
             self.migrations.last_error = f"migration from {src}: {exc}"
+            self.on_event(self.migrations.last_error)
             await self.plane.report()
             return
         for p in vm.ports:
@@ -345,6 +353,7 @@ class HostAgent:
             p.vnic.send(rarp_announce(p.mac))  # at once, as vMotion does: everyone relearns
         await self._ports_changed({n.vds for n in nics})
         self.migrations.into += 1
+        self.on_event(f"{name} arrived from {src}")
         self.migrations.done[name] = src
         self._arrived.set()
 
@@ -528,3 +537,62 @@ def host_plan(topo: Topology, host: str, vds: VdsConfig, *, switch: str | None =
             "routes": tuple(Route(r.to, r.via) for r in vm.routes),
         }
     return HostPlan(host, {vm.name: vm.domid for vm in spec.vms}, vms, guests)
+
+
+# ------------------------------------------------------------------ migration inside one lab
+@dataclass(frozen=True)
+class LocalMigration:
+    """What moving a VM between hosts of one fabric did."""
+
+    vm: str
+    source: str
+    destination: str
+    nics: int
+    queued_dropped: int  # frames waiting for the guest at the source, lost with the switch-over
+
+
+def migrate_in_fabric(fabric: Fabric, vm_name: str, to: str) -> LocalMigration:
+    """Move a VM to another host of the same fabric (a scenario's `migrate: {vm, to}` step).
+
+    Each NIC moves to the destination's switch of the same name (a vDS exists on every member
+    host), into the port group of the same name, keeping its MAC; the destination then sends a
+    RARP per NIC so the physical network and every switch relearn where the VM is. The VM's name
+    stays; its ports' full names change host (`esx2/web.eth0` → `esx3/web.eth0`).
+    """
+    vm = fabric[vm_name]
+    if not isinstance(vm, Vm):
+        raise ConfigError(f"{vm_name!r} is not a VM")
+    src = vm.host
+    dst = fabric.hosts.get(to)
+    if dst is None:
+        raise ConfigError(f"migrate {vm_name}: no host {to!r} (hosts: {sorted(fabric.hosts)})")
+    if dst is src:
+        raise ConfigError(f"migrate {vm_name}: already on {to}")
+    plan = []
+    for p in vm.ports:
+        if p.switch is None:
+            raise ConfigError(f"migrate {vm_name}: {p.name} is not plugged in")
+        sw = dst.switches.get(p.switch.name)
+        if sw is None or p.sw_group.name not in sw.port_groups:
+            raise ConfigError(
+                f"migrate {vm_name}: {to} has no switch {p.switch.name!r} with port group "
+                f"{p.sw_group.name!r} (the destination must carry the same networks)"
+            )
+        plan.append((p, sw, p.sw_group.name))
+    if any(v.domid == vm.domid for v in dst.vms.values()):
+        vm.domid = max(v.domid for v in dst.vms.values()) + 1  # a new domain id, as on Xen
+    dropped = 0
+    for p, _, _ in plan:
+        dropped += p.queue.clear()
+        p.switch.detach(p)  # type: ignore[union-attr]
+    _forget(fabric, vm)
+    del src.vms[vm.name]
+    vm.host = dst
+    ports, vm.ports = vm.ports, []
+    dst.vms[vm.name] = vm
+    fabric._register(vm.name, vm)
+    for p, sw, group in plan:
+        vm._plug(sw, p, group)  # same port object: the guest's VNic keeps working
+    for p in vm.ports:
+        p.vnic.send(rarp_announce(p.mac))
+    return LocalMigration(vm.name, src.name, dst.name, len(ports), dropped)

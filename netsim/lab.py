@@ -199,6 +199,11 @@ class Lab:
             ports: list[VmPort] = self.fabric[vm.name].ports
             self.agents[vm.name] = GuestAgent(guest, [p.vnic.send for p in ports], self.clock,
                                               ident=index + 1)
+        # VMs' disks (`disks:` in the topology): attached when the lab starts, each served by
+        # a blkback on its host and reached by the VM's blkfront over a blkif ring.
+        self.disks: dict[tuple[str, str], Any] = {}  # (vm, device) -> storage BlkFront
+        self._hypervisors: dict[str, Any] = {}
+        self._disk_devices: list[Any] = []
 
     async def __aenter__(self) -> Lab:
         # Guests start listening when the lab starts (a Lab built and never run leaves nothing
@@ -207,10 +212,65 @@ class Lab:
             for i, p in enumerate(self.fabric[name].ports):
                 self.fabric.on_receive(p.vnic, _deliverer(agent, i))
         await self.fabric.__aenter__()
+        try:
+            await self._attach_disks()
+        except BaseException as exc:
+            await self._detach_disks()
+            await self.fabric.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self.fabric.__aexit__(*exc)
+        try:
+            await self._detach_disks()
+        finally:
+            await self.fabric.__aexit__(*exc)
+
+    async def _attach_disks(self) -> None:
+        from storage.blkfront import BlkFront
+        from storage.diskspec import open_disk
+        from storage.errors import StorageError
+        from storage.hypervisor import Hypervisor
+
+        source = Path(self.topo.source)
+        base = source.parent if source.suffix in (".yaml", ".yml") else None
+        for vm in self.topo.vms:
+            if not vm.disks:
+                continue
+            hv = self._hypervisors.setdefault(vm.host, Hypervisor())
+            hv.create_domain(vm.domid, ram_pages=1024 * len(vm.disks))
+            for d in vm.disks:
+                try:
+                    dev = open_disk(d.source, read_only=d.read_only, base_dir=base)
+                    self._disk_devices.append(dev)
+                    await hv.attach_vbd(vm.domid, dev, devid=d.devid, read_only=d.read_only)
+                    front = BlkFront(hv.guest(vm.domid), d.devid)
+                    await front.connect()
+                except StorageError as exc:
+                    raise TopologyError(f"{self.topo.name}: {vm.name} {d.device} "
+                                        f"({d.source}): {exc}") from exc
+                self.disks[(vm.name, d.device)] = front
+
+    async def _detach_disks(self) -> None:
+        for front in self.disks.values():
+            await front.close()
+        self.disks.clear()
+        for hv in self._hypervisors.values():
+            await hv.close()
+        self._hypervisors.clear()
+        for dev in self._disk_devices:
+            dev.close()
+        self._disk_devices.clear()
+
+    def disk(self, vm: str, device: str = "xvda") -> Any:
+        """The running VM's block device (a `storage.blkfront.BlkFront`: async read, write,
+        flush, discard), served through its host's blkback."""
+        try:
+            return self.disks[(vm, device)]
+        except KeyError:
+            have = ", ".join(f"{v}:{d}" for v, d in self.disks) or "none"
+            raise TopologyError(f"{self.topo.name}: no disk {vm}:{device} in the running lab "
+                                f"(disks: {have})") from None
 
     def __getitem__(self, name: str) -> Any:
         return self.fabric[name]

@@ -80,7 +80,8 @@ async def run_host(
     async with (
         Fabric() as fab,
         _bus(lab, name, topics.presence(name)) as bus,
-        HostAgent(fab, name, bus, topics, session=session, guests=True) as agent,
+        HostAgent(fab, name, bus, topics, session=session, guests=True,
+                  on_event=lambda text: console.print(f"{name}: {text}")) as agent,
     ):
         console.print(f"{name}: connected to {lab.settings.url if lab.settings else 'memory'}; "
                       f"waiting for {vds.name}'s configuration (hvsim vds-push)")
@@ -163,11 +164,39 @@ async def migrate_vm(vm: str, to: str, lab: Lab, *, within_s: float = 10.0) -> f
         return took
 
 
+async def host_table(lab: Lab, *, wait_s: float = 1.0) -> Table:
+    """Every host the fabric's retained topics know: presence, vDS versions, VLANs, VMs."""
+    topics = lab.topics
+    async with _bus(lab, "vcenter-status") as bus, ManagementPlane(bus, topics) as mp:
+        await asyncio.sleep(wait_s)  # retained presence and status arrive right after SUBACK
+        t = Table(title=f"hosts of fabric {lab.fabric}")
+        for col in ("host", "presence", "vDS (version: VLANs)", "VMs", "last migration error"):
+            t.add_column(col)
+        for name, st in sorted(mp.peers.hosts.items()):
+            t.add_row(
+                name,
+                "[green]online[/]" if st.online else "[red]offline[/]",
+                "; ".join(f"{v} v{ver}: {sorted(vl)}" for v, (ver, vl) in sorted(st.vds.items())),
+                ", ".join(st.vms),
+                st.migration_error,
+            )
+        return t
+
+
 async def run_local(
-    topo: Topology, lab: Lab, *, ping: bool = True, wait_s: float = 10.0
+    topo: Topology,
+    lab: Lab,
+    *,
+    ping: bool = True,
+    wait_s: float = 10.0,
+    capture_dir: Path | None = None,
+    duration: float = 0.0,
 ) -> dict[str, Any]:
     """Every host of `topo` as its own agent in this process, joined through the broker (or
-    an in-process bus when `lab.settings` is None); ping every VM pair; return the results."""
+    an in-process bus when `lab.settings` is None); ping every VM pair; return the results.
+
+    With `capture_dir`, each host's ports are captured to `<dir>/<host>.pcapng` (one interface
+    per port, named after it), as `hvsim run` does for a single-process lab."""
     vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
     topics = lab.topics
     memory = MemoryBroker() if lab.settings is None else None
@@ -182,8 +211,9 @@ async def run_local(
         vc = await stack.enter_async_context(make("vcenter"))
         mp = await stack.enter_async_context(ManagementPlane(vc, topics))
         agents: dict[str, HostAgent] = {}
+        fabrics: dict[str, Fabric] = {}
         for i, h in enumerate(topo.hosts):
-            fab = await stack.enter_async_context(Fabric())
+            fab = fabrics[h.name] = await stack.enter_async_context(Fabric())
             bus = await stack.enter_async_context(make(h.name, topics.presence(h.name)))
             agents[h.name] = await stack.enter_async_context(
                 HostAgent(fab, h.name, bus, topics, session=i + 1, guests=True)
@@ -194,6 +224,11 @@ async def run_local(
             plan = host_plan(topo, h.name, vds, switch=lab.switch)
             for vm, nics in plan.vms.items():
                 await agents[h.name].add_vm(vm, nics, domid=plan.domids[vm], **plan.guests[vm])
+        if capture_dir is not None:
+            results["captures"] = [
+                str(p) for name, fab in fabrics.items()
+                for p in fab.capture("all", capture_dir, single_file=f"{name}.pcapng")
+            ]
         for a in agents.values():  # every host knows every other host's VLANs
             await a.plane.peers.wait_until(
                 lambda a=a: all(a.plane.peers.version(o, vds.name) == vds.version
@@ -201,7 +236,10 @@ async def run_local(
                 within_s=wait_s, what=f"{a.name} status")
         if ping:
             results["pings"] = await _ping_all(topo, agents)
+        if duration:
+            await asyncio.sleep(duration)
         results["counters"] = {n: a.counters() for n, a in agents.items()}
+        results["ports"] = {n: fab.counters() for n, fab in fabrics.items()}
     return results
 
 
@@ -213,11 +251,16 @@ async def _ping_all(topo: Topology, agents: dict[str, HostAgent]) -> list[dict[s
         if not addrs[b] or not addrs[a]:
             continue
         agent = agents[where[a]].guests[a]
+        if agent.guest.route(addrs[b][0]) is None:
+            out.append({"src": a, "dst": b, "dst_ip": str(addrs[b][0]), "src_host": where[a],
+                        "dst_host": where[b], "replied": False, "no_route": True,
+                        "rtt_ms": None})
+            continue
         r = await agent.ping(addrs[b][0], wait_s=1.0)
         if not r.replied:  # the first echo may wait on ARP across hosts: one retry
             r = await agent.ping(addrs[b][0], wait_s=1.0)
         out.append({"src": a, "dst": b, "dst_ip": str(addrs[b][0]), "src_host": where[a],
-                    "dst_host": where[b], "replied": r.replied, "rtt_ms":
+                    "dst_host": where[b], "replied": r.replied, "no_route": False, "rtt_ms":
                     round(r.rtt_s * 1000, 2) if r.rtt_s is not None else None})
     return out
 
@@ -229,7 +272,8 @@ def ping_table(pings: list[dict[str, Any]]) -> Table:
         t.add_column(col)
     for p in pings:
         t.add_row(f"{p['src']} ({p['src_host']})", f"{p['dst']} {p['dst_ip']} ({p['dst_host']})",
-                  "[green]reply[/]" if p["replied"] else "[red]lost[/]",
+                  "[green]reply[/]" if p["replied"] else
+                  "no route" if p["no_route"] else "[red]lost[/]",
                   str(p["rtt_ms"] or "-"))
     return t
 

@@ -31,6 +31,7 @@ from netsim.scenario import (
     Expectation,
     FlushMac,
     LinkEvent,
+    MoveVm,
     PingCheck,
     PortGroupEvent,
     Replay,
@@ -326,6 +327,13 @@ class ScenarioRun:
             switches = [fab[s.switch]] if s.switch is not None else _all_switches(fab)
             flushed = sum(sw.mac_table.flush() for sw in switches)
             self._step_stats.append({"step": idx, "kind": "flush_mac", "entries": flushed})
+        elif isinstance(s, MoveVm):
+            from netsim.host import migrate_in_fabric
+
+            moved = migrate_in_fabric(fab, s.vm, s.to)
+            self._step_stats.append({"step": idx, "kind": "move_vm", "vm": s.vm,
+                                     "from": moved.source, "to": moved.destination,
+                                     "queued_dropped": moved.queued_dropped})
 
     async def _replay(self, s: Replay) -> int:
         fixed = self._port(s.into) if s.into is not None else None

@@ -138,6 +138,16 @@ class FlushMac(Step):
 
 
 @dataclass(frozen=True)
+class MoveVm(Step):
+    """Live-migrate a VM to another host of the lab (vMotion/XenMotion): same MACs, plugged into
+    the destination's switch and port group of the same names, then a RARP per NIC."""
+
+    vm: str
+    to: str
+    key: str = "move_vm"  # how the file spelled the step (move_vm or migrate)
+
+
+@dataclass(frozen=True)
 class Expectation:
     """Something that must hold; `name` is what the report shows."""
 
@@ -250,6 +260,11 @@ class Scenario:
                 lookup(s.target, (*s.path, "link", "port"), (Port, Link), "a port or cable")
             elif isinstance(s, FlushMac) and s.switch is not None:
                 lookup(s.switch, (*s.path, "flush_mac", "switch"), (Bridge,), "a switch")
+            elif isinstance(s, MoveVm):
+                lookup(s.vm, (*s.path, s.key, "vm"), (Vm,), "a VM")
+                if s.to not in fabric.hosts:
+                    raise self.error((*s.path, s.key, "to"), f"no host {s.to!r} (hosts: "
+                                     f"{', '.join(sorted(fabric.hosts))})")
             elif isinstance(s, PortGroupEvent):
                 if s.switch is not None:
                     lookup(s.switch, (*s.path, "port_group", "switch"), (StandardSwitch,),
@@ -433,7 +448,7 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
     return scn
 
 
-_STEP_KINDS = ("send", "replay", "link", "port_group", "flush_mac", "move_vm")
+_STEP_KINDS = ("send", "replay", "link", "port_group", "flush_mac", "move_vm", "migrate")
 
 
 def _step(r: _Reader, raw: Any, path: PathT) -> Step:
@@ -493,8 +508,9 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
     if kind == "flush_mac":
         b = r.mapping(body, kp, ("switch",))
         return FlushMac(at, path, r.name(b["switch"], (*kp, "switch")) if "switch" in b else None)
-    raise r.fail(kp, "moving a VM needs a distributed-switch run (netsim.host.HostAgent.migrate, "
-                 "`hvsim host`); scenarios on one fabric cannot move VMs yet")
+    # move_vm / migrate (the same step under the issue's name)
+    b = r.mapping(body, kp, ("vm", "to"), ("vm", "to"))
+    return MoveVm(at, path, r.name(b["vm"], (*kp, "vm")), r.name(b["to"], (*kp, "to")), kind)
 
 
 def _rate_interval(r: _Reader, value: Any, path: PathT) -> int:

@@ -126,6 +126,20 @@ class RouteSpec:
 
 
 @dataclass(frozen=True)
+class DiskSpec:
+    """A VM's virtual disk, served to it through a Xen blkif ring (`storage.blkback`).
+
+    `source` names the disk as `storage.diskspec` reads it: a .vhd (with its chain), a raw
+    file, `lvm:VG/LV:PV[,PV...]` or `mem:SIZE`; relative paths are relative to the topology file.
+    """
+
+    device: str  # xvda ... xvdp
+    devid: int  # the xenstore device number: 202 << 8 | 16 * index (xvda = 51712)
+    source: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class VmSpec:
     """A VM: its host, domain id, vNICs and (for routers) static routes."""
 
@@ -136,6 +150,7 @@ class VmSpec:
     router: bool = False
     gateway: ipaddress.IPv4Address | None = None
     routes: tuple[RouteSpec, ...] = ()
+    disks: tuple[DiskSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -377,7 +392,8 @@ _TEAM_KEYS = ("policy", "active", "standby")
 _NET_KEYS = ("switch", "vlan", "internal", "security", "shaping")
 _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
 _SHAPE_KEYS = ("average", "peak", "burst")
-_VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes")
+_VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "disks")
+_DISK_KEYS = ("device", "source", "mode")
 _VIF_KEYS = ("network", "mac", "ip", "vlan")
 _ROUTE_KEYS = ("to", "via")
 _PHYS_KEYS = ("ports", "links")
@@ -631,10 +647,41 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
                 raise c.fail((*rp, "to"), f"not an IPv4 network: {r['to']!r}") from exc
             routes.append(RouteSpec(to, _addr(c, r["via"], (*rp, "via"))))
         vm_dicts.append({"host": hname, "name": vname, "domid": domid, "vifs": vifs,
-                         "router": router, "gateway": gateway, "routes": tuple(routes)})
+                         "router": router, "gateway": gateway, "routes": tuple(routes),
+                         "disks": _disks(c, v.get("disks"), (*vp, "disks"), htype)})
     return {"name": hname, "type": htype, "pifs": tuple(pifs.values()),
             "switches": tuple(switches.values()), "networks": tuple(networks.values()),
             "vms": vm_dicts}
+
+
+def _disks(c: _Checker, raw: Any, path: PathT, htype: str) -> tuple[DiskSpec, ...]:
+    """`disks:` of a VM: a list of sources (xvda, xvdb, ... in order) or of
+    `{device, source, mode: rw|ro}`."""
+    disks: list[DiskSpec] = []
+    seen: dict[str, PathT] = {}
+    for di, draw in enumerate(c.seq(raw, path)):
+        dp = (*path, di)
+        d = {"source": draw} if isinstance(draw, str) else c.mapping(draw, dp, _DISK_KEYS,
+                                                                      none_ok=False)
+        if htype != "xen":
+            raise c.fail(dp, "disks are served through Xen blkif rings: only VMs on xen "
+                         "hosts have them")
+        if not isinstance(d.get("source"), str) or not d["source"]:
+            raise c.fail(dp, "a disk needs `source:` (a .vhd, a raw file, lvm:VG/LV:PV or "
+                         "mem:SIZE)")
+        device = d.get("device", f"xvd{chr(ord('a') + di)}" if di < 16 else "")
+        m = re.fullmatch(r"xvd([a-p])", str(device))
+        if not m:
+            raise c.fail((*dp, "device"), f"device {device!r}: expected xvda ... xvdp")
+        if device in seen:
+            raise c.fail((*dp, "device"), f"{device} is already {c.smap.where(seen[device])}")
+        seen[device] = dp
+        mode = d.get("mode", "rw")
+        if mode not in ("rw", "ro"):
+            raise c.fail((*dp, "mode"), f"mode {mode!r}: expected rw or ro")
+        disks.append(DiskSpec(str(device), (202 << 8) | 16 * (ord(m.group(1)) - ord("a")),
+                              d["source"], mode == "ro"))
+    return tuple(disks)
 
 
 def _addr(c: _Checker, value: Any, path: PathT) -> ipaddress.IPv4Address:
@@ -694,7 +741,7 @@ def _freeze_host(h: dict[str, Any]) -> HostSpec:
     vms = tuple(
         VmSpec(host=v["host"], name=v["name"], domid=v["domid"],
                vifs=tuple(VifSpec(**f) for f in v["vifs"]), router=v["router"],
-               gateway=v["gateway"], routes=v["routes"])
+               gateway=v["gateway"], routes=v["routes"], disks=v.get("disks", ()))
         for v in h["vms"])
     return HostSpec(h["name"], h["type"], h["pifs"], h["switches"], h["networks"], vms)
 

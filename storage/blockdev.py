@@ -43,3 +43,41 @@ class BlockDevice(Protocol):
     def close(self) -> None:
         """Flush and release the underlying file(s)."""
         ...
+
+
+class DelegatingDisk:
+    """A BlockDevice that forwards every call to the device in `self._dev`; subclasses change
+    what they need (what `close` releases, swapping the device underneath)."""
+
+    def __init__(self, dev: BlockDevice) -> None:
+        self._dev = dev
+
+    @property
+    def size(self) -> int:
+        """Virtual size in bytes."""
+        return self._dev.size
+
+    @property
+    def read_only(self) -> bool:
+        """True when writes and discards are refused."""
+        return self._dev.read_only
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset`."""
+        return self._dev.read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset`."""
+        self._dev.write(offset, data)
+
+    def flush(self) -> None:
+        """Make completed writes durable."""
+        self._dev.flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        """Pass a discard hint on."""
+        self._dev.discard(offset, length)
+
+    def close(self) -> None:
+        """Close the device."""
+        self._dev.close()

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from storage.blockdev import BlockDevice
+from storage.blockdev import BlockDevice, DelegatingDisk
 from storage.chain import write_json_atomic
 from storage.errors import SrError
 
@@ -191,43 +191,10 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-class VbdDevice:
+class VbdDevice(DelegatingDisk):
     """The block device a plugged VBD serves: its VDI's chain, re-opened in place by the SR
     when a snapshot, clone or resize changes which volume is the VDI's leaf (XenServer pauses
     and unpauses the tapdisk for this). Implements `BlockDevice`."""
-
-    def __init__(self, dev: BlockDevice) -> None:
-        self._dev = dev
-
-    @property
-    def size(self) -> int:
-        """Virtual size in bytes."""
-        return self._dev.size
-
-    @property
-    def read_only(self) -> bool:
-        """True for a read-only VBD."""
-        return self._dev.read_only
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Read from the VDI."""
-        return self._dev.read(offset, length)
-
-    def write(self, offset: int, data: bytes) -> None:
-        """Write to the VDI's leaf."""
-        self._dev.write(offset, data)
-
-    def flush(self) -> None:
-        """Make completed writes durable."""
-        self._dev.flush()
-
-    def discard(self, offset: int, length: int) -> None:
-        """Pass a discard hint on."""
-        self._dev.discard(offset, length)
-
-    def close(self) -> None:
-        """Flush and close the VDI."""
-        self._dev.close()
 
     def pause(self) -> None:
         """Flush and release the volume before the SR changes the chain under it."""
@@ -294,7 +261,10 @@ class SR:
             raise SrError(f"{p}: already an SR (found {META_FILE})")
         if p.exists() and not p.is_dir():
             raise SrError(f"{p}: not a directory")
-        p.mkdir(parents=True, exist_ok=True)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SrError(f"{p}: cannot create the SR directory: {exc.strerror}") from exc
         sr = cls(p, uuid=uuid or str(uuidlib.uuid4()), type_name=type_name,
                  name_label=name_label or p.name)
         sr.driver.create_sr(device_config or {})

@@ -35,3 +35,34 @@ def test_python_dash_m_runs_the_same_command() -> None:
 
 def test_benchmark_names_come_from_the_bench_package() -> None:
     assert all(not n.startswith("_") for n in available_benchmarks())
+
+
+def test_command_owner_map_matches_what_each_module_registers() -> None:
+    import importlib
+
+    import typer
+    from typer.main import get_command
+
+    from netsim.cli import COMMAND_MODULES, COMMAND_OWNERS
+
+    registered: dict[str, str] = {}
+    for module in COMMAND_MODULES:
+        fresh = typer.Typer()
+        fresh.callback()(lambda: None)
+        importlib.import_module(module).register(fresh)
+        for name in get_command(fresh).commands:  # type: ignore[attr-defined]
+            registered[name] = module
+    assert registered == COMMAND_OWNERS
+
+
+def test_a_command_runs_with_only_its_own_module_loaded() -> None:
+    code = (
+        "import sys; sys.argv = ['hvsim', 'vhd', '--help']\n"
+        "import netsim.cli as c\n"
+        "try:\n    c.main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(c._loaded))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert "create" in proc.stdout, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "['storage.commands.vhd']"

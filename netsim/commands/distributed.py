@@ -38,12 +38,13 @@ def broker_config(
     cfg = make_broker_config(fabric, hosts, controller=controller, file_dir=str(out.resolve()))
     for name, text in cfg.files.items():
         path = out / name
-        secret = name.endswith(".password") or name == "passwd"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+        # clear passwords: owner only; hashes and ACL: the broker's group may read them
+        mode = 0o600 if name.endswith(".password") else 0o640 if name in ("passwd", "acl") \
+            else 0o644
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        if secret:
-            path.chmod(0o600)
+        path.chmod(mode)
     console.print(
         f"fabric [bold]{fabric}[/]: users {controller} (management), {', '.join(hosts)}; "
         f"wrote {', '.join(sorted(cfg.files))} to {out}"
@@ -72,7 +73,9 @@ SwitchOpt = Annotated[
 
 
 def _lab(broker: str | None, user: str | None, password_file: Path | None, tls_ca: Path | None,
-         fabric: str, switch: str | None) -> object:
+         fabric: str, switch: str | None, keepalive: int | None = None) -> object:
+    from dataclasses import replace
+
     from netsim.multihost import Lab
     from netsim.transport.mqtt import parse_broker_url
 
@@ -80,6 +83,8 @@ def _lab(broker: str | None, user: str | None, password_file: Path | None, tls_c
     if broker is not None:
         settings = parse_broker_url(broker, username=user, password_file=password_file,
                                     tls_ca=tls_ca)
+        if keepalive is not None:
+            settings = replace(settings, keepalive=keepalive)
     return Lab(settings, fabric=fabric, switch=switch)
 
 
@@ -95,6 +100,11 @@ def host(
     duration: Annotated[
         float | None, typer.Option("--duration", help="Leave after this many seconds.")
     ] = None,
+    keepalive: Annotated[
+        int, typer.Option("--keepalive", min=1, max=3600,
+                          help="MQTT keep-alive in seconds: a host that goes silent (hung, "
+                          "cut off) is marked down after about 1.5-2× this.")
+    ] = 5,
 ) -> None:
     """Run one host of a topology as its own process: its VMs (with guest stacks that answer
     ping) on a distributed-switch proxy, joined to the other hosts through an MQTT broker.
@@ -107,7 +117,7 @@ def host(
     """
     from netsim.multihost import run_host
 
-    lab = _lab(broker, user or name, password_file, tls_ca, fabric, switch)
+    lab = _lab(broker, user or name, password_file, tls_ca, fabric, switch, keepalive)
     asyncio.run(run_host(topology, name, lab, duration=duration))  # type: ignore[arg-type]
 
 
@@ -157,6 +167,25 @@ def migrate(
     asyncio.run(migrate_vm(vm, to, lab))  # type: ignore[arg-type]
 
 
+def hosts(
+    broker: BrokerOpt,
+    user: UserOpt = None,
+    password_file: PasswordOpt = None,
+    tls_ca: TlsOpt = None,
+    fabric: FabricOpt = "lab",
+) -> None:
+    """Show every host of a running fabric: presence (last will), vDS versions it runs, VLANs
+    with ports, VMs.
+
+    Example: hvsim hosts --broker mqtt://10.0.0.9:1883 --user vcenter
+    --password-file broker/vcenter.password
+    """
+    from netsim.multihost import host_table
+
+    lab = _lab(broker, user, password_file, tls_ca, fabric, None)
+    console.print(asyncio.run(host_table(lab)))  # type: ignore[arg-type]
+
+
 def multihost(
     topology: TopologyArg,
     broker: Annotated[
@@ -188,10 +217,42 @@ def multihost(
         json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
+def run_with_broker(
+    topology: Path,
+    *,
+    broker: str,
+    out: Path | None = None,
+    user: str | None = None,
+    password_file: Path | None = None,
+    tls_ca: Path | None = None,
+    fabric: str = "lab",
+    duration: float = 0.0,
+    ping: bool = True,
+) -> dict:
+    """`hvsim run TOPOLOGY --broker URL`: every host as its own agent in this process, joined
+    by a distributed switch through the broker; captures per host in OUT; ping matrix."""
+    from netsim.multihost import ping_table, run_local
+    from netsim.topology import load_topology
+
+    lab = _lab(broker, user, password_file, tls_ca, fabric, None)
+    result = asyncio.run(run_local(load_topology(topology), lab,  # type: ignore[arg-type]
+                                   ping=ping, capture_dir=out, duration=duration))
+    if ping:
+        console.print(ping_table(result["pings"]))
+        answered = sum(1 for p in result["pings"] if p["replied"])
+        routed = [p for p in result["pings"] if not p["no_route"]]
+        console.print(f"pingall across hosts: {answered}/{len(routed)} answered "
+                      f"({len(result['pings']) - len(routed)} pairs have no route)")
+    if out is not None:
+        console.print(f"wrote {len(result['captures'])} capture file(s) in {out}")
+    return result
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root `hvsim` app."""
     app.command("broker-config")(broker_config)
     app.command("host")(host)
     app.command("vds-push")(vds_push)
     app.command("migrate")(migrate)
+    app.command("hosts")(hosts)
     app.command("multihost")(multihost)

@@ -151,14 +151,35 @@ def run(
     traffic: Annotated[str, typer.Option("--traffic", help="pingall: every VM pings every "
                                          "other; none: just run.")] = "pingall",
     clock: ClockOpt = "virtual",
+    broker: Annotated[str | None, typer.Option(
+        "--broker", help="Run each host as its own agent, joined by a distributed switch "
+        "through this MQTT broker (mqtt://HOST:PORT); captures go to OUT/<host>.pcapng.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Broker user (with --broker).")
+                    ] = None,
+    password_file: Annotated[Path | None, typer.Option(
+        "--password-file", help="File holding the broker password (with --broker).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        "--tls-ca", help="CA to check the broker's TLS certificate (with --broker).")] = None,
+    fabric: Annotated[str, typer.Option(
+        "--fabric", help="Topic prefix hvsim/FABRIC/ on the broker (with --broker).")] = "lab",
 ) -> None:
     """Run a topology, capturing ports to DIR/<port>.pcapng (one file per port, named after
     it, ns timestamps; uplinks show the 802.1Q tags), and print what crossed each port.
 
     Example: hvsim run topologies/xen-vlans.yaml --out ./run1 --capture eth0,eth0.5,vif1.0
+
+    With --broker the hosts run as separate agents of one distributed switch over MQTT
+    (see `hvsim host` to run them on several machines).
     """
     if traffic not in ("pingall", "none"):
         raise typer.BadParameter(f"--traffic must be pingall or none, not {traffic!r}")
+    if broker is not None:
+        from netsim.commands.distributed import run_with_broker
+
+        run_with_broker(topology, broker=broker, out=out, user=user,
+                        password_file=password_file, tls_ca=tls_ca, fabric=fabric,
+                        duration=duration, ping=traffic == "pingall")
+        return
 
     async def go() -> None:
         lab = _lab(topology, clock)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from netsim.transport.batch import (
     MAX_BATCH_BYTES,
     MAX_BATCH_FRAMES,
+    MAX_FRAME_LEN,
     BatchError,
     decode_batch,
     encode_batch,
@@ -51,8 +52,10 @@ class BatchSender:
     ) -> None:
         if not 1 <= max_frames <= MAX_BATCH_FRAMES:
             raise ValueError(f"max_frames must be 1..{MAX_BATCH_FRAMES}")
-        if not 1024 <= max_bytes <= MAX_BATCH_BYTES - _HEADER_SLACK:
-            raise ValueError(f"max_bytes must be 1024..{MAX_BATCH_BYTES - _HEADER_SLACK}")
+        # a batch is published once it reaches max_bytes, so it may hold one frame more
+        limit = MAX_BATCH_BYTES - _HEADER_SLACK - MAX_FRAME_LEN - _RECORD_OVERHEAD
+        if not 1024 <= max_bytes <= limit:
+            raise ValueError(f"max_bytes must be 1024..{limit}")
         self.bus = bus
         self.src = src
         self.session = session & 0xFFFFFFFF
@@ -68,21 +71,26 @@ class BatchSender:
         """Frames waiting for the next flush."""
         return sum(len(v) for v in self._pending.values())
 
-    async def send(self, topic: str, vid: int, frame: bytes) -> None:
-        """Queue one frame for `topic`; publishes when the topic's batch is full."""
+    def add(self, topic: str, vid: int, frame: bytes) -> bool:
+        """Queue one frame for `topic` without publishing; True when that batch is now due
+        (`publish(topic)` it). Lets a caller add frames without a coroutine per frame."""
         batch = self._pending.get(topic)
         if batch is None:
             batch = self._pending[topic] = []
             self._pending_bytes[topic] = 0
         size = self._pending_bytes[topic] + len(frame) + _RECORD_OVERHEAD
-        if batch and size > self.max_bytes:
-            await self._publish(topic)
-            batch = self._pending[topic] = []
-            size = len(frame) + _RECORD_OVERHEAD
         batch.append((vid, frame))
         self._pending_bytes[topic] = size
-        if len(batch) >= self.max_frames:
+        return len(batch) >= self.max_frames or size >= self.max_bytes
+
+    async def send(self, topic: str, vid: int, frame: bytes) -> None:
+        """Queue one frame for `topic`; publishes when the topic's batch is full."""
+        if self.add(topic, vid, frame):
             await self._publish(topic)
+
+    async def publish(self, topic: str) -> None:
+        """Publish `topic`'s batch now."""
+        await self._publish(topic)
 
     async def flush(self) -> None:
         """Publish every partly filled batch."""

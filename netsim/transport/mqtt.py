@@ -8,6 +8,10 @@ QoS 0 messages are dropped and counted, as a link that is down drops frames.
 
 MQTT 5 subscription identifiers route each incoming message to exactly the subscriptions whose
 filter it matched (one broker subscription per distinct filter, fanned out locally).
+
+Known difference from the in-process bus: a second local subscription to a filter this client
+already subscribes to does not receive that filter's retained messages (the broker sends them
+only on the first SUBSCRIBE). hvsim's own components never subscribe one filter twice per client.
 """
 from __future__ import annotations
 

@@ -247,25 +247,61 @@ def lvcreate_cmd(
     extents: Annotated[str, typer.Option(
         "--extents", "-l", help="Size in extents: N, N%FREE, N%VG (or N%ORIGIN with -s).")] = "",
     snapshot: Annotated[str | None, typer.Option(
-        "--snapshot", "-s", help="Create a COW snapshot of this origin LV.")] = None,
+        "--snapshot", "-s", help="Snapshot this origin LV: COW (needs -L), or thin for a thin "
+                                 "origin (no size).")] = None,
+    lv_type: Annotated[str, typer.Option(
+        "--type", help="linear (default) or thin-pool (with -L).")] = "linear",
+    thinpool: Annotated[str | None, typer.Option(
+        "--thinpool", "-T", help="Create a thin LV in this pool (with -V).")] = None,
+    virtualsize: Annotated[str, typer.Option(
+        "--virtualsize", "-V", help="Size of a thin LV (may exceed the pool).")] = "",
     chunksize: Annotated[str, typer.Option(
         "--chunksize", "-c", help="Snapshot chunk size (default 64k).")] = "64k",
     permission: Annotated[str, typer.Option("--permission", "-p", help="rw or r.")] = "rw",
+    stripes: Annotated[int, typer.Option("--stripes", "-i",
+                                         help="Stripe over this many PVs.")] = 1,
+    stripesize: Annotated[str, typer.Option("--stripesize", "-I",
+                                            help="Stripe unit (default 64k).")] = "64k",
     devices: DevicesOpt = None,
 ) -> None:
-    """Create a linear logical volume, or a COW snapshot with --snapshot ORIGIN.
+    """Create a linear LV, a COW or thin snapshot (-s ORIGIN), a thin pool or a thin LV.
 
-    Example: hvsim lvm lvcreate vg0 data -L 100m; hvsim lvm lvcreate vg0 snap -L 20m -s data
+    Example: hvsim lvm lvcreate vg0 data -L 100m; hvsim lvm lvcreate vg0 snap -L 20m -s data;
+    hvsim lvm lvcreate vg0 pool --type thin-pool -L 1g; hvsim lvm lvcreate vg0 t1 -V 10g -T pool
     """
     lv = name or name_arg
-    if not lv or bool(size) == bool(extents):
-        raise LvmError("lvcreate needs an LV name (NAME or -n) and one of -L SIZE / -l EXTENTS")
     if permission not in ("rw", "r"):
         raise LvmError("--permission must be rw or r")
+    if not lv:
+        raise LvmError("lvcreate needs an LV name (NAME or -n)")
+    if lv_type not in ("linear", "thin-pool"):
+        raise LvmError(f"--type {lv_type}: only linear and thin-pool are supported")
+    thin_origin = False
+    if snapshot and not size and not extents:
+        thin_origin = True
+    elif lv_type == "linear" and not thinpool and bool(size) == bool(extents):
+        raise LvmError("lvcreate needs one of -L SIZE / -l EXTENTS (or -V SIZE -T POOL)")
     with _vg(vg, devices) as g:
+        if thin_origin or thinpool or lv_type == "thin-pool":
+            if thinpool:
+                if not virtualsize:
+                    raise LvmError("a thin LV needs --virtualsize/-V")
+                g.lvcreate_thin(lv, parse_size(virtualsize), thinpool.split("/")[-1],
+                                read_only=permission == "r")
+            elif lv_type == "thin-pool":
+                if not size:
+                    raise LvmError("a thin pool needs -L SIZE")
+                g.lvcreate_thin_pool(lv, parse_size(size), chunk_size=parse_size(chunksize))
+            else:
+                if g.thin_segment(snapshot) is None:  # type: ignore[arg-type]
+                    raise LvmError(f"{vg}/{snapshot} is not a thin LV: a COW snapshot needs -L")
+                g.lvcreate(lv, 0, snapshot_of=snapshot)
+            console.print(f'Logical volume "{lv}" created ({human(g.lv_size(lv))}).')
+            return
         want = parse_size(size) if size else _extents(g, extents, snapshot)
         g.lvcreate(lv, want, snapshot_of=snapshot,
-                   chunk_size=parse_size(chunksize), read_only=permission == "r")
+                   chunk_size=parse_size(chunksize), read_only=permission == "r",
+                   stripes=stripes, stripe_size=parse_size(stripesize, default_unit="k"))
         actual = g.lv_size(lv)
     if actual != want:
         console.print(f"Rounding up size to full physical extent {human(actual)}.")
@@ -338,7 +374,7 @@ def lvremove_cmd(
                                         help="Also remove an origin's snapshots.")] = False,
     devices: DevicesOpt = None,
 ) -> None:
-    """Remove logical volumes (their extents are zeroed and freed).
+    """Remove logical volumes (extents freed; zeroed when reused, so vgcfgrestore can undo).
 
     Example: hvsim lvm lvremove vg0/snap
     """
@@ -389,6 +425,15 @@ def _extents(g: VolumeGroup, spec: str, origin: str | None) -> int:
 def _lv_attr(g: VolumeGroup, name: str) -> tuple[str, str, str]:
     lv = g.meta.lv(name)
     perm = "w" if "WRITE" in lv.status else "r"
+    if g.pool_segment(name) is not None:
+        tp = g.pool(name)
+        return f"t{perm}i-a-tz--", "", f"{100 * tp.used_chunks / max(1, tp.total_chunks):.2f}"
+    tseg = g.thin_segment(name)
+    if tseg is not None:
+        tp = g.pool(tseg.thin_pool)
+        virt = -(-g.lv_size(name) // tp.chunk)
+        pct = 100 * tp.mapped_chunks(tseg.device_id) / max(1, virt)
+        return f"V{perm}i-a-tz--", tseg.origin, f"{pct:.2f}"
     seg = g.snapshot_segment(name)
     if seg is not None:
         valid, pct = g.snapshot_status(name)
@@ -421,22 +466,26 @@ def lvs_cmd(vg: Annotated[str | None, typer.Argument(help="Only this VG.")] = No
                                      "lv_attr": "vwi-a-----" if "snapshot" in
                                      {s.type for s in lv.segments} else "-wi-a-----",
                                      "lv_size": str(lv.extent_count * g.extent_bytes),
-                                     "origin": "", "data_percent": "", "lv_uuid": lv.id,
-                                     "seg_count": str(len(lv.segments))})
+                                     "origin": "", "pool_lv": "", "data_percent": "",
+                                     "lv_uuid": lv.id, "seg_count": str(len(lv.segments))})
                     continue
                 attr, origin, pct = _lv_attr(g, name)
+                tseg = g.thin_segment(name)
                 rows.append({"lv_name": name, "vg_name": vname, "lv_attr": attr,
                              "lv_size": str(g.lv_size(name)), "origin": origin,
+                             "pool_lv": tseg.thin_pool if tseg else "",
                              "data_percent": pct, "lv_uuid": g.meta.lv(name).id,
                              "seg_count": str(len(g.meta.lv(name).segments))})
-    _report("lv", rows, ["lv_name", "vg_name", "lv_attr", "lv_size", "origin", "data_percent"],
+    _report("lv", rows, ["lv_name", "vg_name", "lv_attr", "lv_size", "pool_lv", "origin",
+                         "data_percent"],
             json_out or reportformat == "json")
 
 
 _HEADINGS = {"pv_name": "PV", "vg_name": "VG", "pv_fmt": "Fmt", "pv_size": "PSize",
              "pv_free": "PFree", "pv_count": "#PV", "lv_count": "#LV", "snap_count": "#SN",
              "vg_attr": "Attr", "vg_size": "VSize", "vg_free": "VFree", "lv_name": "LV",
-             "lv_attr": "Attr", "lv_size": "LSize", "origin": "Origin", "data_percent": "Data%"}
+             "lv_attr": "Attr", "lv_size": "LSize", "origin": "Origin", "data_percent": "Data%",
+             "pool_lv": "Pool"}
 _SIZES = {"pv_size", "pv_free", "vg_size", "vg_free", "lv_size"}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from storage import blkif
+from storage import blkif, diskspec
 from storage.blockdev import BlockDevice
 from storage.errors import StorageError
 
@@ -45,74 +44,17 @@ SocketOpt = Annotated[Path, typer.Option("--socket", "-s",
 DomOpt = Annotated[int, typer.Option("--domid", help="Guest domain id.", min=1, max=0x7FEF)]
 DevOpt = Annotated[int, typer.Option("--devid", help="Virtual device number (51712 = xvda).")]
 
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
 def parse_size(text: str) -> int:
-    """'64M' → 67108864 (K/M/G/T are powers of 1024)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
-    if not m:
-        raise typer.BadParameter(f"{text!r} is not a size (examples: 4096, 64K, 10M, 2G)")
-    return int(m.group(1)) * _UNITS[m.group(2)]
-
-
-class _LvDisk:
-    """An LV as a BlockDevice that also closes its volume group."""
-
-    def __init__(self, vg: object, dev: BlockDevice) -> None:
-        self._vg, self._dev = vg, dev
-        self.name = getattr(dev, "name", "lv")
-
-    size = property(lambda self: self._dev.size)
-    read_only = property(lambda self: self._dev.read_only)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self._dev.read(offset, length)
-
-    def write(self, offset: int, data: bytes) -> None:
-        self._dev.write(offset, data)
-
-    def flush(self) -> None:
-        self._dev.flush()
-
-    def discard(self, offset: int, length: int) -> None:
-        self._dev.discard(offset, length)
-
-    def close(self) -> None:
-        try:
-            self._dev.close()
-        finally:
-            self._vg.close()  # type: ignore[attr-defined]
+    """'64M' → 67108864, as a CLI parameter error when malformed."""
+    try:
+        return diskspec.parse_size(text)
+    except StorageError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 def open_disk(spec: str, *, read_only: bool) -> BlockDevice:
-    """A disk from the command line: `mem:SIZE`, `lvm:VG/LV:PV[,PV...]`, a `.vhd` (with its
-    chain) or a raw file."""
-    from storage.memdisk import MemoryDisk, RawFileDisk
-
-    if spec.startswith("mem:"):
-        return MemoryDisk(parse_size(spec[4:]), read_only=read_only, name=spec)
-    if spec.startswith("lvm:"):
-        from storage.lvm.vg import VolumeGroup
-
-        m = re.fullmatch(r"lvm:([^/:]+)/([^/:]+):(.+)", spec)
-        if not m:
-            raise StorageError(f"{spec}: expected lvm:VG/LV:PV[,PV...]")
-        vg = VolumeGroup.open(m.group(1), m.group(3).split(","), writable=not read_only)
-        try:
-            return _LvDisk(vg, vg.open_lv(m.group(2)))
-        except BaseException:
-            vg.close()
-            raise
-    if spec.lower().endswith(".vhd"):
-        try:
-            from storage.chain import open_chain
-        except ImportError as exc:
-            raise StorageError(f"{spec}: VHD support is not in this build") from exc
-        return open_chain(spec, read_only=read_only)
-    if not Path(spec).is_file():
-        raise StorageError(f"{spec}: no such file (use mem:64M for a memory disk)")
-    return RawFileDisk(spec, read_only=read_only)
+    """The disk a command line names (see `storage.diskspec.open_disk`)."""
+    return diskspec.open_disk(spec, read_only=read_only)
 
 
 # --- hvsim ring ---------------------------------------------------------------------------------

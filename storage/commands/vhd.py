@@ -3,13 +3,14 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
-import re
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,22 +26,17 @@ from rich.table import Table
 from storage import chain
 from storage.errors import StorageError
 from storage.sr import SR
+from storage.units import parse_size as _parse_size
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
 def parse_size(text: str) -> int:
     """'64M' → 67108864. Accepts K, M, G, T (also KiB/KB forms, all powers of 1024)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
-    if not m:
-        raise typer.BadParameter(f"{text!r} is not a size (examples: 512, 64K, 10M, 2G)")
-    value = float(m.group(1)) * _UNITS[m.group(2)]
-    if value != int(value):
-        raise typer.BadParameter(f"{text!r} is not a whole number of bytes")
-    return int(value)
+    try:
+        return _parse_size(text)
+    except StorageError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 SizeOpt = Annotated[str, typer.Option("--size", help="Size in bytes, or with K/M/G/T suffix.")]
@@ -63,6 +59,21 @@ def _progress(description: str, total: int | None):  # type: ignore[no-untyped-d
         yield advance, set_total
 
 
+def _os_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn an OSError escaping a command (disk full, permission denied) into our one-line
+    error, naming the file."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            where = exc.filename or "I/O"
+            raise StorageError(f"{where}: {exc.strerror or exc}") from exc
+
+    return wrapper
+
+
 def _human(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -79,6 +90,7 @@ vhd_app = typer.Typer(help="Create, inspect, check and change VHD images (fixed,
 
 
 @vhd_app.command("create")
+@_os_errors
 def vhd_create(
     path: Annotated[Path, typer.Argument(help="The VHD file to create.")],
     size: Annotated[str | None, typer.Option("--size", help="Virtual size (K/M/G suffixes); "
@@ -138,6 +150,7 @@ def _info(path: Path) -> dict:
 
 
 @vhd_app.command("info")
+@_os_errors
 def vhd_info(
     path: Annotated[Path, typer.Argument(help="A VHD file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -157,6 +170,7 @@ def vhd_info(
 
 
 @vhd_app.command("check")
+@_os_errors
 def vhd_check(path: Annotated[Path, typer.Argument(help="A VHD file.")]) -> None:
     """Check a VHD and its chain; exit 0 when consistent, else 1 with one line per problem.
 
@@ -171,6 +185,7 @@ def vhd_check(path: Annotated[Path, typer.Argument(help="A VHD file.")]) -> None
 
 
 @vhd_app.command("read")
+@_os_errors
 def vhd_read(
     path: Annotated[Path, typer.Argument(help="A VHD file (its chain is followed).")],
     offset: Annotated[str, typer.Option("--offset", help="Byte offset (K/M/G ok).")],
@@ -190,10 +205,14 @@ def vhd_read(
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
-        Path(output).write_bytes(data)
+        try:
+            Path(output).write_bytes(data)
+        except OSError as exc:
+            raise StorageError(f"{output}: cannot write: {exc.strerror}") from exc
 
 
 @vhd_app.command("write")
+@_os_errors
 def vhd_write(
     path: Annotated[Path, typer.Argument(help="A VHD file; a differencing one keeps its "
                                         "parents untouched.")],
@@ -223,6 +242,7 @@ def vhd_write(
 
 
 @vhd_app.command("export")
+@_os_errors
 def vhd_export(
     path: Annotated[Path, typer.Argument(help="A VHD file (its whole chain is flattened).")],
     out: Annotated[Path, typer.Argument(help="The raw image to write.")],
@@ -241,6 +261,7 @@ def vhd_export(
 
 
 @vhd_app.command("coalesce")
+@_os_errors
 def vhd_coalesce(
     child: Annotated[Path, typer.Argument(help="The differencing VHD to merge into its "
                                          "parent.")],
@@ -264,6 +285,7 @@ def vhd_coalesce(
 
 
 @vhd_app.command("resize")
+@_os_errors
 def vhd_resize(
     path: Annotated[Path, typer.Argument(help="A VHD file (a leaf).")],
     size: SizeOpt,
@@ -285,6 +307,7 @@ vdi_app = typer.Typer(help="Virtual disk images in an SR.\n\nExample: hvsim vdi 
 
 
 @sr_app.command("create")
+@_os_errors
 def sr_create(
     path: Annotated[Path, typer.Argument(help="Directory for the SR (created if missing).")],
     type_: Annotated[str, typer.Option("--type", help="SR type: file (VHD files); others "
@@ -311,6 +334,7 @@ def sr_create(
 
 
 @sr_app.command("gc")
+@_os_errors
 def sr_gc(path: Annotated[Path, typer.Argument(help="The SR directory.")]) -> None:
     """Remove unused base copies and coalesce base copies that have a single child.
 
@@ -327,6 +351,7 @@ SrOpt = Annotated[Path, typer.Option("--sr", help="The SR directory.")]
 
 
 @vdi_app.command("create")
+@_os_errors
 def vdi_create(sr: SrOpt, size: SizeOpt,
                name: Annotated[str, typer.Option("--name", help="name-label.")]) -> None:
     """Create an empty VDI and print its UUID.
@@ -337,6 +362,7 @@ def vdi_create(sr: SrOpt, size: SizeOpt,
 
 
 @vdi_app.command("snapshot")
+@_os_errors
 def vdi_snapshot(sr: SrOpt, uuid: Annotated[str, typer.Argument(help="The VDI.")]) -> None:
     """Snapshot a VDI (O(1)) and print the snapshot's UUID; the VDI keeps its UUID.
 
@@ -346,6 +372,7 @@ def vdi_snapshot(sr: SrOpt, uuid: Annotated[str, typer.Argument(help="The VDI.")
 
 
 @vdi_app.command("clone")
+@_os_errors
 def vdi_clone(sr: SrOpt, uuid: Annotated[str, typer.Argument(help="The VDI.")]) -> None:
     """Clone a VDI (O(1), writable) and print the clone's UUID.
 
@@ -355,6 +382,7 @@ def vdi_clone(sr: SrOpt, uuid: Annotated[str, typer.Argument(help="The VDI.")]) 
 
 
 @vdi_app.command("destroy")
+@_os_errors
 def vdi_destroy(sr: SrOpt, uuid: Annotated[str, typer.Argument(help="The VDI.")]) -> None:
     """Destroy a VDI (its base copies go at the next `hvsim sr gc`).
 
@@ -364,6 +392,7 @@ def vdi_destroy(sr: SrOpt, uuid: Annotated[str, typer.Argument(help="The VDI.")]
 
 
 @vdi_app.command("list")
+@_os_errors
 def vdi_list(sr: SrOpt,
              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the SR's VDIs with their parents (hidden base copies included).

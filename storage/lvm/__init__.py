@@ -2,6 +2,7 @@
 
 `textfmt` (text metadata codec) and `ondisk` (label and metadata-area headers) are pure codecs;
 `alloc` decides extent allocation on the metadata model; `cow` is dm-snapshot's exception store;
+`thin` is the thin pool (LVM2's thin-pool/thin metadata, hvsim's own mapping table);
 `device` serves LVs as BlockDevice/RawIO; `vg` opens PVs and commits metadata.
 """
 from storage.lvm.cow import DEFAULT_CHUNK_SECTORS, CowStore, SnapshotInvalidError
@@ -16,6 +17,7 @@ from storage.lvm.textfmt import (
     emit_text,
     parse_text,
 )
+from storage.lvm.thin import ThinDevice, ThinPool, ThinPoolFullError
 from storage.lvm.vg import (
     DEFAULT_EXTENT_SECTORS,
     VolumeGroup,
@@ -38,6 +40,9 @@ __all__ = [
     "SnapshotDevice",
     "SnapshotInvalidError",
     "TextHeader",
+    "ThinDevice",
+    "ThinPool",
+    "ThinPoolFullError",
     "VgMetadata",
     "VolumeGroup",
     "emit_text",

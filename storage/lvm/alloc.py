@@ -154,12 +154,16 @@ def truncate_extents(lv: LogicalVolume, count: int) -> list[Area]:
         if seg.end_extent <= count:
             kept.append(seg)
             continue
-        if seg.type != "striped" or len(seg.stripes) != 1:
-            raise LvmError(f"LV {lv.name}: cannot reduce a {seg.type} segment with "
-                           f"{len(seg.stripes)} stripes")
-        pv, pe = seg.stripes[0]
+        if seg.type != "striped":
+            raise LvmError(f"LV {lv.name}: cannot reduce a {seg.type} segment")
+        n = len(seg.stripes)
         keep = max(0, count - seg.start_extent)
-        released.append(Area(pv, pe + keep, seg.extent_count - keep))
+        if keep % n:
+            raise LvmError(f"LV {lv.name}: a {n}-stripe segment shrinks by multiples of {n} "
+                           "extents")
+        per_old, per_new = seg.extent_count // n, keep // n
+        for pv, pe in seg.stripes:
+            released.append(Area(pv, pe + per_new, per_old - per_new))
         if keep:
             seg.extent_count = keep
             kept.append(seg)
@@ -176,3 +180,28 @@ def last_physical_end(lv: LogicalVolume) -> tuple[str, int] | None:
         return None
     pv, pe = last.stripes[0]
     return pv, pe + last.extent_count
+
+
+def plan_striped(vg: VgMetadata, count: int, stripes: int) -> list[Area]:
+    """`stripes` contiguous areas of count/stripes extents, each on a different PV."""
+    if stripes < 2 or count % stripes:
+        raise LvmError(f"{count} extents do not split into {stripes} stripes")
+    per = count // stripes
+    best: dict[str, Area] = {}
+    for a in free_areas(vg):
+        if a.count >= per and (a.pv not in best or a.count > best[a.pv].count):
+            best[a.pv] = a
+    if len(best) < stripes:
+        raise LvmError(f"VG {vg.name}: insufficient free space for {stripes} stripes of {per} "
+                       f"extents: only {len(best)} PVs have that much contiguous space")
+    chosen = sorted(best.values(), key=lambda a: -a.count)[:stripes]
+    chosen.sort(key=lambda a: [p.name for p in vg.pvs].index(a.pv))
+    return [Area(a.pv, a.pe, per) for a in chosen]
+
+
+def append_striped(lv: LogicalVolume, plan: list[Area], stripe_sectors: int) -> None:
+    """Map a striped plan (from `plan_striped`) after the LV's last extent."""
+    start = lv.segments[-1].end_extent if lv.segments else 0
+    lv.segments.append(Segment(start_extent=start, extent_count=sum(a.count for a in plan),
+                               stripes=[(a.pv, a.pe) for a in plan],
+                               stripe_size=stripe_sectors))

@@ -200,6 +200,14 @@ class Segment:
     cow_store: str = ""
     merging: bool = False
     tags: list[str] = field(default_factory=list)
+    # thin-pool: metadata/data LVs; thin: its pool; both: transaction_id (chunk_size above)
+    metadata: str = ""
+    pool: str = ""
+    transaction_id: int = 0
+    discards: str = "passdown"
+    zero_new_blocks: bool = True
+    thin_pool: str = ""
+    device_id: int = 0
 
     @property
     def end_extent(self) -> int:
@@ -308,7 +316,7 @@ def _opt(sec: Section, key: str, typ: type, default: object, where: str) -> obje
     return _req(sec, key, typ, where)
 
 
-_KNOWN_SEG_TYPES = ("striped", "snapshot")
+_KNOWN_SEG_TYPES = ("striped", "snapshot", "thin-pool", "thin")
 
 
 def _segment(sec: Section, where: str) -> Segment:
@@ -347,6 +355,28 @@ def _segment(sec: Section, where: str) -> Segment:
             seg.merging = True
         else:
             seg.cow_store = str(_req(sec, "cow_store", str, w))
+    elif seg_type == "thin-pool":
+        seg.metadata = str(_req(sec, "metadata", str, w))
+        seg.pool = str(_req(sec, "pool", str, w))
+        seg.transaction_id = int(_req(sec, "transaction_id", int, w))
+        seg.chunk_size = int(_req(sec, "chunk_size", int, w))
+        if not 128 <= seg.chunk_size <= 2097152 or seg.chunk_size % 128:
+            raise LvmError(f"{w}: thin pool chunk_size {seg.chunk_size} must be a multiple of "
+                           "128 sectors (64 KiB) up to 1 GiB")
+        seg.discards = str(_opt(sec, "discards", str, "ignore", w))
+        seg.zero_new_blocks = bool(_opt(sec, "zero_new_blocks", int, 0, w))
+        if any(isinstance(v, Section) for _, v in sec.entries):
+            raise LvmError(f"{w}: pending thin pool messages are not supported")
+    elif seg_type == "thin":
+        seg.thin_pool = str(_req(sec, "thin_pool", str, w))
+        seg.transaction_id = int(_req(sec, "transaction_id", int, w))
+        seg.origin = str(_opt(sec, "origin", str, "", w))
+        seg.device_id = int(_req(sec, "device_id", int, w))
+        if not 0 <= seg.device_id < 1 << 24:
+            raise LvmError(f"{w}: device_id {seg.device_id} out of range")
+        for unsupported in ("merge", "external_origin"):
+            if sec.get(unsupported) is not None:
+                raise LvmError(f"{w}: thin {unsupported} is not supported")
     else:
         raise LvmError(f"{w}: segment type {seg_type!r} is not supported (only {_KNOWN_SEG_TYPES})")
     return seg
@@ -553,6 +583,20 @@ def _segment_text(w: _Writer, vg: VgMetadata, n: int, seg: Segment) -> None:
         w.out(f"chunk_size = {seg.chunk_size}")
         w.out(f'origin = "{seg.origin}"')
         w.out(f'{"merging_store" if seg.merging else "cow_store"} = "{seg.cow_store}"')
+    elif seg.type == "thin-pool":
+        w.out(f'metadata = "{seg.metadata}"')
+        w.out(f'pool = "{seg.pool}"')
+        w.out(f"transaction_id = {seg.transaction_id}")
+        w.out(f"chunk_size = {seg.chunk_size}", size_comment(seg.chunk_size))
+        w.out(f'discards = "{seg.discards}"')
+        if seg.zero_new_blocks:
+            w.out("zero_new_blocks = 1")
+    elif seg.type == "thin":
+        w.out(f'thin_pool = "{seg.thin_pool}"')
+        w.out(f"transaction_id = {seg.transaction_id}")
+        w.out(f"device_id = {seg.device_id}")  # before origin, as LVM2 2.03 writes it
+        if seg.origin:
+            w.out(f'origin = "{seg.origin}"')
     else:
         raise LvmError(f"segment type {seg.type!r} cannot be written")
     w.pop()

@@ -62,6 +62,7 @@ from storage.lvm.textfmt import (
     emit_text,
     parse_text,
 )
+from storage.lvm.thin import MAX_DEVICE_ID, ThinDevice, ThinPool
 from storage.rawio import FileIO, RawIO
 
 DEFAULT_EXTENT_SECTORS = 8192  # 4 MiB
@@ -267,6 +268,7 @@ class VolumeGroup:
         self.host = host or socket.gethostname()
         self._now = now or (lambda: int(time.time()))  # seconds, for creation_time fields
         self._stores: dict[str, CowStore] = {}
+        self._pools: dict[str, ThinPool] = {}
         self._closed = False
         self.generation = 0  # bumped by every commit; open LV devices re-resolve on change
         self._watchers: weakref.WeakSet[object] = weakref.WeakSet()
@@ -374,6 +376,8 @@ class VolumeGroup:
         if self._closed:
             return
         self._closed = True
+        for pool in self._pools.values():
+            pool.commit()
         for d in self.devices.values():
             d.close()
 
@@ -399,8 +403,8 @@ class VolumeGroup:
             raise
         return fds
 
-    def _check_unchanged(self) -> None:
-        """Refuse to commit over metadata another process committed since we read it."""
+    def _changed_on_disk(self) -> str | None:
+        """Where another process committed since we read the metadata (None: nowhere)."""
         for dev in self.devices.values():
             for h in dev.mdas:
                 if h.version == 0:
@@ -408,10 +412,55 @@ class VolumeGroup:
                 try:
                     on_disk = unpack_mda_header(dev.io.pread(h.start, MDA_HEADER_SIZE))
                 except LvmError:
-                    continue  # damaged since: this commit rewrites it
+                    continue  # damaged since: the next commit rewrites it
                 if on_disk.locns[:1] != h.locns[:1]:
-                    raise LvmError(f"VG {self.name} was changed by another process since it was "
-                                   f"opened (metadata area {dev.path}@{h.start}); open it again")
+                    return f"{dev.path}@{h.start}"
+        return None
+
+    def _check_unchanged(self) -> None:
+        """Refuse to commit over metadata another process committed since we read it."""
+        where = self._changed_on_disk()
+        if where is not None:
+            raise LvmError(f"VG {self.name} was changed by another process since it was "
+                           f"opened (metadata area {where}); open it again")
+
+    def refresh(self) -> bool:
+        """Re-read the metadata if another process committed since; True if it changed.
+
+        Open LV devices follow (as after our own commits). Refused when the other process
+        changed which PVs make up the VG: reopen the VG then.
+        """
+        if self._changed_on_disk() is None:
+            return False
+        for pool in self._pools.values():
+            pool.commit()
+        best: tuple[VgMetadata, TextHeader] | None = None
+        for dev in self.devices.values():
+            for i, m in enumerate(dev.label.metadata_areas):
+                try:
+                    dev.mdas[i] = unpack_mda_header(dev.io.pread(m.offset, MDA_HEADER_SIZE))
+                except LvmError:
+                    dev.mdas[i] = MdaHeader(start=m.offset, size=m.size, version=0)
+                    continue
+                got = read_mda_text(dev, dev.mdas[i])
+                if got and got[0].name == self.name and (best is None or
+                                                         got[0].seqno > best[0].seqno):
+                    best = (got[0], got[1])
+        if best is None:
+            raise LvmError(f"VG {self.name}: no valid metadata left on its PVs")
+        meta, header = best
+        ids = {pv.name: pv.id for pv in self.meta.pvs}
+        if {pv.name: pv.id for pv in meta.pvs} != ids:
+            raise LvmError(f"VG {self.name}: another process changed its physical volumes; "
+                           "open it again")
+        alloc.check_consistency(meta)
+        self.meta, self.header = meta, header
+        self._stores.clear()
+        self._pools.clear()
+        self.generation += 1
+        for dev in list(self._watchers):
+            dev.invalidate()  # type: ignore[attr-defined]
+        return True
 
     def commit(self, description: str = "") -> None:
         """Write the metadata with seqno + 1 into every metadata area, copy by copy."""
@@ -638,6 +687,11 @@ class VolumeGroup:
             raise LvmError(f"{self.name}/{name} is an internal LV")
         if self.snapshot_segment(name) is not None:
             return SnapshotDevice(self, lv.id)
+        if self.thin_segment(name) is not None:
+            return ThinDevice(self, lv.id)  # type: ignore[return-value]
+        if self.pool_segment(name) is not None:
+            raise LvmError(f"{self.name}/{name} is a thin pool; create thin LVs in it "
+                           "(lvcreate -V SIZE -T POOL)")
         return LogicalVolumeDevice(self, lv.id)
 
     def raw_io(self, name: str, *, resizable: bool = False,
@@ -675,27 +729,49 @@ class VolumeGroup:
 
     def lvcreate(self, name: str, size: int, *, snapshot_of: str | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SECTORS * SECTOR,
-                 read_only: bool = False) -> None:
-        """Create a linear LV of `size` bytes (rounded up to extents), or a COW snapshot."""
+                 read_only: bool = False, stripes: int = 1,
+                 stripe_size: int = 64 << 10) -> None:
+        """Create a linear LV of `size` bytes (rounded up to extents), or a COW snapshot.
+
+        A snapshot of a thin LV is a thin snapshot (it shares the pool's chunks; `size` is
+        ignored).
+        """
         _name_ok(name, "LV")
         if self.meta.has_lv(name):
             raise LvmError(f"logical volume {self.name}/{name} already exists")
+        if snapshot_of is not None and self.thin_segment(snapshot_of) is not None:
+            self._thin_create(name, 0, origin=snapshot_of, read_only=read_only)
+            return
         count = self._extents_for(size)
         if snapshot_of is not None:
+            if self.pool_segment(snapshot_of) is not None:
+                raise LvmError(f"{self.name}/{snapshot_of} is a thin pool; snapshot its thin "
+                               "LVs instead")
             origin = self.meta.lv(snapshot_of)
             if not self.meta.lv_visible(origin) or self.snapshot_segment(snapshot_of) is not None:
                 raise LvmError(f"{self.name}/{snapshot_of}: snapshots of snapshots are not "
                                "supported (as in LVM2 for COW snapshots)")
             if chunk_size < 4096 or chunk_size > 512 << 10 or chunk_size & (chunk_size - 1):
                 raise LvmError(f"chunk size {chunk_size} must be a power of two 4 KiB..512 KiB")
-        plan = alloc.plan_allocation(self.meta, count)
         lv = LogicalVolume(name=name, id=new_id(self.rng), creation_time=self._now(),
                            creation_host=self.host)
+        if stripes > 1:
+            if snapshot_of is not None:
+                raise LvmError("a COW snapshot's store is linear (no --stripes)")
+            if stripe_size < 4096 or stripe_size & (stripe_size - 1) or \
+                    stripe_size > self.extent_bytes:
+                raise LvmError(f"stripe size {stripe_size} must be a power of two from 4 KiB "
+                               "to the extent size")
+            count = -(-count // stripes) * stripes  # as LVM2 rounds up to full stripes
+            plan = alloc.plan_striped(self.meta, count, stripes)
+            alloc.append_striped(lv, plan, stripe_size // SECTOR)
+        else:
+            plan = alloc.plan_allocation(self.meta, count)
+            alloc.append_areas(lv, plan)
         if read_only:
             lv.status = ["READ", "VISIBLE"]
         if snapshot_of is not None:  # LVM2 keeps a COW store's flags without VISIBLE
             lv.status = [f for f in lv.status if f != "VISIBLE"]
-        alloc.append_areas(lv, plan)
         self._zero_areas(plan)
         self.meta.lvs.append(lv)
         if snapshot_of is not None:
@@ -722,6 +798,130 @@ class VolumeGroup:
                 self.devices[a.pv].io.flush()
         self.commit(f"lvcreate {self.name}/{name}")
 
+    # ------------------------------------------------------------- thin provisioning
+    def pool_segment(self, name: str) -> Segment | None:
+        """The `thin-pool` segment of LV `name`, if it is a thin pool."""
+        lv = self.meta.lv(name)
+        return lv.segments[0] if lv.segments and lv.segments[0].type == "thin-pool" else None
+
+    def thin_segment(self, name: str) -> Segment | None:
+        """The `thin` segment of LV `name`, if it is a thin LV."""
+        lv = self.meta.lv(name)
+        return lv.segments[0] if lv.segments and lv.segments[0].type == "thin" else None
+
+    def thins_of(self, pool: str) -> list[str]:
+        """Thin LVs in pool `pool`."""
+        return [lv.name for lv in self.meta.lvs for s in lv.segments
+                if s.type == "thin" and s.thin_pool == pool]
+
+    def pool(self, name: str) -> ThinPool:
+        """The thin pool `name` (loaded once per VG handle; orphaned devices are dropped)."""
+        tp = self._pools.get(name)
+        if tp is None:
+            seg = self.pool_segment(name)
+            if seg is None:
+                raise LvmError(f"{self.name}/{name} is not a thin pool")
+            tp = ThinPool.load(f"{self.name}/{name}", self._extent_map(seg.pool),
+                               self._extent_map(seg.metadata), seg.chunk_size,
+                               zero_new_blocks=seg.zero_new_blocks)
+            known = {self.thin_segment(t).device_id for t in self.thins_of(name)}  # type: ignore[union-attr]
+            tp.retain(known)
+            self._pools[name] = tp
+        return tp
+
+    def lvcreate_thin_pool(self, name: str, size: int, *, chunk_size: int = 64 << 10,
+                           metadata_size: int | None = None, zero: bool = True) -> None:
+        """A thin pool: `<name>_tdata` (data) and `<name>_tmeta` (mappings) under LV `name`."""
+        _name_ok(name, "LV")
+        for n in (name, f"{name}_tdata", f"{name}_tmeta"):
+            if self.meta.has_lv(n):
+                raise LvmError(f"logical volume {self.name}/{n} already exists")
+        if chunk_size < 64 << 10 or chunk_size > 1 << 30 or chunk_size % (64 << 10):
+            raise LvmError(f"thin pool chunk size {chunk_size} must be a multiple of 64 KiB "
+                           "up to 1 GiB")
+        data_count = self._extents_for(size)
+        chunks = data_count * self.extent_bytes // chunk_size
+        if metadata_size is None:  # room for the table of ~8 devices mapping every chunk, x2
+            metadata_size = max(2 << 20, chunks * 16 * 8 * 2 + 8192)
+        meta_count = self._extents_for(metadata_size)
+        plan = alloc.plan_allocation(self.meta, data_count + meta_count)
+        now = self._now()
+        data = LogicalVolume(name=f"{name}_tdata", id=new_id(self.rng), status=["READ", "WRITE"],
+                             creation_time=now, creation_host=self.host)
+        meta = LogicalVolume(name=f"{name}_tmeta", id=new_id(self.rng), status=["READ", "WRITE"],
+                             creation_time=now, creation_host=self.host)
+        # the plan covers both LVs: give the metadata LV the first extents, data the rest
+        first, rest = _split_plan(plan, meta_count)
+        alloc.append_areas(meta, first)
+        alloc.append_areas(data, rest)
+        self._zero_areas(plan)
+        pool = LogicalVolume(name=name, id=new_id(self.rng), creation_time=now,
+                             creation_host=self.host,
+                             segments=[Segment(start_extent=0, extent_count=data_count,
+                                               type="thin-pool", metadata=meta.name,
+                                               pool=data.name, transaction_id=0,
+                                               chunk_size=chunk_size // SECTOR,
+                                               discards="passdown", zero_new_blocks=zero)])
+        self.meta.lvs += [pool, data, meta]
+        try:
+            tp = ThinPool.format(f"{self.name}/{name}", self._extent_map(data.name),
+                                 self._extent_map(meta.name), chunk_size // SECTOR,
+                                 zero_new_blocks=zero)
+        except LvmError:
+            for lv in (pool, data, meta):
+                self.meta.lvs.remove(lv)
+            raise
+        self._pools[name] = tp
+        self.commit(f"lvcreate --type thin-pool {self.name}/{name}")
+
+    def lvcreate_thin(self, name: str, virtual_size: int, pool: str, *,
+                      read_only: bool = False) -> None:
+        """A thin LV of `virtual_size` in `pool` (may exceed the pool: overprovisioning)."""
+        _name_ok(name, "LV")
+        if self.meta.has_lv(name):
+            raise LvmError(f"logical volume {self.name}/{name} already exists")
+        if self.pool_segment(pool) is None:
+            raise LvmError(f"{self.name}/{pool} is not a thin pool")
+        self._thin_create(name, self._extents_for(virtual_size), pool=pool, read_only=read_only)
+
+    def _thin_create(self, name: str, count: int, *, pool: str = "", origin: str = "",
+                     read_only: bool = False) -> None:
+        if origin:
+            oseg = self.thin_segment(origin)
+            assert oseg is not None
+            pool, count = oseg.thin_pool, self.meta.lv(origin).extent_count
+        pseg = self.pool_segment(pool)
+        assert pseg is not None
+        tp = self.pool(pool)
+        used = {s.device_id for lv in self.meta.lvs for s in lv.segments if s.type == "thin"}
+        dev_id = max(used | set(tp.maps) | {0}) + 1
+        if dev_id > MAX_DEVICE_ID:
+            raise LvmError(f"thin pool {pool}: no device id left")
+        if origin:
+            tp.snapshot(self.thin_segment(origin).device_id, dev_id)  # type: ignore[union-attr]
+        else:
+            tp.create(dev_id)
+        pseg.transaction_id += 1
+        lv = LogicalVolume(name=name, id=new_id(self.rng), creation_time=self._now(),
+                           creation_host=self.host,
+                           status=["READ", "VISIBLE"] if read_only else
+                           ["READ", "WRITE", "VISIBLE"],
+                           segments=[Segment(start_extent=0, extent_count=count, type="thin",
+                                             thin_pool=pool,
+                                             transaction_id=pseg.transaction_id,
+                                             origin=origin, device_id=dev_id)])
+        self.meta.lvs.append(lv)
+        self.commit(f"lvcreate {'-s ' if origin else ''}{self.name}/{name}")
+
+    def thin_binding(self, lv_id: str) -> tuple[str, ThinPool, int, int, bool]:
+        """(name, pool, device id, size, read-only) of the thin LV with this id."""
+        lv = next((v for v in self.meta.lvs if v.id == lv_id), None)
+        if lv is None:
+            raise LvmError(f"{self.name}: logical volume {lv_id} no longer exists")
+        seg = lv.segments[0]
+        return (f"{self.name}/{lv.name}", self.pool(seg.thin_pool), seg.device_id,
+                lv.extent_count * self.extent_bytes, "WRITE" not in lv.status)
+
     def lvextend(self, name: str, size: int) -> None:
         """Grow LV `name` to `size` bytes (rounded up to extents), contiguously when possible."""
         lv = self.meta.lv(name)
@@ -735,11 +935,37 @@ class VolumeGroup:
         if self.snapshots_of(name):
             raise LvmError(f"{self.name}/{name}: cannot resize a snapshot origin while it has "
                            "snapshots")
-        plan = alloc.plan_allocation(self.meta, count - lv.extent_count,
-                                     after=alloc.last_physical_end(lv))
+        if self.thin_segment(name) is not None:  # virtual size only: nothing to allocate
+            lv.segments[0].extent_count = count
+            self.commit(f"lvextend {self.name}/{name}")
+            return
+        pseg = self.pool_segment(name)
+        if pseg is not None:  # a pool grows by its data LV
+            data = self.meta.lv(pseg.pool)
+            plan = alloc.plan_allocation(self.meta, count - lv.extent_count,
+                                         after=alloc.last_physical_end(data))
+            self._zero_areas(plan)
+            alloc.append_areas(data, plan)
+            pseg.extent_count = count
+            self.commit(f"lvextend {self.name}/{name}")
+            tp = self._pools.get(name)
+            if tp is not None:
+                tp.data = self._extent_map(pseg.pool)
+                tp.grown()
+            return
+        last = lv.segments[-1] if lv.segments else None
         is_cow = self.snapshot_segment(name) is not None
-        self._zero_areas(plan)
-        alloc.append_areas(lv, plan)
+        if last is not None and last.type == "striped" and len(last.stripes) > 1:
+            n = len(last.stripes)  # a striped LV grows by another segment of as many stripes
+            add = -(-(count - lv.extent_count) // n) * n
+            plan = alloc.plan_striped(self.meta, add, n)
+            self._zero_areas(plan)
+            alloc.append_striped(lv, plan, last.stripe_size)
+        else:
+            plan = alloc.plan_allocation(self.meta, count - lv.extent_count,
+                                         after=alloc.last_physical_end(lv))
+            self._zero_areas(plan)
+            alloc.append_areas(lv, plan)
         if is_cow:
             self._stores.pop(name, None)
         self.commit(f"lvextend {self.name}/{name}")
@@ -753,6 +979,28 @@ class VolumeGroup:
                            f"{lv.extent_count} extents (use lvextend)")
         if self.snapshot_segment(name) is not None or self.snapshots_of(name):
             raise LvmError(f"{self.name}/{name}: cannot reduce a snapshot or snapshot origin")
+        if self.pool_segment(name) is not None:
+            raise LvmError(f"{self.name}/{name}: thin pools cannot be reduced (as in LVM2)")
+        tseg = self.thin_segment(name)
+        if tseg is not None:
+            dev = self.open_lv(name)
+            new_size = count * self.extent_bytes
+            if not force:
+                pos = new_size
+                while pos < dev.size:
+                    n = min(1 << 20, dev.size - pos)
+                    buf = dev.read(pos, n)
+                    if buf.count(0) != n:
+                        raise LvmError(f"{self.name}/{name}: reducing to {count} extents would "
+                                       f"destroy data at byte {pos + n - len(buf.lstrip(bytes(1)))}"
+                                       " (use --force)")
+                    pos += n
+            tseg.extent_count = count
+            self.commit(f"lvreduce {self.name}/{name}")
+            tp = self.pool(tseg.thin_pool)
+            tp.truncate(tseg.device_id, new_size)
+            tp.commit()
+            return
         if not force:
             emap = self._extent_map(name)
             pos, end = count * self.extent_bytes, lv.extent_count * self.extent_bytes
@@ -783,8 +1031,15 @@ class VolumeGroup:
                         seg.origin = new
                     if seg.cow_store == old:
                         seg.cow_store = new
+                if seg.type == "thin":
+                    if seg.thin_pool == old:
+                        seg.thin_pool = new
+                    if seg.origin == old:
+                        seg.origin = new
         if old in self._stores:
             self._stores[new] = self._stores.pop(old)
+        if old in self._pools:
+            self._pools[new] = self._pools.pop(old)
         self.commit(f"lvrename {self.name}/{old} {new}")
 
     def _drop(self, name: str) -> None:
@@ -792,8 +1047,17 @@ class VolumeGroup:
         lv = self.meta.lv(name)
         if self.snapshot_segment(name) is not None:
             self.meta.lvs.remove(self._hidden_snapshot_lv(name))
+        pseg = self.pool_segment(name)
+        if pseg is not None:
+            self.meta.lvs.remove(self.meta.lv(pseg.pool))
+            self.meta.lvs.remove(self.meta.lv(pseg.metadata))
+            self._pools.pop(name, None)
         self.meta.lvs.remove(lv)
         self._stores.pop(name, None)
+        for other in self.meta.lvs:  # thin snapshots outlive their origin, as in LVM2
+            for seg in other.segments:
+                if seg.type == "thin" and seg.origin == name:
+                    seg.origin = ""
 
     def lvremove(self, name: str, *, force: bool = False) -> None:
         """Remove an LV; an origin with snapshots needs `force` (its snapshots go too)."""
@@ -804,12 +1068,19 @@ class VolumeGroup:
         if snaps and not force:
             raise LvmError(f"{self.name}/{name} has snapshots ({', '.join(snaps)}); remove them "
                            "first or use --force")
-        for s in snaps:
+        thins = self.thins_of(name) if self.pool_segment(name) is not None else []
+        if thins and not force:
+            raise LvmError(f"{self.name}/{name} is a thin pool holding {', '.join(thins)}; "
+                           "remove them first or use --force")
+        tseg = self.thin_segment(name)
+        for s in snaps + thins:
             self._drop(s)
         self._drop(name)
         # The extents keep their data (as in LVM2, so vgcfgrestore can undo a removal); they
         # are zeroed when allocated again, so nothing leaks into another LV.
         self.commit(f"lvremove {self.name}/{name}")
+        if tseg is not None and self.meta.has_lv(tseg.thin_pool):
+            self.pool(tseg.thin_pool).delete(tseg.device_id)  # after: a crash leaves an orphan
 
     def merge_snapshot(self, name: str) -> int:
         """lvconvert --merge: copy the snapshot's chunks back into its origin; remove it.
@@ -840,6 +1111,22 @@ class VolumeGroup:
         """(valid, Data%) of snapshot `name`."""
         st = self.store(name)
         return st.valid, st.data_percent
+
+
+def _split_plan(plan: list[alloc.Area], first: int) -> tuple[list[alloc.Area],
+                                                              list[alloc.Area]]:
+    """Cut an allocation plan after its first `first` extents."""
+    a: list[alloc.Area] = []
+    b: list[alloc.Area] = []
+    need = first
+    for area in plan:
+        take = min(need, area.count)
+        if take:
+            a.append(alloc.Area(area.pv, area.pe, take))
+        if area.count > take:
+            b.append(alloc.Area(area.pv, area.pe + take, area.count - take))
+        need -= take
+    return a, b
 
 
 def _host_info(host: str) -> str:

@@ -81,9 +81,12 @@ class LvmBackedDriver(SRDriver):
 
     @property
     def vg(self) -> VolumeGroup:
-        """The SR's VG, opened once per SR object (so open devices see every change)."""
+        """The SR's VG, opened once per SR object (so open devices see every change) and
+        re-read when another process (another SR object) committed to it since."""
         if self._vg is None:
             self._vg = VolumeGroup.open(self.vg_name, self._devices())
+        else:
+            self._vg.refresh()
         return self._vg
 
     def attach(self) -> None:

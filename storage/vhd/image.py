@@ -743,8 +743,7 @@ class VhdImage:
                                       data_offset=off))
         for off, data in writes:
             self.io.pwrite(off, data)
-        # Unused old slots keep their space reserved as empty entries would lose track of it;
-        # they are simply not referenced any more.
+        # Old locator slots that were not reused become unreferenced space (harmless).
         self.header = self.header.with_parent(
             parent_uuid=parent.uuid, parent_timestamp=parent.footer.timestamp,
             parent_name=os.path.basename(parent_path) if parent_path else "",

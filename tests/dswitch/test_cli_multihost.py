@@ -73,6 +73,11 @@ async def test_hosts_as_processes_push_migrate_and_a_killed_host_goes_down(mqtt_
                     procs["esx1"].send_signal(signal.SIGKILL)
                     await peers.wait_until(lambda: "esx1" not in peers.online(), within_s=T,
                                            what="esx1 down")
+                    r = await asyncio.to_thread(hvsim, "hosts", "--broker", url)
+                    rows = {line.split()[1]: line for line in r.stdout.splitlines()
+                            if line.startswith("│ esx")}
+                    assert "offline" in rows["esx1"] and "online" in rows["esx3"]
+                    assert "app2" in rows["esx3"] and "dvs1 v1" in rows["esx3"]
                     # a host told to stop leaves cleanly
                     procs["esx2"].send_signal(signal.SIGTERM)
                     assert await asyncio.to_thread(procs["esx2"].wait, 10) == 0
@@ -106,3 +111,75 @@ def test_wrong_password_is_refused_with_a_clear_message(tmp_path: Path) -> None:
         assert r.returncode == 2, r.stderr
         assert "dvs1 version 1 not received" in r.stderr
 
+
+
+@pytest.fixture
+def changed_topology(tmp_path: Path) -> Path:
+    """three-hosts.yaml with port group App moved from VLAN 100 to 300."""
+    changed = tmp_path / "three-hosts-v2.yaml"
+    changed.write_text(Path(TOPO).read_text().replace("App: {vlan: 100}", "App: {vlan: 300}"))
+    return changed
+
+
+async def test_stalled_host_is_marked_down_by_keepalive_and_resyncs_config(
+    mqtt_broker, changed_topology: Path
+) -> None:
+    """SIGSTOP keeps the host's TCP connection open but silent: the broker fires its will after
+    1.5-2 × keep-alive; on SIGCONT it reconnects and runs the version it missed."""
+    url = mqtt_broker.url
+    topics = Topics("lab")
+    procs = {
+        h: subprocess.Popen(  # noqa: ASYNC220 - returns at once
+            [*HVSIM, "host", "--name", h, "--broker", url, "--keepalive", "2", TOPO],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for h in ("esx1", "esx2", "esx3")
+    }
+    try:
+        async with MqttBus(mqtt_broker.settings(), client_id="observer") as bus:
+            peers = Peers(topics)
+            async with bus.subscribe(topics.all_presence, qos=1) as pres, \
+                    bus.subscribe(topics.all_status, qos=1) as stat:
+                async def one(sub) -> None:
+                    async for m in sub:
+                        peers.handle(m)
+
+                task = asyncio.gather(one(pres), one(stat))
+                try:
+                    await peers.wait_until(lambda: peers.online() == set(procs), within_s=T,
+                                           what="hosts online")
+                    r = await asyncio.to_thread(hvsim, "vds-push", "--broker", url, TOPO)
+                    assert r.returncode == 0, r.stderr
+                    procs["esx2"].send_signal(signal.SIGSTOP)
+                    # mosquitto 2.0 fires the will 1.5-2× the keep-alive (2 s) after the last
+                    # packet; a loaded CI machine adds seconds, so the bound is generous
+                    await peers.wait_until(lambda: "esx2" not in peers.online(), within_s=20,
+                                           what="esx2 down by keep-alive")
+                    r = await asyncio.to_thread(hvsim, "vds-push", "--broker", url,
+                                                str(changed_topology), "--wait", "0")
+                    assert r.returncode == 0, r.stderr
+                    procs["esx2"].send_signal(signal.SIGCONT)
+                    await peers.wait_until(
+                        lambda: "esx2" in peers.online() and peers.version("esx2", "dvs1") == 2,
+                        within_s=T, what="esx2 back on v2")
+                    assert 300 in peers.hosts["esx2"].vds["dvs1"][1]
+                finally:
+                    task.cancel()
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+            p.communicate(timeout=10)
+
+
+def test_hvsim_run_with_broker_pings_across_hosts_and_captures(mqtt_broker, tmp_path: Path
+                                                               ) -> None:
+    out = tmp_path / "run"
+    r = hvsim("run", TOPO, "--out", str(out), "--broker", mqtt_broker.url, "--duration", "0.1")
+    assert r.returncode == 0, r.stderr + r.stdout
+    text = " ".join(r.stdout.split())
+    assert "pingall across hosts: 12/12 answered (18 pairs have no route)" in text
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["esx1.pcapng", "esx2.pcapng", "esx3.pcapng"]
+    assert (out / "esx2.pcapng").read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"  # pcapng SHB

@@ -83,6 +83,7 @@ def test_cli_writes_private_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "acl", "mosquitto.conf", "passwd", "vcenter.password", "xen1.password", "xen2.password"]
     assert (out / "xen1.password").stat().st_mode & 0o077 == 0
+    assert (out / "passwd").stat().st_mode & 0o007 == 0
     assert "topic write hvsim/lab2/host/xen2/#" in (out / "acl").read_text()
     bad = subprocess.run(
         [sys.executable, "-m", "netsim", "broker-config", "--host", "a/b", "--out", str(out)],
@@ -120,3 +121,47 @@ async def test_tls_listener_with_a_lab_ca(tmp_path: Path) -> None:
         untrusted = MqttBus(parse_broker_url(broker.url), client_id="tls2")  # system CAs only
         with pytest.raises(TransportError, match="certificate verify failed"):
             await untrusted.__aenter__()
+
+
+@pytest.fixture
+def generated_broker(tmp_path: Path):
+    """mosquitto running the conf `broker-config` writes, with only the listener moved off 1883
+    (and the run-as user set, since tests run as whoever they run as)."""
+    import getpass
+
+    from netsim.transport.broker import free_loopback_port
+
+    out = tmp_path / "broker"
+    r = subprocess.run([sys.executable, "-m", "netsim", "broker-config", "--host", "esx1",
+                        "--out", str(out)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    port = free_loopback_port()
+    conf = (out / "mosquitto.conf").read_text()
+    assert "listener 1883\n" in conf
+    conf = conf.replace("listener 1883\n", f"listener {port} 127.0.0.1\n")
+    (out / "test.conf").write_text(conf + f"user {getpass.getuser()}\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(out / "test.conf")], stderr=subprocess.PIPE)
+    try:
+        yield port, (out / "esx1.password").read_text().strip()
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+async def test_generated_mosquitto_conf_runs_as_written(generated_broker) -> None:
+    from netsim.transport.mqtt import BrokerSettings
+
+    port, password = generated_broker
+    settings = BrokerSettings("127.0.0.1", port, "esx1", password)
+    for _ in range(100):  # until mosquitto listens
+        try:
+            async with MqttBus(settings, client_id="esx1") as bus:
+                assert bus.connected
+            return
+        except TransportError as exc:
+            if "refused the login" in str(exc):
+                raise
+            await asyncio.sleep(0.05)
+    raise AssertionError("the generated conf never accepted esx1")

@@ -89,3 +89,39 @@ def test_qemu_img_info_reports_our_virtual_size(tmp_path: Path, size: str) -> No
     run("qemu-img", "create", "-q", "-f", "vpc", theirs, size)
     assert qemu_info(ours)["virtual-size"] == img.size == qemu_info(theirs)["virtual-size"]
     assert os.path.getsize(ours) < MiB                   # sparse: metadata only
+
+
+@pytest.mark.parametrize(("creator", "sized_by"), [(b"tap\0", "current_size"),
+                                                    (b"win ", "current_size"),
+                                                    (b"vpc ", "geometry"),
+                                                    (b"qemu", "geometry")])
+def test_creator_quirks_agree_with_qemu(tmp_path: Path, creator: bytes, sized_by: str) -> None:
+    """Images from XenServer (tap), Hyper-V (win ), Virtual PC and old QEMU whose current_size
+    is not a whole geometry: we pick the same size QEMU does."""
+    from storage.vhd import format as fmt
+
+    p = tmp_path / "other.vhd"
+    chain.create_image(p, size=64 * MiB).close()          # geometry covers 67,125,248 bytes
+    raw = bytearray(p.read_bytes())
+    f = fmt.Footer.unpack(bytes(raw[-512:]))
+    f = fmt.Footer(**{**f.__dict__, "creator_app": creator, "current_size": 64 * MiB})
+    raw[:512] = raw[-512:] = f.pack()
+    p.write_bytes(raw)
+    want = 64 * MiB if sized_by == "current_size" else f.chs_size
+    img = chain.open_image(p)
+    assert img.size == want == qemu_info(p)["virtual-size"]
+    img.close()
+
+
+def test_coalescing_into_a_qemu_made_parent_keeps_it_readable_by_qemu(tmp_path: Path) -> None:
+    base, child = tmp_path / "base.vhd", tmp_path / "child.vhd"
+    run("qemu-img", "create", "-q", "-f", "vpc", base, "16M")
+    run("qemu-io", "-f", "vpc", "-c", "write -P 0x61 0 3M", base)
+    img = chain.create_image(child, parent_path=base)
+    img.write(MiB + 7, b"child data, unaligned")
+    img.write(9 * MiB, b"\x62" * 70_000)                   # a block QEMU never allocated
+    expected = img.read(0, img.size)
+    img.close()
+    chain.coalesce(child)
+    assert qemu_raw(base, tmp_path / "flat.raw") == expected
+    assert chain.check(base) == [] and chain.check(child) == []

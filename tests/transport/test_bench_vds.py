@@ -14,6 +14,8 @@ def test_quick_run_moves_every_frame_and_reports_ratios() -> None:
     assert r["vds_bad_batches"] == 0
     assert r["baseline_received"] > 0 and r["baseline_aiomqtt_msgs_per_s"] > 0
     assert r["rollout_vms"] == 1000 and r["rollout_ports_moved"] == 500
+    assert r["e2e_frames_received"] + r["e2e_frames_lost_counted"] + r["e2e_uplink_drops"] == (
+        r["e2e_frames_sent"])
     assert 0 < r["rollout_change_s"] < 30
     assert r["ratio_vs_baseline"] == pytest.approx(
         r["vds_frames_per_s"] / r["baseline_aiomqtt_msgs_per_s"], rel=0.01

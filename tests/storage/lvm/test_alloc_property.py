@@ -15,7 +15,8 @@ MiB = 1 << 20
 EXT = 256 << 10  # small extents keep the PVs small
 
 ops = st.lists(st.tuples(
-    st.sampled_from(["create", "extend", "reduce", "reduce_force", "remove", "rename"]),
+    st.sampled_from(["create", "create_striped", "extend", "reduce", "reduce_force", "remove",
+                     "rename"]),
     st.integers(0, 5),      # which LV
     st.integers(1, 14),     # extents
 ), min_size=1, max_size=30)
@@ -41,22 +42,30 @@ def test_free_space_is_never_double_allocated(steps, n_pvs: int) -> None:
         target = names[which % len(names)] if names else None
         free = free_extents(g.meta)
         try:
-            if op == "create" or target is None:
+            if op in ("create", "create_striped") or target is None:
                 serial += 1
                 name = f"lv{serial}"
-                g.lvcreate(name, count * EXT)
+                if op == "create_striped":
+                    count = max(2, count // 2 * 2)
+                    g.lvcreate(name, count * EXT, stripes=2, stripe_size=64 << 10)
+                else:
+                    g.lvcreate(name, count * EXT)
                 lvs[name] = count
                 dev = g.open_lv(name)
                 for le in range(count):
                     dev.write(le * EXT, stamp(name, le))
             elif op == "extend":
                 g.lvextend(target, (lvs[target] + count) * EXT)
+                grown = g.lv_size(target) // EXT  # striped LVs grow by whole stripes
+                assert grown >= lvs[target] + count
                 dev = g.open_lv(target)
-                for le in range(lvs[target], lvs[target] + count):
+                for le in range(lvs[target], grown):
                     dev.write(le * EXT, stamp(target, le))
-                lvs[target] += count
+                lvs[target] = grown
             elif op in ("reduce", "reduce_force"):
                 new = max(1, lvs[target] - count)
+                if any(len(s.stripes) > 1 for s in g.meta.lv(target).segments):
+                    new = max(2, new // 2 * 2)  # striped segments shrink by whole stripes
                 g.lvreduce(target, new * EXT, force=op == "reduce_force")
                 assert op == "reduce_force", "a reduce that cuts stamped data must be refused"
                 lvs[target] = new
@@ -74,6 +83,8 @@ def test_free_space_is_never_double_allocated(steps, n_pvs: int) -> None:
         except LvmError as exc:
             msg = str(exc)
             assert (("insufficient free space" in msg and free < count)
+                    or "contiguous space" in msg
+                    or "multiples of 2" in msg
                     or ("would destroy data" in msg and op == "reduce")
                     or "not smaller" in msg), msg
         check_consistency(g.meta)

@@ -88,7 +88,7 @@ def test_user_mistakes_are_one_line_errors(setup: Path) -> None:
         (["lvcreate", "vg0", "big", "-L", "1g"], "insufficient free space"),
         (["lvs", "nope"], "volume group 'nope' not found"),
         (["lvextend", "vg0data", "-L", "+1m"], "expected VG/LV"),
-        (["lvcreate", "vg0", "x", "-L", "ten"], "invalid size 'ten'"),
+        (["lvcreate", "vg0", "x", "-L", "ten"], "'ten' is not a size"),
     ]:
         with pytest.raises(LvmError, match=msg):
             hv(setup, *args)

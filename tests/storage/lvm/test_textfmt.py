@@ -120,7 +120,7 @@ def test_semantic_errors_name_the_field() -> None:
                    .replace("stripe_count = 2", "stripe_count = 1", 1))
     with pytest.raises(LvmError, match=r"stripe_size 100 is not a power of two"):
         parse_text(text.replace("stripe_size = 128", "stripe_size = 100"))
-    with pytest.raises(LvmError, match="segment type 'thin' is not supported"):
-        parse_text(text.replace('type = "snapshot"', 'type = "thin"'))
+    with pytest.raises(LvmError, match="segment type 'raid1' is not supported"):
+        parse_text(text.replace('type = "snapshot"', 'type = "raid1"'))
     with pytest.raises(LvmError, match="expected exactly one volume group"):
         parse_text('contents = "Text Format Volume Group"\nversion = 1\n')

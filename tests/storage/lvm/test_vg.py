@@ -276,3 +276,46 @@ def test_vgextend_adds_a_pv(vg: VolumeGroup, pv_files, tmp_path: Path) -> None:
     with pytest.raises(LvmError, match="already in VG vg0"):
         g.vgextend(tmp_path / "pv2.img")
     g.close()
+
+
+def test_refresh_picks_up_another_handles_commits(vg: VolumeGroup, pv_files) -> None:
+    other = VolumeGroup.open("vg0", pv_files)
+    dev = other.open_lv("a") if other.meta.has_lv("a") else None
+    assert dev is None
+    vg.lvcreate("a", 8 * MiB)
+    vg.open_lv("a").write(0, b"from the first handle")
+    assert other.refresh() and not other.refresh()
+    assert other.open_lv("a").read(0, 21) == b"from the first handle"
+    other.lvcreate("b", 4 * MiB)  # no conflict after a refresh
+    assert vg.refresh() and vg.lv_names() == ["a", "b"]
+    check_consistency(vg.meta)
+    other.close()
+
+
+def test_striped_lv_spreads_units_across_pvs(vg: VolumeGroup, pv_files) -> None:
+    vg.lvcreate("wide", 20 * MiB, stripes=2, stripe_size=64 << 10)  # 5 extents → 6 (3 + 3)
+    seg = vg.meta.lv("wide").segments[0]
+    assert [p for p, _ in seg.stripes] == ["pv0", "pv1"] and seg.extent_count == 6
+    assert seg.stripe_size == 128
+    dev = vg.open_lv("wide")
+    data = random.Random(5).randbytes(1 * MiB + 12345)
+    dev.write(100_000, data)
+    assert dev.read(100_000, len(data)) == data
+    # unit 0 (64 KiB) sits at the start of pv0's area, unit 1 at the start of pv1's
+    dev.write(0, b"U0" + bytes(65534) + b"U1")
+    pv0 = vg.devices["pv0"].io
+    pv1 = vg.devices["pv1"].io
+    start = vg.meta.pvs[0].pe_start * 512
+    assert pv0.pread(start + seg.stripes[0][1] * 4 * MiB, 2) == b"U0"
+    assert pv1.pread(start + seg.stripes[1][1] * 4 * MiB, 2) == b"U1"
+    vg.lvextend("wide", 28 * MiB)  # another 2-stripe segment
+    assert [len(s.stripes) for s in vg.meta.lv("wide").segments] == [2, 2]
+    with pytest.raises(LvmError, match="multiples of 2"):
+        vg.lvreduce("wide", 20 * MiB, force=True)
+    vg.lvreduce("wide", 16 * MiB, force=True)
+    assert vg.lv_size("wide") == 16 * MiB
+    g = reopen(vg, pv_files)
+    assert g.open_lv("wide").read(100_000, 1000) == data[:1000]
+    with pytest.raises(LvmError, match="only 2 PVs"):
+        g.lvcreate("three", 12 * MiB, stripes=3)
+    g.close()

@@ -111,3 +111,28 @@ def test_sr_and_vdi_commands(tmp_path: Path) -> None:
 @pytest.mark.parametrize("cmd", [["vhd", "--help"], ["sr", "--help"], ["vdi", "--help"]])
 def test_help_has_examples(cmd: list[str]) -> None:
     assert "Example" in ok(*cmd)
+
+
+def test_every_corruption_is_reported_by_vhd_check_and_refused_by_vhd_read(
+        tmp_path: Path) -> None:
+    from tests.storage.vhd import test_chain as tc
+
+    for corrupt in (tc.corrupt_checksum, tc.corrupt_footer_copy, tc.corrupt_bat_past_eof,
+                    tc.corrupt_overlap, tc.corrupt_truncate, tc.corrupt_parent_uuid,
+                    tc.corrupt_cycle):
+        d = tmp_path / corrupt.__name__
+        d.mkdir()
+        base = d / "base.vhd"
+        ok("vhd", "create", base, "--size", "4M", "--block-size", "1M")
+        for off in ("0", "1M", "2M", "3M"):
+            (d / "x").write_bytes(b"x" * 10)
+            ok("vhd", "write", base, "--offset", off, "--input", d / "x")
+        corrupt(base, d)
+        target = {"corrupt_parent_uuid": d / "child.vhd", "corrupt_cycle": d / "a.vhd"}.get(
+            corrupt.__name__, base)
+        res = runner.invoke(app, ["vhd", "check", str(target)])
+        assert res.exit_code == 1 and res.output.strip(), corrupt.__name__
+        assert "Traceback" not in res.output
+        res = runner.invoke(app, ["vhd", "read", str(target), "--offset", "0", "--length", "1",
+                                  "--output", str(d / "out")])
+        assert isinstance(res.exception, StorageError), (corrupt.__name__, res.exception)
