@@ -46,4 +46,6 @@ def test_hostile_ring_flood_leaves_another_vbd_its_share() -> None:
     res = run_ring_fairness(seconds=0.3)
     assert res["flooded"]["hostile_responses_per_s"] > 0
     assert res["flooded"]["hostile_errors"].get("bad-grant", 0) > 0
-    assert res["share"] >= 0.25, res  # 0.12-0.14 before the fix, 0.35-0.6 after
+    # honest requests per flooding request in the same run: 0.13-0.16 before the fix, 0.5-0.9
+    # after (the share of the alone rate, 0.12-0.14 before and 0.3-0.6 after, is in the bench)
+    assert res["request_ratio"] >= 0.3, res
