@@ -195,7 +195,7 @@ class Peers:
                     name: (int(v["version"]), frozenset(int(x) for x in v["vlans"]))
                     for name, v in doc["vds"].items()
                 }
-            except (ValueError, KeyError, TypeError, AttributeError):
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 self.bad_status += 1
                 return
         self._changed.set()

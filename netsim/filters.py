@@ -139,6 +139,10 @@ def compile_filter(text: str) -> Filter:
     return Filter(text, pred)
 
 
+#: how deep `not` and parentheses may nest in a filter
+MAX_DEPTH = 64
+
+
 class _Parser:
     def __init__(self, text: str, tokens: list[tuple[str, int]]) -> None:
         self.text = text
@@ -161,39 +165,56 @@ class _Parser:
         self.i += 1
         return word
 
+    # Chains of `and`/`or` become one flat any()/all() (not nested closures, whose depth a long
+    # filter would push past Python's recursion limit when matching each frame); `not` and
+    # parentheses nest at most MAX_DEPTH deep.
+    depth = 0
+
     def parse_or(self) -> Pred:
-        left = self.parse_and()
+        terms = [self.parse_and()]
         while self.peek() in ("or", "||"):
             self.i += 1
-            right = self.parse_and()
-            left = (lambda a, b: lambda d: a(d) or b(d))(left, right)
-        return left
+            terms.append(self.parse_and())
+        if len(terms) == 1:
+            return terms[0]
+        return lambda d: any(t(d) for t in terms)
 
     def parse_and(self) -> Pred:
-        left = self.parse_not()
+        terms = [self.parse_not()]
         while True:
             word = self.peek()
             if word in ("and", "&&"):
                 self.i += 1
             elif word is None or word in ("or", "||", ")"):
-                return left
+                break
             # juxtaposition (`udp dst port 53`) is an implicit `and`, as in tcpdump
-            right = self.parse_not()
-            left = (lambda a, b: lambda d: a(d) and b(d))(left, right)
+            terms.append(self.parse_not())
+        if len(terms) == 1:
+            return terms[0]
+        return lambda d: all(t(d) for t in terms)
 
     def parse_not(self) -> Pred:
+        if self.peek() in ("not", "!", "("):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise self.error(f"nesting deeper than {MAX_DEPTH} levels")
+            try:
+                return self._nested()
+            finally:
+                self.depth -= 1
+        return self.primitive()
+
+    def _nested(self) -> Pred:
         if self.peek() in ("not", "!"):
             self.i += 1
             inner = self.parse_not()
             return lambda d: not inner(d)
-        if self.peek() == "(":
-            self.i += 1
-            inner = self.parse_or()
-            if self.peek() != ")":
-                raise self.error("missing ')'")
-            self.i += 1
-            return inner
-        return self.primitive()
+        self.i += 1  # "("
+        inner = self.parse_or()
+        if self.peek() != ")":
+            raise self.error("missing ')'")
+        self.i += 1
+        return inner
 
     # -- primitives -------------------------------------------------------------------------------
     def number(self, lo: int, hi: int) -> int:

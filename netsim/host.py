@@ -333,7 +333,7 @@ class HostAgent:
             g = doc.get("guest")
             if self.run_guests:
                 self._start_guest(vm, nics, **_guest_options(g or {}))
-        except (ValueError, KeyError, TypeError, ConfigError) as exc:
+        except (ValueError, KeyError, TypeError, ConfigError, RecursionError) as exc:
             self.migrations.refused += 1
             self.migrations.last_error = f"migration from {src}: {exc}"
             self.on_event(self.migrations.last_error)
@@ -371,7 +371,8 @@ class HostAgent:
             try:
                 doc = json.loads(msg.payload)
                 await self.migrate(str(doc["migrate"]), str(doc["to"]))
-            except (ValueError, KeyError, TypeError, ConfigError, TransportError) as exc:
+            except (ValueError, KeyError, TypeError, ConfigError, TransportError,
+                    RecursionError) as exc:
                 self.migrations.refused += 1
                 self.migrations.last_error = f"control: {exc}"
 

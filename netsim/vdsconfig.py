@@ -95,6 +95,8 @@ class VdsConfig:
             doc = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{source}: not JSON ({exc})") from None
+        except RecursionError:  # a hostile document nested thousands deep
+            raise ConfigError(f"{source}: JSON nested too deeply") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{source}: expected a JSON object")
         if doc.get("schema") != SCHEMA:
@@ -131,9 +133,15 @@ def _shaping(d: Any, where: str) -> DvShaping | None:
     return s
 
 
+def _label(text: str) -> str:
+    """A name from the document as it appears in an error path: as is when printable, else
+    quoted with escapes (a broker message must not break our one-line errors)."""
+    return text if text.isprintable() else repr(text)
+
+
 def _parse(doc: dict, source: str) -> VdsConfig:
     name = _get(doc, "name", str, source)
-    where = f"{source} {name}"
+    where = f"{source} {_label(name)}"
     version = _get(doc, "version", int, where)
     if version < 1:
         raise ConfigError(f"{where}.version: {version} must be ≥ 1")
@@ -146,7 +154,7 @@ def _parse(doc: dict, source: str) -> VdsConfig:
         if not isinstance(p, dict):
             raise ConfigError(f"{where}.portgroups[{i}]: expected an object")
         pname = _get(p, "name", str, f"{where}.portgroups[{i}]")
-        pw = f"{where}.portgroups[{pname}]"
+        pw = f"{where}.portgroups[{_label(pname)}]"
         if pname in seen:
             raise ConfigError(f"{pw}: port group named twice")
         seen.add(pname)
@@ -189,9 +197,10 @@ def _parse(doc: dict, source: str) -> VdsConfig:
         if not isinstance(mapping, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
         ):
-            raise ConfigError(f"{where}.hosts[{h}]: expected {{uplink: nic}}")
+            raise ConfigError(f"{where}.hosts[{_label(h)}]: expected {{uplink: nic}}")
         for u in mapping:
             if u not in uplinks:
-                raise ConfigError(f"{where}.hosts[{h}]: uplink {u!r} is not one of {list(uplinks)}")
+                raise ConfigError(f"{where}.hosts[{_label(h)}]: uplink {u!r} is not one of "
+                                  f"{list(uplinks)}")
         hosts[h] = dict(mapping)
     return VdsConfig(name, version, uplinks, tuple(pgs), hosts)

@@ -121,10 +121,14 @@ def load_yaml(
     except yaml.YAMLError as exc:
         msg = " ".join(str(exc).split())
         raise cls(f"{source}: not valid YAML: {msg}") from exc
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise cls(f"{source}: not valid YAML: collections nested too deeply") from None
     if node is None:
         return None, smap
     try:
         return _to_python(node, (), smap), smap
+    except RecursionError:
+        raise cls(f"{source}: not valid YAML: collections nested too deeply") from None
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -290,7 +290,8 @@ def coalesce(child_path: str | os.PathLike[str], *, force: bool = False,
                              f"other children ({', '.join(siblings)}) whose contents would "
                              "change; pass force to do it anyway")
         journal = {"child": os.path.abspath(child_path), "parent": os.path.abspath(parent_path),
-                   "children": [os.path.abspath(c) for c in children], "phase": "copy"}
+                   "children": [os.path.abspath(c) for c in children], "phase": "copy",
+                   "headers": {os.path.abspath(c): _header_backup(c) for c in children}}
         jpath = _journal_path(parent_path)
         if os.path.exists(jpath):
             raise ChainError(f"{parent_path}: an interrupted coalesce is pending ({jpath}); run "
@@ -302,6 +303,23 @@ def coalesce(child_path: str | os.PathLike[str], *, force: bool = False,
     finally:
         child.close()
     return _run_journal(jpath, progress=progress)
+
+
+def _header_backup(path: str | os.PathLike[str]) -> list[int | str]:
+    """[offset, hex bytes] of a differencing image's dynamic header, for the journal."""
+    img = open_image(path, read_only=True)
+    try:
+        off = img.footer.data_offset
+        return [off, img.io.pread(off, fmt.HEADER_SIZE).hex()]
+    finally:
+        img.close()
+
+
+def _restore_header(path: str, backup: list[int | str]) -> None:
+    off, raw = int(backup[0]), bytes.fromhex(str(backup[1]))
+    with FileIO(path) as io:
+        io.pwrite(off, raw)
+        io.flush()
 
 
 def _run_journal(jpath: str, *, progress: Progress | None = None) -> CoalesceResult:
@@ -329,7 +347,16 @@ def _run_journal(jpath: str, *, progress: Progress | None = None) -> CoalesceRes
             for kid in journal["children"]:
                 if not os.path.exists(kid):
                     continue
-                img = open_image(kid, read_only=False)
+                try:
+                    img = open_image(kid, read_only=False)
+                except VhdFormatError:
+                    # A power cut tore the kid's 1 KiB header while it was being relinked:
+                    # put back the copy the journal holds, then relink again.
+                    backup = journal.get("headers", {}).get(kid)
+                    if not backup:
+                        raise
+                    _restore_header(kid, backup)
+                    img = open_image(kid, read_only=False)
                 try:
                     img.set_parent(parent, parent_path=journal["parent"], path=kid)
                 finally:

@@ -648,3 +648,279 @@ REGRESSIONS: list[Regression] = [
                          if ln != "\t\t\tcreation_time = 1795555561\t# 2026-11-24 21:26:01 +0000"),
                "an LV with creation_host but no creation_time lost its host when re-emitted"),
 ]
+
+
+# --- pcap / pcapng reader and scenario YAML (landed later; appended as their own targets) ------
+
+@functools.cache
+def _capture_samples() -> dict[str, bytes]:
+    import io
+
+    from netsim.capture import PcapngWriter
+    from netsim.clock import ManualClock
+
+    frames = [bytes(range(60)), b"\xff" * 6 + bytes(58), bytes(100)]
+    pcap = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for i, f in enumerate(frames):
+        pcap += struct.pack("<IIII", 1_000_000 + i, 500, len(f), len(f)) + f
+    buf = io.BytesIO()
+    w = PcapngWriter(buf, clock=ManualClock())
+    a, b = w.add_interface("vif1.0"), w.add_interface("eth0")
+    for i, f in enumerate(frames):
+        w.write(a if i % 2 else b, 10**18 + i, f)
+    w.close()
+    return {"pcap": pcap, "pcapng": buf.getvalue()}
+
+
+@st.composite
+def _capture_input(draw: st.DrawFn) -> bytes:
+    if draw(st.integers(0, 5)) == 0:
+        return draw(st.binary(max_size=64))
+    raw = bytearray(_capture_samples()[draw(st.sampled_from(["pcap", "pcapng"]))])
+    _apply(raw, 0, len(raw), draw(_mutations(4)))
+    cut = draw(st.one_of(st.none(), st.integers(0, len(raw))))
+    return bytes(raw if cut is None else raw[:cut])
+
+
+def check_capture(raw: bytes) -> None:
+    """read_capture yields (ns, frame, iface) records or raises CaptureError; never more frame
+    bytes than the file holds, never a negative length."""
+    import os
+    import tempfile
+
+    from netsim.pcapread import read_capture
+
+    fd, name = tempfile.mkstemp(suffix=".pcap", dir="/dev/shm" if os.path.isdir("/dev/shm")
+                                else None)
+    try:
+        os.write(fd, raw)
+        os.close(fd)
+        total = 0
+        try:
+            for ts, frame, iface in read_capture(name):
+                assert isinstance(ts, int) and isinstance(frame, bytes)
+                assert iface is None or isinstance(iface, str)
+                total += len(frame)
+                assert total <= len(raw)
+        except Exception as exc:
+            expect_typed(exc, "read_capture")
+    finally:
+        os.unlink(name)
+
+
+_SCENARIO = """name: good
+capture: [a.eth0]
+duration: 5s
+steps:
+  - at: 1ms
+    send:
+      from: a
+      count: 3
+      rate: 2k/s
+      frame: {eth: {src: "00:16:3e:00:00:01"}, vlan: 10, payload: 8}
+  - {at: 2s, link: {port: esx1/vmnic0, state: down}}
+expect:
+  - arrives: {at: b.eth0, match: "ether src 00:16:3e:00:00:01", after: 1ms, within: 10ms}
+  - counter: {port: esx1/vmnic0, name: drops.link-down, ge: 0, at: 4s}
+"""
+_SCEN_KEYS = ["name", "capture", "duration", "steps", "expect", "at", "send", "from", "count",
+              "rate", "frame", "eth", "src", "dst", "vlan", "payload", "link", "port", "state",
+              "arrives", "match", "after", "within", "counter", "ge", "le", "replay", "pcap",
+              "into", "speed", "flush_mac", "port_group", "move_vm", "seed"]
+_scen_tree = st.recursive(
+    st.one_of(_scalar, st.sampled_from(["1ms", "5s", "-1s", "2k/s", "10x", "0x", "1e9s",
+                                        "ether src 00:16:3e:00:00:01", "udp", "(", "down"])),
+    lambda kids: st.one_of(st.lists(kids, max_size=4),
+                           st.dictionaries(st.sampled_from(_SCEN_KEYS), kids, max_size=5)),
+    max_leaves=30)
+
+
+@st.composite
+def _scenario_input(draw: st.DrawFn) -> str:
+    if draw(st.booleans()):
+        return yaml.safe_dump(draw(st.dictionaries(st.sampled_from(_SCEN_KEYS), _scen_tree,
+                                                   max_size=6)))
+    lines = _SCENARIO.split("\n")
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(lines) - 1))
+        head, sep, _ = lines[i].partition(":")
+        if sep and draw(st.booleans()):
+            lines[i] = head + ": " + yaml.safe_dump(draw(_scen_tree),
+                                                    default_flow_style=True).strip()
+        elif draw(st.booleans()):
+            del lines[i]
+        else:
+            lines.insert(i, lines[draw(st.integers(0, len(lines) - 1))])
+    return "\n".join(lines)
+
+
+def check_scenario(text: str) -> None:
+    """A scenario YAML text validates or raises ScenarioError with a file:line message."""
+    from netsim.scenario import parse_scenario
+
+    typed(parse_scenario, text, "fuzz.yaml", base=Path("/nonexistent-hvsim-base"))
+
+
+TARGETS += [
+    Target("pcap/pcapng reader", _capture_input, check_capture),
+    Target("scenario YAML", _scenario_input, check_scenario),
+]
+
+
+# --- filter language, declarative frames, vDS configuration from the broker ---------------------
+
+_FILTER_WORDS = ["ether", "src", "dst", "host", "broadcast", "multicast", "vlan", "untagged",
+                 "tagged", "proto", "ethertype", "arp", "ip", "ipv6", "udp", "tcp", "icmp",
+                 "port", "len", ">=", "<=", "=", "and", "or", "not", "(", ")", "&&", "||", "!",
+                 "10", "0", "4095", "99999999999999999999", "-1", "0x800", "10.0.0.1",
+                 "00:16:3e:00:00:01", "ff:ff", "1.2.3.400", "65536", "é", ""]
+
+
+@st.composite
+def _filter_input(draw: st.DrawFn) -> tuple[str, list[bytes]]:
+    if draw(st.integers(0, 9)) == 0:  # deep nesting and long chains
+        n = draw(st.integers(1, 3000))
+        text = draw(st.sampled_from(["(" * n + "udp" + ")" * n, "not " * n + "arp",
+                                     " and ".join(["ip"] * n), " or ".join(["vlan 5"] * n)]))
+        return text, [bytes(12) + b"\x08\x00" + bytes(46)]
+    if draw(st.booleans()):
+        text = " ".join(draw(st.lists(st.sampled_from(_FILTER_WORDS), max_size=9)))
+    else:
+        text = draw(st.text(max_size=40))
+    return text, draw(st.lists(_frame_strategy(), max_size=4))
+
+
+def check_filter(inp: tuple[str, list[bytes]]) -> None:
+    """compile_filter answers a Filter or FilterError; a compiled filter answers True/False for
+    any bytes, never raises."""
+    from netsim.filters import compile_filter
+
+    text, frames = inp
+    flt = typed(compile_filter, text)
+    if flt is None:
+        return
+    for f in frames:
+        assert flt(f) in (True, False)
+
+
+_SPEC_KEYS = ["eth", "src", "dst", "type", "vlan", "vid", "pcp", "tags", "ip", "udp", "tcp",
+              "icmp", "arp", "payload", "sport", "dport", "ttl", "op", "len", "pad"]
+_spec_tree = st.recursive(
+    st.one_of(_scalar, st.sampled_from(["00:16:3e:00:00:01", "10.0.0.1", "ff:ff:ff:ff:ff:ff",
+                                        "request", "0x0800", "hello"])),
+    lambda kids: st.one_of(st.lists(kids, max_size=3),
+                           st.dictionaries(st.sampled_from(_SPEC_KEYS), kids, max_size=4)),
+    max_leaves=20)
+
+
+def check_frame_spec(spec: Any) -> None:
+    """A declarative frame (scenario `frame:`) builds to a parseable frame or raises our
+    FrameError subclass naming the key."""
+    from netsim import frame as fr
+    from netsim.framespec import build_frame
+
+    if not isinstance(spec, dict):
+        spec = {"eth": spec}
+    raw = typed(build_frame, spec)
+    if raw is not None:
+        assert isinstance(raw, bytes) and fr.parse(raw).header_len <= len(raw)
+
+
+@functools.cache
+def _vds_sample() -> bytes:
+    from netsim.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
+
+    return VdsConfig(
+        "dvs1", 3, uplinks=("uplink1", "uplink2"),
+        portgroups=(DvPortGroup("App", 100, DvSecurity(promiscuous=True),
+                                DvShaping(10**6, 2 * 10**6, 4096), None,
+                                DvTeaming("failover", ("uplink1",), ("uplink2",))),
+                    DvPortGroup("Trunk", 4095)),
+        hosts={"esx1": {"uplink1": "vmnic0", "uplink2": "vmnic1"}}).to_json()
+
+
+@st.composite
+def _vds_input(draw: st.DrawFn) -> bytes:
+    import json
+
+    mode = draw(st.integers(0, 2))
+    if mode == 0:
+        doc = json.loads(_vds_sample())
+        # replace one value somewhere in the document with a random JSON-able value
+        path: list[Any] = []
+        node: Any = doc
+        while isinstance(node, dict | list) and node and draw(st.booleans()):
+            key = draw(st.sampled_from(sorted(node) if isinstance(node, dict)
+                                       else list(range(len(node)))))
+            path.append(key)
+            node = node[key]
+        value = draw(st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 2**65),
+                                            st.text(max_size=8), st.floats()),
+                                  lambda k: st.one_of(st.lists(k, max_size=3),
+                                                      st.dictionaries(st.text(max_size=6), k,
+                                                                      max_size=3)),
+                                  max_leaves=8))
+        if path:
+            parent = doc
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = value
+        else:
+            doc = value
+        return json.dumps(doc).encode()
+    raw = bytearray(_vds_sample())
+    if mode == 1:
+        _apply(raw, 0, len(raw), draw(_mutations(3)))
+        return bytes(raw)
+    return draw(st.binary(max_size=60))
+
+
+def check_vds_config(raw: bytes) -> None:
+    """A vDS configuration message from the broker decodes to a VdsConfig that round-trips, or
+    raises our ConfigError/TransportError."""
+    from netsim.vdsconfig import VdsConfig
+
+    cfg = typed(VdsConfig.from_json, raw, "hvsim/lab/vds/dvs1/config")
+    if cfg is not None:
+        assert VdsConfig.from_json(cfg.to_json()) == cfg
+
+
+TARGETS += [
+    Target("filter language", _filter_input, check_filter),
+    Target("declarative frames", lambda: _spec_tree, check_frame_spec),
+    Target("vDS config (broker)", _vds_input, check_vds_config),
+]
+
+
+def _vds_with_bad_host() -> bytes:
+    import json
+
+    doc = json.loads(_vds_sample())
+    doc["hosts"]["\n"] = "vmnic0"
+    return json.dumps(doc).encode()
+
+
+REGRESSIONS.append(Regression(
+    "vDS config (broker)", _vds_with_bad_host(),
+    "a host name with a newline in a vDS config message broke the one-line error"))
+
+_ETH_IP = bytes(12) + b"\x08\x00" + bytes(46)
+REGRESSIONS += [
+    Regression("filter language", ("(" * 3000 + "udp" + ")" * 3000, [_ETH_IP]),
+               "a deeply parenthesised filter raised RecursionError (found by atheris)"),
+    Regression("filter language", ("not " * 3000 + "udp", [_ETH_IP]),
+               "a long run of `not` raised RecursionError"),
+    Regression("filter language", (" and ".join(["udp"] * 3000), [_ETH_IP]),
+               "a long `and` chain compiled, then raised RecursionError on every frame matched"),
+]
+REGRESSIONS += [
+    Regression("topology YAML", "[" * 3000 + "]" * 3000,
+               "YAML nested 3,000 deep raised RecursionError (topology and scenario loaders)"),
+    Regression("topology YAML", "".join("  " * i + "a:\n" for i in range(1500)),
+               "a 1,500-level block mapping raised RecursionError"),
+    Regression("scenario YAML", "steps: " + "[" * 3000 + "]" * 3000,
+               "same, through the scenario loader"),
+    Regression("vDS config (broker)", b"[" * 100_000 + b"]" * 100_000,
+               "a vDS config message nested 100,000 deep raised RecursionError (so did host "
+               "migration/control/status messages)"),
+]

@@ -251,6 +251,20 @@ class VhdImage:
                 footer = Footer.unpack(raw511, source=src, offset=fsize - 511)
                 end_off = fsize - 511
         copy_raw = io.pread(0, fmt.FOOTER_SIZE)
+        foreign_end: Footer | None = None
+        if footer is not None and not (footer.disk_type == fmt.DISK_FIXED
+                                       and footer.current_size == end_off):
+            # A footer of *another* disk in the last sector: guest data (a VHD file stored in
+            # this disk) at the end of a block whose allocation was cut before our footer
+            # landed. Our identity is the copy at offset 0; treat the end footer as lost.
+            try:
+                copy0 = Footer.unpack(copy_raw, source=src, offset=0)
+            except VhdFormatError:
+                copy0 = None
+            if copy0 is not None and copy0.disk_type != fmt.DISK_FIXED and \
+                    copy0.uuid != footer.uuid:
+                foreign_end = footer
+                footer = None
         if footer is None:
             if copy_raw[:8] != fmt.FOOTER_COOKIE:
                 raise VhdFormatError(
@@ -275,10 +289,17 @@ class VhdImage:
                                          "geometry", "uuid", "timestamp", "data_offset",
                                          "creator_app", "features") if
                              getattr(copy, f) != getattr(footer, f)), "saved_state")
-                raise VhdFormatError(
-                    f"{src}: footer copy at offset 0 differs from the footer at offset {end_off}"
-                    f" in field {diff!r} (offset {fmt.FOOTER_FIELDS.get(diff, 0)}):"
-                    f" {getattr(copy, diff)!r} != {getattr(footer, diff)!r}")
+                what = (f"footer copy at offset 0 differs from the footer at offset {end_off}"
+                        f" in field {diff!r} (offset {fmt.FOOTER_FIELDS.get(diff, 0)}):"
+                        f" {getattr(copy, diff)!r} != {getattr(footer, diff)!r}")
+                # The same disk with only its size/geometry/time changed: a resize (or another
+                # footer rewrite) cut between writing the copy and the end footer. The end
+                # footer is the authoritative one; a read-write open rewrites the copy.
+                same_disk = all(getattr(copy, f) == getattr(footer, f) for f in (
+                    "uuid", "disk_type", "data_offset", "creator_app", "features", "version"))
+                if not same_disk:
+                    raise VhdFormatError(f"{src}: {what}")
+                warnings.append(f"{what}; interrupted resize? the footer at the end wins")
         hoff = footer.data_offset
         if hoff + fmt.HEADER_SIZE > fsize:
             raise VhdFormatError(f"{src}: footer field 'data_offset' at offset 16 points at "
@@ -325,6 +346,13 @@ class VhdImage:
         footer_pos = data_end
         if footer_lost:
             footer_pos = -(-max(e.end for e in extents) // SECTOR) * SECTOR
+            if foreign_end is not None and footer_pos == end_off:
+                # The other-UUID footer sits exactly where ours belongs: it is our footer and
+                # the copy at offset 0 is the damaged one. Refuse rather than guess.
+                raise VhdFormatError(
+                    f"{src}: footer copy at offset 0 differs from the footer at offset "
+                    f"{end_off} in field 'uuid' (offset 68): {footer.uuid} != "
+                    f"{foreign_end.uuid}")
             warnings.append(f"footer at end of file missing (interrupted write or truncation); "
                             f"the copy at offset 0 is intact; data ends at {footer_pos}")
         return cls(io, footer, header, bat, footer_pos=footer_pos, read_only=read_only,
@@ -364,6 +392,8 @@ class VhdImage:
             self.io.truncate(end)
 
     def _repair_footer(self) -> None:
+        if self.header is not None:
+            self.io.pwrite(0, self.footer.pack())  # the copy, in case it was the one that lied
         self.io.pwrite(self._footer_pos, self.footer.pack())
         if self.io.size() > self._footer_pos + fmt.FOOTER_SIZE:
             self.io.truncate(self._footer_pos + fmt.FOOTER_SIZE)

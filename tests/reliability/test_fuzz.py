@@ -8,7 +8,9 @@ from hypothesis import HealthCheck, given, settings
 
 from bench._rel import fuzz
 
-BUDGET = {"VHD image open": 150, "switch ingress": 100, "topology YAML": 150}
+BUDGET = {"VHD image open": 150, "switch ingress": 100, "topology YAML": 150,
+          "scenario YAML": 60, "pcap/pcapng reader": 200, "filter language": 150,
+          "declarative frames": 150, "vDS config (broker)": 150}
 
 
 @pytest.mark.parametrize("name", [t.name for t in fuzz.TARGETS])

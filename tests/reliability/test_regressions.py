@@ -32,3 +32,22 @@ def test_lv_creation_host_survives_rewrite_without_creation_time() -> None:
     vg, header = parse_text(text)
     again, _ = parse_text(emit_text(vg, header))
     assert again.lv("data").creation_host == "vm" == vg.lv("data").creation_host
+
+
+def test_vds_config_error_stays_one_line_for_hostile_names() -> None:
+    from netsim.errors import ConfigError
+    from netsim.vdsconfig import VdsConfig
+
+    bad = next(r for r in fuzz.REGRESSIONS if r.target == "vDS config (broker)").input
+    with pytest.raises(ConfigError) as ei:
+        VdsConfig.from_json(bad, "hvsim/lab/vds/dvs1/config")
+    assert "hosts['\\n']" in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_deep_filters_are_refused_or_flat() -> None:
+    from netsim.filters import FilterError, compile_filter
+
+    with pytest.raises(FilterError, match="nesting deeper than 64 levels"):
+        compile_filter("(" * 100 + "udp" + ")" * 100)
+    long_chain = compile_filter(" or ".join(["arp"] * 5000))
+    assert long_chain(bytes(12) + b"\x08\x06" + bytes(46)) is True

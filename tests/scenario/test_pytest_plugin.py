@@ -1,6 +1,7 @@
 """The pytest plugin as a user meets it: a test file of their own, run by pytest with our plugin."""
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 import tomllib
@@ -69,10 +70,18 @@ async def test_a_failing_expectation_says_what_it_saw(send, expect):
 '''
 
 
+def _plugin_args() -> list[str]:
+    """Installed hvsim registers the plugin through its pytest11 entry point (as users get it);
+    a source checkout that is not installed names it with -p."""
+    installed = any(ep.value == "netsim.pytest_plugin"
+                    for ep in importlib.metadata.entry_points(group="pytest11"))
+    return [] if installed else ["-p", "netsim.pytest_plugin"]
+
+
 def test_a_users_test_file_runs_with_the_plugin(tmp_path: Path) -> None:
     (tmp_path / "test_user.py").write_text(USER_TESTS)
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "netsim.pytest_plugin", "-q",
+        [sys.executable, "-m", "pytest", *_plugin_args(), "-q",
          "-p", "no:cacheprovider", "test_user.py"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -97,7 +106,7 @@ def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
         (ROOT / "topologies" / "xen-vlans.yaml").read_text())
     (tmp_path / "test_readme.py").write_text(code)
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "netsim.pytest_plugin", "-q",
+        [sys.executable, "-m", "pytest", *_plugin_args(), "-q",
          "-p", "no:cacheprovider", "test_readme.py"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import struct
+import uuid
 from pathlib import Path
 
 import pytest
@@ -206,7 +207,29 @@ def corrupt_cycle(p: Path, tmp: Path) -> str:
     return "cycle"
 
 
-@pytest.mark.parametrize("corrupt", [corrupt_checksum, corrupt_footer_copy, corrupt_bat_past_eof,
+def corrupt_footer_copy_uuid(p: Path, tmp: Path) -> str:
+    raw = bytearray(p.read_bytes()[:512])
+    f = fmt.Footer.unpack(bytes(raw))
+    f2 = fmt.Footer(**{**f.__dict__, "uuid": uuid.UUID(int=12345)})
+    with open(p, "r+b") as fh:
+        fh.write(f2.pack())
+    return "footer copy at offset 0 differs"
+
+
+def test_footer_copy_differing_in_size_or_time_is_reported_and_repaired(base_vhd: Path,
+                                                                        tmp_path: Path) -> None:
+    """Same disk, other timestamp/size in the copy: what a resize cut between its two footer
+    writes leaves. check reports it, the end footer wins, a read-write open repairs the copy."""
+    before = read_all(base_vhd)
+    needle = corrupt_footer_copy(base_vhd, tmp_path)
+    assert any(needle in line for line in chain.check(base_vhd))
+    assert read_all(base_vhd) == before
+    chain.open_chain(base_vhd, read_only=False).close()
+    assert chain.check(base_vhd) == []
+
+
+@pytest.mark.parametrize("corrupt", [corrupt_checksum, corrupt_footer_copy_uuid,
+                                     corrupt_bat_past_eof,
                                      corrupt_overlap, corrupt_truncate, corrupt_parent_uuid,
                                      corrupt_cycle])
 def test_corruption_found_by_check_and_refused_on_open(base_vhd: Path, tmp_path: Path,

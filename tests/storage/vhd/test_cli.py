@@ -117,7 +117,7 @@ def test_every_corruption_is_reported_by_vhd_check_and_refused_by_vhd_read(
         tmp_path: Path) -> None:
     from tests.storage.vhd import test_chain as tc
 
-    for corrupt in (tc.corrupt_checksum, tc.corrupt_footer_copy, tc.corrupt_bat_past_eof,
+    for corrupt in (tc.corrupt_checksum, tc.corrupt_footer_copy_uuid, tc.corrupt_bat_past_eof,
                     tc.corrupt_overlap, tc.corrupt_truncate, tc.corrupt_parent_uuid,
                     tc.corrupt_cycle):
         d = tmp_path / corrupt.__name__
