@@ -375,9 +375,9 @@ class Fabric:
             dropped += n
             if p.switch is not None:
                 p.switch.detach(p)
-        self._unregister(vm)
+        self._unregister(vm.name)
         for p in vm.ports:
-            self._unregister(p)
+            self._unregister(p.path)
         return dropped
 
     def _as_vm(self, vm: Vm | str) -> Vm:
@@ -510,19 +510,18 @@ class Fabric:
             else:
                 self._short[short] = _Ambiguous(getattr(prev, "path", short), path)
 
-    def _unregister(self, obj: Any) -> None:
-        """Forget every name of `obj` (full, and short unless another object shares it)."""
-        for path in [k for k, v in self._objects.items() if v is obj]:
-            del self._objects[path]
-            if "/" not in path:
-                continue
+    def _unregister(self, path: str) -> None:
+        """Forget the object registered at `path` (and its short name, unless another object
+        shares it)."""
+        obj = self._objects.pop(path, None)
+        if obj is not None and "/" in path:
             short = path.split("/", 1)[1]
             prev = self._short.get(short)
             if prev is obj:
                 del self._short[short]
             elif isinstance(prev, _Ambiguous) and path in prev.paths:
                 prev.paths.remove(path)
-                if len(prev.paths) == 1:
+                if len(prev.paths) == 1 and prev.paths[0] in self._objects:
                     self._short[short] = self._objects[prev.paths[0]]
 
     def _as_port(self, p: Port | str) -> Port:
