@@ -391,6 +391,7 @@ class ProxyLink:
         clock: Clock,
         deliver: Callable[[int, bytes], None],
         session: int,
+        deliver_batch: Callable[[list[tuple[int, bytes]]], None] | None = None,
         mac_table_size: int = 8192,
         aging_s: float = 300.0,
         batch_frames: int = 256,
@@ -401,6 +402,8 @@ class ProxyLink:
         self.vds = vds
         self.peers = peers
         self.deliver = deliver
+        #: optional: hands all the frames of one received message in at once, in order
+        self.deliver_batch = deliver_batch
         self.remote = RemoteMacTable(clock, capacity=mac_table_size, aging_s=aging_s)
         self.sender = BatchSender(bus, host, session=session, max_frames=batch_frames)
         self.receiver = BatchReceiver(topics.host_of, ignore_src=host)
@@ -481,6 +484,8 @@ class ProxyLink:
                 src, frames = got
                 c = self.counters
                 deliver = self.deliver
+                batch: list[tuple[int, bytes]] = []
+                keep = batch.append if self.deliver_batch is not None else None
                 learned = None
                 for vid, frame in frames:
                     if frame_vid(frame) != vid:
@@ -497,7 +502,12 @@ class ProxyLink:
                         self.remote.learn(vid, key[1], src)
                         learned = key
                     c.rx_frames += 1
-                    deliver(vid, frame)
+                    if keep is None:
+                        deliver(vid, frame)
+                    else:
+                        keep((vid, frame))
+                if batch:
+                    self.deliver_batch(batch)  # type: ignore[misc]
 
     def _departed(self, dst: bytes) -> bool:
         until = self.departed.get(dst)
@@ -822,6 +832,19 @@ class ProxySwitch:
         if pif is None or pif not in in_use:
             pif = self._in_order(in_use)[0]
         pif.receive(frame)
+
+    def deliver_batch(self, frames: list[tuple[int, bytes]]) -> None:
+        """`deliver` for the frames of one message from another host, in order: switched as
+        one batch when a single uplink carries everything."""
+        in_use = self.switch.uplinks_in_use()
+        if len(in_use) != 1:
+            for vid, frame in frames:
+                self.deliver(vid, frame)
+            return
+        pif = self._rx_pif
+        if pif is None or pif not in in_use:
+            pif = self._rx_pif = next(iter(in_use))
+        pif.receive_batch([f for _, f in frames])
 
     def _in_order(self, in_use: frozenset) -> list[Pif]:
         return [p for p in self.switch.uplinks if p in in_use]

@@ -170,6 +170,7 @@ class HostAgent:
             link = ProxyLink(
                 self.bus, self.topics, host=self.name, vds=config.name, peers=self.plane.peers,
                 clock=self.fabric.clock, deliver=proxy.deliver, session=self.session,
+                deliver_batch=proxy.deliver_batch,
                 batch_frames=self.batch_frames,
             )
             await self._stack.enter_async_context(link)

@@ -76,3 +76,29 @@ def test_refusals_change_nothing() -> None:
     second = ProxySwitch(host, "dvs2")
     with pytest.raises(ConfigError, match=r"vmnic0 \(for uplink1\) already belongs to switch dvs1"):
         second.apply(VdsConfig("dvs2", 1, hosts={"esx1": {"uplink1": "vmnic0"}}))
+
+
+def test_frames_from_other_hosts_enter_in_order_as_one_batch_or_by_pinning() -> None:
+    fab = Fabric()
+    host = fab.add_host("esx1")
+    proxy = ProxySwitch(host, "dvs1")
+    one = VdsConfig("dvs1", 1, portgroups=(DvPortGroup("App", 100),),
+                    hosts={"esx1": {"uplink1": "vmnic0"}})
+    proxy.apply(one)
+    vm = host.add_vm("web").add_nic(proxy.switch, "App", mac="00:50:56:00:00:01")
+    peer = bytes.fromhex("020000000009")
+    frames = [vm.mac + peer + b"\x81\x00\x00\x64\x08\x00" + bytes([i]) * 46 for i in range(5)]
+    proxy.deliver_batch([(100, f) for f in frames])
+    got = vm.vnic.drain()
+    assert [g[14] for g in got] == list(range(5)) and all(len(g) == 60 for g in got)
+    up = proxy.uplinks["uplink1"]
+    assert up.counters.rx_frames == 5 and up.counters.drops == {}
+    # two uplinks in use (App pinned to uplink2, DB to uplink1): a broadcast batch reaches
+    # each group's VM once, through its own uplink
+    two = cfg(2, DvPortGroup("App", 100, teaming=DvTeaming("failover", ("uplink2",), ())),
+              DvPortGroup("DB", 100, teaming=DvTeaming("failover", ("uplink1",), ())))
+    proxy.apply(two)
+    db = host.add_vm("db").add_nic(proxy.switch, "DB", mac="00:50:56:00:00:02")
+    bcast = b"\xff" * 6 + peer + b"\x81\x00\x00\x64\x08\x00" + bytes(46)
+    proxy.deliver_batch([(100, bcast)] * 3)
+    assert len(vm.vnic.drain()) == 3 and len(db.vnic.drain()) == 3
