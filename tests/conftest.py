@@ -1,6 +1,15 @@
-"""Shared pytest setup. Part-specific fixtures live in each part's own conftest.py."""
+"""Shared pytest setup: a private mosquitto, and buses on it or in process. Part-specific
+fixtures live in each part's own conftest.py."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
+
+from netsim.transport.bus import Bus
+from netsim.transport.memory import MemoryBroker, MemoryBus
+from netsim.transport.mqtt import MqttBus
 
 
 @pytest.fixture
@@ -18,3 +27,30 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory):
         yield broker
     finally:
         broker.stop()
+
+
+@dataclass
+class BusKit:
+    """Makes clients of one broker (memory or mosquitto) and can restart that broker."""
+
+    kind: str
+    make: Callable[..., Bus]
+    restart: Callable[[], None]
+
+
+@pytest.fixture(params=["memory", "mqtt"])
+def bus_kit(request: pytest.FixtureRequest) -> BusKit:
+    """Every case that takes `bus_kit` runs on the in-process bus and on mosquitto."""
+    if request.param == "memory":
+        broker = MemoryBroker()
+
+        def make_mem(client_id: str, presence_topic: str | None = None, **kw) -> Bus:
+            return MemoryBus(broker, client_id=client_id, presence_topic=presence_topic, **kw)
+
+        return BusKit("memory", make_mem, broker.restart)
+    mosq = request.getfixturevalue("mqtt_broker")
+
+    def make_mqtt(client_id: str, presence_topic: str | None = None, **kw) -> Bus:
+        return MqttBus(mosq.settings(), client_id=client_id, presence_topic=presence_topic, **kw)
+
+    return BusKit("mqtt", make_mqtt, mosq.restart)
