@@ -197,7 +197,6 @@ async def test_broker_restart_mid_run_recovers(bus_kit) -> None:
 
 async def test_partitioned_host_switches_locally_drops_counted_and_resyncs_config() -> None:
     from netsim.transport.memory import MemoryBroker, MemoryBus
-
     from tests.conftest import BusKit
 
     broker = MemoryBroker()
