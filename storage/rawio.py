@@ -100,6 +100,14 @@ class FileIO:
             os.close(self._fd)
             self._fd = -1
 
+    def __del__(self) -> None:
+        # Like io.FileIO: an object dropped without close() must not keep its descriptor (and,
+        # for a deleted file, its blocks) for the life of the process.
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0:
+            self._fd = -1
+            os.close(fd)
+
     def __enter__(self) -> FileIO:
         return self
 

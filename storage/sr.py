@@ -114,6 +114,10 @@ class SRDriver(ABC):
         """Make the SR's storage reachable (PBD plug); idempotent."""
         return None
 
+    def close(self) -> None:
+        """Release what `attach` or any operation opened (files, volume groups); idempotent."""
+        return None
+
     @abstractmethod
     def vdi_create(self, vdi: VDI, size: int) -> None:
         """Create an empty volume of at least `size` bytes for `vdi`."""
@@ -582,10 +586,14 @@ class SR:
             raise SrError(f"SR {self.path}: no PBD {uuid!r}") from None
 
     def close(self) -> None:
-        """Close every block device this process plugged (their VBDs stay recorded as plugged)."""
-        for dev in self._devices.values():
-            dev.close()
-        self._devices.clear()
+        """Close every block device this process plugged (their VBDs stay recorded as plugged),
+        then release the SR's own storage (an LVM SR's volume group and its PV files)."""
+        try:
+            for dev in self._devices.values():
+                dev.close()
+            self._devices.clear()
+        finally:
+            self.driver.close()
 
     # --- garbage collection ------------------------------------------------------------------
 

@@ -93,6 +93,12 @@ class LvmBackedDriver(SRDriver):
         """Check the VG opens on its PVs."""
         _ = self.vg
 
+    def close(self) -> None:
+        """Close the VG (its PV files); a later operation re-opens it."""
+        if self._vg is not None:
+            vg, self._vg = self._vg, None
+            vg.close()
+
     def physical_utilisation(self, vdi: VDI) -> int:
         """The LV's size."""
         try:

@@ -203,7 +203,6 @@ def test_lvm2_reads_an_lvhd_sr(tmp_path: Path) -> None:
     snap = sr.vdi_snapshot(v.uuid)
     sizes = {x.location: sr.physical_utilisation(u) for u, x in sr.vdis.items()}
     sr.close()
-    sr.driver.vg.close()  # type: ignore[attr-defined]
     proc = subprocess.run(["losetup", "--find", "--show", str(tmp_path / "sr" / "pv0.img")],
                           capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:

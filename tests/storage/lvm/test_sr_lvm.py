@@ -287,3 +287,34 @@ def test_two_sr_objects_on_one_sr_see_each_others_volumes(tmp_path: Path, kind: 
     with a.locked():  # records as on disk
         assert sorted(a.driver.vg.lv_names()) == sorted(  # type: ignore[attr-defined]
             x.location for x in a.vdis.values())
+
+
+def _open_fds_to(path: Path) -> int:
+    import os
+
+    fd_dir = Path("/proc/self/fd")
+    n = 0
+    for fd in fd_dir.iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                n += 1
+        except OSError:
+            continue
+    return n
+
+
+@pytest.mark.parametrize("kind", ["lvm", "lvhd"])
+def test_closing_an_sr_releases_its_volume_group_files(tmp_path: Path, kind: str) -> None:
+    # An SR object that is closed must not keep its PV files open: a long-running process that
+    # opens SRs over and over (a host, a test harness) would otherwise pin every one of them.
+    sr = make_sr(tmp_path, kind, size="64M")
+    v = sr.vdi_create("disk0", 4 * MiB)
+    write(sr, v.uuid, 0, b"x" * 4096)
+    pv = (sr.path / "pv0.img").resolve()
+    assert _open_fds_to(pv) > 0
+    sr.close()
+    assert _open_fds_to(pv) == 0
+    reopened = SR.open(sr.path)  # a closed SR's storage opens again as usual
+    assert read(reopened, v.uuid, 0, 4096) == b"x" * 4096
+    reopened.close()
+    assert _open_fds_to(pv) == 0
