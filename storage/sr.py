@@ -56,6 +56,7 @@ class VDI:
     is_a_snapshot: bool = False
     snapshot_of: str | None = None
     name_description: str = ""
+    missing: bool = False               # `sr scan` found no volume (kept: others depend on it)
 
     @property
     def managed(self) -> bool:
@@ -92,6 +93,38 @@ class GcReport:
     removed: list[str] = field(default_factory=list)
     coalesced: list[tuple[str, str]] = field(default_factory=list)   # (child, into parent)
     skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Volume:
+    """A volume a driver found in the SR's storage (`SRDriver.probe_volume`)."""
+
+    location: str
+    uuid: str                           # the uuid in the volume's name
+    virtual_size: int = 0
+    has_data: bool = True               # False only when provably empty (nothing to lose)
+    parent: str | None = None           # uuid of the recorded VDI it is a differencing child of
+    snapshot_of: str | None = None      # lvm: uuid of the recorded VDI it is a COW snapshot of
+    read_only: bool = False
+    error: str | None = None            # unreadable: what is wrong with it
+
+
+@dataclass
+class ScanReport:
+    """What `SR.scan` found, and (unless a dry run) did."""
+
+    adopted: list[str] = field(default_factory=list)     # volumes introduced as new VDIs
+    removed_volumes: list[str] = field(default_factory=list)  # provably empty orphans
+    unreadable: list[str] = field(default_factory=list)  # orphans left alone: "loc: why"
+    forgotten: list[str] = field(default_factory=list)   # records dropped: volume missing
+    marked_missing: list[str] = field(default_factory=list)  # kept (children/attached)
+    dry_run: bool = False
+
+    @property
+    def clean(self) -> bool:
+        """Metadata and storage already agreed."""
+        return not (self.adopted or self.removed_volumes or self.unreadable or self.forgotten
+                    or self.marked_missing)
 
 
 class SRDriver(ABC):
@@ -153,6 +186,14 @@ class SRDriver(ABC):
     def recover(self, pending: dict[str, Any]) -> None:
         """Finish or roll back the operation `pending` that a crash interrupted."""
         return None
+
+    def list_volumes(self) -> list[str]:
+        """Locations of every VDI volume in the SR's storage (by name; cheap)."""
+        raise SrError(f"SR type {self.type_name!r} does not support scan")
+
+    def probe_volume(self, location: str) -> Volume:
+        """Look inside a volume no record names: size, whether it holds data, its parent."""
+        raise SrError(f"SR type {self.type_name!r} does not support scan")
 
 
 SR_TYPES: dict[str, type[SRDriver]] = {}
@@ -586,6 +627,75 @@ class SR:
         for dev in self._devices.values():
             dev.close()
         self._devices.clear()
+
+    # --- scan ----------------------------------------------------------------------------------
+
+    @_mutating
+    def scan(self, *, dry_run: bool = False,
+             progress: Callable[[str], None] | None = None) -> ScanReport:
+        """Reconcile the records with the volumes really in the SR (XenServer's sr-scan).
+
+        A volume no VDI names (a crash between creating it and saving sr.json) is introduced
+        as a VDI, as XenServer's sr-scan does, when it may hold data; one that provably holds
+        nothing (an empty dynamic VHD, an all-zero LV) is removed; one that cannot be read is
+        reported and left alone. A record whose volume is gone is forgotten, or, when other
+        VDIs chain through it or a VBD is plugged on it, marked `missing`.
+        """
+        report = ScanReport(dry_run=dry_run)
+        say = progress or (lambda msg: None)
+        present = set(self.driver.list_volumes())
+        known = {v.location for v in self.vdis.values()}
+        changed = False
+        for loc in sorted(present - known):
+            vol = self.driver.probe_volume(loc)
+            if vol.error is not None:
+                report.unreadable.append(f"{loc}: {vol.error}")
+                say(f"unreadable volume {loc} left alone: {vol.error}")
+            elif not vol.has_data and vol.parent is None and vol.snapshot_of is None:
+                report.removed_volumes.append(loc)
+                say(f"remove empty orphan volume {loc}")
+                if not dry_run:
+                    self.driver.vdi_destroy(VDI(uuid=vol.uuid, name_label="", virtual_size=0,
+                                                location=loc))
+            elif vol.uuid in self.vdis:
+                report.unreadable.append(f"{loc}: its uuid is already a VDI's")
+            else:
+                report.adopted.append(vol.uuid)
+                say(f"introduce orphan volume {loc} as VDI {vol.uuid}")
+                if not dry_run:
+                    self.vdis[vol.uuid] = VDI(
+                        uuid=vol.uuid, name_label=f"recovered {loc}",
+                        virtual_size=vol.virtual_size, location=loc, read_only=vol.read_only,
+                        parent=vol.parent, is_a_snapshot=vol.snapshot_of is not None,
+                        snapshot_of=vol.snapshot_of,
+                        name_description="found by `hvsim sr scan`: no record named it")
+                    changed = True
+        attached = {v.vdi for v in self.vbds.values() if v.currently_attached}
+        for vdi in sorted(self.vdis.values(), key=lambda v: v.uuid):
+            if vdi.location in present:
+                if vdi.missing and not dry_run:
+                    vdi.missing, changed = False, True
+                continue
+            if self.children(vdi.uuid) or vdi.uuid in attached:
+                if not vdi.missing:
+                    report.marked_missing.append(vdi.uuid)
+                    say(f"VDI {vdi.uuid}: volume {vdi.location} is missing; marked")
+                    if not dry_run:
+                        vdi.missing, changed = True, True
+                continue
+            report.forgotten.append(vdi.uuid)
+            say(f"VDI {vdi.uuid}: volume {vdi.location} is missing; forget the record")
+        if not dry_run:
+            for u in report.forgotten:
+                del self.vdis[u]
+                self.vbds = {k: v for k, v in self.vbds.items() if v.vdi != u}
+                for v in self.vdis.values():
+                    if v.snapshot_of == u:
+                        v.snapshot_of = None
+                changed = True
+            if changed:
+                self.save()
+        return report
 
     # --- garbage collection ------------------------------------------------------------------
 

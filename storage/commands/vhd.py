@@ -347,6 +347,39 @@ def sr_gc(path: Annotated[Path, typer.Argument(help="The SR directory.")]) -> No
                   highlight=False)
 
 
+@sr_app.command("scan")
+@_os_errors
+def sr_scan(
+    path: Annotated[Path, typer.Argument(help="The SR directory.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; change "
+                                          "nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Reconcile the SR's records with its volumes (XenServer's sr-scan).
+
+    A volume no VDI names (left by a crash before sr.json was saved) is introduced as a VDI
+    named "recovered ..." when it may hold data, removed when provably empty, and reported
+    and left alone when unreadable. A VDI whose volume is gone is forgotten (or marked
+    missing while other VDIs chain through it). Exit 1 when anything was out of step.
+    Example: hvsim sr scan ./sr1 --dry-run
+    """
+    sr = SR.open(path)
+    report = sr.scan(dry_run=dry_run, progress=lambda msg: err.print(msg, highlight=False))
+    if as_json:
+        print(json.dumps({k: getattr(report, k) for k in (
+            "adopted", "removed_volumes", "unreadable", "forgotten", "marked_missing",
+            "dry_run")}, indent=2))
+    else:
+        verb = "would be " if dry_run else ""
+        console.print(f"{len(report.adopted)} orphan volumes {verb}introduced as VDIs, "
+                      f"{len(report.removed_volumes)} empty ones {verb}removed, "
+                      f"{len(report.unreadable)} unreadable left alone; "
+                      f"{len(report.forgotten)} records with no volume {verb}forgotten, "
+                      f"{len(report.marked_missing)} {verb}marked missing", highlight=False)
+    if not report.clean:
+        raise typer.Exit(1)
+
+
 SrOpt = Annotated[Path, typer.Option("--sr", help="The SR directory.")]
 
 
