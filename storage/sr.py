@@ -285,6 +285,7 @@ class SR:
         self.vbds: dict[str, VBD] = {}
         self.pbds: dict[str, PBD] = {}
         self.pending: dict[str, Any] | None = None
+        self.sync = False          # VHD writes fsync between allocation steps (power-loss safe)
         self.driver = driver_class(type_name)(self)
         self.seqno = 0
         self._devices: dict[str, VbdDevice] = {}
@@ -295,8 +296,11 @@ class SR:
     @classmethod
     def create(cls, path: str | os.PathLike[str], *, type_name: str = "file",
                name_label: str = "", device_config: dict[str, str] | None = None,
-               uuid: str | None = None) -> SR:
-        """Create a new, empty SR in directory `path` (created if missing, must be empty)."""
+               uuid: str | None = None, sync: bool = False) -> SR:
+        """Create a new, empty SR in directory `path` (created if missing, must be empty).
+
+        `sync`: VHD volumes fsync between the ordered steps of a block allocation, so a power
+        loss (not only a crash of the process) leaves every sector old or new; slower."""
         p = Path(path)
         if (p / META_FILE).exists():
             raise SrError(f"{p}: already an SR (found {META_FILE})")
@@ -308,6 +312,7 @@ class SR:
             raise SrError(f"{p}: cannot create the SR directory: {exc.strerror}") from exc
         sr = cls(p, uuid=uuid or str(uuidlib.uuid4()), type_name=type_name,
                  name_label=name_label or p.name)
+        sr.sync = sync
         sr.driver.create_sr(device_config or {})
         sr.save()
         return sr
@@ -371,6 +376,7 @@ class SR:
             except (TypeError, AttributeError) as exc:
                 raise SrError(f"{self.path / META_FILE}: malformed SR metadata: {exc}") from exc
             self.pending = data.get("pending")
+            self.sync = bool(data.get("sync", False))
             self.seqno = data.get("seqno", 0)
         if self.pending:
             self.driver.recover(self.pending)
@@ -380,7 +386,7 @@ class SR:
     def to_dict(self) -> dict[str, Any]:
         """The metadata as stored in sr.json."""
         return {"version": META_VERSION, "uuid": self.uuid, "type": self.type,
-                "name_label": self.name_label, "seqno": self.seqno,
+                "name_label": self.name_label, "seqno": self.seqno, "sync": self.sync,
                 "vdis": {k: asdict(v) for k, v in sorted(self.vdis.items())},
                 "vbds": {k: asdict(v) for k, v in sorted(self.vbds.items())},
                 "pbds": {k: asdict(v) for k, v in sorted(self.pbds.items())},
@@ -399,6 +405,12 @@ class SR:
     def commit(self) -> None:
         """Clear the pending operation and save the records."""
         self.pending = None
+        self.save()
+
+    @_mutating
+    def set_sync(self, on: bool) -> None:
+        """Turn power-loss-safe VHD writes on or off (for VDIs opened from now on)."""
+        self.sync = on
         self.save()
 
     # --- VDIs --------------------------------------------------------------------------------

@@ -37,14 +37,14 @@ class FileSRDriver(SRDriver):
         """A dynamic VHD of `size` (rounded up to a CHS geometry, like qemu-img)."""
         vdi.location = f"{vdi.uuid}.vhd"
         img = chain.create_image(self._path(vdi.location), size=size,
-                                 block_size=self.block_size)
+                                 block_size=self.block_size, barriers=self.sr.sync)
         vdi.virtual_size = img.size
         img.close()
 
     def vdi_open(self, vdi: VDI, *, read_only: bool) -> BlockDevice:
         """The VDI's chain, opened through its locators."""
         return chain.open_chain(self._path(vdi.location), read_only=read_only,
-                                max_depth=self.max_depth)
+                                max_depth=self.max_depth, barriers=self.sr.sync)
 
     def vdi_snapshot(self, vdi: VDI, copies: list[VDI]) -> list[VDI]:
         """Rename the VDI's file to a hidden base copy; the VDI and the copies become children."""
@@ -84,13 +84,13 @@ class FileSRDriver(SRDriver):
 
     def vdi_resize(self, vdi: VDI, size: int) -> int:
         """Resize the leaf VHD."""
-        return chain.resize(self._path(vdi.location), size)
+        return chain.resize(self._path(vdi.location), size, barriers=self.sr.sync)
 
     def vdi_coalesce(self, parent: VDI, child: VDI, grandchildren: list[VDI]) -> None:
         """Merge the child VHD into the parent VHD (journaled), then drop the redundant file."""
         ppath, cpath = self._path(parent.location), self._path(child.location)
         chain.coalesce(cpath, children=[str(self._path(g.location)) for g in grandchildren],
-                       siblings=[], force=True)
+                       siblings=[], force=True, barriers=self.sr.sync)
         assert self.sr.pending is not None
         self.sr.pending["phase"] = "merged"
         self.sr.save()

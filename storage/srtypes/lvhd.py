@@ -134,7 +134,8 @@ class LvhdSRDriver(LvmBackedDriver):
 
     def _open_one(self, lv: str, *, read_only: bool) -> VhdImage:
         try:
-            return VhdImage.open(self._io(lv), read_only=read_only)
+            return VhdImage.open(self._io(lv), read_only=read_only,
+                                 barriers=self.sr.sync and not read_only)
         except LvmError as exc:
             raise SrError(f"{self.vg_name}/{lv}: {exc}") from exc
 
