@@ -40,11 +40,12 @@ class VhdFileIO(FileIO):
         return os.preadv(self._fd, [buf], offset)
 
 
-def open_image(path: str | os.PathLike[str], *, read_only: bool = True) -> VhdImage:
-    """Open one VHD file (no parents attached)."""
+def open_image(path: str | os.PathLike[str], *, read_only: bool = True,
+               barriers: bool = False) -> VhdImage:
+    """Open one VHD file (no parents attached); `barriers`: fsync between allocation steps."""
     io = VhdFileIO(path, writable=not read_only)
     try:
-        return VhdImage.open(io, read_only=read_only)
+        return VhdImage.open(io, read_only=read_only, barriers=barriers)
     except BaseException:
         io.close()
         raise
@@ -120,9 +121,12 @@ def iter_chain(img: VhdImage) -> Iterator[VhdImage]:
 
 
 def open_chain(path: str | os.PathLike[str], *, read_only: bool = True,
-               max_depth: int = DEFAULT_MAX_DEPTH) -> VhdImage:
-    """Open a VHD and attach its parents (read-only); returns the leaf as a BlockDevice."""
-    leaf = open_image(path, read_only=read_only)
+               max_depth: int = DEFAULT_MAX_DEPTH, barriers: bool = False) -> VhdImage:
+    """Open a VHD and attach its parents (read-only); returns the leaf as a BlockDevice.
+
+    `barriers`: the leaf fsyncs between the ordered steps of a block allocation, so a power
+    loss (not only a process crash) leaves every sector old or new."""
+    leaf = open_image(path, read_only=read_only, barriers=barriers)
     try:
         seen_paths = {os.path.realpath(path)}
         seen_uuids = {leaf.uuid}
@@ -150,8 +154,10 @@ def open_chain(path: str | os.PathLike[str], *, read_only: bool = True,
 def create_image(path: str | os.PathLike[str], *, size: int | None = None,
                  disk_type: str = "dynamic", block_size: int = fmt.DEFAULT_BLOCK_SIZE,
                  parent_path: str | os.PathLike[str] | None = None,
-                 uuid: uuidlib.UUID | None = None) -> VhdImage:
-    """Create a VHD file; with `parent_path` a differencing child of that (valid) chain."""
+                 uuid: uuidlib.UUID | None = None, barriers: bool = False) -> VhdImage:
+    """Create a VHD file; with `parent_path` a differencing child of that (valid) chain.
+
+    `barriers`: fsync between the creation steps and in later writes through the image."""
     parent = None
     if parent_path is not None:
         parent = open_chain(parent_path, read_only=True)
@@ -164,7 +170,7 @@ def create_image(path: str | os.PathLike[str], *, size: int | None = None,
     try:
         return VhdImage.create(io, size=size, disk_type=disk_type, block_size=block_size,
                                parent=parent, parent_path=str(parent_path) if parent_path
-                               else None, path=str(path), uuid=uuid)
+                               else None, path=str(path), uuid=uuid, barriers=barriers)
     except BaseException:
         io.close()
         with contextlib.suppress(OSError):
@@ -266,7 +272,8 @@ def write_json_atomic(path: str | os.PathLike[str], obj: object) -> None:
 def coalesce(child_path: str | os.PathLike[str], *, force: bool = False,
              children: list[str] | None = None, siblings: list[str] | None = None,
              progress: Progress | None = None,
-             on_total: Callable[[int], None] | None = None) -> CoalesceResult:
+             on_total: Callable[[int], None] | None = None,
+             barriers: bool = False) -> CoalesceResult:
     """Merge `child_path`'s data into its parent and relink the child's children to the parent.
 
     Refused when the parent has other children (their view would change) unless `force`.
@@ -302,7 +309,7 @@ def coalesce(child_path: str | os.PathLike[str], *, force: bool = False,
             on_total(total)
     finally:
         child.close()
-    return _run_journal(jpath, progress=progress)
+    return _run_journal(jpath, progress=progress, barriers=barriers)
 
 
 def _header_backup(path: str | os.PathLike[str]) -> list[int | str]:
@@ -322,13 +329,14 @@ def _restore_header(path: str, backup: list[int | str]) -> None:
         io.flush()
 
 
-def _run_journal(jpath: str, *, progress: Progress | None = None) -> CoalesceResult:
+def _run_journal(jpath: str, *, progress: Progress | None = None,
+                 barriers: bool = False) -> CoalesceResult:
     with open(jpath, encoding="utf-8") as f:
         journal = json.load(f)
     result = CoalesceResult(child=journal["child"], parent=journal["parent"])
     if journal["phase"] == "copy":
         child = open_image(journal["child"], read_only=True)
-        parent = open_chain(journal["parent"], read_only=False)
+        parent = open_chain(journal["parent"], read_only=False, barriers=barriers)
         try:
             if child.size > parent.size:
                 parent.resize(child.size)
@@ -379,9 +387,9 @@ def recover(directory: str | os.PathLike[str]) -> list[CoalesceResult]:
     return [_run_journal(j) for j in pending_journals(directory)]
 
 
-def resize(path: str | os.PathLike[str], size: int) -> int:
+def resize(path: str | os.PathLike[str], size: int, *, barriers: bool = False) -> int:
     """Resize the leaf at `path` (grow; shrink only when no data is lost); returns the new size."""
-    img = open_chain(path, read_only=False)
+    img = open_chain(path, read_only=False, barriers=barriers)
     try:
         return img.resize(size)
     finally:

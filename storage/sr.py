@@ -56,6 +56,7 @@ class VDI:
     is_a_snapshot: bool = False
     snapshot_of: str | None = None
     name_description: str = ""
+    missing: bool = False               # `sr scan` found no volume (kept: others depend on it)
 
     @property
     def managed(self) -> bool:
@@ -92,6 +93,38 @@ class GcReport:
     removed: list[str] = field(default_factory=list)
     coalesced: list[tuple[str, str]] = field(default_factory=list)   # (child, into parent)
     skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Volume:
+    """A volume a driver found in the SR's storage (`SRDriver.probe_volume`)."""
+
+    location: str
+    uuid: str                           # the uuid in the volume's name
+    virtual_size: int = 0
+    has_data: bool = True               # False only when provably empty (nothing to lose)
+    parent: str | None = None           # uuid of the recorded VDI it is a differencing child of
+    snapshot_of: str | None = None      # lvm: uuid of the recorded VDI it is a COW snapshot of
+    read_only: bool = False
+    error: str | None = None            # unreadable: what is wrong with it
+
+
+@dataclass
+class ScanReport:
+    """What `SR.scan` found, and (unless a dry run) did."""
+
+    adopted: list[str] = field(default_factory=list)     # volumes introduced as new VDIs
+    removed_volumes: list[str] = field(default_factory=list)  # provably empty orphans
+    unreadable: list[str] = field(default_factory=list)  # orphans left alone: "loc: why"
+    forgotten: list[str] = field(default_factory=list)   # records dropped: volume missing
+    marked_missing: list[str] = field(default_factory=list)  # kept (children/attached)
+    dry_run: bool = False
+
+    @property
+    def clean(self) -> bool:
+        """Metadata and storage already agreed."""
+        return not (self.adopted or self.removed_volumes or self.unreadable or self.forgotten
+                    or self.marked_missing)
 
 
 class SRDriver(ABC):
@@ -157,6 +190,14 @@ class SRDriver(ABC):
     def recover(self, pending: dict[str, Any]) -> None:
         """Finish or roll back the operation `pending` that a crash interrupted."""
         return None
+
+    def list_volumes(self) -> list[str]:
+        """Locations of every VDI volume in the SR's storage (by name; cheap)."""
+        raise SrError(f"SR type {self.type_name!r} does not support scan")
+
+    def probe_volume(self, location: str) -> Volume:
+        """Look inside a volume no record names: size, whether it holds data, its parent."""
+        raise SrError(f"SR type {self.type_name!r} does not support scan")
 
 
 SR_TYPES: dict[str, type[SRDriver]] = {}
@@ -248,6 +289,7 @@ class SR:
         self.vbds: dict[str, VBD] = {}
         self.pbds: dict[str, PBD] = {}
         self.pending: dict[str, Any] | None = None
+        self.sync = False          # VHD writes fsync between allocation steps (power-loss safe)
         self.driver = driver_class(type_name)(self)
         self.seqno = 0
         self._devices: dict[str, VbdDevice] = {}
@@ -258,8 +300,11 @@ class SR:
     @classmethod
     def create(cls, path: str | os.PathLike[str], *, type_name: str = "file",
                name_label: str = "", device_config: dict[str, str] | None = None,
-               uuid: str | None = None) -> SR:
-        """Create a new, empty SR in directory `path` (created if missing, must be empty)."""
+               uuid: str | None = None, sync: bool = False) -> SR:
+        """Create a new, empty SR in directory `path` (created if missing, must be empty).
+
+        `sync`: VHD volumes fsync between the ordered steps of a block allocation, so a power
+        loss (not only a crash of the process) leaves every sector old or new; slower."""
         p = Path(path)
         if (p / META_FILE).exists():
             raise SrError(f"{p}: already an SR (found {META_FILE})")
@@ -271,6 +316,7 @@ class SR:
             raise SrError(f"{p}: cannot create the SR directory: {exc.strerror}") from exc
         sr = cls(p, uuid=uuid or str(uuidlib.uuid4()), type_name=type_name,
                  name_label=name_label or p.name)
+        sr.sync = sync
         sr.driver.create_sr(device_config or {})
         sr.save()
         return sr
@@ -334,6 +380,7 @@ class SR:
             except (TypeError, AttributeError) as exc:
                 raise SrError(f"{self.path / META_FILE}: malformed SR metadata: {exc}") from exc
             self.pending = data.get("pending")
+            self.sync = bool(data.get("sync", False))
             self.seqno = data.get("seqno", 0)
         if self.pending:
             self.driver.recover(self.pending)
@@ -343,7 +390,7 @@ class SR:
     def to_dict(self) -> dict[str, Any]:
         """The metadata as stored in sr.json."""
         return {"version": META_VERSION, "uuid": self.uuid, "type": self.type,
-                "name_label": self.name_label, "seqno": self.seqno,
+                "name_label": self.name_label, "seqno": self.seqno, "sync": self.sync,
                 "vdis": {k: asdict(v) for k, v in sorted(self.vdis.items())},
                 "vbds": {k: asdict(v) for k, v in sorted(self.vbds.items())},
                 "pbds": {k: asdict(v) for k, v in sorted(self.pbds.items())},
@@ -362,6 +409,12 @@ class SR:
     def commit(self) -> None:
         """Clear the pending operation and save the records."""
         self.pending = None
+        self.save()
+
+    @_mutating
+    def set_sync(self, on: bool) -> None:
+        """Turn power-loss-safe VHD writes on or off (for VDIs opened from now on)."""
+        self.sync = on
         self.save()
 
     # --- VDIs --------------------------------------------------------------------------------
@@ -594,6 +647,75 @@ class SR:
             self._devices.clear()
         finally:
             self.driver.close()
+
+    # --- scan ----------------------------------------------------------------------------------
+
+    @_mutating
+    def scan(self, *, dry_run: bool = False,
+             progress: Callable[[str], None] | None = None) -> ScanReport:
+        """Reconcile the records with the volumes really in the SR (XenServer's sr-scan).
+
+        A volume no VDI names (a crash between creating it and saving sr.json) is introduced
+        as a VDI, as XenServer's sr-scan does, when it may hold data; one that provably holds
+        nothing (an empty dynamic VHD, an all-zero LV) is removed; one that cannot be read is
+        reported and left alone. A record whose volume is gone is forgotten, or, when other
+        VDIs chain through it or a VBD is plugged on it, marked `missing`.
+        """
+        report = ScanReport(dry_run=dry_run)
+        say = progress or (lambda msg: None)
+        present = set(self.driver.list_volumes())
+        known = {v.location for v in self.vdis.values()}
+        changed = False
+        for loc in sorted(present - known):
+            vol = self.driver.probe_volume(loc)
+            if vol.error is not None:
+                report.unreadable.append(f"{loc}: {vol.error}")
+                say(f"unreadable volume {loc} left alone: {vol.error}")
+            elif not vol.has_data and vol.parent is None and vol.snapshot_of is None:
+                report.removed_volumes.append(loc)
+                say(f"remove empty orphan volume {loc}")
+                if not dry_run:
+                    self.driver.vdi_destroy(VDI(uuid=vol.uuid, name_label="", virtual_size=0,
+                                                location=loc))
+            elif vol.uuid in self.vdis:
+                report.unreadable.append(f"{loc}: its uuid is already a VDI's")
+            else:
+                report.adopted.append(vol.uuid)
+                say(f"introduce orphan volume {loc} as VDI {vol.uuid}")
+                if not dry_run:
+                    self.vdis[vol.uuid] = VDI(
+                        uuid=vol.uuid, name_label=f"recovered {loc}",
+                        virtual_size=vol.virtual_size, location=loc, read_only=vol.read_only,
+                        parent=vol.parent, is_a_snapshot=vol.snapshot_of is not None,
+                        snapshot_of=vol.snapshot_of,
+                        name_description="found by `hvsim sr scan`: no record named it")
+                    changed = True
+        attached = {v.vdi for v in self.vbds.values() if v.currently_attached}
+        for vdi in sorted(self.vdis.values(), key=lambda v: v.uuid):
+            if vdi.location in present:
+                if vdi.missing and not dry_run:
+                    vdi.missing, changed = False, True
+                continue
+            if self.children(vdi.uuid) or vdi.uuid in attached:
+                if not vdi.missing:
+                    report.marked_missing.append(vdi.uuid)
+                    say(f"VDI {vdi.uuid}: volume {vdi.location} is missing; marked")
+                    if not dry_run:
+                        vdi.missing, changed = True, True
+                continue
+            report.forgotten.append(vdi.uuid)
+            say(f"VDI {vdi.uuid}: volume {vdi.location} is missing; forget the record")
+        if not dry_run:
+            for u in report.forgotten:
+                del self.vdis[u]
+                self.vbds = {k: v for k, v in self.vbds.items() if v.vdi != u}
+                for v in self.vdis.values():
+                    if v.snapshot_of == u:
+                        v.snapshot_of = None
+                changed = True
+            if changed:
+                self.save()
+        return report
 
     # --- garbage collection ------------------------------------------------------------------
 

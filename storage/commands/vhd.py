@@ -40,6 +40,11 @@ def parse_size(text: str) -> int:
 
 
 SizeOpt = Annotated[str, typer.Option("--size", help="Size in bytes, or with K/M/G/T suffix.")]
+SyncOpt = Annotated[bool, typer.Option(
+    "--sync", help="fsync between the ordered steps of each block allocation: the image "
+                   "survives a power loss mid-command with every sector old or new (slower). "
+                   "Without it the image survives a crash of the process, and what the "
+                   "command finished is fsynced at its end.")]
 
 
 @contextmanager
@@ -101,6 +106,7 @@ def vhd_create(
                                             "VHD, a power of two (default 2M).")] = "2M",
     parent: Annotated[Path | None, typer.Option("--parent", help="Make a differencing child "
                                                 "of this VHD.")] = None,
+    sync: SyncOpt = False,
 ) -> None:
     """Create a VHD: dynamic (sparse) or fixed with --size, or a differencing child with --parent.
 
@@ -113,7 +119,8 @@ def vhd_create(
     if type_ not in ("dynamic", "fixed"):
         raise typer.BadParameter(f"--type must be dynamic or fixed, not {type_!r}")
     img = chain.create_image(path, size=parse_size(size) if size else None, disk_type=type_,
-                             block_size=parse_size(block_size), parent_path=parent)
+                             block_size=parse_size(block_size), parent_path=parent,
+                             barriers=sync)
     try:
         msg = f"created {img.disk_type} VHD {path}: {img.size} bytes ({_human(img.size)})"
         if size and img.size != parse_size(size):
@@ -218,17 +225,18 @@ def vhd_write(
                                         "parents untouched.")],
     offset: Annotated[str, typer.Option("--offset", help="Byte offset (K/M/G ok).")],
     input_: Annotated[Path, typer.Option("--input", help="File whose bytes to write.")],
+    sync: SyncOpt = False,
 ) -> None:
     """Write a file's bytes into a VHD at an offset (any alignment).
 
-    Example: hvsim vhd write disk.vhd --offset 4096 --input data.bin
+    Example: hvsim vhd write disk.vhd --offset 4096 --input data.bin --sync
     """
     off = parse_size(offset)
     try:
         src = open(input_, "rb")
     except OSError as exc:
         raise StorageError(f"{input_}: {exc.strerror}") from exc
-    img = chain.open_chain(path, read_only=False)
+    img = chain.open_chain(path, read_only=False, barriers=sync)
     try:
         total = 0
         while chunk := src.read(8 * 1024 * 1024):
@@ -267,6 +275,7 @@ def vhd_coalesce(
                                          "parent.")],
     force: Annotated[bool, typer.Option("--force", help="Coalesce even if the parent has "
                                         "other children (their contents change).")] = False,
+    sync: SyncOpt = False,
 ) -> None:
     """Merge a child into its parent and relink the child's children to the parent.
 
@@ -278,7 +287,8 @@ def vhd_coalesce(
     for res in chain.recover(parent_dir):
         err.print(f"finished an interrupted coalesce of {res.child} into {res.parent}")
     with _progress(f"coalesce {child.name}", None) as (advance, set_total):
-        res = chain.coalesce(child, force=force, progress=advance, on_total=set_total)
+        res = chain.coalesce(child, force=force, progress=advance, on_total=set_total,
+                             barriers=sync)
     console.print(f"merged {res.bytes_copied} bytes of {res.child} into {res.parent}"
                   + (f"; relinked {', '.join(res.relinked)}" if res.relinked else ""),
                   highlight=False)
@@ -289,12 +299,13 @@ def vhd_coalesce(
 def vhd_resize(
     path: Annotated[Path, typer.Argument(help="A VHD file (a leaf).")],
     size: SizeOpt,
+    sync: SyncOpt = False,
 ) -> None:
     """Grow a VHD (or shrink it when nothing written would be lost).
 
     Example: hvsim vhd resize disk.vhd --size 20G
     """
-    new = chain.resize(path, parse_size(size))
+    new = chain.resize(path, parse_size(size), barriers=sync)
     console.print(f"{path}: virtual size now {new} bytes ({_human(new)})", highlight=False)
 
 
@@ -318,6 +329,10 @@ def sr_create(
     size: Annotated[str | None, typer.Option(
         "--size", help="lvm/lvhd: size of the PV file made in the SR directory (e.g. 10G); "
                        "same as --device-config size=SIZE.")] = None,
+    sync: Annotated[bool, typer.Option(
+        "--sync", help="file/lvhd: VHD writes fsync between allocation steps, so VDIs "
+                       "survive a power loss, not only a process crash (slower); change "
+                       "later with `hvsim sr set`.")] = False,
 ) -> None:
     """Create an SR and print its UUID.
 
@@ -329,8 +344,26 @@ def sr_create(
         if not sep:
             raise typer.BadParameter(f"--device-config wants KEY=VALUE, got {item!r}")
         cfg[k] = v
-    sr = SR.create(path, type_name=type_, name_label=name, device_config=cfg)
+    sr = SR.create(path, type_name=type_, name_label=name, device_config=cfg, sync=sync)
     print(sr.uuid)
+
+
+@sr_app.command("set")
+@_os_errors
+def sr_set(
+    path: Annotated[Path, typer.Argument(help="The SR directory.")],
+    sync: Annotated[bool | None, typer.Option(
+        "--sync/--no-sync", help="Power-loss-safe VHD writes (fsync between allocation "
+                                 "steps) for VDIs opened from now on.")] = None,
+) -> None:
+    """Change an SR's settings and print them.
+
+    Example: hvsim sr set ./sr1 --sync
+    """
+    sr = SR.open(path)
+    if sync is not None:
+        sr.set_sync(sync)
+    console.print(f"{path}: sync={'on' if sr.sync else 'off'}", highlight=False)
 
 
 @sr_app.command("gc")
@@ -345,6 +378,39 @@ def sr_gc(path: Annotated[Path, typer.Argument(help="The SR directory.")]) -> No
     console.print(f"removed {len(report.removed)} base copies, coalesced "
                   f"{len(report.coalesced)}, skipped {len(report.skipped)} attached",
                   highlight=False)
+
+
+@sr_app.command("scan")
+@_os_errors
+def sr_scan(
+    path: Annotated[Path, typer.Argument(help="The SR directory.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only; change "
+                                          "nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Reconcile the SR's records with its volumes (XenServer's sr-scan).
+
+    A volume no VDI names (left by a crash before sr.json was saved) is introduced as a VDI
+    named "recovered ..." when it may hold data, removed when provably empty, and reported
+    and left alone when unreadable. A VDI whose volume is gone is forgotten (or marked
+    missing while other VDIs chain through it). Exit 1 when anything was out of step.
+    Example: hvsim sr scan ./sr1 --dry-run
+    """
+    sr = SR.open(path)
+    report = sr.scan(dry_run=dry_run, progress=lambda msg: err.print(msg, highlight=False))
+    if as_json:
+        print(json.dumps({k: getattr(report, k) for k in (
+            "adopted", "removed_volumes", "unreadable", "forgotten", "marked_missing",
+            "dry_run")}, indent=2))
+    else:
+        verb = "would be " if dry_run else ""
+        console.print(f"{len(report.adopted)} orphan volumes {verb}introduced as VDIs, "
+                      f"{len(report.removed_volumes)} empty ones {verb}removed, "
+                      f"{len(report.unreadable)} unreadable left alone; "
+                      f"{len(report.forgotten)} records with no volume {verb}forgotten, "
+                      f"{len(report.marked_missing)} {verb}marked missing", highlight=False)
+    if not report.clean:
+        raise typer.Exit(1)
 
 
 SrOpt = Annotated[Path, typer.Option("--sr", help="The SR directory.")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid as uuidlib
 from dataclasses import asdict
 from pathlib import Path
@@ -12,11 +13,13 @@ from typing import Any
 
 from storage import chain
 from storage.blockdev import BlockDevice
-from storage.errors import SrError
+from storage.errors import SrError, StorageError
 from storage.rawio import FileIO
-from storage.sr import VDI, SRDriver, register_sr_type
+from storage.sr import VDI, SRDriver, Volume, register_sr_type
 from storage.vhd import format as fmt
 from storage.vhd.image import VhdImage
+
+VOLUME_RE = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.vhd")
 
 
 @register_sr_type
@@ -34,14 +37,14 @@ class FileSRDriver(SRDriver):
         """A dynamic VHD of `size` (rounded up to a CHS geometry, like qemu-img)."""
         vdi.location = f"{vdi.uuid}.vhd"
         img = chain.create_image(self._path(vdi.location), size=size,
-                                 block_size=self.block_size)
+                                 block_size=self.block_size, barriers=self.sr.sync)
         vdi.virtual_size = img.size
         img.close()
 
     def vdi_open(self, vdi: VDI, *, read_only: bool) -> BlockDevice:
         """The VDI's chain, opened through its locators."""
         return chain.open_chain(self._path(vdi.location), read_only=read_only,
-                                max_depth=self.max_depth)
+                                max_depth=self.max_depth, barriers=self.sr.sync)
 
     def vdi_snapshot(self, vdi: VDI, copies: list[VDI]) -> list[VDI]:
         """Rename the VDI's file to a hidden base copy; the VDI and the copies become children."""
@@ -81,13 +84,13 @@ class FileSRDriver(SRDriver):
 
     def vdi_resize(self, vdi: VDI, size: int) -> int:
         """Resize the leaf VHD."""
-        return chain.resize(self._path(vdi.location), size)
+        return chain.resize(self._path(vdi.location), size, barriers=self.sr.sync)
 
     def vdi_coalesce(self, parent: VDI, child: VDI, grandchildren: list[VDI]) -> None:
         """Merge the child VHD into the parent VHD (journaled), then drop the redundant file."""
         ppath, cpath = self._path(parent.location), self._path(child.location)
         chain.coalesce(cpath, children=[str(self._path(g.location)) for g in grandchildren],
-                       siblings=[], force=True)
+                       siblings=[], force=True, barriers=self.sr.sync)
         assert self.sr.pending is not None
         self.sr.pending["phase"] = "merged"
         self.sr.save()
@@ -136,3 +139,32 @@ class FileSRDriver(SRDriver):
             if pending.get("phase") == "merged" or journal_was_there:
                 self._finish_coalesce_files(ppath, cpath, leaf=pending["leaf"])
                 sr.finish_coalesce(pending["parent"], pending["child"])
+
+    def list_volumes(self) -> list[str]:
+        """Every `<uuid>.vhd` file in the SR directory."""
+        return sorted(p.name for p in self.sr.path.iterdir() if VOLUME_RE.fullmatch(p.name))
+
+    def probe_volume(self, location: str) -> Volume:
+        """Open the VHD (with its chain, to find its parent's record)."""
+        m = VOLUME_RE.fullmatch(location)
+        assert m is not None
+        vol = Volume(location=location, uuid=m.group(1))
+        try:
+            img = chain.open_chain(self._path(location), read_only=True,
+                                   max_depth=self.max_depth)
+        except (StorageError, OSError) as exc:
+            vol.error = str(exc)
+            return vol
+        try:
+            vol.virtual_size = img.size
+            vol.has_data = img.disk_type == "fixed" or img.allocated_blocks > 0
+            if img.parent is not None:
+                ploc = Path(img.parent.name).name
+                owners = [v.uuid for v in self.sr.vdis.values() if v.location == ploc]
+                if not owners:
+                    vol.error = f"its parent {ploc} is not a VDI of this SR"
+                else:
+                    vol.parent = owners[0]
+        finally:
+            img.close()
+        return vol

@@ -25,7 +25,7 @@ from storage.blockdev import BlockDevice
 from storage.chain import DEFAULT_MAX_DEPTH
 from storage.errors import ChainError, LvmError, SrError, StorageError
 from storage.lvm.device import LvRawIO
-from storage.sr import VDI, register_sr_type
+from storage.sr import VDI, Volume, register_sr_type
 from storage.srtypes.lvm import LvmBackedDriver
 from storage.vhd import format as fmt
 from storage.vhd.image import VhdImage
@@ -134,7 +134,8 @@ class LvhdSRDriver(LvmBackedDriver):
 
     def _open_one(self, lv: str, *, read_only: bool) -> VhdImage:
         try:
-            return VhdImage.open(self._io(lv), read_only=read_only)
+            return VhdImage.open(self._io(lv), read_only=read_only,
+                                 barriers=self.sr.sync and not read_only)
         except LvmError as exc:
             raise SrError(f"{self.vg_name}/{lv}: {exc}") from exc
 
@@ -282,6 +283,37 @@ class LvhdSRDriver(LvmBackedDriver):
         vdi.parent = base.uuid
         for c in copies:
             c.parent = base.uuid
+
+    def probe_volume(self, location: str) -> Volume:
+        """Open the LV's VHD; a differencing one's parent is the recorded VDI whose VHD has
+        the uuid it names."""
+        vol = Volume(location=location, uuid=location[len(self.lv_prefix):])
+        try:
+            img = self._open_one(location, read_only=True)
+        except StorageError as exc:
+            vol.error = str(exc)
+            return vol
+        try:
+            vol.virtual_size = img.size
+            vol.has_data = img.allocated_blocks > 0
+            want = img.parent_uuid
+        finally:
+            img.close()
+        if want is not None:
+            for v in self.sr.vdis.values():
+                try:
+                    p = self._open_one(v.location, read_only=True)
+                except StorageError:
+                    continue
+                try:
+                    if p.uuid == want:
+                        vol.parent = v.uuid
+                        break
+                finally:
+                    p.close()
+            else:
+                vol.error = f"its parent VHD {want} is not a VDI of this SR"
+        return vol
 
     def vdi_destroy(self, vdi: VDI) -> None:
         """lvremove the VDI's LV."""

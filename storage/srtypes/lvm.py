@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,12 @@ from storage.errors import LvmError, SrError
 from storage.lvm import VolumeGroup, pvcreate
 from storage.lvm.cow import DEFAULT_CHUNK_SECTORS
 from storage.lvm.units import parse_size
-from storage.sr import VDI, SRDriver, register_sr_type
+from storage.sr import VDI, SRDriver, Volume, register_sr_type
 
 VG_PREFIX = "VG_XenStorage-"
 CONFIG_FILE = "lvm.json"
 PV_FILE = "pv0.img"
+UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 class LvmBackedDriver(SRDriver):
@@ -98,6 +100,11 @@ class LvmBackedDriver(SRDriver):
         if self._vg is not None:
             vg, self._vg = self._vg, None
             vg.close()
+
+    def list_volumes(self) -> list[str]:
+        """Every visible `<prefix><uuid>` LV of the SR's VG."""
+        pat = re.compile(re.escape(self.lv_prefix) + UUID_RE)
+        return sorted(n for n in self.vg.lv_names() if pat.fullmatch(n))
 
     def physical_utilisation(self, vdi: VDI) -> int:
         """The LV's size."""
@@ -212,6 +219,33 @@ class LvmSRDriver(LvmBackedDriver):
         except LvmError as exc:
             raise SrError(f"VDI {vdi.uuid}: {exc}") from exc
         return self.vg.lv_size(vdi.location)
+
+    def probe_volume(self, location: str) -> Volume:
+        """A snapshot LV names its origin; a plain LV holds data unless it reads all zeros
+        (LVM does not zero new extents, so that takes reading it, stopping at the first data)."""
+        vol = Volume(location=location, uuid=location[len(self.lv_prefix):])
+        try:
+            seg = self.vg.snapshot_segment(location)
+            if seg is not None:
+                origin = next((o for o in self.vg.lv_names()
+                               if location in self.vg.snapshots_of(o)), None)
+                owners = [v.uuid for v in self.sr.vdis.values() if v.location == origin]
+                vol.snapshot_of = owners[0] if owners else None
+            dev = self.vg.open_lv(location)
+            try:
+                vol.virtual_size, vol.read_only = dev.size, dev.read_only
+                if seg is None:
+                    vol.has_data = False
+                    step = 4 << 20
+                    for off in range(0, dev.size, step):
+                        if dev.read(off, min(step, dev.size - off)).strip(b"\0"):
+                            vol.has_data = True
+                            break
+            finally:
+                dev.close()
+        except (LvmError, SrError, OSError) as exc:
+            vol.error = str(exc)
+        return vol
 
     def vdi_coalesce(self, parent: VDI, child: VDI, grandchildren: list[VDI]) -> None:
         """Never needed: an lvm SR has no base copies."""
