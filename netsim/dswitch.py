@@ -22,7 +22,7 @@ import asyncio
 import collections
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -395,6 +395,8 @@ class ProxyLink:
         mac_table_size: int = 8192,
         aging_s: float = 300.0,
         batch_frames: int = 256,
+        batch_bytes: int = 64 * 1024,
+        linger_s: float = 0.002,
     ) -> None:
         self.bus = bus
         self.topics = topics
@@ -405,7 +407,10 @@ class ProxyLink:
         #: optional: hands all the frames of one received message in at once, in order
         self.deliver_batch = deliver_batch
         self.remote = RemoteMacTable(clock, capacity=mac_table_size, aging_s=aging_s)
-        self.sender = BatchSender(bus, host, session=session, max_frames=batch_frames)
+        self.sender = BatchSender(bus, host, session=session, max_frames=batch_frames,
+                                  max_bytes=batch_bytes, clock=clock)
+        #: a partly filled batch waits at most this long while frames keep coming
+        self.linger_ns = int(linger_s * NS)
         self.receiver = BatchReceiver(topics.host_of, ignore_src=host)
         self.counters = LinkCounters()
         self.failures: Failures = []
@@ -519,31 +524,60 @@ class ProxyLink:
         return False
 
     async def send(self, frame: bytes) -> None:
-        """Send a frame that leaves this host's proxy switch toward the other hosts."""
-        vid = frame_vid(frame)
-        if vid is None:
-            self.counters.tx_malformed += 1
-            return
-        dst = frame[0:6]
-        if not dst[0] & 1:
-            host = self.remote.lookup(vid, dst)
-            if host is not None and host in self.peers.online():
-                topic = self._uni_topics.get(host)
-                if topic is None:
-                    topic = self._uni_topics[host] = self.topics.unicast(self.host, host, self.vds)
-                self.counters.tx_unicast += 1
-                if self.sender.add(topic, vid, frame):
-                    await self.sender.publish(topic)
-                return
-        if not self.peers.flood_targets(self.vds, vid, self.host):
-            self.counters.tx_no_remote_member += 1
-            return
-        await self.sender.send(self.topics.flood(self.host, vid, self.vds), vid, frame)
-        self.counters.tx_flood += 1
+        """Send a frame that leaves this host's proxy switch toward the other hosts (it goes
+        out with the next `flush`, or at once when its batch is full)."""
+        await self.send_many((frame,))
+
+    def stage(self, frames: Iterable[bytes]) -> None:
+        """Sort frames leaving the proxy switch into the batch of their destination host (a
+        known remote MAC) or of their VLAN's flood topic, without publishing (full batches
+        are sealed for `sender.publish_sealed`). Refused frames are counted."""
+        c = self.counters
+        online = self.peers.online()
+        lookup = self.remote.lookup
+        add = self.sender.add
+        uni_topics = self._uni_topics
+        flood_topics: dict[int, str | None] = {}  # per call: VLAN → flood topic, None = nobody
+        for frame in frames:
+            vid = frame_vid(frame)
+            if vid is None:
+                c.tx_malformed += 1
+                continue
+            dst = frame[0:6]
+            if not dst[0] & 1:
+                host = lookup(vid, dst)
+                if host is not None and host in online:
+                    topic = uni_topics.get(host)
+                    if topic is None:
+                        topic = uni_topics[host] = self.topics.unicast(self.host, host, self.vds)
+                    c.tx_unicast += 1
+                    add(topic, vid, frame)
+                    continue
+            topic = flood_topics.get(vid, "")
+            if topic == "":
+                topic = flood_topics[vid] = (
+                    self.topics.flood(self.host, vid, self.vds)
+                    if self.peers.flood_targets(self.vds, vid, self.host) else None
+                )
+            if topic is None:
+                c.tx_no_remote_member += 1
+                continue
+            c.tx_flood += 1
+            add(topic, vid, frame)
+
+    async def send_many(self, frames: Iterable[bytes]) -> None:
+        """`stage` the frames, then publish the batches they filled."""
+        self.stage(frames)
+        await self.sender.publish_sealed()
 
     async def flush(self) -> None:
         """Publish the batches gathered since the last flush."""
         await self.sender.flush()
+
+    def linger_over(self) -> bool:
+        """True when the oldest frame waiting in a partly filled batch has waited `linger_s`."""
+        since = self.sender.oldest_ns
+        return since is not None and self.clock.now_ns() - since >= self.linger_ns
 
     def local_mac(self, vid: int, mac: bytes) -> None:
         """`mac` was learned on a local port: it is no longer behind another host."""
@@ -850,12 +884,21 @@ class ProxySwitch:
         return [p for p in self.switch.uplinks if p in in_use]
 
     async def pump(self, pif: Pif, link: ProxyLink) -> None:
-        """Carry what leaves uplink `pif` to the other hosts, one flush per wake-up."""
-        get_batch = pif.queue.get_batch
-        send = link.send
+        """Carry what leaves uplink `pif` to the other hosts, in batches per destination host
+        and flood group: frames ready on a wake-up are staged together, the loop gets one more
+        turn (guests and other uplinks sending in it join the same batches), and the partly
+        filled batches go out when the uplink has gone idle, or once the oldest waiting frame
+        has lingered `link.linger_ns` while traffic keeps coming. A batch that fills up
+        (frames or bytes) goes out at once, so nothing is buffered without bound."""
+        queue = pif.queue
+        get_batch = queue.get_batch
+        send_many = link.send_many
         while True:
-            for f in await get_batch():
-                await send(f)
+            await send_many(await get_batch())
+            if not queue.items:
+                await asyncio.sleep(0)
+            if queue.items and not link.linger_over():
+                continue
             await link.flush()
 
 

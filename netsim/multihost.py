@@ -26,6 +26,7 @@ from netsim.fabric import Fabric
 from netsim.host import HostAgent, host_plan, vds_from_topology
 from netsim.topology import Topology, load_topology
 from netsim.transport.bus import Bus, DropPolicy
+from netsim.transport.claim import ClaimWatch, HostClaim, check_host_free
 from netsim.transport.memory import MemoryBroker, MemoryBus
 from netsim.transport.mqtt import BrokerSettings, MqttBus
 from netsim.transport.topics import Topics
@@ -77,9 +78,15 @@ async def run_host(
     topics = lab.topics
     session = int.from_bytes(os.urandom(4), "big")
     stop = _stop_event()
+    claim = HostClaim.new()
+    # look first, on a connection without a will: a second instance must not touch the first
+    async with _bus(lab, f"{name}-probe-{claim.instance}") as probe:
+        stale = lab.settings.keepalive * 1.5 if lab.settings else None
+        await check_host_free(probe, topics, name, claim, stale_after_s=stale)
     async with (
         Fabric() as fab,
-        _bus(lab, name, topics.presence(name)) as bus,
+        _bus(lab, f"{name}-{claim.instance}", topics.presence(name)) as bus,
+        ClaimWatch(bus, topics, name, claim) as watch,
         HostAgent(fab, name, bus, topics, session=session, guests=True,
                   on_event=lambda text: console.print(f"{name}: {text}")) as agent,
     ):
@@ -92,10 +99,15 @@ async def run_host(
         console.print(f"{name}: {len(plan.vms)} VMs on {vds.name} v{running}; "
                       "Ctrl-C or SIGTERM to leave")
         waiter = asyncio.create_task(stop.wait())
+        taken = asyncio.create_task(watch.superseded.wait())
         try:
-            await asyncio.wait({waiter}, timeout=duration)
+            await asyncio.wait({waiter, taken}, timeout=duration, return_when="FIRST_COMPLETED")
         finally:
             waiter.cancel()
+            taken.cancel()
+        if watch.superseded.is_set():
+            bus.presence_topic = None  # leave the presence to the instance that runs the host
+            raise watch.error()
         console.print(f"{name}: leaving; counters {agent.counters()['links']}")
 
 

@@ -11,9 +11,11 @@ missing from each sender's stream (sequence gaps), per sender.
 """
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from netsim.clock import Clock
 from netsim.transport.batch import (
     MAX_BATCH_BYTES,
     MAX_BATCH_FRAMES,
@@ -49,6 +51,7 @@ class BatchSender:
         session: int,
         max_frames: int = 256,
         max_bytes: int = 64 * 1024,
+        clock: Clock | None = None,
     ) -> None:
         if not 1 <= max_frames <= MAX_BATCH_FRAMES:
             raise ValueError(f"max_frames must be 1..{MAX_BATCH_FRAMES}")
@@ -65,43 +68,69 @@ class BatchSender:
         self._pending: dict[str, list[tuple[int, bytes]]] = {}
         self._pending_bytes: dict[str, int] = {}
         self._seq: dict[str, int] = {}
+        self._sealed: collections.deque[tuple[str, list[tuple[int, bytes]]]] = (
+            collections.deque()
+        )
+        self.clock = clock
+        #: clock ns when the oldest frame now waiting was added (None: nothing waits, or no clock)
+        self.oldest_ns: int | None = None
 
     @property
     def pending(self) -> int:
-        """Frames waiting for the next flush."""
-        return sum(len(v) for v in self._pending.values())
+        """Frames waiting to be published (in partly filled and in sealed batches)."""
+        return sum(len(v) for v in self._pending.values()) + sum(len(f) for _, f in self._sealed)
 
     def add(self, topic: str, vid: int, frame: bytes) -> bool:
-        """Queue one frame for `topic` without publishing; True when that batch is now due
-        (`publish(topic)` it). Lets a caller add frames without a coroutine per frame."""
+        """Queue one frame for `topic` without publishing; True when that filled its batch,
+        which is then sealed (`publish_sealed()` sends it). Lets a caller add frames without a
+        coroutine per frame; a batch never grows past `max_frames` / `max_bytes`."""
         batch = self._pending.get(topic)
+        if self.oldest_ns is None and self.clock is not None:
+            self.oldest_ns = self.clock.now_ns()
         if batch is None:
             batch = self._pending[topic] = []
             self._pending_bytes[topic] = 0
         size = self._pending_bytes[topic] + len(frame) + _RECORD_OVERHEAD
         batch.append((vid, frame))
         self._pending_bytes[topic] = size
-        return len(batch) >= self.max_frames or size >= self.max_bytes
+        if len(batch) >= self.max_frames or size >= self.max_bytes:
+            self._sealed.append((topic, batch))
+            del self._pending[topic]
+            del self._pending_bytes[topic]
+            return True
+        return False
 
     async def send(self, topic: str, vid: int, frame: bytes) -> None:
         """Queue one frame for `topic`; publishes when the topic's batch is full."""
         if self.add(topic, vid, frame):
-            await self._publish(topic)
+            await self.publish_sealed()
+
+    async def publish_sealed(self) -> None:
+        """Publish every full batch, in the order they filled."""
+        sealed = self._sealed
+        while sealed:
+            topic, frames = sealed.popleft()
+            await self._publish_frames(topic, frames)
 
     async def publish(self, topic: str) -> None:
-        """Publish `topic`'s batch now."""
+        """Publish the full batches, then `topic`'s partly filled one, now."""
+        await self.publish_sealed()
         await self._publish(topic)
 
     async def flush(self) -> None:
-        """Publish every partly filled batch."""
+        """Publish every full and every partly filled batch."""
+        await self.publish_sealed()
         for topic in [t for t, b in self._pending.items() if b]:
             await self._publish(topic)
+        self.oldest_ns = None
 
     async def _publish(self, topic: str) -> None:
         frames = self._pending.pop(topic, [])
         self._pending_bytes.pop(topic, None)
-        if not frames:
-            return
+        if frames:
+            await self._publish_frames(topic, frames)
+
+    async def _publish_frames(self, topic: str, frames: list[tuple[int, bytes]]) -> None:
         seq = self._seq.get(topic, 0)
         payload = encode_batch(self.src, self.session, seq, frames)
         self._seq[topic] = seq + len(frames)

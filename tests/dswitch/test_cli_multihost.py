@@ -112,6 +112,28 @@ def test_wrong_password_is_refused_with_a_clear_message(tmp_path: Path) -> None:
         assert "dvs1 version 1 not received" in r.stderr
 
 
+def test_a_second_host_process_with_the_same_name_is_refused(mqtt_broker) -> None:
+    first = subprocess.Popen([*HVSIM, "host", "--name", "esx1", "--broker", mqtt_broker.url,
+                              "--duration", "20", TOPO],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):  # until the first one is online
+            r = hvsim("hosts", "--broker", mqtt_broker.url)
+            if "online" in r.stdout:
+                break
+        r = hvsim("host", "--name", "esx1", "--broker", mqtt_broker.url, "--duration", "3", TOPO)
+        assert r.returncode == 2, r.stderr
+        assert "host esx1 is already running in fabric lab (pid " in r.stderr
+        assert f"pid {first.pid} " in r.stderr and "Traceback" not in r.stderr
+        # the first one was never kicked off: still online, and not told it was taken over
+        r = hvsim("hosts", "--broker", mqtt_broker.url)
+        assert "online" in r.stdout
+        assert first.poll() is None
+    finally:
+        first.kill()
+        _, err = first.communicate(timeout=10)
+    assert "taken over" not in err and "Traceback" not in err
+
 
 @pytest.fixture
 def changed_topology(tmp_path: Path) -> Path:

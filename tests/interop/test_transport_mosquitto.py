@@ -11,6 +11,7 @@ import pytest
 from netsim.errors import TransportError
 from netsim.transport.broker import MosquittoBroker
 from netsim.transport.brokerconf import make_broker_config, verify_password
+from netsim.transport.claim import HostClaim, check_host_free
 from netsim.transport.mqtt import MqttBus
 from netsim.transport.topics import Topics
 
@@ -63,6 +64,18 @@ async def test_acl_lets_a_host_publish_only_its_own_topics(secured) -> None:
         assert got == [b"own topic", b"real config"]
         await asyncio.sleep(0.2)
         assert len(seen) == 0
+
+
+async def test_a_host_whose_login_the_acl_denies_its_own_topics_is_refused(secured) -> None:
+    broker, cfg = secured
+    # esx2's login may not write under host/esx1/: running esx1 with it must stop at once
+    async with MqttBus(broker.settings("esx2", cfg.passwords["esx2"]), client_id="p") as probe:
+        with pytest.raises(TransportError, match=r"host esx1 of fabric lab: the broker does "
+                           r"not let this login publish and read its own topics "
+                           r"hvsim/lab/host/esx1/# .*check the broker's ACL"):
+            await check_host_free(probe, Topics("lab"), "esx1", HostClaim.new(), within_s=1)
+    async with MqttBus(broker.settings("esx1", cfg.passwords["esx1"]), client_id="q") as probe:
+        await check_host_free(probe, Topics("lab"), "esx1", HostClaim.new(), within_s=5)
 
 
 def test_hashes_match_mosquitto_passwd(tmp_path: Path) -> None:

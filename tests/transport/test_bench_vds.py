@@ -17,6 +17,9 @@ def test_quick_run_moves_every_frame_and_reports_ratios() -> None:
     assert r["e2e_frames_received"] + r["e2e_frames_lost_counted"] + r["e2e_uplink_drops"] == (
         r["e2e_frames_sent"])
     assert 0 < r["rollout_change_s"] < 30
+    assert r["trickle_frames_received"] + r["trickle_frames_lost_counted"] == (
+        r["trickle_frames_sent"])
+    assert r["trickle_frames_per_message"] > 1  # frames sent one per turn still share messages
     assert r["ratio_vs_baseline"] == pytest.approx(
         r["vds_frames_per_s"] / r["baseline_aiomqtt_msgs_per_s"], rel=0.01
     )
