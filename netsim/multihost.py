@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,25 @@ def _stop_event() -> asyncio.Event:
     return ev
 
 
+async def _config_or_stop(waiting: Coroutine[Any, Any, Any], stop: asyncio.Event) -> bool:
+    """Await the first configuration; False if SIGTERM/Ctrl-C came first (the host then leaves
+    cleanly instead of ignoring the signal until a configuration arrives)."""
+    config = asyncio.ensure_future(waiting)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({config, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not config.done():
+            config.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await config
+    if config.cancelled():
+        return False
+    config.result()  # a timeout or a refused configuration raises here
+    return True
+
+
 async def run_host(
     topo_path: Path, name: str, lab: Lab, *, duration: float | None, config_wait_s: float = 60.0
 ) -> None:
@@ -92,7 +112,10 @@ async def run_host(
     ):
         console.print(f"{name}: connected to {lab.settings.url if lab.settings else 'memory'}; "
                       f"waiting for {vds.name}'s configuration (hvsim vds-push)")
-        await agent.wait_config(vds.name, 1, within_s=config_wait_s)
+        if not await _config_or_stop(agent.wait_config(vds.name, 1, within_s=config_wait_s),
+                                     stop):
+            console.print(f"{name}: leaving before any configuration arrived")
+            return
         for vm, nics in plan.vms.items():
             await agent.add_vm(vm, nics, domid=plan.domids[vm], **plan.guests[vm])
         running = agent.plane.running[vds.name].version

@@ -205,3 +205,28 @@ def test_hvsim_run_with_broker_pings_across_hosts_and_captures(mqtt_broker, tmp_
     files = sorted(p.name for p in out.iterdir())
     assert files == ["esx1.pcapng", "esx2.pcapng", "esx3.pcapng"]
     assert (out / "esx2.pcapng").read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"  # pcapng SHB
+
+
+def test_a_host_still_waiting_for_its_configuration_leaves_on_sigterm(mqtt_broker) -> None:
+    proc = subprocess.Popen(
+        [*HVSIM, "host", "--name", "esx1", "--broker", mqtt_broker.url, TOPO],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # wait for its "waiting for dvs1's configuration" line on stderr (no vds-push comes)
+        assert proc.stderr is not None
+        seen = ""
+        for line in proc.stderr:
+            seen += line
+            if "waiting for" in line:
+                break
+        assert "waiting for" in seen, seen
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=10)
+        out = seen + proc.stderr.read()
+        assert rc == 0, out
+        assert "leaving before any configuration arrived" in " ".join(out.split())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
