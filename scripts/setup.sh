@@ -16,7 +16,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # tshark asks whether non-root users may capture; we never capture live, so say no.
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The Debian mosquitto package may start a system broker on 1883; our tests start their own
 # brokers on free loopback ports and never use it.
