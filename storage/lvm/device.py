@@ -134,8 +134,12 @@ class LvBinding:
     fast: tuple[int, int] | None = None  # (fd, byte offset) when one file holds the whole LV
 
 
-class _LvDeviceBase:
-    """Follows the VG's metadata: a resize, rename or new snapshot applies to open devices."""
+class FollowsVg:
+    """An open LV device that follows its VG's metadata: a resize, rename or new snapshot applies
+    to it. Subclasses set `name`, `_size`, `_read_only` in `_refresh` (and bump `_gen`)."""
+
+    _size: int
+    _read_only: bool
 
     def __init__(self, vg: VgView, lv_id: str) -> None:
         self._vg = vg
@@ -144,6 +148,25 @@ class _LvDeviceBase:
         self.closed = False
         self._refresh()
         vg.watch(self)
+
+    def _refresh(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def size(self) -> int:
+        """Size in bytes."""
+        if self._gen != self._vg.generation:
+            self._refresh()
+        return self._size
+
+    @property
+    def read_only(self) -> bool:
+        """True when writes are refused."""
+        return self._read_only
+
+
+class _LvDeviceBase(FollowsVg):
+    """A linear/striped LV or a COW snapshot, mapped through its extents."""
 
     def _refresh(self) -> None:
         b = self._vg.lv_binding(self._lv_id)
@@ -164,18 +187,6 @@ class _LvDeviceBase:
         self.__dict__.pop("read", None)
         self.__dict__.pop("write", None)
         self._gen = -1
-
-    @property
-    def size(self) -> int:
-        """Size in bytes."""
-        if self._gen != self._vg.generation:
-            self._refresh()
-        return self._size
-
-    @property
-    def read_only(self) -> bool:
-        """True when writes are refused."""
-        return self._read_only
 
     def _bounds(self, offset: int, length: int) -> None:
         raise LvmError(f"{self.name}: I/O at {offset}+{length} beyond the LV's {self._size} bytes")

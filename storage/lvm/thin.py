@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from storage.errors import LvmError
+from storage.lvm.device import FollowsVg
 
 MAGIC = b"HVSIMTHN"
 VERSION = 1
@@ -322,16 +323,10 @@ class ThinView(Protocol):
     def watch(self, dev: object) -> None: ...
 
 
-class ThinDevice:
+class ThinDevice(FollowsVg):
     """A thin LV (or thin snapshot) as a `BlockDevice`; `flush` commits the pool's mappings."""
 
-    def __init__(self, vg: ThinView, lv_id: str) -> None:
-        self._vg = vg
-        self._lv_id = lv_id
-        self._gen = -1
-        self.closed = False
-        self._refresh()
-        vg.watch(self)
+    _vg: ThinView  # type: ignore[assignment]
 
     def _refresh(self) -> None:
         self.name, self.pool, self.device_id, self._size, self._read_only = \
@@ -348,18 +343,6 @@ class ThinDevice:
         if offset < 0 or length < 0 or offset + length > self._size:
             raise LvmError(f"{self.name}: I/O at {offset}+{length} beyond the LV's "
                            f"{self._size} bytes")
-
-    @property
-    def size(self) -> int:
-        """Virtual size."""
-        if self._gen != self._vg.generation:
-            self._refresh()
-        return self._size
-
-    @property
-    def read_only(self) -> bool:
-        """True for LVs without WRITE."""
-        return self._read_only
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes at `offset` (unprovisioned chunks read as zeros)."""
