@@ -19,9 +19,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from storage.devices.rawio import FileIO
 from storage.lvm import VolumeGroup, pvcreate
-from storage.rawio import FileIO
-from storage.sr import SR
+from storage.sr.sr import SR
 
 MiB = 1 << 20
 Workload = Callable[[], int]

@@ -25,13 +25,13 @@ import dpkt
 from rich.console import Console
 from rich.table import Table
 
-from netsim.fabric import Fabric
-from netsim.framespec import build_frame
-from netsim.pcapread import read_capture
-from netsim.runner import ScenarioRun
-from netsim.scenario import parse_scenario
-from netsim.switch import PortGroup
-from netsim.vclock import PacedClock, VirtualClock
+from netsim.dataplane.switch import PortGroup
+from netsim.dataplane.vclock import PacedClock, VirtualClock
+from netsim.lab.fabric import Fabric
+from netsim.scenario.model import parse_scenario
+from netsim.scenario.runner import ScenarioRun
+from netsim.wire.framespec import build_frame
+from netsim.wire.pcapread import read_capture
 
 MAC_A, MAC_B = "00:50:56:00:00:0a", "00:50:56:00:00:0b"
 

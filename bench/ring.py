@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from storage.blockdev import BlockDevice
+from storage.devices.blockdev import BlockDevice
 
 BLOCK = 4096
 QUEUE_DEPTH = 32
@@ -61,9 +61,9 @@ def _make_disk(tmp: str) -> tuple[BlockDevice, str]:
     VHD support, else a raw file."""
     data = random.Random(7).randbytes(DISK_BYTES)
     try:
-        from storage.chain import create_image, open_chain
+        from storage.vhd.chain import create_image, open_chain
     except ImportError:
-        from storage.memdisk import RawFileDisk
+        from storage.devices.memdisk import RawFileDisk
 
         path = os.path.join(tmp, "disk.raw")
         with open(path, "wb") as f:
@@ -102,8 +102,8 @@ async def _drive(front: Any, offsets: list[int]) -> float:
 
 def _guest_main(sock: str, n: int, conn: Any) -> None:
     """The guest process: attach, read, report."""
-    from storage.blkfront import BlkFront
-    from storage.hostlink import connect_guest
+    from storage.rings.blkfront import BlkFront
+    from storage.rings.hostlink import connect_guest
 
     async def run() -> dict[str, Any]:
         async with connect_guest(sock, 1) as guest, BlkFront(guest, 51712) as front:
@@ -125,8 +125,8 @@ def _guest_main(sock: str, n: int, conn: Any) -> None:
 
 
 async def _in_process(disk: _TimedDisk, n: int) -> dict[str, Any]:
-    from storage.blkfront import BlkFront
-    from storage.hypervisor import Hypervisor
+    from storage.rings.blkfront import BlkFront
+    from storage.rings.hypervisor import Hypervisor
 
     async with Hypervisor() as hv:
         hv.create_domain(1)
@@ -161,8 +161,8 @@ async def _in_process(disk: _TimedDisk, n: int) -> dict[str, Any]:
 
 
 async def _cross_process(disk: _TimedDisk, n: int, tmp: str) -> dict[str, Any]:
-    from storage.hostlink import HostServer
-    from storage.hypervisor import Hypervisor
+    from storage.rings.hostlink import HostServer
+    from storage.rings.hypervisor import Hypervisor
 
     sock = os.path.join(tmp, "host.sock")
     async with Hypervisor() as hv:

@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from storage import chain
+from storage.vhd import chain
 from storage.vhd.image import VhdImage
 
 MiB = 2**20

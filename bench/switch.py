@@ -27,11 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from netsim import frame as fr
-from netsim.capture import PcapngWriter
 from netsim.clock import RealClock
-from netsim.port import Pif, Vif
-from netsim.switch import PortGroup, StandardSwitch
+from netsim.dataplane.port import Pif, Vif
+from netsim.dataplane.switch import PortGroup, StandardSwitch
+from netsim.wire import frame as fr
+from netsim.wire.capture import PcapngWriter
 
 BURST = 256  # frames a producer sends before yielding to the loop
 VM_MAC = fr.mac_to_bytes("00:16:3e:00:00:01")

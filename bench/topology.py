@@ -21,8 +21,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from netsim.lab import Lab, Reachability
-from netsim.topology import Topology, parse_topology, to_graph
+from netsim.lab.lab import Lab, Reachability
+from netsim.lab.topology import Topology, parse_topology, to_graph
 
 
 def generate(hosts: int = 10, vms: int = 1000, vlans: int = 100, *, seed: int = 1) -> str:

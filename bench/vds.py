@@ -84,9 +84,9 @@ def _plain_pub(port: int, n: int, out: Any) -> None:
 
 def _bus_sub(port: int, n: int, ready: Any, out: Any) -> None:
     async def main() -> None:
-        from netsim.transport.dataplane import BatchReceiver
-        from netsim.transport.mqtt import BrokerSettings, MqttBus
-        from netsim.transport.topics import Topics
+        from netsim.vds.transport.dataplane import BatchReceiver
+        from netsim.vds.transport.mqtt import BrokerSettings, MqttBus
+        from netsim.vds.transport.topics import Topics
 
         topics = Topics("bench")
         rx = BatchReceiver(topics.host_of)
@@ -119,9 +119,9 @@ def _bus_sub(port: int, n: int, ready: Any, out: Any) -> None:
 
 def _bus_pub(port: int, n: int, batch: int, out: Any) -> None:
     async def main() -> None:
-        from netsim.transport.dataplane import BatchSender
-        from netsim.transport.mqtt import BrokerSettings, MqttBus
-        from netsim.transport.topics import Topics
+        from netsim.vds.transport.dataplane import BatchSender
+        from netsim.vds.transport.mqtt import BrokerSettings, MqttBus
+        from netsim.vds.transport.topics import Topics
 
         topics = Topics("bench")
         topic = topics.unicast("h1", "h2")
@@ -169,10 +169,10 @@ def _e2e_host(port: int, name: str, n: int, ready: Any, out: Any, burst: int = 2
     `burst` frames per guest turn (256: a guest filling its TX ring; 1: a guest sending one
     frame and yielding, as a request/response workload does)."""
     async def main() -> None:
-        from netsim.fabric import Fabric
-        from netsim.host import HostAgent, NicSpec
-        from netsim.transport.mqtt import BrokerSettings, MqttBus
-        from netsim.transport.topics import Topics
+        from netsim.lab.fabric import Fabric
+        from netsim.vds.host import HostAgent, NicSpec
+        from netsim.vds.transport.mqtt import BrokerSettings, MqttBus
+        from netsim.vds.transport.topics import Topics
 
         topics = Topics("bench-e2e")
         src_mac, dst_mac = "00:50:56:00:00:01", "00:50:56:00:00:02"
@@ -239,10 +239,10 @@ def _e2e_host(port: int, name: str, n: int, ready: Any, out: Any, burst: int = 2
 
 
 async def _push_e2e_config(port: int) -> None:
-    from netsim.dswitch import ManagementPlane
-    from netsim.transport.mqtt import BrokerSettings, MqttBus
-    from netsim.transport.topics import Topics
-    from netsim.vdsconfig import DvPortGroup, VdsConfig
+    from netsim.vds.dswitch import ManagementPlane
+    from netsim.vds.transport.mqtt import BrokerSettings, MqttBus
+    from netsim.vds.transport.topics import Topics
+    from netsim.vds.vdsconfig import DvPortGroup, VdsConfig
 
     topics = Topics("bench-e2e")
     async with (
@@ -283,12 +283,12 @@ async def _rollout(port: int, n_hosts: int, n_vms: int) -> dict:
     running it (each host re-applies its port groups to all its VM ports)."""
     import contextlib
 
-    from netsim.dswitch import ManagementPlane
-    from netsim.fabric import Fabric
-    from netsim.host import HostAgent, NicSpec
-    from netsim.transport.mqtt import BrokerSettings, MqttBus
-    from netsim.transport.topics import Topics
-    from netsim.vdsconfig import DvPortGroup, VdsConfig
+    from netsim.lab.fabric import Fabric
+    from netsim.vds.dswitch import ManagementPlane
+    from netsim.vds.host import HostAgent, NicSpec
+    from netsim.vds.transport.mqtt import BrokerSettings, MqttBus
+    from netsim.vds.transport.topics import Topics
+    from netsim.vds.vdsconfig import DvPortGroup, VdsConfig
 
     topics = Topics("bench")
     settings = BrokerSettings("127.0.0.1", port)
@@ -331,7 +331,7 @@ async def _rollout(port: int, n_hosts: int, n_vms: int) -> dict:
 
 def run(*, quick: bool) -> dict:
     """Measure both rates through one private mosquitto; print a table; return the figures."""
-    from netsim.transport.broker import MosquittoBroker
+    from netsim.vds.transport.broker import MosquittoBroker
 
     n_plain = 10_000 if quick else 100_000
     n_frames = 100_000 if quick else 1_000_000

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from storage.blockdev import BlockDevice, DelegatingDisk
+from storage.devices.blockdev import BlockDevice, DelegatingDisk
 from storage.errors import StorageError
 from storage.units import parse_size as _parse_size
 
@@ -49,7 +49,7 @@ def _path(text: str, base_dir: str | os.PathLike[str] | None) -> str:
 def open_disk(spec: str, *, read_only: bool,
               base_dir: str | os.PathLike[str] | None = None) -> BlockDevice:
     """Open the disk `spec` names (see the module docstring)."""
-    from storage.memdisk import MemoryDisk, RawFileDisk
+    from storage.devices.memdisk import MemoryDisk, RawFileDisk
 
     if spec.startswith("mem:"):
         return MemoryDisk(parse_size(spec[4:]), read_only=read_only, name=spec)
@@ -68,7 +68,7 @@ def open_disk(spec: str, *, read_only: bool,
             raise
     path = _path(spec, base_dir)
     if spec.lower().endswith(".vhd"):
-        from storage.chain import open_chain
+        from storage.vhd.chain import open_chain
 
         return open_chain(path, read_only=read_only)
     if not Path(path).is_file():

@@ -7,19 +7,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from netsim.transport.bus import Bus
-from netsim.transport.memory import MemoryBroker, MemoryBus
-from netsim.transport.mqtt import MqttBus
+from netsim.vds.transport.bus import Bus
+from netsim.vds.transport.memory import MemoryBroker, MemoryBus
+from netsim.vds.transport.mqtt import MqttBus
 
 
 @pytest.fixture
 def mqtt_broker(tmp_path_factory: pytest.TempPathFactory):
     """A private mosquitto on a free loopback port (never 1883), stopped after the test.
 
-    Yields a `netsim.transport.broker.MosquittoBroker`: `.url`, `.host`, `.port`,
+    Yields a `netsim.vds.transport.broker.MosquittoBroker`: `.url`, `.host`, `.port`,
     `.settings(user, password)` for an `MqttBus`, `.restart()`, `.stop()`.
     """
-    from netsim.transport.broker import MosquittoBroker
+    from netsim.vds.transport.broker import MosquittoBroker
 
     broker = MosquittoBroker(tmp_path_factory.mktemp("mosquitto"))
     broker.start()

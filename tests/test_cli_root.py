@@ -6,7 +6,8 @@ import sys
 
 from typer.testing import CliRunner
 
-from netsim.cli import app, available_benchmarks
+from bench._cli import available_benchmarks
+from netsim.cli.app import app
 
 runner = CliRunner()
 
@@ -43,7 +44,7 @@ def test_command_owner_map_matches_what_each_module_registers() -> None:
     import typer
     from typer.main import get_command
 
-    from netsim.cli import COMMAND_MODULES, COMMAND_OWNERS
+    from netsim.cli.app import COMMAND_MODULES, COMMAND_OWNERS
 
     registered: dict[str, str] = {}
     for module in COMMAND_MODULES:
@@ -58,11 +59,11 @@ def test_command_owner_map_matches_what_each_module_registers() -> None:
 def test_a_command_runs_with_only_its_own_module_loaded() -> None:
     code = (
         "import sys; sys.argv = ['hvsim', 'vhd', '--help']\n"
-        "import netsim.cli as c\n"
+        "import netsim.cli.app as c\n"
         "try:\n    c.main()\nexcept SystemExit:\n    pass\n"
         "print(sorted(c._loaded))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)
     assert "create" in proc.stdout, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "['storage.commands.vhd']"
+    assert proc.stdout.strip().splitlines()[-1] == "['storage.cli.vhd']"

@@ -18,16 +18,16 @@ from collections.abc import Callable
 import atheris
 
 with atheris.instrument_imports(include=["netsim", "storage"]):
-    from netsim import frame as fr
-    from netsim.filters import compile_filter
-    from netsim.pcapread import read_capture
-    from netsim.scenario import parse_scenario
-    from netsim.topology import parse_topology
-    from netsim.transport.batch import decode_batch
-    from netsim.vdsconfig import VdsConfig
+    from netsim.lab.topology import parse_topology
+    from netsim.scenario.model import parse_scenario
+    from netsim.vds.transport.batch import decode_batch
+    from netsim.vds.vdsconfig import VdsConfig
+    from netsim.wire import frame as fr
+    from netsim.wire.filters import compile_filter
+    from netsim.wire.pcapread import read_capture
+    from storage.devices.rawio import MemoryIO
     from storage.lvm.ondisk import unpack_label, unpack_mda_header
     from storage.lvm.textfmt import parse_text
-    from storage.rawio import MemoryIO
     from storage.vhd.image import VhdImage
 
 from bench._rel.fuzz import expect_typed

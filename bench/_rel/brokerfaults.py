@@ -22,12 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from netsim.transport.batch import encode_batch
-from netsim.transport.broker import MosquittoBroker, free_loopback_port
-from netsim.transport.brokerconf import make_broker_config
-from netsim.transport.dataplane import BatchReceiver, BatchSender
-from netsim.transport.mqtt import MqttBus
-from netsim.transport.topics import Topics
+from netsim.vds.transport.batch import encode_batch
+from netsim.vds.transport.broker import MosquittoBroker, free_loopback_port
+from netsim.vds.transport.brokerconf import make_broker_config
+from netsim.vds.transport.dataplane import BatchReceiver, BatchSender
+from netsim.vds.transport.mqtt import MqttBus
+from netsim.vds.transport.topics import Topics
 
 T = Topics("lab")
 FRAME = bytes.fromhex("020000000002" "020000000001" "0800") + bytes(50)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._rel.crashio import CrashIO, PowerCut, PowerPlan
-from storage.rawio import FileIO
+from storage.devices.rawio import FileIO
 
 SECTOR = 512
 MiB = 1 << 20
@@ -56,10 +56,10 @@ class _OsProxy:
 @contextlib.contextmanager
 def powered_by(plan: PowerPlan) -> Iterator[None]:
     """Route the storage modules' FileIO and os calls through `plan` for the duration."""
-    import storage.chain
     import storage.lvm.vg
-    import storage.sr
-    import storage.srtypes.file
+    import storage.sr.sr
+    import storage.sr.srtypes.file
+    import storage.vhd.chain
 
     class CrashFileIO(FileIO):
         # A class (so `isinstance(x, FileIO)` in the code under test still works) whose
@@ -72,20 +72,20 @@ def powered_by(plan: PowerPlan) -> Iterator[None]:
 
     proxy = _OsProxy(plan)
     saved: list[tuple[Any, str, Any]] = []
-    for mod in (storage.chain, storage.srtypes.file, storage.lvm.vg):
+    for mod in (storage.vhd.chain, storage.sr.srtypes.file, storage.lvm.vg):
         saved.append((mod, "FileIO", mod.FileIO))
         mod.FileIO = CrashFileIO  # type: ignore[attr-defined]
-    if hasattr(storage.chain, "VhdFileIO"):
-        vhd_file_io = storage.chain.VhdFileIO
+    if hasattr(storage.vhd.chain, "VhdFileIO"):
+        vhd_file_io = storage.vhd.chain.VhdFileIO
 
         def crash_vhd_file_io(*args: Any, **kw: Any) -> CrashIO:
             if plan.dead:
                 raise PowerCut("power off")
             return CrashIO(vhd_file_io(*args, **kw), plan)
 
-        saved.append((storage.chain, "VhdFileIO", vhd_file_io))
-        storage.chain.VhdFileIO = crash_vhd_file_io  # type: ignore[assignment]
-    for mod in (storage.chain, storage.srtypes.file, storage.sr):
+        saved.append((storage.vhd.chain, "VhdFileIO", vhd_file_io))
+        storage.vhd.chain.VhdFileIO = crash_vhd_file_io  # type: ignore[assignment]
+    for mod in (storage.vhd.chain, storage.sr.srtypes.file, storage.sr.sr):
         saved.append((mod, "os", mod.os))
         mod.os = proxy  # type: ignore[attr-defined]
     try:
@@ -169,7 +169,7 @@ def sweep(sc: Scenario, *, torn: bool = False, limit: int = 5000,
 
 def _check_and_repair(path: Path) -> None:
     """`vhd check` must be clean, or clean after the repair opening read-write does."""
-    from storage import chain
+    from storage.vhd import chain
 
     problems = chain.check(path)
     if problems:
@@ -184,7 +184,7 @@ def _check_and_repair(path: Path) -> None:
 
 
 def _read_all(path: Path) -> bytes:
-    from storage import chain
+    from storage.vhd import chain
 
     img = chain.open_chain(path, read_only=True)
     try:
@@ -242,7 +242,7 @@ def _vhd_writes(size: int, block: int) -> list[tuple[int, bytes]]:
 
 def vhd_write_scenario(kind: str, *, volatile: bool = False) -> Scenario:
     """Writes (each followed by a flush) into a dynamic or differencing VHD."""
-    from storage import chain
+    from storage.vhd import chain
     from storage.vhd.image import VhdImage
 
     size, block = 4 * MiB, 64 << 10
@@ -264,7 +264,7 @@ def vhd_write_scenario(kind: str, *, volatile: bool = False) -> Scenario:
         return {"old": old, "writes": _vhd_writes(len(old), block)}
 
     def op(d: Path, st: dict[str, Any], progress: dict[str, Any]) -> None:
-        from storage.rawio import FileIO as PlainIO
+        from storage.devices.rawio import FileIO as PlainIO
 
         io = CrashIO(PlainIO(d / "disk.vhd"), progress["plan"])
         img = VhdImage.open(io, barriers=volatile)
@@ -295,7 +295,7 @@ def vhd_write_scenario(kind: str, *, volatile: bool = False) -> Scenario:
 
 def vhd_resize_scenario() -> Scenario:
     """`chain.resize` of a dynamic VHD: grow (moving the BAT), then shrink back."""
-    from storage import chain
+    from storage.vhd import chain
 
     def setup(d: Path) -> dict[str, Any]:
         img = chain.create_image(d / "disk.vhd", size=2 * MiB, block_size=64 << 10)
@@ -321,7 +321,7 @@ def vhd_resize_scenario() -> Scenario:
 
 def chain_coalesce_scenario() -> Scenario:
     """`chain.coalesce` of the middle of base <- mid <- leaf, then `chain.recover`."""
-    from storage import chain
+    from storage.vhd import chain
 
     size, block = 4 * MiB, 64 << 10
 
@@ -368,7 +368,7 @@ def _sr_check_files(d: Path) -> None:
 
 
 def _new_sr(path: Path, kind: str) -> Any:
-    from storage.sr import SR
+    from storage.sr.sr import SR
 
     cfg = {"size": str(48 * MiB)} if kind != "file" else None
     return SR.create(path, type_name=kind, name_label="crash",
@@ -377,7 +377,7 @@ def _new_sr(path: Path, kind: str) -> Any:
 
 def sr_snapshot_scenario(kind: str = "file") -> Scenario:
     """`SR.vdi_snapshot` (hidden base copy + new leaf), then `SR.open` recovery."""
-    from storage.sr import SR
+    from storage.sr.sr import SR
 
     def setup(d: Path) -> dict[str, Any]:
         sr = _new_sr(d / "sr", kind)
@@ -410,7 +410,7 @@ def sr_snapshot_scenario(kind: str = "file") -> Scenario:
 
 def sr_gc_scenario(kind: str = "file") -> Scenario:
     """`SR.gc` coalescing a leaf into its hidden parent after the snapshot was deleted."""
-    from storage.sr import SR
+    from storage.sr.sr import SR
 
     def setup(d: Path) -> dict[str, Any]:
         rng = random.Random(4)

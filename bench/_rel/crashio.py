@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from storage.rawio import RawIO
+from storage.devices.rawio import RawIO
 
 SECTOR = 512
 

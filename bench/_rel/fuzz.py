@@ -110,7 +110,7 @@ def _frame_strategy() -> st.SearchStrategy[bytes]:
 def check_frame(frame: bytes) -> None:
     """parse/validate answer a FrameView or FrameError; a parsed view is self-consistent and
     tag/untag round-trips."""
-    from netsim import frame as fr
+    from netsim.wire import frame as fr
 
     view = typed(fr.parse, frame)
     if view is None:
@@ -130,9 +130,9 @@ def check_switch_ingress(frames: list[bytes]) -> None:
     """A switch port fed arbitrary bytes never raises; every frame is either forwarded or
     counted as a drop."""
     from netsim.clock import ManualClock
-    from netsim.policy import SecurityPolicy, VlanPolicy
-    from netsim.port import Pif, Vif
-    from netsim.switch import PortGroup, StandardSwitch
+    from netsim.dataplane.policy import SecurityPolicy, VlanPolicy
+    from netsim.dataplane.port import Pif, Vif
+    from netsim.dataplane.switch import PortGroup, StandardSwitch
 
     sw = StandardSwitch("fz", clock=ManualClock())
     sw.add_port_group(PortGroup("a", vlan=5, security=SecurityPolicy(forged_transmits=False)))
@@ -159,7 +159,7 @@ def check_switch_ingress(frames: list[bytes]) -> None:
 @functools.cache
 def _vhd_samples() -> dict[str, bytes]:
     """Small real images: dynamic with data, differencing child with locators, fixed."""
-    from storage.rawio import MemoryIO
+    from storage.devices.rawio import MemoryIO
     from storage.vhd.image import VhdImage
 
     rng = random.Random(7)
@@ -226,7 +226,7 @@ def _vhd_input(draw: st.DrawFn) -> tuple[str, bytes]:
 def check_vhd_image(inp: tuple[str, bytes]) -> None:
     """Opening a damaged image answers a VhdImage or our error; an image we accept reads in full
     without an untyped error, and stays readable after we write to it."""
-    from storage.rawio import MemoryIO
+    from storage.devices.rawio import MemoryIO
     from storage.vhd.image import VhdImage
 
     kind, raw = inp
@@ -424,9 +424,9 @@ def check_lvm_disk(inp: tuple[str, bytes]) -> None:
 
 @functools.cache
 def _blk_env() -> tuple[Any, ...]:
-    from storage.blkback import BlkBack
-    from storage.memdisk import MemoryDisk
-    from storage.ring import DomainMemory, GrantMapper, GrantTable
+    from storage.devices.memdisk import MemoryDisk
+    from storage.rings.blkback import BlkBack
+    from storage.rings.ring import DomainMemory, GrantMapper, GrantTable
 
     mem = DomainMemory.local(16, grant_pages=1)
     grants = GrantTable(mem)
@@ -443,7 +443,7 @@ def _blk_env() -> tuple[Any, ...]:
 
 @st.composite
 def _blk_input(draw: st.DrawFn) -> bytes:
-    from storage import blkif
+    from storage.rings import blkif
 
     if draw(st.booleans()):
         return draw(st.binary(min_size=blkif.SLOT_SIZE, max_size=blkif.SLOT_SIZE))
@@ -465,7 +465,7 @@ def _blk_input(draw: st.DrawFn) -> bytes:
 def check_blkif_slot(raw: bytes) -> None:
     """The backend answers any 112-byte slot with a response of a defined status, and never
     touches a page it was not granted (pages 4-15 hold a canary)."""
-    from storage import blkif
+    from storage.rings import blkif
 
     back, mem, _ = _blk_env()
     canary = b"\xa5" * 4096
@@ -534,7 +534,7 @@ def _topo_input(draw: st.DrawFn) -> str:
 def check_topology(text: str) -> None:
     """A topology YAML text validates to a Topology (which graphs) or raises TopologyError with
     a file:line message."""
-    from netsim.topology import parse_topology, to_graph
+    from netsim.lab.topology import parse_topology, to_graph
 
     topo = typed(parse_topology, text, "fuzz.yaml")
     if topo is not None:
@@ -545,7 +545,7 @@ def check_topology(text: str) -> None:
 
 @st.composite
 def _batch_input(draw: st.DrawFn) -> bytes:
-    from netsim.transport.batch import encode_batch
+    from netsim.vds.transport.batch import encode_batch
 
     if draw(st.integers(0, 3)) == 0:
         return draw(st.binary(max_size=80))
@@ -562,9 +562,9 @@ def _batch_input(draw: st.DrawFn) -> bytes:
 def check_batch(raw: bytes) -> None:
     """decode_batch answers a Batch or BatchError; a decoded batch re-encodes to the same bytes;
     the receiver counts what it could not use instead of raising."""
-    from netsim.transport.batch import decode_batch, encode_batch
-    from netsim.transport.bus import BusMessage
-    from netsim.transport.dataplane import BatchReceiver
+    from netsim.vds.transport.batch import decode_batch, encode_batch
+    from netsim.vds.transport.bus import BusMessage
+    from netsim.vds.transport.dataplane import BatchReceiver
 
     b = typed(decode_batch, raw)
     if b is not None:
@@ -656,8 +656,8 @@ REGRESSIONS: list[Regression] = [
 def _capture_samples() -> dict[str, bytes]:
     import io
 
-    from netsim.capture import PcapngWriter
     from netsim.clock import ManualClock
+    from netsim.wire.capture import PcapngWriter
 
     frames = [bytes(range(60)), b"\xff" * 6 + bytes(58), bytes(100)]
     pcap = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
@@ -688,7 +688,7 @@ def check_capture(raw: bytes) -> None:
     import os
     import tempfile
 
-    from netsim.pcapread import read_capture
+    from netsim.wire.pcapread import read_capture
 
     fd, name = tempfile.mkstemp(suffix=".pcap", dir="/dev/shm" if os.path.isdir("/dev/shm")
                                 else None)
@@ -756,7 +756,7 @@ def _scenario_input(draw: st.DrawFn) -> str:
 
 def check_scenario(text: str) -> None:
     """A scenario YAML text validates or raises ScenarioError with a file:line message."""
-    from netsim.scenario import parse_scenario
+    from netsim.scenario.model import parse_scenario
 
     typed(parse_scenario, text, "fuzz.yaml", base=Path("/nonexistent-hvsim-base"))
 
@@ -793,7 +793,7 @@ def _filter_input(draw: st.DrawFn) -> tuple[str, list[bytes]]:
 def check_filter(inp: tuple[str, list[bytes]]) -> None:
     """compile_filter answers a Filter or FilterError; a compiled filter answers True/False for
     any bytes, never raises."""
-    from netsim.filters import compile_filter
+    from netsim.wire.filters import compile_filter
 
     text, frames = inp
     flt = typed(compile_filter, text)
@@ -816,8 +816,8 @@ _spec_tree = st.recursive(
 def check_frame_spec(spec: Any) -> None:
     """A declarative frame (scenario `frame:`) builds to a parseable frame or raises our
     FrameError subclass naming the key."""
-    from netsim import frame as fr
-    from netsim.framespec import build_frame
+    from netsim.wire import frame as fr
+    from netsim.wire.framespec import build_frame
 
     if not isinstance(spec, dict):
         spec = {"eth": spec}
@@ -828,7 +828,7 @@ def check_frame_spec(spec: Any) -> None:
 
 @functools.cache
 def _vds_sample() -> bytes:
-    from netsim.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
+    from netsim.vds.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
 
     return VdsConfig(
         "dvs1", 3, uplinks=("uplink1", "uplink2"),
@@ -878,7 +878,7 @@ def _vds_input(draw: st.DrawFn) -> bytes:
 def check_vds_config(raw: bytes) -> None:
     """A vDS configuration message from the broker decodes to a VdsConfig that round-trips, or
     raises our ConfigError/TransportError."""
-    from netsim.vdsconfig import VdsConfig
+    from netsim.vds.vdsconfig import VdsConfig
 
     cfg = typed(VdsConfig.from_json, raw, "hvsim/lab/vds/dvs1/config")
     if cfg is not None:

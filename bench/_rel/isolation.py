@@ -25,11 +25,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from netsim import frame as fr
 from netsim.clock import ManualClock
-from netsim.policy import SecurityPolicy, VlanPolicy
-from netsim.port import Port, VmPort
-from netsim.switch import PhysicalSwitch, PortGroup, StandardSwitch
+from netsim.dataplane.policy import SecurityPolicy, VlanPolicy
+from netsim.dataplane.port import Port, VmPort
+from netsim.dataplane.switch import PhysicalSwitch, PortGroup, StandardSwitch
+from netsim.wire import frame as fr
 
 VLANS = [1, 5, 10, 100, 4094]
 
@@ -91,7 +91,7 @@ def _case(rng: random.Random, res: IsolationResult, nframes: int) -> None:
             groups.append(sw.add_port_group(PortGroup(f"g{g}", vlan=vlan, security=sec)))
         trunk = VlanPolicy.trunk() if rng.random() < 0.6 else VlanPolicy.trunk(
             *rng.sample(VLANS, rng.randint(1, 3)))
-        from netsim.port import Pif
+        from netsim.dataplane.port import Pif
         up = sw.add_uplink(Pif(f"vmnic{h}"), vlan=trunk)
         pport = phys.add_port(Port(f"p{h}"), phys_mode)
         links.append((up, pport))

@@ -25,11 +25,11 @@ import random
 import time
 from typing import Any
 
-from netsim import frame as fr
-from netsim.fabric import Fabric
-from netsim.policy import SecurityPolicy, ShapingPolicy, VlanPolicy
-from netsim.switch import PortGroup
-from netsim.vclock import VirtualClock
+from netsim.dataplane.policy import SecurityPolicy, ShapingPolicy, VlanPolicy
+from netsim.dataplane.switch import PortGroup
+from netsim.dataplane.vclock import VirtualClock
+from netsim.lab.fabric import Fabric
+from netsim.wire import frame as fr
 
 MAC_A = fr.mac_to_bytes("02:00:00:00:0a:0a")
 MAC_B = fr.mac_to_bytes("02:00:00:00:0b:0b")

@@ -17,12 +17,12 @@ import contextlib
 import time
 from typing import Any
 
-from storage import blkif
-from storage.blkfront import BlkFront
-from storage.hypervisor import XVDA, Guest, Hypervisor
-from storage.memdisk import MemoryDisk
-from storage.ring import FrontRing, SharedRing
-from storage.xenstore import XenbusState, wait_for_state
+from storage.devices.memdisk import MemoryDisk
+from storage.rings import blkif
+from storage.rings.blkfront import BlkFront
+from storage.rings.hypervisor import XVDA, Guest, Hypervisor
+from storage.rings.ring import FrontRing, SharedRing
+from storage.rings.xenstore import XenbusState, wait_for_state
 
 
 async def _hostile(guest: Guest, stop: asyncio.Event, counts: dict[str, int]) -> None:

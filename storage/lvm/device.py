@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from storage.devices.rawio import RawIO
 from storage.errors import LvmError
 from storage.lvm.cow import CowStore
-from storage.rawio import RawIO
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage.devices.rawio import FileIO, RawIO
 from storage.errors import LvmError, StorageError
 from storage.lvm import alloc
 from storage.lvm.cow import DEFAULT_CHUNK_SECTORS, CowStore
@@ -63,7 +64,6 @@ from storage.lvm.textfmt import (
     parse_text,
 )
 from storage.lvm.thin import MAX_DEVICE_ID, ThinDevice, ThinPool
-from storage.rawio import FileIO, RawIO
 
 DEFAULT_EXTENT_SECTORS = 8192  # 4 MiB
 DEFAULT_PE_START = 1 << 20

@@ -2,7 +2,7 @@
 
 The image never opens files itself: it reads and writes its container through the `RawIO` it is
 given (a file, an LVM logical volume, memory). A differencing image reads the sectors its
-bitmaps do not hold from `parent` (another `VhdImage`, attached by `storage.chain`).
+bitmaps do not hold from `parent` (another `VhdImage`, attached by `storage.vhd.chain`).
 
 Writes that allocate a block follow the order data → bitmap → BAT entry → footer, each its own
 `pwrite`, so a crash at any point leaves the old contents readable: until the BAT entry lands the
@@ -20,8 +20,8 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from storage.devices.rawio import RawIO
 from storage.errors import StorageError, VhdFormatError
-from storage.rawio import RawIO
 from storage.vhd import format as fmt
 from storage.vhd.format import SECTOR, DynamicHeader, Footer, ParentLocator
 
@@ -53,10 +53,10 @@ def _locator_paths(parent_path: str | None, child_path: str | None) -> list[tupl
 
 
 class VhdImage:
-    """An open VHD. Implements `storage.blockdev.BlockDevice`.
+    """An open VHD. Implements `storage.devices.blockdev.BlockDevice`.
 
     Use `VhdImage.create(...)` or `VhdImage.open(...)`; for differencing images use
-    `storage.chain.open_chain`, which finds and attaches the parents.
+    `storage.vhd.chain.open_chain`, which finds and attaches the parents.
     """
 
     def __init__(self, io: RawIO, footer: Footer, header: DynamicHeader | None, bat: array,

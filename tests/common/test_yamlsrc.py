@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from netsim.errors import TopologyError
-from netsim.yamlsrc import format_path, load_yaml
+from netsim.lab.yamlsrc import format_path, load_yaml
 
 DOC = """\
 hosts:

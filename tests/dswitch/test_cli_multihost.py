@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from netsim.dswitch import Peers
-from netsim.transport.broker import MosquittoBroker
-from netsim.transport.brokerconf import make_broker_config
-from netsim.transport.mqtt import MqttBus
-from netsim.transport.topics import Topics
+from netsim.vds.dswitch import Peers
+from netsim.vds.transport.broker import MosquittoBroker
+from netsim.vds.transport.brokerconf import make_broker_config
+from netsim.vds.transport.mqtt import MqttBus
+from netsim.vds.transport.topics import Topics
 
 pytestmark = pytest.mark.interop
 

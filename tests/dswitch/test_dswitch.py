@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from netsim.clock import ManualClock
-from netsim.dswitch import HostPlane, ManagementPlane, Peers, ProxyLink, RemoteMacTable
 from netsim.errors import ConfigError
-from netsim.transport.batch import encode_batch
-from netsim.transport.bus import BusMessage
-from netsim.transport.topics import Topics
-from netsim.vdsconfig import DvPortGroup, VdsConfig
+from netsim.vds.dswitch import HostPlane, ManagementPlane, Peers, ProxyLink, RemoteMacTable
+from netsim.vds.transport.batch import encode_batch
+from netsim.vds.transport.bus import BusMessage
+from netsim.vds.transport.topics import Topics
+from netsim.vds.vdsconfig import DvPortGroup, VdsConfig
 
 T = 5.0
 TOPICS = Topics("lab")

@@ -8,11 +8,11 @@ import itertools
 
 import pytest
 
-from netsim.dswitch import ManagementPlane
-from netsim.fabric import Fabric
-from netsim.host import ETHERTYPE_RARP, HostAgent, NicSpec
-from netsim.transport.topics import Topics
-from netsim.vdsconfig import DvPortGroup, VdsConfig
+from netsim.lab.fabric import Fabric
+from netsim.vds.dswitch import ManagementPlane
+from netsim.vds.host import ETHERTYPE_RARP, HostAgent, NicSpec
+from netsim.vds.transport.topics import Topics
+from netsim.vds.vdsconfig import DvPortGroup, VdsConfig
 
 T = 10.0
 TOPICS = Topics("lab")
@@ -196,7 +196,7 @@ async def test_broker_restart_mid_run_recovers(bus_kit) -> None:
 
 
 async def test_partitioned_host_switches_locally_drops_counted_and_resyncs_config() -> None:
-    from netsim.transport.memory import MemoryBroker, MemoryBus
+    from netsim.vds.transport.memory import MemoryBroker, MemoryBus
     from tests.conftest import BusKit
 
     broker = MemoryBroker()
@@ -264,9 +264,9 @@ async def test_icmp_ping_across_hosts_survives_a_migration(bus_kit) -> None:
 
 
 async def test_a_crashed_agent_task_is_raised_not_silent(monkeypatch) -> None:
-    from netsim.dswitch import ProxySwitch
     from netsim.errors import NetsimError
-    from netsim.transport.memory import MemoryBroker, MemoryBus
+    from netsim.vds.dswitch import ProxySwitch
+    from netsim.vds.transport.memory import MemoryBroker, MemoryBus
 
     def boom(self, config):
         raise RuntimeError("bug in apply")

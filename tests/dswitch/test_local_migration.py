@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from netsim.dataplane.policy import VlanPolicy
+from netsim.dataplane.switch import PortGroup
 from netsim.errors import ConfigError
-from netsim.fabric import Fabric
-from netsim.host import ETHERTYPE_RARP, migrate_in_fabric
-from netsim.policy import VlanPolicy
-from netsim.switch import PortGroup
+from netsim.lab.fabric import Fabric
+from netsim.vds.host import ETHERTYPE_RARP, migrate_in_fabric
 
 BCAST = b"\xff" * 6
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from netsim.clock import ManualClock
-from netsim.dswitch import Peers, ProxyLink
-from netsim.host import NicSpec
-from netsim.transport.memory import MemoryBroker, MemoryBus
+from netsim.vds.dswitch import Peers, ProxyLink
+from netsim.vds.host import NicSpec
+from netsim.vds.transport.memory import MemoryBroker, MemoryBus
 from tests.dswitch.test_host import BCAST, TOPICS, echo, lab, sees
 
 

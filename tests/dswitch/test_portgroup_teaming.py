@@ -7,14 +7,14 @@ import contextlib
 
 import pytest
 
-from netsim.dswitch import ManagementPlane
 from netsim.errors import TopologyError
-from netsim.fabric import Fabric
-from netsim.host import HostAgent, NicSpec, vds_from_topology
-from netsim.topology import TopologyBuilder
-from netsim.transport.memory import MemoryBroker, MemoryBus
-from netsim.transport.topics import Topics
-from netsim.vdsconfig import DvPortGroup, DvTeaming, VdsConfig
+from netsim.lab.fabric import Fabric
+from netsim.lab.topology import TopologyBuilder
+from netsim.vds.dswitch import ManagementPlane
+from netsim.vds.host import HostAgent, NicSpec, vds_from_topology
+from netsim.vds.transport.memory import MemoryBroker, MemoryBus
+from netsim.vds.transport.topics import Topics
+from netsim.vds.vdsconfig import DvPortGroup, DvTeaming, VdsConfig
 
 T = 10.0
 TOPICS = Topics("lab")

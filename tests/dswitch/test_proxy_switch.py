@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from netsim.dswitch import ProxySwitch
+from netsim.dataplane.policy import LoadBalancing
 from netsim.errors import ConfigError
-from netsim.fabric import Fabric
-from netsim.policy import LoadBalancing
-from netsim.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
+from netsim.lab.fabric import Fabric
+from netsim.vds.dswitch import ProxySwitch
+from netsim.vds.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
 
 SHAPE_IN = DvShaping(1_000_000, 2_000_000, 10_000)
 SHAPE_OUT = DvShaping(5_000_000, 5_000_000, 20_000)

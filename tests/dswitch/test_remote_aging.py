@@ -4,9 +4,9 @@ from __future__ import annotations
 import asyncio
 
 from netsim.clock import ManualClock
-from netsim.dswitch import Peers, ProxyLink, RemoteMacTable
-from netsim.transport.memory import MemoryBroker, MemoryBus
-from netsim.transport.topics import Topics
+from netsim.vds.dswitch import Peers, ProxyLink, RemoteMacTable
+from netsim.vds.transport.memory import MemoryBroker, MemoryBus
+from netsim.vds.transport.topics import Topics
 
 TOPICS = Topics("lab")
 

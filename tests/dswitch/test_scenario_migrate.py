@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from netsim.dataplane.vclock import VirtualClock
 from netsim.errors import ScenarioError
-from netsim.runner import run_scenario
-from netsim.scenario import parse_scenario
-from netsim.vclock import VirtualClock
+from netsim.scenario.model import parse_scenario
+from netsim.scenario.runner import run_scenario
 
 from ..scenario.conftest import MAC_A, MAC_B, two_esx
 

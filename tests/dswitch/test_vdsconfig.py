@@ -6,7 +6,7 @@ import json
 import pytest
 
 from netsim.errors import ConfigError
-from netsim.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
+from netsim.vds.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
 
 GOOD = VdsConfig(
     "dvs1",

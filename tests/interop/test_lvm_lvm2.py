@@ -196,7 +196,7 @@ def test_we_open_what_lvm2_changed(ours: VolumeGroup, loops: list[str]) -> None:
 
 def test_lvm2_reads_an_lvhd_sr(tmp_path: Path) -> None:
     """The SR's PV is an LVM2 PV: `lvs` lists the VHD-<uuid> LVs at their inflated sizes."""
-    from storage.sr import SR
+    from storage.sr.sr import SR
 
     sr = SR.create(tmp_path / "sr", type_name="lvhd", device_config={"size": "256M"})
     v = sr.vdi_create("disk0", 40 << 20)

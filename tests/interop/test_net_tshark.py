@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from netsim import demo
+from netsim.lab import demo
 
 pytestmark = pytest.mark.interop
 

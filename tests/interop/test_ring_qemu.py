@@ -6,9 +6,9 @@ import random
 import subprocess
 from pathlib import Path
 
-from storage.blkfront import BlkFront
-from storage.chain import create_image, open_chain
-from storage.hypervisor import XVDA, Hypervisor
+from storage.rings.blkfront import BlkFront
+from storage.rings.hypervisor import XVDA, Hypervisor
+from storage.vhd.chain import create_image, open_chain
 
 
 async def write_through_ring(path: Path) -> bytearray:

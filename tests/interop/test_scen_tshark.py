@@ -6,8 +6,8 @@ import asyncio
 import subprocess
 from pathlib import Path
 
-from netsim.runner import run_scenario
-from netsim.scenario import load_scenario
+from netsim.scenario.model import load_scenario
+from netsim.scenario.runner import run_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from netsim.cli import app
+from netsim.cli.app import app
 from tests.topology.conftest import TOPOLOGIES
 
 pytestmark = pytest.mark.interop

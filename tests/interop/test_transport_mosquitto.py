@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from netsim.errors import TransportError
-from netsim.transport.broker import MosquittoBroker
-from netsim.transport.brokerconf import make_broker_config, verify_password
-from netsim.transport.claim import HostClaim, check_host_free
-from netsim.transport.mqtt import MqttBus
-from netsim.transport.topics import Topics
+from netsim.vds.transport.broker import MosquittoBroker
+from netsim.vds.transport.brokerconf import make_broker_config, verify_password
+from netsim.vds.transport.claim import HostClaim, check_host_free
+from netsim.vds.transport.mqtt import MqttBus
+from netsim.vds.transport.topics import Topics
 
 pytestmark = pytest.mark.interop
 
@@ -120,8 +120,8 @@ def _make_lab_ca(d: Path) -> None:
 
 
 async def test_tls_listener_with_a_lab_ca(tmp_path: Path) -> None:
-    from netsim.transport.broker import TlsFiles
-    from netsim.transport.mqtt import parse_broker_url
+    from netsim.vds.transport.broker import TlsFiles
+    from netsim.vds.transport.mqtt import parse_broker_url
 
     _make_lab_ca(tmp_path)
     tls = TlsFiles(tmp_path / "ca.crt", tmp_path / "server.crt", tmp_path / "server.key")
@@ -142,7 +142,7 @@ def generated_broker(tmp_path: Path):
     (and the run-as user set, since tests run as whoever they run as)."""
     import getpass
 
-    from netsim.transport.broker import free_loopback_port
+    from netsim.vds.transport.broker import free_loopback_port
 
     out = tmp_path / "broker"
     r = subprocess.run([sys.executable, "-m", "netsim", "broker-config", "--host", "esx1",
@@ -164,7 +164,7 @@ def generated_broker(tmp_path: Path):
 
 
 async def test_generated_mosquitto_conf_runs_as_written(generated_broker) -> None:
-    from netsim.transport.mqtt import BrokerSettings
+    from netsim.vds.transport.mqtt import BrokerSettings
 
     port, password = generated_broker
     settings = BrokerSettings("127.0.0.1", port, "esx1", password)

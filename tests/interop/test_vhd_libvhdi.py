@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import pyvhdi
 
-from storage import chain
+from storage.vhd import chain
 
 pytestmark = pytest.mark.interop
 MiB = 2**20

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import chain
+from storage.vhd import chain
 
 pytestmark = pytest.mark.interop
 MiB = 2**20
@@ -82,7 +82,7 @@ def test_hvsim_made_image_converts_to_exactly_our_bytes(tmp_path: Path, kind: st
 @pytest.mark.parametrize("size", ["64M", "1G", "10G", "200G"])
 def test_qemu_img_info_reports_our_virtual_size(tmp_path: Path, size: str) -> None:
     ours, theirs = tmp_path / "ours.vhd", tmp_path / "theirs.vhd"
-    from storage.commands.vhd import parse_size
+    from storage.cli.vhd import parse_size
 
     img = chain.create_image(ours, size=parse_size(size))
     img.close()

@@ -1,8 +1,8 @@
 """Helpers for the network tests: frames by kind, and reading what a port sent."""
 from __future__ import annotations
 
-from netsim import frame as fr
-from netsim.port import Port
+from netsim.dataplane.port import Port
+from netsim.wire import frame as fr
 
 A = fr.mac_to_bytes("00:16:3e:00:00:0a")
 B = fr.mac_to_bytes("00:16:3e:00:00:0b")

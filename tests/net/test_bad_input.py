@@ -6,11 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netsim.clock import ManualClock
+from netsim.dataplane.policy import SecurityPolicy, ShapingPolicy, TeamingPolicy
+from netsim.dataplane.policy import VlanPolicy as V
+from netsim.dataplane.port import Pif, Port, Vif
+from netsim.dataplane.switch import PhysicalSwitch, PortGroup, StandardSwitch
 from netsim.errors import ConfigError
-from netsim.policy import SecurityPolicy, ShapingPolicy, TeamingPolicy
-from netsim.policy import VlanPolicy as V
-from netsim.port import Pif, Port, Vif
-from netsim.switch import PhysicalSwitch, PortGroup, StandardSwitch
 
 from .conftest import BCAST, A, make, sent
 

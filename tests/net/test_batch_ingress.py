@@ -5,11 +5,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netsim import frame as fr
 from netsim.clock import ManualClock
-from netsim.policy import SecurityPolicy, ShapingPolicy, TeamingPolicy, VlanPolicy
-from netsim.port import Pif, Port, Vif
-from netsim.switch import Bridge, PhysicalSwitch, PortGroup, StandardSwitch
+from netsim.dataplane.policy import SecurityPolicy, ShapingPolicy, TeamingPolicy, VlanPolicy
+from netsim.dataplane.port import Pif, Port, Vif
+from netsim.dataplane.switch import Bridge, PhysicalSwitch, PortGroup, StandardSwitch
+from netsim.wire import frame as fr
 
 from .conftest import BCAST, make, sent
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from netsim.capture import (
+from netsim.clock import ManualClock
+from netsim.errors import CaptureError
+from netsim.wire.capture import (
     FLUSH_BYTES,
     PcapngWriter,
     enhanced_packet,
@@ -16,8 +18,6 @@ from netsim.capture import (
     read_pcapng,
     section_header,
 )
-from netsim.clock import ManualClock
-from netsim.errors import CaptureError
 
 
 def test_blocks_are_well_formed() -> None:

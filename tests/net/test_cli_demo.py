@@ -8,8 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from netsim import demo
-from netsim.cli import app
+from netsim.cli.app import app
+from netsim.lab import demo
 
 runner = CliRunner()
 

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netsim import frame as fr
-from netsim.capture import read_pcapng
 from netsim.clock import ManualClock
+from netsim.dataplane.policy import VlanPolicy as V
+from netsim.dataplane.port import Pif, Vif
 from netsim.errors import ConfigError, NetsimError, TopologyError
-from netsim.fabric import Fabric, NotFound
-from netsim.policy import VlanPolicy as V
-from netsim.port import Pif, Vif
+from netsim.lab.fabric import Fabric, NotFound
+from netsim.wire import frame as fr
+from netsim.wire.capture import read_pcapng
 
 from .conftest import BCAST, make
 
@@ -180,7 +180,7 @@ def test_vm_with_several_port_groups_must_name_one() -> None:
     fab = Fabric(clock=ManualClock())
     h = fab.add_host("esx1")
     vs = h.add_switch("vSwitch0")
-    from netsim.switch import PortGroup
+    from netsim.dataplane.switch import PortGroup
 
     vs.add_port_group(PortGroup("VM Network"))
     vs.add_port_group(PortGroup("VLAN 5", vlan=5))

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netsim import frame as fr
 from netsim.errors import FrameError
+from netsim.wire import frame as fr
 
 A = "00:16:3e:00:00:01"
 B = "00:16:3e:00:00:02"

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from netsim import frame as fr
 from netsim.clock import ManualClock
+from netsim.dataplane.mac_table import LEARNED, LOCKED, NO_SPACE, MacTable
+from netsim.dataplane.policy import VlanPolicy as V
+from netsim.dataplane.switch import PhysicalSwitch
 from netsim.errors import ConfigError
-from netsim.mac_table import LEARNED, LOCKED, NO_SPACE, MacTable
-from netsim.policy import VlanPolicy as V
-from netsim.switch import PhysicalSwitch
+from netsim.wire import frame as fr
 
 from .conftest import BCAST, A, B, make, sent
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from netsim.clock import ManualClock
-from netsim.fabric import AGING_SWEEPS, Fabric
-from netsim.switch import PortGroup
-from netsim.vclock import VirtualClock
+from netsim.dataplane.switch import PortGroup
+from netsim.dataplane.vclock import VirtualClock
+from netsim.lab.fabric import AGING_SWEEPS, Fabric
 
 from .conftest import BCAST, make
 

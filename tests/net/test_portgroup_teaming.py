@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 from netsim.clock import ManualClock
+from netsim.dataplane.policy import LoadBalancing, TeamingPolicy
+from netsim.dataplane.port import Pif, Vif
+from netsim.dataplane.switch import PortGroup, StandardSwitch
 from netsim.errors import ConfigError
-from netsim.policy import LoadBalancing, TeamingPolicy
-from netsim.port import Pif, Vif
-from netsim.switch import PortGroup, StandardSwitch
 
 from .conftest import BCAST, make, sent
 

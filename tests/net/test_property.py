@@ -9,11 +9,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netsim import frame as fr
 from netsim.clock import ManualClock
-from netsim.policy import SecurityPolicy, VlanMode, VlanPolicy
-from netsim.port import Pif, Port, Vif
-from netsim.switch import PhysicalSwitch, PortGroup, StandardSwitch
+from netsim.dataplane.policy import SecurityPolicy, VlanMode, VlanPolicy
+from netsim.dataplane.port import Pif, Port, Vif
+from netsim.dataplane.switch import PhysicalSwitch, PortGroup, StandardSwitch
+from netsim.wire import frame as fr
 
 MACS = [bytes([0x00, 0x16, 0x3E, 0, 0, i]) for i in range(1, 9)]
 OUTSIDE = [bytes([0x02, 0, 0, 0, 0, i]) for i in range(1, 4)]

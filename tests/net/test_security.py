@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from netsim.clock import ManualClock
-from netsim.policy import SecurityPolicy
-from netsim.port import Pif, Vif
-from netsim.switch import PortGroup, StandardSwitch
+from netsim.dataplane.policy import SecurityPolicy
+from netsim.dataplane.port import Pif, Vif
+from netsim.dataplane.switch import PortGroup, StandardSwitch
 
 from .conftest import BCAST, A, B, C, make, sent
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from netsim.clock import ManualClock
-from netsim.policy import ShapingPolicy, TeamingPolicy
-from netsim.port import Pif, Vif
-from netsim.switch import PortGroup, StandardSwitch
+from netsim.dataplane.policy import ShapingPolicy, TeamingPolicy
+from netsim.dataplane.port import Pif, Vif
+from netsim.dataplane.switch import PortGroup, StandardSwitch
 
 from .conftest import BCAST, make, sent
 
@@ -96,7 +96,7 @@ def test_mirror_copies_both_directions_to_the_destination() -> None:
     sw.add_port_group(PortGroup("pg"))
     a = sw.attach(Vif(1, 0, mac="00:16:3e:00:00:01"), "pg")
     b = sw.attach(Vif(2, 0, mac="00:16:3e:00:00:02"), "pg")
-    from netsim.policy import SecurityPolicy
+    from netsim.dataplane.policy import SecurityPolicy
 
     sw.add_port_group(PortGroup("span", vlan=999, security=SecurityPolicy(promiscuous=True)))
     mon = sw.attach(Vif(3, 0, mac="00:16:3e:00:00:03"), "span")

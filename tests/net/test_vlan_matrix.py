@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from netsim.clock import ManualClock
-from netsim.policy import VlanPolicy as V
-from netsim.port import Pif, Port, Vif
-from netsim.switch import PhysicalSwitch, PortGroup, StandardSwitch
+from netsim.dataplane.policy import VlanPolicy as V
+from netsim.dataplane.port import Pif, Port, Vif
+from netsim.dataplane.switch import PhysicalSwitch, PortGroup, StandardSwitch
 
 from .conftest import BCAST, A, B, make, sent, tag_of
 

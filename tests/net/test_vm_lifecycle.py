@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
+from netsim.dataplane.policy import VlanPolicy
+from netsim.dataplane.switch import PortGroup
 from netsim.errors import ConfigError
-from netsim.fabric import Fabric, NotFound
-from netsim.policy import VlanPolicy
-from netsim.switch import PortGroup
+from netsim.lab.fabric import Fabric, NotFound
 
 from .conftest import BCAST, make
 

@@ -9,7 +9,7 @@ import pytest
 
 from bench._rel import crash
 from bench._rel.crashio import CrashIO, PowerCut, PowerPlan
-from storage.rawio import MemoryIO
+from storage.devices.rawio import MemoryIO
 from storage.vhd import format as fmt
 from storage.vhd.image import VhdImage
 

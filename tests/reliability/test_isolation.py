@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench._rel import isolation
-from netsim.switch import StandardSwitch
+from netsim.dataplane.switch import StandardSwitch
 
 
 def test_ten_thousand_random_topologies_hold_isolation() -> None:
@@ -45,7 +45,7 @@ def test_the_oracle_catches_a_switch_that_ignores_promiscuous_reject(
 
 
 def test_the_oracle_catches_a_switch_that_forgets_to_tag(monkeypatch: pytest.MonkeyPatch) -> None:
-    from netsim.switch import Bridge
+    from netsim.dataplane.switch import Bridge
 
     def untagged(self, out, inner, tagged, vid, pcp, now):  # type: ignore[no-untyped-def]
         out.transmit(inner)

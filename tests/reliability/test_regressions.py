@@ -5,7 +5,7 @@ import pytest
 
 from bench._rel import fuzz
 from netsim.errors import TopologyError
-from netsim.topology import parse_topology
+from netsim.lab.topology import parse_topology
 from storage.errors import LvmError
 from storage.lvm.textfmt import emit_text, parse_text
 
@@ -36,7 +36,7 @@ def test_lv_creation_host_survives_rewrite_without_creation_time() -> None:
 
 def test_vds_config_error_stays_one_line_for_hostile_names() -> None:
     from netsim.errors import ConfigError
-    from netsim.vdsconfig import VdsConfig
+    from netsim.vds.vdsconfig import VdsConfig
 
     bad = next(r for r in fuzz.REGRESSIONS if r.target == "vDS config (broker)").input
     with pytest.raises(ConfigError) as ei:
@@ -45,7 +45,7 @@ def test_vds_config_error_stays_one_line_for_hostile_names() -> None:
 
 
 def test_deep_filters_are_refused_or_flat() -> None:
-    from netsim.filters import FilterError, compile_filter
+    from netsim.wire.filters import FilterError, compile_filter
 
     with pytest.raises(FilterError, match="nesting deeper than 64 levels"):
         compile_filter("(" * 100 + "udp" + ")" * 100)

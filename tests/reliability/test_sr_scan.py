@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from bench._rel.crash import powered_by
 from bench._rel.crashio import PowerCut, PowerPlan
-from netsim.cli import app
-from storage.sr import META_FILE, SR
+from netsim.cli.app import app
+from storage.sr.sr import META_FILE, SR
 
 MiB = 1 << 20
 KINDS = ["file", "lvm", "lvhd"]

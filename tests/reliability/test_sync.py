@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from bench._rel import crash
 from bench._rel.crash import Scenario, _apply, _check_and_repair, _compare, _read_all
-from netsim.cli import app
-from storage import chain
-from storage.commands.vhd import vhd_write
-from storage.sr import SR
+from netsim.cli.app import app
+from storage.cli.vhd import vhd_write
+from storage.sr.sr import SR
+from storage.vhd import chain
 
 KiB, MiB = 1 << 10, 1 << 20
 BLOCK = 64 * KiB

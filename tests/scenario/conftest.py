@@ -5,9 +5,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from netsim.fabric import Fabric
-from netsim.policy import VlanPolicy
-from netsim.switch import PortGroup
+from netsim.dataplane.policy import VlanPolicy
+from netsim.dataplane.switch import PortGroup
+from netsim.lab.fabric import Fabric
 
 MAC_A, MAC_B, MAC_C = "00:50:56:00:00:0a", "00:50:56:00:00:0b", "00:50:56:00:00:0c"
 

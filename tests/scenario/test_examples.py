@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from netsim.errors import ScenarioError
-from netsim.framespec import build_frame
-from netsim.runner import run_scenario
-from netsim.scenario import load_scenario, parse_scenario
+from netsim.scenario.model import load_scenario, parse_scenario
+from netsim.scenario.runner import run_scenario
+from netsim.wire.framespec import build_frame
 
 from .conftest import write_pcap_ns
 
@@ -54,7 +54,7 @@ async def test_pcap_replay_example_with_a_generated_trace(tmp_path: Path) -> Non
     assert report.passed, report.to_json()
     assert report.steps[0]["frames"] == 20
     # 10x: 19 gaps of 1 ms replayed as 0.1 ms each
-    from netsim.pcapread import read_capture
+    from netsim.wire.pcapread import read_capture
     wire = [t for t, f, _ in read_capture(tmp_path / "out" / "eth0.pcapng")
             if f[12:14] == b"\x81\x00" and f[-20:] == bytes(range(20))]
     assert len(wire) == 20 and wire[-1] - wire[0] == 19 * 100_000
@@ -108,7 +108,7 @@ def test_cli_pcap_one_liner(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["steps"] == [{"frames": 20, "kind": "replay", "speed": "max", "step": 0}]
-    from netsim.pcapread import read_capture
+    from netsim.wire.pcapread import read_capture
     assert len([1 for *_x, i in read_capture(tmp_path / "out" / "vif2.0.pcapng")]) >= 20
     assert list(read_capture(tmp_path / "out" / "vif3.0.pcapng")) == []
 
@@ -124,7 +124,7 @@ def test_pcapng_replayed_into_the_ports_its_interfaces_name(tmp_path: Path) -> N
     res = hvsim("replay", "--pcap", "two.pcapng", str(ROOT / "topologies" / "xen-vlans.yaml"),
                 "--capture", "vif2.0,vif4.0", "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
-    from netsim.pcapread import read_capture
+    from netsim.wire.pcapread import read_capture
     assert [f for _, f, _ in read_capture(tmp_path / "out" / "vif2.0.pcapng")] == [f1, f1]
     assert [f for _, f, _ in read_capture(tmp_path / "out" / "vif4.0.pcapng")] == [f3]
     write_pcapng_ns(tmp_path / "bad.pcapng", [(t, f1, 0)], ["vif42.0"])

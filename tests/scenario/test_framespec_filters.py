@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
-from netsim.filters import FilterError, compile_filter
-from netsim.framespec import SpecError, build_frame, parse_spec
+from netsim.wire.filters import FilterError, compile_filter
+from netsim.wire.framespec import SpecError, build_frame, parse_spec
 
 A, B = "00:16:3e:00:00:01", "00:16:3e:00:00:02"
 

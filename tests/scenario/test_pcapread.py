@@ -11,7 +11,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import PcapNgWriter, wrpcap
 
 from netsim.errors import CaptureError
-from netsim.pcapread import read_capture
+from netsim.wire.pcapread import read_capture
 
 FRAMES = [bytes(Ether(src="00:16:3e:00:00:01", dst="ff:ff:ff:ff:ff:ff") / (b"x" * n))
           for n in (46, 100, 1486)]

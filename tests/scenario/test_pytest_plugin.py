@@ -13,9 +13,9 @@ USER_TESTS = '''
 import pytest
 from scapy.all import IP, UDP, Dot1Q, Ether
 
-from netsim.fabric import Fabric
-from netsim.policy import VlanPolicy
-from netsim.switch import PortGroup
+from netsim.lab.fabric import Fabric
+from netsim.dataplane.policy import VlanPolicy
+from netsim.dataplane.switch import PortGroup
 
 
 def two_hosts(clock):
@@ -73,9 +73,9 @@ async def test_a_failing_expectation_says_what_it_saw(send, expect):
 def _plugin_args() -> list[str]:
     """Installed hvsim registers the plugin through its pytest11 entry point (as users get it);
     a source checkout that is not installed names it with -p."""
-    installed = any(ep.value == "netsim.pytest_plugin"
+    installed = any(ep.value == "netsim.scenario.pytest_plugin"
                     for ep in importlib.metadata.entry_points(group="pytest11"))
-    return [] if installed else ["-p", "netsim.pytest_plugin"]
+    return [] if installed else ["-p", "netsim.scenario.pytest_plugin"]
 
 
 def test_a_users_test_file_runs_with_the_plugin(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_a_users_test_file_runs_with_the_plugin(tmp_path: Path) -> None:
 
 def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert meta["project"]["entry-points"]["pytest11"]["hvsim"] == "netsim.pytest_plugin"
+    assert meta["project"]["entry-points"]["pytest11"]["hvsim"] == "netsim.scenario.pytest_plugin"
 
 
 def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:

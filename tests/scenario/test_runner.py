@@ -5,11 +5,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from netsim.framespec import build_frame
-from netsim.pcapread import read_capture
-from netsim.runner import Report, run_scenario
-from netsim.scenario import parse_scenario
-from netsim.vclock import PacedClock, VirtualClock
+from netsim.dataplane.vclock import PacedClock, VirtualClock
+from netsim.scenario.model import parse_scenario
+from netsim.scenario.runner import Report, run_scenario
+from netsim.wire.framespec import build_frame
+from netsim.wire.pcapread import read_capture
 
 from .conftest import MAC_A, MAC_B, two_esx, write_pcap_ns
 

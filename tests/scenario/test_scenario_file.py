@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from netsim.dataplane.vclock import VirtualClock
 from netsim.errors import ScenarioError
-from netsim.scenario import (
+from netsim.scenario.model import (
     Arrives,
     CounterCheck,
     LinkEvent,
@@ -15,7 +16,6 @@ from netsim.scenario import (
     parse_duration,
     parse_scenario,
 )
-from netsim.vclock import VirtualClock
 
 from .conftest import MAC_A, two_esx
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from netsim.vclock import DEFAULT_START_NS, PacedClock, VirtualClock
+from netsim.dataplane.vclock import DEFAULT_START_NS, PacedClock, VirtualClock
 
 
 def test_both_satisfy_the_clock_protocol() -> None:
@@ -99,7 +99,7 @@ async def test_sleep_rejects_nan_and_zero_sleep_yields() -> None:
 def test_works_outside_pytest_in_asyncio_run() -> None:
     code = (
         "import asyncio\n"
-        "from netsim.vclock import VirtualClock\n"
+        "from netsim.dataplane.vclock import VirtualClock\n"
         "c = VirtualClock(start_ns=0)\n"
         "async def main():\n"
         "    await asyncio.gather(c.sleep(7200), c.sleep(3))\n"

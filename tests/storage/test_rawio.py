@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from storage.devices.rawio import FileIO, MemoryIO
 from storage.errors import StorageError
-from storage.rawio import FileIO, MemoryIO
 
 
 def _fds_to(path: Path) -> int:

@@ -5,8 +5,8 @@ import asyncio
 import ipaddress
 import time
 
-from netsim.agent import GuestAgent
-from netsim.guest import Guest, Iface
+from netsim.dataplane.guest import Guest, Iface
+from netsim.lab.agent import GuestAgent
 
 
 class WallClock:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from bench.topology import generate, run
-from netsim.topology import parse_topology
+from netsim.lab.topology import parse_topology
 
 
 def test_generator_spreads_vms_over_hosts_and_vlans() -> None:

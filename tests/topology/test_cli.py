@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from netsim.capture import read_pcapng
-from netsim.cli import app
-from netsim.frame import parse
+from netsim.cli.app import app
+from netsim.wire.capture import read_pcapng
+from netsim.wire.frame import parse
 from tests.topology.conftest import TOPOLOGIES
 
 runner = CliRunner()

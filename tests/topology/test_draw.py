@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from netsim.cli import app
-from netsim.draw import to_dot
-from netsim.topology import load_topology
+from netsim.cli.app import app
+from netsim.lab.draw import to_dot
+from netsim.lab.topology import load_topology
 from tests.topology.conftest import EXAMPLES, TOPOLOGIES
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ import struct
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from netsim.guest import Guest, Iface, Route, inet_checksum
+from netsim.dataplane.guest import Guest, Iface, Route, inet_checksum
 
 A_MAC, B_MAC, R0_MAC, R1_MAC = (f"00:16:3e:00:00:0{i}" for i in range(1, 5))
 

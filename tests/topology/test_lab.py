@@ -5,8 +5,8 @@ import struct
 
 import pytest
 
-from netsim.lab import Lab
-from netsim.topology import TopologyBuilder, load_topology
+from netsim.lab.lab import Lab
+from netsim.lab.topology import TopologyBuilder, load_topology
 from tests.topology.conftest import TOPOLOGIES
 
 # Who must reach whom: groups that reach each other fully, plus one-way/extra pairs.
@@ -190,7 +190,7 @@ async def test_pif_down_in_the_file_cuts_the_host_off() -> None:
     text = (TOPOLOGIES / "three-hosts.yaml").read_text().replace(
         "  esx3:\n    type: esxi\n    pifs: {vmnic0: {}}",
         "  esx3:\n    type: esxi\n    pifs: {vmnic0: {up: false}}")
-    from netsim.topology import parse_topology
+    from netsim.lab.topology import parse_topology
 
     async with Lab(parse_topology(text)) as lab:
         assert (await lab.ping("app1", "app2")).replied

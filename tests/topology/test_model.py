@@ -7,7 +7,7 @@ import networkx as nx
 import pytest
 
 from netsim.errors import TopologyError
-from netsim.topology import (
+from netsim.lab.topology import (
     TopologyBuilder,
     allocate_mac,
     load_topology,

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from netsim.dataplane.policy import ShapingPolicy
+from netsim.dataplane.shaper import MAX_FRAME, PEAK_WINDOW_S, Shaper
 from netsim.errors import ConfigError
-from netsim.policy import ShapingPolicy
-from netsim.shaper import MAX_FRAME, PEAK_WINDOW_S, Shaper
 from tests.topology.conftest import StepClock
 
 

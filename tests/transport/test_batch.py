@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netsim.errors import TransportError
-from netsim.transport.batch import (
+from netsim.vds.transport.batch import (
     HEADER,
     MAX_BATCH_BYTES,
     MAX_FRAME_LEN,
@@ -17,9 +17,9 @@ from netsim.transport.batch import (
     decode_batch,
     encode_batch,
 )
-from netsim.transport.bus import BusMessage
-from netsim.transport.dataplane import BatchReceiver, BatchSender
-from netsim.transport.topics import Topics
+from netsim.vds.transport.bus import BusMessage
+from netsim.vds.transport.dataplane import BatchReceiver, BatchSender
+from netsim.vds.transport.topics import Topics
 
 FRAME = bytes.fromhex("ffffffffffff00163e000001 0806") + bytes(46)
 

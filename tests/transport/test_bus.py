@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from netsim.errors import TransportError
-from netsim.transport.bus import (
+from netsim.vds.transport.bus import (
     PRESENCE_OFFLINE,
     PRESENCE_ONLINE,
     Bus,
@@ -178,7 +178,7 @@ def test_topic_matching_follows_mqtt() -> None:
 
 
 def test_outbox_is_bounded_drops_oldest_and_replays_own_retained_first() -> None:
-    from netsim.transport.bus import BusCounters, BusState
+    from netsim.vds.transport.bus import BusCounters, BusState
 
     c = BusCounters()
     st = BusState(c, outbox_size=2)

@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-from netsim.transport.claim import ClaimWatch, HostClaim, HostConflictError, check_host_free
-from netsim.transport.topics import Topics
+from netsim.vds.transport.claim import ClaimWatch, HostClaim, HostConflictError, check_host_free
+from netsim.vds.transport.topics import Topics
 
 T = Topics("lab")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from netsim.errors import TransportError
-from netsim.transport.broker import MosquittoBroker, free_loopback_port
-from netsim.transport.mqtt import BrokerSettings, MqttBus, parse_broker_url
+from netsim.vds.transport.broker import MosquittoBroker, free_loopback_port
+from netsim.vds.transport.mqtt import BrokerSettings, MqttBus, parse_broker_url
 
 
 def test_broker_urls(tmp_path: Path) -> None:

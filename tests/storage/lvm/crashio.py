@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from storage.rawio import MemoryIO
+from storage.devices.rawio import MemoryIO
 
 Mode = Literal["done", "lost", "torn"]
 

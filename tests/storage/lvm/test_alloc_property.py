@@ -6,10 +6,10 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from storage.devices.rawio import MemoryIO
 from storage.errors import LvmError
 from storage.lvm import VolumeGroup, pvcreate
 from storage.lvm.alloc import check_consistency, free_extents, used_areas
-from storage.rawio import MemoryIO
 
 MiB = 1 << 20
 EXT = 256 << 10  # small extents keep the PVs small

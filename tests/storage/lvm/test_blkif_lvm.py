@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.blkfront import BlkFront
-from storage.hypervisor import XVDA, Hypervisor
-from storage.sr import SR
+from storage.rings.blkfront import BlkFront
+from storage.rings.hypervisor import XVDA, Hypervisor
+from storage.sr.sr import SR
 
 MiB = 1 << 20
 

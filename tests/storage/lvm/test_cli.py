@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from netsim.cli import app
-from storage.commands.lvm import parse_size
+from netsim.cli.app import app
+from storage.cli.lvm import parse_size
 from storage.errors import LvmError
 
 runner = CliRunner()

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
+from storage.devices.rawio import MemoryIO
 from storage.lvm import VolumeGroup, pvcreate
 from storage.lvm.alloc import check_consistency
 from storage.lvm.textfmt import TextHeader, emit_text
-from storage.rawio import MemoryIO
 from tests.storage.lvm.crashio import Crash, CrashIO, Mode, StepCounter
 
 MiB = 1 << 20

@@ -7,11 +7,11 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from storage.devices.rawio import MemoryIO
 from storage.errors import LvmError
 from storage.lvm import VolumeGroup, pvcreate
 from storage.lvm.ondisk import unpack_label, unpack_mda_header
 from storage.lvm.textfmt import emit_text, parse_text
-from storage.rawio import MemoryIO
 from tests.storage.lvm.test_textfmt import sample_vg
 
 TEXT = emit_text(*sample_vg(), "file")

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from storage.devices.rawio import MemoryIO
 from storage.lvm import SnapshotInvalidError, VolumeGroup, pvcreate
 from storage.lvm.cow import SNAP_MAGIC, CowStore
-from storage.rawio import MemoryIO
 from tests.storage.lvm.conftest import MiB, reopen
 
 CHUNK = 64 << 10

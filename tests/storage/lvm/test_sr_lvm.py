@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from storage.blockdev import BlockDevice
+from storage.devices.blockdev import BlockDevice
 from storage.errors import SrError, StorageError
 from storage.lvm import VolumeGroup
-from storage.sr import SR
-from storage.srtypes.lvhd import full_vhd_size
+from storage.sr.sr import SR
+from storage.sr.srtypes.lvhd import full_vhd_size
 
 MiB = 1 << 20
 
@@ -198,7 +198,7 @@ def test_lvhd_snapshot_interrupted_after_the_rename_is_finished_on_open(
     sr = make_sr(tmp_path, "lvhd")
     v = sr.vdi_create("disk0", 8 * MiB)
     write(sr, v.uuid, 0, b"keep me")
-    from storage.srtypes import lvhd
+    from storage.sr.srtypes import lvhd
 
     real = lvhd.LvhdSRDriver._create_vhd
     calls = {"n": 0}
@@ -229,7 +229,7 @@ def test_lvhd_coalesce_interrupted_is_finished_on_open(
     s = sr.vdi_snapshot(v.uuid)
     write(sr, v.uuid, 4096, b"2" * 4096)
     sr.vdi_destroy(s.uuid)
-    from storage.srtypes import lvhd
+    from storage.sr.srtypes import lvhd
 
     def die(self, *a, **kw):
         raise Boom

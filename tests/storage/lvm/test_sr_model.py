@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from storage.errors import StorageError
 from storage.lvm.alloc import check_consistency
-from storage.sr import SR
+from storage.sr.sr import SR
 from storage.vhd import format as fmt
 
 KiB = 1024

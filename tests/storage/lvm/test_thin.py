@@ -8,12 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from storage.devices.rawio import MemoryIO
 from storage.errors import LvmError
 from storage.lvm import VolumeGroup, pvcreate
 from storage.lvm.alloc import check_consistency
 from storage.lvm.textfmt import emit_text, parse_text
 from storage.lvm.thin import ThinPoolFullError
-from storage.rawio import MemoryIO
 
 MiB = 1 << 20
 CHUNK = 64 << 10

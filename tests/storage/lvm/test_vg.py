@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from storage.blockdev import BlockDevice
+from storage.devices.blockdev import BlockDevice
+from storage.devices.rawio import FileIO, MemoryIO, RawIO
 from storage.errors import LvmError, StorageError
 from storage.lvm import VolumeGroup, pvcreate, read_pv
 from storage.lvm.alloc import check_consistency, free_extents
 from storage.lvm.ondisk import MDA_HEADER_SIZE, unpack_mda_header
 from storage.lvm.vg import read_mda_text
-from storage.rawio import FileIO, MemoryIO, RawIO
 from tests.storage.lvm.conftest import MiB, reopen
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from storage import blkif
-from storage.blkback import BackendOptions, BlkBack
-from storage.blkif import Response
-from storage.hypervisor import XVDA, Guest, Hypervisor
-from storage.memdisk import MemoryDisk
-from storage.ring import EventChannel, FrontRing, SharedRing
-from storage.xenstore import XenbusState, wait_for_state
+from storage.devices.memdisk import MemoryDisk
+from storage.rings import blkif
+from storage.rings.blkback import BackendOptions, BlkBack
+from storage.rings.blkif import Response
+from storage.rings.hypervisor import XVDA, Guest, Hypervisor
+from storage.rings.ring import EventChannel, FrontRing, SharedRing
+from storage.rings.xenstore import XenbusState, wait_for_state
 
 DISK_SIZE = 4 << 20
 HERE = Path(__file__).parent

@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from storage.blkback import BackendOptions
-from storage.blkfront import BlkFront, BlkIOError
-from storage.blockdev import BlockDevice
-from storage.hypervisor import XVDA, Hypervisor
-from storage.memdisk import MemoryDisk, RawFileDisk
+from storage.devices.blockdev import BlockDevice
+from storage.devices.memdisk import MemoryDisk, RawFileDisk
+from storage.rings.blkback import BackendOptions
+from storage.rings.blkfront import BlkFront, BlkIOError
+from storage.rings.hypervisor import XVDA, Hypervisor
 
 from .conftest import DISK_SIZE, Host, make_host
 

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage import blkif
-from storage.blkif import DiscardRequest, IndirectRequest, Op, Request, Response, Segment
 from storage.errors import RingProtocolError
+from storage.rings import blkif
+from storage.rings.blkif import DiscardRequest, IndirectRequest, Op, Request, Response, Segment
 
 
 def test_x86_64_sizes_match_xen_headers() -> None:

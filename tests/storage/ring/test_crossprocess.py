@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from storage.hostlink import HostLinkError, HostServer, connect_guest
-from storage.hypervisor import Hypervisor
-from storage.memdisk import MemoryDisk
-from storage.xenstore import XenStoreError
+from storage.devices.memdisk import MemoryDisk
+from storage.rings.hostlink import HostLinkError, HostServer, connect_guest
+from storage.rings.hypervisor import Hypervisor
+from storage.rings.xenstore import XenStoreError
 
 
 async def hvsim(*args: str) -> tuple[int, str, str]:

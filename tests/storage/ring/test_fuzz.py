@@ -8,9 +8,9 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage.blkfront import BlkFront
 from storage.errors import StorageError
-from storage.hypervisor import XVDA
+from storage.rings.blkfront import BlkFront
+from storage.rings.hypervisor import XVDA
 
 from .conftest import DISK_SIZE, make_host
 

@@ -6,12 +6,12 @@ import struct
 
 import pytest
 
-from storage import blkif
-from storage.blkback import BackendOptions
-from storage.blkfront import BlkFront
-from storage.blkif import DiscardRequest, IndirectRequest, Op, Request, Segment, Status
-from storage.hypervisor import XVDA
-from storage.xenstore import XenbusState, wait_for_state
+from storage.rings import blkif
+from storage.rings.blkback import BackendOptions
+from storage.rings.blkfront import BlkFront
+from storage.rings.blkif import DiscardRequest, IndirectRequest, Op, Request, Segment, Status
+from storage.rings.hypervisor import XVDA
+from storage.rings.xenstore import XenbusState, wait_for_state
 
 from .conftest import DISK_SIZE, Host, RawFront, make_host
 
@@ -161,7 +161,7 @@ async def test_hostile_xenstore_nodes_refuse_connection(host: Host, node: str,
 
 
 async def test_guest_may_not_write_backend_nodes(host: Host) -> None:
-    from storage.xenstore import XenStoreError
+    from storage.rings.xenstore import XenStoreError
 
     with pytest.raises(XenStoreError):
         await host.guest.xs.write(f"/local/domain/0/backend/vbd/1/{XVDA}/sectors", "1")

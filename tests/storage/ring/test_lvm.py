@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.blkfront import BlkFront, BlkIOError
-from storage.hypervisor import XVDA, Hypervisor
 from storage.lvm.vg import VolumeGroup, pvcreate
+from storage.rings.blkfront import BlkFront, BlkIOError
+from storage.rings.hypervisor import XVDA, Hypervisor
 
 
 async def test_guest_writes_an_lv_and_its_snapshot_keeps_the_old_data(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage.blkback import BackendOptions
-from storage.blkfront import BlkFront, BlkIOError
-from storage.hypervisor import XVDA
+from storage.rings.blkback import BackendOptions
+from storage.rings.blkfront import BlkFront, BlkIOError
+from storage.rings.hypervisor import XVDA
 
 from .conftest import make_host
 
@@ -22,7 +22,7 @@ op = st.tuples(st.sampled_from(["write", "write", "read", "discard", "flush"]),
 
 
 async def _run(ops: list[tuple[str, int, int]], seed: int, indirect: bool) -> None:
-    from storage.memdisk import MemoryDisk
+    from storage.devices.memdisk import MemoryDisk
 
     rng = random.Random(seed)
     opts = BackendOptions(max_indirect_segments=64 if indirect else 0)

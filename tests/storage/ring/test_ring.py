@@ -5,9 +5,9 @@ import asyncio
 
 import pytest
 
-from storage import blkif
-from storage.blkif import Op, Request, Response, Segment
-from storage.ring import (
+from storage.rings import blkif
+from storage.rings.blkif import Op, Request, Response, Segment
+from storage.rings.ring import (
     BackRing,
     DomainMemory,
     FrontRing,

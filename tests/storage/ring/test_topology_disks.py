@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from netsim.errors import TopologyError
-from netsim.lab import Lab
-from netsim.topology import load_topology, parse_topology
-from storage.chain import create_image, open_chain
+from netsim.lab.lab import Lab
+from netsim.lab.topology import load_topology, parse_topology
+from storage.vhd.chain import create_image, open_chain
 
 TOPO = """
 name: disks

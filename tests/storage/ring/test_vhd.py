@@ -7,9 +7,9 @@ import random
 import sys
 from pathlib import Path
 
-from storage.blkfront import BlkFront
-from storage.chain import create_image, open_chain
-from storage.hypervisor import XVDA, Hypervisor
+from storage.rings.blkfront import BlkFront
+from storage.rings.hypervisor import XVDA, Hypervisor
+from storage.vhd.chain import create_image, open_chain
 
 SIZE = 8 << 20
 

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from storage.xenstore import (
+from storage.rings.xenstore import (
     XenbusState,
     XenStore,
     XenStoreError,

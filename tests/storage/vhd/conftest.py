@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import chain
+from storage.vhd import chain
 
 MiB = 2**20
 

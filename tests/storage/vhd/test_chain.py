@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import chain
 from storage.errors import ChainError, StorageError
+from storage.vhd import chain
 from storage.vhd import format as fmt
 from storage.vhd.image import VhdImage
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from netsim.cli import app
-from storage.commands.vhd import parse_size
+from netsim.cli.app import app
+from storage.cli.vhd import parse_size
 from storage.errors import StorageError
 
 runner = CliRunner()

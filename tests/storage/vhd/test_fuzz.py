@@ -7,8 +7,8 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from storage.devices.rawio import MemoryIO
 from storage.errors import StorageError
-from storage.rawio import MemoryIO
 from storage.vhd import format as fmt
 from storage.vhd.image import VhdImage
 

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from storage.blockdev import BlockDevice
+from storage.devices.blockdev import BlockDevice
+from storage.devices.rawio import MemoryIO
 from storage.errors import StorageError, VhdFormatError
-from storage.rawio import MemoryIO
 from storage.vhd import format as fmt
 from storage.vhd.image import VhdImage
 

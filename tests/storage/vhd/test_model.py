@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from storage import chain
 from storage.errors import StorageError
-from storage.sr import SR
+from storage.sr.sr import SR
+from storage.vhd import chain
 from storage.vhd import format as fmt
 
 KiB = 1024

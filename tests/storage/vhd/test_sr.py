@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from storage import chain
 from storage.errors import SrError
-from storage.sr import SR, SR_TYPES, VDI, SRDriver, driver_class, register_sr_type
+from storage.sr.sr import SR, SR_TYPES, VDI, SRDriver, driver_class, register_sr_type
+from storage.vhd import chain
 
 MiB = 2**20
 
@@ -143,7 +143,7 @@ def test_vbd_rules(sr: SR) -> None:
 
 
 def test_depth_limit_refuses_snapshot(sr: SR) -> None:
-    from storage.srtypes.file import FileSRDriver
+    from storage.sr.srtypes.file import FileSRDriver
 
     v = sr.vdi_create("d", MiB)
     sr.driver.max_depth = 3                                    # type: ignore[attr-defined]

@@ -1,0 +1,216 @@
+"""CLI commands on topology files: draw, run (with captures), ping, pingall."""
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from netsim.clock import Clock
+    from netsim.lab.lab import Lab, Reachability
+
+console = Console()
+
+TopologyArg = Annotated[Path, typer.Argument(help="Topology YAML file (see topologies/).")]
+WaitOpt = Annotated[float, typer.Option("--wait", help="Seconds (lab time) to wait for each "
+                                        "reply before calling it lost.")]
+ClockOpt = Annotated[str, typer.Option("--clock", help="virtual: time jumps to the next "
+                                       "timeout, deterministic and fast; real: wall time.")]
+
+
+def _clock(kind: str) -> Clock:
+    from netsim.clock import ManualClock, RealClock
+
+    if kind == "virtual":
+        return ManualClock()
+    if kind == "real":
+        return RealClock()
+    raise typer.BadParameter(f"--clock must be virtual or real, not {kind!r}")
+
+
+def _lab(topology: Path, clock: str) -> Lab:
+    from netsim.lab.lab import Lab
+    from netsim.lab.topology import load_topology
+
+    return Lab(load_topology(topology), clock=_clock(clock))
+
+
+def draw(
+    topology: TopologyArg,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Picture to write: .svg, .png, .pdf "
+                                      "or .dot (Graphviz source).")],
+) -> None:
+    """Draw a topology: hosts, switches, port groups with their VLANs, PIFs, VMs, the physical
+    network.
+
+    Example: hvsim draw topologies/xen-vlans.yaml -o xen-vlans.svg
+    """
+    from netsim.lab.draw import render
+    from netsim.lab.topology import load_topology
+
+    topo = load_topology(topology)
+    render(topo, out)
+    console.print(f"wrote {out} ({len(topo.hosts)} hosts, {len(topo.vms)} VMs)")
+
+
+def ping(
+    topology: TopologyArg,
+    src: Annotated[str, typer.Argument(help="VM that sends the echo requests.")],
+    dst: Annotated[str, typer.Argument(help="VM name or IPv4 address to ping.")],
+    count: Annotated[int, typer.Option("-c", "--count", min=1, help="Echo requests.")] = 3,
+    wait: WaitOpt = 1.0,
+    clock: ClockOpt = "virtual",
+) -> None:
+    """Ping from one VM of a topology to another (or to an address), through the emulated
+    switches and cables. Exit status 1 if no reply came back.
+
+    Example: hvsim ping topologies/xen-router.yaml a1 b1
+    """
+
+    async def go() -> int:
+        lab = _lab(topology, clock)
+        async with lab:
+            target = dst
+            answered = 0
+            for _ in range(count):
+                r = await lab.ping(src, target, wait_s=wait)
+                if r.replied:
+                    answered += 1
+                    console.print(f"reply from {r.dst}: icmp_seq={r.seq} ttl={r.ttl} "
+                                  f"time={r.rtt_s * 1e3:.3f} ms (lab clock)")
+                else:
+                    console.print(f"no reply from {r.dst}: icmp_seq={r.seq}")
+            console.print(f"{src} -> {dst}: {count} sent, {answered} received, "
+                          f"{100 * (count - answered) // count}% loss")
+            return answered
+
+    if asyncio.run(go()) == 0:
+        raise typer.Exit(1)
+
+
+def _matrix_table(r: Reachability, lab: Lab) -> Table:
+    vlan_of: dict[str, str] = {}
+    for vm in lab.topo.vms:
+        host = lab.topo.host(vm.host)
+        vlan_of[vm.name] = ",".join(
+            f"{f.network}({host.network(f.network).vlan or 'untagged'})" for f in vm.vifs)
+    table = Table(title=f"reachability: {lab.topo.name} ({r.answered}/{r.pairs} answered)",
+                  caption="row pings column; ✓ answered, · no answer")
+    table.add_column("from \\ to", style="bold")
+    table.add_column("network (VLAN)", style="dim")
+    for d in r.vms:
+        table.add_column(d, justify="center")
+    for s in r.vms:
+        row = ["[dim]-[/]" if s == d else ("[green]✓[/]" if r.matrix[s][d] else "[red]·[/]")
+               for d in r.vms]
+        table.add_row(s, vlan_of.get(s, ""), *row)
+    return table
+
+
+def pingall(
+    topology: TopologyArg,
+    wait: WaitOpt = 1.0,
+    clock: ClockOpt = "virtual",
+) -> None:
+    """Every VM with an address pings every other VM: a VLAN-aware reachability matrix (same
+    VLAN answers, other VLANs do not, routed networks through their router VM).
+
+    Example: hvsim pingall topologies/xen-vlans.yaml
+    """
+
+    async def go() -> None:
+        lab = _lab(topology, clock)
+        names = [v for v, a in lab.agents.items() if a.guest.addresses()]
+        total = len(names) * (len(names) - 1)
+        t0 = time.perf_counter()
+        with Progress(TextColumn("pinging"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("pings", total=total)
+            async with lab:
+                r = await lab.pingall(wait_s=wait, progress=lambda n: bar.advance(task, n))
+        console.print(_matrix_table(r, lab))
+        console.print(f"{r.pairs} pings in {time.perf_counter() - t0:.2f} s wall time")
+
+    asyncio.run(go())
+
+
+def run(
+    topology: TopologyArg,
+    out: Annotated[Path, typer.Option("--out", help="Directory for the pcapng files.")],
+    duration: Annotated[float, typer.Option("--duration", min=0.0, help="Seconds of lab time "
+                                            "to run after the traffic.")] = 1.0,
+    capture: Annotated[str, typer.Option("--capture", help="Ports to capture: all, or "
+                                         "comma-separated names (vif1.0,xen1/eth0,trunk/"
+                                         "xen1.eth0).")] = "all",
+    traffic: Annotated[str, typer.Option("--traffic", help="pingall: every VM pings every "
+                                         "other; none: just run.")] = "pingall",
+    clock: ClockOpt = "virtual",
+    broker: Annotated[str | None, typer.Option(
+        "--broker", help="Run each host as its own agent, joined by a distributed switch "
+        "through this MQTT broker (mqtt://HOST:PORT); captures go to OUT/<host>.pcapng.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Broker user (with --broker).")
+                    ] = None,
+    password_file: Annotated[Path | None, typer.Option(
+        "--password-file", help="File holding the broker password (with --broker).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        "--tls-ca", help="CA to check the broker's TLS certificate (with --broker).")] = None,
+    fabric: Annotated[str, typer.Option(
+        "--fabric", help="Topic prefix hvsim/FABRIC/ on the broker (with --broker).")] = "lab",
+) -> None:
+    """Run a topology, capturing ports to DIR/<port>.pcapng (one file per port, named after
+    it, ns timestamps; uplinks show the 802.1Q tags), and print what crossed each port.
+
+    Example: hvsim run topologies/xen-vlans.yaml --out ./run1 --capture eth0,eth0.5,vif1.0
+
+    With --broker the hosts run as separate agents of one distributed switch over MQTT
+    (see `hvsim host` to run them on several machines).
+    """
+    if traffic not in ("pingall", "none"):
+        raise typer.BadParameter(f"--traffic must be pingall or none, not {traffic!r}")
+    if broker is not None:
+        from netsim.cli.commands.distributed import run_with_broker
+
+        run_with_broker(topology, broker=broker, out=out, user=user,
+                        password_file=password_file, tls_ca=tls_ca, fabric=fabric,
+                        duration=duration, ping=traffic == "pingall")
+        return
+
+    async def go() -> None:
+        lab = _lab(topology, clock)
+        paths = lab.capture(capture, out)
+        async with lab:
+            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                          console=console, transient=True) as bar:
+                if traffic == "pingall":
+                    t = bar.add_task("traffic (pingall)", total=None)
+                    r = await lab.pingall()
+                    bar.update(t, completed=1, total=1)
+                    console.print(f"pingall: {r.answered}/{r.pairs} answered")
+                bar.add_task(f"running {duration:g} s", total=None)
+                await lab.run_for(duration)
+            counters = lab.fabric.counters()
+        table = Table(title=f"{lab.topo.name}: ports")
+        for col in ("port", "rx frames", "tx frames", "drops"):
+            table.add_column(col, justify="left" if col in ("port", "drops") else "right")
+        for name, c in sorted(counters.items()):
+            if c["rx_frames"] or c["tx_frames"] or c["drops"]:
+                drops = ", ".join(f"{k} {v}" for k, v in c["drops"].items())
+                table.add_row(name, str(c["rx_frames"]), str(c["tx_frames"]), drops)
+        console.print(table)
+        console.print(f"wrote {len(paths)} capture file(s) in {out}")
+
+    asyncio.run(go())
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the root `hvsim` app."""
+    app.command("draw")(draw)
+    app.command("run")(run)
+    app.command("ping")(ping)
+    app.command("pingall")(pingall)

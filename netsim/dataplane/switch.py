@@ -1,0 +1,851 @@
+"""Switches: the learning 802.1Q bridge, and the vSphere standard switch built on it.
+
+The pipeline of one frame, run synchronously by `Bridge.ingress(port, frame)` when the frame
+arrives (the one asyncio hop is the output port's queue; see DESIGN.md §2):
+
+    sanity (runt, cut tag, oversize, multicast source)
+    → VLAN classify (the port's access/trunk/native mode)
+    → security (forged transmits)                         [StandardSwitch, VM ports]
+    → ingress shaping (egress from the VM)                [port group shaping]
+    → learn (VLAN, source MAC) → port; mirror ingress
+    → lookup (VLAN, destination MAC): one port, or the flood domain of the VLAN
+    → per output port: filters (promiscuous, MAC changes, uplink rules), VLAN tag/untag,
+      egress shaping, mirror egress, enqueue.
+
+Every rejected frame is counted on a port under a `DROP_REASONS` name; nothing about a frame's
+contents can raise out of `ingress`. Frames stay `bytes`; tags are added and removed by slicing.
+
+`PhysicalSwitch` is a plain IEEE 802.1Q learning bridge (the physical network). `StandardSwitch`
+adds vSphere port groups (VLAN ID 0 EST / 1-4094 VST / 4095 VGT, security, shaping), uplinks with
+NIC teaming (route based on originating virtual port; active/standby; failover on link down),
+and the vSwitch rules: frames from one uplink never go out another, a vNIC that is not
+promiscuous only receives unicast for its own MAC.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from netsim.clock import Clock, RealClock
+from netsim.dataplane.mac_table import DEFAULT_AGING_S, DEFAULT_SIZE, NO_SPACE, MacEntry, MacTable
+from netsim.dataplane.policy import (
+    LoadBalancing,
+    SecurityPolicy,
+    ShapingPolicy,
+    TeamingPolicy,
+    VlanMode,
+    VlanPolicy,
+    check_vlan,
+    port_group_vlan,
+)
+from netsim.dataplane.port import Pif, Port, VmPort
+from netsim.dataplane.shaper import Shaper
+from netsim.errors import ConfigError
+from netsim.wire.frame import arp_is_gratuitous
+
+_UNSET: Any = object()
+
+# Port roles on a switch.
+ROLE_BRIDGE = 0  # a port of a physical 802.1Q bridge
+ROLE_VM = 1  # a vNIC's port on a vSwitch
+ROLE_UPLINK = 2  # a vSwitch uplink (PIF)
+
+_MODE_CODE = {
+    VlanMode.ACCESS: 0,
+    VlanMode.TRUNK: 1,
+    VlanMode.NATIVE_TAGGED: 2,
+    VlanMode.NATIVE_UNTAGGED: 3,
+}
+_ACCESS, _TRUNK = 0, 1
+_TAGS: dict[int, bytes] = {}  # TCI -> the 4 tag bytes, built once each
+
+
+class Bridge:
+    """A learning 802.1Q bridge: ports with VLAN modes, a (VLAN, MAC) table, flooding within the
+    VLAN. Base of `PhysicalSwitch` and `StandardSwitch`."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        clock: Clock | None = None,
+        mac_table_size: int = DEFAULT_SIZE,
+        aging_s: float = DEFAULT_AGING_S,
+    ) -> None:
+        if not name or not isinstance(name, str):
+            raise ConfigError(f"switch name {name!r} must be a non-empty string")
+        self.name = name
+        self.clock: Clock = clock if clock is not None else RealClock()
+        self.mac_table: MacTable[Port] = MacTable(size=mac_table_size, aging_s=aging_s)
+        self.ports: dict[str, Port] = {}
+        self._flood: dict[int, tuple[Port, ...]] = {}
+        self._next_id = 0
+        self._now = self.clock.now_ns
+        # The pipeline reads the table's entries directly for the common cases (source already
+        # learned on this port; destination known and fresh): two method calls less per frame.
+        self._mac_get = self.mac_table.get_entry
+        self._aging_ns = self.mac_table.aging_ns
+
+    # -- configuration -----------------------------------------------------------------------
+    def _attach(self, port: Port, vlan: VlanPolicy, role: int) -> Port:
+        if not isinstance(port, Port):
+            raise ConfigError(f"{self.name}: can only attach a Port, not {port!r}")
+        if port.switch is not None:
+            raise ConfigError(
+                f"{self.name}: port {port.name} is already attached to switch {port.switch.name}"
+            )
+        if port.name in self.ports:
+            raise ConfigError(f"{self.name}: a port named {port.name} is already attached")
+        port.switch = self
+        port.sw_role = role
+        port.sw_id = self._next_id
+        self._next_id += 1
+        port.sw_forged_ok = True
+        port.sw_promisc = True
+        port.sw_mac_changes_ok = True
+        port.sw_shaper = None
+        port.sw_egress_shaper = None
+        port.sw_mac_limit = 0
+        port.sw_mirror_rx = ()
+        port.sw_mirror_tx = ()
+        port.sw_check_reflect = False
+        self._rx_checks(port)
+        port.refresh()
+        self._set_vlan(port, vlan)
+        self.ports[port.name] = port
+        port.on_link_change(self._link_changed)
+        self._changed()
+        return port
+
+    @staticmethod
+    def _rx_checks(port: Port) -> None:
+        port.sw_rx_checks = bool(
+            not port.sw_forged_ok or port.sw_shaper is not None or port.sw_check_reflect
+            or port.sw_mirror_rx
+        )
+
+    def _set_vlan(self, port: Port, vlan: VlanPolicy) -> None:
+        if not isinstance(vlan, VlanPolicy):
+            raise ConfigError(f"{self.name}/{port.name}: vlan must be a VlanPolicy, not {vlan!r}")
+        mode = _MODE_CODE[vlan.mode]
+        port.sw_vlan = vlan
+        port.sw_mode = mode
+        if mode == _ACCESS:
+            port.sw_pvid, port.sw_allowed, port.sw_untagged_vid = vlan.vlan, None, vlan.vlan
+            port.sw_untagged_ok = True
+        elif mode == _TRUNK:
+            port.sw_pvid, port.sw_untagged_vid = 0, 0
+            port.sw_allowed = vlan.trunks or None
+            port.sw_untagged_ok = not vlan.trunks or 0 in vlan.trunks
+        else:
+            port.sw_pvid = vlan.vlan
+            port.sw_allowed = (vlan.trunks | {vlan.vlan}) if vlan.trunks else None
+            port.sw_untagged_vid = vlan.vlan if vlan.mode is VlanMode.NATIVE_UNTAGGED else -1
+            port.sw_untagged_ok = True
+        port.sw_carry = None if port.sw_allowed is None and mode != _ACCESS else (
+            frozenset({vlan.vlan}) if mode == _ACCESS else port.sw_allowed)
+        port.sw_max_untagged = 14 + port.mtu
+        port.sw_max_tagged = 18 + port.mtu
+
+    def set_vlan(self, port: Port | str, vlan: VlanPolicy) -> None:
+        """Change a port's VLAN mode; its learned MACs are forgotten."""
+        p = self._port(port)
+        self._set_vlan(p, vlan)
+        self.mac_table.flush(p)
+        self._changed()
+
+    def detach(self, port: Port | str) -> None:
+        """Remove a port from the switch, forgetting what was learned on it."""
+        p = self._port(port)
+        del self.ports[p.name]
+        self.mac_table.flush(p)
+        p.off_link_change(self._link_changed)
+        p.switch = None
+        self._changed()
+
+    def mirror(
+        self,
+        sources: Iterable[Port | str],
+        destination: Port | str,
+        *,
+        ingress: bool = True,
+        egress: bool = True,
+    ) -> None:
+        """Port mirroring: copy every frame entering (`ingress`) and/or leaving (`egress`) the
+        source ports, as it crosses them, to `destination` (which need not carry the VLAN)."""
+        dest = self._port(destination)
+        for s in sources:
+            p = self._port(s)
+            if p is dest:
+                raise ConfigError(f"{self.name}: port {p.name} cannot mirror to itself")
+            if ingress:
+                p.sw_mirror_rx = (*p.sw_mirror_rx, dest)
+                self._rx_checks(p)
+            if egress:
+                p.sw_mirror_tx = (*p.sw_mirror_tx, dest)
+                p.refresh()
+
+    def set_egress_shaping(self, port: Port | str, shaping: ShapingPolicy | None) -> None:
+        """Shape frames leaving the switch through `port` (vDS-style egress shaping)."""
+        p = self._port(port)
+        p.sw_egress_shaper = Shaper(shaping, self._now()) if shaping is not None else None
+        p.refresh()
+
+    def _port(self, port: Port | str) -> Port:
+        name = port if isinstance(port, str) else port.name
+        p = self.ports.get(name)
+        if p is None or (not isinstance(port, str) and p is not port):
+            raise ConfigError(f"{self.name}: no port {name!r} on this switch")
+        return p
+
+    def _changed(self) -> None:
+        self._flood.clear()
+
+    def _link_changed(self, port: Port) -> None:
+        if not port.link_up:
+            self.mac_table.flush(port)
+        self._changed()
+
+    def _members(self, vid: int) -> tuple[Port, ...]:
+        members = tuple(p for p in self.ports.values() if p.sw_vlan.carries(vid))
+        self._flood[vid] = members
+        return members
+
+    def mac_entries(self) -> list[MacEntry]:
+        """The live MAC table now (VLAN, MAC, port, age), sorted by VLAN then MAC."""
+        return self.mac_table.entries(self._now())
+
+    def port_counters(self) -> dict[str, dict[str, Any]]:
+        """Every port's counters, by port name."""
+        return {name: p.counters.as_dict() for name, p in self.ports.items()}
+
+    # -- the pipeline ------------------------------------------------------------------------
+    def ingress(self, port: Port, frame: bytes, now: int | None = None) -> Port | None:
+        """Switch one frame that arrived on `port` (at `now`, default: the clock's now). Call
+        `port.receive(frame)` to inject a frame: it counts and taps the arrival, then calls
+        this. Returns the one port a known unicast frame was switched to (None for floods and
+        drops): `ingress_batch` reuses that decision for the frames that follow it."""
+        c = port.counters
+        n = len(frame)
+        if n < 14:
+            c.drop("runt")
+            return
+        if frame[12] == 0x81 and frame[13] == 0x00:
+            if n < 18:
+                c.drop("malformed")
+                return
+            if n > port.sw_max_tagged:
+                c.drop("oversize")
+                return
+            tci = (frame[14] << 8) | frame[15]
+            vid = tci & 0x0FFF
+            pcp = tci >> 13
+            inner = frame[:12] + frame[16:]
+            if vid == 0:  # priority tag: untagged as far as VLANs go
+                if not port.sw_untagged_ok:
+                    c.drop("vlan-not-allowed")
+                    return
+                vid = port.sw_pvid
+                tagged = None
+            elif port.sw_mode == _ACCESS:
+                c.drop("tagged-on-access")
+                return
+            else:
+                allowed = port.sw_allowed
+                if vid == 4095 or (allowed is not None and vid not in allowed):
+                    c.drop("vlan-not-allowed")
+                    return
+                tagged = frame if tci & 0x1000 == 0 else None
+        else:
+            if n > port.sw_max_untagged:
+                c.drop("oversize")
+                return
+            if not port.sw_untagged_ok:
+                c.drop("vlan-not-allowed")
+                return
+            vid = port.sw_pvid
+            pcp = 0
+            inner = frame
+            tagged = None
+        if frame[6] & 1:
+            c.drop("malformed")
+            return
+        src = frame[6:12]
+        if now is None:
+            now = self._now()
+        if port.sw_rx_checks:  # forged transmits Reject, shaping, reflection, mirroring
+            if not port.sw_forged_ok and src != port.vnic.mac:
+                c.drop("forged-source")
+                return
+            shaper = port.sw_shaper
+            if shaper is not None and not shaper.conform(n, now):
+                c.drop("shaped")
+                return
+            if port.sw_check_reflect and self._reflected(vid, src, now):
+                c.drop("reflected")
+                return
+            if port.sw_mirror_rx:
+                for m in port.sw_mirror_rx:
+                    m.transmit(frame)
+        key = (vid, src)
+        e = self._mac_get(key)
+        arp = inner[12] == 0x08 and inner[13] == 0x06
+        if e is not None and e.port is port and not arp:
+            e.last_ns = now  # known here already: refresh (MacTable.learn's first branch)
+            e.lru.move_to_end(key)
+        elif self.mac_table.learn(
+            vid, src, port, now, garp=arp and arp_is_gratuitous(inner, 14),
+            limit=port.sw_mac_limit,
+        ) == NO_SPACE:
+            c.drop("no-learn-space")
+            return None
+        return self._forward(port, inner, tagged, vid, pcp, now)
+
+    def _reflected(self, vid: int, src: bytes, now: int) -> bool:
+        return False
+
+    def _lookup(self, vid: int, mac: bytes, now: int) -> Port | None:
+        e = self._mac_get((vid, mac))
+        if e is None:
+            return None
+        if now - e.last_ns > self._aging_ns:
+            self.mac_table.lookup(vid, mac, now)  # removes the aged-out entry
+            return None
+        return e.port
+
+    def _forward(
+        self, port: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int, now: int
+    ) -> Port | None:
+        if not inner[0] & 1:
+            out = self._lookup(vid, inner[0:6], now)
+            if out is not None:
+                if out is port:
+                    port.counters.drop("same-port")
+                    return None
+                self._emit(out, inner, tagged, vid, pcp, now)
+                return out
+        members = self._flood.get(vid)
+        if members is None:
+            members = self._members(vid)
+        sent = False
+        for out in members:
+            if out is not port:
+                tagged = self._emit(out, inner, tagged, vid, pcp, now)
+                sent = True
+        if not sent:
+            port.counters.drop("no-destination")
+        return None
+
+    def _to_port(
+        self,
+        out: Port,
+        dst: bytes | None,
+        inner: bytes,
+        tagged: bytes | None,
+        vid: int,
+        pcp: int,
+        now: int,
+    ) -> bytes | None:
+        """Send to one output port (with its per-port checks: none on a plain bridge)."""
+        return self._emit(out, inner, tagged, vid, pcp, now)
+
+    def ingress_batch(self, port: Port, frames: Sequence[bytes]) -> None:
+        """Switch frames that arrived on `port`, in order: what `ingress` does to each, at one
+        clock reading for the batch, with the decision for a run of frames between the same
+        two stations (same header, not ARP) made once, by the first of them.
+
+        Call `port.receive_batch(frames)`, which counts the arrivals first. The frames after
+        the first of a run skip classification, learning (a refresh at the same instant
+        changes nothing) and lookup, and go through the output port's checks, tagging,
+        shaping and queueing one by one; a run is not reused when the input port shapes or
+        mirrors (both act per frame) or a promiscuous port must get a copy.
+        """
+        now = self._now()
+        ingress = self.ingress
+        to_port = self._to_port
+        reuse = port.sw_shaper is None and not port.sw_mirror_rx
+        hdr = None  # the run's header: dst, src, and the tag if any
+        out: Any = None
+        tagged_run = False
+        keep_tagged = False
+        vid = pcp = 0
+        dst = b""
+        limit = 0
+        for f in frames:
+            if hdr is not None and f.startswith(hdr) and 18 <= len(f) <= limit:
+                if tagged_run:
+                    to_port(out, dst, f[:12] + f[16:], f if keep_tagged else None, vid, pcp,
+                            now)
+                else:
+                    to_port(out, dst, f, None, vid, pcp, now)
+                continue
+            hdr = None
+            out = ingress(port, f, now)
+            if out is None or not reuse or self._promisc_copies() or len(f) < 18:
+                continue
+            if f[12] == 0x81 and f[13] == 0x00:
+                tci = (f[14] << 8) | f[15]
+                vid, pcp = tci & 0x0FFF, tci >> 13
+                if vid == 0:
+                    vid = port.sw_pvid
+                tagged_run = True
+                keep_tagged = (tci & 0x0FFF) != 0 and not tci & 0x1000
+                et = f[16:18]
+                hdr = f[:16]
+                limit = port.sw_max_tagged
+            else:
+                vid, pcp = port.sw_pvid, 0
+                tagged_run = keep_tagged = False
+                et = f[12:14]
+                hdr = f[:14]
+                limit = port.sw_max_untagged
+            if et == b"\x08\x06":  # ARP: learning looks at each one (GARP locks)
+                hdr = None
+            dst = f[0:6]
+
+    def _promisc_copies(self) -> bool:
+        return False
+
+    def _emit(
+        self, out: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int, now: int
+    ) -> bytes | None:
+        """Encode for `out`'s VLAN mode and send; returns the tagged form if one was built, so
+        a flood builds it once."""
+        if (vid == out.sw_untagged_vid and (pcp == 0 or out.sw_mode != _TRUNK)) or not (
+            vid or pcp
+        ):
+            f = inner
+        else:
+            if tagged is None:
+                tci = (pcp << 13) | vid
+                tag = _TAGS.get(tci)
+                if tag is None:
+                    tag = _TAGS[tci] = bytes((0x81, 0x00, tci >> 8, tci & 0xFF))
+                tagged = inner[:12] + tag + inner[12:]
+            f = tagged
+        if out.tx_plain:
+            # Port.transmit + FrameQueue.put, inlined: link up, no taps/shaping/mirroring.
+            q = out.queue
+            items = q.items
+            if len(items) < q.maxlen:
+                items.append(f)
+                if q._waiter is not None:
+                    q.wake()
+                c = out.counters
+                c.tx_frames += 1
+                c.tx_bytes += len(f)
+            else:
+                out.counters.drop("queue-full")
+            return tagged
+        shaper = out.sw_egress_shaper
+        if shaper is not None and not shaper.conform(len(f), now):
+            out.counters.drop("shaped")
+            return tagged
+        if out.transmit(f) and out.sw_mirror_tx:
+            for m in out.sw_mirror_tx:
+                m.transmit(f)
+        return tagged
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} ports={len(self.ports)}>"
+
+
+class PhysicalSwitch(Bridge):
+    """The physical network: an IEEE 802.1Q learning bridge whose ports are access, trunk,
+    native-tagged or native-untagged."""
+
+    def add_port(self, port: Port | str, vlan: VlanPolicy | None = None) -> Port:
+        """Add a port (or create one by name); default VLAN mode is a trunk of all VLANs."""
+        p = Port(port) if isinstance(port, str) else port
+        return self._attach(p, vlan if vlan is not None else VlanPolicy.trunk(), ROLE_BRIDGE)
+
+
+@dataclass(frozen=True)
+class PortGroup:
+    """A vSphere port group: a name, a VLAN ID and the policies of the ports attached to it.
+
+    vlan: 0 = EST (untagged on the vSwitch; the physical switch tags), 1-4094 = VST (tagged toward
+    uplinks, untagged toward VMs), 4095 = VGT (the guest's tags pass through).
+    mac_limit: most source MACs learned per port (0 = no limit); beyond it, frames from new
+    MACs are dropped as `no-learn-space`.
+    teaming: overrides the switch's NIC teaming for this group's ports (vSphere's per port
+    group "override"): which uplinks are active and standby, and the load balancing; None
+    inherits the switch's policy.
+    """
+
+    name: str
+    vlan: int = 0
+    security: SecurityPolicy = field(default_factory=SecurityPolicy)
+    shaping: ShapingPolicy | None = None
+    mac_limit: int = 0
+    teaming: TeamingPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError(f"port group name {self.name!r} must be a non-empty string")
+        check_vlan(self.vlan, f"port group {self.name!r}: vlan", allow_vgt=True)
+        if not isinstance(self.security, SecurityPolicy):
+            raise ConfigError(f"port group {self.name!r}: security must be a SecurityPolicy")
+        if self.shaping is not None and not isinstance(self.shaping, ShapingPolicy):
+            raise ConfigError(f"port group {self.name!r}: shaping must be a ShapingPolicy")
+        if isinstance(self.mac_limit, bool) or not isinstance(self.mac_limit, int) or (
+            self.mac_limit < 0
+        ):
+            raise ConfigError(f"port group {self.name!r}: mac_limit {self.mac_limit!r} < 0")
+        if self.teaming is not None and not isinstance(self.teaming, TeamingPolicy):
+            raise ConfigError(f"port group {self.name!r}: teaming must be a TeamingPolicy")
+
+    @property
+    def vlan_policy(self) -> VlanPolicy:
+        """The VLAN mode of this group's VM ports."""
+        return port_group_vlan(self.vlan)
+
+
+class StandardSwitch(Bridge):
+    """A vSphere standard switch (vSS); a Xen bridge (`xenbr0`, `xapi1`) is one with a single
+    port group on VLAN 0.
+
+    `add_port_group(PortGroup(...))`, `attach(vm_port, "group")`, `add_uplink(pif)`; teaming
+    across several uplinks is set with `teaming = TeamingPolicy(...)`, and a port group may
+    override it (`PortGroup(..., teaming=TeamingPolicy(...))`): each VM port is pinned to an
+    uplink by its own group's policy, fails over by it, and a flood arriving on an uplink
+    reaches only the VM ports pinned to that uplink.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        clock: Clock | None = None,
+        mac_table_size: int = DEFAULT_SIZE,
+        aging_s: float = DEFAULT_AGING_S,
+        teaming: TeamingPolicy | None = None,
+    ) -> None:
+        super().__init__(name, clock=clock, mac_table_size=mac_table_size, aging_s=aging_s)
+        self.port_groups: dict[str, PortGroup] = {}
+        self.uplinks: list[Pif] = []
+        self._teaming = teaming if teaming is not None else TeamingPolicy()
+        self._team: dict[Port, Port | None] = {}
+        self._vm_flood: dict[int, tuple[tuple[Port, ...], tuple[Port, ...]]] = {}
+        self._any_promisc = False
+        self._in_use: frozenset[Port] | None = None
+        self._pinned: dict[int, tuple[Port, ...]] = {}
+
+    # -- configuration -----------------------------------------------------------------------
+    def add_port_group(self, group: PortGroup) -> PortGroup:
+        """Add a port group; its name must be new on this switch."""
+        if not isinstance(group, PortGroup):
+            raise ConfigError(f"{self.name}: add_port_group wants a PortGroup, not {group!r}")
+        if group.name in self.port_groups:
+            raise ConfigError(f"{self.name}: port group {group.name!r} already exists")
+        if group.teaming is not None:
+            self._check_team(group.teaming, f"port group {group.name!r} teaming")
+        self.port_groups[group.name] = group
+        self._changed()
+        return group
+
+    def attach(self, port: VmPort, port_group: PortGroup | str) -> VmPort:
+        """Plug a VM's port (`VmPort`, `Vif`) into a port group of this switch."""
+        if not isinstance(port, VmPort):
+            raise ConfigError(
+                f"{self.name}: attach wants a VM port (VmPort/Vif), not {port!r}; "
+                "uplinks go through add_uplink"
+            )
+        name = port_group if isinstance(port_group, str) else port_group.name
+        group = self.port_groups.get(name)
+        if group is None or (not isinstance(port_group, str) and group is not port_group):
+            known = ", ".join(sorted(self.port_groups)) or "none"
+            raise ConfigError(f"{self.name}: unknown port group {name!r} (known: {known})")
+        self._attach(port, group.vlan_policy, ROLE_VM)
+        self._apply_group(port, group)
+        return port
+
+    def _apply_group(self, port: VmPort, group: PortGroup) -> None:
+        port.sw_group = group
+        sec = group.security
+        port.sw_forged_ok = sec.forged_transmits
+        port.sw_promisc = sec.promiscuous
+        port.sw_mac_changes_ok = sec.mac_changes
+        port.sw_mac_limit = group.mac_limit
+        port.sw_shaper = Shaper(group.shaping, self._now()) if group.shaping else None
+        self._rx_checks(port)
+        self._changed()
+
+    def update_port_group(self, group: PortGroup) -> None:
+        """Replace a port group's policies; its ports pick them up at once."""
+        if group.name not in self.port_groups:
+            raise ConfigError(f"{self.name}: unknown port group {group.name!r}")
+        if group.teaming is not None:
+            self._check_team(group.teaming, f"port group {group.name!r} teaming")
+        self.port_groups[group.name] = group
+        self._changed()
+        for p in self.ports.values():
+            if p.sw_role == ROLE_VM and p.sw_group.name == group.name:
+                self._set_vlan(p, group.vlan_policy)
+                self.mac_table.flush(p)
+                self._apply_group(p, group)
+
+    def remove_port_group(self, name: str) -> None:
+        """Remove a port group that has no ports left."""
+        if name not in self.port_groups:
+            raise ConfigError(f"{self.name}: unknown port group {name!r}")
+        users = [p.name for p in self.ports.values()
+                 if p.sw_role == ROLE_VM and p.sw_group.name == name]
+        if users:
+            raise ConfigError(
+                f"{self.name}: port group {name!r} still has ports {', '.join(sorted(users))}"
+            )
+        del self.port_groups[name]
+        self._changed()
+
+    def add_uplink(self, pif: Pif, *, vlan: VlanPolicy | None = None) -> Pif:
+        """Add a physical NIC (or VLAN PIF) as an uplink; a trunk of all VLANs by default
+        (VST port groups leave tagged, VLAN 0 leaves untagged)."""
+        if not isinstance(pif, Pif):
+            raise ConfigError(f"{self.name}: an uplink must be a Pif (eth0, eth0.5), not {pif!r}")
+        self._attach(pif, vlan if vlan is not None else VlanPolicy.trunk(), ROLE_UPLINK)
+        pif.sw_check_reflect = True
+        self._rx_checks(pif)
+        self.uplinks.append(pif)
+        return pif
+
+    @property
+    def teaming(self) -> TeamingPolicy:
+        """The NIC teaming policy of the uplinks."""
+        return self._teaming
+
+    @teaming.setter
+    def teaming(self, policy: TeamingPolicy) -> None:
+        if not isinstance(policy, TeamingPolicy):
+            raise ConfigError(f"{self.name}: teaming must be a TeamingPolicy, not {policy!r}")
+        self._teaming = policy
+        self._check_team()
+        self._changed()
+
+    def _check_team(self, policy: TeamingPolicy | None = None, what: str = "teaming") -> None:
+        names = {u.name for u in self.uplinks}
+        t = policy if policy is not None else self._teaming
+        for n in (*t.active, *t.standby):
+            if n not in names and self.uplinks:
+                raise ConfigError(
+                    f"{self.name}: {what} names uplink {n!r}, which is not an uplink here "
+                    f"(uplinks: {', '.join(sorted(names))})"
+                )
+
+    def detach(self, port: Port | str) -> None:
+        """Remove a port or uplink."""
+        p = self._port(port)
+        super().detach(p)
+        if p in self.uplinks:
+            self.uplinks.remove(p)  # type: ignore[arg-type]
+
+    def _changed(self) -> None:
+        self._flood.clear()
+        self._vm_flood.clear()
+        self._team.clear()
+        self._pinned.clear()
+        self._any_promisc = any(
+            p.sw_promisc for p in self.ports.values() if p.sw_role == ROLE_VM
+        )
+        self._in_use = None
+
+    # -- teaming -----------------------------------------------------------------------------
+    def teaming_of(self, port: Port) -> TeamingPolicy:
+        """The teaming policy `port`'s frames follow: its port group's override, else the
+        switch's."""
+        group = getattr(port, "sw_group", None) if port.sw_role == ROLE_VM else None
+        if group is not None and group.teaming is not None:
+            return group.teaming
+        return self._teaming
+
+    def team_order(self, policy: TeamingPolicy | None = None) -> tuple[list[Pif], list[Pif]]:
+        """(active, standby) uplinks in the order of `policy` (default: the switch's),
+        whatever their link state."""
+        t = policy if policy is not None else self._teaming
+        by_name = {u.name: u for u in self.uplinks}
+        standby = [by_name[n] for n in t.standby if n in by_name]
+        if t.active:
+            active = [by_name[n] for n in t.active if n in by_name]
+        else:
+            active = [u for u in self.uplinks if u.name not in t.standby]
+        return active, standby
+
+    def _team_up(self, policy: TeamingPolicy) -> list[Pif]:
+        """The uplinks `policy` spreads ports over now: its active ones that are up, else the
+        first standby that is up."""
+        active, standby = self.team_order(policy)
+        return [u for u in active if u.link_up] or [u for u in standby if u.link_up][:1]
+
+    def uplink_for(self, port: Port) -> Port | None:
+        """The uplink frames from `port` leave by, or None if no uplink is up."""
+        try:
+            return self._team[port]
+        except KeyError:
+            pass
+        policy = self.teaming_of(port)
+        up = self._team_up(policy)
+        if not up:
+            choice = None
+        elif policy.load_balancing is LoadBalancing.PORT_ID:
+            choice = up[port.sw_id % len(up)]
+        else:
+            choice = up[0]
+        self._team[port] = choice
+        return choice
+
+    def uplinks_pinned(self, vid: int) -> tuple[Port, ...]:
+        """The uplinks that VM ports carrying VLAN `vid` are pinned to now, in uplink order:
+        where a flood of `vid` from the physical network has someone to reach."""
+        pinned = self._pinned.get(vid)
+        if pinned is None:
+            used = {self.uplink_for(p) for p in self.ports.values()
+                    if p.sw_role == ROLE_VM and p.sw_vlan.carries(vid)}
+            pinned = self._pinned[vid] = tuple(u for u in self.uplinks if u in used)
+        return pinned
+
+    def uplinks_in_use(self) -> frozenset[Port]:
+        """The uplinks carrying traffic now, under the switch's policy and every port group's
+        override: per policy, the active ones that are up, else the first standby that is up
+        (only the first of them under explicit failover)."""
+        in_use = self._in_use
+        if in_use is None:
+            policies = {self._teaming}
+            policies.update(g.teaming for g in self.port_groups.values() if g.teaming)
+            chosen: set[Port] = set()
+            for policy in policies:
+                up = self._team_up(policy)
+                if policy.load_balancing is not LoadBalancing.PORT_ID:
+                    up = up[:1]
+                chosen.update(up)
+            in_use = self._in_use = frozenset(chosen)
+        return in_use
+
+    # -- the pipeline ------------------------------------------------------------------------
+    def _reflected(self, vid: int, src: bytes, now: int) -> bool:
+        # A frame from the physical network carrying a local vNIC's source MAC is our own frame
+        # coming back (two uplinks on one physical network): drop it, as ESXi does.
+        known = self.mac_table.lookup(vid, src, now)
+        return known is not None and known.sw_role == ROLE_VM
+
+    def _vm_members(self, vid: int) -> tuple[tuple[Port, ...], tuple[Port, ...]]:
+        vms = tuple(
+            p for p in self.ports.values() if p.sw_role == ROLE_VM and p.sw_vlan.carries(vid)
+        )
+        entry = (vms, tuple(p for p in vms if p.sw_promisc))
+        self._vm_flood[vid] = entry
+        return entry
+
+    def _forward(
+        self, port: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int, now: int
+    ) -> Port | None:
+        from_vm = port.sw_role == ROLE_VM
+        if not from_vm and port not in self.uplinks_in_use():
+            # Teaming, no duplicates on the way in: a standby uplink takes nothing while an
+            # active one is up (the physical network may flood to both).
+            port.counters.drop("uplink-not-in-use")
+            return
+        dst = inner[0:6]
+        unicast = not inner[0] & 1
+        if unicast:
+            e = self._mac_get((vid, dst))  # MacTable.lookup, inlined for fresh entries
+            if e is None:
+                out = None
+            elif now - e.last_ns <= self._aging_ns:
+                out = e.port
+            else:
+                out = self.mac_table.lookup(vid, dst, now)  # removes the aged-out entry
+            if out is not None:
+                if out is port:
+                    port.counters.drop("same-port")
+                    return
+                if out.sw_role == ROLE_UPLINK:
+                    if not from_vm:
+                        port.counters.drop("uplink-to-uplink")
+                        return
+                    out = self._team.get(port, _UNSET)
+                    if out is _UNSET:
+                        out = self.uplink_for(port)
+                    if out is None:
+                        port.counters.drop("link-down")
+                        return
+                    carry = out.sw_carry
+                    if carry is not None and vid not in carry:
+                        port.counters.drop("vlan-not-allowed")
+                        return
+                    if out.tx_plain and vid and out.sw_untagged_vid != vid:
+                        # The hottest case (a VM's frame leaving tagged by its uplink): _emit's
+                        # fast path, inlined.
+                        if tagged is None:
+                            tci = (pcp << 13) | vid
+                            tag = _TAGS.get(tci)
+                            if tag is None:
+                                tag = _TAGS[tci] = bytes((0x81, 0x00, tci >> 8, tci & 0xFF))
+                            tagged = inner[:12] + tag + inner[12:]
+                        q = out.queue
+                        items = q.items
+                        if len(items) < q.maxlen:
+                            items.append(tagged)
+                            if q._waiter is not None:
+                                q.wake()
+                            c = out.counters
+                            c.tx_frames += 1
+                            c.tx_bytes += len(tagged)
+                        else:
+                            out.counters.drop("queue-full")
+                    else:
+                        tagged = self._emit(out, inner, tagged, vid, pcp, now)
+                else:
+                    tagged = self._to_port(out, dst, inner, tagged, vid, pcp, now)
+                if self._any_promisc:
+                    fl = self._vm_flood.get(vid) or self._vm_members(vid)
+                    for p in fl[1]:
+                        if p is not port and p is not out:
+                            tagged = self._to_port(p, None, inner, tagged, vid, pcp, now)
+                return out
+        fl = self._vm_flood.get(vid)
+        if fl is None:
+            fl = self._vm_members(vid)
+        vms = fl[0]
+        sent = False
+        check = dst if unicast else None
+        for p in vms:
+            # A flood that came in on an uplink reaches only the VM ports pinned to that uplink,
+            # so each VM gets one copy however many active uplinks the flood arrives on.
+            if p is not port and (from_vm or self.uplink_for(p) is port):
+                tagged = self._to_port(p, check, inner, tagged, vid, pcp, now)
+                sent = True
+        reason = "no-destination"
+        if from_vm and self.uplinks:
+            up = self.uplink_for(port)
+            if up is None:
+                reason = "link-down"  # every uplink is down
+            elif up.sw_carry is None or vid in up.sw_carry:
+                self._emit(up, inner, tagged, vid, pcp, now)
+                sent = True
+        if not sent:
+            port.counters.drop(reason)
+        return None
+
+    def _promisc_copies(self) -> bool:
+        return self._any_promisc
+
+    def _to_port(
+        self,
+        out: Port,
+        dst: bytes | None,
+        inner: bytes,
+        tagged: bytes | None,
+        vid: int,
+        pcp: int,
+        now: int,
+    ) -> bytes | None:
+        if out.sw_role == ROLE_VM:
+            vnic = out.vnic
+            if not out.sw_mac_changes_ok and vnic.effective_mac != vnic.mac:
+                out.counters.drop("mac-changed")
+                return tagged
+            if dst is not None and not out.sw_promisc and dst != vnic.effective_mac:
+                out.counters.drop("not-promiscuous")
+                return tagged
+        return self._emit(out, inner, tagged, vid, pcp, now)

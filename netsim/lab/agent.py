@@ -1,0 +1,118 @@
+"""A guest's stack set to work: frames in from its vNICs, answers out, pings with timeouts.
+
+`GuestAgent` wraps a `Guest` (the pure stack) with a way to send on each vNIC and a clock for
+timeouts. Frames reach it through `deliver(ifindex, frame)` (a vNIC's receive callback); what
+the stack answers goes straight back out. `ping` sends echo requests and waits on the clock for
+the reply, re-sending the ARP request once half-way if the next hop has not answered.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ipaddress
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from netsim.dataplane.guest import Guest, Received, Tx
+
+SendFn = Callable[[bytes], Any]
+
+
+@dataclass(frozen=True)
+class PingResult:
+    """One echo request's fate: replied after `rtt_s` seconds of the clock, or lost."""
+
+    src: str
+    dst: ipaddress.IPv4Address
+    seq: int
+    replied: bool
+    rtt_s: float | None = None
+    ttl: int | None = None
+
+
+class GuestAgent:
+    """Runs one VM's `Guest` on a clock, sending through one function per vNIC."""
+
+    def __init__(self, guest: Guest, senders: Sequence[SendFn], clock: Any, *,
+                 ident: int = 1) -> None:
+        if len(senders) != len(guest.ifaces):
+            raise ValueError(f"{guest.name}: {len(guest.ifaces)} interfaces but "
+                             f"{len(senders)} senders")
+        self.guest = guest
+        self.senders = list(senders)
+        self.clock = clock
+        self.received: deque[Received] = deque(maxlen=4096)
+        self._waiting: dict[tuple[int, int], asyncio.Future[Received]] = {}
+        self._ident = ident & 0xFFFF  # ICMP echo identifier of this guest's pings
+        self._seq = 0
+        self._pending_sends: set[asyncio.Task[Any]] = set()
+
+    @property
+    def name(self) -> str:
+        """The VM's name."""
+        return self.guest.name
+
+    def deliver(self, ifindex: int, frame: bytes) -> None:
+        """A frame arrived on vNIC `ifindex`: let the stack answer, and settle waiting pings."""
+        self._send(self.guest.receive(ifindex, frame))
+        inbox = self.guest.inbox
+        while inbox:
+            item = inbox.popleft()
+            if item.kind == "echo-reply":
+                fut = self._waiting.pop((item.ident, item.seq), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(item)
+                    continue
+            self.received.append(item)
+
+    def _send(self, txs: list[Tx]) -> None:
+        for ifindex, frame in txs:
+            result = self.senders[ifindex](frame)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._pending_sends.add(task)
+                task.add_done_callback(self._pending_sends.discard)
+
+    def send_udp(self, dst: ipaddress.IPv4Address | str, sport: int, dport: int,
+                 payload: bytes) -> None:
+        """Send one UDP datagram."""
+        self._send(self.guest.send_udp(dst, sport, dport, payload))
+
+    async def _sleep_or(self, fut: asyncio.Future[Any], seconds: float) -> bool:
+        """Wait until `fut` is done or `seconds` of the clock pass; True if `fut` is done."""
+        if fut.done():
+            return True
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        try:
+            await asyncio.wait({fut, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()  # a cancelled, unawaited task logs nothing
+        return fut.done()
+
+    async def ping(self, dst: ipaddress.IPv4Address | str, *, wait_s: float = 1.0,
+                   payload: bytes = b"hvsim-ping-payload") -> PingResult:
+        """Send one ICMP echo request to `dst`; wait up to `wait_s` clock seconds for a reply."""
+        dst = ipaddress.IPv4Address(dst)
+        self._seq = (self._seq + 1) & 0xFFFF
+        key = (self._ident, self._seq)
+        fut: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = fut
+        start = self.clock.now_ns()
+        try:
+            if self.guest.route(dst) is None:  # nothing can be sent, nothing can come back
+                self.guest.counters["no-route"] += 1
+                return PingResult(self.name, dst, key[1], False)
+            # (an empty list is fine: the packet waits behind an ARP request already out)
+            self._send(self.guest.ping(dst, ident=key[0], seq=key[1], payload=payload))
+            if not await self._sleep_or(fut, wait_s / 2):
+                self._send(self.guest.retry_arp(dst))
+                await self._sleep_or(fut, wait_s / 2)
+            if fut.done():
+                reply = fut.result()
+                return PingResult(self.name, dst, key[1], True,
+                                  (self.clock.now_ns() - start) / 1e9, reply.ttl)
+            return PingResult(self.name, dst, key[1], False)
+        finally:
+            self._waiting.pop(key, None)

@@ -1,0 +1,403 @@
+"""A topology brought to life: the live `Fabric` built from the model, with a guest per VM.
+
+`build_fabric(topo)` turns the validated model into switches, ports and cables (nothing runs
+yet); `Lab` adds a `GuestAgent` per VM, runs everything as `async with Lab(topo) as lab:`, and
+offers what a user does in a lab: `ping`, `pingall` (a VLAN-aware reachability matrix),
+`set_link` (pull a cable, fail an uplink), and `capture`.
+
+How the model maps onto the fabric (DESIGN §3):
+- ESXi: a vSS per switch, its uplinks with the switch's NIC teaming; a port group per network
+  (VLAN 0 EST / 1-4094 VST / 4095 VGT, security, shaping); vNIC ports `VM.ethN`.
+- XenServer: a bridge per switch (`xenbr0`), its networks as port groups. A VLAN network on a
+  bridge with one uplink gets what XenServer builds: its own bridge `xapiN` whose uplink is the
+  VLAN PIF `eth0.VID` (so `eth0` carries the tags and guests never see one). Internal networks
+  are bridges with no PIF. VIFs are `vifDOMID.DEVID`.
+- The physical network: an 802.1Q bridge per physical switch, a port `HOST.PIF` per cable in
+  its access/trunk/native mode, trunks between physical switches.
+
+Time: everything runs on one clock. With a `ManualClock` (the default for `pingall`), the lab
+drives time itself: it lets the fabric settle, then jumps the clock to the next timeout, so a
+run is deterministic and takes no longer than the frames need.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from netsim.clock import Clock, ManualClock
+from netsim.dataplane.guest import Guest, Iface, Route
+from netsim.dataplane.policy import (
+    LoadBalancing,
+    SecurityPolicy,
+    ShapingPolicy,
+    TeamingPolicy,
+    VlanPolicy,
+)
+from netsim.dataplane.port import Port, VmPort
+from netsim.dataplane.switch import PortGroup, StandardSwitch
+from netsim.errors import TopologyError
+from netsim.lab.agent import GuestAgent, PingResult
+from netsim.lab.fabric import Fabric
+from netsim.lab.topology import HostSpec, NetworkSpec, PhysPortSpec, TeamingSpec, Topology
+
+T = TypeVar("T")
+
+
+def _vlan_policy(p: PhysPortSpec) -> VlanPolicy:
+    if p.mode == "access":
+        return VlanPolicy.access(p.vlan)
+    if p.mode == "trunk":
+        return VlanPolicy.trunk(p.vlans)
+    if p.mode == "native-tagged":
+        return VlanPolicy.native_tagged(p.vlan, p.vlans)
+    return VlanPolicy.native_untagged(p.vlan, p.vlans)
+
+
+def _port_group(n: NetworkSpec, vlan: int | None = None) -> PortGroup:
+    s = n.security
+    shaping = None
+    if n.shaping is not None:
+        shaping = ShapingPolicy(n.shaping.average_bps, n.shaping.peak_bps, n.shaping.burst_bytes)
+    return PortGroup(n.name, vlan=n.vlan if vlan is None else vlan,
+                     security=SecurityPolicy(s.promiscuous, s.mac_changes, s.forged_transmits),
+                     shaping=shaping, teaming=_teaming(n.teaming))
+
+
+def _teaming(t: TeamingSpec | None) -> TeamingPolicy | None:
+    if t is None:
+        return None
+    lb = LoadBalancing.PORT_ID if t.policy == "port-id" else LoadBalancing.EXPLICIT_FAILOVER
+    return TeamingPolicy(t.active, t.standby, lb)
+
+
+@dataclass
+class BuiltHost:
+    """Where each network of a host ended up: (switch, port group name)."""
+
+    networks: dict[str, tuple[StandardSwitch, str]] = field(default_factory=dict)
+
+
+def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
+    """The live fabric of a topology: hosts, PIFs, switches, port groups, VM ports, the physical
+    switches and every cable, port mirroring sessions. Call inside or outside a running loop;
+    `async with` the result to run it."""
+    fab = Fabric(clock=clock)
+    built: dict[str, BuiltHost] = {}
+    for h in topo.hosts:
+        built[h.name] = _build_host(fab, h)
+    for ps in topo.physical:
+        fab.add_physical_switch(ps.name)
+    for ps in topo.physical:
+        for p in ps.ports:
+            port = fab.add_port(ps.name, p.name, _vlan_policy(p))
+            fab.link(fab[f"{p.host}/{p.pif}"], port)
+    for link in topo.links:
+        trunk = VlanPolicy.trunk(link.vlans)
+        a = fab.add_port(link.a, f"to-{link.b}", trunk)
+        b = fab.add_port(link.b, f"to-{link.a}", trunk)
+        fab.link(a, b)
+    for h in topo.hosts:
+        for pif in h.pifs:
+            port = fab[f"{h.name}/{pif.name}"]
+            if not pif.up or port.link is None:  # no cable = no carrier
+                port.set_link(False)
+    for m in topo.mirrors:
+        sw: StandardSwitch = fab[f"{m.host}/{m.switch}"]
+        sources = set(m.sources)
+        if m.vlans:  # a VLAN source: every VM port of that VLAN on the switch
+            host = topo.host(m.host)
+            for vm in host.vms:
+                for f in vm.vifs:
+                    if host.network(f.network).vlan in m.vlans and f.port != m.destination:
+                        sources.add(f.port)
+        dest = fab[f"{m.host}/{m.destination}"]
+        owner = dest.switch
+        srcs = [fab[f"{m.host}/{s}"] for s in sorted(sources)]
+        if owner is None or any(s.switch is not owner for s in srcs):
+            raise TopologyError(f"{topo.source}: mirror {m.name}: sources and destination "
+                                f"must be on one switch ({sw.name})")
+        owner.mirror(srcs, dest, ingress=m.direction in ("ingress", "both"),
+                     egress=m.direction in ("egress", "both"))
+    return fab
+
+
+def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
+    host = fab.add_host(h.name)
+    out = BuiltHost()
+    pifs = {p.name: host.add_pif(p.name, mtu=p.mtu) for p in h.pifs}
+    switches: dict[str, StandardSwitch] = {}
+    for s in h.switches:
+        teaming = _teaming(s.teaming)
+        sw = host.add_switch(s.name, mac_table_size=s.mac_table_size, aging_s=s.aging_s)
+        for u in s.uplinks:
+            sw.add_uplink(pifs[u])
+        if teaming is not None:  # set once every uplink it names is there
+            sw.teaming = teaming
+        switches[s.name] = sw
+    used = {s.name for s in h.switches}
+    xapi = 0
+    for n in h.networks:
+        spec = h.switch(n.switch)
+        if h.type == "xen" and 1 <= n.vlan <= 4094 and len(spec.uplinks) == 1:
+            # XenServer: a VLAN network is its own bridge xapiN on the VLAN PIF ethX.VID
+            while f"xapi{xapi}" in used:
+                xapi += 1
+            name = f"xapi{xapi}"
+            used.add(name)
+            bridge = host.add_switch(name, mac_table_size=spec.mac_table_size,
+                                     aging_s=spec.aging_s)
+            bridge.add_port_group(_port_group(n, vlan=0))
+            bridge.add_uplink(host.vlan_pif(pifs[spec.uplinks[0]], n.vlan))
+            out.networks[n.name] = (bridge, n.name)
+        else:
+            sw = switches[n.switch]
+            sw.add_port_group(_port_group(n))
+            out.networks[n.name] = (sw, n.name)
+    for vm_spec in h.vms:
+        vm = host.add_vm(vm_spec.name, domid=vm_spec.domid)
+        for f in vm_spec.vifs:
+            sw, pg = out.networks[f.network]
+            if h.type == "xen":
+                vm.add_vif(sw, pg, mac=f.mac)
+            else:
+                vm.add_nic(sw, pg, mac=f.mac)
+    return out
+
+
+@dataclass(frozen=True)
+class Reachability:
+    """Who reaches whom: `matrix[src][dst]` is True when a ping from src to dst was answered."""
+
+    vms: tuple[str, ...]
+    matrix: dict[str, dict[str, bool]]
+    results: tuple[PingResult, ...]
+
+    def reachable(self, src: str, dst: str) -> bool:
+        """True if `src` got an answer from `dst`."""
+        return self.matrix[src][dst]
+
+    @property
+    def pairs(self) -> int:
+        """How many (src, dst) pairs were tried."""
+        return sum(len(row) for row in self.matrix.values())
+
+    @property
+    def answered(self) -> int:
+        """How many pairs answered."""
+        return sum(v for row in self.matrix.values() for v in row.values())
+
+
+class Lab:
+    """A running topology (see the module docstring)."""
+
+    def __init__(self, topo: Topology, *, clock: Clock | None = None) -> None:
+        self.topo = topo
+        self.clock: Clock = clock if clock is not None else ManualClock()
+        self.fabric = build_fabric(topo, clock=self.clock)
+        self.agents: dict[str, GuestAgent] = {}
+        for index, vm in enumerate(topo.vms):
+            guest = Guest(
+                vm.name,
+                [Iface(f.mac, f.ip, f.vlan) for f in vm.vifs],
+                router=vm.router, gateway=vm.gateway,
+                routes=[Route(r.to, r.via) for r in vm.routes])
+            ports: list[VmPort] = self.fabric[vm.name].ports
+            self.agents[vm.name] = GuestAgent(guest, [p.vnic.send for p in ports], self.clock,
+                                              ident=index + 1)
+        # VMs' disks (`disks:` in the topology): attached when the lab starts, each served by
+        # a blkback on its host and reached by the VM's blkfront over a blkif ring.
+        self.disks: dict[tuple[str, str], Any] = {}  # (vm, device) -> storage BlkFront
+        self._hypervisors: dict[str, Any] = {}
+        self._disk_devices: list[Any] = []
+
+    async def __aenter__(self) -> Lab:
+        # Guests start listening when the lab starts (a Lab built and never run leaves nothing
+        # behind).
+        for name, agent in self.agents.items():
+            for i, p in enumerate(self.fabric[name].ports):
+                self.fabric.on_receive(p.vnic, _deliverer(agent, i))
+        await self.fabric.__aenter__()
+        try:
+            await self._attach_disks()
+        except BaseException as exc:
+            await self._detach_disks()
+            await self.fabric.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self._detach_disks()
+        finally:
+            await self.fabric.__aexit__(*exc)
+
+    async def _attach_disks(self) -> None:
+        from storage.diskspec import open_disk
+        from storage.errors import StorageError
+        from storage.rings.blkfront import BlkFront
+        from storage.rings.hypervisor import Hypervisor
+
+        source = Path(self.topo.source)
+        base = source.parent if source.suffix in (".yaml", ".yml") else None
+        for vm in self.topo.vms:
+            if not vm.disks:
+                continue
+            hv = self._hypervisors.setdefault(vm.host, Hypervisor())
+            hv.create_domain(vm.domid, ram_pages=1024 * len(vm.disks))
+            for d in vm.disks:
+                try:
+                    dev = open_disk(d.source, read_only=d.read_only, base_dir=base)
+                    self._disk_devices.append(dev)
+                    await hv.attach_vbd(vm.domid, dev, devid=d.devid, read_only=d.read_only)
+                    front = BlkFront(hv.guest(vm.domid), d.devid)
+                    await front.connect()
+                except StorageError as exc:
+                    raise TopologyError(f"{self.topo.name}: {vm.name} {d.device} "
+                                        f"({d.source}): {exc}") from exc
+                self.disks[(vm.name, d.device)] = front
+
+    async def _detach_disks(self) -> None:
+        for front in self.disks.values():
+            await front.close()
+        self.disks.clear()
+        for hv in self._hypervisors.values():
+            await hv.close()
+        self._hypervisors.clear()
+        for dev in self._disk_devices:
+            dev.close()
+        self._disk_devices.clear()
+
+    def disk(self, vm: str, device: str = "xvda") -> Any:
+        """The running VM's block device (a `storage.rings.blkfront.BlkFront`: async read, write,
+        flush, discard), served through its host's blkback."""
+        try:
+            return self.disks[(vm, device)]
+        except KeyError:
+            have = ", ".join(f"{v}:{d}" for v, d in self.disks) or "none"
+            raise TopologyError(f"{self.topo.name}: no disk {vm}:{device} in the running lab "
+                                f"(disks: {have})") from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fabric[name]
+
+    # -- driving time --------------------------------------------------------------------------
+    async def drive(self, aw: Awaitable[T], *, step_s: float = 0.05) -> T:
+        """Await `aw`; on a ManualClock, move time forward whenever the fabric is quiet."""
+        task = asyncio.ensure_future(aw)
+        advance: Callable[[float], None] | None = getattr(self.clock, "advance", None)
+        if advance is None:
+            return await task
+        try:
+            while not task.done():
+                await self.settle()
+                if not task.done():
+                    advance(step_s)
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def settle(self, *, rounds: int = 5, limit: int = 1_000_000) -> None:
+        """Yield to the loop until no port holds a queued frame for `rounds` passes in a row
+        (every frame in flight, guests' answers included, has arrived)."""
+        queues = [p.queue for p in self.fabric.ports()
+                  if p.link is not None or isinstance(p, VmPort)]  # the queues someone drains
+        quiet = 0
+        for _ in range(limit):
+            await asyncio.sleep(0)
+            self.fabric.check()
+            if any(len(q) for q in queues):
+                quiet = 0
+            else:
+                quiet += 1
+                if quiet >= rounds:
+                    return
+        raise TopologyError(f"{self.topo.name}: the fabric did not settle")
+
+    async def run_for(self, seconds: float, *, step_s: float = 0.1) -> None:
+        """Let `seconds` of lab time pass (jumping on a ManualClock, sleeping otherwise)."""
+        await self.drive(self.clock.sleep(seconds), step_s=min(step_s, seconds or step_s))
+
+    # -- what users do in a lab ----------------------------------------------------------------
+    def address_of(self, vm: str, toward: str | None = None) -> ipaddress.IPv4Address:
+        """An IPv4 address of `vm`; the one on a network `toward` shares when there is one."""
+        agent = self._agent(vm)
+        addrs = [i.ip for i in agent.guest.ifaces if i.ip is not None]
+        if not addrs:
+            raise TopologyError(f"VM {vm} has no IPv4 address (give its vNIC an `ip:`)")
+        if toward is not None:
+            for i in self._agent(toward).guest.ifaces:
+                if i.ip is None:
+                    continue
+                for a in addrs:
+                    if a.network == i.ip.network:
+                        return a.ip
+        return addrs[0].ip
+
+    def _agent(self, vm: str) -> GuestAgent:
+        agent = self.agents.get(vm)
+        if agent is None:
+            known = ", ".join(self.agents) or "none"
+            raise TopologyError(f"no VM {vm!r} in {self.topo.name} (VMs: {known})")
+        return agent
+
+    async def ping(self, src: str, dst: str, *, wait_s: float = 1.0) -> PingResult:
+        """Ping `dst` (a VM name or an IPv4 address) from VM `src`."""
+        agent = self._agent(src)
+        try:
+            target = ipaddress.IPv4Address(dst)
+        except ValueError:
+            target = self.address_of(dst, toward=src)
+        if not agent.guest.addresses():
+            raise TopologyError(f"VM {src} has no IPv4 address to ping from")
+        return await self.drive(agent.ping(target, wait_s=wait_s))
+
+    async def pingall(self, *, wait_s: float = 1.0, vms: list[str] | None = None,
+                      per_vm: int = 8,
+                      progress: Callable[[int], None] | None = None) -> Reachability:
+        """Every VM with an address pings every other: the reachability matrix.
+
+        All VMs ping at once, each with at most `per_vm` pings outstanding, so the ARP
+        broadcasts of a large lab do not overflow the port queues (which would drop, and count,
+        frames a real lab would have paced).
+        """
+        names = [v for v in (vms or list(self.agents)) if self.agents[v].guest.addresses()]
+        limits = {n: asyncio.Semaphore(per_vm) for n in names}
+
+        async def one(src: str, dst: str) -> PingResult:
+            async with limits[src]:
+                result = await self.agents[src].ping(self.address_of(dst, toward=src),
+                                                     wait_s=wait_s)
+            if progress is not None:
+                progress(1)
+            return result
+
+        pairs = [(s, d) for s in names for d in names if s != d]
+        results = await self.drive(asyncio.gather(*(one(s, d) for s, d in pairs)))
+        matrix = {s: {d: False for d in names if d != s} for s in names}
+        for (s, d), r in zip(pairs, results, strict=True):
+            matrix[s][d] = r.replied
+        return Reachability(tuple(names), matrix, tuple(results))
+
+    def set_link(self, name: str, up: bool) -> None:
+        """Bring a PIF (`esx1/vmnic0`) or any port up or down; a switch with NIC teaming fails
+        over to its standby uplink when the active one goes down."""
+        obj = self.fabric[name]
+        if not isinstance(obj, Port):
+            raise TopologyError(f"{name} is not a port or PIF")
+        obj.set_link(up)
+
+    def capture(self, targets: str | list[str], out_dir: str | Path) -> list[Path]:
+        """pcapng per port: `<out_dir>/<port>.pcapng` ("all" = every port)."""
+        return self.fabric.capture(targets, out_dir)
+
+
+def _deliverer(agent: GuestAgent, ifindex: int) -> Callable[[bytes], None]:
+    def deliver(frame: bytes) -> None:
+        agent.deliver(ifindex, frame)
+    return deliver
+

@@ -1,0 +1,1060 @@
+"""Topologies: a lab described as plain data, validated once, then drawn or built.
+
+Who does what (Mininet's split, with networkx instead of a hand-made graph):
+- a YAML file (`load_topology`) or the `TopologyBuilder` sentence API produce the same plain
+  document; `validate` turns it into a `Topology` of frozen dataclasses, raising `TopologyError`
+  naming file, line and key for every mistake;
+- `to_graph` turns the model into a networkx MultiGraph (hosts, switches, port groups, PIFs,
+  VLAN PIFs, VMs, vNICs, physical switches as typed nodes; uplinks, attachments and cables as
+  typed edges) that drawing and building read;
+- building the live fabric from it is a separate step (`netsim.lab.lab`).
+
+Nothing here does I/O except `load_topology`, which reads the file it is given.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from netsim.errors import TopologyError
+from netsim.lab.yamlsrc import SourceMap, load_yaml
+
+PathT = tuple[str | int, ...]
+
+HOST_TYPES = ("xen", "esxi")
+PORT_MODES = ("access", "trunk", "native-tagged", "native-untagged")
+TEAMING_POLICIES = ("port-id", "failover")
+XEN_OUI = (0x00, 0x16, 0x3E)
+
+
+# --------------------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class SecuritySpec:
+    """vSphere security policy of a port group (vSS defaults: Reject / Accept / Accept)."""
+
+    promiscuous: bool = False
+    mac_changes: bool = True
+    forged_transmits: bool = True
+
+
+@dataclass(frozen=True)
+class ShapingSpec:
+    """Egress shaping of a port group: average and peak in bits/s, burst in bytes."""
+
+    average_bps: int
+    peak_bps: int
+    burst_bytes: int
+
+
+@dataclass(frozen=True)
+class TeamingSpec:
+    """NIC teaming: `port-id` = route based on originating virtual port over the active uplinks;
+    standby uplinks take over when an active one goes down."""
+
+    policy: str
+    active: tuple[str, ...]
+    standby: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PifSpec:
+    """A physical NIC of a host (`eth0`, `vmnic1`)."""
+
+    host: str
+    name: str
+    mtu: int = 1500
+    up: bool = True
+
+
+@dataclass(frozen=True)
+class SwitchSpec:
+    """A host's standard switch (vSS `vSwitch0`, Xen bridge `xenbr0`/`xapi1`)."""
+
+    host: str
+    name: str
+    uplinks: tuple[str, ...] = ()
+    teaming: TeamingSpec | None = None
+    mac_table_size: int = 8192
+    aging_s: float = 300.0
+    implicit: bool = False
+
+    @property
+    def internal(self) -> bool:
+        """True when no PIF connects this switch to the physical network."""
+        return not self.uplinks
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A port group (ESXi) / network (Xen): a VLAN on a switch, with its policies."""
+
+    host: str
+    name: str
+    switch: str
+    vlan: int = 0
+    internal: bool = False
+    security: SecuritySpec = field(default_factory=SecuritySpec)
+    shaping: ShapingSpec | None = None
+    teaming: TeamingSpec | None = None  # overrides the switch's teaming (ESXi port groups)
+
+
+@dataclass(frozen=True)
+class VifSpec:
+    """A VM's virtual NIC: backend port `port` (Xen `vifDOMID.DEVID`, ESXi `VM.ethN`)."""
+
+    vm: str
+    index: int
+    port: str
+    network: str
+    mac: str
+    ip: ipaddress.IPv4Interface | None = None
+    vlan: int | None = None  # the guest tags its frames itself (VGT port groups)
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """A static route of a guest: `to` network via `via` next hop."""
+
+    to: ipaddress.IPv4Network
+    via: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A VM's virtual disk, served to it through a Xen blkif ring (`storage.rings.blkback`).
+
+    `source` names the disk as `storage.diskspec` reads it: a .vhd (with its chain), a raw
+    file, `lvm:VG/LV:PV[,PV...]` or `mem:SIZE`; relative paths are relative to the topology file.
+    """
+
+    device: str  # xvda ... xvdp
+    devid: int  # the xenstore device number: 202 << 8 | 16 * index (xvda = 51712)
+    source: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """A VM: its host, domain id, vNICs and (for routers) static routes."""
+
+    host: str
+    name: str
+    domid: int
+    vifs: tuple[VifSpec, ...]
+    router: bool = False
+    gateway: ipaddress.IPv4Address | None = None
+    routes: tuple[RouteSpec, ...] = ()
+    disks: tuple[DiskSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A hypervisor host: its PIFs, switches, networks and VMs."""
+
+    name: str
+    type: str
+    pifs: tuple[PifSpec, ...]
+    switches: tuple[SwitchSpec, ...]
+    networks: tuple[NetworkSpec, ...]
+    vms: tuple[VmSpec, ...]
+
+    def pif(self, name: str) -> PifSpec:
+        """The PIF called `name`."""
+        return next(p for p in self.pifs if p.name == name)
+
+    def switch(self, name: str) -> SwitchSpec:
+        """The switch called `name`."""
+        return next(s for s in self.switches if s.name == name)
+
+    def network(self, name: str) -> NetworkSpec:
+        """The network / port group called `name`."""
+        return next(n for n in self.networks if n.name == name)
+
+
+@dataclass(frozen=True)
+class PhysPortSpec:
+    """A port of a physical switch cabled to a host's PIF, with its 802.1Q mode."""
+
+    switch: str
+    host: str
+    pif: str
+    mode: str = "trunk"
+    vlans: tuple[int, ...] = ()  # trunk: allowed VLANs (empty = all)
+    vlan: int = 0  # access VLAN / native VLAN
+
+    @property
+    def name(self) -> str:
+        """`xen1.eth0`: the host and PIF at the other end of the cable."""
+        return f"{self.host}.{self.pif}"
+
+
+@dataclass(frozen=True)
+class PhysLinkSpec:
+    """A cable between two physical switches (always a trunk of `vlans`, empty = all)."""
+
+    a: str
+    b: str
+    vlans: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PhysSwitchSpec:
+    """A switch of the physical network outside the hosts (an 802.1Q bridge)."""
+
+    name: str
+    ports: tuple[PhysPortSpec, ...]
+
+
+@dataclass(frozen=True)
+class MirrorSpec:
+    """A port-mirroring session on one host switch: copies of the sources' frames (or of every
+    frame of `vlans`) go to `destination`, as vDS port mirroring does."""
+
+    host: str
+    name: str
+    switch: str
+    destination: str
+    sources: tuple[str, ...] = ()
+    vlans: tuple[int, ...] = ()
+    direction: str = "both"  # ingress | egress | both (seen from the source port)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A validated lab: hosts, VMs, physical switches and cables, mirror sessions."""
+
+    name: str
+    seed: int
+    hosts: tuple[HostSpec, ...]
+    physical: tuple[PhysSwitchSpec, ...] = ()
+    links: tuple[PhysLinkSpec, ...] = ()
+    mirrors: tuple[MirrorSpec, ...] = ()
+    source: str = "<builder>"
+
+    def host(self, name: str) -> HostSpec:
+        """The host called `name` (KeyError if none)."""
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    @property
+    def vms(self) -> tuple[VmSpec, ...]:
+        """Every VM of every host, in file order."""
+        return tuple(vm for h in self.hosts for vm in h.vms)
+
+    def vm(self, name: str) -> VmSpec:
+        """The VM called `name` (KeyError if none)."""
+        for h in self.hosts:
+            for vm in h.vms:
+                if vm.name == name:
+                    return vm
+        raise KeyError(name)
+
+    @property
+    def vifs(self) -> tuple[VifSpec, ...]:
+        """Every vNIC of every VM."""
+        return tuple(v for vm in self.vms for v in vm.vifs)
+
+
+# ----------------------------------------------------------------------------- small parsers
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(bit|bps|b|byte|bytes)?(/s)?\s*$",
+                      re.IGNORECASE)
+_SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_ISCALE = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def allocate_mac(seed: int, vm: str, index: int, attempt: int = 0) -> str:
+    """A MAC in Xen's 00:16:3e OUI with the next byte < 0x80, derived from (seed, VM, vNIC).
+
+    Derived per vNIC (not from a counter) so adding a VM does not renumber the others.
+    """
+    digest = hashlib.blake2b(f"{seed}/{vm}/{index}/{attempt}".encode(), digest_size=3).digest()
+    tail = (digest[0] & 0x7F, digest[1], digest[2])
+    return ":".join(f"{b:02x}" for b in (*XEN_OUI, *tail))
+
+
+class _Checker:
+    """Validates one plain document against the schema, with errors pointing into the file."""
+
+    def __init__(self, data: Any, smap: SourceMap) -> None:
+        self.data = data
+        self.smap = smap
+
+    def fail(self, path: PathT, msg: str) -> TopologyError:
+        err = self.smap.error(path, msg, TopologyError)
+        assert isinstance(err, TopologyError)
+        return err
+
+    def mapping(self, value: Any, path: PathT, allowed: Iterable[str] | None = None,
+                *, none_ok: bool = True) -> dict[str, Any]:
+        if value is None and none_ok:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(path, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail((*path, key), f"key {key!r} must be a name (text)")
+        if allowed is not None:
+            allowed = tuple(allowed)
+            for key in value:
+                if key not in allowed:
+                    raise self.fail((*path, key), f"unknown key {key!r} "
+                                    f"(expected one of: {', '.join(allowed)})")
+        return dict(value)
+
+    def seq(self, value: Any, path: PathT) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list, got {_kind(value)}")
+        return value
+
+    def name(self, value: Any, path: PathT) -> str:
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", value):
+            raise self.fail(path, f"expected a name (letters, digits, _ . -), got {value!r}")
+        return value
+
+    def names(self, value: Any, path: PathT) -> tuple[str, ...]:
+        items = self.seq(value, path)
+        return tuple(self.name(v, (*path, i)) for i, v in enumerate(items))
+
+    def boolean(self, value: Any, path: PathT, default: bool) -> bool:
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("accept", "reject"):
+            return value.lower() == "accept"
+        raise self.fail(path, f"expected true/false, got {value!r}")
+
+    def integer(self, value: Any, path: PathT, lo: int, hi: int, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"{what} must be an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise self.fail(path, f"{what} {value} out of range {lo}-{hi}")
+        return value
+
+    def vlan(self, value: Any, path: PathT, *, lo: int = 0, hi: int = 4095) -> int:
+        return self.integer(value, path, lo, hi, "VLAN ID")
+
+    def vlans(self, value: Any, path: PathT) -> tuple[int, ...]:
+        out: list[int] = []
+        for i, v in enumerate(self.seq(value, path)):
+            if isinstance(v, str) and re.fullmatch(r"\d+-\d+", v):
+                a, b = (int(x) for x in v.split("-"))
+                self.vlan(a, (*path, i), lo=1, hi=4094)
+                self.vlan(b, (*path, i), lo=1, hi=4094)
+                out.extend(range(a, b + 1))
+            else:
+                out.append(self.vlan(v, (*path, i), lo=1, hi=4094))
+        return tuple(sorted(set(out)))
+
+    def rate(self, value: Any, path: PathT, *, bits: bool) -> int:
+        """`10000000`, `10M`, `10Mbit`, `1.5G` (bits/s) or `64K`, `64KiB` (bytes)."""
+        if isinstance(value, bool):
+            raise self.fail(path, f"expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            n = int(value)
+        elif isinstance(value, str) and (m := _RATE_RE.match(value)):
+            num, prefix, binary, unit = m.group(1), m.group(2).lower(), m.group(3), m.group(4)
+            scale = (_ISCALE if binary or not bits else _SCALE)[prefix]
+            n = int(float(num) * scale)
+            if bits and unit and unit.lower() in ("b", "byte", "bytes"):
+                n *= 8
+        else:
+            raise self.fail(path, f"expected a number like 10M or 65536, got {value!r}")
+        if n <= 0:
+            raise self.fail(path, f"must be positive, got {value!r}")
+        return n
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: f"text {value!r}"}.get(
+        type(value), f"{type(value).__name__} {value!r}")
+
+
+# --------------------------------------------------------------------------------- validate
+_TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors")
+_HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mirrors")
+_PIF_KEYS = ("mtu", "up")
+_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging")
+_TEAM_KEYS = ("policy", "active", "standby")
+_NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming")
+_SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
+_SHAPE_KEYS = ("average", "peak", "burst")
+_VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "disks")
+_DISK_KEYS = ("device", "source", "mode")
+_VIF_KEYS = ("network", "mac", "ip", "vlan")
+_ROUTE_KEYS = ("to", "via")
+_PHYS_KEYS = ("ports", "links")
+_PORT_KEYS = ("mode", "vlans", "vlan", "native")
+_LINK_KEYS = ("vlans",)
+_MIRROR_KEYS = ("switch", "sources", "vlans", "destination", "direction")
+
+
+def validate(data: Any, smap: SourceMap | None = None) -> Topology:
+    """Check a plain topology document (as loaded from YAML) and return the model.
+
+    Raises `TopologyError` naming file, line and key path for the first problem found.
+    """
+    smap = smap or SourceMap("<builder>")
+    c = _Checker(data, smap)
+    top = c.mapping(data, (), _TOP_KEYS, none_ok=False)
+    name = top.get("name", Path(smap.source).stem if smap.source != "<builder>" else "lab")
+    if not isinstance(name, str):
+        raise c.fail(("name",), f"expected text, got {name!r}")
+    seed = c.integer(top.get("seed", 0), ("seed",), 0, 2**63 - 1, "seed")
+    hosts_raw = c.mapping(top.get("hosts"), ("hosts",))
+    if not hosts_raw:
+        raise c.fail(("hosts",), "a topology needs at least one host")
+
+    # VMs may sit under their host or at the top level with `host:`; gather both.
+    vm_entries: dict[str, list[tuple[PathT, str, dict[str, Any]]]] = {h: [] for h in hosts_raw}
+    seen_vm: dict[str, PathT] = {}
+
+    def add_vm_entry(vm_name: Any, path: PathT, host: str, raw: Any) -> None:
+        c.name(vm_name, path)
+        if vm_name in seen_vm:
+            raise c.fail(path, f"VM {vm_name!r} is already defined at "
+                         f"{smap.where(seen_vm[vm_name])}")
+        seen_vm[vm_name] = path
+        vm_entries[host].append((path, vm_name, c.mapping(raw, path, _VM_KEYS)))
+
+    for hname, hraw in hosts_raw.items():
+        c.name(hname, ("hosts", hname))
+        hmap = c.mapping(hraw, ("hosts", hname), _HOST_KEYS)
+        for vm_name, vraw in c.mapping(hmap.get("vms"), ("hosts", hname, "vms")).items():
+            vpath: PathT = ("hosts", hname, "vms", vm_name)
+            if isinstance(vraw, Mapping) and "host" in vraw and vraw["host"] != hname:
+                raise c.fail((*vpath, "host"), f"VM listed under host {hname} names host "
+                             f"{vraw['host']!r}")
+            add_vm_entry(vm_name, vpath, hname, vraw)
+    for vm_name, vraw in c.mapping(top.get("vms"), ("vms",)).items():
+        vpath = ("vms", vm_name)
+        vmap = c.mapping(vraw, vpath, _VM_KEYS)
+        if "host" not in vmap:
+            raise c.fail(vpath, "a VM listed at the top level needs `host:`")
+        h = c.name(vmap["host"], (*vpath, "host"))
+        if h not in hosts_raw:
+            raise c.fail((*vpath, "host"), f"no host {h!r} (hosts: {', '.join(hosts_raw)})")
+        add_vm_entry(vm_name, vpath, h, vmap)
+
+    # First pass: everything but MACs; remember which vNICs still need one.
+    macs: dict[str, PathT] = {}
+    pending: list[tuple[int, int, int, PathT]] = []  # (host idx, vm idx, vif idx, path)
+    hosts: list[dict[str, Any]] = []
+    for hi, (hname, hraw) in enumerate(hosts_raw.items()):
+        hosts.append(_host(c, hi, hname, hraw, vm_entries[hname], macs, pending))
+
+    # Second pass: MACs that were not given, allocated deterministically from the seed.
+    for hi, vi, fi, _path in pending:
+        vm = hosts[hi]["vms"][vi]
+        attempt = 0
+        while (mac := allocate_mac(seed, vm["name"], fi, attempt)) in macs:
+            attempt += 1
+        macs[mac] = _path
+        vm["vifs"][fi] = {**vm["vifs"][fi], "mac": mac}
+
+    host_specs = tuple(_freeze_host(h) for h in hosts)
+    by_name = {h.name: h for h in host_specs}
+    physical, links, link_paths = _physical(c, top.get("physical"), by_name)
+    mirrors = _mirrors(c, top.get("mirrors"), hosts_raw, by_name)
+    topo = Topology(name=name, seed=seed, hosts=host_specs, physical=physical, links=links,
+                    mirrors=mirrors, source=smap.source)
+    _check_loops(c, topo, link_paths)
+    return topo
+
+
+def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
+          vms: list[tuple[PathT, str, dict[str, Any]]],
+          macs: dict[str, PathT], pending: list[tuple[int, int, int, PathT]]) -> dict[str, Any]:
+    hp: PathT = ("hosts", hname)
+    h = c.mapping(hraw, hp, _HOST_KEYS)
+    htype = h.get("type", "xen")
+    if htype not in HOST_TYPES:
+        raise c.fail((*hp, "type"), f"host type must be one of {', '.join(HOST_TYPES)}, "
+                     f"got {htype!r}")
+
+    pifs: dict[str, PifSpec] = {}
+    for pname, praw in c.mapping(h.get("pifs"), (*hp, "pifs")).items():
+        pp = (*hp, "pifs", pname)
+        c.name(pname, pp)
+        p = c.mapping(praw, pp, _PIF_KEYS)
+        mtu = c.integer(p.get("mtu", 1500), (*pp, "mtu"), 68, 9216, "MTU")
+        pifs[pname] = PifSpec(hname, pname, mtu, c.boolean(p.get("up"), (*pp, "up"), True))
+
+    switches: dict[str, SwitchSpec] = {}
+    pif_owner: dict[str, str] = {}
+    for sname, sraw in c.mapping(h.get("switches"), (*hp, "switches")).items():
+        sp = (*hp, "switches", sname)
+        c.name(sname, sp)
+        s = c.mapping(sraw, sp, _SWITCH_KEYS)
+        uplinks = c.names(s.get("uplinks"), (*sp, "uplinks"))
+        for i, u in enumerate(uplinks):
+            if u not in pifs:
+                raise c.fail((*sp, "uplinks", i), f"no PIF {u!r} on host {hname} "
+                             f"(PIFs: {', '.join(pifs) or 'none'})")
+            if u in pif_owner:
+                raise c.fail((*sp, "uplinks", i), f"PIF {u} is already an uplink of switch "
+                             f"{pif_owner[u]}")
+            pif_owner[u] = sname
+        if len(set(uplinks)) != len(uplinks):
+            raise c.fail((*sp, "uplinks"), "an uplink is listed twice")
+        teaming = _teaming(c, s.get("teaming"), (*sp, "teaming"), uplinks, htype)
+        size = c.integer(s.get("mac_table_size", 8192), (*sp, "mac_table_size"), 1, 10**6,
+                         "MAC table size")
+        aging = s.get("aging", 300)
+        if isinstance(aging, bool) or not isinstance(aging, (int, float)) or not \
+                15 <= aging <= 3600:
+            raise c.fail((*sp, "aging"), f"aging must be 15-3600 seconds, got {aging!r}")
+        switches[sname] = SwitchSpec(hname, sname, uplinks, teaming, size, float(aging))
+
+    networks: dict[str, NetworkSpec] = {}
+    nets_raw = dict(c.mapping(h.get("networks"), (*hp, "networks")))
+    pgs_raw = c.mapping(h.get("port_groups"), (*hp, "port_groups"))
+    net_paths: dict[str, PathT] = {n: (*hp, "networks", n) for n in nets_raw}
+    for n, v in pgs_raw.items():
+        if n in nets_raw:
+            raise c.fail((*hp, "port_groups", n), f"{n!r} is also listed under networks")
+        nets_raw[n] = v
+        net_paths[n] = (*hp, "port_groups", n)
+    xapi = 0
+    for nname, nraw in nets_raw.items():
+        np_ = net_paths[nname]
+        c.name(nname, np_)
+        n = c.mapping(nraw, np_, _NET_KEYS)
+        internal = c.boolean(n.get("internal"), (*np_, "internal"), False)
+        vlan = c.vlan(n.get("vlan", 0), (*np_, "vlan")) if "vlan" in n else 0
+        if "switch" in n:
+            sw = c.name(n["switch"], (*np_, "switch"))
+            if sw not in switches:
+                raise c.fail((*np_, "switch"), f"no switch {sw!r} on host {hname} "
+                             f"(switches: {', '.join(switches) or 'none'})")
+            if internal and switches[sw].uplinks:
+                raise c.fail((*np_, "internal"), f"network is internal but switch {sw} has "
+                             f"uplinks {', '.join(switches[sw].uplinks)}")
+        elif internal:
+            # Xen gives every internal network its own bridge xapiN; no PIF at all.
+            while (sw := f"xapi{xapi}") in switches:
+                xapi += 1
+            switches[sw] = SwitchSpec(hname, sw, implicit=True)
+        else:
+            explicit = [s for s in switches.values() if not s.implicit]
+            if len(explicit) != 1:
+                raise c.fail(np_, f"say which switch carries network {nname} "
+                             f"(`switch:` or `internal: true`)")
+            sw = explicit[0].name
+        if internal and vlan:
+            raise c.fail((*np_, "vlan"), "an internal network cannot be a VLAN "
+                         "(XenServer cannot create internal VLAN networks)")
+        sec = c.mapping(n.get("security"), (*np_, "security"), _SEC_KEYS)
+        security = SecuritySpec(
+            promiscuous=c.boolean(sec.get("promiscuous"), (*np_, "security", "promiscuous"),
+                                  False),
+            mac_changes=c.boolean(sec.get("mac_changes"), (*np_, "security", "mac_changes"),
+                                  True),
+            forged_transmits=c.boolean(sec.get("forged_transmits"),
+                                       (*np_, "security", "forged_transmits"), True))
+        shaping = _shaping(c, n.get("shaping"), (*np_, "shaping"))
+        teaming = None
+        if n.get("teaming") is not None:
+            if htype != "esxi":
+                raise c.fail((*np_, "teaming"), "teaming per network is an ESXi port group "
+                             "override; on Xen, team (bond) the PIFs at the switch")
+            teaming = _teaming(c, n["teaming"], (*np_, "teaming"), switches[sw].uplinks, htype)
+        if htype == "xen" and 1 <= vlan <= 4094:
+            twin = next((o for o in networks.values() if o.switch == sw and o.vlan == vlan), None)
+            if twin is not None:  # xapi: one VLAN PIF ethX.VID, one network
+                raise c.fail((*np_, "vlan"), f"VLAN {vlan} on {sw} is already network "
+                             f"{twin.name}")
+        networks[nname] = NetworkSpec(hname, nname, sw, vlan, internal, security, shaping,
+                                      teaming)
+
+    vm_dicts: list[dict[str, Any]] = []
+    domids: dict[int, PathT] = {}
+    next_domid = 1
+    for vi, (vp, vname, v) in enumerate(vms):
+        if "domid" in v:
+            domid = c.integer(v["domid"], (*vp, "domid"), 1, 32752, "domid")
+        else:
+            while next_domid in domids:
+                next_domid += 1
+            domid = next_domid
+        if domid in domids:
+            raise c.fail((*vp, "domid"), f"domid {domid} is already used on host {hname} "
+                         f"by {c.smap.where(domids[domid])}")
+        domids[domid] = vp
+        if "vifs" in v and "nics" in v:
+            raise c.fail((*vp, "nics"), "give either vifs or nics, not both")
+        key = "nics" if "nics" in v else "vifs"
+        vifs: list[dict[str, Any]] = []
+        for fi, fraw in enumerate(c.seq(v.get(key), (*vp, key))):
+            fp = (*vp, key, fi)
+            f = c.mapping(fraw, fp, _VIF_KEYS, none_ok=False)
+            if "network" not in f:
+                raise c.fail(fp, "a vNIC needs `network:`")
+            net = c.name(f["network"], (*fp, "network"))
+            if net not in networks:
+                raise c.fail((*fp, "network"), f"no network {net!r} on host {hname}")
+            port = f"vif{domid}.{fi}" if htype == "xen" else f"{vname}.eth{fi}"
+            ip = None
+            if f.get("ip") is not None:
+                try:
+                    ip = ipaddress.IPv4Interface(str(f["ip"]))
+                except ValueError as exc:
+                    raise c.fail((*fp, "ip"), f"not an IPv4 address/prefix: {f['ip']!r}") from exc
+                if "/" not in str(f["ip"]):
+                    raise c.fail((*fp, "ip"), f"give the prefix length too, e.g. {f['ip']}/24")
+            guest_vlan = None
+            if f.get("vlan") is not None:
+                guest_vlan = c.vlan(f["vlan"], (*fp, "vlan"), lo=1, hi=4094)
+                if networks[net].vlan != 4095:
+                    raise c.fail((*fp, "vlan"), f"the guest can tag frames only on a VLAN "
+                                 f"4095 (VGT) network; {net} has VLAN {networks[net].vlan}")
+            mac = None
+            if f.get("mac") is not None:
+                mac = str(f["mac"]).lower().replace("-", ":")
+                if not _MAC_RE.match(mac):
+                    raise c.fail((*fp, "mac"), f"not a MAC address: {f['mac']!r}")
+                if int(mac[:2], 16) & 1:
+                    raise c.fail((*fp, "mac"), f"{mac} is a multicast address")
+                if mac in macs:
+                    raise c.fail((*fp, "mac"), f"duplicate MAC {mac}: already used by "
+                                 f"{c.smap.where(macs[mac])}")
+                macs[mac] = (*fp, "mac")
+            else:
+                pending.append((host_index, vi, fi, fp))
+            vifs.append({"vm": vname, "index": fi, "port": port, "network": net,
+                         "mac": mac, "ip": ip, "vlan": guest_vlan})
+        router = c.boolean(v.get("router"), (*vp, "router"), False)
+        if router and len(vifs) < 2:
+            raise c.fail((*vp, "router"), "a router VM needs at least two vNICs")
+        gateway = None
+        if v.get("gateway") is not None:
+            gateway = _addr(c, v["gateway"], (*vp, "gateway"))
+        routes = []
+        for ri, rraw in enumerate(c.seq(v.get("routes"), (*vp, "routes"))):
+            rp = (*vp, "routes", ri)
+            r = c.mapping(rraw, rp, _ROUTE_KEYS, none_ok=False)
+            if "to" not in r or "via" not in r:
+                raise c.fail(rp, "a route needs `to:` and `via:`")
+            try:
+                to = ipaddress.IPv4Network(str(r["to"]), strict=True)
+            except ValueError as exc:
+                raise c.fail((*rp, "to"), f"not an IPv4 network: {r['to']!r}") from exc
+            routes.append(RouteSpec(to, _addr(c, r["via"], (*rp, "via"))))
+        vm_dicts.append({"host": hname, "name": vname, "domid": domid, "vifs": vifs,
+                         "router": router, "gateway": gateway, "routes": tuple(routes),
+                         "disks": _disks(c, v.get("disks"), (*vp, "disks"), htype)})
+    return {"name": hname, "type": htype, "pifs": tuple(pifs.values()),
+            "switches": tuple(switches.values()), "networks": tuple(networks.values()),
+            "vms": vm_dicts}
+
+
+def _disks(c: _Checker, raw: Any, path: PathT, htype: str) -> tuple[DiskSpec, ...]:
+    """`disks:` of a VM: a list of sources (xvda, xvdb, ... in order) or of
+    `{device, source, mode: rw|ro}`."""
+    disks: list[DiskSpec] = []
+    seen: dict[str, PathT] = {}
+    for di, draw in enumerate(c.seq(raw, path)):
+        dp = (*path, di)
+        d = {"source": draw} if isinstance(draw, str) else c.mapping(draw, dp, _DISK_KEYS,
+                                                                      none_ok=False)
+        if htype != "xen":
+            raise c.fail(dp, "disks are served through Xen blkif rings: only VMs on xen "
+                         "hosts have them")
+        if not isinstance(d.get("source"), str) or not d["source"]:
+            raise c.fail(dp, "a disk needs `source:` (a .vhd, a raw file, lvm:VG/LV:PV or "
+                         "mem:SIZE)")
+        device = d.get("device", f"xvd{chr(ord('a') + di)}" if di < 16 else "")
+        m = re.fullmatch(r"xvd([a-p])", str(device))
+        if not m:
+            raise c.fail((*dp, "device"), f"device {device!r}: expected xvda ... xvdp")
+        if device in seen:
+            raise c.fail((*dp, "device"), f"{device} is already {c.smap.where(seen[device])}")
+        seen[device] = dp
+        mode = d.get("mode", "rw")
+        if mode not in ("rw", "ro"):
+            raise c.fail((*dp, "mode"), f"mode {mode!r}: expected rw or ro")
+        disks.append(DiskSpec(str(device), (202 << 8) | 16 * (ord(m.group(1)) - ord("a")),
+                              d["source"], mode == "ro"))
+    return tuple(disks)
+
+
+def _addr(c: _Checker, value: Any, path: PathT) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(str(value))
+    except ValueError as exc:
+        raise c.fail(path, f"not an IPv4 address: {value!r}") from exc
+
+
+def _teaming(c: _Checker, raw: Any, path: PathT, uplinks: tuple[str, ...],
+             htype: str) -> TeamingSpec | None:
+    if raw is None:
+        # ESXi teams every multi-uplink vSwitch (all active, port id); a Xen bridge with two
+        # PIFs and no bond is a plain bridge between them.
+        if htype == "esxi" and len(uplinks) > 1:
+            return TeamingSpec("port-id", uplinks)
+        return None
+    t = c.mapping(raw, path, _TEAM_KEYS, none_ok=False)
+    policy = t.get("policy", "port-id")
+    if policy not in TEAMING_POLICIES:
+        raise c.fail((*path, "policy"), f"teaming policy must be one of "
+                     f"{', '.join(TEAMING_POLICIES)}, got {policy!r}")
+    active = c.names(t["active"], (*path, "active")) if "active" in t else ()
+    standby = c.names(t.get("standby"), (*path, "standby"))
+    for key, names in (("active", active), ("standby", standby)):
+        for i, n in enumerate(names):
+            if n not in uplinks:
+                raise c.fail((*path, key, i), f"{n} is not an uplink of this switch "
+                             f"(uplinks: {', '.join(uplinks) or 'none'})")
+    if set(active) & set(standby):
+        raise c.fail((*path, "standby"), "an uplink cannot be both active and standby")
+    if "active" not in t:
+        active = tuple(u for u in uplinks if u not in standby)
+    if not active:
+        raise c.fail((*path, "active"), "teaming needs at least one active uplink")
+    return TeamingSpec(policy, active, standby)
+
+
+def _shaping(c: _Checker, raw: Any, path: PathT) -> ShapingSpec | None:
+    if raw is None:
+        return None
+    s = c.mapping(raw, path, _SHAPE_KEYS, none_ok=False)
+    if "average" not in s:
+        raise c.fail(path, "shaping needs `average:` (bits/s)")
+    avg = c.rate(s["average"], (*path, "average"), bits=True)
+    peak = c.rate(s["peak"], (*path, "peak"), bits=True) if "peak" in s else avg
+    if peak < avg:
+        raise c.fail((*path, "peak"), f"peak {peak} bit/s is below average {avg} bit/s "
+                     "(peak must be >= average)")
+    burst = c.rate(s["burst"], (*path, "burst"), bits=False) if "burst" in s else 1518
+    if burst < 64:
+        raise c.fail((*path, "burst"), f"burst {burst} bytes is smaller than one frame")
+    return ShapingSpec(avg, peak, burst)
+
+
+def _freeze_host(h: dict[str, Any]) -> HostSpec:
+    vms = tuple(
+        VmSpec(host=v["host"], name=v["name"], domid=v["domid"],
+               vifs=tuple(VifSpec(**f) for f in v["vifs"]), router=v["router"],
+               gateway=v["gateway"], routes=v["routes"], disks=v.get("disks", ()))
+        for v in h["vms"])
+    return HostSpec(h["name"], h["type"], h["pifs"], h["switches"], h["networks"], vms)
+
+
+def _physical(c: _Checker, raw: Any, hosts: dict[str, HostSpec]
+              ) -> tuple[tuple[PhysSwitchSpec, ...], tuple[PhysLinkSpec, ...], list[PathT]]:
+    phys = c.mapping(raw, ("physical",))
+    cabled: dict[tuple[str, str], PathT] = {}
+    switches: list[PhysSwitchSpec] = []
+    raw_links: list[tuple[PathT, str, str, Any]] = []
+    for sname, sraw in phys.items():
+        sp: PathT = ("physical", sname)
+        c.name(sname, sp)
+        if sname in hosts:
+            raise c.fail(sp, f"physical switch {sname!r} has the name of a host")
+        s = c.mapping(sraw, sp, _PHYS_KEYS)
+        ports = []
+        for pname, praw in c.mapping(s.get("ports"), (*sp, "ports")).items():
+            pp = (*sp, "ports", pname)
+            host, _, pif = str(pname).partition(".")
+            if not pif:
+                raise c.fail(pp, f"a port is named HOST.PIF (like xen1.eth0), got {pname!r}")
+            if host not in hosts:
+                raise c.fail(pp, f"no host {host!r} (hosts: {', '.join(hosts)})")
+            if pif not in {p.name for p in hosts[host].pifs}:
+                raise c.fail(pp, f"no PIF {pif!r} on host {host}")
+            if (host, pif) in cabled:
+                raise c.fail(pp, f"{pname} is already cabled at {c.smap.where(cabled[host, pif])}")
+            cabled[host, pif] = pp
+            p = c.mapping(praw, pp, _PORT_KEYS)
+            mode = p.get("mode", "trunk")
+            if mode not in PORT_MODES:
+                raise c.fail((*pp, "mode"), f"port mode must be one of {', '.join(PORT_MODES)}, "
+                             f"got {mode!r}")
+            vlans = c.vlans(p.get("vlans"), (*pp, "vlans"))
+            vkey = "native" if "native" in p else "vlan"
+            vlan = c.vlan(p.get(vkey, 0), (*pp, vkey)) if vkey in p else 0
+            if vlan == 4095:
+                raise c.fail((*pp, vkey), "VLAN 4095 is not a VLAN on a physical port")
+            if mode == "access" and vlans:
+                raise c.fail((*pp, "vlans"), "an access port carries one VLAN: use `vlan:`")
+            if mode.startswith("native") and not vlan:
+                raise c.fail(pp, f"a {mode} port needs `native:` (its native VLAN)")
+            ports.append(PhysPortSpec(sname, host, pif, mode, vlans, vlan))
+        for li, lraw in enumerate(c.seq(s.get("links"), (*sp, "links"))):
+            raw_links.append(((*sp, "links", li), sname, "", lraw))
+        switches.append(PhysSwitchSpec(sname, tuple(ports)))
+    names = {s.name for s in switches}
+    links = []
+    for lp, a, _, lraw in raw_links:
+        if isinstance(lraw, str):
+            lraw = {lraw: {}}
+        lm = c.mapping(lraw, lp, none_ok=False)
+        if len(lm) != 1:
+            raise c.fail(lp, "a link is `OTHER_SWITCH: {vlans: [...]}` (one per item)")
+        (b, opts), = lm.items()
+        if b not in names:
+            raise c.fail((*lp, b), f"no physical switch {b!r}")
+        if b == a:
+            raise c.fail((*lp, b), "a switch cabled to itself is a loop")
+        o = c.mapping(opts, (*lp, b), _LINK_KEYS)
+        links.append((lp, PhysLinkSpec(a, b, c.vlans(o.get("vlans"), (*lp, b, "vlans")))))
+    return (tuple(switches), tuple(link for _, link in links), [lp for lp, _ in links])
+
+
+def _mirrors(c: _Checker, raw: Any, hosts_raw: dict[str, Any],
+             hosts: dict[str, HostSpec]) -> tuple[MirrorSpec, ...]:
+    out: list[MirrorSpec] = []
+    entries: list[tuple[PathT, str, str, Any]] = []
+    for hname, hraw in hosts_raw.items():
+        for mname, mraw in c.mapping(hraw.get("mirrors") if isinstance(hraw, Mapping) else None,
+                                     ("hosts", hname, "mirrors")).items():
+            entries.append((("hosts", hname, "mirrors", mname), hname, mname, mraw))
+    if raw is not None:
+        raise c.fail(("mirrors",), "mirror sessions live under their host: "
+                     "hosts.HOST.mirrors.NAME")
+    for mp, hname, mname, mraw in entries:
+        c.name(mname, mp)
+        m = c.mapping(mraw, mp, _MIRROR_KEYS, none_ok=False)
+        host = hosts[hname]
+        ports = {f.port: (vm, f) for vm in host.vms for f in vm.vifs}
+        for key in ("destination",):
+            if key not in m:
+                raise c.fail(mp, f"a mirror session needs `{key}:`")
+        dest = c.name(m["destination"], (*mp, "destination"))
+        if dest not in ports:
+            raise c.fail((*mp, "destination"), f"no vNIC port {dest!r} on host {hname} "
+                         f"(ports: {', '.join(ports) or 'none'})")
+        sources = c.names(m.get("sources"), (*mp, "sources"))
+        for i, s in enumerate(sources):
+            if s not in ports:
+                raise c.fail((*mp, "sources", i), f"no vNIC port {s!r} on host {hname}")
+            if s == dest:
+                raise c.fail((*mp, "sources", i), "a port cannot mirror to itself")
+        vlans = c.vlans(m.get("vlans"), (*mp, "vlans"))
+        if not sources and not vlans:
+            raise c.fail(mp, "a mirror session needs `sources:` or `vlans:`")
+        dest_net = host.network(ports[dest][1].network)
+        sw = m.get("switch", dest_net.switch)
+        if sw != dest_net.switch:
+            raise c.fail((*mp, "switch"), f"destination {dest} is on switch {dest_net.switch}")
+        for i, s in enumerate(sources):
+            if host.network(ports[s][1].network).switch != sw:
+                raise c.fail((*mp, "sources", i), f"{s} is not on switch {sw}")
+        direction = m.get("direction", "both")
+        if direction not in ("ingress", "egress", "both"):
+            raise c.fail((*mp, "direction"), "direction is ingress, egress or both")
+        out.append(MirrorSpec(hname, mname, sw, dest, sources, vlans, direction))
+    return tuple(out)
+
+
+def _check_loops(c: _Checker, topo: Topology, link_paths: list[PathT]) -> None:
+    """Refuse a physical layer-2 loop: two paths between the same bridges with no teaming.
+
+    A teamed host switch never forwards between its uplinks (vSphere teaming, Xen bonds), so
+    each of its uplinks is a separate end; an unteamed switch (a plain Xen bridge) forwards
+    between all of its PIFs and closes a loop when two of them reach the same physical network.
+    """
+    g: nx.Graph = nx.Graph()
+    edges: list[tuple[str, str, PathT]] = []
+    for s in topo.physical:
+        g.add_node(f"physical switch {s.name}")
+        for p in s.ports:
+            host = topo.host(p.host)
+            sw = next((x for x in host.switches if p.pif in x.uplinks), None)
+            if sw is None:
+                end = f"{p.host}/{p.pif}"
+            elif sw.teaming is not None:
+                end = f"{p.host}/{sw.name} uplink {p.pif}"
+            else:
+                end = f"{p.host}/{sw.name}"
+            edges.append((f"physical switch {s.name}", end,
+                          ("physical", s.name, "ports", p.name)))
+    for lp, link in zip(link_paths, topo.links, strict=True):
+        edges.append((f"physical switch {link.a}", f"physical switch {link.b}", lp))
+    for a, b, path in edges:
+        if g.has_node(a) and g.has_node(b) and nx.has_path(g, a, b):
+            loop = " - ".join(nx.shortest_path(g, b, a))
+            raise c.fail(path, f"loop in the physical network without teaming: {a} - {loop} "
+                         "(team the host's uplinks or remove a cable)")
+        g.add_edge(a, b)
+
+
+# ------------------------------------------------------------------------------- load / build
+def load_topology(path: str | Path) -> Topology:
+    """Read and validate a topology YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise TopologyError(f"{p}: cannot read: {exc.strerror}") from exc
+    return parse_topology(text, p.name if p.parent == Path(".") else str(p))
+
+
+def parse_topology(text: str, source: str = "topology.yaml") -> Topology:
+    """Validate a topology given as YAML text; `source` names it in errors."""
+    data, smap = load_yaml(text, source, TopologyError)
+    return validate(data, smap)
+
+
+class TopologyBuilder:
+    """Write a topology in Python; `build()` validates it exactly as a file would be.
+
+        t = TopologyBuilder("lab")
+        t.add_host("xen1", pifs=["eth0"])
+        t.add_switch("xen1", "xenbr0", uplinks=["eth0"])
+        t.add_port_group("xen1", "vlan5", switch="xenbr0", vlan=5)
+        t.add_vm("xen1", "vm1", nics=[{"network": "vlan5", "ip": "10.0.5.1/24"}])
+        t.connect("xen1.eth0", "phys", mode="trunk", vlans=[5])
+        topo = t.build()
+    """
+
+    def __init__(self, name: str = "lab", *, seed: int = 0) -> None:
+        self.doc: dict[str, Any] = {"name": name, "seed": seed, "hosts": {}}
+
+    def _host(self, host: str) -> dict[str, Any]:
+        if host not in self.doc["hosts"]:
+            raise TopologyError(f"<builder>: no host {host!r}; call add_host first")
+        return self.doc["hosts"][host]
+
+    def add_host(self, name: str, *, type: str = "xen",
+                 pifs: Iterable[str] | Mapping[str, Mapping[str, Any]] = ()) -> TopologyBuilder:
+        """A host with its physical NICs."""
+        pif_map = dict(pifs) if isinstance(pifs, Mapping) else {p: {} for p in pifs}
+        self.doc["hosts"][name] = {"type": type, "pifs": pif_map}
+        return self
+
+    def add_pif(self, host: str, name: str, **opts: Any) -> TopologyBuilder:
+        """Another physical NIC on `host`."""
+        self._host(host).setdefault("pifs", {})[name] = opts
+        return self
+
+    def add_switch(self, host: str, name: str, *, uplinks: Iterable[str] = (),
+                   teaming: Mapping[str, Any] | None = None, **opts: Any) -> TopologyBuilder:
+        """A standard switch on `host` with its uplinks (and teaming)."""
+        sw: dict[str, Any] = {"uplinks": list(uplinks), **opts}
+        if teaming is not None:
+            sw["teaming"] = dict(teaming)
+        self._host(host).setdefault("switches", {})[name] = sw
+        return self
+
+    def add_port_group(self, host: str, name: str, *, switch: str | None = None,
+                       vlan: int = 0, internal: bool = False, **opts: Any) -> TopologyBuilder:
+        """A port group / network on `host`: a VLAN of a switch, or an internal network."""
+        pg: dict[str, Any] = {"vlan": vlan, **opts}
+        if switch is not None:
+            pg["switch"] = switch
+        if internal:
+            pg["internal"] = True
+        self._host(host).setdefault("networks", {})[name] = pg
+        return self
+
+    add_network = add_port_group
+
+    def add_vm(self, host: str, name: str, *, nics: Iterable[Mapping[str, Any]] = (),
+               **opts: Any) -> TopologyBuilder:
+        """A VM on `host` with its vNICs (`{"network": ..., "ip": ..., "mac": ...}`)."""
+        self._host(host).setdefault("vms", {})[name] = {
+            "vifs": [dict(n) for n in nics], **opts}
+        return self
+
+    def connect(self, a: str, b: str, **opts: Any) -> TopologyBuilder:
+        """Cable `HOST.PIF` to physical switch `b` (port options: mode, vlans, vlan/native),
+        or physical switch `a` to physical switch `b`."""
+        phys = self.doc.setdefault("physical", {})
+        if "." in a:
+            phys.setdefault(b, {}).setdefault("ports", {})[a] = opts
+        else:
+            phys.setdefault(b, {}).setdefault("ports", {})
+            phys.setdefault(a, {}).setdefault("links", []).append({b: opts})
+        return self
+
+    def add_mirror(self, host: str, name: str, *, destination: str, **opts: Any
+                   ) -> TopologyBuilder:
+        """A port-mirroring session on `host`."""
+        self._host(host).setdefault("mirrors", {})[name] = {"destination": destination, **opts}
+        return self
+
+    def build(self) -> Topology:
+        """Validate and return the model (the same checks as a file gets)."""
+        return validate(self.doc, SourceMap("<builder>"))
+
+
+# ------------------------------------------------------------------------------------ graph
+def node_id(kind: str, *parts: str) -> str:
+    """Graph node ids: `host:xen1`, `switch:xen1/xenbr0`, `pg:xen1/vlan5`, `pif:xen1/eth0`,
+    `vlanpif:xen1/eth0.5`, `vm:vm1`, `vnic:xen1/vif1.0`, `pswitch:core`."""
+    return f"{kind}:{'/'.join(parts)}"
+
+
+def to_graph(topo: Topology) -> nx.MultiGraph:
+    """The lab as a networkx MultiGraph.
+
+    Nodes carry `kind` (host, switch, portgroup, pif, vlanpif, vm, vnic, pswitch), `name`,
+    `host` and `spec` (the frozen model object). Edges carry `kind`: `contains` (host to its
+    PIFs, switches, VMs), `uplink` (switch–PIF), `portgroup` (switch–port group), `vlanpif`
+    (Xen VLAN network–`ethX.VID`–PIF), `nic` (VM–vNIC), `attach` (vNIC–port group), `cable`
+    (PIF–physical switch, physical switch–physical switch).
+    """
+    g = nx.MultiGraph(name=topo.name)
+    for h in topo.hosts:
+        hid = node_id("host", h.name)
+        g.add_node(hid, kind="host", name=h.name, host=h.name, spec=h)
+        for p in h.pifs:
+            pid = node_id("pif", h.name, p.name)
+            g.add_node(pid, kind="pif", name=p.name, host=h.name, spec=p)
+            g.add_edge(hid, pid, kind="contains")
+        for s in h.switches:
+            sid = node_id("switch", h.name, s.name)
+            g.add_node(sid, kind="switch", name=s.name, host=h.name, spec=s)
+            g.add_edge(hid, sid, kind="contains")
+            for u in s.uplinks:
+                role = "active"
+                if s.teaming is not None and u in s.teaming.standby:
+                    role = "standby"
+                g.add_edge(sid, node_id("pif", h.name, u), kind="uplink", role=role)
+        for n in h.networks:
+            nid = node_id("pg", h.name, n.name)
+            g.add_node(nid, kind="portgroup", name=n.name, host=h.name, spec=n, vlan=n.vlan)
+            sw = h.switch(n.switch)
+            g.add_edge(nid, node_id("switch", h.name, sw.name), kind="portgroup")
+            if h.type == "xen" and 1 <= n.vlan <= 4094:
+                for u in sw.uplinks:  # XenServer: a VLAN network gets VLAN PIF ethX.VID
+                    vid = node_id("vlanpif", h.name, f"{u}.{n.vlan}")
+                    g.add_node(vid, kind="vlanpif", name=f"{u}.{n.vlan}", host=h.name,
+                               vlan=n.vlan, pif=u)
+                    g.add_edge(nid, vid, kind="vlanpif")
+                    g.add_edge(vid, node_id("pif", h.name, u), kind="vlanpif")
+        for vm in h.vms:
+            vmid = node_id("vm", vm.name)
+            g.add_node(vmid, kind="vm", name=vm.name, host=h.name, spec=vm)
+            g.add_edge(hid, vmid, kind="contains")
+            for f in vm.vifs:
+                fid = node_id("vnic", h.name, f.port)
+                g.add_node(fid, kind="vnic", name=f.port, host=h.name, spec=f)
+                g.add_edge(vmid, fid, kind="nic")
+                g.add_edge(fid, node_id("pg", h.name, f.network), kind="attach")
+    for s in topo.physical:
+        sid = node_id("pswitch", s.name)
+        g.add_node(sid, kind="pswitch", name=s.name, host=None, spec=s)
+    for s in topo.physical:
+        for p in s.ports:
+            g.add_edge(node_id("pif", p.host, p.pif), node_id("pswitch", s.name), kind="cable",
+                       spec=p)
+    for link in topo.links:
+        g.add_edge(node_id("pswitch", link.a), node_id("pswitch", link.b), kind="cable",
+                   spec=link)
+    return g

@@ -1,0 +1,502 @@
+"""Run a scenario on a built fabric: timeline, captures, expectations, and a JSON report.
+
+`run_scenario(scenario, out_dir=...)` builds the scenario's topology (a `netsim.lab.lab.Lab`, whose
+guests answer ARP and ping), checks every name before starting, runs the timeline on a
+`VirtualClock` (default: deterministic, as fast as the frames compute) or a `PacedClock`
+(`realtime=True`), then evaluates the expectations and writes `report.json` next to the
+captures. A caller that built its own `Fabric` passes it as `fabric=` (pings are then not
+available). The same scenario twice gives byte-identical captures and report: nothing written
+depends on the wall clock.
+
+What "arrives at a port" means: the switch sends the frame out of that port — towards the guest
+for a VM port (`vif1.0`), onto the wire for a PIF (`xen1/eth0`) or a physical switch port.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netsim.dataplane.vclock import PacedClock, VirtualClock
+from netsim.errors import ScenarioError
+from netsim.lab.fabric import Link, Vm
+from netsim.scenario.model import (
+    Arrives,
+    CounterCheck,
+    Expectation,
+    FlushMac,
+    LinkEvent,
+    MoveVm,
+    PingCheck,
+    PortGroupEvent,
+    Replay,
+    Scenario,
+    Send,
+    Step,
+    find_port_group,
+    fmt_ns,
+)
+from netsim.wire.filters import Filter, decode
+from netsim.wire.pcapread import read_capture
+
+#: frames handed to the fabric between two yields to the event loop, in fast mode: well under
+#: a port queue's 1024 slots, so every hop's pump drains them before the next burst.
+BURST = 256
+#: after the last step of a scenario without `duration`, frames in flight get this long to land
+GRACE_NS = 10_000_000
+
+
+@dataclass
+class Result:
+    """The outcome of one expectation."""
+
+    name: str
+    kind: str
+    passed: bool
+    detail: str
+    where: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Report:
+    """What a run did and whether every expectation held."""
+
+    scenario: str
+    source: str
+    results: list[Result]
+    steps: list[dict[str, Any]]
+    counters: dict[str, dict[str, Any]]
+    captures: list[str]
+    duration_ns: int
+    realtime: dict[str, Any] | None = None
+
+    @property
+    def passed(self) -> bool:
+        """True when every expectation held."""
+        return all(r.passed for r in self.results)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able; identical for identical virtual-time runs."""
+        out = {"scenario": self.scenario, "source": self.source, "passed": self.passed,
+               "expectations": [r.as_dict() for r in self.results], "steps": self.steps,
+               "counters": self.counters, "captures": self.captures,
+               "duration_ns": self.duration_ns}
+        if self.realtime is not None:
+            out["realtime"] = self.realtime
+        return out
+
+    def to_json(self) -> str:
+        """Stable JSON text (sorted keys)."""
+        return json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n"
+
+
+class PortRecorder:
+    """Records frames the switch sends out of chosen ports: `(ns since start, bytes)` each."""
+
+    def __init__(self, clock: Any, t0: int = 0) -> None:
+        self.clock = clock
+        self.t0 = t0
+        self.frames: dict[str, list[tuple[int, bytes]]] = {}
+
+    def watch(self, name: str, port: Any) -> list[tuple[int, bytes]]:
+        """Start recording `port` under `name`; returns the live list."""
+        if name in self.frames:
+            return self.frames[name]
+        out: list[tuple[int, bytes]] = []
+        now = self.clock.now_ns
+
+        def tap(frame: bytes, outbound: bool) -> None:
+            if outbound:
+                out.append((now() - self.t0, frame))
+
+        port.add_tap(tap)
+        self.frames[name] = out
+        return out
+
+
+class _Watch:
+    """Arrival expectations of one port: decode each outbound frame once, test every filter."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.t0 = 0
+        self.items: list[tuple[Callable[[Any], bool], list[int]]] = []
+
+    def add(self, flt: Filter) -> list[int]:
+        times: list[int] = []
+        self.items.append((flt.match_decoded, times))
+        return times
+
+    def tap(self, frame: bytes, outbound: bool) -> None:
+        if not outbound:
+            return
+        d = decode(frame)
+        if d is None:
+            return
+        t = -1
+        for match, times in self.items:
+            if match(d):
+                if t < 0:
+                    t = self.clock.now_ns() - self.t0
+                times.append(t)
+
+
+def build_lab(scn: Scenario, clock: Any) -> Any:
+    """The running-to-be `Lab` of a scenario's topology file."""
+    if scn.topology is None:
+        raise scn.error(("topology",), "this scenario names no topology file; pass a fabric")
+    from netsim.lab.topology import load_topology
+    try:
+        from netsim.lab.lab import Lab
+    except ImportError as exc:  # the topology part's builder is not installed in this tree
+        raise ScenarioError(f"{scn.source}: building topologies needs netsim.lab.lab") from exc
+    return Lab(load_topology(scn.topology), clock=clock)
+
+
+class ScenarioRun:
+    """One run of a scenario (see the module docstring); `await run()` gives the `Report`."""
+
+    def __init__(self, scn: Scenario, *, fabric: Any = None, lab: Any = None,
+                 out_dir: str | Path | None = None, realtime: bool = False,
+                 clock: Any = None, progress: Callable[[float], None] | None = None) -> None:
+        self.scn = scn
+        if clock is None:
+            clock = PacedClock() if realtime else VirtualClock()
+        self.clock = clock
+        self.realtime = realtime
+        if fabric is None and lab is None:
+            lab = build_lab(scn, clock)
+        self.lab = lab
+        self.fabric = fabric if fabric is not None else lab.fabric
+        if getattr(self.fabric, "clock", clock) is not clock:
+            raise ScenarioError(f"{scn.source}: the fabric runs on another clock than the "
+                                "scenario; build it with clock=<the run's clock>")
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        pingable = None
+        if lab is not None:
+            pingable = [n for n, a in lab.agents.items() if a.guest.addresses()]
+        scn.check(self.fabric, pingable=pingable)
+        if lab is not None:
+            self._check_xen_vlan_changes(lab)
+        self._t0 = 0
+        self._end_ns = scn.end_ns
+        self._step_stats: list[dict[str, Any]] = []
+        self._offsets: list[int] = []
+        self._counter_values: dict[int, int] = {}
+        self._ping_results: dict[int, Any] = {}
+
+    def _check_xen_vlan_changes(self, lab: Any) -> None:
+        for s in self.scn.steps:
+            if isinstance(s, PortGroupEvent) and s.vlan is not None:
+                sw, _ = find_port_group(self.fabric, s, self.scn)
+                host = next((h for h in self.fabric.hosts.values()
+                             if sw in h.switches.values()), None)
+                if host is not None and lab.topo.host(host.name).type == "xen":
+                    raise self.scn.error(
+                        (*s.path, "port_group", "vlan"),
+                        f"on XenServer host {host.name} a VLAN network is its own bridge over "
+                        "ethX.VID; changing its VLAN means another network (not supported); "
+                        "security changes work")
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _port(self, name: str) -> Any:
+        obj = self.fabric[name]
+        return obj.ports[0] if isinstance(obj, Vm) else obj
+
+    async def _until(self, at_ns: int) -> None:
+        await self.clock.sleep_until(self._t0 + at_ns)
+
+    # -- running -----------------------------------------------------------------------------
+    async def run(self) -> Report:
+        """Run the timeline, evaluate, write the report (and captures) to `out_dir`."""
+        scn, fab = self.scn, self.fabric
+        captures: list[Path] = []
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if scn.capture is not None:
+                targets = scn.capture if scn.capture == "all" else [
+                    self._port(n) if not isinstance(fab[n], Link) else fab[n]
+                    for n in scn.capture]
+                captures = fab.capture(targets, self.out_dir)
+        watches: dict[str, _Watch] = {}
+        arrivals: dict[int, list[int]] = {}
+        for i, e in enumerate(scn.expectations):
+            if isinstance(e, Arrives):
+                w = watches.get(e.port)
+                if w is None:
+                    w = watches[e.port] = _Watch(self.clock)
+                    self._port(e.port).add_tap(w.tap)
+                arrivals[i] = w.add(e.filter)
+        if self.lab is None:  # nobody consumes the guests' frames: drain them
+            from netsim.dataplane.port import VmPort
+            for p in list(fab.ports()):
+                if isinstance(p, VmPort):
+                    fab.on_receive(p.vnic, _discard)
+        async with (self.lab if self.lab is not None else fab):
+            self._t0 = self.clock.now_ns()
+            for w in watches.values():
+                w.t0 = self._t0
+            tasks = [asyncio.create_task(self._step(i, s), name=f"step {i}")
+                     for i, s in enumerate(scn.steps)]
+            for i, e in enumerate(scn.expectations):
+                if isinstance(e, CounterCheck) and e.at_ns is not None:
+                    tasks.append(asyncio.create_task(self._snapshot(i, e)))
+                elif isinstance(e, PingCheck):
+                    tasks.append(asyncio.create_task(self._ping(i, e)))
+            if self.progress is not None:
+                tasks.append(asyncio.create_task(self._ticker()))
+            try:
+                await self._until(scn.end_ns)
+                if scn.duration_ns is None:  # no fixed end: let every step finish (replays)
+                    await asyncio.gather(*tasks[:len(scn.steps)])
+                    self._end_ns = max(scn.end_ns, self.clock.now_ns() - self._t0 + GRACE_NS)
+                    await self._until(self._end_ns)
+                await self.clock.settle()
+                fab.check()
+            finally:
+                for t in tasks:
+                    t.cancel()
+                done = await asyncio.gather(*tasks, return_exceptions=True)
+            for t, res in zip(tasks, done, strict=True):
+                if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
+                    raise res
+                if t.cancelled() and t.get_name().startswith("step "):
+                    idx = int(t.get_name().split()[1])
+                    self._step_stats.append({"step": idx, "unfinished": True})
+            results = [self._evaluate(i, e, arrivals.get(i)) for i, e in
+                       enumerate(scn.expectations)]
+            counters = fab.counters()
+        if self.progress is not None:
+            self.progress(1.0)
+        report = Report(scn.name, scn.source, results,
+                        sorted(self._step_stats, key=lambda s: s["step"]), counters,
+                        [p.name for p in captures], self._end_ns,
+                        _summary(self._offsets) if self.realtime else None)
+        if self.out_dir is not None:
+            (self.out_dir / "report.json").write_text(report.to_json())
+        return report
+
+    async def _ticker(self) -> None:
+        end = self.scn.end_ns
+        assert self.progress is not None
+        for k in range(1, 100):
+            await self._until(end * k // 100)
+            self.progress(k / 100)
+
+    async def _step(self, idx: int, s: Step) -> None:
+        await self._until(s.at_ns)
+        fab = self.fabric
+        if isinstance(s, Send):
+            port = self._port(s.port)
+            if s.interval_ns:
+                for k in range(s.count):
+                    if k:
+                        await self._until(s.at_ns + k * s.interval_ns)
+                    port.receive(s.frame)
+            else:
+                for k in range(0, s.count, BURST):
+                    if k:
+                        await asyncio.sleep(0)
+                    port.receive_batch([s.frame] * min(BURST, s.count - k))
+            self._step_stats.append({"step": idx, "kind": "send", "frames": s.count})
+        elif isinstance(s, Replay):
+            n = await self._replay(s)
+            self._step_stats.append({"step": idx, "kind": "replay", "frames": n,
+                                     "speed": s.speed if s.speed is not None else "max"})
+        elif isinstance(s, LinkEvent):
+            obj = fab[s.target]
+            (obj.set_link if hasattr(obj, "set_link") else obj.set_up)(s.up)
+            self._step_stats.append({"step": idx, "kind": "link", "target": s.target,
+                                     "up": s.up})
+        elif isinstance(s, PortGroupEvent):
+            sw, pg = find_port_group(fab, s, self.scn)
+            changes: dict[str, Any] = {}
+            if s.vlan is not None:
+                changes["vlan"] = s.vlan
+            if s.security is not None:
+                changes["security"] = dataclasses.replace(pg.security, **s.security)
+            sw.update_port_group(dataclasses.replace(pg, **changes))
+            self._step_stats.append({"step": idx, "kind": "port_group", "name": s.name})
+        elif isinstance(s, FlushMac):
+            switches = [fab[s.switch]] if s.switch is not None else _all_switches(fab)
+            flushed = sum(sw.mac_table.flush() for sw in switches)
+            self._step_stats.append({"step": idx, "kind": "flush_mac", "entries": flushed})
+        elif isinstance(s, MoveVm):
+            from netsim.vds.host import migrate_in_fabric
+
+            moved = migrate_in_fabric(fab, s.vm, s.to)
+            self._step_stats.append({"step": idx, "kind": "move_vm", "vm": s.vm,
+                                     "from": moved.source, "to": moved.destination,
+                                     "queued_dropped": moved.queued_dropped})
+
+    async def _replay(self, s: Replay) -> int:
+        fixed = self._port(s.into) if s.into is not None else None
+        ports: dict[str | None, Any] = {}
+        n = 0
+        first: int | None = None
+        base = self._t0 + s.at_ns
+        clock = self.clock
+        if s.speed is None:
+            return await self._replay_fast(s, fixed)
+        for ts, frame, iface in read_capture(s.pcap):
+            port = fixed
+            if port is None:
+                port = ports.get(iface)
+                if port is None:
+                    if iface is None or iface not in self.fabric:
+                        raise self.scn.error((*s.path, "replay"), f"{s.pcap.name}: frame "
+                                             f"{n + 1} was captured on {iface!r}, which is no "
+                                             "port here; give `into:`")
+                    port = ports[iface] = self._port(iface)
+            if s.speed is not None:
+                if first is None:
+                    first = ts
+                target = base + round((ts - first) / s.speed)
+                if target > clock.now_ns():
+                    await clock.sleep_until(target)
+                if self.realtime:
+                    self._offsets.append(clock.now_ns() - target)
+            port.receive(frame)
+            n += 1
+            if n % BURST == 0:
+                await asyncio.sleep(0)
+        return n
+
+    async def _replay_fast(self, s: Replay, fixed: Any) -> int:
+        """As fast as the fabric switches: runs of frames for one port go in as one batch
+        (`receive_batch`), at most `BURST` frames between two yields to the loop."""
+        ports: dict[str | None, Any] = {}
+        n = yielded = 0
+        batch: list[bytes] = []
+        into = fixed
+        for _ts, frame, iface in read_capture(s.pcap):
+            port = fixed
+            if port is None:
+                port = ports.get(iface)
+                if port is None:
+                    if iface is None or iface not in self.fabric:
+                        raise self.scn.error((*s.path, "replay"), f"{s.pcap.name}: frame "
+                                             f"{n + len(batch) + 1} was captured on {iface!r}, "
+                                             "which is no port here; give `into:`")
+                    port = ports[iface] = self._port(iface)
+            if port is not into or len(batch) >= BURST:
+                if batch:
+                    into.receive_batch(batch)
+                    n += len(batch)
+                    batch = []
+                    if n - yielded >= BURST:
+                        yielded = n
+                        await asyncio.sleep(0)
+                into = port
+            batch.append(frame)
+        if batch:
+            into.receive_batch(batch)
+            n += len(batch)
+        return n
+
+    async def _snapshot(self, i: int, e: CounterCheck) -> None:
+        assert e.at_ns is not None
+        await self._until(e.at_ns)
+        await self.clock.settle()
+        self._counter_values[i] = self._counter(e)
+
+    async def _ping(self, i: int, e: PingCheck) -> None:
+        import ipaddress
+        await self._until(e.at_ns)
+        agent = self.lab.agents[e.src]
+        try:
+            target = ipaddress.IPv4Address(e.dst)
+        except ValueError:
+            target = self.lab.address_of(e.dst, toward=e.src)
+        self._ping_results[i] = await agent.ping(target, wait_s=e.wait_ns / 1e9)
+
+    def _counter(self, e: CounterCheck) -> int:
+        c = self._port(e.port).counters
+        if e.counter == "drops":
+            return c.dropped
+        if e.counter.startswith("drops."):
+            return c.drops.get(e.counter[6:], 0)
+        return int(getattr(c, e.counter))
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _evaluate(self, i: int, e: Expectation, times: list[int] | None) -> Result:
+        where = self.scn.smap.where(e.path).rsplit(": ", 1)[0]
+        if isinstance(e, Arrives):
+            assert times is not None
+            if e.end_ns is not None:  # half-open: a frame at the closing instant is not in
+                got = [t for t in times if e.start_ns <= t < e.end_ns]
+                window = f"[{fmt_ns(e.start_ns)}, {fmt_ns(e.end_ns)})"
+            else:
+                got = [t for t in times if e.start_ns <= t]
+                window = f"[{fmt_ns(e.start_ns)}, end]"
+            first = f", first at {fmt_ns(got[0])}" if got else ""
+            if e.never:
+                ok = not got
+                detail = f"{len(got)} matching frames in {window}{first}"
+                kind = "never"
+            else:
+                ok = len(got) == e.count if e.count is not None else len(got) >= e.min_count
+                want = f"exactly {e.count}" if e.count is not None else f">= {e.min_count}"
+                detail = f"{len(got)} matching frames in {window} (want {want}){first}"
+                kind = "arrives"
+            return Result(e.name, kind, ok, detail, where)
+        if isinstance(e, CounterCheck):
+            value = self._counter_values.get(i) if e.at_ns is not None else self._counter(e)
+            if value is None:
+                return Result(e.name, "counter", False, "not measured (run ended first)", where)
+            ok = value == e.eq if e.eq is not None else value >= (e.ge or 0)
+            return Result(e.name, "counter", ok, f"{e.counter} = {value}", where)
+        assert isinstance(e, PingCheck)
+        res = self._ping_results.get(i)
+        if res is None:
+            return Result(e.name, "ping", False, "ping did not finish before the end", where)
+        ok = res.replied == e.succeeds
+        detail = (f"answered in {fmt_ns(round(res.rtt_s * 1e9))}" if res.replied
+                  else f"no answer within {fmt_ns(e.wait_ns)}")
+        return Result(e.name, "ping", ok, detail, where)
+
+
+def _discard(frame: bytes) -> None:
+    """A guest that ignores what it receives."""
+
+
+def _all_switches(fab: Any) -> list[Any]:
+    out = list(fab.switches.values())
+    for h in fab.hosts.values():
+        out.extend(h.switches.values())
+    return out
+
+
+def _summary(offsets: list[int]) -> dict[str, Any]:
+    if not offsets:
+        return {"frames": 0}
+    s = sorted(offsets)
+
+    def pct(p: float) -> int:
+        return s[min(len(s) - 1, int(p * len(s)))]
+
+    return {"frames": len(s), "offset_ns_p50": pct(0.5), "offset_ns_p90": pct(0.9),
+            "offset_ns_p99": pct(0.99),
+            "offset_ns_max": s[-1], "within_1ms": sum(1 for o in s if o <= 1_000_000) / len(s)}
+
+
+async def run_scenario(scn: Scenario, *, out_dir: str | Path | None = None,
+                       realtime: bool = False, fabric: Any = None,
+                       progress: Callable[[float], None] | None = None) -> Report:
+    """Build (unless `fabric` is given), check, run and evaluate `scn`."""
+    clock = getattr(fabric, "clock", None) if fabric is not None else None
+    run = ScenarioRun(scn, fabric=fabric, out_dir=out_dir, realtime=realtime, clock=clock,
+                      progress=progress)
+    return await run.run()
+
+
+__all__ = ["PortRecorder", "Report", "Result", "ScenarioRun", "run_scenario"]

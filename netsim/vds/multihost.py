@@ -1,0 +1,314 @@
+"""Multi-host runs: the async bodies of `hvsim host`, `hvsim vds-push`, `hvsim migrate` and a
+local multi-host run (`run_local`, what `hvsim run --broker` starts).
+
+Adapter layer: it reads topology files, opens buses (MQTT or in-process), prints progress; the
+switching and management logic lives in `netsim.vds.dswitch` and `netsim.vds.host`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from netsim.errors import ConfigError, TransportError
+from netsim.lab.fabric import Fabric
+from netsim.lab.topology import Topology, load_topology
+from netsim.vds.dswitch import ManagementPlane
+from netsim.vds.host import HostAgent, host_plan, vds_from_topology
+from netsim.vds.transport.bus import Bus, DropPolicy
+from netsim.vds.transport.claim import ClaimWatch, HostClaim, check_host_free
+from netsim.vds.transport.memory import MemoryBroker, MemoryBus
+from netsim.vds.transport.mqtt import BrokerSettings, MqttBus
+from netsim.vds.transport.topics import Topics
+from netsim.vds.vdsconfig import VdsConfig
+
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Lab:
+    """Where a multi-host run lives: broker login, fabric name (topic prefix), vDS switch."""
+
+    settings: BrokerSettings | None
+    fabric: str = "lab"
+    vds_name: str = "dvs1"
+    switch: str | None = None
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.fabric)
+
+
+def _bus(lab: Lab, client_id: str, presence: str | None = None) -> Bus:
+    if lab.settings is None:
+        raise ConfigError("this command needs --broker mqtt://HOST:PORT")
+    return MqttBus(lab.settings, client_id=f"hvsim-{lab.fabric}-{client_id}",
+                   presence_topic=presence)
+
+
+def _stop_event() -> asyncio.Event:
+    """Set on SIGTERM/SIGINT, so the host leaves cleanly (presence offline, not by will)."""
+    ev = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, ev.set)
+    return ev
+
+
+async def _config_or_stop(waiting: Coroutine[Any, Any, Any], stop: asyncio.Event) -> bool:
+    """Await the first configuration; False if SIGTERM/Ctrl-C came first (the host then leaves
+    cleanly instead of ignoring the signal until a configuration arrives)."""
+    config = asyncio.ensure_future(waiting)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({config, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not config.done():
+            config.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await config
+    if config.cancelled():
+        return False
+    config.result()  # a timeout or a refused configuration raises here
+    return True
+
+
+async def run_host(
+    topo_path: Path, name: str, lab: Lab, *, duration: float | None, config_wait_s: float = 60.0
+) -> None:
+    """Run host `name` of the topology until stopped (or for `duration` seconds)."""
+    if duration is not None:
+        config_wait_s = min(config_wait_s, duration)
+    topo = load_topology(topo_path)
+    vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
+    plan = host_plan(topo, name, vds, switch=lab.switch)
+    topics = lab.topics
+    session = int.from_bytes(os.urandom(4), "big")
+    stop = _stop_event()
+    claim = HostClaim.new()
+    # look first, on a connection without a will: a second instance must not touch the first
+    async with _bus(lab, f"{name}-probe-{claim.instance}") as probe:
+        stale = lab.settings.keepalive * 1.5 if lab.settings else None
+        await check_host_free(probe, topics, name, claim, stale_after_s=stale)
+    async with (
+        Fabric() as fab,
+        _bus(lab, f"{name}-{claim.instance}", topics.presence(name)) as bus,
+        ClaimWatch(bus, topics, name, claim) as watch,
+        HostAgent(fab, name, bus, topics, session=session, guests=True,
+                  on_event=lambda text: console.print(f"{name}: {text}")) as agent,
+    ):
+        console.print(f"{name}: connected to {lab.settings.url if lab.settings else 'memory'}; "
+                      f"waiting for {vds.name}'s configuration (hvsim vds-push)")
+        if not await _config_or_stop(agent.wait_config(vds.name, 1, within_s=config_wait_s),
+                                     stop):
+            console.print(f"{name}: leaving before any configuration arrived")
+            return
+        for vm, nics in plan.vms.items():
+            await agent.add_vm(vm, nics, domid=plan.domids[vm], **plan.guests[vm])
+        running = agent.plane.running[vds.name].version
+        console.print(f"{name}: {len(plan.vms)} VMs on {vds.name} v{running}; "
+                      "Ctrl-C or SIGTERM to leave")
+        waiter = asyncio.create_task(stop.wait())
+        taken = asyncio.create_task(watch.superseded.wait())
+        try:
+            await asyncio.wait({waiter, taken}, timeout=duration, return_when="FIRST_COMPLETED")
+        finally:
+            waiter.cancel()
+            taken.cancel()
+        if watch.superseded.is_set():
+            bus.presence_topic = None  # leave the presence to the instance that runs the host
+            raise watch.error()
+        console.print(f"{name}: leaving; counters {agent.counters()['links']}")
+
+
+async def _retained(bus: Bus, topic: str, wait_s: float = 0.5) -> bytes | None:
+    async with bus.subscribe(topic, qos=1, policy=DropPolicy.DROP_OLDEST) as sub:
+        try:
+            return (await asyncio.wait_for(sub.get(), wait_s)).payload
+        except TimeoutError:
+            return None
+
+
+async def push_config(
+    topo_path: Path, lab: Lab, *, wait_s: float | None = 10.0
+) -> VdsConfig:
+    """Publish the topology's vDS (a new version if it changed) and wait for the hosts."""
+    topo = load_topology(topo_path)
+    vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
+    topics = lab.topics
+    async with _bus(lab, "vcenter") as bus, ManagementPlane(bus, topics) as mp:
+        raw = await _retained(bus, topics.vds_config(vds.name))
+        if raw is not None:
+            current = VdsConfig.from_json(raw, source=topics.vds_config(vds.name))
+            mp.configs[vds.name] = current
+            if replace(vds, version=current.version) == current:
+                console.print(f"{vds.name}: unchanged, v{current.version}")
+                vds = current
+            else:
+                vds = await mp.publish(replace(vds, version=current.version + 1))
+        else:
+            vds = await mp.publish(vds)
+        if wait_s:
+            t0 = time.monotonic()
+            await mp.wait_applied(vds.name, vds.version, within_s=wait_s)
+            console.print(f"{vds.name} v{vds.version} runs on {', '.join(sorted(vds.hosts))} "
+                          f"({(time.monotonic() - t0) * 1000:.0f} ms)")
+    return vds
+
+
+async def migrate_vm(vm: str, to: str, lab: Lab, *, within_s: float = 10.0) -> float:
+    """Ask the VM's current host to move it to `to`; return the seconds it took."""
+    topics = lab.topics
+    async with _bus(lab, "vcenter-migrate") as bus, ManagementPlane(bus, topics) as mp:
+        with contextlib.suppress(TransportError):
+            await mp.peers.wait_until(lambda: mp.peers.host_of_vm(vm) is not None,
+                                      within_s=2.0, what="status")
+        src = mp.peers.host_of_vm(vm)
+        if src is None:
+            raise ConfigError(f"no online host of fabric {lab.fabric!r} runs VM {vm!r}")
+        if src == to:
+            raise ConfigError(f"{vm} already runs on {to}")
+        if to not in mp.peers.online():
+            raise TransportError(f"host {to} is not online in fabric {lab.fabric!r}")
+        t0 = time.monotonic()
+        before = mp.peers.hosts[to].migration_error
+        await bus.publish(topics.control(src), json.dumps({"migrate": vm, "to": to}).encode(),
+                          qos=1)
+
+        def settled() -> bool:
+            return mp.peers.host_of_vm(vm) == to or mp.peers.hosts[to].migration_error != before
+
+        await mp.peers.wait_until(settled, within_s=within_s, what=f"{vm} arriving on {to}")
+        if mp.peers.host_of_vm(vm) != to:
+            raise ConfigError(f"{to} refused {vm}: {mp.peers.hosts[to].migration_error}")
+        took = time.monotonic() - t0
+        console.print(f"{vm}: {src} → {to} in {took * 1000:.0f} ms")
+        return took
+
+
+async def host_table(lab: Lab, *, wait_s: float = 1.0) -> Table:
+    """Every host the fabric's retained topics know: presence, vDS versions, VLANs, VMs."""
+    topics = lab.topics
+    async with _bus(lab, "vcenter-status") as bus, ManagementPlane(bus, topics) as mp:
+        await asyncio.sleep(wait_s)  # retained presence and status arrive right after SUBACK
+        t = Table(title=f"hosts of fabric {lab.fabric}")
+        for col in ("host", "presence", "vDS (version: VLANs)", "VMs", "last migration error"):
+            t.add_column(col)
+        for name, st in sorted(mp.peers.hosts.items()):
+            t.add_row(
+                name,
+                "[green]online[/]" if st.online else "[red]offline[/]",
+                "; ".join(f"{v} v{ver}: {sorted(vl)}" for v, (ver, vl) in sorted(st.vds.items())),
+                ", ".join(st.vms),
+                st.migration_error,
+            )
+        return t
+
+
+async def run_local(
+    topo: Topology,
+    lab: Lab,
+    *,
+    ping: bool = True,
+    wait_s: float = 10.0,
+    capture_dir: Path | None = None,
+    duration: float = 0.0,
+) -> dict[str, Any]:
+    """Every host of `topo` as its own agent in this process, joined through the broker (or
+    an in-process bus when `lab.settings` is None); ping every VM pair; return the results.
+
+    With `capture_dir`, each host's ports are captured to `<dir>/<host>.pcapng` (one interface
+    per port, named after it), as `hvsim run` does for a single-process lab."""
+    vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
+    topics = lab.topics
+    memory = MemoryBroker() if lab.settings is None else None
+
+    def make(cid: str, presence: str | None = None) -> Bus:
+        if memory is not None:
+            return MemoryBus(memory, client_id=cid, presence_topic=presence)
+        return _bus(lab, cid, presence)
+
+    results: dict[str, Any] = {"pings": []}
+    async with contextlib.AsyncExitStack() as stack:
+        vc = await stack.enter_async_context(make("vcenter"))
+        mp = await stack.enter_async_context(ManagementPlane(vc, topics))
+        agents: dict[str, HostAgent] = {}
+        fabrics: dict[str, Fabric] = {}
+        for i, h in enumerate(topo.hosts):
+            fab = fabrics[h.name] = await stack.enter_async_context(Fabric())
+            bus = await stack.enter_async_context(make(h.name, topics.presence(h.name)))
+            agents[h.name] = await stack.enter_async_context(
+                HostAgent(fab, h.name, bus, topics, session=i + 1, guests=True)
+            )
+        await mp.publish(vds)
+        await mp.wait_applied(vds.name, vds.version, within_s=wait_s)
+        for h in topo.hosts:
+            plan = host_plan(topo, h.name, vds, switch=lab.switch)
+            for vm, nics in plan.vms.items():
+                await agents[h.name].add_vm(vm, nics, domid=plan.domids[vm], **plan.guests[vm])
+        if capture_dir is not None:
+            results["captures"] = [
+                str(p) for name, fab in fabrics.items()
+                for p in fab.capture("all", capture_dir, single_file=f"{name}.pcapng")
+            ]
+        for a in agents.values():  # every host knows every other host's VLANs
+            await a.plane.peers.wait_until(
+                lambda a=a: all(a.plane.peers.version(o, vds.name) == vds.version
+                                and o in a.plane.peers.online() for o in agents),
+                within_s=wait_s, what=f"{a.name} status")
+        if ping:
+            results["pings"] = await _ping_all(topo, agents)
+        if duration:
+            await asyncio.sleep(duration)
+        results["counters"] = {n: a.counters() for n, a in agents.items()}
+        results["ports"] = {n: fab.counters() for n, fab in fabrics.items()}
+    return results
+
+
+async def _ping_all(topo: Topology, agents: dict[str, HostAgent]) -> list[dict[str, Any]]:
+    where = {vm.name: vm.host for vm in topo.vms}
+    addrs = {vm.name: [v.ip.ip for v in vm.vifs if v.ip] for vm in topo.vms}
+    out = []
+    for a, b in itertools.permutations(sorted(where), 2):
+        if not addrs[b] or not addrs[a]:
+            continue
+        agent = agents[where[a]].guests[a]
+        if agent.guest.route(addrs[b][0]) is None:
+            out.append({"src": a, "dst": b, "dst_ip": str(addrs[b][0]), "src_host": where[a],
+                        "dst_host": where[b], "replied": False, "no_route": True,
+                        "rtt_ms": None})
+            continue
+        r = await agent.ping(addrs[b][0], wait_s=1.0)
+        if not r.replied:  # the first echo may wait on ARP across hosts: one retry
+            r = await agent.ping(addrs[b][0], wait_s=1.0)
+        out.append({"src": a, "dst": b, "dst_ip": str(addrs[b][0]), "src_host": where[a],
+                    "dst_host": where[b], "replied": r.replied, "no_route": False, "rtt_ms":
+                    round(r.rtt_s * 1000, 2) if r.rtt_s is not None else None})
+    return out
+
+
+def ping_table(pings: list[dict[str, Any]]) -> Table:
+    """The ping matrix as a rich table."""
+    t = Table(title="ping between VMs across hosts")
+    for col in ("from", "to", "result", "rtt ms"):
+        t.add_column(col)
+    for p in pings:
+        t.add_row(f"{p['src']} ({p['src_host']})", f"{p['dst']} {p['dst_ip']} ({p['dst_host']})",
+                  "[green]reply[/]" if p["replied"] else
+                  "no route" if p["no_route"] else "[red]lost[/]",
+                  str(p["rtt_ms"] or "-"))
+    return t
+

@@ -1,0 +1,3 @@
+"""Block devices: the BlockDevice protocol and its plain implementations (files through RawIO,
+memory disks).
+"""

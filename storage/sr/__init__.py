@@ -1,0 +1,3 @@
+"""Storage repositories: SR/VDI/VBD/PBD and the SR types (file, lvm, lvhd) registered as plug-ins.
+
+"""
