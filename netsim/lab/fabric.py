@@ -415,7 +415,7 @@ class Fabric:
             self.captures.append(w)
             return [path]
         for port, name, desc in ports:
-            path = out / f"{name.replace('/', '_')}.pcapng"
+            path = out / capture_file_name(name)
             w = PcapngWriter(path, clock=self.clock)
             port.add_tap(w.tap(w.add_interface(name, description=desc)))
             self.captures.append(w)
@@ -633,3 +633,10 @@ class Fabric:
         name = self._tasks.pop(task, task.get_name())
         if not task.cancelled() and task.exception() is not None:
             self._failures.append((name, task.exception()))
+
+
+def capture_file_name(port: str) -> str:
+    """The file a port's capture goes to: `<port>.pcapng`, with `%` and `/` percent-escaped
+    (`esx1/vmnic0` → `esx1%2Fvmnic0.pcapng`), so that two ports never share a file name and
+    `core/esx1.vmnic0` and `esx1/vmnic0` are told apart (the pcapng interface keeps the name)."""
+    return port.replace("%", "%25").replace("/", "%2F") + ".pcapng"

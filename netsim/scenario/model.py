@@ -12,6 +12,7 @@ steps:
                    udp: {dport: 53}, payload: 32}}
   - at: 1s
     replay: {pcap: trace.pcapng, into: vif1.0, speed: 10x}   # original | 10x | 0.5x | max
+    # a Linux cooked (SLL/SLL2) or raw IP capture: dlt_ethernet: true, dst_mac: M [, src_mac: M]
   - {at: 2s, link: {port: xen1/eth0, state: down}}
   - {at: 2s, port_group: {name: vlan5, host: xen1, vlan: 6, security: {promiscuous: true}}}
   - {at: 3s, flush_mac: {switch: xen1/xenbr0}}                # or {} for every switch
@@ -43,6 +44,7 @@ from netsim.errors import ScenarioError
 from netsim.lab.yamlsrc import SourceMap, load_yaml
 from netsim.wire.filters import Filter, FilterError, compile_filter
 from netsim.wire.framespec import SpecError, parse_spec
+from netsim.wire.pcapread import EthernetRewrite, capture_interfaces
 
 PathT = tuple[str | int, ...]
 NS = 1_000_000_000
@@ -109,6 +111,10 @@ class Replay(Step):
     pcap: Path
     into: str | None
     speed: float | None
+    #: non-Ethernet packets (Linux cooked, raw IP) made Ethernet, as `tcprewrite --dlt=enet`
+    rewrite: EthernetRewrite | None = None
+    #: how an error tells the user to name the port: the file's key, or the CLI's flag
+    into_hint: str = "`into:`"
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,8 @@ class Scenario:
                 lookup(s.port, (*s.path, "send", "from"), (Port, Vm), "a port or VM")
             elif isinstance(s, Replay) and s.into is not None:
                 lookup(s.into, (*s.path, "replay", "into"), (Port, Vm), "a port or VM")
+            elif isinstance(s, Replay):
+                self._check_interfaces(fabric, s, (Port, Vm))
             elif isinstance(s, LinkEvent):
                 lookup(s.target, (*s.path, "link", "port"), (Port, Link), "a port or cable")
             elif isinstance(s, FlushMac) and s.switch is not None:
@@ -290,6 +298,28 @@ class Scenario:
                     except ValueError:
                         raise self.error((*pp, "to"), f"{e.dst!r} is neither a VM with an "
                                          "address nor an IPv4 address") from None
+
+
+    def _check_interfaces(self, fabric: Any, s: Replay, kinds: tuple[type, ...]) -> None:
+        """Every interface of the capture names a port or VM here: else one error naming all."""
+        bad: list[str] = []
+        for name in capture_interfaces(s.pcap, rewrite=s.rewrite):
+            if name is None:
+                bad.append("a classic pcap names no interface")
+                continue
+            try:
+                obj = fabric[name]
+            except KeyError:
+                bad.append(f"{name!r} (no such port)")
+                continue
+            if not isinstance(obj, kinds):
+                bad.append(f"{name!r} (a {type(obj).__name__}, not a port or VM)")
+        if bad:
+            msg = (f"capture interfaces map to no port here: {', '.join(bad)}; give "
+                   f"{s.into_hint} (the port every frame enters at)")
+            if s.into_hint.startswith("--"):  # from the command line: no file to point into
+                raise ScenarioError(f"{s.pcap}: {msg}")
+            raise self.error((*s.path, "replay"), f"{s.pcap.name}: {msg}")
 
 
 def find_port_group(fabric: Any, ev: PortGroupEvent, scn: Scenario | None = None) -> Any:
@@ -355,6 +385,14 @@ class _Reader:
         if not isinstance(value, str) or not value.strip():
             raise self.fail(path, f"expected a name, got {value!r}")
         return value.strip()
+
+    def mac(self, value: Any, path: PathT) -> bytes:
+        from netsim.errors import FrameError
+        from netsim.wire.frame import mac_to_bytes
+        try:
+            return mac_to_bytes(str(value))
+        except FrameError as exc:
+            raise self.fail(path, str(exc)) from None
 
     def duration(self, value: Any, path: PathT) -> int:
         try:
@@ -480,11 +518,19 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
             interval = r.duration(b["interval"], (*kp, "interval"))
         return Send(at, path, r.name(b["from"], (*kp, "from")), frame, count, interval)
     if kind == "replay":
-        b = r.mapping(body, kp, ("pcap", "into", "speed"), ("pcap",))
+        b = r.mapping(body, kp, ("pcap", "into", "speed", "dlt_ethernet", "src_mac", "dst_mac"),
+                      ("pcap",))
         pcap = Path(r.name(b["pcap"], (*kp, "pcap")))
         pcap = pcap if pcap.is_absolute() else r.base / pcap
         into = r.name(b["into"], (*kp, "into")) if "into" in b else None
-        return Replay(at, path, pcap, into, _speed(r, b.get("speed", "original"), (*kp, "speed")))
+        rewrite = None
+        if r.boolean(b.get("dlt_ethernet", False), (*kp, "dlt_ethernet")):
+            rewrite = EthernetRewrite(*(r.mac(b[k], (*kp, k)) if b.get(k) is not None else None
+                                        for k in ("src_mac", "dst_mac")))
+        elif "src_mac" in b or "dst_mac" in b:
+            raise r.fail(kp, "src_mac/dst_mac go with dlt_ethernet: true")
+        return Replay(at, path, pcap, into, _speed(r, b.get("speed", "original"), (*kp, "speed")),
+                      rewrite)
     if kind == "link":
         b = r.mapping(body, kp, ("port", "state"), ("port", "state"))
         state = b["state"]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from netsim.dataplane.port import Port
 from netsim.dataplane.vclock import PacedClock, VirtualClock
 from netsim.errors import ScenarioError
 from netsim.lab.fabric import Link, Vm
@@ -41,7 +42,7 @@ from netsim.scenario.model import (
     fmt_ns,
 )
 from netsim.wire.filters import Filter, decode
-from netsim.wire.pcapread import read_capture
+from netsim.wire.pcapread import CaptureStats, read_capture
 
 #: frames handed to the fabric between two yields to the event loop, in fast mode: well under
 #: a port queue's 1024 slots, so every hop's pump drains them before the next burst.
@@ -77,6 +78,8 @@ class Report:
     captures: list[str]
     duration_ns: int
     realtime: dict[str, Any] | None = None
+    #: files of an earlier run in the same directory, removed before this one wrote (not JSON)
+    removed: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -166,7 +169,8 @@ class ScenarioRun:
 
     def __init__(self, scn: Scenario, *, fabric: Any = None, lab: Any = None,
                  out_dir: str | Path | None = None, realtime: bool = False,
-                 clock: Any = None, progress: Callable[[float], None] | None = None) -> None:
+                 clock: Any = None, progress: Callable[[float], None] | None = None,
+                 replay_progress: Callable[[int], None] | None = None) -> None:
         self.scn = scn
         if clock is None:
             clock = PacedClock() if realtime else VirtualClock()
@@ -181,6 +185,8 @@ class ScenarioRun:
                                 "scenario; build it with clock=<the run's clock>")
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
+        self.replay_progress = replay_progress
+        self._replayed = 0
         pingable = None
         if lab is not None:
             pingable = [n for n, a in lab.agents.items() if a.guest.addresses()]
@@ -220,8 +226,10 @@ class ScenarioRun:
         """Run the timeline, evaluate, write the report (and captures) to `out_dir`."""
         scn, fab = self.scn, self.fabric
         captures: list[Path] = []
+        removed: list[str] = []
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            removed = clear_previous_run(self.out_dir)
             if scn.capture is not None:
                 targets = scn.capture if scn.capture == "all" else [
                     self._port(n) if not isinstance(fab[n], Link) else fab[n]
@@ -280,7 +288,7 @@ class ScenarioRun:
         report = Report(scn.name, scn.source, results,
                         sorted(self._step_stats, key=lambda s: s["step"]), counters,
                         [p.name for p in captures], self._end_ns,
-                        _summary(self._offsets) if self.realtime else None)
+                        _summary(self._offsets) if self.realtime else None, removed)
         if self.out_dir is not None:
             (self.out_dir / "report.json").write_text(report.to_json())
         return report
@@ -309,9 +317,11 @@ class ScenarioRun:
                     port.receive_batch([s.frame] * min(BURST, s.count - k))
             self._step_stats.append({"step": idx, "kind": "send", "frames": s.count})
         elif isinstance(s, Replay):
-            n = await self._replay(s)
+            stats = CaptureStats()
+            n = await self._replay(s, stats)
             self._step_stats.append({"step": idx, "kind": "replay", "frames": n,
-                                     "speed": s.speed if s.speed is not None else "max"})
+                                     "speed": s.speed if s.speed is not None else "max",
+                                     "skipped": dict(sorted(stats.skipped.items()))})
         elif isinstance(s, LinkEvent):
             obj = fab[s.target]
             (obj.set_link if hasattr(obj, "set_link") else obj.set_up)(s.up)
@@ -338,7 +348,16 @@ class ScenarioRun:
                                      "from": moved.source, "to": moved.destination,
                                      "queued_dropped": moved.queued_dropped})
 
-    async def _replay(self, s: Replay) -> int:
+    def _iface_port(self, s: Replay, iface: str | None, nth: int) -> Any:
+        """The port a frame captured on `iface` enters at (Scenario.check vetted the names)."""
+        obj = self.fabric[iface] if iface is not None and iface in self.fabric else None
+        if not isinstance(obj, (Vm, Port)):
+            raise self.scn.error((*s.path, "replay"), f"{s.pcap.name}: frame {nth} was "
+                                 f"captured on {iface!r}, which is no port here; give "
+                                 f"{s.into_hint}")
+        return self._port(iface)  # type: ignore[arg-type]
+
+    async def _replay(self, s: Replay, stats: CaptureStats) -> int:
         fixed = self._port(s.into) if s.into is not None else None
         ports: dict[str | None, Any] = {}
         n = 0
@@ -346,17 +365,13 @@ class ScenarioRun:
         base = self._t0 + s.at_ns
         clock = self.clock
         if s.speed is None:
-            return await self._replay_fast(s, fixed)
-        for ts, frame, iface in read_capture(s.pcap):
+            return await self._replay_fast(s, fixed, stats)
+        for ts, frame, iface in read_capture(s.pcap, rewrite=s.rewrite, stats=stats):
             port = fixed
             if port is None:
                 port = ports.get(iface)
                 if port is None:
-                    if iface is None or iface not in self.fabric:
-                        raise self.scn.error((*s.path, "replay"), f"{s.pcap.name}: frame "
-                                             f"{n + 1} was captured on {iface!r}, which is no "
-                                             "port here; give `into:`")
-                    port = ports[iface] = self._port(iface)
+                    port = ports[iface] = self._iface_port(s, iface, n + 1)
             if s.speed is not None:
                 if first is None:
                     first = ts
@@ -368,32 +383,36 @@ class ScenarioRun:
             port.receive(frame)
             n += 1
             if n % BURST == 0:
+                self._replay_tick(BURST)
                 await asyncio.sleep(0)
+        self._replay_tick(n % BURST)
         return n
 
-    async def _replay_fast(self, s: Replay, fixed: Any) -> int:
+    def _replay_tick(self, frames: int) -> None:
+        self._replayed += frames
+        if self.replay_progress is not None and frames:
+            self.replay_progress(self._replayed)
+
+    async def _replay_fast(self, s: Replay, fixed: Any, stats: CaptureStats) -> int:
         """As fast as the fabric switches: runs of frames for one port go in as one batch
         (`receive_batch`), at most `BURST` frames between two yields to the loop."""
         ports: dict[str | None, Any] = {}
         n = yielded = 0
         batch: list[bytes] = []
         into = fixed
-        for _ts, frame, iface in read_capture(s.pcap):
+        for _ts, frame, iface in read_capture(s.pcap, rewrite=s.rewrite, stats=stats):
             port = fixed
             if port is None:
                 port = ports.get(iface)
                 if port is None:
-                    if iface is None or iface not in self.fabric:
-                        raise self.scn.error((*s.path, "replay"), f"{s.pcap.name}: frame "
-                                             f"{n + len(batch) + 1} was captured on {iface!r}, "
-                                             "which is no port here; give `into:`")
-                    port = ports[iface] = self._port(iface)
+                    port = ports[iface] = self._iface_port(s, iface, n + len(batch) + 1)
             if port is not into or len(batch) >= BURST:
                 if batch:
                     into.receive_batch(batch)
                     n += len(batch)
                     batch = []
                     if n - yielded >= BURST:
+                        self._replay_tick(n - yielded)
                         yielded = n
                         await asyncio.sleep(0)
                 into = port
@@ -401,6 +420,7 @@ class ScenarioRun:
         if batch:
             into.receive_batch(batch)
             n += len(batch)
+        self._replay_tick(n - yielded)
         return n
 
     async def _snapshot(self, i: int, e: CounterCheck) -> None:
@@ -491,12 +511,35 @@ def _summary(offsets: list[int]) -> dict[str, Any]:
 
 async def run_scenario(scn: Scenario, *, out_dir: str | Path | None = None,
                        realtime: bool = False, fabric: Any = None,
-                       progress: Callable[[float], None] | None = None) -> Report:
-    """Build (unless `fabric` is given), check, run and evaluate `scn`."""
+                       progress: Callable[[float], None] | None = None,
+                       replay_progress: Callable[[int], None] | None = None) -> Report:
+    """Build (unless `fabric` is given), check, run and evaluate `scn`. `progress` gets the
+    fraction of simulated time done; `replay_progress` the frames replayed so far."""
     clock = getattr(fabric, "clock", None) if fabric is not None else None
     run = ScenarioRun(scn, fabric=fabric, out_dir=out_dir, realtime=realtime, clock=clock,
-                      progress=progress)
+                      progress=progress, replay_progress=replay_progress)
     return await run.run()
 
 
-__all__ = ["PortRecorder", "Report", "Result", "ScenarioRun", "run_scenario"]
+def clear_previous_run(out_dir: str | Path) -> list[str]:
+    """Remove what an earlier run wrote to `out_dir` (its `report.json` lists its captures), so
+    that no stale capture looks like this run's; returns the names removed. Files that earlier
+    report does not list are left alone."""
+    out = Path(out_dir)
+    report = out / "report.json"
+    try:
+        old = json.loads(report.read_text(encoding="utf-8"))
+        names = [str(n) for n in old.get("captures", [])]
+    except (OSError, ValueError, AttributeError):
+        return []
+    removed: list[str] = []
+    for name in names:
+        f = out / name
+        if Path(name).name == name and name.endswith(".pcapng") and f.is_file():
+            f.unlink()
+            removed.append(name)
+    report.unlink()
+    return [*removed, "report.json"]
+
+
+__all__ = ["PortRecorder", "Report", "Result", "ScenarioRun", "clear_previous_run", "run_scenario"]

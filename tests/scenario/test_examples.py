@@ -107,7 +107,8 @@ def test_cli_pcap_one_liner(tmp_path: Path) -> None:
                 "vif2.0,vif3.0", "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["steps"] == [{"frames": 20, "kind": "replay", "speed": "max", "step": 0}]
+    assert report["steps"] == [{"frames": 20, "kind": "replay", "speed": "max", "step": 0,
+                                "skipped": {}}]
     from netsim.wire.pcapread import read_capture
     assert len([1 for *_x, i in read_capture(tmp_path / "out" / "vif2.0.pcapng")]) >= 20
     assert list(read_capture(tmp_path / "out" / "vif3.0.pcapng")) == []
@@ -131,7 +132,7 @@ def test_pcapng_replayed_into_the_ports_its_interfaces_name(tmp_path: Path) -> N
     res = hvsim("replay", "--pcap", "bad.pcapng", str(ROOT / "topologies" / "xen-vlans.yaml"),
                 "--out", "out2", cwd=tmp_path)
     assert res.returncode == 2
-    assert "frame 1 was captured on 'vif42.0', which is no port here; give `into:`" in res.stderr
+    assert "'vif42.0' (no such port); give --into PORT" in res.stderr
 
 
 async def test_xen_network_vlan_change_is_refused_before_running(tmp_path: Path) -> None:

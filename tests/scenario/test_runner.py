@@ -40,7 +40,7 @@ expect:
     out = tmp_path / "out"
     saved = json.loads((out / "report.json").read_text())
     assert saved["passed"] is True and len(saved["expectations"]) == 4
-    uplink = list(read_capture(out / "esx1_vmnic0.pcapng"))
+    uplink = list(read_capture(out / "esx1%2Fvmnic0.pcapng"))
     assert [i for _, _, i in uplink] == ["esx1/vmnic0"] * 4
     start = uplink[0][0]
     assert [t - start for t, _, _ in uplink] == [0, 10**6, 2 * 10**6, 3 * 10**6]

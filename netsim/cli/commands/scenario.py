@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console()
+#: progress and notes go to stderr, so that stdout holds only the results
+err_console = Console(stderr=True)
 
 
 def replay(
@@ -31,6 +35,14 @@ def replay(
                                          "comma-separated, or all.")] = "all",
     realtime: Annotated[bool, typer.Option("--realtime", help="Pace on the wall clock instead "
                                            "of virtual time.")] = False,
+    dlt_ethernet: Annotated[bool, typer.Option(
+        "--dlt-ethernet", help="With --pcap: make Linux cooked (SLL, SLL2), raw IP and loopback "
+        "packets Ethernet frames, as tcprewrite --dlt=enet.")] = False,
+    src_mac: Annotated[str | None, typer.Option(
+        "--src-mac", help="With --dlt-ethernet: source MAC (default: a cooked capture's "
+        "sender address).")] = None,
+    dst_mac: Annotated[str | None, typer.Option(
+        "--dst-mac", help="With --dlt-ethernet: destination MAC.")] = None,
 ) -> None:
     """Run a traffic scenario (or replay a capture) and check its expectations.
 
@@ -45,29 +57,41 @@ def replay(
     Example: hvsim replay --pcap trace.pcapng --into vif1.0 topologies/xen-vlans.yaml --speed 10x
     """
     from netsim.errors import ScenarioError
-    from netsim.scenario.model import load_scenario, parse_scenario
+    from netsim.scenario.model import Replay, load_scenario, parse_scenario
     from netsim.scenario.runner import run_scenario
 
     if pcap is not None:
         cap = "all" if capture == "all" else [c.strip() for c in capture.split(",") if c.strip()]
-        text = _one_liner(target.resolve(), pcap.resolve(), into, speed, cap)
+        if (src_mac or dst_mac) and not dlt_ethernet:
+            raise typer.BadParameter("--src-mac/--dst-mac go with --dlt-ethernet",
+                                     param_hint="--dlt-ethernet")
+        rewrite = ({"dlt_ethernet": True, "src_mac": src_mac, "dst_mac": dst_mac}
+                   if dlt_ethernet else None)
+        text = _one_liner(target.resolve(), pcap.resolve(), into, speed, cap, rewrite)
         scn = parse_scenario(text, f"replay of {pcap.name}")
+        # errors name the CLI's flag, not the one-line scenario's key
+        scn.steps = [dataclasses.replace(st, into_hint="--into PORT")
+                     if isinstance(st, Replay) else st for st in scn.steps]
     else:
-        if into is not None:
-            raise typer.BadParameter("--into goes with --pcap", param_hint="--into")
+        for flag, val in (("--into", into), ("--dlt-ethernet", dlt_ethernet or None),
+                          ("--src-mac", src_mac), ("--dst-mac", dst_mac)):
+            if val is not None:
+                raise typer.BadParameter(f"{flag} goes with --pcap", param_hint=flag)
         scn = load_scenario(target)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ScenarioError(f"cannot create output directory {out}: {exc.strerror}") from exc
 
-    with Progress(TextColumn(f"[bold]{scn.name}[/]"), BarColumn(), TextColumn(
-            "{task.percentage:>3.0f}% of simulated time"), TimeElapsedColumn(),
-            console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("run", total=1.0)
+    with Progress(TextColumn(f"[bold]{escape(scn.name)}[/]"), BarColumn(), TextColumn(
+            "{task.percentage:>3.0f}% of simulated time"), TextColumn("{task.fields[frames]}"),
+            TimeElapsedColumn(), console=err_console, transient=True,
+            disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("run", total=1.0, frames="")
         report = asyncio.run(run_scenario(
             scn, out_dir=out, realtime=realtime,
-            progress=lambda frac: bar.update(task, completed=frac)))
+            progress=lambda frac: bar.update(task, completed=frac),
+            replay_progress=lambda n: bar.update(task, frames=f"{n:,} frames replayed")))
 
     if not console.is_terminal:  # logs and CI: room for the names instead of 80 columns
         console.width = max(console.width, 140)
@@ -83,7 +107,14 @@ def replay(
         if s.get("unfinished"):
             table.add_row("[yellow]cut[/]", f"step {s['step']}", "still running at the end "
                           "(duration)", "")
-    console.print(table)
+    if report.removed:
+        err_console.print(f"removed {len(report.removed)} file(s) of the previous run in "
+                          f"{out}/ first: {', '.join(report.removed)}", highlight=False,
+                          markup=False)
+    if report.results or pcap is None:
+        console.print(table)
+    if pcap is not None:
+        _print_replay_summary(report)
     if report.realtime is not None and report.realtime.get("frames"):
         rt = report.realtime
         console.print(f"real-time offsets: p50 {rt['offset_ns_p50'] / 1e3:.0f} µs, p99 "
@@ -95,10 +126,48 @@ def replay(
         raise typer.Exit(1)
 
 
+def _print_replay_summary(report: Any) -> None:
+    """What a `--pcap` replay did: frames injected, delivered per port, dropped by reason."""
+    for st in report.steps:
+        if st.get("kind") != "replay":
+            continue
+        console.print(f"replayed {st['frames']:,} frames", highlight=False)
+        for why, n in st.get("skipped", {}).items():
+            console.print(f"  skipped {n:,}: {why}", highlight=False, markup=False)
+    delivered = {p: c["tx_frames"] for p, c in report.counters.items() if c.get("tx_frames")}
+    drops: dict[str, dict[str, int]] = {}
+    for p, c in report.counters.items():
+        for why, n in c.get("drops", {}).items():
+            drops.setdefault(why, {})[p] = n
+    if delivered:
+        table = Table(title="delivered")
+        table.add_column("port")
+        table.add_column("frames out", justify="right")
+        for p, n in sorted(delivered.items()):
+            table.add_row(escape(p), f"{n:,}")
+        console.print(table)
+    else:
+        console.print("delivered: no frame left any port")
+    if drops:
+        table = Table(title="dropped")
+        table.add_column("reason")
+        table.add_column("frames", justify="right")
+        table.add_column("ports")
+        for why, per in sorted(drops.items()):
+            table.add_row(escape(why), f"{sum(per.values()):,}",
+                          escape(", ".join(f"{p} {n:,}" for p, n in sorted(per.items()))))
+        console.print(table)
+    else:
+        console.print("dropped: none")
+
+
 def _one_liner(topology: Path, pcap: Path, into: str | None, speed: str,
-               capture: list[str] | str) -> str:
+               capture: list[str] | str, rewrite: dict[str, Any] | None = None) -> str:
     import json
     into_part = f"into: {json.dumps(into)}, " if into is not None else ""
+    if rewrite is not None:
+        into_part += "".join(f"{k}: {json.dumps(v)}, " for k, v in rewrite.items()
+                             if v is not None)
     return (f"name: replay-{pcap.stem}\n"
             f"topology: {json.dumps(str(topology))}\n"
             f"capture: {json.dumps(capture)}\n"
