@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -270,6 +272,7 @@ _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(bit|bps|b|byte|bytes
                       re.IGNORECASE)
 _SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _ISCALE = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_RATE_MAX = 2**63 - 1
 
 
 def allocate_mac(seed: int, vm: str, index: int, attempt: int = 0) -> str:
@@ -349,10 +352,13 @@ class _Checker:
     def vlans(self, value: Any, path: PathT) -> tuple[int, ...]:
         out: list[int] = []
         for i, v in enumerate(self.seq(value, path)):
-            if isinstance(v, str) and re.fullmatch(r"\d+-\d+", v):
+            if isinstance(v, str) and re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", v):
                 a, b = (int(x) for x in v.split("-"))
                 self.vlan(a, (*path, i), lo=1, hi=4094)
                 self.vlan(b, (*path, i), lo=1, hi=4094)
+                if a > b:  # an empty range would silently mean "no VLAN" (or, on a trunk, all)
+                    raise self.fail((*path, i), f"VLAN range {v!r} runs backwards: write "
+                                    f"\"{b}-{a}\" (low-high)")
                 out.extend(range(a, b + 1))
             else:
                 out.append(self.vlan(v, (*path, i), lo=1, hi=4094))
@@ -362,6 +368,8 @@ class _Checker:
         """`10000000`, `10M`, `10Mbit`, `1.5G` (bits/s) or `64K`, `64KiB` (bytes)."""
         if isinstance(value, bool):
             raise self.fail(path, f"expected a number, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(path, f"expected a finite number, got {value!r}")
         if isinstance(value, (int, float)):
             n = int(value)
         elif isinstance(value, str) and (m := _RATE_RE.match(value)):
@@ -374,6 +382,8 @@ class _Checker:
             raise self.fail(path, f"expected a number like 10M or 65536, got {value!r}")
         if n <= 0:
             raise self.fail(path, f"must be positive, got {value!r}")
+        if n > _RATE_MAX:  # vSphere's shaping fields are 64-bit longs
+            raise self.fail(path, f"{value!r} is beyond the largest rate ({_RATE_MAX})")
         return n
 
 
@@ -473,7 +483,98 @@ def validate(data: Any, smap: SourceMap | None = None) -> Topology:
     topo = Topology(name=name, seed=seed, hosts=host_specs, physical=physical, links=links,
                     mirrors=mirrors, source=smap.source)
     _check_loops(c, topo, link_paths)
+    _check_vm_names(c, topo, seen_vm)
+    _check_duplicate_ips(c, topo, seen_vm)
     return topo
+
+
+def _check_vm_names(c: _Checker, topo: Topology, vm_paths: dict[str, PathT]) -> None:
+    """A VM is looked up by its name (`fab["vm1"]`, scenario files), as are ports by their
+    short names: a VM called like a port, PIF, switch or host would hide it."""
+    others: dict[str, str] = {}
+    for h in topo.hosts:
+        others[h.name] = f"host {h.name}"
+        for p in h.pifs:
+            others.setdefault(p.name, f"PIF {h.name}/{p.name}")
+        for sw in h.switches:
+            others.setdefault(sw.name, f"switch {h.name}/{sw.name}")
+            for n in h.networks:
+                if n.switch == sw.name and 1 <= n.vlan <= 4094:
+                    for u in sw.uplinks:
+                        others.setdefault(f"{u}.{n.vlan}", f"VLAN PIF {h.name}/{u}.{n.vlan}")
+        for vm in h.vms:
+            for f in vm.vifs:
+                others.setdefault(f.port, f"port {h.name}/{f.port} (of VM {vm.name})")
+    for ps in topo.physical:
+        others.setdefault(ps.name, f"physical switch {ps.name}")
+        for port in ps.ports:
+            others.setdefault(port.name, f"port {ps.name}/{port.name}")
+    for vm in topo.vms:
+        if vm.name in others:
+            raise c.fail(vm_paths[vm.name], f"VM name {vm.name!r} is also the name of "
+                         f"{others[vm.name]}: lookups by name would find the VM instead; "
+                         "rename the VM")
+
+
+def _vif_path(c: _Checker, vm_path: PathT, index: int) -> PathT:
+    key = "nics" if (*vm_path, "nics", index) in c.smap.lines else "vifs"
+    return (*vm_path, key, index, "ip")
+
+
+def _check_duplicate_ips(c: _Checker, topo: Topology, vm_paths: dict[str, PathT]) -> None:
+    """Two vNICs with one IPv4 address in one broadcast domain: ARP would answer for both."""
+    domain = _l2_domains(topo)
+    seen: dict[tuple[Any, ipaddress.IPv4Address], tuple[str, int]] = {}
+    for h in topo.hosts:
+        for vm in h.vms:
+            for f in vm.vifs:
+                if f.ip is None:
+                    continue
+                net = h.network(f.network)
+                vlan = (f.vlan or 0) if net.vlan == 4095 else net.vlan
+                key = (domain((h.name, net.switch, vlan)), f.ip.ip)
+                if key in seen:
+                    ovm, oi = seen[key]
+                    here = _vif_path(c, vm_paths[vm.name], f.index)
+                    there = c.smap.where(_vif_path(c, vm_paths[ovm], oi))
+                    raise c.fail(here, f"IP address {f.ip.ip} is also VM {ovm}'s, in the same "
+                                 f"broadcast domain (at {there}): ARP would answer for both")
+                seen[key] = (vm.name, f.index)
+
+
+def _l2_domains(topo: Topology) -> Any:
+    """`(switch node, VLAN) → domain`: host switches joined through the physical network
+    (ports and inter-switch trunks carrying the VLAN), as a union-find over networkx."""
+    g: nx.Graph = nx.Graph()
+    vlans = {n.vlan for h in topo.hosts for n in h.networks if n.vlan != 4095} | {
+        f.vlan for f in topo.vifs if f.vlan is not None} | {0}
+    ports = {(p.host, p.pif): p for ps in topo.physical for p in ps.ports}
+    for h in topo.hosts:
+        for sw in h.switches:
+            for v in vlans:
+                g.add_node((h.name, sw.name, v))
+                for u in sw.uplinks:
+                    port = ports.get((h.name, u))
+                    if port is None:
+                        continue
+                    pv = _phys_vlan(port, v)
+                    if pv is not None:
+                        g.add_edge((h.name, sw.name, v), ("phys", port.switch, pv))
+    phys_vlans = vlans | {p.vlan for p in ports.values()}
+    for link in topo.links:
+        for v in (link.vlans or phys_vlans):
+            g.add_edge(("phys", link.a, v), ("phys", link.b, v))
+    comp = {n: i for i, nodes in enumerate(nx.connected_components(g)) for n in nodes}
+    return lambda node: comp.get(node, node)
+
+
+def _phys_vlan(port: PhysPortSpec, v: int) -> int | None:
+    """The VLAN of the physical switch a frame of host-side VLAN `v` joins at `port`."""
+    if v == 0:
+        return port.vlan if port.mode != "trunk" else 0
+    if port.mode == "access":
+        return None
+    return v if not port.vlans or v in port.vlans else None
 
 
 def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
@@ -687,9 +788,34 @@ def _disks(c: _Checker, raw: Any, path: PathT, htype: str) -> tuple[DiskSpec, ..
         mode = d.get("mode", "rw")
         if mode not in ("rw", "ro"):
             raise c.fail((*dp, "mode"), f"mode {mode!r}: expected rw or ro")
+        if d["source"].startswith("mem:"):
+            _check_mem_disk(c, d["source"], dp if isinstance(draw, str) else (*dp, "source"))
         disks.append(DiskSpec(str(device), (202 << 8) | 16 * (ord(m.group(1)) - ord("a")),
                               d["source"], mode == "ro"))
     return tuple(disks)
+
+
+def _check_mem_disk(c: _Checker, source: str, path: PathT) -> None:
+    """A `mem:SIZE` disk is held in RAM: its size must parse and fit this machine's memory."""
+    from storage.errors import StorageError
+    from storage.units import parse_size
+
+    try:
+        size = parse_size(source[4:])
+    except StorageError as exc:
+        raise c.fail(path, f"{source}: {exc}") from None
+    ram = _physical_memory()
+    if ram is not None and size > ram:
+        raise c.fail(path, f"{source} is {size:,} bytes, more than this machine's "
+                     f"{ram:,} bytes of RAM (a memory disk is held in RAM): use a .vhd or "
+                     "raw file")
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _addr(c: _Checker, value: Any, path: PathT) -> ipaddress.IPv4Address:
@@ -897,11 +1023,19 @@ def _check_loops(c: _Checker, topo: Topology, link_paths: list[PathT]) -> None:
 def load_topology(path: str | Path) -> Topology:
     """Read and validate a topology YAML file."""
     p = Path(path)
+    source = p.name if p.parent == Path(".") else str(p)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as exc:
         raise TopologyError(f"{p}: cannot read: {exc.strerror}") from exc
-    return parse_topology(text, p.name if p.parent == Path(".") else str(p))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise TopologyError(f"{source}:{line}: not UTF-8 text: byte {raw[exc.start]:#04x} "
+                            "(save the file as UTF-8; latin-1 and other encodings are not "
+                            "read)") from None
+    return parse_topology(text, source)
 
 
 def parse_topology(text: str, source: str = "topology.yaml") -> Topology:

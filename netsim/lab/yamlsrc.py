@@ -95,6 +95,48 @@ class _ScalarLoader(yaml.SafeLoader):
 
 _LOADER = _ScalarLoader()
 
+#: How many values aliases may add to a document beyond those written in it: at least this
+#: many, and up to ALIAS_RATIO times the written ones. Expanding is what costs (a 345-byte
+#: "billion laughs" file expands to 10^9 values), so an alias bomb is refused before it.
+ALIAS_FLOOR = 100_000
+ALIAS_RATIO = 10
+
+
+def _check_aliases(root: yaml.Node, source: str, cls: type[NetsimError]) -> None:
+    """Refuse a document whose aliases would expand it beyond the bound (or into a loop)."""
+    sizes: dict[int, int] = {}
+    uses: dict[int, int] = {}
+    nodes: dict[int, yaml.Node] = {}
+    busy: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            uses[key] = uses.get(key, 1) + 1
+            return sizes[key]
+        if key in busy:
+            raise cls(f"{source}:{node.start_mark.line + 1}: an alias refers to the "
+                      "collection that contains it (a loop): not allowed")
+        busy.add(key)
+        n = 1
+        if isinstance(node, yaml.MappingNode):
+            n += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n += sum(size(item) for item in node.value)
+        busy.discard(key)
+        sizes[key] = n
+        nodes[key] = node
+        return n
+
+    total = size(root)
+    written = len(sizes)
+    if total - written > max(ALIAS_FLOOR, ALIAS_RATIO * written):
+        worst = max(uses, key=lambda k: sizes[k] * uses[k])
+        raise cls(f"{source}:{nodes[worst].start_mark.line + 1}: aliases expand this "
+                  f"document from {written:,} written values to {total:,} (the limit adds "
+                  f"{max(ALIAS_FLOOR, ALIAS_RATIO * written):,}): refusing an alias bomb; the "
+                  f"anchor here is used {uses[worst]:,} times")
+
 
 def load_yaml(
     text: str, source: str, cls: type[NetsimError] = NetsimError
@@ -126,6 +168,7 @@ def load_yaml(
     if node is None:
         return None, smap
     try:
+        _check_aliases(node, source, cls)
         return _to_python(node, (), smap), smap
     except RecursionError:
         raise cls(f"{source}: not valid YAML: collections nested too deeply") from None

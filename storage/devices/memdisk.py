@@ -12,8 +12,11 @@ class MemoryDisk:
                  data: bytes | None = None) -> None:
         if size < 0:
             raise StorageError(f"{name}: negative size {size}")
-        self.io = MemoryIO(bytes(size) if data is None else data[:size].ljust(size, b"\0"),
-                           name=name)
+        try:
+            buf = bytes(size) if data is None else data[:size].ljust(size, b"\0")
+        except (OverflowError, MemoryError):
+            raise StorageError(f"{name}: {size:,} bytes do not fit in memory") from None
+        self.io = MemoryIO(buf, name=name)
         self.name = name
         self._size = size
         self._read_only = read_only
