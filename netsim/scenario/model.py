@@ -34,6 +34,7 @@ frames={"syn": Ether()/IP()/TCP()})`, then `frame: syn` in the file) or pass pac
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": NS, "m": 60 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(k|M)?\s*(?:/s|pps|fps)\s*$")
 _SPEED = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
+#: the longest time a scenario can name: virtual time is a signed 64-bit count of nanoseconds
+MAX_NS = 2**63 - 1
 COUNTER_NAMES = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "drops")
 
 
@@ -63,11 +66,16 @@ def parse_duration(value: Any) -> int:
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError(f"{value!r} is negative")
-        return round(value * NS)
-    m = _DURATION.match(str(value))
-    if m is None:
-        raise ValueError(f"{value!r} is not a duration (like 500us, 10ms, 2s, 1m)")
-    return round(float(m.group(1)) * _UNITS[m.group(2) or "s"])
+        ns = value * NS
+    else:
+        m = _DURATION.match(str(value))
+        if m is None:
+            raise ValueError(f"{value!r} is not a duration (like 500us, 10ms, 2s, 1m)")
+        ns = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if not math.isfinite(ns) or ns > MAX_NS:
+        raise ValueError(f"{value!r} is beyond the longest duration (2^63 ns, about "
+                         "292 years)")
+    return round(ns)
 
 
 def fmt_ns(ns: int) -> str:
@@ -567,8 +575,8 @@ def _rate_interval(r: _Reader, value: Any, path: PathT) -> int:
         if m is None:
             raise r.fail(path, f"{value!r} is not a rate (like 1000/s, 10kpps)")
         rate = float(m.group(1)) * {"k": 1e3, "M": 1e6, None: 1.0}[m.group(2)]
-    if rate <= 0:
-        raise r.fail(path, "rate must be positive")
+    if not math.isfinite(rate) or rate <= 0:
+        raise r.fail(path, f"rate must be a positive finite number, got {value!r}")
     return round(NS / rate)
 
 
@@ -584,8 +592,8 @@ def _speed(r: _Reader, value: Any, path: PathT) -> float | None:
         if m is None:
             raise r.fail(path, f"{value!r}: expected original, max, or a factor like 10x")
         speed = float(m.group(1))
-    if speed <= 0:
-        raise r.fail(path, "speed must be positive")
+    if not math.isfinite(speed) or speed <= 0:
+        raise r.fail(path, f"speed must be a positive finite factor, got {value!r}")
     return speed
 
 
@@ -605,6 +613,8 @@ def _expectation(r: _Reader, raw: Any, path: PathT) -> Expectation:
             raise r.fail((*kp, "name"), "name is given twice")
         m = {**m, "name": r.name(b["name"], (*kp, "name"))}
         b = {k: v for k, v in b.items() if k != "name"}
+    elif m.get("name") is not None:
+        m = {**m, "name": r.name(m["name"], (*path, "name"))}
     if kind in ("arrives", "never"):
         b = r.mapping(b, kp, ("at", "match", "tagged", "after", "within", "count", "min"),
                       ("at",))

@@ -198,7 +198,12 @@ def _payload(value: Any, path: Sequence[str | int]) -> bytes:
     if value is None:
         return b""
     if isinstance(value, str):
-        return value.encode()
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SpecError(path, f"text {value[exc.start:exc.end]!r} at character "
+                            f"{exc.start} cannot be UTF-8 encoded (a lone surrogate); give "
+                            "the bytes' text or a length") from None
     n = _int(value, path, 0, 9000)
     return bytes(i & 0xFF for i in range(n))
 
@@ -310,9 +315,15 @@ def parse_spec(spec: Mapping[str, Any], path: Sequence[str | int] = ()) -> Frame
                       "id": _int(m.get("id", 0), (*lp, "id"), 0, 0xFFFF),
                       "seq": _int(m.get("seq", 0), (*lp, "seq"), 0, 0xFFFF)}
     tags = _tags(spec["vlan"], (*path, "vlan")) if "vlan" in spec else ()
+    payload = _payload(spec.get("payload"), (*path, "payload"))
+    if ipv4 is not None:  # the IPv4 total length is 16 bits: header + transport + payload
+        room = 0xFFFF - 20 - {"udp": 8, "tcp": 20, "icmp": 8, None: 0}[l4]
+        if len(payload) > room:
+            raise SpecError((*path, "payload"), f"{len(payload):,} bytes do not fit in one "
+                            f"IPv4{'/' + l4.upper() if l4 else ''} packet: at most {room:,} "
+                            "(the IPv4 total length is 16 bits)")
     return FrameSpec(src=src, dst=dst, tags=tags, ethertype=ethertype, ipv4=ipv4, l4=l4,
-                     l4_fields=fields, arp=arp,
-                     payload=_payload(spec.get("payload"), (*path, "payload")))
+                     l4_fields=fields, arp=arp, payload=payload)
 
 
 def build_frame(spec: Mapping[str, Any]) -> bytes:
