@@ -52,6 +52,16 @@ class HostLinkError(StorageError):
     """The host socket is unreachable, or it refused or broke the conversation."""
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def _loads(line: bytes | str) -> Any:
+    """A JSON line as the protocol allows it: no NaN/Infinity (Python's json would take them,
+    and `int(Infinity)` is an OverflowError no handler expects)."""
+    return json.loads(line, parse_constant=_reject_constant)
+
+
 async def _readline(sock: socket.socket) -> bytes:
     """One line from a raw socket, byte by byte, so nothing after it is consumed."""
     loop = asyncio.get_running_loop()
@@ -131,7 +141,7 @@ class HostServer:
     async def _conn(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         try:
-            hello = json.loads(await _readline(conn))
+            hello = _loads(await _readline(conn))
             if not isinstance(hello, dict):
                 raise HostLinkError("hello is not an object")
             if hello.get("op") == "evtchn":
@@ -144,7 +154,8 @@ class HostServer:
             if hello.get("op") != "hello":
                 raise HostLinkError("expected hello")
             await self._session(conn, hello)
-        except (HostLinkError, RingProtocolError, ValueError, KeyError, TypeError) as exc:
+        except (HostLinkError, RingProtocolError, ValueError, KeyError, TypeError,
+                OverflowError) as exc:
             self.events.put_nowait(f"refused a connection: {exc}")
             conn.close()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -173,7 +184,7 @@ class HostServer:
             "shm": mem.name, "ram_pages": mem.ram_pages, "grant_pages": mem.grant_pages}}))
         try:
             while line := await reader.readline():
-                msg = json.loads(line)
+                msg = _loads(line)
                 if not isinstance(msg, dict):
                     msg = {}
                 rid, op = msg.get("id"), msg.get("op")
@@ -202,7 +213,7 @@ class HostServer:
                         result = self.hv.evtchn.reserve_remote(domid, int(msg["remote"]))
                     else:
                         raise XenStoreError(f"unknown op {op!r}")
-                except (StorageError, KeyError, ValueError, TypeError) as exc:
+                except (StorageError, KeyError, ValueError, TypeError, OverflowError) as exc:
                     writer.write(_line({"id": rid, "ok": False, "error": str(exc)}))
                 else:
                     writer.write(_line({"id": rid, "ok": True, "result": result}))
