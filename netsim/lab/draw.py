@@ -176,8 +176,13 @@ def render(topo: Topology, out: str | Path) -> Path:
         raise DrawError(f"{out}: cannot draw to .{fmt or '(no suffix)'}; "
                         f"use one of {', '.join('.' + f for f in FORMATS)}")
     dot_text = to_dot(topo)
+    if not out.parent.is_dir():  # dot would say only "Could not open ... for writing"
+        raise DrawError(f"{out}: cannot write: no directory {str(out.parent)!r}")
     if fmt == "dot":
-        out.write_text(dot_text)
+        try:
+            out.write_text(dot_text)
+        except OSError as exc:
+            raise DrawError(f"{out}: cannot write: {exc.strerror or exc}") from None
         return out
     exe = shutil.which("dot")
     if exe is None:

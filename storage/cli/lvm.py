@@ -18,9 +18,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
+from storage.cli.files import input_size, open_input, open_output
+from storage.cli.progress import progress_bar
 from storage.errors import LvmError
 from storage.lvm import VolumeGroup, list_vgs, pvcreate, scan
 from storage.lvm.alloc import free_areas, free_extents
@@ -538,22 +539,14 @@ def lvread_cmd(
         n = dev.size - start if length is None else parse_size(length, default_unit="b")
         if start < 0 or n < 0 or start + n > dev.size:
             raise LvmError(f"{vg}/{name}: range {start}+{n} outside the LV's {dev.size} bytes")
-        sink = output.open("wb") if output else sys.stdout.buffer
-        try:
-            with Progress(console=Console(stderr=True), transient=True,
-                          disable=n < (64 << 20)) as prog:
-                task = prog.add_task(f"reading {vg}/{name}", total=n)
-                pos = 0
-                while pos < n:
-                    k = min(_COPY, n - pos)
-                    sink.write(dev.read(start + pos, k))
-                    pos += k
-                    prog.advance(task, k)
-        finally:
-            if output:
-                sink.close()
-            else:
-                sink.flush()
+        with open_output(output) as sink, progress_bar(disable=n < (64 << 20)) as prog:
+            task = prog.add_task(f"reading {vg}/{name}", total=n)
+            pos = 0
+            while pos < n:
+                k = min(_COPY, n - pos)
+                sink.write(dev.read(start + pos, k))
+                pos += k
+                prog.advance(task, k)
 
 
 @lvm_app.command("lvwrite")
@@ -570,26 +563,20 @@ def lvwrite_cmd(
     """
     vg, name = _split_lv(lv)
     start = parse_size(offset, default_unit="b")
-    src = input_file.open("rb") if input_file else sys.stdin.buffer
-    total = input_file.stat().st_size if input_file else None
-    try:
-        with _vg(vg, devices) as g:
-            dev = g.open_lv(name)
-            if total is not None and start + total > dev.size:
-                raise LvmError(f"{vg}/{name}: {total} bytes at {start} do not fit in the LV's "
-                               f"{dev.size} bytes")
-            pos = start
-            with Progress(console=Console(stderr=True), transient=True,
-                          disable=(total or 0) < (64 << 20)) as prog:
-                task = prog.add_task(f"writing {vg}/{name}", total=total)
-                while chunk := src.read(_COPY):
-                    dev.write(pos, chunk)
-                    pos += len(chunk)
-                    prog.advance(task, len(chunk))
-            dev.close()
-    finally:
-        if input_file:
-            src.close()
+    total = input_size(input_file)
+    with open_input(input_file) as src, _vg(vg, devices) as g:
+        dev = g.open_lv(name)
+        if total is not None and start + total > dev.size:
+            raise LvmError(f"{vg}/{name}: {total} bytes at {start} do not fit in the LV's "
+                           f"{dev.size} bytes")
+        pos = start
+        with progress_bar(disable=(total or 0) < (64 << 20)) as prog:
+            task = prog.add_task(f"writing {vg}/{name}", total=total)
+            while chunk := src.read(_COPY):
+                dev.write(pos, chunk)
+                pos += len(chunk)
+                prog.advance(task, len(chunk))
+        dev.close()
     console.print(f"Wrote {pos - start} bytes to {vg}/{name} at offset {start}.")
 
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from storage import diskspec
+from storage.cli.files import is_std, open_input, open_output
 from storage.devices.blockdev import BlockDevice
 from storage.errors import StorageError
 from storage.rings import blkif
@@ -272,7 +273,10 @@ def guest_read(
     data: bytes = asyncio.run(_with_front(socket_path, domid, devid,
                                           lambda f: f.read(offset, length)))
     if output is not None:
-        output.write_bytes(data)
+        with open_output(output) as fh:
+            fh.write(data)
+        if not is_std(output):
+            out.print(f"wrote {len(data):,} bytes to {output}", highlight=False, markup=False)
         return
     for i in range(0, len(data), 16):
         chunk = data[i:i + 16]
@@ -295,7 +299,11 @@ def guest_write(
     """
     if (data is None) == (infile is None):
         raise typer.BadParameter("give exactly one of --data and --in")
-    payload = data.encode() if data is not None else infile.read_bytes()  # type: ignore[union-attr]
+    if data is not None:
+        payload = data.encode()
+    else:
+        with open_input(infile) as fh:
+            payload = fh.read()
 
     async def act(front):  # type: ignore[no-untyped-def]
         await front.write(offset, payload)
@@ -327,7 +335,14 @@ def guest_discard(
 
     Example: hvsim guest discard --socket /tmp/host.sock 0 1048576
     """
-    asyncio.run(_with_front(socket_path, domid, devid, lambda f: f.discard(offset, length)))
+    first, count = asyncio.run(_with_front(socket_path, domid, devid,
+                                           lambda f: f.discard(offset, length)))
+    if count:
+        out.print(f"discarded {count:,} sectors ({count * 512:,} bytes) at sector {first} "
+                  f"(byte {first * 512})", highlight=False)
+    else:
+        out.print(f"discarded nothing: bytes {offset}+{length} hold no whole 512-byte sector",
+                  highlight=False)
 
 
 @guest_app.command("xenstore-ls")

@@ -454,7 +454,14 @@ def vdi_destroy(sr: SrOpt, uuid: Annotated[str, typer.Argument(help="The VDI.")]
 
     Example: hvsim vdi destroy --sr ./sr1 3f2a...
     """
-    SR.open(sr).vdi_destroy(uuid)
+    s = SR.open(sr)
+    vdi = s.vdi(uuid)
+    name, size, parent = vdi.name_label, vdi.virtual_size, vdi.parent
+    s.vdi_destroy(vdi.uuid)
+    left = (f"; its parent {parent} stays until `hvsim sr gc` finds it unused"
+            if parent else "")
+    console.print(f"destroyed VDI {vdi.uuid} ({name!r}, {_human(size)}){left}",
+                  highlight=False, markup=False)
 
 
 @vdi_app.command("list")
@@ -483,6 +490,8 @@ def vdi_list(sr: SrOpt,
                                         ("snapshot", r["is_a_snapshot"])) if on) or "-"
 
     if not console.is_terminal:
+        print(f"{'uuid':36}  {'parent':36}  {'virtual':>14}  {'physical':>14}  {'flags':20}  "
+              "name")
         for r in rows:
             print(f"{r['uuid']}  {r['parent'] or '-':36}  {r['virtual_size']:>14}  "
                   f"{r['physical_utilisation']:>14}  {flags(r):20}  {r['name_label']}")

@@ -468,14 +468,16 @@ class BlkFront:
             raise BlkIOError(f"{self.path}: backend offers no feature-flush-cache")
         await self._one(lambda rid: Request(Op.FLUSH_DISKCACHE, rid), what="flush")
 
-    async def discard(self, offset: int, length: int) -> None:
-        """Tell the backend the whole sectors inside the byte range are unused."""
+    async def discard(self, offset: int, length: int) -> tuple[int, int]:
+        """Tell the backend the whole sectors inside the byte range are unused; returns
+        `(first sector, sectors discarded)`."""
         self._check(offset, length)
         if not self.feature_discard:
             raise BlkIOError(f"{self.path}: backend offers no feature-discard")
         first = -(-offset // SECTOR_SIZE)
         end = (offset + length) // SECTOR_SIZE
         if end <= first:
-            return
+            return first, 0
         await self._one(lambda rid: DiscardRequest(rid, first, end - first),
                            what=f"discard of {end - first} sectors at sector {first}")
+        return first, end - first
