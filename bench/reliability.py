@@ -20,21 +20,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from bench._progress import stages
 from bench._rel import brokerfaults, crash, fuzz, isolation, overload, ringfair
 
 FULL_INPUTS = 3000
 SLOW_TARGETS = {"scenario YAML": 800, "topology YAML": 2000, "VHD image open": 2000}
 
 
-def _fuzz(quick: bool) -> dict[str, Any]:
+def _fuzz(quick: bool, step: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     rows = []
     for t in fuzz.TARGETS:
+        step(f"fuzzing {t.name}")
         n = 25 if quick else SLOW_TARGETS.get(t.name, FULL_INPUTS)
         t0 = time.perf_counter()
         r = fuzz.run_target(t, n, seed=1)
@@ -64,13 +67,18 @@ FIXED_ELSEWHERE = [
 ]
 
 
-def _crash(quick: bool) -> dict[str, Any]:
-    rows = []
+def _crash_scenarios(quick: bool) -> list[Any]:
     scenarios = crash.scenarios()
     if quick:
         scenarios = [s for s in scenarios if s.name == "SR snapshot (file)"]
-    for sc in scenarios:
+    return scenarios
+
+
+def _crash(quick: bool, step: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    rows = []
+    for sc in _crash_scenarios(quick):
         for torn in ((False,) if quick else (False, True)):
+            step(f"power cuts: {sc.name}{' (torn)' if torn else ''}")
             r = crash.sweep(sc, torn=torn)
             rows.append({"operation": r.name, "cut_points": r.cut_points,
                          "survived": r.survived, "failures": r.failures[:3]})
@@ -118,14 +126,22 @@ def run(*, quick: bool) -> dict[str, Any]:
     """Run every part and print the tables; returns the figures."""
     console = Console()
     t0 = time.perf_counter()
-    fz = _fuzz(quick)
-    ath = _atheris(quick)
-    cr = _crash(quick)
-    ov = overload.run_overload(capacity=200 if quick else 2000, seconds=60.0,
-                               tick_ms=10 if quick else 1)
-    ring = ringfair.run_ring_fairness(seconds=0.2 if quick else 1.0, rounds=1 if quick else 3)
-    iso = isolation.as_dict(isolation.run_isolation(500 if quick else 10_000, seed=2026))
-    br = _broker(quick)
+    total_steps = (len(fuzz.TARGETS) + len(_crash_scenarios(quick)) * (1 if quick else 2) + 5)
+    with stages("reliability", total_steps) as step:
+        fz = _fuzz(quick, step)
+        step("atheris")
+        ath = _atheris(quick)
+        cr = _crash(quick, step)
+        step("overload: 10x offered load")
+        ov = overload.run_overload(capacity=200 if quick else 2000, seconds=60.0,
+                                   tick_ms=10 if quick else 1)
+        step("ring fairness")
+        ring = ringfair.run_ring_fairness(seconds=0.2 if quick else 1.0,
+                                          rounds=1 if quick else 3)
+        step("isolation: random topologies")
+        iso = isolation.as_dict(isolation.run_isolation(500 if quick else 10_000, seed=2026))
+        step("broker faults")
+        br = _broker(quick)
 
     t = Table(title="hostile input: parsers fuzzed (contract: result or typed one-line error)")
     for col in ("parser", "inputs", "crashers now", "found+fixed", "regressed", "s"):

@@ -21,6 +21,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from bench._progress import stages
 from netsim.lab.lab import Lab, Reachability
 from netsim.lab.topology import Topology, parse_topology, to_graph
 
@@ -86,27 +87,36 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     """Run the benchmark; print a table; return the figures."""
     hosts, vms, vlans = (10, 1000, 100) if not quick else (4, 200, 20)
     repeat = 3 if not quick else 1
-    t_gen, text = _timed(lambda: generate(hosts, vms, vlans), repeat)
-    t_load, topo = _timed(lambda: parse_topology(text, "generated.yaml"), repeat)
-    t_graph, graph = _timed(lambda: to_graph(topo), repeat)
-    t_yaml, _ = _timed(lambda: yaml.load(text, Loader=yaml.SafeLoader), repeat)
-    c_loader = getattr(yaml, "CSafeLoader", None)
-    t_cyaml = _timed(lambda: yaml.load(text, Loader=c_loader), repeat)[0] if c_loader else None
+    with stages("topology", 8) as step:
+        step("generate YAML")
+        t_gen, text = _timed(lambda: generate(hosts, vms, vlans), repeat)
+        step("load + validate")
+        t_load, topo = _timed(lambda: parse_topology(text, "generated.yaml"), repeat)
+        step("networkx graph")
+        t_graph, graph = _timed(lambda: to_graph(topo), repeat)
+        step("baselines: yaml loaders")
+        t_yaml, _ = _timed(lambda: yaml.load(text, Loader=yaml.SafeLoader), repeat)
+        c_loader = getattr(yaml, "CSafeLoader", None)
+        t_cyaml = (_timed(lambda: yaml.load(text, Loader=c_loader), repeat)[0] if c_loader
+                   else None)
+        step("build the live fabric")
+        t_build, lab = _timed(lambda: Lab(topo), repeat)
+        step("start + first ping")
+        t_start = asyncio.run(_start_and_ping(lab))
 
-    t_build, lab = _timed(lambda: Lab(topo), repeat)
-    t_start = asyncio.run(_start_and_ping(lab))
+        step("peak memory")
+        gc.collect()
+        tracemalloc.start()
+        again = parse_topology(text, "generated.yaml")
+        kept = (again, to_graph(again), Lab(again))
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        del kept, again
 
-    gc.collect()
-    tracemalloc.start()
-    again = parse_topology(text, "generated.yaml")
-    kept = (again, to_graph(again), Lab(again))
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    del kept, again
-
-    small_vms = 100 if not quick else 30
-    small = parse_topology(generate(2, small_vms, 10), "pingall.yaml")
-    t_pingall, reach = _timed(lambda: asyncio.run(_pingall(small)), 1)
+        small_vms = 100 if not quick else 30
+        step(f"pingall {small_vms} VMs")
+        small = parse_topology(generate(2, small_vms, 10), "pingall.yaml")
+        t_pingall, reach = _timed(lambda: asyncio.run(_pingall(small)), 1)
     expected = sum(n * (n - 1) for n in _vlan_sizes(small))
 
     total = t_load + t_graph

@@ -6,11 +6,13 @@ line on stderr and exit status 2 instead of a traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from netsim.errors import NetsimError
 from storage.errors import StorageError
@@ -57,8 +59,22 @@ _root = typer.Typer(
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            v = version("hvsim")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            v = "unknown (not installed)"
+        print(f"hvsim {v} (Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
 @_root.callback()
-def root() -> None:
+def root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                 help="Print hvsim's version and exit."),
+) -> None:
     """Emulate a hypervisor's virtual network and storage."""
 
 
@@ -84,10 +100,14 @@ def __getattr__(name: str) -> typer.Typer:
 def main() -> None:
     """Console entry point: run the app, printing our errors as one line each."""
     first = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if first is None and "--version" in sys.argv[1:]:  # no need to import every command
+        with contextlib.suppress(typer.Exit):
+            _version(True)
+        return
     owner = COMMAND_OWNERS.get(first or "")
     application = load_commands((owner,) if owner else COMMAND_MODULES)
     try:
         application()
     except (NetsimError, StorageError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)

@@ -449,7 +449,7 @@ def lvs_cmd(vg: Annotated[str | None, typer.Argument(help="Only this VG.")] = No
             devices: DevicesOpt = None, json_out: JsonOpt = False,
             reportformat: ReportFmtOpt = "basic",
             all_lvs: Annotated[bool, typer.Option(
-                "--all", "-a", help="Also internal LVs, in [brackets] (snapshotN).")] = False,
+                "--all", "-a", help="Also internal LVs, in \\[brackets] (snapshotN).")] = False,
             ) -> None:
     """List logical volumes: attributes, size, snapshot origin and fullness (Data%).
 

@@ -95,7 +95,7 @@ def ring_layout() -> None:
 @ring_app.command("serve")
 def ring_serve(
     disk: Annotated[str, typer.Argument(
-        help="Raw file, .vhd file (with its chain), lvm:VG/LV:PV[,PV...], or mem:SIZE.")],
+        help="Raw file, .vhd file (with its chain), lvm:VG/LV:PV\\[,PV...], or mem:SIZE.")],
     socket_path: SocketOpt = Path(DEFAULT_SOCKET),
     domid: DomOpt = 1,
     devid: DevOpt = 51712,

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -23,6 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from storage.cli.progress import progress_bar
 from storage.errors import StorageError
 from storage.sr.sr import SR
 from storage.units import parse_size as _parse_size
@@ -374,7 +376,18 @@ def sr_gc(path: Annotated[Path, typer.Argument(help="The SR directory.")]) -> No
     Example: hvsim sr gc ./sr1
     """
     sr = SR.open(path)
-    report = sr.gc(progress=lambda msg: err.print(msg, highlight=False))
+    with progress_bar(console=err, count=True) as bar:
+        hidden = sum(1 for v in sr.vdis.values() if v.hidden)
+        task = bar.add_task("sr gc", total=hidden or None)
+
+        def step(msg: str) -> None:
+            if bar.disable:   # logs and pipes: one line per step, as before
+                err.print(msg, highlight=False, markup=False)
+            else:
+                bar.update(task, description=escape(msg))
+                bar.advance(task)
+
+        report = sr.gc(progress=step)
     console.print(f"removed {len(report.removed)} base copies, coalesced "
                   f"{len(report.coalesced)}, skipped {len(report.skipped)} attached",
                   highlight=False)
