@@ -10,7 +10,8 @@ Installed with hvsim (entry point `pytest11`), it offers three fixtures:
 - `send(port, frame, count=1, interval=None)` — a frame from a port into its switch: a Scapy
   packet, raw bytes, or a declarative spec dict (`{"eth": {"src": ...}, "vlan": 5, ...}`).
 - `expect` — `await expect.arrives(port, match, within="50ms")` (returns the matching Scapy
-  packets), `await expect.never(port, match, within="50ms")`, `expect.counter(port, name)`,
+  packets), `await expect.never(port, match, within="50ms")`, `await expect.counter(port,
+  name)` (or without `await`: the value now),
   `await expect.ping("vm1", "vm2")` / `succeeds=False`.
 
 ```python
@@ -40,7 +41,7 @@ import pytest_asyncio
 
 from netsim.dataplane.vclock import VirtualClock
 from netsim.errors import ScenarioError
-from netsim.scenario.model import parse_duration
+from netsim.scenario.model import COUNTER_NAMES, parse_duration
 from netsim.scenario.runner import PortRecorder
 from netsim.wire.filters import compile_filter
 from netsim.wire.framespec import parse_spec
@@ -49,10 +50,32 @@ DEFAULT_WAIT = "50ms"
 _POLL_NS = 1_000_000
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Declare the `hvsim` marker."""
+    """Declare the `hvsim` marker; keep pytest-asyncio quiet about a default we do not use."""
     config.addinivalue_line(
         "markers", "hvsim(topology=PATH | builder=FN): the topology the `fabric` fixture runs")
+    _keep_asyncio_fixture_loop_scope(config)
+
+
+def _keep_asyncio_fixture_loop_scope(config: pytest.Config) -> None:
+    """pytest-asyncio warns (PytestDeprecationWarning) on every run whose configuration leaves
+    `asyncio_default_fixture_loop_scope` unset — in a user's project that only installed hvsim,
+    that is every run. Our fixtures pin their loop scope, so the setting concerns only the
+    project's own async fixtures; when it is unset we set the value pytest-asyncio names for
+    "keep the current behaviour" (`fixture-scope`): nothing changes, nothing warns. A value the
+    project sets (ini, `-o`) is left alone."""
+    name = "asyncio_default_fixture_loop_scope"
+    try:
+        from pytest_asyncio import plugin as asyncio_plugin
+        if config.getini(name):
+            return
+    except (ImportError, ValueError):
+        return
+    keep = getattr(asyncio_plugin, "_MATCH_FIXTURE_SCOPE", None)   # pytest-asyncio >= 1.0
+    cache = getattr(config, "_inicache", None)
+    if keep and isinstance(cache, dict):
+        cache[name] = keep
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -173,14 +196,22 @@ class Expect:
         assert not got, (f"{port}: expected no frame matching {match!r}, got {len(got)}: "
                          f"{[to_summary(f) for f in got[:3]]}")
 
-    def counter(self, port: str, name: str) -> int:
-        """A port counter: rx_frames, tx_bytes, drops, drops.<reason>..."""
-        c = self.live.port(port).counters
-        if name == "drops":
-            return int(c.dropped)
-        if name.startswith("drops."):
-            return int(c.drops.get(name[6:], 0))
-        return int(getattr(c, name))
+    def counter(self, port: str, name: str) -> CounterValue:
+        """A port counter: rx_frames, tx_bytes, drops, drops.<reason>... Use it as a number now
+        (`expect.counter(p, n) == 3`) or await it like the other expectations (`await
+        expect.counter(p, n)`), which first lets every frame in flight land."""
+        def read() -> int:
+            c = self.live.port(port).counters
+            if name == "drops":
+                return int(c.dropped)
+            if name.startswith("drops."):
+                return int(c.drops.get(name[6:], 0))
+            if name not in COUNTER_NAMES:
+                raise ScenarioError(f"unknown counter {name!r} (use {', '.join(COUNTER_NAMES)} "
+                                    "or drops.<reason>)")
+            return int(getattr(c, name))
+
+        return CounterValue(read(), read, self.live)
 
     async def ping(self, src: str, dst: str, *, succeeds: bool = True,
                    wait: float | str = "1s") -> Any:
@@ -198,6 +229,24 @@ class Expect:
             f"ping {src} -> {dst} ({target}): {'answered' if result.replied else 'no answer'}, "
             f"expected {'an answer' if succeeds else 'none'}")
         return result
+
+
+class CounterValue(int):
+    """A counter's value now, which can also be awaited for its value once the fabric has
+    settled (what `expect.counter` returns)."""
+
+    def __new__(cls, value: int, read: Callable[[], int], live: LiveFabric) -> CounterValue:
+        obj = super().__new__(cls, value)
+        obj._read = read  # type: ignore[attr-defined]
+        obj._live = live  # type: ignore[attr-defined]
+        return obj
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self._settled().__await__()
+
+    async def _settled(self) -> int:
+        await self._live.settle()  # type: ignore[attr-defined]
+        return int(self._read())   # type: ignore[attr-defined]
 
 
 def to_summary(frame: bytes) -> str:
@@ -231,7 +280,7 @@ def hvsim_clock() -> VirtualClock:
     return VirtualClock()
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def fabric(request: pytest.FixtureRequest, hvsim_topology: Any,
                  hvsim_clock: VirtualClock) -> AsyncIterator[LiveFabric]:
     """The running fabric (see the module docstring)."""

@@ -54,6 +54,15 @@ async def test_web_vlan_stays_in_web(fabric, send, expect):
 
 @pytest.mark.asyncio
 @pytest.mark.hvsim(builder=two_hosts)
+async def test_counter_is_awaitable_like_its_siblings(fabric, expect):
+    fabric["web1"].ports[0].receive(bytes(BCAST))   # in flight: not yet switched
+    assert expect.counter("web2", "tx_frames") == 0   # the sync form: the value now
+    assert await expect.counter("web2", "tx_frames") == 1   # awaited: once frames landed
+    assert await expect.counter("db1", "drops") == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.hvsim(builder=two_hosts)
 async def test_spec_dicts_and_time(fabric, send, expect):
     t0 = fabric.clock.now_ns()
     await send("web1", {"eth": {"src": "00:50:56:00:00:01"}, "payload": 10}, count=3,
@@ -86,9 +95,21 @@ def test_a_users_test_file_runs_with_the_plugin(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     text = out.stdout + out.stderr
-    assert "1 failed, 2 passed" in text, text
+    assert "1 failed, 3 passed" in text, text
+    assert "DeprecationWarning" not in text and "warning" not in text.lower(), text
     assert ("db1: expected at least 1 frame(s) matching 'udp' within 50ms, got 0 (0 frame"
             in text), text
+
+
+def test_a_projects_own_asyncio_loop_scope_is_kept(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = bogus\n")
+    (tmp_path / "test_user.py").write_text(USER_TESTS)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", *_plugin_args(), "-q", "-p", "no:cacheprovider",
+         "test_user.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    # the project's (invalid) value reached pytest-asyncio, which refuses it: we did not mask it
+    assert "'bogus' is not a valid asyncio_default_fixture_loop_scope" in out.stderr, out.stderr
 
 
 def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
