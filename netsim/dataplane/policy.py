@@ -85,8 +85,11 @@ class VlanPolicy:
         """True if frames of VLAN `vid` may enter and leave this port."""
         if self.mode is VlanMode.ACCESS:
             return vid == self.vlan
-        if self.mode is not VlanMode.TRUNK and vid == self.vlan:
-            return True
+        if self.mode is not VlanMode.TRUNK:
+            if vid == self.vlan:
+                return True
+            if vid == 0:  # OVS (ofproto.c bundle_set): a native port never trunks VLAN 0
+                return False
         return 0 <= vid <= MAX_VLAN and (not self.trunks or vid in self.trunks)
 
     def describe(self) -> str:

@@ -20,6 +20,21 @@ adds vSphere port groups (VLAN ID 0 EST / 1-4094 VST / 4095 VGT, security, shapi
 NIC teaming (route based on originating virtual port; active/standby; failover on link down),
 and the vSwitch rules: frames from one uplink never go out another, a vNIC that is not
 promiscuous only receives unicast for its own MAC.
+
+Tags are handled as by Open vSwitch (vswitch.xml `vlan_mode`, `other_config:vlan-limit`;
+ofproto-dpif-xlate.c xvlan_input_translate/xvlan_output_translate), as recorded from a real
+OVS 3.1 with the userspace datapath (tests/interop/test_vlan_ovs.py):
+- With the default vlan-limit=1 only the outer tag is a VLAN, and only TPIDs 0x8100 and
+  0x88a8 make one (OVS's eth_type_vlan); a 0x9100 "tag" is an ethertype: the frame is untagged.
+  Inner tags are payload and are never looked at or changed.
+- A priority tag (VID 0) classifies like no tag: the frame joins the port's VLAN. Leaving
+  tagged, it gets that VLAN's tag with the arriving PCP and TPID (0x88a8 stays 0x88a8); leaving
+  untagged, the tag is removed - exposing an inner tag to the next switch (double tagging).
+- A kept tag keeps its TPID; a tag added to an untagged arrival is 0x8100. DEI is not kept.
+  A frame in VLAN 0 with PCP 0 leaves untagged, whether it arrived untagged or priority-tagged.
+- native-tagged/native-untagged ports never carry VLAN 0 (OVS bundle_set: "prohibit trunking
+  VLAN 0"), so untagged frames from a plain trunk do not leave them.
+Where we differ: VID 4095 (reserved by 802.1Q) is dropped as vlan-not-allowed; OVS trunks it.
 """
 from __future__ import annotations
 
@@ -58,7 +73,14 @@ _MODE_CODE = {
     VlanMode.NATIVE_UNTAGGED: 3,
 }
 _ACCESS, _TRUNK = 0, 1
-_TAGS: dict[int, bytes] = {}  # TCI -> the 4 tag bytes, built once each
+_TAGS: dict[int, bytes] = {}  # (pcp | 802.1ad bit) << 13 | VID -> the 4 tag bytes, built once
+
+
+
+def _tag_bytes(key: int) -> bytes:
+    """The 4 tag bytes for a key of `_TAGS`: TPID 0x88a8 if bit 16 (pcp bit 3) is set."""
+    tpid = (0x88, 0xA8) if key & 0x10000 else (0x81, 0x00)
+    return bytes((*tpid, (key >> 8) & 0xFF, key & 0xFF))
 
 
 class Bridge:
@@ -143,8 +165,12 @@ class Bridge:
             port.sw_allowed = (vlan.trunks | {vlan.vlan}) if vlan.trunks else None
             port.sw_untagged_vid = vlan.vlan if vlan.mode is VlanMode.NATIVE_UNTAGGED else -1
             port.sw_untagged_ok = True
-        port.sw_carry = None if port.sw_allowed is None and mode != _ACCESS else (
-            frozenset({vlan.vlan}) if mode == _ACCESS else port.sw_allowed)
+        if mode == _ACCESS:
+            port.sw_carry = frozenset({vlan.vlan})
+        elif mode != _TRUNK and vlan.vlan:  # native modes never carry VLAN 0 (as OVS)
+            port.sw_carry = frozenset(v for v in range(1, 4095) if vlan.carries(v))
+        else:
+            port.sw_carry = port.sw_allowed
         port.sw_max_untagged = 14 + port.mtu
         port.sw_max_tagged = 18 + port.mtu
 
@@ -231,7 +257,10 @@ class Bridge:
         if n < 14:
             c.drop("runt")
             return
-        if frame[12] == 0x81 and frame[13] == 0x00:
+        b12 = frame[12]
+        if (b12 == 0x81 and frame[13] == 0x00) or (b12 == 0x88 and frame[13] == 0xA8):
+            # Only the outer 802.1Q or 802.1ad tag classifies (OVS's default vlan-limit=1;
+            # see the module docstring); what follows it, inner tags included, is payload.
             if n < 18:
                 c.drop("malformed")
                 return
@@ -240,9 +269,11 @@ class Bridge:
                 return
             tci = (frame[14] << 8) | frame[15]
             vid = tci & 0x0FFF
-            pcp = tci >> 13
+            # `pcp` carries the tag's priority and, in bit 3, "802.1ad": a tag this frame gets
+            # on egress keeps the TPID it arrived with, as OVS does.
+            pcp = (tci >> 13) | (8 if b12 == 0x88 else 0)
             inner = frame[:12] + frame[16:]
-            if vid == 0:  # priority tag: untagged as far as VLANs go
+            if vid == 0:  # priority tag: classified by the port, as if untagged
                 if not port.sw_untagged_ok:
                     c.drop("vlan-not-allowed")
                     return
@@ -384,9 +415,9 @@ class Bridge:
             out = ingress(port, f, now)
             if out is None or not reuse or self._promisc_copies() or len(f) < 18:
                 continue
-            if f[12] == 0x81 and f[13] == 0x00:
+            if (f[12] == 0x81 and f[13] == 0x00) or (f[12] == 0x88 and f[13] == 0xA8):
                 tci = (f[14] << 8) | f[15]
-                vid, pcp = tci & 0x0FFF, tci >> 13
+                vid, pcp = tci & 0x0FFF, (tci >> 13) | (8 if f[12] == 0x88 else 0)
                 if vid == 0:
                     vid = port.sw_pvid
                 tagged_run = True
@@ -412,8 +443,8 @@ class Bridge:
     ) -> bytes | None:
         """Encode for `out`'s VLAN mode and send; returns the tagged form if one was built, so
         a flood builds it once."""
-        if (vid == out.sw_untagged_vid and (pcp == 0 or out.sw_mode != _TRUNK)) or not (
-            vid or pcp
+        if (vid == out.sw_untagged_vid and (pcp & 7 == 0 or out.sw_mode != _TRUNK)) or not (
+            vid or pcp & 7
         ):
             f = inner
         else:
@@ -421,7 +452,7 @@ class Bridge:
                 tci = (pcp << 13) | vid
                 tag = _TAGS.get(tci)
                 if tag is None:
-                    tag = _TAGS[tci] = bytes((0x81, 0x00, tci >> 8, tci & 0xFF))
+                    tag = _TAGS[tci] = _tag_bytes(tci)
                 tagged = inner[:12] + tag + inner[12:]
             f = tagged
         if out.tx_plain:
@@ -780,7 +811,7 @@ class StandardSwitch(Bridge):
                             tci = (pcp << 13) | vid
                             tag = _TAGS.get(tci)
                             if tag is None:
-                                tag = _TAGS[tci] = bytes((0x81, 0x00, tci >> 8, tci & 0xFF))
+                                tag = _TAGS[tci] = _tag_bytes(tci)
                             tagged = inner[:12] + tag + inner[12:]
                         q = out.queue
                         items = q.items

@@ -359,12 +359,12 @@ class LinkCounters:
 
 
 def frame_vid(frame: bytes) -> int | None:
-    """The VLAN a wire-form frame travels in (its 802.1Q tag's VID, 0 if untagged), or None for
-    a frame too short to tell."""
+    """The VLAN a wire-form frame travels in (its outer 802.1Q/802.1ad tag's VID, 0 if
+    untagged), or None for a frame too short to tell."""
     n = len(frame)
     if n < 14:
         return None
-    if frame[12] == 0x81 and frame[13] == 0x00:
+    if (frame[12] == 0x81 and frame[13] == 0x00) or (frame[12] == 0x88 and frame[13] == 0xA8):
         if n < 18:
             return None
         return ((frame[14] << 8) | frame[15]) & 0x0FFF

@@ -1,0 +1,72 @@
+"""Run inside the test's network namespace: send frames on veth ends, report what arrives.
+
+Reads JSON `{"ports": [...], "sends": [[port, hex], ...]}` on stdin; for each send, writes on the
+port's outside end, waits until every other end has been quiet for a while, and prints JSON
+`[{port: [hex, ...]}, ...]`. A Linux packet socket hands the outer VLAN tag over in
+PACKET_AUXDATA (the kernel untags on receive whatever the NIC offloads say), so it is put back
+from there, as libpcap does.
+"""
+from __future__ import annotations
+
+import json
+import select
+import socket
+import struct
+import sys
+import time
+
+SOL_PACKET, PACKET_AUXDATA = 263, 8
+TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 0x10, 0x40
+QUIET_S = 0.15
+
+
+def _open(ifname: str) -> socket.socket:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+    s.bind((ifname, 0))
+    s.setblocking(False)
+    return s
+
+
+def _recv(s: socket.socket) -> bytes:
+    data, anc, _, _ = s.recvmsg(65535, 4096)
+    for level, kind, cd in anc:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(cd) >= 20:
+            status, _, _, _, _, tci, tpid = struct.unpack("IIIHHHH", cd[:20])
+            if status & TP_STATUS_VLAN_VALID:
+                tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
+    return data
+
+
+def _drain(socks: dict[str, socket.socket], until_quiet: float) -> dict[str, list[str]]:
+    got: dict[str, list[str]] = {}
+    last = time.monotonic()
+    while time.monotonic() - last < until_quiet:
+        ready, _, _ = select.select(list(socks.values()), [], [], until_quiet)
+        for name, s in socks.items():
+            if s in ready:
+                try:
+                    while True:
+                        got.setdefault(name, []).append(_recv(s).hex())
+                        last = time.monotonic()
+                except BlockingIOError:
+                    pass
+    return got
+
+
+def main() -> None:
+    req = json.load(sys.stdin)
+    socks = {p: _open(p) for p in req["ports"]}
+    _drain(socks, 0.3)
+    results = []
+    for port, hexframe in req["sends"]:
+        socks[port].send(bytes.fromhex(hexframe))
+        got = _drain(socks, QUIET_S)
+        got.pop(port, None)
+        results.append(got)
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
