@@ -78,6 +78,11 @@ def replay(
             if val is not None:
                 raise typer.BadParameter(f"{flag} goes with --pcap", param_hint=flag)
         scn = load_scenario(target)
+    if scn.topology is not None:
+        from netsim.cli.commands.check import warn_holes
+        from netsim.lab.topology import load_topology
+
+        warn_holes(load_topology(scn.topology))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -181,8 +181,11 @@ def run(
                         duration=duration, ping=traffic == "pingall")
         return
 
+    from netsim.cli.commands.check import warn_holes
+
     async def go() -> None:
         lab = _lab(topology, clock)
+        warn_holes(lab.topo)
         paths = lab.capture(capture, out)
         async with lab:
             with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
