@@ -64,10 +64,14 @@ class Hole:
 
 @dataclass
 class CheckReport:
-    """Every hole found, and the VGT port groups seen (guests there choose their VLAN)."""
+    """Every hole found, the VGT ports seen (guests there choose their VLAN), and what each
+    sender can reach."""
 
     holes: list[Hole] = field(default_factory=list)
     vgt_ports: list[str] = field(default_factory=list)
+    #: per sender: every (port, VLAN as that port reads it) its frames can reach, legitimately
+    #: or through a hole
+    reach: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -279,11 +283,34 @@ def _injections(p: Port, candidates: Sequence[int]) -> list[tuple[int, str]]:
     return out
 
 
+class _HoleSink:
+    """Records a sender's holes once each, and what they let it reach."""
+
+    def __init__(self, report: CheckReport, src: Port, reach: set[tuple[str, int]],
+                 seen: set[tuple]) -> None:
+        self.report, self.src, self.reach, self.seen = report, src, reach, seen
+
+    def __call__(self, how: str, vid: int, a: Port, entering: Port, xvlan: int, into: int,
+                 victims: tuple[tuple[str, int], ...]) -> None:
+        k = (a.path, entering.path, xvlan, into, victims)
+        if victims and k not in self.seen:
+            self.seen.add(k)
+            self.reach.update(victims)
+            self.report.holes.append(Hole(
+                source=self.src.path, source_vlan=vid, how=how, exposed_at=a.path,
+                exposed_vlan=xvlan, entering=entering.path,
+                entering_mode=entering.sw_vlan.describe(), into_vlan=into, victims=victims))
+
+
 def find_holes(switches: Iterable[Bridge], links: Iterable[tuple[Port, Port]]) -> CheckReport:
-    """Every (sender, hop, VLAN) by which a frame can be delivered into another VLAN."""
+    """Every (sender, hop, VLAN) by which a frame can be delivered into another VLAN.
+
+    A hop is either a cable (a port sends the frame's VLAN untagged into a port that classifies
+    by tag) or a VLAN-aware endpoint (a VGT guest, a station on a trunk) that receives the
+    frame's VLAN untagged and so reads the sender's inner tag as the VLAN.
+    """
     net = _Net(switches, links)
     report = CheckReport()
-    cache: dict[tuple, tuple[set, list]] = {}
     for sw in net.switches:
         for src in net.endpoints(sw):
             if src.sw_role == ROLE_VM and src.sw_vlan.mode is VlanMode.TRUNK:
@@ -292,35 +319,33 @@ def find_holes(switches: Iterable[Bridge], links: Iterable[tuple[Port, Port]]) -
             if not injections:
                 continue
             # what the sender reaches legitimately: plain frames of every VLAN it may use
-            plain = [(sw, v, src, (), False) for v, _ in injections]
-            key = (sw, src.sw_vlan, src.sw_role)
-            if key not in cache:
-                legit_states, _ = net.closure(plain)
-                legit = net.delivered(legit_states)
-                legit_sw = {(s, v) for s, v, *_ in legit_states}
-                cache[key] = (legit, legit_sw)
-            legit, legit_sw = cache[key]
+            legit_states, _ = net.closure([(sw, v, src, (), False) for v, _ in injections])
+            legit = net.delivered(legit_states)
+            legit_sw = {(s, v) for s, v, *_ in legit_states}
+            reach = {(p.path, v) for p, v in legit}
             seen_holes: set[tuple] = set()
+            hole = _HoleSink(report, src, reach, seen_holes)
             for vid, how in injections:
-                _, hops = net.closure([(sw, vid, src, (), True)])
+                states, hops = net.closure([(sw, vid, src, (), True)])
                 for a, entering, xvlan, into, new in hops:
                     if into == xvlan or (new[0], new[1]) in legit_sw:
                         continue  # same VLAN, or the sender could put a frame there anyway
-                    reach, _ = net.closure([(*new[:4], False)])
-                    victims = tuple(sorted(
-                        (p.path, v) for p, v in net.delivered(reach) - legit
-                        if p is not src))
-                    if not victims:
-                        continue  # the frame changes VLAN but reaches nobody there
-                    k = (a.path, entering.path, xvlan, into, victims)
-                    if k in seen_holes:
+                    landed, _ = net.closure([(*new[:4], False)])
+                    hole(how, vid, a, entering, xvlan, into, tuple(sorted(
+                        (p.path, v) for p, v in net.delivered(landed) - legit
+                        if p is not src)))
+                for s2, x, ingress, rest, stack in states:
+                    if not stack or rest:
                         continue
-                    seen_holes.add(k)
-                    report.holes.append(Hole(
-                        source=src.path, source_vlan=vid, how=how, exposed_at=a.path,
-                        exposed_vlan=xvlan, entering=entering.path,
-                        entering_mode=entering.sw_vlan.describe(), into_vlan=into,
-                        victims=victims))
+                    for p in net.endpoints(s2):
+                        pol = p.sw_vlan
+                        if (p is ingress or p is src or pol.mode is VlanMode.ACCESS
+                                or not _carries(pol, x) or not _leaves_untagged(pol, x)):
+                            continue
+                        for v in net.candidates:
+                            if v != x and (p, v) not in legit:
+                                hole(how, vid, p, p, x, v, ((p.path, v),))
+            report.reach[src.path] = reach
     return report
 
 

@@ -1,6 +1,6 @@
-"""Isolation over 10,000 random topologies and frame sequences: no frame crosses a VLAN, no
-non-promiscuous vNIC receives another MAC's unicast, no forged-source frame leaves its switch
-when forged transmits is Reject."""
+"""Isolation over 10,000 random topologies and frame sequences: no frame crosses a VLAN except
+by a double-tagging path `hvsim check` predicted, no non-promiscuous vNIC receives another MAC's
+unicast, no forged-source frame leaves its switch when forged transmits is Reject."""
 from __future__ import annotations
 
 import pytest
@@ -14,6 +14,20 @@ def test_ten_thousand_random_topologies_hold_isolation() -> None:
     assert res.cases == 10_000 and res.frames_sent == 120_000
     assert res.copies_checked > 50_000  # the frames really travelled
     assert res.violations == []
+    # double-tagged frames really crossed VLANs, each time where hvsim check said they could
+    assert res.crossings > 1000 and res.cases_with_holes > 100
+
+
+def test_a_crossing_check_did_not_predict_is_a_violation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """If `hvsim check` missed the double-tagging paths, the proof must fail: the crossings it
+    observes are checked against the checker's predictions, not excused."""
+    from netsim.lab.check import CheckReport
+
+    monkeypatch.setattr(isolation, "find_holes", lambda switches, links: CheckReport())
+    res = isolation.run_isolation(1000, seed=2026)
+    assert any("a crossing hvsim check did not predict" in v for v in res.violations)
+    assert res.crossings == 0
 
 
 def test_the_oracle_catches_a_switch_that_lets_forged_frames_out(
