@@ -10,7 +10,8 @@ import asyncio
 import heapq
 import itertools
 import time
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, Protocol, runtime_checkable
 
 NS_PER_S = 1_000_000_000
 
@@ -88,6 +89,12 @@ class ManualClock:
             raise ValueError(f"time only moves forward; advance({seconds})")
         self.set_ns(self._now + round(seconds * NS_PER_S))
 
+    def next_deadline_ns(self) -> int | None:
+        """The earliest deadline a sleeper still waits for, or None."""
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+        return self._sleepers[0][0] if self._sleepers else None
+
     def set_ns(self, now_ns: int) -> None:
         """Jump to an absolute time (not backwards), waking sleepers that are due."""
         if now_ns < self._now:
@@ -100,3 +107,26 @@ class ManualClock:
 
     def __repr__(self) -> str:
         return f"ManualClock(now_ns={self._now})"
+
+
+async def sweep_by_deadline(
+    clock: Clock,
+    next_due_ns: Callable[[], int | None],
+    sweep: Callable[[], object],
+    wait_for_work: Callable[[], Awaitable[None]],
+    *,
+    min_gap_s: float,
+) -> NoReturn:
+    """Run `sweep()` when something can be due, and only then: sleep until `next_due_ns()` (at
+    least `min_gap_s` after the last sweep, so a busy table is swept at a bounded rate), or,
+    while nothing is pending (`next_due_ns()` is None), wait for `wait_for_work()` instead of
+    waking on a period. An idle stretch of any length is then one sleep, which a virtual clock
+    crosses in one jump (DESIGN.md §2: periodic tasks are scheduled by their next deadline)."""
+    gap_ns = round(min_gap_s * NS_PER_S)
+    while True:
+        due = next_due_ns()
+        if due is None:
+            await wait_for_work()
+            continue
+        await clock.sleep(max(due - clock.now_ns(), gap_ns) / NS_PER_S)
+        sweep()

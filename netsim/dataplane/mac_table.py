@@ -13,6 +13,7 @@ Time is passed in (`now_ns`), never read here, so the table is deterministic und
 """
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class MacTable(Generic[P]):
         self.aging_ns = int(aging_s * _NS)
         self._by_port: dict[P, OrderedDict[tuple[int, bytes], None]] = {}
         self._last_sweep_ns = -(1 << 62)
+        self._entry_waiter: asyncio.Future[None] | None = None
         #: how many entries were evicted to make room, aged out, and moves refused by a lock
         self.evictions = 0
         self.expirations = 0
@@ -109,6 +111,11 @@ class MacTable(Generic[P]):
             self._make_room(now_ns)
         if lru is None:
             lru = self._by_port[port] = OrderedDict()
+            w = self._entry_waiter
+            if w is not None:  # the aging task waits for a first entry
+                self._entry_waiter = None
+                if not w.done():
+                    w.set_result(None)
         ne = _Entry(port, now_ns, lru)
         if garp:
             ne.locked_until_ns = now_ns + int(GARP_LOCK_S * _NS)
@@ -126,6 +133,22 @@ class MacTable(Generic[P]):
             self.expirations += 1
             return None
         return e.port
+
+    def next_expiry_ns(self) -> int | None:
+        """When the least recently seen entry ages out (None if the table is empty). Each port's
+        entries are kept least recently seen first, so this costs one look per port."""
+        table = self._table
+        oldest = min((table[next(iter(lru))].last_ns for lru in self._by_port.values()),
+                     default=None)
+        return None if oldest is None else oldest + self.aging_ns + 1
+
+    async def wait_for_entry(self) -> None:
+        """Return once the table holds an entry (at once if it does)."""
+        while not self._table:
+            w = self._entry_waiter
+            if w is None or w.done():
+                w = self._entry_waiter = asyncio.get_running_loop().create_future()
+            await w
 
     def expire(self, now_ns: int) -> int:
         """Remove every aged-out entry; returns how many."""

@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from netsim.clock import Clock, RealClock
+from netsim.clock import Clock, RealClock, sweep_by_deadline
 from netsim.dataplane.policy import TeamingPolicy
 from netsim.dataplane.port import Pif, Port, Vif, VlanPif, VmPort, VNic
 from netsim.dataplane.switch import Bridge, PhysicalSwitch, PortGroup, StandardSwitch
@@ -554,15 +554,14 @@ class Fabric:
         self._start(self._age(sw), f"mac aging {sw.name}")
 
     async def _age(self, sw: Bridge) -> None:
-        """Sweep `sw`'s MAC table every aging/`AGING_SWEEPS` seconds of the fabric's clock, so
-        the table's memory follows the live stations (lookups also expire entries lazily; the
-        frame path pays nothing for the sweep)."""
+        """Expire `sw`'s MAC table entries as they age out, by the fabric's clock: the task
+        sleeps until the oldest entry can expire (at most every aging/`AGING_SWEEPS` seconds)
+        and not at all while the table is empty, so idle time costs nothing (lookups also
+        expire entries lazily; the frame path pays nothing for the sweep)."""
         table = sw.mac_table
-        interval = table.aging_s / AGING_SWEEPS
-        sleep, now = self.clock.sleep, self.clock.now_ns
-        while True:
-            await sleep(interval)
-            table.expire(now())
+        now = self.clock.now_ns
+        await sweep_by_deadline(self.clock, table.next_expiry_ns, lambda: table.expire(now()),
+                                table.wait_for_entry, min_gap_s=table.aging_s / AGING_SWEEPS)
 
     async def __aenter__(self) -> Fabric:
         self.running = True

@@ -18,6 +18,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -375,7 +376,9 @@ class ScenarioRun:
             if s.speed is not None:
                 if first is None:
                     first = ts
-                target = base + round((ts - first) / s.speed)
+                # exact integer ns: a float quotient loses nanoseconds after a jump of years
+                target = base + (ts - first if s.speed == 1.0
+                                 else round(Fraction(ts - first) / Fraction(s.speed)))
                 if target > clock.now_ns():
                     await clock.sleep_until(target)
                 if self.realtime:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from netsim.clock import Clock
+from netsim.clock import Clock, sweep_by_deadline
 from netsim.dataplane.policy import LoadBalancing, SecurityPolicy, ShapingPolicy, TeamingPolicy
 from netsim.dataplane.port import Pif, VmPort
 from netsim.dataplane.switch import PortGroup, StandardSwitch
@@ -64,6 +64,7 @@ class RemoteMacTable:
         self.aging_ns = int(aging_s * NS)
         self._by_host: dict[str, collections.OrderedDict[tuple[int, bytes], int]] = {}
         self._where: dict[tuple[int, bytes], str] = {}
+        self._entry_waiter: asyncio.Future[None] | None = None
         self.evictions = 0
         self.moves = 0
         self.expirations = 0
@@ -80,6 +81,11 @@ class RemoteMacTable:
             self.moves += 1
         elif old is None and len(self._where) >= self.capacity:
             self._evict()
+        w = self._entry_waiter
+        if w is not None and not self._where:  # the aging task waits for a first entry
+            self._entry_waiter = None
+            if not w.done():
+                w.set_result(None)
         entries = self._by_host.setdefault(host, collections.OrderedDict())
         entries[key] = self.clock.now_ns()
         entries.move_to_end(key)
@@ -90,6 +96,20 @@ class RemoteMacTable:
         key, _ = self._by_host[host].popitem(last=False)
         del self._where[key]
         self.evictions += 1
+
+    def next_expiry_ns(self) -> int | None:
+        """When the least recently seen entry ages out (None if the table is empty)."""
+        oldest = min((next(iter(e.values())) for e in self._by_host.values() if e),
+                     default=None)
+        return None if oldest is None else oldest + self.aging_ns + 1
+
+    async def wait_for_entry(self) -> None:
+        """Return once the table holds an entry (at once if it does)."""
+        while not self._where:
+            w = self._entry_waiter
+            if w is None or w.done():
+                w = self._entry_waiter = asyncio.get_running_loop().create_future()
+            await w
 
     def expire(self) -> int:
         """Drop every entry not seen for longer than the aging time; returns how many.
@@ -438,12 +458,12 @@ class ProxyLink:
         return self
 
     async def _age(self) -> None:
-        """Sweep the remote MAC table every quarter of its aging time, as the fabric sweeps
-        the switches' tables, so it holds only stations still heard from."""
-        interval = self.remote.aging_ns / NS / 4
-        while True:
-            await self.clock.sleep(interval)
-            self.remote.expire()
+        """Expire the remote MAC table's entries as they age out (at most every quarter of
+        the aging time, not at all while it is empty), as the fabric does for the switches'
+        tables, so it holds only stations still heard from and idle time costs nothing."""
+        r = self.remote
+        await sweep_by_deadline(self.clock, r.next_expiry_ns, r.expire, r.wait_for_entry,
+                                min_gap_s=r.aging_ns / NS / 4)
 
     async def __aexit__(
         self,
