@@ -723,7 +723,8 @@ class HostPlane:
         if link is not None:
             await link.set_vlans(vlans)
         c.applied += 1
-        self.on_event(f"runs {config.name} v{config.version} (VLANs {sorted(vlans)})")
+        self.on_event(f"runs {config.name} v{config.version} (VLANs with ports: "
+                      f"{sorted(vlans) if vlans else 'none yet'})")
         await self.report()
         self._applied.set()
 
@@ -731,6 +732,7 @@ class HostPlane:
         """Local ports changed (a VM came or left): follow the new VLAN set and report it."""
         if self.vlans.get(vds) != vlans:
             self.vlans[vds] = vlans
+            self.on_event(f"{vds}: VLANs with ports {sorted(vlans)}")
             link = self.links.get(vds)
             if link is not None:
                 await link.set_vlans(vlans)

@@ -27,13 +27,21 @@ from netsim.lab.topology import Topology, load_topology
 from netsim.vds.dswitch import ManagementPlane
 from netsim.vds.host import HostAgent, host_plan, vds_from_topology
 from netsim.vds.transport.bus import Bus, DropPolicy
-from netsim.vds.transport.claim import ClaimWatch, HostClaim, check_host_free
+from netsim.vds.transport.claim import (
+    ClaimWatch,
+    HostClaim,
+    HostConflictError,
+    check_host_free,
+)
 from netsim.vds.transport.memory import MemoryBroker, MemoryBus
 from netsim.vds.transport.mqtt import BrokerSettings, MqttBus
 from netsim.vds.transport.topics import Topics
 from netsim.vds.vdsconfig import VdsConfig
 
+#: diagnostics and progress (what a host is doing, what it waits for) go to stderr ...
 console = Console(stderr=True)
+#: ... and the results a command was run for go to stdout, so they can be piped and parsed
+results = Console(soft_wrap=True, highlight=False)
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,8 @@ async def run_host(
         for vm, nics in plan.vms.items():
             await agent.add_vm(vm, nics, domid=plan.domids[vm], **plan.guests[vm])
         running = agent.plane.running[vds.name].version
-        console.print(f"{name}: {len(plan.vms)} VMs on {vds.name} v{running}; "
+        vlans = sorted(agent.plane.vlans.get(vds.name, ()))
+        console.print(f"{name}: {len(plan.vms)} VMs on {vds.name} v{running} (VLANs {vlans}); "
                       "Ctrl-C or SIGTERM to leave")
         waiter = asyncio.create_task(stop.wait())
         taken = asyncio.create_task(watch.superseded.wait())
@@ -155,7 +164,7 @@ async def push_config(
             current = VdsConfig.from_json(raw, source=topics.vds_config(vds.name))
             mp.configs[vds.name] = current
             if replace(vds, version=current.version) == current:
-                console.print(f"{vds.name}: unchanged, v{current.version}")
+                results.print(f"{vds.name}: unchanged, v{current.version}")
                 vds = current
             else:
                 vds = await mp.publish(replace(vds, version=current.version + 1))
@@ -164,8 +173,10 @@ async def push_config(
         if wait_s:
             t0 = time.monotonic()
             await mp.wait_applied(vds.name, vds.version, within_s=wait_s)
-            console.print(f"{vds.name} v{vds.version} runs on {', '.join(sorted(vds.hosts))} "
+            results.print(f"{vds.name} v{vds.version} runs on {', '.join(sorted(vds.hosts))} "
                           f"({(time.monotonic() - t0) * 1000:.0f} ms)")
+        else:
+            results.print(f"{vds.name} v{vds.version} published (not waiting for the hosts)")
     return vds
 
 
@@ -195,7 +206,7 @@ async def migrate_vm(vm: str, to: str, lab: Lab, *, within_s: float = 10.0) -> f
         if mp.peers.host_of_vm(vm) != to:
             raise ConfigError(f"{to} refused {vm}: {mp.peers.hosts[to].migration_error}")
         took = time.monotonic() - t0
-        console.print(f"{vm}: {src} → {to} in {took * 1000:.0f} ms")
+        results.print(f"{vm}: {src} → {to} in {took * 1000:.0f} ms")
         return took
 
 
@@ -235,6 +246,8 @@ async def run_local(
     vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
     topics = lab.topics
     memory = MemoryBroker() if lab.settings is None else None
+    if memory is None:
+        await _refuse_live_hosts(lab, [h.name for h in topo.hosts])
 
     def make(cid: str, presence: str | None = None) -> Bus:
         if memory is not None:
@@ -276,6 +289,25 @@ async def run_local(
         results["counters"] = {n: a.counters() for n, a in agents.items()}
         results["ports"] = {n: fab.counters() for n, fab in fabrics.items()}
     return results
+
+
+async def _refuse_live_hosts(lab: Lab, names: list[str]) -> None:
+    """Refuse (one HostConflictError naming them all) to run in-process hosts whose names a
+    live `hvsim host` process already runs in this fabric: the same claim check `hvsim host`
+    makes, so a local run never marks live hosts offline nor lets a second instance in."""
+    claim = HostClaim.new()
+    conflicts: list[str] = []
+    async with _bus(lab, f"local-probe-{claim.instance}") as probe:
+        for name in names:
+            try:
+                await check_host_free(probe, lab.topics, name, claim)
+            except HostConflictError as exc:
+                conflicts.append(str(exc).split(": stop it")[0])
+    if conflicts:
+        raise HostConflictError(
+            f"{'; '.join(conflicts)}: this command runs every host of the topology itself and "
+            f"would take them over; stop them, or run it with another --fabric"
+        )
 
 
 async def _ping_all(topo: Topology, agents: dict[str, HostAgent]) -> list[dict[str, Any]]:

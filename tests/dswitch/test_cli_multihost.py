@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -58,13 +59,13 @@ async def test_hosts_as_processes_push_migrate_and_a_killed_host_goes_down(mqtt_
                                            what="three hosts online")
                     r = await asyncio.to_thread(hvsim, "vds-push", "--broker", url, TOPO)
                     assert r.returncode == 0, r.stderr
-                    assert "dvs1 v1 runs on esx1, esx2, esx3" in r.stderr
+                    assert "dvs1 v1 runs on esx1, esx2, esx3" in r.stdout  # a result: stdout
                     await peers.wait_until(lambda: peers.host_of_vm("app2") == "esx2",
                                            within_s=T, what="VMs plugged")
                     r = await asyncio.to_thread(hvsim, "migrate", "app2", "--to", "esx3",
                                                 "--broker", url)
                     assert r.returncode == 0, r.stderr
-                    assert "app2: esx2 → esx3" in r.stderr
+                    assert "app2: esx2 → esx3" in r.stdout
                     assert peers.host_of_vm("app2") == "esx3"
                     r = await asyncio.to_thread(hvsim, "migrate", "nosuchvm", "--to", "esx1",
                                                 "--broker", url)
@@ -230,3 +231,87 @@ def test_a_host_still_waiting_for_its_configuration_leaves_on_sigterm(mqtt_broke
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_multihost_never_takes_over_live_hosts_and_results_go_to_stdout(
+        mqtt_broker) -> None:
+    """The README's order: three `hvsim host` processes, then `hvsim multihost` on the same
+    broker. It must refuse (one line, exit 2) instead of marking the live hosts offline and
+    letting a second `hvsim host --name esx1` take esx1 over; vds-push and migrate print their
+    results on stdout; a host logs the VLANs `hvsim hosts` shows."""
+    url = mqtt_broker.url
+    topics = Topics("lab")
+    procs = {
+        h: subprocess.Popen(  # noqa: ASYNC220 - returns at once
+            [*HVSIM, "host", "--name", h, "--broker", url, TOPO],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for h in ("esx1", "esx2", "esx3")
+    }
+    try:
+        async with MqttBus(mqtt_broker.settings(), client_id="observer") as bus:
+            peers = Peers(topics)
+            async with bus.subscribe(topics.all_presence, qos=1) as pres, \
+                    bus.subscribe(topics.all_status, qos=1) as stat:
+                async def one(sub) -> None:
+                    async for m in sub:
+                        peers.handle(m)
+
+                task = asyncio.gather(one(pres), one(stat))
+                try:
+                    await peers.wait_until(lambda: peers.online() == set(procs), within_s=T,
+                                           what="three hosts online")
+                    r = await asyncio.to_thread(hvsim, "vds-push", "--broker", url, TOPO)
+                    assert r.returncode == 0, r.stderr
+                    assert r.stdout.startswith("dvs1 v1 runs on esx1, esx2, esx3 (")
+                    assert "runs on" not in r.stderr
+                    await peers.wait_until(lambda: peers.host_of_vm("app2") == "esx2",
+                                           within_s=T, what="VMs plugged")
+                    # the in-process run refuses, naming every live host, and touches nothing
+                    r = await asyncio.to_thread(hvsim, "multihost", TOPO, "--broker", url)
+                    assert r.returncode == 2, r.stdout + r.stderr
+                    assert r.stdout == ""
+                    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+                    for h in procs:
+                        assert f"host {h} is already running in fabric lab (pid " in r.stderr
+                    assert "another --fabric" in r.stderr
+                    await asyncio.sleep(1.0)
+                    assert peers.online() == set(procs)  # nobody was marked offline
+                    r = await asyncio.to_thread(hvsim, "run", TOPO, "--broker", url,
+                                                "--out", "/nonexistent-not-used")
+                    assert r.returncode == 2 and "already running" in r.stderr
+                    # and so a second esx1 is still refused, the first one untouched
+                    r = await asyncio.to_thread(hvsim, "host", "--name", "esx1", "--broker",
+                                                url, "--duration", "3", TOPO)
+                    assert r.returncode == 2 and "already running" in r.stderr
+                    # migrate still works (its result on stdout)
+                    r = await asyncio.to_thread(hvsim, "migrate", "app2", "--to", "esx3",
+                                                "--broker", url)
+                    assert r.returncode == 0, r.stderr
+                    assert r.stdout.startswith("app2: esx2 → esx3 in ")
+                    # under its own fabric name the in-process run goes ahead
+                    r = await asyncio.to_thread(hvsim, "multihost", TOPO, "--broker", url,
+                                                "--fabric", "mine")
+                    assert r.returncode == 0, r.stderr
+                    assert "ping between VMs across hosts" in r.stdout
+                    assert peers.online() == set(procs)
+                    # the status `hvsim hosts` shows
+                    assert sorted(peers.hosts["esx1"].vds["dvs1"][1]) == [100, 200]
+                finally:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        logs = {h: " ".join(p.communicate(timeout=15)[1].split()) for h, p in procs.items()}
+        for h, p in procs.items():
+            assert p.returncode == 0, logs[h]
+            assert "taken over" not in logs[h]
+        # what the host says it runs matches what `hvsim hosts` showed
+        assert "esx1: 2 VMs on dvs1 v1 (VLANs [100, 200])" in logs["esx1"]
+        assert "VLANs []" not in logs["esx1"]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=10)
