@@ -40,7 +40,8 @@ class VlanPolicy:
 
     `vlan` is the access VLAN or the native VLAN; `trunks` lists the VLANs a trunk/native port
     carries (empty = all 0-4094). VID 0 is "untagged": a trunk carries it when `trunks` is empty or
-    lists 0, and a frame in VLAN 0 with priority 0 leaves a trunk without a tag.
+    lists 0, a native-tagged/native-untagged port never does (unless its native VLAN is 0, as in
+    OVS), and a frame in VLAN 0 with priority 0 leaves a trunk without a tag.
     """
 
     mode: VlanMode = VlanMode.TRUNK
