@@ -24,10 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from netsim.dataplane.policy import VlanMode, VlanPolicy
 from netsim.dataplane.port import Pif, Port, VlanPif
 from netsim.dataplane.switch import ROLE_BRIDGE, ROLE_UPLINK, ROLE_VM, Bridge, StandardSwitch
+
+if TYPE_CHECKING:
+    from netsim.lab.fabric import Fabric
+    from netsim.lab.topology import Topology
 
 #: stands for "any VLAN not named in any port's configuration" (only trunks of all VLANs and VGT
 #: ports carry it)
@@ -72,6 +77,8 @@ class CheckReport:
     #: per sender: every (port, VLAN as that port reads it) its frames can reach, legitimately
     #: or through a hole
     reach: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
+    #: what each port named in a hole is: "port group Db" for a VM's port, else its VLAN mode
+    what: dict[str, str] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -88,11 +95,12 @@ class CheckReport:
             groups.setdefault((h.exposed_at, h.exposed_vlan, h.entering), []).append(h)
         out = []
         for (exposed, xvlan, entering), hs in sorted(groups.items()):
-            senders = sorted({f"{h.source} ({h.how})" for h in hs})
+            senders = sorted({f"{h.source} ({self._what(h.source)}{h.how})" for h in hs})
             into = sorted({h.into_vlan for h in hs})
             victims = sorted({v for h in hs for v in h.victims})
             vl = ", ".join("any other VLAN" if v == OTHER else str(v) for v in into)
-            vic = ", ".join(f"{p} (VLAN {'other' if v == OTHER else v})" for p, v in victims)
+            vic = ", ".join(f"{p} ({self._what(p)}VLAN {'other' if v == OTHER else v})"
+                            for p, v in victims)
             out.append(
                 f"VLAN hole: {_vlan_name(xvlan)} leaves {exposed} untagged into {entering} "
                 f"({hs[0].entering_mode}), which classifies by the next tag: a frame sent with "
@@ -101,6 +109,10 @@ class CheckReport:
             )
         out.append(GUIDANCE + ".")
         return out
+
+    def _what(self, path: str) -> str:
+        w = self.what.get(path)
+        return f"{w}, " if w else ""
 
 
 def _vlan_name(v: int) -> str:
@@ -283,6 +295,11 @@ def _injections(p: Port, candidates: Sequence[int]) -> list[tuple[int, str]]:
     return out
 
 
+def _describe(p: Port) -> str:
+    group = getattr(p, "sw_group", None) if p.sw_role == ROLE_VM else None
+    return f"port group {group.name}" if group is not None else p.sw_vlan.describe()
+
+
 class _HoleSink:
     """Records a sender's holes once each, and what they let it reach."""
 
@@ -311,6 +328,7 @@ def find_holes(switches: Iterable[Bridge], links: Iterable[tuple[Port, Port]]) -
     """
     net = _Net(switches, links)
     report = CheckReport()
+    report.what = {p.path: _describe(p) for sw in net.switches for p in net.endpoints(sw)}
     for sw in net.switches:
         for src in net.endpoints(sw):
             if src.sw_role == ROLE_VM and src.sw_vlan.mode is VlanMode.TRUNK:
@@ -349,20 +367,16 @@ def find_holes(switches: Iterable[Bridge], links: Iterable[tuple[Port, Port]]) -
     return report
 
 
-def fabric_parts(fab: object) -> tuple[list[Bridge], list[tuple[Port, Port]]]:
+def fabric_parts(fab: Fabric) -> tuple[list[Bridge], list[tuple[Port, Port]]]:
     """The switches (physical and every host's) and the cables of a `Fabric`."""
-    switches: list[Bridge] = list(fab.switches.values())  # type: ignore[attr-defined]
-    for host in fab.hosts.values():  # type: ignore[attr-defined]
+    switches: list[Bridge] = list(fab.switches.values())
+    for host in fab.hosts.values():
         switches.extend(host.switches.values())
-    links = [(lk.a, lk.b) for lk in fab.links]  # type: ignore[attr-defined]
-    return switches, links
+    return switches, [(lk.a, lk.b) for lk in fab.links]
 
 
-def check_topology(topo: object) -> CheckReport:
+def check_topology(topo: Topology) -> CheckReport:
     """`find_holes` over the fabric a `Topology` builds (nothing is started)."""
     from netsim.lab.lab import build_fabric
 
-    fab = build_fabric(topo)  # type: ignore[arg-type]
-    return find_holes(*fabric_parts(fab))
-
-
+    return find_holes(*fabric_parts(build_fabric(topo)))

@@ -98,6 +98,34 @@ physical:
 """
 
 
+#: XenServer: vm7 on xen1's untagged network; the switch port puts xen1's untagged frames in
+#: native VLAN 1 and also trunks 5. A priority tag over 5 leaves eth0 as [5] (VLAN 0 leaves the
+#: bridge untagged), enters VLAN 5, and reaches xen2's eth0.5 network.
+XEN = """\
+name: xen
+hosts:
+  xen1:
+    type: xen
+    pifs: {eth0: {}}
+    switches: {xenbr0: {uplinks: [eth0]}}
+    networks: {lan: {switch: xenbr0}}
+    vms:
+      vm7: {vifs: [{network: lan, ip: 10.0.1.7/24}]}
+  xen2:
+    type: xen
+    pifs: {eth0: {}}
+    switches: {xenbr0: {uplinks: [eth0]}}
+    networks: {vlan5: {switch: xenbr0, vlan: 5}}
+    vms:
+      vm1: {vifs: [{network: vlan5, ip: 10.0.5.1/24}]}
+physical:
+  trunk:
+    ports:
+      xen1.eth0: {mode: native-untagged, vlan: 1, vlans: [1, 5]}
+      xen2.eth0: {mode: trunk, vlans: [5]}
+"""
+
+
 def _hvsim(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "netsim", *args], capture_output=True,
                           text=True, timeout=120)
@@ -113,8 +141,9 @@ def test_check_names_the_hole_its_ports_and_vlans_and_exits_1(tmp_path: Path) ->
     assert first.startswith("VLAN hole: VLAN 10 leaves core/esx2.vmnic0 untagged into "
                             "esx2/vmnic0 (trunk all)")
     assert "lands in VLAN 20" in first
-    assert "Senders: esx1/web1.eth0 (priority tag over a tag of its choice)" in first
-    assert "Delivered to: esx2/db2.eth0 (VLAN 20)" in first
+    assert ("Senders: esx1/web1.eth0 (port group Web, priority tag over a tag of its choice)"
+            in first)
+    assert "Delivered to: esx2/db2.eth0 (port group Db, VLAN 20)" in first
     assert "web2" not in first  # same VLAN number: not a crossing
     assert guidance == GUIDANCE + "."
     assert "native" in guidance and "VGT" in guidance
@@ -152,6 +181,10 @@ def test_est_guest_in_a_native_vlan_and_vgt_guest_are_found() -> None:
     assert {(h.source, h.exposed_at, h.into_vlan, h.victims) for h in vgt.holes} == {
         ("esx1/router.eth0", "core/esx2.vmnic0", 20, (("esx2/db.eth0", 20),))}
     assert vgt.vgt_ports == ["esx1/router.eth0"]
+    xen = check_topology(parse_topology(XEN, "xen.yaml"))
+    assert {(h.source, h.exposed_at, h.exposed_vlan, h.entering, h.into_vlan, h.victims)
+            for h in xen.holes} == {
+        ("xen1/vif1.0", "xen1/eth0", 0, "trunk/xen1.eth0", 5, (("xen2/vif1.0", 0),))}
 
 
 @pytest.mark.parametrize(("text", "sender", "victim", "frame_tags"), [
@@ -159,6 +192,7 @@ def test_est_guest_in_a_native_vlan_and_vgt_guest_are_found() -> None:
     (HOLE, "web1", "db2", "88a8 0000 8100 0014"),  # an 802.1ad priority tag does the same
     (EST, "guest", "vault", "8100 0000 8100 0028"),
     (VGT, "router", "db", "8100 000a 8100 0014"),  # VGT: VLAN 10 over 20
+    (XEN, "vm7", "vm1", "8100 0000 8100 0005"),  # through xen2's VLAN PIF eth0.5
 ])
 async def test_the_data_plane_delivers_along_the_hole_check_names(
         text: str, sender: str, victim: str, frame_tags: str) -> None:
