@@ -174,6 +174,20 @@ class _Net:
                 if isinstance(p, VlanPif):
                     vlans.add(p.vid)
         self.candidates = [*sorted(v for v in vlans if 0 < v < 4095), OTHER]
+        self._choices: dict[Port, list[int]] = {}
+
+    def choices(self, b: Port) -> list[int]:
+        """The tags worth trying as outermost at `b`: a VLAN PIF's, or a VLAN some other port
+        of `b`'s switch carries (a frame in any other VLAN goes nowhere from there)."""
+        c = self._choices.get(b)
+        if c is None:
+            others = [p for p in b.switch.ports.values() if p is not b] if b.switch else []
+            wanted = {v for v in self.candidates
+                      if any(_carries(p.sw_vlan, v) for p in others)}
+            if isinstance(b, Pif):
+                wanted.update(b.vlan_pifs)
+            c = self._choices[b] = [v for v in self.candidates if v in wanted]
+        return c
 
     def wire_end(self, port: Port) -> Port | None:
         """The port at the far end of `port`'s cable (a VLAN PIF's is its parent's)."""
@@ -198,7 +212,7 @@ class _Net:
         if tags:
             outer_options = [(tags[0], tags[1:], stack, False)]
         elif stack:  # the sender's own tag is outermost now: any VLAN it likes, or a prio tag
-            outer_options = [(v, (), True, True) for v in self.candidates]
+            outer_options = [(v, (), True, True) for v in self.choices(b)]
             outer_options.append((0, (), True, False))
         else:
             outer_options = [(None, (), False, False)]
@@ -329,6 +343,11 @@ def find_holes(switches: Iterable[Bridge], links: Iterable[tuple[Port, Port]]) -
     net = _Net(switches, links)
     report = CheckReport()
     report.what = {p.path: _describe(p) for sw in net.switches for p in net.endpoints(sw)}
+    # Closures depend on the switch and VLAN a frame starts in, not on which endpoint sent it
+    # (an endpoint's own port has no cable, so a frame never leaves by it): computed once each.
+    legit_cache: dict[tuple, tuple[set[tuple[Port, int]], set[tuple[Bridge, int]]]] = {}
+    attack_cache: dict[tuple[Bridge, int], tuple[set[_State], list]] = {}
+    landed_cache: dict[tuple, set[tuple[Port, int]]] = {}
     for sw in net.switches:
         for src in net.endpoints(sw):
             if src.sw_role == ROLE_VM and src.sw_vlan.mode is VlanMode.TRUNK:
@@ -337,21 +356,26 @@ def find_holes(switches: Iterable[Bridge], links: Iterable[tuple[Port, Port]]) -
             if not injections:
                 continue
             # what the sender reaches legitimately: plain frames of every VLAN it may use
-            legit_states, _ = net.closure([(sw, v, src, (), False) for v, _ in injections])
-            legit = net.delivered(legit_states)
-            legit_sw = {(s, v) for s, v, *_ in legit_states}
-            reach = {(p.path, v) for p, v in legit}
-            seen_holes: set[tuple] = set()
-            hole = _HoleSink(report, src, reach, seen_holes)
+            key = (sw, tuple(v for v, _ in injections))
+            if key not in legit_cache:
+                legit_states, _ = net.closure([(sw, v, None, (), False) for v, _ in injections])
+                legit_cache[key] = (net.delivered(legit_states),
+                                    {(s, v) for s, v, *_ in legit_states})
+            legit, legit_sw = legit_cache[key]
+            reach = {(p.path, v) for p, v in legit if p is not src}
+            hole = _HoleSink(report, src, reach, set())
             for vid, how in injections:
-                states, hops = net.closure([(sw, vid, src, (), True)])
+                if (sw, vid) not in attack_cache:
+                    attack_cache[sw, vid] = net.closure([(sw, vid, None, (), True)])
+                states, hops = attack_cache[sw, vid]
                 for a, entering, xvlan, into, new in hops:
                     if into == xvlan or (new[0], new[1]) in legit_sw:
                         continue  # same VLAN, or the sender could put a frame there anyway
-                    landed, _ = net.closure([(*new[:4], False)])
+                    start = (*new[:4], False)
+                    if start not in landed_cache:
+                        landed_cache[start] = net.delivered(net.closure([start])[0])
                     hole(how, vid, a, entering, xvlan, into, tuple(sorted(
-                        (p.path, v) for p, v in net.delivered(landed) - legit
-                        if p is not src)))
+                        (p.path, v) for p, v in landed_cache[start] - legit if p is not src)))
                 for s2, x, ingress, rest, stack in states:
                     if not stack or rest:
                         continue
