@@ -173,15 +173,17 @@ def run(
     """
     if traffic not in ("pingall", "none"):
         raise typer.BadParameter(f"--traffic must be pingall or none, not {traffic!r}")
+    from netsim.cli.commands.check import warn_holes
+
     if broker is not None:
         from netsim.cli.commands.distributed import run_with_broker
+        from netsim.lab.topology import load_topology
 
+        warn_holes(load_topology(topology))
         run_with_broker(topology, broker=broker, out=out, user=user,
                         password_file=password_file, tls_ca=tls_ca, fabric=fabric,
                         duration=duration, ping=traffic == "pingall")
         return
-
-    from netsim.cli.commands.check import warn_holes
 
     async def go() -> None:
         lab = _lab(topology, clock)
