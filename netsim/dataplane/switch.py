@@ -21,12 +21,13 @@ NIC teaming (route based on originating virtual port; active/standby; failover o
 and the vSwitch rules: frames from one uplink never go out another, a vNIC that is not
 promiscuous only receives unicast for its own MAC.
 
-Tags are handled as by Open vSwitch (vswitch.xml `vlan_mode`, `other_config:vlan-limit`;
-ofproto-dpif-xlate.c xvlan_input_translate/xvlan_output_translate), as recorded from a real
-OVS 3.1 with the userspace datapath (tests/interop/test_vlan_ovs.py):
-- With the default vlan-limit=1 only the outer tag is a VLAN, and only TPIDs 0x8100 and
-  0x88a8 make one (OVS's eth_type_vlan); a 0x9100 "tag" is an ethertype: the frame is untagged.
-  Inner tags are payload and are never looked at or changed.
+Tags are handled as by Open vSwitch (ovs-vswitchd.conf.db(5), i.e. vswitch.xml: Port
+`vlan_mode`, `tag`, `trunks`; Open_vSwitch `other_config:vlan-limit`), as recorded from a real
+OVS 3.1 with the userspace datapath (tests/interop/test_vlan_ovs.py compares every case):
+- vlan-limit "limits the number of VLAN headers that can be matched ... further VLAN headers
+  will be treated as payload", and its default "is currently 1": only the outer tag is a VLAN.
+  Only TPIDs 0x8100 and 0x88a8 make one; a 0x9100 "tag" is an ethertype, so such a frame is
+  untagged. Inner tags are payload and are never looked at or changed.
 - A priority tag (VID 0) classifies like no tag: the frame joins the port's VLAN. Leaving
   tagged, it gets that VLAN's tag with the arriving PCP and TPID (0x88a8 stays 0x88a8); leaving
   untagged, the tag is removed - exposing an inner tag to the next switch (double tagging).
