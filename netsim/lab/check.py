@@ -96,16 +96,22 @@ class CheckReport:
         out = []
         for (exposed, xvlan, entering), hs in sorted(groups.items()):
             senders = sorted({f"{h.source} ({self._what(h.source)}{h.how})" for h in hs})
-            into = sorted({h.into_vlan for h in hs})
-            victims = sorted({v for h in hs for v in h.victims})
+            into = sorted({h.into_vlan for h in hs}, key=_vlan_order)
+            victims = sorted({v for h in hs for v in h.victims},
+                             key=lambda pv: (pv[0], _vlan_order(pv[1])))
             vl = ", ".join("any other VLAN" if v == OTHER else str(v) for v in into)
             vic = ", ".join(f"{p} ({self._what(p)}VLAN {'other' if v == OTHER else v})"
                             for p, v in victims)
+            if exposed == entering:  # a VLAN-aware endpoint: the guest reads the inner tag
+                where = (f"{_vlan_name(xvlan)} reaches {exposed} ({hs[0].entering_mode}, a "
+                         "guest that reads tags) untagged, so the guest takes the next tag for "
+                         "the VLAN")
+            else:
+                where = (f"{_vlan_name(xvlan)} leaves {exposed} untagged into {entering} "
+                         f"({hs[0].entering_mode}), which classifies by the next tag")
             out.append(
-                f"VLAN hole: {_vlan_name(xvlan)} leaves {exposed} untagged into {entering} "
-                f"({hs[0].entering_mode}), which classifies by the next tag: a frame sent with "
-                f"a tag under its own lands in VLAN {vl}. Senders: {', '.join(senders)}. "
-                f"Delivered to: {vic}."
+                f"VLAN hole: {where}: a frame sent with a tag under its own lands in VLAN "
+                f"{vl}. Senders: {', '.join(senders)}. Delivered to: {vic}."
             )
         out.append(GUIDANCE + ".")
         return out
@@ -113,6 +119,10 @@ class CheckReport:
     def _what(self, path: str) -> str:
         w = self.what.get(path)
         return f"{w}, " if w else ""
+
+
+def _vlan_order(v: int) -> tuple[bool, int]:
+    return (v == OTHER, v)  # "any other VLAN" last
 
 
 def _vlan_name(v: int) -> str:

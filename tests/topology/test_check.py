@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from netsim.lab.check import GUIDANCE, check_topology
+from netsim.lab.check import GUIDANCE, OTHER, check_topology
 from netsim.lab.lab import build_fabric
 from netsim.lab.topology import parse_topology
 from tests.topology.conftest import EXAMPLES
@@ -126,6 +126,27 @@ physical:
 """
 
 
+#: a VGT guest (a router VM that reads tags) and an EST guest on one vSwitch: the EST guest's
+#: priority tag over VLAN 20 reaches the VGT guest untagged (VLAN 0 leaves a VGT port so), and
+#: the router reads VLAN 20
+VGT_READER = """\
+name: reader
+hosts:
+  esx1:
+    type: esxi
+    pifs: {vmnic0: {}}
+    switches: {vSwitch0: {uplinks: [vmnic0]}}
+    port_groups:
+      Plain: {vlan: 0}
+      Trunk: {vlan: 4095}
+      Db: {vlan: 20}
+    vms:
+      guest: {nics: [{network: Plain, ip: 10.0.0.1/24}]}
+      router: {nics: [{network: Trunk, vlan: 20, ip: 10.0.20.1/24}]}
+      db: {nics: [{network: Db, ip: 10.0.20.2/24}]}
+"""
+
+
 def _hvsim(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "netsim", *args], capture_output=True,
                           text=True, timeout=120)
@@ -230,3 +251,18 @@ def test_run_and_replay_warn_on_stderr(tmp_path: Path) -> None:
     r = _hvsim("run", str(f), "--out", str(tmp_path / "out2"), "--traffic", "none",
                "--duration", "0.1")
     assert r.returncode == 0 and "warning" not in r.stderr
+
+
+def test_a_vgt_guest_that_reads_an_exposed_inner_tag_is_reported() -> None:
+    rep = check_topology(parse_topology(VGT_READER, "reader.yaml"))
+    # VLAN 20 (db's), and any VLAN no port names: the router reads whatever tag comes
+    assert {(h.source, h.exposed_at, h.into_vlan, h.victims) for h in rep.holes} == {
+        ("esx1/guest.eth0", "esx1/router.eth0", 20, (("esx1/router.eth0", 20),)),
+        ("esx1/guest.eth0", "esx1/router.eth0", OTHER, (("esx1/router.eth0", OTHER),))}
+    first = rep.lines()[0]
+    assert first.startswith("VLAN hole: VLAN 0 (untagged) reaches esx1/router.eth0 (trunk all, "
+                            "a guest that reads tags) untagged")
+    assert "Senders: esx1/guest.eth0 (port group Plain, priority tag" in first
+    assert "lands in VLAN 20, any other VLAN" in first
+    assert ("Delivered to: esx1/router.eth0 (port group Trunk, VLAN 20), esx1/router.eth0 "
+            "(port group Trunk, VLAN other)") in first
