@@ -311,7 +311,7 @@ def guest_write(
             await front.flush()
 
     asyncio.run(_with_front(socket_path, domid, devid, act))
-    err.print(f"wrote {len(payload)} bytes at {offset}", highlight=False)
+    out.print(f"wrote {len(payload)} bytes at {offset}", highlight=False)  # a result: stdout
 
 
 @guest_app.command("flush")

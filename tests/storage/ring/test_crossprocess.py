@@ -30,9 +30,10 @@ async def test_guest_process_writes_and_reads_through_the_ring(tmp_path: Path) -
         hv.create_domain(1, ram_pages=1024, shared=True)
         back = await hv.attach_vbd(1, disk)
         async with HostServer(hv, sock):
-            rc, _, err = await hvsim("guest", "write", "--socket", sock, "1000",
-                                     "--data", "hello from the guest")
+            rc, out, err = await hvsim("guest", "write", "--socket", sock, "1000",
+                                       "--data", "hello from the guest")
             assert rc == 0, err
+            assert out == "wrote 20 bytes at 1000\n" and err == ""  # results on stdout
             assert disk.read(1000, 20) == b"hello from the guest"
             assert disk.flushes == 1
             out_file = tmp_path / "back.bin"
