@@ -33,11 +33,50 @@ class MetadataSyntaxError(LvmError):
 # --------------------------------------------------------------------------- config tree syntax
 
 @dataclass
+class Extra:
+    """An entry we do not model, kept as LVM2 wrote it so that it is written back unchanged.
+
+    `after`: the last modelled key before it in its section (None: first in the section);
+    `text`: `key = value` as in the source; `tail`: the spacing and comment after it on its
+    line (file layout only); `blank`: a blank line came before it.
+    """
+
+    after: str | None
+    text: str
+    tail: str = ""
+    blank: bool = False
+
+
+@dataclass
+class EntryInfo:
+    """Where an entry came from: its source text, trailing comment and a preceding blank line."""
+
+    text: str
+    tail: str
+    blank: bool
+
+
+@dataclass
 class Section:
     """One `name { ... }` block: ordered (key, value-or-Section) entries."""
 
     name: str
     entries: list[tuple[str, Value | Section]] = field(default_factory=list)
+    info: list[EntryInfo | None] = field(default_factory=list)  # parallel to entries
+
+    def extras(self, known: set[str] | frozenset[str]) -> list[Extra]:
+        """The entries whose keys are not in `known`, anchored to the known key before them."""
+        out: list[Extra] = []
+        after: str | None = None
+        for i, (k, _) in enumerate(self.entries):
+            if k in known:
+                after = k
+                continue
+            inf = self.info[i] if i < len(self.info) else None
+            if inf is None:
+                continue
+            out.append(Extra(after, inf.text, inf.tail, inf.blank))
+        return out
 
     def get(self, key: str, default: object = None) -> object:
         """The first entry named `key`, or `default`."""
@@ -61,7 +100,7 @@ _TOKEN = re.compile(
   | (?P<nl>\n)
   | (?P<comment>\#[^\n]*)
   | (?P<string>"(?:[^"\\\n]|\\.)*")
-  | (?P<number>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?![A-Za-z_]))
+  | (?P<number>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?![A-Za-z0-9_.+\-/@:]))
   | (?P<ident>[A-Za-z0-9_.+\-/@:]+)
   | (?P<punct>[{}\[\]=,])
     """,
@@ -77,8 +116,14 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _tokenize(text: str, source: str) -> list[tuple[str, str, int]]:
-    tokens: list[tuple[str, str, int]] = []
+# A token: (kind, text, line, start offset, end offset).
+Token = tuple[str, str, int, int, int]
+
+
+def _tokenize(text: str, source: str) -> list[Token]:
+    """LVM2's lexer (libdm-config.c): a run of digits is a number only when nothing that may
+    continue a name follows, so `608dec48-a7f6-...`, `12abc` and `1.2.3` are names."""
+    tokens: list[Token] = []
     pos, line = 0, 1
     while pos < len(text):
         m = _TOKEN.match(text, pos)
@@ -88,7 +133,7 @@ def _tokenize(text: str, source: str) -> list[tuple[str, str, int]]:
         if kind == "nl":
             line += 1
         elif kind not in ("ws", "comment"):
-            tokens.append((kind, m.group(), line))
+            tokens.append((kind, m.group(), line, m.start(), m.end()))
         pos = m.end()
     return tokens
 
@@ -99,10 +144,18 @@ def parse_config(text: str, source: str = "<metadata>") -> Section:
     tokens = _tokenize(text, source)
     pos = 0
 
-    def peek() -> tuple[str, str, int]:
-        return tokens[pos] if pos < len(tokens) else ("eof", "", tokens[-1][2] if tokens else 1)
+    def peek() -> Token:
+        return tokens[pos] if pos < len(tokens) else \
+            ("eof", "", tokens[-1][2] if tokens else 1, len(text), len(text))
 
-    def take(kind: str, value: str | None = None) -> tuple[str, str, int]:
+    def info(key_tok: Token, blank: bool) -> EntryInfo:
+        """Source text of the entry that ends with the token before `pos`."""
+        end = tokens[pos - 1][4]
+        eol = text.find("\n", end)
+        eol = len(text) if eol < 0 else eol
+        return EntryInfo(text[key_tok[3]:end], text[end:eol].rstrip(" "), blank)
+
+    def take(kind: str, value: str | None = None) -> Token:
         nonlocal pos
         tok = peek()
         if tok[0] != kind or (value is not None and tok[1] != value):
@@ -113,7 +166,7 @@ def parse_config(text: str, source: str = "<metadata>") -> Section:
         return tok
 
     def scalar() -> int | float | str:
-        kind, val, line = peek()
+        kind, val, line = peek()[:3]
         if kind == "string":
             take("string")
             return _unescape(val[1:-1])
@@ -127,8 +180,11 @@ def parse_config(text: str, source: str = "<metadata>") -> Section:
         if depth > MAX_DEPTH:
             raise MetadataSyntaxError(f"{source}:{peek()[2]}: sections nested deeper than "
                                       f"{MAX_DEPTH}")
+        last_line = tokens[pos - 1][2] if pos else 0
         while True:
-            kind, val, line = peek()
+            key_tok = peek()
+            kind, val, line = key_tok[:3]
+            blank = line > last_line + 1
             if kind == "eof":
                 if closing:
                     raise MetadataSyntaxError(f"{source}:{line}: section {sec.name!r} not closed")
@@ -145,6 +201,7 @@ def parse_config(text: str, source: str = "<metadata>") -> Section:
             if nxt[:2] == ("punct", "{"):
                 pos += 1
                 sec.entries.append((val, body(Section(val), True, depth + 1)))
+                sec.info.append(info(key_tok, blank))
             elif nxt[:2] == ("punct", "="):
                 pos += 1
                 if peek()[:2] == ("punct", "["):
@@ -161,8 +218,10 @@ def parse_config(text: str, source: str = "<metadata>") -> Section:
                     sec.entries.append((val, items))
                 else:
                     sec.entries.append((val, scalar()))
+                sec.info.append(info(key_tok, blank))
             else:
                 raise MetadataSyntaxError(f"{source}:{nxt[2]}: expected '=' or '{{' after {val!r}")
+            last_line = tokens[pos - 1][2]
 
     return body(Section(""), False)
 
@@ -182,8 +241,7 @@ class PhysicalVolume:
     status: list[str] = field(default_factory=lambda: ["ALLOCATABLE"])
     flags: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
-    ba_start: int = 0
-    ba_size: int = 0
+    extras: list[Extra] = field(default_factory=list)  # device_id, ba_start... kept as written
 
 
 @dataclass
@@ -208,6 +266,7 @@ class Segment:
     zero_new_blocks: bool = True
     thin_pool: str = ""
     device_id: int = 0
+    extras: list[Extra] = field(default_factory=list)
 
     @property
     def end_extent(self) -> int:
@@ -229,6 +288,7 @@ class LogicalVolume:
     allocation_policy: str = ""
     read_ahead: int | None = None
     segments: list[Segment] = field(default_factory=list)
+    extras: list[Extra] = field(default_factory=list)  # lock_args, major/minor... as written
 
     @property
     def extent_count(self) -> int:
@@ -258,6 +318,7 @@ class VgMetadata:
     allocation_policy: str = ""
     profile: str = ""
     metadata_copies: int = 0
+    extras: list[Extra] = field(default_factory=list)
 
     def pv(self, name: str) -> PhysicalVolume:
         """The PV named `pvN`, or LvmError."""
@@ -317,6 +378,22 @@ def _opt(sec: Section, key: str, typ: type, default: object, where: str) -> obje
 
 
 _KNOWN_SEG_TYPES = ("striped", "snapshot", "thin-pool", "thin")
+_SEG_KEYS = {
+    "striped": {"stripe_count", "stripe_size", "stripes"},
+    "snapshot": {"chunk_size", "origin", "cow_store", "merging_store"},
+    "thin-pool": {"metadata", "pool", "transaction_id", "chunk_size", "discards",
+                  "zero_new_blocks"},
+    "thin": {"thin_pool", "transaction_id", "device_id", "origin"},
+}
+_SEG_COMMON = {"start_extent", "extent_count", "type", "tags"}
+_VG_KEYS = frozenset({"id", "seqno", "format", "status", "flags", "tags", "system_id",
+                      "lock_type", "lock_args", "extent_size", "max_lv", "max_pv",
+                      "allocation_policy", "profile", "metadata_copies", "physical_volumes",
+                      "logical_volumes"})
+_PV_KEYS = frozenset({"id", "device", "status", "flags", "tags", "dev_size", "pe_start",
+                      "pe_count"})
+_LV_KEYS = frozenset({"id", "status", "flags", "tags", "creation_time", "creation_host",
+                      "allocation_policy", "read_ahead", "segment_count"})
 
 
 def _segment(sec: Section, where: str) -> Segment:
@@ -379,6 +456,7 @@ def _segment(sec: Section, where: str) -> Segment:
                 raise LvmError(f"{w}: thin {unsupported} is not supported")
     else:
         raise LvmError(f"{w}: segment type {seg_type!r} is not supported (only {_KNOWN_SEG_TYPES})")
+    seg.extras = sec.extras(_SEG_COMMON | _SEG_KEYS[seg_type])
     return seg
 
 
@@ -402,6 +480,7 @@ def vg_from_section(sec: Section, where: str = "<metadata>") -> VgMetadata:
         allocation_policy=str(_opt(sec, "allocation_policy", str, "", w)),
         profile=str(_opt(sec, "profile", str, "", w)),
         metadata_copies=int(_opt(sec, "metadata_copies", int, 0, w)),
+        extras=sec.extras(_VG_KEYS),
     )
     if vg.extent_size <= 0:
         raise LvmError(f"{w}: extent_size must be positive")
@@ -422,8 +501,7 @@ def vg_from_section(sec: Section, where: str = "<metadata>") -> VgMetadata:
             dev_size=int(_req(p, "dev_size", int, pw)),
             pe_start=int(_req(p, "pe_start", int, pw)),
             pe_count=int(_req(p, "pe_count", int, pw)),
-            ba_start=int(_opt(p, "ba_start", int, 0, pw)),
-            ba_size=int(_opt(p, "ba_size", int, 0, pw)),
+            extras=p.extras(_PV_KEYS),
         ))
     lvs = sec.get("logical_volumes")
     if isinstance(lvs, Section):
@@ -439,6 +517,8 @@ def vg_from_section(sec: Section, where: str = "<metadata>") -> VgMetadata:
                 creation_host=str(_opt(s, "creation_host", str, "", lw)),
                 allocation_policy=str(_opt(s, "allocation_policy", str, "", lw)),
                 read_ahead=_opt(s, "read_ahead", int, None, lw),  # type: ignore[arg-type]
+                extras=s.extras(_LV_KEYS | {f"segment{i}" for i in
+                                            range(1, len(s.entries) + 1)}),
             )
             count = int(_req(s, "segment_count", int, lw))
             for i in range(1, count + 1):
@@ -513,8 +593,49 @@ class _Writer:
         self.style = style
         self.indent = 0
         self.parts: list[str] = []
+        self._sections: list[list[Extra]] = []  # unwritten extras of each open section
+        self._due: list[Extra] = []  # extras whose anchor was just written
+
+    def enter(self, extras: list[Extra]) -> None:
+        """A section opened: its kept entries go back after the keys they followed."""
+        self._sections.append(list(extras))
+        self._take(None)
+
+    def leave(self) -> None:
+        """Before a section's closing brace: anything not yet written goes last."""
+        rest = self._sections.pop()
+        self._flush(blank_next=False)
+        self._due = rest
+        self._flush(blank_next=False)
+
+    def _take(self, key: str | None) -> None:
+        if self._sections:
+            todo = self._sections[-1]
+            self._due += [e for e in todo if e.after == key]
+            todo[:] = [e for e in todo if e.after != key]
+
+    def _flush(self, *, blank_next: bool) -> None:
+        """Write the due extras; a blank line about to be written goes first if it came first
+        in the source (`blank_next`: the caller is writing that blank line)."""
+        due, self._due = self._due, []
+        for e in due:
+            if e.blank:
+                self.parts.append("\n")
+            if self.style == "raw":
+                self.parts.append(e.text + "\n")
+            else:
+                self.parts.append("\t" * self.indent + e.text + e.tail + "\n")
+        if due and due[0].blank and blank_next:
+            self._skip_nl = True
+
+    _skip_nl = False
 
     def out(self, text: str, comment: str | None = None) -> None:
+        self._flush(blank_next=False)
+        self._emit(text, comment)
+        self._take(text.split(" ", 1)[0])
+
+    def _emit(self, text: str, comment: str | None) -> None:
         if self.style == "raw":
             self.parts.append(text + "\n")
             return
@@ -530,6 +651,10 @@ class _Writer:
         self.parts.append(line + "\n")
 
     def nl(self) -> None:
+        self._flush(blank_next=True)
+        if self._skip_nl:  # the blank line was written before the extras
+            self._skip_nl = False
+            return
         self.parts.append("\n")
 
     def push(self) -> None:
@@ -561,6 +686,7 @@ def _flags(w: _Writer, status: list[str], flags: list[str]) -> None:
 def _segment_text(w: _Writer, vg: VgMetadata, n: int, seg: Segment) -> None:
     w.out(f"segment{n} {{")
     w.push()
+    w.enter(seg.extras)
     w.out(f"start_extent = {seg.start_extent}")
     w.out(f"extent_count = {seg.extent_count}", size_comment(seg.extent_count * vg.extent_size))
     w.nl()
@@ -599,6 +725,7 @@ def _segment_text(w: _Writer, vg: VgMetadata, n: int, seg: Segment) -> None:
             w.out(f'origin = "{seg.origin}"')
     else:
         raise LvmError(f"segment type {seg.type!r} cannot be written")
+    w.leave()
     w.pop()
     w.out("}")
 
@@ -607,6 +734,7 @@ def _lv_text(w: _Writer, vg: VgMetadata, lv: LogicalVolume) -> None:
     w.nl()
     w.out(f"{lv.name} {{")
     w.push()
+    w.enter(lv.extras)
     w.out(f'id = "{lv.id}"')
     _flags(w, lv.status, lv.flags)
     if lv.tags:
@@ -627,6 +755,7 @@ def _lv_text(w: _Writer, vg: VgMetadata, lv: LogicalVolume) -> None:
     w.nl()
     for n, seg in enumerate(lv.segments, 1):
         _segment_text(w, vg, n, seg)
+    w.leave()
     w.pop()
     w.out("}")
 
@@ -634,6 +763,7 @@ def _lv_text(w: _Writer, vg: VgMetadata, lv: LogicalVolume) -> None:
 def _vg_text(w: _Writer, vg: VgMetadata) -> None:
     w.out(f"{vg.name} {{")
     w.push()
+    w.enter(vg.extras)
     w.out(f'id = "{vg.id}"')
     w.out(f"seqno = {vg.seqno}")
     if vg.format is not None:
@@ -645,8 +775,8 @@ def _vg_text(w: _Writer, vg: VgMetadata) -> None:
         w.out(f'system_id = "{_escape(vg.system_id)}"')
     if vg.lock_type:
         w.out(f'lock_type = "{vg.lock_type}"')
-        if vg.lock_args:
-            w.out(f'lock_args = "{vg.lock_args}"')
+    if vg.lock_args:
+        w.out(f'lock_args = "{vg.lock_args}"')
     w.out(f"extent_size = {vg.extent_size}", size_comment(vg.extent_size))
     w.out(f"max_lv = {vg.max_lv}")
     w.out(f"max_pv = {vg.max_pv}")
@@ -663,6 +793,7 @@ def _vg_text(w: _Writer, vg: VgMetadata) -> None:
         w.nl()
         w.out(f"{pv.name} {{")
         w.push()
+        w.enter(pv.extras)
         w.out(f'id = "{pv.id}"')
         w.out(f'device = "{_escape(pv.device)}"', "# Hint only")
         w.nl()
@@ -672,9 +803,7 @@ def _vg_text(w: _Writer, vg: VgMetadata) -> None:
         w.out(f"dev_size = {pv.dev_size}", size_comment(pv.dev_size))
         w.out(f"pe_start = {pv.pe_start}")
         w.out(f"pe_count = {pv.pe_count}", size_comment(vg.extent_size * pv.pe_count))
-        if pv.ba_start and pv.ba_size:
-            w.out(f"ba_start = {pv.ba_start}")
-            w.out(f"ba_size = {pv.ba_size}", size_comment(pv.ba_size))
+        w.leave()
         w.pop()
         w.out("}")
     w.pop()
@@ -690,6 +819,7 @@ def _vg_text(w: _Writer, vg: VgMetadata) -> None:
         w.pop()
         w.out("}")
     w.nl()
+    w.leave()
     w.pop()
     w.out("}")
 
