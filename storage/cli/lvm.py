@@ -23,10 +23,10 @@ from rich.table import Table
 from storage.cli.files import input_size, open_input, open_output
 from storage.cli.progress import progress_bar
 from storage.errors import LvmError
-from storage.lvm import VolumeGroup, list_vgs, pvcreate, scan
+from storage.lvm import VolumeGroup, pvcreate, scan
 from storage.lvm.alloc import free_areas, free_extents
 from storage.lvm.units import human, parse_size
-from storage.lvm.vg import read_mda_text
+from storage.lvm.vg import list_vg_ids, pv_metadata
 
 lvm_app = typer.Typer(
     name="lvm",
@@ -65,10 +65,18 @@ def _split_lv(path: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+def _warn(lines: list[str]) -> None:
+    """LVM2's warnings, on stderr as LVM2 prints them."""
+    for line in lines:
+        sys.stderr.write(f"  WARNING: {line}\n")
+
+
 @contextmanager
-def _vg(name: str, devices: list[str] | None) -> Iterator[VolumeGroup]:
-    vg = VolumeGroup.open(name, _devices(devices))
+def _vg(name: str, devices: list[str] | None, *, vg_id: str | None = None,
+        validate: bool = True) -> Iterator[VolumeGroup]:
+    vg = VolumeGroup.open(name, _devices(devices), vg_id=vg_id, validate=validate)
     try:
+        _warn(vg.warnings)
         yield vg
     finally:
         vg.close()
@@ -114,11 +122,11 @@ def pvs_cmd(devices: DevicesOpt = None, json_out: JsonOpt = False,
     rows = []
     for dev in scan(_devices(devices), writable=False):
         vg_name, psize, pfree = "", dev.label.device_size, dev.label.device_size
-        best = None
-        for h in dev.mdas:
-            got = read_mda_text(dev, h)
-            if got and (best is None or got[0].seqno > best.seqno):
-                best = got[0]
+        best, errors = pv_metadata(dev)
+        if best is None and any("damaged header" not in e for e in errors):
+            # it may hold a VG we cannot read: never shown as free space
+            vg_name, pfree = "[unparsable]", ""
+            _warn([e for e in errors if "damaged header" not in e][:1])
         if best is not None:
             vg_name = best.name
             pv = next((p for p in best.pvs if p.id == dev.uuid), None)
@@ -136,7 +144,7 @@ def pvs_cmd(devices: DevicesOpt = None, json_out: JsonOpt = False,
 @lvm_app.command("vgcreate")
 def vgcreate_cmd(
     vg: Annotated[str, typer.Argument(help="New volume group name.")],
-    pvs: Annotated[list[Path], typer.Argument(help="Physical volumes (from pvcreate).")],
+    pvs: Annotated[list[str], typer.Argument(help="Physical volumes (from pvcreate).")],
     physicalextentsize: Annotated[str, typer.Option(
         "--physicalextentsize", "-s", help="Extent size (default 4m).")] = "4m",
 ) -> None:
@@ -159,12 +167,16 @@ def vgs_cmd(vg: Annotated[str | None, typer.Argument(help="Only this VG.")] = No
 
     Example: hvsim lvm vgs --json
     """
-    names = [vg] if vg else list_vgs(_devices(devices))
+    found = list_vg_ids(_devices(devices))
+    pairs: list[tuple[str, str | None]] = [(n, i) for n, i in found if vg in (None, n)]
+    if vg and not pairs:
+        pairs = [(vg, None)]  # not found: say so as the open says it
     rows = []
-    for name in names:
-        with _vg(name, devices) as g:
+    for name, vg_uuid in pairs:
+        with _vg(name, devices, vg_id=vg_uuid) as g:  # each VG of a shared name, by its UUID
             s = g.summary()
-        rows.append({"vg_name": s.name, "pv_count": str(s.pv_count), "lv_count": str(s.lv_count),
+        rows.append({"vg_uuid": g.meta.id, "vg_name": s.name, "pv_count": str(s.pv_count),
+                     "lv_count": str(s.lv_count),
                      "snap_count": str(s.snap_count), "vg_attr": "wz--n-",
                      "vg_size": str(s.size), "vg_free": str(s.free), "vg_seqno": str(s.seqno),
                      "vg_extent_size": str(s.extent_size)})
@@ -210,7 +222,7 @@ def vgcfgrestore_cmd(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise LvmError(f"{file}: cannot read ({exc.strerror})") from exc
-    with _vg(vg, devices) as g:
+    with _vg(vg, devices, validate=False) as g:  # the current metadata may be what is broken
         g.restore(text, source=str(file), test=test)
         if test:
             console.print(f"{file}: valid metadata for VG {vg} on its PVs; nothing changed "
@@ -455,10 +467,12 @@ def lvs_cmd(vg: Annotated[str | None, typer.Argument(help="Only this VG.")] = No
 
     Example: hvsim lvm lvs vg0 --json
     """
-    names = [vg] if vg else list_vgs(_devices(devices))
+    pairs: list[tuple[str, str | None]] = [
+        (n, i) for n, i in list_vg_ids(_devices(devices)) if vg in (None, n)] or \
+        ([(vg, None)] if vg else [])
     rows = []
-    for vname in names:
-        with _vg(vname, devices) as g:
+    for vname, vg_uuid in pairs:
+        with _vg(vname, devices, vg_id=vg_uuid) as g:
             for lv in g.meta.lvs:
                 name = lv.name
                 if not g.meta.lv_visible(lv):
@@ -565,6 +579,8 @@ def lvwrite_cmd(
     start = parse_size(offset, default_unit="b")
     total = input_size(input_file)
     with open_input(input_file) as src, _vg(vg, devices) as g:
+        if g.write_block:  # duplicate PVs and none can be told to be the real one
+            raise LvmError(g.write_block)
         dev = g.open_lv(name)
         if total is not None and start + total > dev.size:
             raise LvmError(f"{vg}/{name}: {total} bytes at {start} do not fit in the LV's "

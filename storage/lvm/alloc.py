@@ -45,7 +45,26 @@ def used_areas(vg: VgMetadata) -> list[tuple[Area, str]]:
 
 
 def check_consistency(vg: VgMetadata) -> None:
-    """Raise LvmError if two LV areas overlap, an area leaves its PV, or segments have gaps."""
+    """Raise LvmError if two LV areas overlap, an area leaves its PV, or segments have gaps;
+    or, as LVM2's vg_validate() (lib/metadata/metadata.c), if two PVs or two LVs share an id
+    or a name (two LVs with one id would map writes to one of them into the other)."""
+    seen: dict[tuple[str, str], str] = {}
+    for pv in vg.pvs:
+        for key, what in (((("pv-id", pv.id)), f"Duplicate PV id {pv.id} detected for "
+                           f"{pv.name} ({pv.device}) in {vg.name}."),
+                          (("pv-name", pv.name), f"Duplicate PV name {pv.name} detected in "
+                           f"{vg.name}.")):
+            if key in seen:
+                raise LvmError(f"VG {vg.name}: {what}")
+            seen[key] = pv.name
+    for lv in vg.lvs:
+        for key, what in ((("lv-name", lv.name), f"Duplicate LV name {lv.name} detected in "
+                           f"{vg.name}."),
+                          (("lv-id", lv.id), f"Duplicate LV id {lv.id} detected for {lv.name} "
+                           f"in {vg.name}.")):
+            if key in seen:
+                raise LvmError(f"VG {vg.name}: {what}")
+            seen[key] = lv.name
     by_pv: dict[str, list[tuple[Area, str]]] = {p.name: [] for p in vg.pvs}
     for area, owner in used_areas(vg):
         if area.pv not in by_pv:

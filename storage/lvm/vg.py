@@ -87,11 +87,51 @@ def _name_ok(name: str, what: str) -> str:
 
 
 def _device_size(io: RawIO) -> int:
+    if not isinstance(io, FileIO):
+        return io.size()
     fd = os.open(io.name, os.O_RDONLY)
     try:
         return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"))
+
+
+def disk_path(path: str | os.PathLike[str]) -> os.stat_result:
+    """Stat a path meant as a PV; LvmError (one line) unless it is a regular file or block
+    device. Checked before opening: opening a FIFO blocks, reading a directory fails."""
+    p = str(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise LvmError(f"{p}: no such file") from None
+    except OSError as exc:
+        raise LvmError(f"{p}: cannot use it ({exc.strerror})") from exc
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+        raise LvmError(f"{p}: is {kind}, not a disk (a physical volume is a regular file or a "
+                       "block device)")
+    return st
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    """What makes two paths one device: LVM2 compares devices (major:minor), not names; for
+    files that is (st_dev, st_ino), for block devices the device number."""
+    return (-1, st.st_rdev) if stat.S_ISBLK(st.st_mode) else (st.st_dev, st.st_ino)
+
+
+def refuse_repeats(paths: Iterable[str]) -> None:
+    """LvmError if two of `paths` are the same device (`p.img` and `./p.img`, hard links)."""
+    seen: dict[tuple[int, int], str] = {}
+    for p in paths:
+        key = _identity(disk_path(p))
+        if key in seen:
+            raise LvmError(f"{seen[key]} and {p} are the same device; a physical volume may be "
+                           "listed only once")
+        seen[key] = p
 
 
 # ----------------------------------------------------------------------------- PVs
@@ -141,11 +181,12 @@ def pvcreate(path: str | os.PathLike[str], *, size: int | None = None, metadata_
     own = io is None
     if io is None:
         if size is not None:
-            if os.path.exists(path):
+            if os.path.lexists(path):
                 raise LvmError(f"{path}: already exists (pvcreate without --size uses it as is)")
             io = FileIO(path, create=True)
             io.truncate(size)
         else:
+            disk_path(path)
             io = FileIO(path)
     try:
         dev_size = size if size is not None else _device_size(io)
@@ -188,23 +229,66 @@ def read_pv(io: RawIO, path: str) -> PvDevice:
     return dev
 
 
-def read_mda_text(dev: PvDevice, h: MdaHeader) -> tuple[VgMetadata, TextHeader, bytes] | None:
-    """The committed VG in one metadata area, or None if absent or damaged."""
-    if h.version == 0 or not h.locns or h.locns[0].size == 0:
-        return None
+def read_mda(dev: PvDevice, h: MdaHeader
+             ) -> tuple[tuple[VgMetadata, TextHeader, bytes] | None, str | None]:
+    """(the committed VG in one metadata area, None) or (None, why it cannot be read); both
+    None when the area holds no metadata (a PV in no VG)."""
+    where = f"{dev.path}: metadata area at {h.start}"
+    if h.version == 0:
+        return None, f"{where}: damaged header"
+    if not h.locns or h.locns[0].size == 0:
+        return None, None
     loc = h.locns[0]
     try:
         text = b"".join(dev.io.pread(off, n) for off, n in circular_read_plan(h, loc))
-        if len(text) != loc.size or lvm_crc(text) != loc.checksum:
-            return None
+    except (LvmError, OSError) as exc:
+        return None, f"{where}: {exc}"
+    if len(text) != loc.size:
+        return None, f"{where}: text cut short ({len(text)} of {loc.size} bytes)"
+    if lvm_crc(text) != loc.checksum:
+        return None, f"{where}: checksum mismatch"
+    try:
         vg, header = parse_text(text, f"{dev.path}@{h.start}")
-    except (LvmError, UnicodeDecodeError):
-        return None
-    return vg, header, text
+    except LvmError as exc:
+        return None, f"metadata cannot be parsed: {exc}"
+    return (vg, header, text), None
+
+
+def read_mda_text(dev: PvDevice, h: MdaHeader) -> tuple[VgMetadata, TextHeader, bytes] | None:
+    """The committed VG in one metadata area, or None if absent or damaged."""
+    return read_mda(dev, h)[0]
+
+
+def pv_metadata(dev: PvDevice) -> tuple[VgMetadata | None, list[str]]:
+    """The newest VG metadata on a PV (None: none readable) and why other copies were not."""
+    best: VgMetadata | None = None
+    errors: list[str] = []
+    for h in dev.mdas:
+        got, err = read_mda(dev, h)
+        if err:
+            errors.append(err)
+        if got is not None and (best is None or got[0].seqno > best.seqno):
+            best = got[0]
+    return best, errors
+
+
+def _refuse_if_used(dev: PvDevice) -> None:
+    """vgcreate/vgextend: a PV that holds VG metadata (or metadata we cannot read, which may
+    be a VG) is never taken."""
+    meta, errors = pv_metadata(dev)
+    if meta is not None:
+        raise LvmError(f"{dev.path}: physical volume already belongs to VG {meta.name}")
+    unreadable = [e for e in errors if "damaged header" not in e]
+    if unreadable:
+        raise LvmError(f"{dev.path}: holds VG metadata that cannot be read, so it may belong to "
+                       f"a VG; not using it ({unreadable[0]})")
 
 
 def _candidates(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Files to scan: named files and block devices, and the files in named directories; one
+    path per device (a file named twice, or also found in its directory, is read once)."""
     out: list[str] = []
+    seen: set[tuple[int, int]] = set()
     for p in paths:
         p = str(p)
         try:
@@ -217,10 +301,15 @@ def _candidates(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
                     cst = child.stat()
                 except OSError:
                     continue
-                if stat.S_ISREG(cst.st_mode) and cst.st_size >= 2 << 20:
+                if stat.S_ISREG(cst.st_mode) and cst.st_size >= 2 << 20 and \
+                        _identity(cst) not in seen:
+                    seen.add(_identity(cst))
                     out.append(str(child))
-        elif stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            out.append(p)
+        else:
+            disk_path(p)  # a FIFO or socket named explicitly is an error, not a silent skip
+            if _identity(st) not in seen:
+                seen.add(_identity(st))
+                out.append(p)
     return out
 
 
@@ -237,6 +326,32 @@ def scan(paths: Iterable[str | os.PathLike[str]], *, writable: bool = True) -> l
         except LvmError:
             io.close()
     return found
+
+
+def _prefer(pv: PhysicalVolume, cands: list[PvDevice]) -> tuple[PvDevice, str | None]:
+    """Which of the devices carrying one PV UUID to use, and why (None: cannot tell).
+
+    LVM2's rules (lvmcache.c, _choose_duplicates), for what exists here: the device whose name
+    the metadata remembers ("device name matches previous"), then the one whose size is what
+    the metadata says ("device size is correct").
+    """
+    if len(cands) == 1:
+        return cands[0], ""
+    for same in (lambda c: os.path.abspath(c.path) == os.path.abspath(pv.device),
+                 lambda c: os.path.basename(c.path) == os.path.basename(pv.device)):
+        hit = [c for c in cands if same(c)]
+        if len(hit) == 1:
+            return hit[0], "device name matches previous"
+    sized = []
+    for c in cands:
+        try:
+            if _device_size(c.io) // SECTOR == pv.dev_size:
+                sized.append(c)
+        except OSError:
+            continue
+    if len(sized) == 1:
+        return sized[0], "device size is correct"
+    return cands[0], None
 
 
 # ----------------------------------------------------------------------------- VGs
@@ -270,6 +385,11 @@ class VolumeGroup:
         self._stores: dict[str, CowStore] = {}
         self._pools: dict[str, ThinPool] = {}
         self._closed = False
+        self.warnings: list[str] = []  # what LVM2 prints as WARNING: when it opens the VG
+        self.duplicate_devices: list[str] = []  # PV copies seen: metadata changes refused
+        self.write_block: str | None = None  # why LV data may not be written (or None)
+        self._short: dict[str, tuple[int, int]] = {}  # pv -> (usable extents, sectors)
+        self._spare: list[PvDevice] = []  # scanned PVs outside the metadata (repair opens)
         self.generation = 0  # bumped by every commit; open LV devices re-resolve on change
         self._watchers: weakref.WeakSet[object] = weakref.WeakSet()
 
@@ -286,6 +406,8 @@ class VolumeGroup:
         sources = [p if hasattr(p, "pread") else str(p) for p in paths]  # type: ignore[misc]
         if not sources:
             raise LvmError("vgcreate needs at least one physical volume")
+        # one device twice would be two PVs on one disk (and flock would wait on itself)
+        refuse_repeats([s for s in sources if isinstance(s, str)])
         devs: dict[str, PvDevice] = {}
         meta = VgMetadata(name=name, id=new_id(rng), seqno=0,
                           extent_size=extent_size // SECTOR)
@@ -297,11 +419,13 @@ class VolumeGroup:
             except LvmError as exc:
                 io.close()
                 raise LvmError(f"{p}: not a physical volume; run pvcreate first ({exc})") from exc
-            for h in dev.mdas:
-                got = read_mda_text(dev, h)
-                if got is not None:
-                    dev.io.close()
-                    raise LvmError(f"{p}: physical volume already belongs to VG {got[0].name}")
+            try:
+                _refuse_if_used(dev)
+            except LvmError:
+                dev.io.close()
+                for d in devs.values():
+                    d.io.close()
+                raise
             dev_bytes = dev.label.device_size
             end = min((m.offset for m in dev.label.metadata_areas if m.offset > dev.pe_start),
                       default=dev_bytes)
@@ -322,9 +446,15 @@ class VolumeGroup:
     @classmethod
     def open(cls, name: str, paths: Iterable[str | os.PathLike[str]], *,
              rng: random.Random | None = None, writable: bool = True,
-             now: Callable[[], int] | None = None) -> VolumeGroup:
-        """Find VG `name` among the PVs in `paths`; the newest valid metadata copy wins."""
-        return cls.from_devices(name, scan(paths, writable=writable), rng=rng, now=now)
+             now: Callable[[], int] | None = None, vg_id: str | None = None,
+             validate: bool = True) -> VolumeGroup:
+        """Find VG `name` among the PVs in `paths`; the newest valid metadata copy wins.
+
+        `vg_id` picks one of several VGs that share the name; `validate=False` opens metadata
+        that fails LVM2's checks (duplicate ids...) so that vgcfgrestore can replace it.
+        """
+        return cls.from_devices(name, scan(paths, writable=writable), rng=rng, now=now,
+                                vg_id=vg_id, validate=validate)
 
     @classmethod
     def open_ios(cls, name: str, ios: Iterable[RawIO], *, rng: random.Random | None = None,
@@ -340,36 +470,122 @@ class VolumeGroup:
 
     @classmethod
     def from_devices(cls, name: str, devs: list[PvDevice], *, rng: random.Random | None = None,
-                     now: Callable[[], int] | None = None) -> VolumeGroup:
-        """Open VG `name` from scanned PVs; the newest valid metadata copy wins."""
-        best: tuple[VgMetadata, TextHeader] | None = None
-        for dev in devs:
-            for h in dev.mdas:
-                got = read_mda_text(dev, h)
-                if got is None or got[0].name != name:
-                    continue
-                if best is None or got[0].seqno > best[0].seqno:
-                    best = (got[0], got[1])
-        if best is None:
+                     now: Callable[[], int] | None = None, vg_id: str | None = None,
+                     validate: bool = True) -> VolumeGroup:
+        """Open VG `name` from scanned PVs; the newest valid metadata copy wins.
+
+        As LVM2 does (lib/cache/lvmcache.c, lib/metadata/metadata.c): metadata is grouped by
+        VG UUID, never by name, and two VGs with one name are refused ("Multiple VGs found
+        with the same name"); of two devices with one PV UUID (a copied PV file) the one whose
+        name the metadata remembers is used, the other never ("Not using device ..."), and the
+        VG's metadata is not changed while the duplicate is visible.
+        """
+        try:
+            return cls._from_devices(name, devs, rng=rng, now=now, vg_id=vg_id,
+                                     validate=validate)
+        except BaseException:
             for d in devs:
                 d.io.close()
-            raise LvmError(f"volume group {name!r} not found (scanned "
-                           f"{len(devs)} PVs; use --devices to say where its PVs are)")
-        meta, header = best
-        by_uuid = {d.uuid: d for d in devs}
-        used: dict[str, PvDevice] = {}
-        for pv in meta.pvs:
-            dev = by_uuid.get(pv.id)
-            if dev is None:
-                for d in devs:
-                    d.io.close()
-                raise LvmError(f"VG {name}: physical volume {pv.id} ({pv.device}) is missing")
-            used[pv.name] = dev
+            raise
+
+    @classmethod
+    def _from_devices(cls, name: str, devs: list[PvDevice], *, rng: random.Random | None,
+                      now: Callable[[], int] | None, vg_id: str | None,
+                      validate: bool) -> VolumeGroup:
+        by_uuid: dict[str, list[PvDevice]] = {}
         for d in devs:
-            if d not in used.values():
-                d.io.close()
-        alloc.check_consistency(meta)
-        return cls(meta, header, used, rng=rng, now=now)
+            by_uuid.setdefault(d.uuid, []).append(d)
+        groups: dict[str, tuple[VgMetadata, TextHeader]] = {}  # VG id -> newest copy
+        holders: dict[str, list[str]] = {}
+        unreadable: list[str] = []
+        for dev in devs:
+            for h in dev.mdas:
+                got, err = read_mda(dev, h)
+                if err and "damaged header" not in err:
+                    unreadable.append(err)
+                if got is None or got[0].name != name:
+                    continue
+                meta = got[0]
+                if dev.path not in holders.setdefault(meta.id, []):
+                    holders[meta.id].append(dev.path)
+                if meta.id not in groups or meta.seqno > groups[meta.id][0].seqno:
+                    groups[meta.id] = (meta, got[1])
+        if vg_id is not None:
+            groups = {k: v for k, v in groups.items() if k == vg_id}
+        if len(groups) > 1:
+            which = " and ".join(f"{i} (on {', '.join(holders[i])})" for i in sorted(groups))
+            raise LvmError(f"Multiple VGs found with the same name: skipping {name}: VG name "
+                           f"{name} is used by VGs {which}; name the PVs of the one you mean "
+                           "with --devices (as LVM2 refuses, lib/metadata/metadata.c)")
+        if not groups:
+            why = f"; {unreadable[0]}" if unreadable else ""
+            raise LvmError(f"volume group {name!r} not found (scanned "
+                           f"{len(devs)} PVs; use --devices to say where its PVs are){why}")
+        meta, header = next(iter(groups.values()))
+        warnings: list[str] = []
+        used: dict[str, PvDevice] = {}
+        dup_paths: list[str] = []
+        ambiguous: list[str] = []
+        for pv in meta.pvs:
+            cands = by_uuid.get(pv.id, [])
+            if not cands:
+                raise LvmError(f"VG {name}: physical volume {pv.id} ({pv.device}) is missing")
+            dev, reason = _prefer(pv, cands)
+            if len(cands) > 1:
+                for other in cands:
+                    if other is not dev:
+                        warnings.append(f"Not using device {other.path} for PV {pv.id}.")
+                dup_paths += [c.path for c in cands]
+                if reason is None:
+                    ambiguous.append(f"PV {pv.id} is on {' and '.join(c.path for c in cands)}")
+                    warnings.append(f"PV {pv.id} is on duplicate devices and none has the name "
+                                    f"the metadata remembers ({pv.device}).")
+                else:
+                    warnings.append(f"PV {pv.id} prefers device {dev.path} because {reason}.")
+            used[pv.name] = dev
+        spare = [d for d in devs if all(d is not u for u in used.values())]
+        if validate:
+            alloc.check_consistency(meta)
+        vg = cls(meta, header, used, rng=rng, now=now)
+        if not validate:  # a repair (vgcfgrestore) may need PVs the damaged metadata lost
+            mine = [d for d in spare if d.uuid not in {u.uuid for u in used.values()}
+                    and (pv_metadata(d)[0] or VgMetadata("", "", 0, 0)).id == meta.id]
+            vg._spare = mine
+            spare = [d for d in spare if all(d is not m for m in mine)]
+        for d in spare:
+            d.io.close()
+        vg.warnings = warnings
+        vg.duplicate_devices = dup_paths
+        if ambiguous:
+            vg.write_block = (f"VG {name}: duplicate PV devices, cannot tell which is real: "
+                              f"{'; '.join(ambiguous)}; refusing to write (remove or hide the "
+                              "copies with --devices)")
+        vg._check_sizes()
+        return vg
+
+    def _check_sizes(self) -> None:
+        """PV files shorter than the metadata says: LVM2's warning; their missing extents are
+        never read, written or allocated ("device is too small")."""
+        for pv in self.meta.pvs:
+            dev = self.devices[pv.name]
+            try:
+                have = _device_size(dev.io) // SECTOR
+            except OSError:
+                continue
+            if have < pv.dev_size:
+                self.warnings.append(
+                    f"Device {dev.path} has size of {have} sectors which is smaller than "
+                    f"corresponding PV size of {pv.dev_size} sectors. Was device resized?")
+                usable = max(0, (have - pv.pe_start) // self.meta.extent_size)
+                self._short[pv.name] = (usable, have)
+
+    def _check_extents(self, pv_name: str, pe: int, count: int, what: str) -> None:
+        short = self._short.get(pv_name)
+        if short is not None and pe + count > short[0]:
+            dev = self.devices[pv_name]
+            raise LvmError(f"{what}: extents {pe}..{pe + count} of {pv_name} lie beyond the end "
+                           f"of {dev.path}: device is too small ({short[1]} sectors, the PV "
+                           f"says {self.meta.pv(pv_name).dev_size})")
 
     def close(self) -> None:
         """Flush and close every PV (idempotent)."""
@@ -378,7 +594,7 @@ class VolumeGroup:
         self._closed = True
         for pool in self._pools.values():
             pool.commit()
-        for d in self.devices.values():
+        for d in {id(d): d for d in [*self.devices.values(), *self._spare]}.values():
             d.close()
 
     def __enter__(self) -> VolumeGroup:
@@ -464,6 +680,10 @@ class VolumeGroup:
 
     def commit(self, description: str = "") -> None:
         """Write the metadata with seqno + 1 into every metadata area, copy by copy."""
+        if self.duplicate_devices:  # LVM2's vg_write() refuses the same way
+            raise LvmError(f"Cannot update volume group {self.name} with duplicate PV devices "
+                           f"({', '.join(self.duplicate_devices)}); remove the copies or leave "
+                           "them out of --devices")
         alloc.check_consistency(self.meta)
         fds = self._lock()
         try:
@@ -482,10 +702,13 @@ class VolumeGroup:
         crc = lvm_crc(text)
         rounds = max(len(d.mdas) for d in self.devices.values())
         for i in range(rounds):
-            for dev in self.devices.values():
+            for pv_name, dev in self.devices.items():
                 if i >= len(dev.mdas):
                     continue
                 h = dev.mdas[i]
+                short = self._short.get(pv_name)
+                if short is not None and h.start + h.size > short[1] * SECTOR:
+                    continue  # that area was cut off with the file's end: never grow the file
                 if h.version == 0:  # damaged header: rewrite it from the label
                     loc = dev.label.metadata_areas[i]
                     h = MdaHeader(start=loc.offset, size=loc.size)
@@ -520,19 +743,22 @@ class VolumeGroup:
         if meta.name != self.name or meta.id != self.meta.id:
             raise LvmError(f"{source}: describes VG {meta.name} ({meta.id}), not {self.name} "
                            f"({self.meta.id})")
+        alloc.check_consistency(meta)  # LVM2's vg_validate: duplicate PV/LV ids and names
         have = {pv.id: pv for pv in self.meta.pvs}
+        # the devices' own labels decide which file is which PV (the current metadata may be
+        # the damaged thing being replaced)
+        by_id = {d.uuid: d for d in [*self.devices.values(), *self._spare]}
         for pv in meta.pvs:
-            cur = have.get(pv.id)
-            if cur is None:
+            dev = by_id.get(pv.id)
+            if dev is None:
                 raise LvmError(f"{source}: physical volume {pv.id} is not in VG {self.name}")
-            if (pv.pe_start, pv.pe_count) != (cur.pe_start, cur.pe_count) or \
-                    meta.extent_size != self.meta.extent_size:
+            cur = have.get(pv.id)
+            if meta.extent_size != self.meta.extent_size or pv.pe_start * SECTOR != \
+                    dev.pe_start or (cur is not None and pv.pe_count != cur.pe_count):
                 raise LvmError(f"{source}: extent layout of {pv.id} differs from the PV's")
-        alloc.check_consistency(meta)
         if test:
             return
-        by_id = {pv.id: name for name, pv in ((n, self.meta.pv(n)) for n in self.devices)}
-        devices = {pv.name: self.devices[by_id[pv.id]] for pv in meta.pvs}
+        devices = {pv.name: by_id[pv.id] for pv in meta.pvs}
         meta.seqno = self.meta.seqno
         self.meta = meta
         self.devices = devices
@@ -541,16 +767,21 @@ class VolumeGroup:
 
     def vgextend(self, path: str | os.PathLike[str] | RawIO) -> str:
         """Add a PV (from pvcreate, in no VG) to this VG; returns its name in the metadata."""
+        if not hasattr(path, "pread"):
+            key = _identity(disk_path(path))  # type: ignore[arg-type]
+            for d in self.devices.values():
+                if isinstance(d.io, FileIO) and _identity(os.stat(d.io.name)) == key:
+                    raise LvmError(f"{path}: already in VG {self.name} (as {d.path})")
         io = path if hasattr(path, "pread") else FileIO(str(path))  # type: ignore[arg-type]
         dev = read_pv(io, io.name)  # type: ignore[arg-type]
         if any(d.uuid == dev.uuid for d in self.devices.values()):
+            io.close()  # type: ignore[union-attr]
             raise LvmError(f"{io.name}: already in VG {self.name}")  # type: ignore[union-attr]
-        for h in dev.mdas:
-            got = read_mda_text(dev, h)
-            if got is not None:
-                io.close()  # type: ignore[union-attr]
-                raise LvmError(f"{dev.path}: physical volume already belongs to VG "
-                               f"{got[0].name}")
+        try:
+            _refuse_if_used(dev)
+        except LvmError:
+            io.close()  # type: ignore[union-attr]
+            raise
         end = min((m.offset for m in dev.label.metadata_areas if m.offset > dev.pe_start),
                   default=dev.label.device_size)
         pe_count = (end - dev.pe_start) // self.extent_bytes
@@ -639,6 +870,9 @@ class VolumeGroup:
             if seg.type != "striped":
                 raise LvmError(f"{self.name}/{name}: {seg.type} segments hold no data extents")
             lv_off = seg.start_extent * ext
+            per = seg.extent_count // max(1, len(seg.stripes))
+            for pv_name, pe in seg.stripes:
+                self._check_extents(pv_name, pe, per, f"{self.name}/{name}")
             if len(seg.stripes) == 1:
                 pv_name, pe = seg.stripes[0]
                 dev = self.devices[pv_name]
@@ -661,7 +895,7 @@ class VolumeGroup:
         lv = next((v for v in self.meta.lvs if v.id == lv_id), None)
         if lv is None:
             raise LvmError(f"{self.name}: logical volume {lv_id} no longer exists")
-        read_only = "WRITE" not in lv.status
+        read_only = "WRITE" not in lv.status or self.write_block is not None
         seg = self.snapshot_segment(lv.name)
         if seg is not None:
             return LvBinding(f"{self.name}/{lv.name}", self._extent_map(seg.origin), read_only,
@@ -716,6 +950,8 @@ class VolumeGroup:
 
     def _zero_areas(self, areas: list[alloc.Area]) -> None:
         ext = self.extent_bytes
+        for a in areas:  # every allocation passes here first: nothing past a short PV's end
+            self._check_extents(a.pv, a.pe, a.count, f"VG {self.name}: allocation")
         for a in areas:
             dev = self.devices[a.pv]
             pv = self.meta.pv(a.pv)
@@ -1136,11 +1372,17 @@ def _host_info(host: str) -> str:
 
 def list_vgs(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     """Names of the VGs whose metadata is on the PVs in `paths`."""
-    names: set[str] = set()
+    return sorted({name for name, _ in list_vg_ids(paths)})
+
+
+def list_vg_ids(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, str]]:
+    """(name, VG UUID) of every VG whose metadata is on the PVs in `paths` (a name may appear
+    with two UUIDs: two different VGs, as LVM2's `vgs` lists them)."""
+    found: set[tuple[str, str]] = set()
     for dev in scan(paths, writable=False):
         for h in dev.mdas:
             got = read_mda_text(dev, h)
             if got is not None:
-                names.add(got[0].name)
+                found.add((got[0].name, got[0].id))
         dev.io.close()
-    return sorted(names)
+    return sorted(found)

@@ -233,7 +233,7 @@ def _rewrite_metadata(pv: Path, change: object) -> None:
 
 
 def test_a_pv_file_shorter_than_its_header_says_is_refused(vg0: Path) -> None:
-    ok(hv(vg0, "lvcreate", "vg0", "big", "-L", "80m"))  # spans into pv1
+    ok(hv(vg0, "lvcreate", "vg0", "big", "-L", "100m"))  # 12 extents on pv1
     with open(vg0 / "pv1.img", "r+b") as f:
         f.truncate(32 * MiB)
     proc = hv(vg0, "lvread", "vg0/big", "-o", "out.raw")
@@ -243,8 +243,9 @@ def test_a_pv_file_shorter_than_its_header_says_is_refused(vg0: Path) -> None:
         in proc.stderr
     # an LV wholly on the intact PV still reads; nothing is allocated past the file's end
     assert ok(hv(vg0, "lvread", "vg0/a", "--length", "4096")) == "A" * 4096
+    ok(hv(vg0, "lvremove", "vg0/big"))
     size = (vg0 / "pv1.img").stat().st_size
-    refused(hv(vg0, "lvcreate", "vg0", "more", "-L", "60m"))
+    assert "device is too small" in refused(hv(vg0, "lvcreate", "vg0", "more", "-L", "60m"))
     assert (vg0 / "pv1.img").stat().st_size == size
 
 
