@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.errors import LvmError
 from storage.lvm import VolumeGroup, pvcreate
 from storage.lvm.textfmt import emit_text, parse_text
 
@@ -301,3 +303,122 @@ def test_lvm2_reads_a_striped_lv_we_created(tmp_path: Path) -> None:
             subprocess.run(["losetup", "--detach", dev], capture_output=True, timeout=30)
     assert rows == [{"lv_name": "wide", "lv_size": str(16 * MiB), "stripes": "2",
                      "stripe_size": str(128 << 10), "segtype": "striped"}]
+
+
+# ----------------------------------------------------------------------------- issue 14
+
+@pytest.fixture
+def loop_files(tmp_path: Path) -> Iterator[tuple[list[Path], list[str]]]:
+    """Three blank 64 MiB files on loop devices (for VGs LVM2 itself creates)."""
+    files = [tmp_path / f"disk{i}.img" for i in range(3)]
+    attached: list[str] = []
+    try:
+        for f in files:
+            with open(f, "wb") as fh:
+                fh.truncate(64 * MiB)
+            proc = subprocess.run(["losetup", "--find", "--show", str(f)], capture_output=True,
+                                  text=True, timeout=30)
+            if proc.returncode != 0:
+                _no_loop_device(proc.stderr)
+            attached.append(proc.stdout.strip())
+        yield files, attached
+    finally:
+        for dev in attached:
+            subprocess.run(["losetup", "--detach", dev], capture_output=True, timeout=30)
+
+
+def test_real_lvm2_metadata_with_digit_names_and_device_ids_parses_and_round_trips(
+        loop_files: tuple[list[Path], list[str]], tmp_path: Path) -> None:
+    """LVM2 2.03 with a devices file writes `device_id_type`/`device_id` into each PV; LV names
+    may start with digits. We read its on-disk metadata, re-emit it byte for byte, and keep
+    those keys when we commit on top of it (LVM2 then still reads the VG)."""
+    from storage.lvm.vg import read_mda, scan
+    files, loops = loop_files
+    devfile = f"hvsim-{uuid.uuid4().hex[:8]}.devices"
+    settings = (f'devices {{ use_devicesfile=1 devicesfile="{devfile}" '
+                "obtain_device_list_from_udev=0 } global { activation=0 } "
+                "backup { backup=0 archive=0 }")
+    names = ["608dec48-a7f6-4c1f-9f0e-1b2c3d4e5f60", "12abc", "1.2.3"]
+    vg = f"1{uuid.uuid4().hex[:6]}"
+
+    def run(*args: str) -> str:
+        return lvm(args[0], "--config", settings, *args[1:], config=False).stdout
+
+    try:
+        lvm("lvm", "lvmdevices", "--config", settings, "--adddev", loops[0], config=False)
+        run("pvcreate", loops[0])
+        run("vgcreate", vg, loops[0])
+        for n in names:
+            run("lvcreate", "--activate", "n", "--zero", "n", "-L", "4m", "-n", n, vg)
+        run("vgcfgbackup", "-f", str(tmp_path / "lvm2.backup"), vg)
+        text = (tmp_path / "lvm2.backup").read_text()
+        assert 'device_id_type = "loop_file"' in text
+        meta, header = parse_text(text)
+        assert [lv.name for lv in meta.lvs] == names
+        assert emit_text(meta, header, "file") == text
+        [dev] = scan([files[0]], writable=False)
+        raw_meta, err = read_mda(dev, dev.mdas[0])
+        dev.io.close()
+        assert err is None and raw_meta is not None
+        raw = raw_meta[2].rstrip(b"\0").decode()
+        assert f'device_id = "{files[0]}"' in raw
+        assert emit_text(*parse_text(raw), "raw") == raw  # type: ignore[arg-type]
+        g = VolumeGroup.open(vg, [files[0]])
+        g.open_lv("12abc").write(0, b"ours")
+        g.lvcreate("9lives", 4 * MiB)
+        g.close()
+        out = run("lvs", "--reportformat", "json", "-o", "lv_name", vg)
+        assert {r["lv_name"] for r in json.loads(out)["report"][0]["lv"]} == {*names, "9lives"}
+        run("vgcfgbackup", "-f", str(tmp_path / "after.backup"), vg)
+        assert f'device_id = "{files[0]}"' in (tmp_path / "after.backup").read_text()
+    finally:
+        Path(f"/etc/lvm/devices/{devfile}").unlink(missing_ok=True)
+
+
+def test_lvm2_and_we_both_refuse_to_change_a_vg_seen_through_a_copied_pv(
+        ours: VolumeGroup, loops: list[str], tmp_path: Path) -> None:
+    """A copy of a PV: LVM2 uses the device whose name the metadata remembers, warns about
+    the other, and refuses metadata changes; so do we."""
+    name = ours.name
+    files = [d.path for d in ours.devices.values()]
+    copy = tmp_path / "copy.img"
+    shutil.copyfile(files[0], copy)
+    proc = subprocess.run(["losetup", "--find", "--show", str(copy)], capture_output=True,
+                          text=True, timeout=30)
+    if proc.returncode != 0:
+        _no_loop_device(proc.stderr)
+    dup = proc.stdout.strip()
+    try:
+        every = [*loops, dup]
+        got = lvm("lvs", name, devices=every)
+        assert f"Not using device {dup}" in got.stderr  # (its hint names the file, not the
+        assert "prefers device" in got.stderr          # loop device: LVM2 takes the first)
+        bad = lvm("lvcreate", "--activate", "n", "--zero", "n", "-L", "4m", "-n", "x", name,
+                  devices=every, check=False)
+        assert bad.returncode != 0
+        assert f"Cannot update volume group {name} with duplicate PV devices" in bad.stderr
+        g = VolumeGroup.open(name, [*files, copy])
+        try:
+            assert any(f"Not using device {copy}" in w for w in g.warnings)
+            assert g.devices["pv0"].path == files[0]
+            with pytest.raises(LvmError, match=r"Cannot update volume group \S+ with duplicate PV"):
+                g.lvcreate("x", 4 * MiB)
+        finally:
+            g.close()
+    finally:
+        subprocess.run(["losetup", "--detach", dup], capture_output=True, timeout=30)
+
+
+def test_lvm2_and_we_both_refuse_a_name_two_vgs_share(
+        loop_files: tuple[list[Path], list[str]]) -> None:
+    files, loops = loop_files
+    name = f"hv{uuid.uuid4().hex[:6]}"
+    for f in files[:2]:
+        pvcreate(f, size=None)
+    VolumeGroup.create(name, [files[0]]).close()
+    VolumeGroup.create(name, [files[1]]).close()  # a second, different VG of that name
+    bad = lvm("lvcreate", "--activate", "n", "--zero", "n", "-L", "4m", "-n", "x", name,
+              devices=loops[:2], check=False)
+    assert bad.returncode != 0 and "Multiple VGs found with the same name" in bad.stderr
+    with pytest.raises(LvmError, match="Multiple VGs found with the same name"):
+        VolumeGroup.open(name, files[:2])

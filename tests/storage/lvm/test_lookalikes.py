@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from netsim.cli.app import app
 from storage.errors import LvmError
 from storage.lvm import VolumeGroup, pvcreate
 from storage.lvm.textfmt import emit_text, parse_text
@@ -197,7 +196,8 @@ def test_only_ba_start_is_kept_too() -> None:
 
 
 def test_a_pv_with_metadata_we_cannot_parse_is_never_free(vg0: Path) -> None:
-    # a segment type a newer LVM2 writes (raid6):  the text in both PVs' areas so that it no longer parses but stays checksummed
+    # a segment type a newer LVM2 writes (raid6) in both PVs' areas: checksummed, but not
+    # something we can parse
     for n in ("pv0.img", "pv1.img"):
         _rewrite_metadata(vg0 / n, lambda t: t.replace(b"type = \"striped\"",
                                                        b"type = \"raid6\"  "))
@@ -215,8 +215,14 @@ def test_a_pv_with_metadata_we_cannot_parse_is_never_free(vg0: Path) -> None:
 def _rewrite_metadata(pv: Path, change: object) -> None:
     """Apply `change` to the committed text of every metadata area, fixing the checksums."""
     from storage.devices.rawio import FileIO
-    from storage.lvm.ondisk import MDA_HEADER_SIZE, MdaHeader, RawLocn, lvm_crc, \
-        pack_mda_header, unpack_mda_header
+    from storage.lvm.ondisk import (
+        MDA_HEADER_SIZE,
+        MdaHeader,
+        RawLocn,
+        lvm_crc,
+        pack_mda_header,
+        unpack_mda_header,
+    )
     from storage.lvm.vg import read_pv
     io = FileIO(pv)
     dev = read_pv(io, str(pv))
