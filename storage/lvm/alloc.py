@@ -17,6 +17,10 @@ from storage.errors import LvmError
 from storage.lvm.textfmt import LogicalVolume, Segment, VgMetadata
 
 
+class InsufficientSpace(LvmError):
+    """Not enough free extents for an allocation (callers may roll back instead)."""
+
+
 @dataclass(frozen=True)
 class Area:
     """A run of physical extents on one PV."""
@@ -121,8 +125,8 @@ def plan_allocation(vg: VgMetadata, count: int, *,
     free = free_areas(vg)
     total = sum(a.count for a in free)
     if total < count:
-        raise LvmError(f"VG {vg.name}: insufficient free space: {count} extents needed, "
-                       f"only {total} available")
+        raise InsufficientSpace(f"VG {vg.name}: insufficient free space: {count} extents "
+                                f"needed, only {total} available")
     plan: list[Area] = []
     need = count
     if after is not None:
@@ -211,8 +215,9 @@ def plan_striped(vg: VgMetadata, count: int, stripes: int) -> list[Area]:
         if a.count >= per and (a.pv not in best or a.count > best[a.pv].count):
             best[a.pv] = a
     if len(best) < stripes:
-        raise LvmError(f"VG {vg.name}: insufficient free space for {stripes} stripes of {per} "
-                       f"extents: only {len(best)} PVs have that much contiguous space")
+        raise InsufficientSpace(f"VG {vg.name}: insufficient free space for {stripes} stripes of "
+                                f"{per} extents: only {len(best)} PVs have that much "
+                                "contiguous space")
     chosen = sorted(best.values(), key=lambda a: -a.count)[:stripes]
     chosen.sort(key=lambda a: [p.name for p in vg.pvs].index(a.pv))
     return [Area(a.pv, a.pe, per) for a in chosen]

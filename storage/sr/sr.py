@@ -183,6 +183,10 @@ class SRDriver(ABC):
         (`child.location` ends up naming it) and `parent`'s volume is gone.
         """
 
+    def coalesce_blocker(self, parent: VDI, child: VDI) -> str | None:
+        """Why `child` cannot be coalesced into `parent` now (None: it can); gc skips it."""
+        return None
+
     @abstractmethod
     def physical_utilisation(self, vdi: VDI) -> int:
         """Bytes the VDI's volume occupies."""
@@ -749,6 +753,13 @@ class SR:
                     for b in busy:
                         if b.uuid in attached and b.uuid not in report.skipped:
                             report.skipped.append(b.uuid)
+                    continue
+                why = self.driver.coalesce_blocker(vdi, child)
+                if why is not None:  # checked before anything starts: nothing to recover
+                    if child.uuid not in report.skipped:
+                        report.skipped.append(child.uuid)
+                        if progress:
+                            progress(f"not coalescing {child.uuid} into {vdi.uuid}: {why}")
                     continue
                 if progress:
                     progress(f"coalesce {child.uuid} into {vdi.uuid}")

@@ -14,6 +14,9 @@ when a block is appended. As in XenServer:
 Inside a larger LV the VHD's end-of-file footer is not at the LV's end; the VHD code then reads
 its footer copy at offset 0 (as blktap does for LVHD) and finds where the data ends.
 Multi-step changes go through the SR's `pending` record; `recover` finishes or undoes them.
+Space is checked before a snapshot, clone or coalesce starts (XenServer's LVHDSR refuses with
+SRNoSpace, "There is insufficient space"); a snapshot that still runs out half-way is rolled
+back, which needs no free extents, so a full VG never wedges the SR.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import Any
 
 from storage.devices.blockdev import BlockDevice
 from storage.errors import ChainError, LvmError, SrError, StorageError
+from storage.lvm.alloc import InsufficientSpace, free_extents
 from storage.lvm.device import LvRawIO
 from storage.sr.sr import VDI, Volume, register_sr_type
 from storage.sr.srtypes.lvm import LvmBackedDriver
@@ -190,14 +194,54 @@ class LvhdSRDriver(LvmBackedDriver):
             leaf.close()
             raise
 
+    def _lv_bytes(self, vsize: int, *, inflated: bool) -> int:
+        """LV size for a new VHD: fully allocated, or an empty one (headers, BAT, footer)."""
+        if inflated:
+            return full_vhd_size(vsize, self.block_size)
+        return fmt.BAT_OFFSET + fmt.bat_bytes(-(-vsize // self.block_size)) + LOCATOR_SLACK + 512
+
+    def _extents(self, nbytes: int) -> int:
+        return -(-nbytes // self.vg.extent_bytes)
+
+    def _no_space(self, what: str, need: int, free: int) -> SrError:
+        ext = self.vg.extent_bytes
+        return SrError(f"SR {self.sr.uuid}: insufficient space: {what} needs {need * ext} bytes "
+                       f"({need} extents), {free * ext} available (XenServer: SRNoSpace)")
+
+    def _check_space(self, vdi: VDI, copies: list[VDI]) -> None:
+        """Before a snapshot/clone: room for the VDI's new inflated leaf and, for a clone, for
+        inflating the clone when it is written (a snapshot is read-only: deflated), counting
+        what deflating the base copy gives back (as LVHDSR._snapshot sizes its request)."""
+        vg = self.vg
+        base_now = vg.meta.lv(vdi.location).extent_count
+        base_after = self._extents(self._vhd_end(vdi.location))
+        need = self._extents(self._lv_bytes(vdi.virtual_size, inflated=True))
+        for c in copies:
+            need += self._extents(self._lv_bytes(vdi.virtual_size,
+                                                 inflated=not c.is_a_snapshot))
+        free = free_extents(vg.meta) + max(0, base_now - base_after)
+        if need > free:
+            kind = "a snapshot" if all(c.is_a_snapshot for c in copies) else "a clone"
+            raise self._no_space(f"{kind} of VDI {vdi.uuid}", need, free)
+
+    def coalesce_blocker(self, parent: VDI, child: VDI) -> str | None:
+        """The parent is inflated to hold the merge: is there room? (checked before gc starts
+        it, so a pending coalesce never needs space it cannot get)."""
+        want = self._extents(full_vhd_size(max(parent.virtual_size, child.virtual_size),
+                                           self.block_size))
+        have = self.vg.meta.lv(parent.location).extent_count
+        free = free_extents(self.vg.meta)
+        if want - have > free:
+            return str(self._no_space(f"inflating {parent.uuid} to coalesce", want - have,
+                                      free))
+        return None
+
     def _create_vhd(self, lv: str, *, size: int | None = None, parent: VDI | None = None,
                     uuid: uuidlib.UUID | None = None, inflated: bool = True) -> VhdImage:
         """Create LV `lv` holding a new dynamic VHD, or a differencing child of `parent`."""
         vsize = size if parent is None else parent.virtual_size
         assert vsize is not None
-        lv_size = full_vhd_size(vsize, self.block_size) if inflated else \
-            fmt.BAT_OFFSET + fmt.bat_bytes(-(-vsize // self.block_size)) + LOCATOR_SLACK + 512
-        self.vg.lvcreate(lv, lv_size)
+        self.vg.lvcreate(lv, self._lv_bytes(vsize, inflated=inflated))
         try:
             pimg = self._open_one(parent.location, read_only=True) if parent else None
             try:
@@ -249,14 +293,31 @@ class LvhdSRDriver(LvmBackedDriver):
         for c in copies:
             c.location = self.lv_name(c.uuid)
             c.parent = base.uuid
+        self._check_space(vdi, copies)
         paused = self._live(vdi.uuid)
         self._pause(paused)
         self.sr.begin({"op": "snapshot", "vdi": vdi.uuid, "base": asdict(base),
                        "copies": [asdict(c) for c in copies]})
         self.vg.lvrename(vdi.location, base.location)
-        self._finish_snapshot(vdi, base, copies)
+        try:
+            self._finish_snapshot(vdi, base, copies)
+        except InsufficientSpace as exc:  # another writer took the space since the check
+            self._roll_back_snapshot(vdi, base, copies)
+            self.sr.commit()
+            self._unpause(paused)
+            raise SrError(f"SR {self.sr.uuid}: insufficient space for the snapshot of VDI "
+                          f"{vdi.uuid}; nothing changed ({exc})") from exc
         self._unpause(paused, {base.uuid: base})  # an attached VDI goes on in its new leaf
         return [base]
+
+    def _roll_back_snapshot(self, vdi: VDI, base: VDI, copies: list[VDI]) -> None:
+        """Undo a snapshot after the rename: drop the new children, give the base copy the
+        VDI's name back. Only removes and renames LVs: needs no free extents."""
+        for rec in [vdi, *copies]:
+            if rec.location != base.location and self.vg.meta.has_lv(rec.location):
+                self.vg.lvremove(rec.location)
+        if self.vg.meta.has_lv(base.location):
+            self.vg.lvrename(base.location, vdi.location)
 
     def _finish_snapshot(self, vdi: VDI, base: VDI, copies: list[VDI]) -> None:
         """After the rename: deflate the base, (re)create the children. Idempotent."""
@@ -404,7 +465,11 @@ class LvhdSRDriver(LvmBackedDriver):
                     if self.vg.meta.has_lv(c.location):
                         self.vg.lvremove(c.location)
                 return
-            self._finish_snapshot(vdi, base, copies)
+            try:
+                self._finish_snapshot(vdi, base, copies)
+            except InsufficientSpace:  # finishing needs space the VG no longer has: undo
+                self._roll_back_snapshot(vdi, base, copies)
+                return
             sr.vdis[base.uuid] = base
             for c in copies:
                 sr.vdis[c.uuid] = c
@@ -412,7 +477,12 @@ class LvhdSRDriver(LvmBackedDriver):
             parent, child = sr.vdis.get(pending["parent"]), sr.vdis.get(pending["child"])
             if pending.get("phase") != "merged" and parent is not None and child is not None:
                 grandchildren = [sr.vdis[g] for g in pending["grandchildren"] if g in sr.vdis]
-                self._merge(parent, child, grandchildren)
+                try:
+                    self._merge(parent, child, grandchildren)
+                except InsufficientSpace:
+                    # the parent could not be inflated: nothing was copied or relinked yet;
+                    # leave both as they are (gc tries again when there is room)
+                    return
             self._finish_coalesce(pending["parent_location"], pending["child_location"],
                                   leaf=pending["leaf"])
             sr.finish_coalesce(pending["parent"], pending["child"])
