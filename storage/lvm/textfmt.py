@@ -241,7 +241,9 @@ class PhysicalVolume:
     status: list[str] = field(default_factory=lambda: ["ALLOCATABLE"])
     flags: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
-    extras: list[Extra] = field(default_factory=list)  # device_id, ba_start... kept as written
+    device_id_type: str = ""  # LVM2 2.03 with a devices file: how the device is identified
+    device_id: str = ""
+    extras: list[Extra] = field(default_factory=list)  # ba_start, future keys: as written
 
 
 @dataclass
@@ -390,8 +392,8 @@ _VG_KEYS = frozenset({"id", "seqno", "format", "status", "flags", "tags", "syste
                       "lock_type", "lock_args", "extent_size", "max_lv", "max_pv",
                       "allocation_policy", "profile", "metadata_copies", "physical_volumes",
                       "logical_volumes"})
-_PV_KEYS = frozenset({"id", "device", "status", "flags", "tags", "dev_size", "pe_start",
-                      "pe_count"})
+_PV_KEYS = frozenset({"id", "device", "device_id_type", "device_id", "status", "flags", "tags",
+                      "dev_size", "pe_start", "pe_count"})
 _LV_KEYS = frozenset({"id", "status", "flags", "tags", "creation_time", "creation_host",
                       "allocation_policy", "read_ahead", "segment_count"})
 
@@ -501,6 +503,8 @@ def vg_from_section(sec: Section, where: str = "<metadata>") -> VgMetadata:
             dev_size=int(_req(p, "dev_size", int, pw)),
             pe_start=int(_req(p, "pe_start", int, pw)),
             pe_count=int(_req(p, "pe_count", int, pw)),
+            device_id_type=str(_opt(p, "device_id_type", str, "", pw)),
+            device_id=str(_opt(p, "device_id", str, "", pw)),
             extras=p.extras(_PV_KEYS),
         ))
     lvs = sec.get("logical_volumes")
@@ -797,6 +801,9 @@ def _vg_text(w: _Writer, vg: VgMetadata) -> None:
         w.out(f'id = "{pv.id}"')
         w.out(f'device = "{_escape(pv.device)}"', "# Hint only")
         w.nl()
+        if pv.device_id_type and pv.device_id:  # where LVM2 2.03's export.c puts them
+            w.out(f'device_id_type = "{_escape(pv.device_id_type)}"')
+            w.out(f'device_id = "{_escape(pv.device_id)}"')
         _flags(w, pv.status, pv.flags)
         if pv.tags:
             w.out(f"tags = {_strlist(pv.tags)}")

@@ -170,6 +170,8 @@ def test_real_lvm2_names_that_start_with_digits_and_device_id_keys_round_trip() 
     vg2, header2 = parse_text(raw)
     assert emit_text(vg2, header2, "raw") == raw
     assert 'device_id_type = "loop_file"\n' in raw
+    assert vg.pvs[0].device_id == "/tmp/i14lvm/p2.img"
+    assert emit_text(vg2, header2, "file") == text  # raw to file: where LVM2 puts each key
 
 
 def test_unknown_keys_survive_a_round_trip_in_both_layouts() -> None:
