@@ -189,6 +189,8 @@ def pvcreate(path: str | os.PathLike[str], *, size: int | None = None, metadata_
             disk_path(path)
             io = FileIO(path)
     try:
+        if size is None:
+            _refuse_to_relabel(io, path)
         dev_size = size if size is not None else _device_size(io)
         min_size = DEFAULT_PE_START + DEFAULT_MDA2_SIZE * (metadata_copies - 1) + (1 << 20)
         if dev_size < min_size:
@@ -208,6 +210,23 @@ def pvcreate(path: str | os.PathLike[str], *, size: int | None = None, metadata_
     finally:
         if own:
             io.close()
+
+
+def _refuse_to_relabel(io: RawIO, path: str) -> None:
+    """pvcreate over a PV that belongs to a VG (or whose metadata we cannot read) would erase
+    that VG's label and metadata: refused, as LVM2 refuses it without -ff."""
+    try:
+        dev = read_pv(io, path)
+    except LvmError:
+        return  # not a PV: free to initialise
+    meta, errors = pv_metadata(dev)
+    if meta is not None:
+        raise LvmError(f'Can\'t initialize physical volume "{path}" of volume group '
+                       f'"{meta.name}" without -ff (it belongs to that VG; vgreduce it first)')
+    unreadable = [e for e in errors if "damaged header" not in e]
+    if unreadable:
+        raise LvmError(f"{path}: holds VG metadata that cannot be read, so it may belong to a "
+                       f"VG; not initialising it ({unreadable[0]})")
 
 
 def read_pv(io: RawIO, path: str) -> PvDevice:
@@ -659,7 +678,7 @@ class VolumeGroup:
                     dev.mdas[i] = MdaHeader(start=m.offset, size=m.size, version=0)
                     continue
                 got = read_mda_text(dev, dev.mdas[i])
-                if got and got[0].name == self.name and (best is None or
+                if got and got[0].id == self.meta.id and (best is None or
                                                          got[0].seqno > best[0].seqno):
                     best = (got[0], got[1])
         if best is None:

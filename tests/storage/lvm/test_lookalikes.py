@@ -209,6 +209,9 @@ def test_a_pv_with_metadata_we_cannot_parse_is_never_free(vg0: Path) -> None:
     rows = json.loads(out.stdout)["report"][0]["pv"]
     assert rows and all(r["pv_free"] == "" and r["vg_name"] == "[unparsable]" for r in rows)
     assert "raid6" in out.stderr
+    before = (vg0 / "pv0.img").read_bytes()[:1 << 20]
+    line = refused(hv(vg0, "pvcreate", "pv0.img"))  # would erase what may be a VG
+    assert "cannot be read" in line and (vg0 / "pv0.img").read_bytes()[:1 << 20] == before
     line = refused(hv(vg0, "vgcreate", "vgnew", "pv0.img"))
     assert "cannot be parsed" in line or "cannot parse" in line
     refused(hv(vg0, "vgextend", "vg0", "pv1.img"))
@@ -238,6 +241,14 @@ def _rewrite_metadata(pv: Path, change: object) -> None:
             start=h.start, size=h.size, locns=[RawLocn(loc.offset, len(new), lvm_crc(new), 0)])))
         unpack_mda_header(io.pread(h.start, MDA_HEADER_SIZE))
     io.close()
+
+
+def test_pvcreate_never_relabels_a_pv_of_a_vg(vg0: Path) -> None:
+    """LVM2: Can't initialize physical volume "..." of volume group "vg0" without -ff."""
+    before = (vg0 / "pv1.img").read_bytes()[:1 << 20]
+    line = refused(hv(vg0, "pvcreate", "pv1.img"))
+    assert 'Can\'t initialize physical volume "pv1.img" of volume group "vg0"' in line
+    assert (vg0 / "pv1.img").read_bytes()[:1 << 20] == before
 
 
 def test_a_pv_file_shorter_than_its_header_says_is_refused(vg0: Path) -> None:
