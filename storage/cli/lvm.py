@@ -26,7 +26,7 @@ from storage.errors import LvmError
 from storage.lvm import VolumeGroup, pvcreate, scan
 from storage.lvm.alloc import free_areas, free_extents
 from storage.lvm.units import human, parse_size
-from storage.lvm.vg import list_vg_ids, pv_metadata
+from storage.lvm.vg import PvDevice, list_vg_ids, prefer_duplicate, pv_metadata
 
 lvm_app = typer.Typer(
     name="lvm",
@@ -120,9 +120,25 @@ def pvs_cmd(devices: DevicesOpt = None, json_out: JsonOpt = False,
     Example: hvsim lvm pvs -d ./disks
     """
     rows = []
-    for dev in scan(_devices(devices), writable=False):
-        vg_name, psize, pfree = "", dev.label.device_size, dev.label.device_size
+    found = scan(_devices(devices), writable=False)
+    by_uuid: dict[str, list[PvDevice]] = {}
+    for dev in found:
+        by_uuid.setdefault(dev.uuid, []).append(dev)
+    for dev in found:
         best, errors = pv_metadata(dev)
+        cands = by_uuid[dev.uuid]
+        if len(cands) > 1:  # a copied PV: LVM2's pvs shows the device it uses, and warns
+            hint = next((p for m in (pv_metadata(c)[0] for c in cands) if m
+                         for p in m.pvs if p.id == dev.uuid), None)
+            chosen, reason = prefer_duplicate(hint, cands) if hint else (cands[0], None)
+            if chosen is not dev:
+                _warn([f"Not using device {dev.path} for PV {dev.uuid}."])
+                dev.io.close()
+                continue
+            _warn([f"PV {dev.uuid} prefers device {dev.path} because {reason}." if reason
+                   else f"PV {dev.uuid} is on duplicate devices; none has the name its "
+                   "metadata remembers."])
+        vg_name, psize, pfree = "", dev.label.device_size, dev.label.device_size
         if best is None and any("damaged header" not in e for e in errors):
             # it may hold a VG we cannot read: never shown as free space
             vg_name, pfree = "[unparsable]", ""

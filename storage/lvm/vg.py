@@ -347,7 +347,7 @@ def scan(paths: Iterable[str | os.PathLike[str]], *, writable: bool = True) -> l
     return found
 
 
-def _prefer(pv: PhysicalVolume, cands: list[PvDevice]) -> tuple[PvDevice, str | None]:
+def prefer_duplicate(pv: PhysicalVolume, cands: list[PvDevice]) -> tuple[PvDevice, str | None]:
     """Which of the devices carrying one PV UUID to use, and why (None: cannot tell).
 
     LVM2's rules (lvmcache.c, _choose_duplicates), for what exists here: the device whose name
@@ -549,7 +549,7 @@ class VolumeGroup:
             cands = by_uuid.get(pv.id, [])
             if not cands:
                 raise LvmError(f"VG {name}: physical volume {pv.id} ({pv.device}) is missing")
-            dev, reason = _prefer(pv, cands)
+            dev, reason = prefer_duplicate(pv, cands)
             if len(cands) > 1:
                 for other in cands:
                     if other is not dev:

@@ -73,6 +73,10 @@ def test_a_copy_of_a_pv_is_never_the_write_target(vg0: Path) -> None:
     g = VolumeGroup.open("vg0", [vg0 / "pv0.img", vg0 / "pv1.img"])
     assert g.open_lv("a").read(0, 4096) == b"N" * 4096
     g.close()
+    # pvs shows the device in use, as LVM2's pvs does, and names the copy it does not use
+    pvs = hv(vg0, "pvs")
+    assert "pv0.img.bak" not in ok(pvs) and "Not using device" in pvs.stderr
+    assert "pv0.img.bak" in pvs.stderr
     # metadata changes are refused while the duplicate is visible, as LVM2 refuses them
     line = refused(hv(vg0, "lvcreate", "vg0", "b", "-L", "4m"))
     assert "Cannot update volume group vg0 with duplicate PV devices" in line
