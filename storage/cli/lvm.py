@@ -238,8 +238,24 @@ def vgcfgrestore_cmd(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise LvmError(f"{file}: cannot read ({exc.strerror})") from exc
-    with _vg(vg, devices, validate=False) as g:  # the current metadata may be what is broken
-        g.restore(text, source=str(file), test=test)
+    try:
+        opened = VolumeGroup.open(vg, _devices(devices), validate=False)  # may be what is broken
+    except LvmError as exc:
+        if "not found" not in str(exc):
+            raise
+        # no readable copy of the VG's metadata at all: find its PVs by their labels' UUIDs
+        opened = VolumeGroup.restore_onto(text, _devices(devices), source=str(file), test=test)
+        if opened.name != vg:
+            opened.close()
+            raise LvmError(f"{file}: describes VG {opened.name}, not {vg}") from exc
+    else:
+        _warn(opened.warnings)
+        try:
+            opened.restore(text, source=str(file), test=test)
+        except BaseException:
+            opened.close()
+            raise
+    with opened as g:
         if test:
             console.print(f"{file}: valid metadata for VG {vg} on its PVs; nothing changed "
                           "(--test).")

@@ -784,6 +784,50 @@ class VolumeGroup:
         self._stores.clear()
         self.commit(f"vgcfgrestore {self.name}")
 
+    @classmethod
+    def restore_onto(cls, text: str, paths: Iterable[str | os.PathLike[str]], *,
+                     source: str = "<backup>", test: bool = False) -> VolumeGroup:
+        """vgcfgrestore when the VG's current metadata cannot be read at all: find the
+        backup's PVs by the UUIDs in their labels (as LVM2 does) and write the backup to them.
+        Returns the VG, open (with `test`: checked, nothing written)."""
+        meta, _ = parse_text(text, source)
+        alloc.check_consistency(meta)
+        devs = scan(paths)
+        try:
+            by_uuid: dict[str, list[PvDevice]] = {}
+            for d in devs:
+                by_uuid.setdefault(d.uuid, []).append(d)
+            used: dict[str, PvDevice] = {}
+            seqno = meta.seqno
+            for pv in meta.pvs:
+                cands = by_uuid.get(pv.id, [])
+                if not cands:
+                    raise LvmError(f"{source}: physical volume {pv.id} ({pv.device}) not found")
+                if len(cands) > 1:
+                    raise LvmError(f"{source}: physical volume {pv.id} is on "
+                                   f"{' and '.join(c.path for c in cands)}; leave the copies "
+                                   "out of --devices")
+                dev = cands[0]
+                end = pv.pe_start * SECTOR + pv.pe_count * meta.extent_size * SECTOR
+                if pv.pe_start * SECTOR != dev.pe_start or end > dev.label.device_size:
+                    raise LvmError(f"{source}: extent layout of {pv.id} does not fit {dev.path}")
+                on_disk, _ = pv_metadata(dev)
+                if on_disk is not None:
+                    seqno = max(seqno, on_disk.seqno)
+                used[pv.name] = dev
+        except BaseException:
+            for d in devs:
+                d.io.close()
+            raise
+        for d in devs:
+            if all(d is not u for u in used.values()):
+                d.io.close()
+        meta.seqno = seqno
+        vg = cls(meta, TextHeader(), used)
+        if not test:
+            vg.commit(f"vgcfgrestore {meta.name}")
+        return vg
+
     def vgextend(self, path: str | os.PathLike[str] | RawIO) -> str:
         """Add a PV (from pvcreate, in no VG) to this VG; returns its name in the metadata."""
         if not hasattr(path, "pread"):

@@ -164,6 +164,17 @@ def test_vgcfgrestore_refuses_duplicate_pv_ids_and_a_good_backup_restores(vg0: P
 REAL = "lvm2-2.03.16-devices-file-vgcfgbackup.txt"
 
 
+def test_a_good_backup_restores_over_metadata_that_cannot_be_read_at_all(vg0: Path) -> None:
+    (vg0 / "good.vg").write_text(_backup(vg0))
+    for n in ("pv0.img", "pv1.img"):
+        _rewrite_metadata(vg0 / n, lambda t: t.replace(b'type = "striped"', b'type = "raid6"  '))
+    assert "not found" in refused(hv(vg0, "lvs", "vg0"))
+    ok(hv(vg0, "vgcfgrestore", "vg0", "-f", "good.vg", "--test"))
+    assert "not found" in refused(hv(vg0, "lvs", "vg0"))  # --test wrote nothing
+    ok(hv(vg0, "vgcfgrestore", "vg0", "-f", "good.vg"))
+    assert ok(hv(vg0, "lvread", "vg0/a", "--length", "4096")) == "A" * 4096
+
+
 def test_real_lvm2_names_that_start_with_digits_and_device_id_keys_round_trip() -> None:
     text = (DATA / REAL).read_text()
     vg, header = parse_text(text)
