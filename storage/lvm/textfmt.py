@@ -41,10 +41,12 @@ class Extra:
     line (file layout only); `blank`: a blank line came before it.
     """
 
-    after: str | None
     text: str
-    tail: str = ""
-    blank: bool = False
+    # where it was: best effort (a VG is the same whatever the layout of what it keeps)
+    after: str | None = field(default=None, compare=False)
+    tail: str = field(default="", compare=False)
+    blank: bool = field(default=False, compare=False)
+    indent: str | None = field(default=None, compare=False)  # file layout: leading whitespace
 
 
 @dataclass
@@ -54,6 +56,7 @@ class EntryInfo:
     text: str
     tail: str
     blank: bool
+    indent: str | None = None
 
 
 @dataclass
@@ -75,7 +78,7 @@ class Section:
             inf = self.info[i] if i < len(self.info) else None
             if inf is None:
                 continue
-            out.append(Extra(after, inf.text, inf.tail, inf.blank))
+            out.append(Extra(inf.text, after, inf.tail, inf.blank, inf.indent))
         return out
 
     def get(self, key: str, default: object = None) -> object:
@@ -153,7 +156,10 @@ def parse_config(text: str, source: str = "<metadata>") -> Section:
         end = tokens[pos - 1][4]
         eol = text.find("\n", end)
         eol = len(text) if eol < 0 else eol
-        return EntryInfo(text[key_tok[3]:end], text[end:eol].rstrip(" "), blank)
+        bol = text.rfind("\n", 0, key_tok[3]) + 1
+        lead = text[bol:key_tok[3]]
+        return EntryInfo(text[key_tok[3]:end], text[end:eol].rstrip(" "), blank,
+                         lead if not lead.strip(" \t") else None)
 
     def take(kind: str, value: str | None = None) -> Token:
         nonlocal pos
@@ -321,6 +327,8 @@ class VgMetadata:
     profile: str = ""
     metadata_copies: int = 0
     extras: list[Extra] = field(default_factory=list)
+    pv_list_extras: list[Extra] = field(default_factory=list)  # odd entries beside the PVs
+    lv_list_extras: list[Extra] = field(default_factory=list)  # and beside the LVs
 
     def pv(self, name: str) -> PhysicalVolume:
         """The PV named `pvN`, or LvmError."""
@@ -491,6 +499,7 @@ def vg_from_section(sec: Section, where: str = "<metadata>") -> VgMetadata:
     pvs = sec.get("physical_volumes")
     if not isinstance(pvs, Section):
         raise LvmError(f"{w}: missing section 'physical_volumes'")
+    vg.pv_list_extras = pvs.extras({k for k, v in pvs.entries if isinstance(v, Section)})
     for p in pvs.sections():
         pw = f"{w}.{p.name}"
         vg.pvs.append(PhysicalVolume(
@@ -509,6 +518,7 @@ def vg_from_section(sec: Section, where: str = "<metadata>") -> VgMetadata:
         ))
     lvs = sec.get("logical_volumes")
     if isinstance(lvs, Section):
+        vg.lv_list_extras = lvs.extras({k for k, v in lvs.entries if isinstance(v, Section)})
         for s in lvs.sections():
             lw = f"{w}.{s.name}"
             lv = LogicalVolume(
@@ -599,6 +609,7 @@ class _Writer:
         self.parts: list[str] = []
         self._sections: list[list[Extra]] = []  # unwritten extras of each open section
         self._due: list[Extra] = []  # extras whose anchor was just written
+        self._open: list[str] = []  # lines opening a `{` or `[` value still being written
 
     def enter(self, extras: list[Extra]) -> None:
         """A section opened: its kept entries go back after the keys they followed."""
@@ -628,7 +639,8 @@ class _Writer:
             if self.style == "raw":
                 self.parts.append(e.text + "\n")
             else:
-                self.parts.append("\t" * self.indent + e.text + e.tail + "\n")
+                lead = "\t" * self.indent if e.indent is None else e.indent
+                self.parts.append(lead + e.text + e.tail + "\n")
         if due and due[0].blank and blank_next:
             self._skip_nl = True
 
@@ -637,7 +649,12 @@ class _Writer:
     def out(self, text: str, comment: str | None = None) -> None:
         self._flush(blank_next=False)
         self._emit(text, comment)
-        self._take(text.split(" ", 1)[0])
+        if text.endswith(("{", "[")):  # an entry's value opens: what was kept after that
+            self._open.append(text)    # entry goes after its closing line
+        elif text in ("}", "]"):
+            self._take(self._open.pop().split(" ", 1)[0] if self._open else None)
+        elif not (self._open and self._open[-1].endswith("[")):  # not an item of a list
+            self._take(text.split(" ", 1)[0])
 
     def _emit(self, text: str, comment: str | None) -> None:
         if self.style == "raw":
@@ -793,6 +810,7 @@ def _vg_text(w: _Writer, vg: VgMetadata) -> None:
     w.nl()
     w.out("physical_volumes {")
     w.push()
+    w.enter(vg.pv_list_extras)
     for pv in vg.pvs:
         w.nl()
         w.out(f"{pv.name} {{")
@@ -813,16 +831,19 @@ def _vg_text(w: _Writer, vg: VgMetadata) -> None:
         w.leave()
         w.pop()
         w.out("}")
+    w.leave()
     w.pop()
     w.out("}")
     w.nl()
-    if vg.lvs:
+    if vg.lvs or vg.lv_list_extras:
         w.out("logical_volumes {")
         w.push()
+        w.enter(vg.lv_list_extras)
         shown = [vg.lv_visible(v) for v in vg.lvs]
         for lv in [v for v, vis in zip(vg.lvs, shown, strict=True) if vis] + \
                 [v for v, vis in zip(vg.lvs, shown, strict=True) if not vis]:
             _lv_text(w, vg, lv)
+        w.leave()
         w.pop()
         w.out("}")
     w.nl()

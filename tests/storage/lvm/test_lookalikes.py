@@ -205,6 +205,22 @@ def test_unknown_keys_survive_a_round_trip_in_both_layouts() -> None:
     assert emit_text(*parse_text(raw), "raw") == raw  # type: ignore[arg-type]
 
 
+def test_unknown_keys_after_lists_and_sections_stay_after_them() -> None:
+    """Found by the fuzzer: a kept key after a multi-line value went inside it."""
+    text = (DATA / "lvm2-2.03.16-vgcfgbackup.txt").read_text()
+    odd = (text.replace('\t\t\t\t\t"pv0", 6\n\t\t\t\t]\n',
+                        '\t\t\t\t\t"pv0", 6\n\t\t\t\t]\ncontents = "x"\n', 1)
+           .replace("\t\t\t}\n\t\t}\n\n\t\tother {",
+                    "\t\t\t}\n\t\t\tafter_seg = [1, 2]\n\t\t}\n\n\t\tother {", 1)
+           .replace("\t\t}\n\t}\n\n\tlogical_volumes",
+                    '\t\t}\n\t\tpvx = "y"\n\t}\n\tafter_pvs = 3\n\n\tlogical_volumes', 1))
+    assert odd.count("\n") == text.count("\n") + 4
+    vg, header = parse_text(odd)
+    assert emit_text(vg, header, "file") == odd
+    raw = emit_text(vg, header, "raw")
+    assert parse_text(raw)[0] == vg
+
+
 def test_only_ba_start_is_kept_too() -> None:
     text = (DATA / "lvm2-2.03.16-vgcfgbackup.txt").read_text()
     odd = text.replace("\t\t\tpe_count = ", "\t\t\tba_start = 0\n\t\t\tpe_count = ", 1)
