@@ -563,10 +563,10 @@ def parse_text(text: str | bytes, source: str = "<metadata>") -> tuple[VgMetadat
     if root.get("version") != FORMAT_VERSION:
         raise LvmError(f"{source}: unsupported text format version {root.get('version')!r}")
     header = TextHeader(
-        description=str(root.get("description", "")),
-        creation_host=str(root.get("creation_host", "")),
-        creation_time=int(root.get("creation_time", 0)),  # type: ignore[arg-type]
-        system_id=str(root.get("creation_host_system_id", "")),
+        description=str(_opt(root, "description", str, "", source)),
+        creation_host=str(_opt(root, "creation_host", str, "", source)),
+        creation_time=int(_opt(root, "creation_time", int, 0, source)),  # type: ignore[arg-type]
+        system_id=str(_opt(root, "creation_host_system_id", str, "", source)),
     )
     m = re.search(r'^creation_host = "(?:[^"\\]|\\.)*"\t# (.*)$', text, re.MULTILINE)
     if m:

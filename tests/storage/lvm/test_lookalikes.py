@@ -221,6 +221,14 @@ def test_unknown_keys_after_lists_and_sections_stay_after_them() -> None:
     assert parse_text(raw)[0] == vg
 
 
+def test_a_header_field_of_the_wrong_type_is_one_clean_error() -> None:
+    """Found by the fuzzer: `creation_time = "text"` raised a bare ValueError."""
+    text = (DATA / "lvm2-2.03.16-vgcfgbackup.txt").read_text()
+    bad = text.replace("\ncreation_time = ", '\ncreation_time = "x"\t# ', 1)
+    with pytest.raises(LvmError, match="field 'creation_time' has the wrong type"):
+        parse_text(bad)
+
+
 def test_only_ba_start_is_kept_too() -> None:
     text = (DATA / "lvm2-2.03.16-vgcfgbackup.txt").read_text()
     odd = text.replace("\t\t\tpe_count = ", "\t\t\tba_start = 0\n\t\t\tpe_count = ", 1)
