@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from netsim.clock import Clock, RealClock, sweep_by_deadline
+from netsim.dataplane.impair import ImpairedPath, Impairment, direction_seed
 from netsim.dataplane.policy import TeamingPolicy
 from netsim.dataplane.port import Pif, Port, Vif, VlanPif, VmPort, VNic
 from netsim.dataplane.switch import Bridge, PhysicalSwitch, PortGroup, StandardSwitch
@@ -251,6 +252,10 @@ class Fabric:
         self._watched: list[Any] = []  # guest queues drained by on_receive callbacks
         self._bridges: list[Bridge] = []  # every switch: each gets a MAC aging sweep task
         self.running = False
+        #: seeds every impaired direction's RNG (the topology's `seed`)
+        self.seed = 0
+        #: every impaired direction by (port path, "out" | "in")
+        self.impairments: dict[tuple[str, str], ImpairedPath] = {}
 
     # -- building ----------------------------------------------------------------------------
     def add_host(self, name: str) -> Host:
@@ -288,6 +293,77 @@ class Fabric:
         if self.running:
             self._start_link(link)
         return link
+
+    def impair(self, target: Port | str, imp: Impairment | None, *,
+               direction: str = "both") -> list[ImpairedPath]:
+        """Impair (netem-like) the frames a port sends (`out`), receives (`in`) or both; None
+        (or an impairment that changes nothing) clears it. Each direction has its own RNG,
+        seeded from `seed` and the port's name. For a VM port, `out` is toward the guest and
+        `in` is what the guest sends. Changing the settings keeps the RNG and the frames in
+        flight; clearing lets the frames in flight arrive at their time first. Returns the
+        directions now impaired."""
+        port = self._as_port(target)
+        if direction not in ("both", "out", "in"):
+            raise ConfigError(f"impair {port.path}: direction must be out, in or both, "
+                              f"not {direction!r}")
+        if isinstance(port, VlanPif):
+            raise ConfigError(f"impair: {port.name} is a VLAN PIF; impair its parent "
+                              f"{port.parent.name} instead")
+        done = []
+        for d in (("out", "in") if direction == "both" else (direction,)):
+            path = self._impair_one(port, d, imp)
+            if path is not None:
+                done.append(path)
+        return done
+
+    def _impair_one(self, port: Port, d: str, imp: Impairment | None) -> ImpairedPath | None:
+        attr = "impair_out" if d == "out" else "impair_in"
+        key = (port.path, d)
+        path = self.impairments.get(key)
+        if imp is None or not imp.active:
+            if path is not None:
+                path.set(Impairment())
+                path.retire()
+            return None
+        if path is not None:
+            path.set(imp)
+            path.retiring = False
+            setattr(port, attr, path)
+            port.refresh()
+            return path
+
+        def detach(p: ImpairedPath, port: Port = port, attr: str = attr) -> None:
+            if getattr(port, attr) is p:
+                setattr(port, attr, None)
+                port.refresh()
+
+        if d == "out":
+            deliver = port.emit_batch
+            corrupt = self._corrupt_receiver(port)
+        else:
+            deliver = port.arrive_batch
+            corrupt = port.arrive_corrupt
+        name = f"{port.path}:{d}"
+        path = ImpairedPath(name, imp, seed=direction_seed(self.seed, name),
+                            clock=self.clock, deliver=deliver, counters=port.counters,
+                            deliver_corrupt=corrupt, spawn=lambda c, n: self.spawn(c, name=n),
+                            on_retired=detach)
+        self.impairments[key] = path
+        setattr(port, attr, path)
+        port.refresh()
+        return path
+
+    @staticmethod
+    def _corrupt_receiver(port: Port) -> Callable[[bytes], None]:
+        """Who checks the FCS of a corrupted frame `port` sends: the far end of its cable (or,
+        for a VM port, the guest's NIC, counted on the port)."""
+        def corrupt(frame: bytes) -> None:
+            link = port.link
+            if link is not None:
+                link.peer(port).arrive_corrupt(frame)
+            else:
+                port.counters.drop("corrupt")
+        return corrupt
 
     def on_receive(self, target: VNic | VmPort | Vm | str,
                    callback: Callable[[bytes], None]) -> None:
@@ -576,6 +652,8 @@ class Fabric:
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.running = False
+        for path in self.impairments.values():
+            path.close()
         try:
             tasks = list(self._tasks)
             for t in tasks:
