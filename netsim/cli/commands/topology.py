@@ -25,10 +25,11 @@ ClockOpt = Annotated[str, typer.Option("--clock", help="virtual: time jumps to t
 
 
 def _clock(kind: str) -> Clock:
-    from netsim.clock import ManualClock, RealClock
+    from netsim.clock import RealClock
+    from netsim.dataplane.vclock import VirtualClock
 
-    if kind == "virtual":
-        return ManualClock()
+    if kind == "virtual":  # jumps to the next deadline: delays of impaired links are exact
+        return VirtualClock()
     if kind == "real":
         return RealClock()
     raise typer.BadParameter(f"--clock must be virtual or real, not {kind!r}")
