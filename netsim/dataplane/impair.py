@@ -38,7 +38,6 @@ import hashlib
 import math
 import random
 import re
-import statistics
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, fields
@@ -367,10 +366,17 @@ def direction_seed(topology_seed: int, name: str) -> int:
 
 
 # ----------------------------------------------------------------------- distribution tables
-def _normal_inv(i: int) -> float:
-    # iproute2 netem/normal.c scans x in steps of 5e-5 and keeps, per table slot
-    # i = rint(16384 * Phi(x)), the last x; that is Phi^-1((i + 0.5) / 16384) to the step.
-    return statistics.NormalDist().inv_cdf(min((i + 0.5) / 16384, 1 - 1e-12))
+def _normal_grid() -> list[float]:
+    """iproute2 netem/normal.c: for x from -10 in steps of 0.00005 (accumulated, as the C loop
+    does), slot rint(16384 * Phi(x)) keeps the last x that lands in it."""
+    slots = [0.0] * 16385
+    x = -10.0
+    root2 = math.sqrt(2.0)
+    erf = math.erf
+    while x < 10.05:
+        slots[round(16384 * (0.5 + 0.5 * erf(x / root2)))] = x
+        x += 0.00005
+    return slots
 
 
 def _clamp16(v: float) -> int:
@@ -386,14 +392,16 @@ def _pareto_value(j: int) -> int:
 def make_table(name: str) -> tuple[int, ...]:
     """netem's distribution table `name` (4096 s16 entries, ascending), as iproute2 builds it
     (`normal.c`, `pareto.c`, `paretonormal.c`)."""
+    if name in ("normal", "paretonormal"):
+        grid = _normal_grid()
     if name == "normal":
-        return tuple(_clamp16(_normal_inv(i) * NETEM_DIST_SCALE) for i in range(0, 16384, 4))
+        return tuple(_clamp16(grid[i] * NETEM_DIST_SCALE) for i in range(0, 16384, 4))
     if name == "pareto":
         return tuple(_pareto_value(j) for j in range(65536, 0, -16))
     if name == "paretonormal":
         out = []
         for i in range(0, 16384, 4):
-            norm = round(_normal_inv(i) * NETEM_DIST_SCALE)
+            norm = round(grid[i] * NETEM_DIST_SCALE)
             par = _pareto_value(65536 - 4 * i)
             out.append(_clamp16(int((norm + 3 * par) / 4)))  # C int division truncates
         return tuple(out)
