@@ -485,6 +485,7 @@ class NetemModel:
         self._mu = imp.delay_ns
         self._sigma = imp.jitter_ns
         self._table = table(imp.distribution) if imp.distribution != "uniform" else None
+        self._plain_uniform = self._table is None and self._delay_cor[0] == 0
         self._gap = imp.gap
         self.counter = 0
         self._rate_Bps = imp.rate_bps / 8
@@ -522,6 +523,8 @@ class NetemModel:
     def _loss_event(self) -> bool:
         kind = self._loss_kind
         if kind == 1:
+            if self._loss_cor[0] == 0:
+                return self._loss != 0 and self._loss >= self.rng.getrandbits(32)
             return self._loss != 0 and self._loss >= self._crandom(self._loss_cor)
         bits = self.rng.getrandbits
         if kind == 2:  # netem loss_gilb_ell: move (first draw), then lose by the old state
@@ -594,7 +597,14 @@ class NetemModel:
             if held >= self._limit:
                 st.queue_dropped += 1
                 return
-            tts = now + max(0, self._delay())
+            sigma = self._sigma
+            if sigma == 0:
+                tts = now + self._mu
+            elif self._plain_uniform:  # netem: (rnd % 2 sigma) + mu - sigma
+                d = self.rng.getrandbits(32) % (2 * sigma) + self._mu - sigma
+                tts = now + d if d > 0 else now
+            else:
+                tts = now + max(0, self._delay())
             if tts < self.last_tts:
                 tts = self.last_tts
             self.last_tts = tts
@@ -688,6 +698,8 @@ class ImpairedPath:
         self._sleep_until = getattr(clock, "sleep_until", None)
         self._call_at = getattr(clock, "call_at", None)
         self._timer: Any = None
+        #: when a list: every released frame's lateness (release time - due time), in ns
+        self.lateness: list[int] | None = None
 
     @property
     def impairment(self) -> Impairment:
@@ -717,7 +729,26 @@ class ImpairedPath:
 
     def offer(self, frame: bytes) -> None:
         """A frame enters the impaired direction now."""
-        self.offer_batch((frame,))
+        model = self.model
+        st = model.stats
+        lost0, q0 = st.lost, st.queue_dropped
+        out = self._out
+        line = self._line
+        now = self.clock.now_ns()
+        model.admit(now, frame, len(line), out)
+        if not out:
+            self._count_drops(lost0, q0)
+            return
+        if len(out) == 1:
+            rel = out[0]
+            if rel[0] > now and not rel[2]:  # the usual case: into the delay line
+                out.clear()
+                line.append(rel)
+                if self._timer is None:
+                    self._kick()
+                return
+        self._out = []
+        self._place(out, now)
 
     def offer_batch(self, frames: Any) -> None:
         """Several frames enter now, in order."""
@@ -726,25 +757,28 @@ class ImpairedPath:
         lost0, q0 = st.lost, st.queue_dropped
         out = self._out
         now = self.clock.now_ns()
-        line = self._line
+        held = len(self._line)
         admit = model.admit
         for f in frames:
-            admit(now, f, len(line) + len(out), out)
+            admit(now, f, held + len(out), out)
+        self._count_drops(lost0, q0)
+        if out:
+            self._out = []
+            self._place(out, now)
+
+    def _count_drops(self, lost0: int, q0: int) -> None:
+        st = self.model.stats
         if st.lost != lost0:
             self.counters.drop("impair-loss", st.lost - lost0)
         if st.queue_dropped != q0:
             self.counters.drop("impair-queue", st.queue_dropped - q0)
-        if not out:
-            return
-        self._out = []
+
+    def _place(self, out: list[Release], now: int) -> None:
+        """Due frames leave now (a reordered one ahead of the line), the rest join the line."""
+        line = self._line
         now_batch: list[bytes] = []
         for rel in out:
-            if rel[0] <= now and not line:
-                if rel[2]:
-                    self._corrupt(rel[1])
-                else:
-                    now_batch.append(rel[1])
-            elif rel[0] <= now and rel[0] < line[0][0]:  # reordered: ahead of the line
+            if rel[0] <= now and (not line or rel[0] < line[0][0]):
                 if rel[2]:
                     self._corrupt(rel[1])
                 else:
@@ -752,7 +786,7 @@ class ImpairedPath:
             else:
                 line.append(rel)
         if now_batch:
-            st.delivered += len(now_batch)
+            self.model.stats.delivered += len(now_batch)
             self.deliver(now_batch)
         if line:
             self._kick()
@@ -792,8 +826,11 @@ class ImpairedPath:
         """Hand every frame due by `now` to its receiver."""
         line = self._line
         batch: list[bytes] = []
+        late = self.lateness
         while line and line[0][0] <= now:
-            _, frame, bad = line.popleft()
+            due, frame, bad = line.popleft()
+            if late is not None:
+                late.append(self.clock.now_ns() - due)
             if bad:
                 if batch:
                     self.model.stats.delivered += len(batch)

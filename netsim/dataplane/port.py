@@ -370,10 +370,16 @@ class Port:
 
     def emit_batch(self, frames: Sequence[bytes]) -> None:
         """Frames released by this port's egress impairment enter its output queue."""
-        put = self.queue.put
-        for f in frames:
-            if not put(f):
-                self.counters.drop("queue-full")
+        q = self.queue
+        items = q.items
+        room = q.maxlen - len(items)
+        if room >= len(frames):
+            items.extend(frames)
+        else:
+            items.extend(frames[:max(room, 0)])
+            self.counters.drop("queue-full", len(frames) - max(room, 0))
+        if items and q._waiter is not None:
+            q.wake()
 
     # -- link state --------------------------------------------------------------------------
     def set_link(self, up: bool) -> None:

@@ -57,6 +57,7 @@ class VirtualClock:
         self._start = int(start_ns)
         self._now = self._start
         self._jumps = 0
+        self._sched: _Scheduler | None = None  # the scheduler of the loop `call_at` last ran on
 
     # -- Clock protocol ---------------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -90,7 +91,10 @@ class VirtualClock:
         scheduler calls it itself, and while such callbacks wake no task it moves on to the
         next deadline without a round trip through the event loop (a delayed frame on an
         impaired link costs a heap push and a call). Returns a handle to `cancel()` it."""
-        return _scheduler().call_at(self, max(int(t_ns), self._now), fn)
+        sched = self._sched
+        if sched is None or sched._loop is not asyncio.get_running_loop():
+            sched = self._sched = _scheduler()
+        return sched.call_at(self, t_ns if t_ns > self._now else self._now, fn)
 
     def _advance_to(self, t_ns: int) -> None:
         if t_ns > self._now:
