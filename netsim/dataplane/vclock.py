@@ -249,6 +249,7 @@ class PacedClock:
         self._start = time.time_ns() if start_ns is None else int(start_ns)
         self._mono0 = time.perf_counter_ns()
         self._deadlines: list[int] = []
+        self._final = 0  # sleepers in their last stretch (within COARSE_NS of the deadline)
 
     def now_ns(self) -> int:
         """Current time, ns since the Unix epoch (monotonic since the clock was made)."""
@@ -265,13 +266,19 @@ class PacedClock:
             await asyncio.sleep(0)
             return
         heapq.heappush(self._deadlines, t_ns)
+        final = False
         try:
             if remaining > self.COARSE_NS:
                 await asyncio.sleep((remaining - self.COARSE_NS) / _NS)
             ready: Any = getattr(asyncio.get_running_loop(), "_ready", ())
+            self._final += 1
+            final = True
             while (now := self.now_ns()) < t_ns:
-                if ready and now < t_ns - self.SPIN_NS:
-                    await asyncio.sleep(0)  # others first
+                # Others first, unless the only runnable tasks are this clock's other sleepers
+                # in their last stretch (each yields to the rest: spinning together would keep
+                # the process busy, and a busy process is the one the OS preempts).
+                if len(ready) >= self._final and now < t_ns - self.SPIN_NS:
+                    await asyncio.sleep(0)
                     continue
                 block = self._deadlines[0] - self.SPIN_NS - now
                 if block > 0:
@@ -279,6 +286,8 @@ class PacedClock:
                 elif self._deadlines[0] < t_ns:
                     await asyncio.sleep(0)  # an earlier sleeper is due: let it go
         finally:
+            if final:
+                self._final -= 1
             self._deadlines.remove(t_ns)
             heapq.heapify(self._deadlines)
 
