@@ -647,7 +647,7 @@ class NetemModel:
         delay = self._delay()
         if self.imp.rate_bps:
             # netem: the last queued frame is the reference; serialization adds after it
-            start = now + delay
+            start = now + delay if delay > 0 else now
             if start < self.last_tts:
                 start = self.last_tts
             tts = start + self.packet_time_ns(len(frame))
@@ -819,7 +819,7 @@ class ImpairedPath:
     def _fire(self) -> None:
         self._timer = None
         self._release(self.clock.now_ns())
-        if self._line:
+        if self._line and self._timer is None:  # (a receiver may have offered and re-armed)
             self._timer = self._call_at(self._line[0][0], self._fire)
 
     def _release(self, now: int) -> None:
