@@ -307,3 +307,30 @@ async def test_lost_frames_never_reach_the_far_side() -> None:
             fab["a"].vnic.send(udp(i))
         await clock.sleep(0.01)
     assert got == [] and fab["esx1/vmnic0"].counters.drops["impair-loss"] == 10
+
+
+async def test_real_time_run_releases_frames_never_early(tmp_path: Path) -> None:
+    (tmp_path / "lab.yaml").write_text(topo_text(port="{delay: 20ms, jitter: 5ms}"))
+    text = ("name: rt\ntopology: lab.yaml\nduration: 300ms\nsteps:\n"
+            "  - {at: 1ms, send: {from: b, frame: {eth: {src: '00:50:56:00:00:0b', "
+            "dst: '00:50:56:00:00:0a'}}}}\n"
+            "  - {at: 10ms, send: {from: a, count: 50, interval: 2ms, frame: {eth: {src: "
+            "'00:50:56:00:00:0a', dst: '00:50:56:00:00:0b'}, ipv4: {src: 10.0.0.1, "
+            "dst: 10.0.0.2}, udp: {dport: 9}}}}\n"
+            "expect:\n"
+            "  - arrives: {at: b, match: 'udp dst port 9', within: 25ms, count: 0}\n"
+            "  - arrives: {at: b, match: 'udp dst port 9', count: 50}\n")
+    report = await run_scenario(parse_scenario(text, "rt.yaml", base=tmp_path), realtime=True)
+    # nothing can arrive before 10 ms + 20 ms - 5 ms, however the wall clock goes
+    assert report.passed, report.to_json()
+
+
+def test_distributed_run_refuses_impairment_it_would_not_apply(tmp_path: Path) -> None:
+    f = tmp_path / "lab.yaml"
+    f.write_text(topo_text(port="{delay: 5ms}"))
+    p = subprocess.run([sys.executable, "-m", "netsim", "run", str(f), "--out",
+                        str(tmp_path / "out"), "--broker", "mqtt://127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 2
+    assert "not applied with --broker" in p.stderr and "Traceback" not in p.stderr

@@ -180,6 +180,11 @@ def run(
         from netsim.cli.commands.distributed import run_with_broker
         from netsim.lab.topology import load_topology
 
+        impaired = load_topology(topology).impairments
+        if impaired:  # the bus stands in for the physical network there: nothing to impair
+            raise typer.BadParameter(f"{impaired[0].where}: link impairment is not applied with "
+                                     "--broker (distributed mode); run without --broker")
+
         warn_holes(load_topology(topology))
         run_with_broker(topology, broker=broker, out=out, user=user,
                         password_file=password_file, tls_ca=tls_ca, fabric=fabric,
