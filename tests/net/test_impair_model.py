@@ -255,3 +255,19 @@ def test_same_seed_same_draws_other_seed_others() -> None:
     a, b, c = (spaced(model(seed=s, **kw), 5000, MS) for s in (7, 7, 8))
     assert a == b
     assert a != c
+
+
+def test_correlated_generator_is_netems_arithmetic() -> None:
+    m = model(seed=9, loss=RandomLoss(0.5, 0.25))
+    rng = random.Random(9)
+    for _ in range(4):  # the draws `set` makes for the other generators' starting values
+        rng.getrandbits(32)
+    last = rng.getrandbits(32)  # the loss generator's starting value
+    rho = round(0.25 * 0xFFFF_FFFF) + 1
+    for _ in range(1000):
+        value = rng.getrandbits(32)
+        last = (value * ((1 << 32) - rho) + last * rho) >> 32  # get_crandom
+        want_lost = round(0.5 * 0xFFFF_FFFF) >= last
+        before = m.stats.lost
+        m.admit(0, b"x", 0, [])
+        assert (m.stats.lost != before) == want_lost
