@@ -145,7 +145,13 @@ class Impairment:
         if self.gap:
             parts.append(f"gap {self.gap}")
         if self.rate_bps:
-            parts.append(f"rate {self.rate_bps}bit")
+            r = self.rate_bps
+            unit = next((u for u, k in (("Gbit", 10**9), ("Mbit", 10**6), ("Kbit", 10**3))
+                         if r % k == 0), "bit")
+            parts.append(f"rate {r // {'Gbit': 10**9, 'Mbit': 10**6, 'Kbit': 10**3}.get(unit, 1)}"
+                         f"{unit}")
+        if self.limit != DEFAULT_LIMIT:
+            parts.append(f"limit {self.limit}")
         return " ".join(parts) or "none"
 
 

@@ -84,6 +84,8 @@ class Report:
     realtime: dict[str, Any] | None = None
     #: files of an earlier run in the same directory, removed before this one wrote (not JSON)
     removed: list[str] = dataclasses.field(default_factory=list)
+    #: what each impaired direction did ("esx1/vmnic0:out": offered, delivered, lost, ...)
+    impairments: dict[str, dict[str, Any]] | None = None
 
     @property
     def passed(self) -> bool:
@@ -98,6 +100,8 @@ class Report:
                "duration_ns": self.duration_ns}
         if self.realtime is not None:
             out["realtime"] = self.realtime
+        if self.impairments:
+            out["impairments"] = self.impairments
         return out
 
     def to_json(self) -> str:
@@ -287,12 +291,17 @@ class ScenarioRun:
             results = [self._evaluate(i, e, arrivals.get(i)) for i, e in
                        enumerate(scn.expectations)]
             counters = fab.counters()
+            impairments = {
+                path.name: {"settings": path.impairment.describe(), "held": path.held,
+                            **path.stats.as_dict()}
+                for path in getattr(fab, "impairments", {}).values()}
         if self.progress is not None:
             self.progress(1.0)
         report = Report(scn.name, scn.source, results,
                         sorted(self._step_stats, key=lambda s: s["step"]), counters,
                         [p.name for p in captures], self._end_ns,
-                        _summary(self._offsets) if self.realtime else None, removed)
+                        _summary(self._offsets) if self.realtime else None, removed,
+                        dict(sorted(impairments.items())) or None)
         if self.out_dir is not None:
             (self.out_dir / "report.json").write_text(report.to_json())
         return report

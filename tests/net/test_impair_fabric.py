@@ -1,6 +1,7 @@
 """Impaired links in a running fabric: YAML, captures, counters, the clock, the CLI."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -183,6 +184,11 @@ async def test_same_seed_byte_identical_pcaps_and_report(tmp_path: Path) -> None
     report = outs[0]["report.json"].decode()
     for reason in ("impair-loss", "corrupt"):
         assert f'"{reason}"' in report
+    directions = json.loads(report)["impairments"]
+    st = directions["core/esx1.vmnic0:in"]
+    assert st["settings"] == "delay 5ms duplicate 5%"  # after the step changed it
+    assert st["offered"] + st["duplicated"] == (st["delivered"] + st["lost"]
+                                                 + st["queue_dropped"] + st["held"])
 
 
 async def test_corrupted_frames_counted_by_the_receiver() -> None:
