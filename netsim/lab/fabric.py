@@ -338,7 +338,7 @@ class Fabric:
                 port.refresh()
 
         if d == "out":
-            deliver = port.emit_batch
+            deliver = self._egress_receiver(port)
             corrupt = self._corrupt_receiver(port)
         else:
             deliver = port.arrive_batch
@@ -352,6 +352,19 @@ class Fabric:
         setattr(port, attr, path)
         port.refresh()
         return path
+
+    @staticmethod
+    def _egress_receiver(port: Port) -> Callable[[list[bytes]], None]:
+        """Where frames leaving `port`'s egress impairment go: straight to the far end of its
+        cable (the delay line was the wire; no second queue and pump hop), else (a VM port,
+        or no cable) into the port's output queue."""
+        def deliver(frames: list[bytes]) -> None:
+            link = port.link
+            if link is not None:
+                link.peer(port).receive_batch(frames)
+            else:
+                port.emit_batch(frames)
+        return deliver
 
     @staticmethod
     def _corrupt_receiver(port: Port) -> Callable[[bytes], None]:
