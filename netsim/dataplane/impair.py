@@ -741,6 +741,39 @@ class ImpairedPath:
     def offer(self, frame: bytes) -> None:
         """A frame enters the impaired direction now."""
         model = self.model
+        if model._simple:  # NetemModel.admit's delay/jitter/loss path, inlined (hot)
+            st = model.stats
+            st.offered += 1
+            if model._loss_kind and model._loss_event():
+                st.lost += 1
+                self.counters.drop("impair-loss")
+                return
+            line = self._line
+            if len(line) >= model._limit:
+                st.queue_dropped += 1
+                self.counters.drop("impair-queue")
+                return
+            now = self.clock.now_ns()
+            sigma = model._sigma
+            if sigma == 0:
+                tts = now + model._mu
+            elif model._plain_uniform:
+                d = model.rng.getrandbits(32) % (2 * sigma) + model._mu - sigma
+                tts = now + d if d > 0 else now
+            else:
+                d = model._delay()
+                tts = now + d if d > 0 else now
+            if tts < model.last_tts:
+                tts = model.last_tts
+            model.last_tts = tts
+            if tts > now or line:
+                line.append((tts, frame, False))
+                if self._timer is None:
+                    self._kick()
+                return
+            st.delivered += 1
+            self.deliver([frame])
+            return
         st = model.stats
         lost0, q0 = st.lost, st.queue_dropped
         out = self._out

@@ -271,3 +271,31 @@ def test_correlated_generator_is_netems_arithmetic() -> None:
         before = m.stats.lost
         m.admit(0, b"x", 0, [])
         assert (m.stats.lost != before) == want_lost
+
+
+@pytest.mark.parametrize("imp", [
+    Impairment(delay_ns=20 * MS, jitter_ns=5 * MS, loss=RandomLoss(0.1)),
+    Impairment(delay_ns=20 * MS, jitter_ns=5 * MS, distribution="paretonormal"),
+    Impairment(delay_ns=3 * MS, jitter_ns=5 * MS, duplicate=0.1, reorder=0.2, rate_bps=10**7),
+])
+async def test_the_path_on_a_clock_releases_what_the_model_plans(imp: Impairment) -> None:
+    from netsim.dataplane.impair import ImpairedPath
+    from netsim.dataplane.port import PortCounters
+    from netsim.dataplane.vclock import VirtualClock
+
+    clock = VirtualClock()
+    got: list[tuple[int, bytes]] = []
+    path = ImpairedPath("p", imp, seed=4, clock=clock, counters=PortCounters(),
+                        deliver=lambda fs: got.extend((clock.now_ns(), f) for f in fs))
+    ref = NetemModel(imp, random.Random(4))
+    plan: list[Release] = []
+    t0 = clock.now_ns()
+    frames = [bytes([i % 256]) * 100 for i in range(3000)]
+    for i, f in enumerate(frames):
+        await clock.sleep_until(t0 + i * MS)
+        path.offer(f)
+        ref.admit(t0 + i * MS, f, path.held, plan)
+    await clock.sleep(1)
+    assert sorted(got) == sorted((t, f) for t, f, _ in plan)
+    ref.stats.delivered = len(plan)  # the model plans; the path counts what it released
+    assert path.stats == ref.stats
