@@ -254,8 +254,10 @@ class Fabric:
         self.running = False
         #: seeds every impaired direction's RNG (the topology's `seed`)
         self.seed = 0
-        #: every impaired direction by (port path, "out" | "in")
+        #: every impaired direction by (port path, "out" | "in" | "cable")
         self.impairments: dict[tuple[str, str], ImpairedPath] = {}
+        self._stages: dict[Port, dict[str, ImpairedPath]] = {}
+        self._live: set[ImpairedPath] = set()  # stages in a chain (set, or draining)
 
     # -- building ----------------------------------------------------------------------------
     def add_host(self, name: str) -> Host:
@@ -298,8 +300,8 @@ class Fabric:
                direction: str = "both") -> list[ImpairedPath]:
         """Impair (netem-like) the frames a port sends (`out`), receives (`in`) or both; None
         (or an impairment that changes nothing) clears it. Each direction has its own RNG,
-        seeded from `seed` and the port's name. For a VM port, `out` is toward the guest and
-        `in` is what the guest sends. Changing the settings keeps the RNG and the frames in
+        seeded from `seed` and the direction's name. For a VM port, `out` is toward the guest
+        and `in` is what the guest sends. Changing the settings keeps the RNG and the frames in
         flight; clearing lets the frames in flight arrive at their time first. Returns the
         directions now impaired."""
         port = self._as_port(target)
@@ -311,47 +313,63 @@ class Fabric:
                               f"{port.parent.name} instead")
         done = []
         for d in (("out", "in") if direction == "both" else (direction,)):
-            path = self._impair_one(port, d, imp)
+            path = self._set_stage(port, d, imp)
             if path is not None:
                 done.append(path)
         return done
 
-    def _impair_one(self, port: Port, d: str, imp: Impairment | None) -> ImpairedPath | None:
-        attr = "impair_out" if d == "out" else "impair_in"
-        key = (port.path, d)
-        path = self.impairments.get(key)
+    def impair_cable(self, target: Port | str, imp: Impairment | None) -> ImpairedPath | None:
+        """Impair the frames `target` sends onto its cable (a topology's `links:` entry, one
+        direction): a stage after the port's own `out` impairment, if it has one. Drops are
+        counted on `target`. None clears it."""
+        port = self._as_port(target)
+        if port.link is None:
+            raise ConfigError(f"impair: {port.path} has no cable to impair")
+        return self._set_stage(port, "cable", imp)
+
+    def _set_stage(self, port: Port, stage: str, imp: Impairment | None) -> ImpairedPath | None:
+        stages = self._stages.setdefault(port, {})
+        path = stages.get(stage)
+        d = "in" if stage == "in" else "out"
         if imp is None or not imp.active:
-            if path is not None:
+            if path is not None and path in self._live:
                 path.set(Impairment())
-                path.retire()
+                path.retire()  # leaves the chain once what is in flight has arrived
             return None
-        if path is not None:
+        if path is None:
+            name = (f"{port.path}:{stage}" if stage != "cable"
+                    else f"{port.path}->{port.link.peer(port).path}")
+            path = ImpairedPath(
+                name, imp, seed=direction_seed(self.seed, name), clock=self.clock,
+                deliver=port.emit_batch, counters=port.counters,
+                deliver_corrupt=port.arrive_corrupt if d == "in" else self._corrupt_receiver(port),
+                spawn=lambda c, n: self.spawn(c, name=n),
+                on_retired=lambda p, port=port, d=d: self._retired(p, port, d))
+            stages[stage] = path
+            self.impairments[(port.path, stage)] = path
+        else:
             path.set(imp)
             path.retiring = False
-            setattr(port, attr, path)
-            port.refresh()
-            return path
-
-        def detach(p: ImpairedPath, port: Port = port, attr: str = attr) -> None:
-            if getattr(port, attr) is p:
-                setattr(port, attr, None)
-                port.refresh()
-
-        if d == "out":
-            deliver = self._egress_receiver(port)
-            corrupt = self._corrupt_receiver(port)
-        else:
-            deliver = port.arrive_batch
-            corrupt = port.arrive_corrupt
-        name = f"{port.path}:{d}"
-        path = ImpairedPath(name, imp, seed=direction_seed(self.seed, name),
-                            clock=self.clock, deliver=deliver, counters=port.counters,
-                            deliver_corrupt=corrupt, spawn=lambda c, n: self.spawn(c, name=n),
-                            on_retired=detach)
-        self.impairments[key] = path
-        setattr(port, attr, path)
-        port.refresh()
+        self._live.add(path)
+        self._rewire(port, d)
         return path
+
+    def _retired(self, path: ImpairedPath, port: Port, d: str) -> None:
+        self._live.discard(path)
+        self._rewire(port, d)
+
+    def _rewire(self, port: Port, d: str) -> None:
+        """Chain the live stages of one direction of `port`: (port `out`, then `cable`) or
+        `in`; the first is where the port hands frames, the last delivers them."""
+        stages = self._stages.get(port, {})
+        order = ("out", "cable") if d == "out" else ("in",)
+        chain = [stages[k] for k in order if k in stages and stages[k] in self._live]
+        for a, b in itertools.pairwise(chain):
+            a.deliver = b.offer_batch
+        if chain:
+            chain[-1].deliver = self._egress_receiver(port) if d == "out" else port.arrive_batch
+        setattr(port, "impair_out" if d == "out" else "impair_in", chain[0] if chain else None)
+        port.refresh()
 
     @staticmethod
     def _egress_receiver(port: Port) -> Callable[[list[bytes]], None]:

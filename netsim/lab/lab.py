@@ -124,7 +124,10 @@ def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
         owner.mirror(srcs, dest, ingress=m.direction in ("ingress", "both"),
                      egress=m.direction in ("egress", "both"))
     for imp in topo.impairments:  # links that behave like real ones (netem-like)
-        fab.impair(imp.port, imp.impairment, direction=imp.direction)
+        if imp.layer == "cable":
+            fab.impair_cable(imp.port, imp.impairment)
+        else:
+            fab.impair(imp.port, imp.impairment, direction=imp.direction)
     return fab
 
 

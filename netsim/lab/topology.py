@@ -233,12 +233,15 @@ class MirrorSpec:
 class ImpairSpec:
     """Link impairment (netem-like) of the frames port `port` (a fabric path such as
     `core/esx1.vmnic0`, `esx1/vmnic0`, `esx1/web.eth0`) sends (`out`) or receives (`in`);
-    `where` is the file:line it came from."""
+    `where` is the file:line it came from. A frame crossing a cable meets, in order, the
+    sender's `out`, the cable's direction, the receiver's `in`."""
 
     port: str
     direction: str
     impairment: Impairment
     where: str = ""
+    #: "port" (`impair:` of the port) or "cable" (a `links:` direction, after the port's own)
+    layer: str = "port"
 
 
 @dataclass(frozen=True)
@@ -601,20 +604,21 @@ _CABLE_KEYS = ("between", "a_to_b", "b_to_a")
 def _impairments(c: _Checker, top: dict[str, Any], topo: Topology) -> tuple[ImpairSpec, ...]:
     """`impair:` on PIFs, physical switch ports and vNICs (both directions of that port), and
     `links:` (per cable, per direction: `a_to_b` = what the first port sends)."""
-    out: dict[tuple[str, str], ImpairSpec] = {}
+    out: dict[tuple[str, str, str], ImpairSpec] = {}
 
     def fail(path: PathT, msg: str) -> TopologyError:
         return c.fail(path, msg)
 
-    def add(port: str, directions: tuple[str, ...], raw: Any, path: PathT) -> None:
+    def add(port: str, directions: tuple[str, ...], raw: Any, path: PathT,
+            layer: str = "port") -> None:
         imp = parse_impairment(raw, path, fail)
         for d in directions:
-            prev = out.get((port, d))
+            prev = out.get((port, d, layer))
             if prev is not None:
-                raise c.fail(path, f"{port} already has an impairment of the frames it "
-                             f"{'sends' if d == 'out' else 'receives'} at {prev.where}")
+                raise c.fail(path, f"the cable direction from {port} is already impaired at "
+                             f"{prev.where}")
             if imp.active:
-                out[port, d] = ImpairSpec(port, d, imp, c.smap.where(path))
+                out[port, d, layer] = ImpairSpec(port, d, imp, c.smap.where(path), layer)
 
     both = ("out", "in")
     for h in topo.hosts:
@@ -670,9 +674,9 @@ def _impairments(c: _Checker, top: dict[str, Any], topo: Topology) -> tuple[Impa
         if "a_to_b" not in lm and "b_to_a" not in lm:
             raise c.fail(lp, "say what to impair: a_to_b, b_to_a or both")
         if "a_to_b" in lm:
-            add(a, ("out",), lm["a_to_b"], (*lp, "a_to_b"))
+            add(a, ("out",), lm["a_to_b"], (*lp, "a_to_b"), "cable")
         if "b_to_a" in lm:
-            add(b, ("out",), lm["b_to_a"], (*lp, "b_to_a"))
+            add(b, ("out",), lm["b_to_a"], (*lp, "b_to_a"), "cable")
     return tuple(out.values())
 
 

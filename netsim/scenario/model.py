@@ -148,7 +148,8 @@ class PortGroupEvent(Step):
 @dataclass(frozen=True)
 class ImpairEvent(Step):
     """Change (tc qdisc change) or clear the impairment of the frames a port sends (`out`),
-    receives (`in`) or both, from now on; frames in flight keep their times."""
+    receives (`in`) or both, or sends into its cable (`cable`), from now on; frames in flight
+    keep their times."""
 
     target: str
     direction: str
@@ -293,7 +294,9 @@ class Scenario:
             elif isinstance(s, LinkEvent):
                 lookup(s.target, (*s.path, "link", "port"), (Port, Link), "a port or cable")
             elif isinstance(s, ImpairEvent):
-                lookup(s.target, (*s.path, "impair", s.key), (Port,), "a port")
+                port = lookup(s.target, (*s.path, "impair", s.key), (Port,), "a port")
+                if s.direction == "cable" and port.link is None:
+                    raise self.error((*s.path, "impair", s.key), f"{s.target} has no cable")
             elif isinstance(s, FlushMac) and s.switch is not None:
                 lookup(s.switch, (*s.path, "flush_mac", "switch"), (Bridge,), "a switch")
             elif isinstance(s, MoveVm):
@@ -592,18 +595,25 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
 
 def _impair_step(r: _Reader, body: Any, at: int, path: PathT, kp: PathT) -> ImpairEvent:
     """`{port|link: NAME, direction: both|out|in, clear: true}` or the settings
-    (`delay: 200ms, loss: 10%`, as `impair:` in a topology) that replace the current ones."""
+    (`delay: 200ms, loss: 10%`, as `impair:` in a topology) that replace the current ones;
+    `cable: NAME` is the direction of NAME's cable that NAME sends into (a `links:` entry)."""
     from netsim.dataplane.impair import IMPAIR_KEYS
 
-    b = r.mapping(body, kp, ("port", "link", "direction", "clear", *IMPAIR_KEYS))
-    keys = [k for k in ("port", "link") if k in b]
+    b = r.mapping(body, kp, ("port", "link", "cable", "direction", "clear", *IMPAIR_KEYS))
+    keys = [k for k in ("port", "link", "cable") if k in b]
     if len(keys) != 1:
-        raise r.fail(kp, "name the port whose link to impair: `port:` (or `link:`)")
+        raise r.fail(kp, "name the port whose link to impair: `port:` (or `link:`), or "
+                     "`cable:` for what a port sends into its cable")
     key = keys[0]
     target = r.name(b[key], (*kp, key))
     direction = b.get("direction", "both")
     if direction not in ("both", "out", "in"):
         raise r.fail((*kp, "direction"), f"expected both, out or in, got {direction!r}")
+    if key == "cable":
+        if "direction" in b:
+            raise r.fail((*kp, "direction"), "a cable step impairs what the port sends into "
+                         "it; name the other end for the other direction")
+        direction = "cable"
     settings = {k: v for k, v in b.items() if k in IMPAIR_KEYS}
     clear = r.boolean(b.get("clear", False), (*kp, "clear"))
     if clear and settings:

@@ -350,7 +350,10 @@ class ScenarioRun:
             sw.update_port_group(dataclasses.replace(pg, **changes))
             self._step_stats.append({"step": idx, "kind": "port_group", "name": s.name})
         elif isinstance(s, ImpairEvent):
-            fab.impair(s.target, s.impairment, direction=s.direction)
+            if s.direction == "cable":
+                fab.impair_cable(s.target, s.impairment)
+            else:
+                fab.impair(s.target, s.impairment, direction=s.direction)
             self._step_stats.append({"step": idx, "kind": "impair", "target": s.target,
                                      "direction": s.direction,
                                      "impair": s.impairment.describe() if s.impairment

@@ -97,9 +97,11 @@ def test_links_name_the_two_ends_of_one_cable() -> None:
     with pytest.raises(TopologyError, match=rf"lab\.yaml:{line}: links\[0\]\.between: .*not the "
                        r"two ends of one cable"):
         parse_topology(topo_text(links=bad), "lab.yaml")
-    twice = "links:\n  - {between: [core/esx1.vmnic0, esx1/vmnic0], a_to_b: {delay: 1ms}}\n"
-    with pytest.raises(TopologyError, match="already has an impairment of the frames it sends"):
-        parse_topology(topo_text(port="{delay: 5ms}", links=twice), "lab.yaml")
+    twice = ("links:\n  - {between: [core/esx1.vmnic0, esx1/vmnic0], a_to_b: {delay: 1ms}}\n"
+             "  - {between: [esx1/vmnic0, core/esx1.vmnic0], b_to_a: {delay: 2ms}}\n")
+    with pytest.raises(TopologyError, match=r"links\[1\]\.b_to_a: the cable direction from "
+                       r"core/esx1\.vmnic0 is already impaired at lab\.yaml:\d+: links\[0\]"):
+        parse_topology(topo_text(links=twice), "lab.yaml")
 
 
 def test_cli_refuses_bad_topology_with_one_line_and_status_2(tmp_path: Path) -> None:
@@ -117,6 +119,9 @@ def test_scenario_step_refuses_bad_values() -> None:
     text = ("name: s\nsteps:\n  - {at: 1s, impair: {port: x, delay: 10ms, loss: 150%}}\n")
     with pytest.raises(ScenarioError, match=r"s\.yaml:3: steps\[0\]\.impair\.loss: .*100%"):
         parse_scenario(text, "s.yaml")
+    with pytest.raises(ScenarioError, match="a cable step impairs what the port sends"):
+        parse_scenario("name: s\nsteps:\n  - {impair: {cable: x, direction: in, delay: 1ms}}\n",
+                       "s.yaml")
     with pytest.raises(ScenarioError, match="clear takes no settings"):
         parse_scenario("name: s\nsteps:\n  - {impair: {port: x, clear: true, delay: 1ms}}\n",
                        "s.yaml")
@@ -340,3 +345,35 @@ def test_distributed_run_refuses_impairment_it_would_not_apply(tmp_path: Path) -
                        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert p.returncode == 2
     assert "not applied with --broker" in p.stderr and "Traceback" not in p.stderr
+
+
+async def test_port_and_cable_impairments_add_up_in_order() -> None:
+    # the issue's example: core/esx1.vmnic0 has its own impairment and its cable one more
+    cable = ("links:\n  - {between: [core/esx1.vmnic0, esx1/vmnic0], a_to_b: {delay: 2ms}, "
+             "b_to_a: {delay: 3ms}}\n")
+    topo = parse_topology(topo_text(port="{delay: 5ms}", links=cable), "lab.yaml")
+    assert sorted((i.port, i.direction, i.layer) for i in topo.impairments) == [
+        ("core/esx1.vmnic0", "in", "port"), ("core/esx1.vmnic0", "out", "cable"),
+        ("core/esx1.vmnic0", "out", "port"), ("esx1/vmnic0", "out", "cable")]
+    clock = VirtualClock()
+    fab = build_fabric(topo, clock=clock)
+    at_a: list[int] = []
+    at_b: list[int] = []
+    fab.on_receive("a", lambda f: at_a.append(clock.now_ns()))
+    fab.on_receive("b", lambda f: at_b.append(clock.now_ns()))
+    async with fab:
+        t0 = clock.now_ns()
+        fab["b"].vnic.send(learn_b())  # b -> a: core's port out (5 ms), then its cable (2 ms)
+        await clock.sleep(0.1)
+        t1 = clock.now_ns()
+        fab["a"].vnic.send(udp())  # a -> b: esx1's cable (3 ms), then core's port in (5 ms)
+        await clock.sleep(0.1)
+        fab.impair_cable("core/esx1.vmnic0", None)  # a scenario's {cable: ..., clear: true}
+        t2 = clock.now_ns()
+        fab["b"].vnic.send(learn_b())
+        await clock.sleep(0.1)
+    assert at_a == [t0 + 7 * MS, t2 + 5 * MS]
+    assert at_b == [t1 + 8 * MS]
+    assert set(fab.impairments) == {("core/esx1.vmnic0", "out"), ("core/esx1.vmnic0", "in"),
+                                    ("core/esx1.vmnic0", "cable"), ("esx1/vmnic0", "cable")}
+    assert fab.impairments[("esx1/vmnic0", "cable")].name == "esx1/vmnic0->core/esx1.vmnic0"
