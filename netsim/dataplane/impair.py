@@ -39,6 +39,7 @@ Where we differ from netem, and why:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import math
 import random
@@ -357,16 +358,10 @@ def parse_impairment(raw: Any, path: PathT, fail: Fail) -> Impairment:
     if imp.gap and not imp.reorder:
         raise fail((*path, "gap"), "gap needs `reorder:`")
     if imp.reorder and not imp.gap:
-        imp = _replace(imp, gap=1)  # iproute2: reorder without gap = gap 1
+        imp = dataclasses.replace(imp, gap=1)  # iproute2: reorder without gap = gap 1
     if (imp.delay_correlation or imp.distribution != "uniform") and not imp.jitter_ns:
         raise fail(path, "distribution and correlation shape the jitter: give `jitter:`")
     return imp
-
-
-def _replace(imp: Impairment, **kw: Any) -> Impairment:
-    vals = {f.name: getattr(imp, f.name) for f in fields(imp)}
-    vals.update(kw)
-    return Impairment(**vals)
 
 
 def direction_seed(topology_seed: int, name: str) -> int:

@@ -377,3 +377,27 @@ async def test_port_and_cable_impairments_add_up_in_order() -> None:
     assert set(fab.impairments) == {("core/esx1.vmnic0", "out"), ("core/esx1.vmnic0", "in"),
                                     ("core/esx1.vmnic0", "cable"), ("esx1/vmnic0", "cable")}
     assert fab.impairments[("esx1/vmnic0", "cable")].name == "esx1/vmnic0->core/esx1.vmnic0"
+
+
+async def test_rate_serializes_a_burst_and_tail_drops_beyond_the_limit() -> None:
+    cable = ("links:\n  - {between: [esx1/vmnic0, core/esx1.vmnic0], "
+             "a_to_b: {rate: 10Mbit, limit: 100}}\n")
+    clock = VirtualClock()
+    fab = build_fabric(parse_topology(topo_text(links=cable), "lab.yaml"), clock=clock)
+    got: list[int] = []
+    fab.on_receive("b", lambda f: got.append(clock.now_ns()))
+    fab.on_receive("a", lambda f: None)
+    frame = build_frame({"eth": {"src": "00:50:56:00:00:0a", "dst": "00:50:56:00:00:0b"},
+                         "ipv4": {"src": "10.0.0.1", "dst": "10.0.0.2"},
+                         "udp": {"dport": 9}, "payload": 1000})
+    tagged_len = len(frame) + 4  # what crosses the trunk cable
+    async with fab:
+        fab["b"].vnic.send(learn_b())
+        await clock.sleep(0.01)
+        t0 = clock.now_ns()
+        fab["a"].vnic.send_many([frame] * 300)  # one burst, far over the link's rate
+        await clock.sleep(1)
+    per_frame = tagged_len * 8 * 1_000_000_000 // 10_000_000  # netem packet_time_ns
+    assert len(got) == 100
+    assert got == [t0 + (i + 1) * per_frame for i in range(100)]  # backlog / rate
+    assert fab["esx1/vmnic0"].counters.drops["impair-queue"] == 200
