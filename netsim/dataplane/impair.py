@@ -18,10 +18,10 @@ The semantics are Linux netem's (`tc-netem(8)`, `net/sched/sch_netem.c`), re-imp
   frame is counted `corrupt` by the port that receives it.
 
 Where we differ from netem, and why:
-- Jitter keeps frames in order (FIFO): a frame never leaves before the one queued ahead of it,
-  as netem behaves with `rate` or with a pfifo child qdisc. netem's default tfifo reorders
-  frames whose jitter crosses; that surprise is what users complain about, and `reorder:` is the
-  explicit way to get reordering.
+- Jitter keeps frames in order by default (`order: fifo`): a frame never leaves before the one
+  queued ahead of it, as netem behaves with `rate` or with a pfifo child qdisc. netem's own
+  default, its tfifo that lets each frame leave at its own time so that jitter reorders, is
+  `order: tfifo`; `reorder:` is the other, explicit way to reorder.
 - A delay that the distribution draws below zero is zero (netem sends such a packet at once).
 - `corrupt` flips one random bit of the frame, as netem does, but on the wire: the receiver's
   FCS check then fails, so the receiving port drops the frame and counts it `corrupt` (a NIC's
@@ -114,6 +114,10 @@ class Impairment:
     cell_size: int = 0
     cell_overhead: int = 0
     limit: int = DEFAULT_LIMIT
+    #: "fifo": frames leave in the order they came (jitter never reorders); "tfifo": each
+    #: leaves at its own time, so jitter larger than the gap between frames reorders them
+    #: (netem's default internal queue)
+    order: str = "fifo"
 
     @property
     def active(self) -> bool:
@@ -173,7 +177,7 @@ Fail = Callable[[PathT, str], Exception]
 
 IMPAIR_KEYS = ("delay", "jitter", "correlation", "distribution", "loss", "duplicate",
                "corrupt", "reorder", "gap", "rate", "overhead", "cell_size", "cell_overhead",
-               "limit")
+               "limit", "order")
 _TIME_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|usec|ms|msec|s|sec)\s*$")
 _TIME_SCALE = {"ns": 1, "us": 10**3, "µs": 10**3, "usec": 10**3, "ms": 10**6, "msec": 10**6,
                "s": 10**9, "sec": 10**9}
@@ -345,6 +349,12 @@ def parse_impairment(raw: Any, path: PathT, fail: Fail) -> Impairment:
     if "cell_overhead" in m:
         kw["cell_overhead"] = _integer(m["cell_overhead"], (*path, "cell_overhead"), fail,
                                        -255, 255, "cell_overhead (bytes)")
+    if "order" in m:
+        if m["order"] not in ("fifo", "tfifo"):
+            raise fail((*path, "order"), f"order must be fifo (jitter keeps frames in order) or "
+                       f"tfifo (netem's default: each frame leaves at its own time), got "
+                       f"{m['order']!r}")
+        kw["order"] = m["order"]
     if "limit" in m:
         kw["limit"] = _integer(m["limit"], (*path, "limit"), fail, 1, 10_000_000,
                                "limit (frames)")
@@ -492,6 +502,8 @@ class NetemModel:
         self._sigma = imp.jitter_ns
         self._table = table(imp.distribution) if imp.distribution != "uniform" else None
         self._plain_uniform = self._table is None and self._delay_cor[0] == 0
+        # netem with rate always queues behind the last frame; tfifo otherwise sorts by time
+        self.fifo = imp.order == "fifo" or bool(imp.rate_bps)
         self._gap = imp.gap
         self.counter = 0
         self._rate_Bps = imp.rate_bps / 8
@@ -611,7 +623,7 @@ class NetemModel:
                 tts = now + d if d > 0 else now
             else:
                 tts = now + max(0, self._delay())
-            if tts < self.last_tts:
+            if tts < self.last_tts and self.fifo:
                 tts = self.last_tts
             self.last_tts = tts
             out.append((tts, frame, False))
@@ -659,7 +671,7 @@ class NetemModel:
             tts = start + self.packet_time_ns(len(frame))
         else:
             tts = now + max(0, delay)
-            if tts < self.last_tts:
+            if tts < self.last_tts and self.fifo:
                 tts = self.last_tts
         self.last_tts = tts
         if self._gap:
@@ -704,6 +716,7 @@ class ImpairedPath:
         self._sleep_until = getattr(clock, "sleep_until", None)
         self._call_at = getattr(clock, "call_at", None)
         self._timer: Any = None
+        self._nap: asyncio.Task[None] | None = None  # the release task's sleep (task mode)
         #: when a list: every released frame's lateness (release time - due time), in ns
         self.lateness: list[int] | None = None
 
@@ -758,10 +771,13 @@ class ImpairedPath:
             else:
                 d = model._delay()
                 tts = now + d if d > 0 else now
-            if tts < model.last_tts:
+            if tts < model.last_tts and model.fifo:
                 tts = model.last_tts
             model.last_tts = tts
             if tts > now or line:
+                if line and tts < line[-1][0]:  # tfifo: by time, not arrival
+                    self._insert((tts, frame, False))
+                    return
                 line.append((tts, frame, False))
                 if self._timer is None:
                     self._kick()
@@ -780,8 +796,8 @@ class ImpairedPath:
             return
         if len(out) == 1:
             rel = out[0]
-            if rel[0] > now and not rel[2]:  # the usual case: into the delay line
-                out.clear()
+            if rel[0] > now and not rel[2] and (not line or rel[0] >= line[-1][0]):
+                out.clear()  # the usual case: at the end of the delay line
                 line.append(rel)
                 if self._timer is None:
                     self._kick()
@@ -822,6 +838,8 @@ class ImpairedPath:
                     self._corrupt(rel[1])
                 else:
                     now_batch.append(rel[1])
+            elif line and rel[0] < line[-1][0] and rel[0] > now:
+                self._insert(rel)  # tfifo: by time, not arrival
             else:
                 line.append(rel)
         if now_batch:
@@ -829,6 +847,22 @@ class ImpairedPath:
             self.deliver(now_batch)
         if line:
             self._kick()
+
+    def _insert(self, rel: Release) -> None:
+        """Put a frame in the delay line by its time (after those due at the same time), as
+        netem's tfifo does; wake the releaser earlier if it is the new head."""
+        line = self._line
+        i = len(line)
+        while i and line[i - 1][0] > rel[0]:
+            i -= 1
+        line.insert(i, rel)
+        if i == 0:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            elif self._nap is not None and not self._nap.done():
+                self._nap.cancel()  # the task sleeps until the old head: wake it
+        self._kick()
 
     def _corrupt(self, frame: bytes) -> None:
         self.model.stats.delivered += 1
@@ -904,10 +938,15 @@ class ImpairedPath:
                 due = line[0][0]
                 now = clock.now_ns()
                 if due > now:
-                    if sleep_until is not None:
-                        await sleep_until(due)
-                    else:
-                        await clock.sleep((due - now) / 1e9)
+                    nap = self._nap = loop.create_task(
+                        sleep_until(due) if sleep_until is not None
+                        else clock.sleep((due - now) / 1e9))
+                    try:
+                        await asyncio.wait((nap,))  # cancelled by `_insert`: a new head
+                    finally:
+                        if not nap.done():
+                            nap.cancel()
+                        self._nap = None
                     continue
                 self._release(now)
                 await asyncio.sleep(0)  # bounded work per wake-up: let the receivers run

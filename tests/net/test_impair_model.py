@@ -7,6 +7,7 @@ and asymptotic variances of the Markov chains), never from a previous run.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 
@@ -277,6 +278,8 @@ def test_correlated_generator_is_netems_arithmetic() -> None:
     Impairment(delay_ns=20 * MS, jitter_ns=5 * MS, loss=RandomLoss(0.1)),
     Impairment(delay_ns=20 * MS, jitter_ns=5 * MS, distribution="paretonormal"),
     Impairment(delay_ns=3 * MS, jitter_ns=5 * MS, duplicate=0.1, reorder=0.2, rate_bps=10**7),
+    Impairment(delay_ns=5 * MS, jitter_ns=5 * MS, order="tfifo"),
+    Impairment(delay_ns=5 * MS, jitter_ns=5 * MS, order="tfifo", corrupt=0.05, reorder=0.1),
 ])
 async def test_the_path_on_a_clock_releases_what_the_model_plans(imp: Impairment) -> None:
     from netsim.dataplane.impair import ImpairedPath
@@ -296,6 +299,46 @@ async def test_the_path_on_a_clock_releases_what_the_model_plans(imp: Impairment
         path.offer(f)
         ref.admit(t0 + i * MS, f, path.held, plan)
     await clock.sleep(1)
-    assert sorted(got) == sorted((t, f) for t, f, _ in plan)
+    assert sorted(got) == sorted((t, f) for t, f, _ in plan if not _)
+    assert [t for t, _ in got] == sorted(t for t, _ in got)  # released in time order
     ref.stats.delivered = len(plan)  # the model plans; the path counts what it released
+    # (a corrupted frame is released to the FCS check, not to `deliver`)
     assert path.stats == ref.stats
+
+
+def test_tfifo_lets_jitter_reorder_fifo_does_not() -> None:
+    kw = dict(delay_ns=5 * MS, jitter_ns=5 * MS)
+    fifo = spaced(model(**kw), 20_000, MS)
+    tfifo_model = model(order="tfifo", **kw)
+    tfifo = spaced(tfifo_model, 20_000, MS)
+    assert [t for t, _, _ in fifo] == sorted(t for t, _, _ in fifo)
+    times = [t for t, _, _ in tfifo]
+    assert times != sorted(times)  # netem's default: frames overtake each other
+    # and each frame keeps exactly its own delay: uniform over [mu - sigma, mu + sigma)
+    d = np.array([t - i * MS for i, t in enumerate(times)], dtype=float)
+    assert d.min() >= 0 and d.max() < 10 * MS
+    var = ((2 * 5 * MS) ** 2 - 1) / 12
+    assert abs(d.mean() - (5 * MS - 0.5)) <= Z99 * math.sqrt(var / len(d))
+
+
+async def test_tfifo_wakes_the_release_task_for_a_new_head() -> None:
+    from netsim.clock import ManualClock
+    from netsim.dataplane.impair import ImpairedPath
+    from netsim.dataplane.port import PortCounters
+
+    clock = ManualClock()  # no timers, no sleep_until: the release task sleeps
+    got: list[tuple[int, bytes]] = []
+    t0 = clock.now_ns()
+    path = ImpairedPath("p", Impairment(delay_ns=15 * MS, order="tfifo"), seed=1, clock=clock,
+                        counters=PortCounters(),
+                        deliver=lambda fs: got.extend((clock.now_ns() - t0, f) for f in fs))
+    path.offer(b"A")  # leaves at 15 ms
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the release task is asleep until 15 ms
+    path.set(Impairment(delay_ns=5 * MS, order="tfifo"))
+    path.offer(b"B")  # leaves at 5 ms: the new head
+    for _ in range(20):
+        for _ in range(10):  # let every task run before time moves on
+            await asyncio.sleep(0)
+        clock.advance(0.001)
+    assert got == [(5 * MS, b"B"), (15 * MS, b"A")]
