@@ -185,7 +185,8 @@ async def test_same_seed_byte_identical_pcaps_and_report(tmp_path: Path) -> None
         assert report.passed
         outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert outs[0] == outs[1]
-    assert outs[0]["esx2_vmnic0.pcapng"] != outs[2]["esx2_vmnic0.pcapng"]
+    rx = next(n for n in outs[0] if n.startswith("esx2") and n.endswith(".pcapng"))
+    assert outs[0][rx] != outs[2][rx]
     report = outs[0]["report.json"].decode()
     for reason in ("impair-loss", "corrupt"):
         assert f'"{reason}"' in report
