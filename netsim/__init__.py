@@ -37,6 +37,10 @@ _EXPORTS: dict[str, str] = {
     "Guest": "netsim.dataplane.guest",
     "VirtualClock": "netsim.dataplane.vclock",
     "PacedClock": "netsim.dataplane.vclock",
+    "Impairment": "netsim.dataplane.impair",
+    "RandomLoss": "netsim.dataplane.impair",
+    "GilbertElliott": "netsim.dataplane.impair",
+    "FourState": "netsim.dataplane.impair",
     # lab
     "Fabric": "netsim.lab.fabric",
     "Host": "netsim.lab.fabric",
@@ -90,6 +94,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from netsim.clock import Clock, ManualClock, RealClock
     from netsim.dataplane.guest import Guest
+    from netsim.dataplane.impair import FourState, GilbertElliott, Impairment, RandomLoss
     from netsim.dataplane.policy import (
         LoadBalancing,
         SecurityPolicy,

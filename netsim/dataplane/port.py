@@ -55,6 +55,9 @@ DROP_REASONS = (
     "no-destination",  # no other port carries the frame's VLAN
     "reflected",  # a vSwitch's own vNIC source MAC coming back in from the physical network
     "uplink-not-in-use",  # teaming: arrived on a standby uplink while an active one is up
+    "impair-loss",  # lost by the link impairment (netem `loss`) of this port or its cable
+    "impair-queue",  # the impairment's queue was at its `limit` (netem tail drop)
+    "corrupt",  # arrived with a bit flipped by an impairment: the FCS check failed
 )
 
 #: A tap sees every frame crossing a port: (frame bytes, outbound?). Captures read their clock.
@@ -261,6 +264,11 @@ class Port:
         self.tx_plain = True
         self.sw_egress_shaper: Any = None
         self.sw_mirror_tx: tuple[Port, ...] = ()
+        #: link impairment (`netsim.dataplane.impair.ImpairedPath`) of the frames this port
+        #: sends (after its taps: captured when sent) and of those it receives (before its
+        #: taps: captured when they arrive); set by the fabric, None = a perfect wire
+        self.impair_out: Any = None
+        self.impair_in: Any = None
 
     def add_tap(self, tap: Tap) -> None:
         """Call `tap(frame, outbound)` for every frame crossing this port."""
@@ -275,21 +283,32 @@ class Port:
         """Recompute `tx_plain` after a change of link, taps, shaping or mirroring."""
         self.tx_plain = bool(
             self.link_up and not self.taps and self.sw_egress_shaper is None
-            and not self.sw_mirror_tx
+            and not self.sw_mirror_tx and self.impair_out is None and self.impair_in is None
         )
 
     # -- frames in and out -------------------------------------------------------------------
     def receive(self, frame: bytes) -> None:
         """A frame arrives at this port from outside (guest or wire) and enters the switch."""
+        if self.tx_plain:  # link up, no taps, no impairment
+            sw = self.switch
+            if sw is not None:
+                c = self.counters
+                c.rx_frames += 1
+                c.rx_bytes += len(frame)
+                sw.ingress(self, frame)
+                return
+        imp = self.impair_in
+        if imp is not None:
+            imp.offer(frame)  # arrives (and is counted) when the impairment releases it
+            return
+        self.arrive(frame)
+
+    def arrive(self, frame: bytes) -> None:
+        """The frame reaches the port now (past any impairment): count, tap, switch."""
         c = self.counters
         c.rx_frames += 1
         c.rx_bytes += len(frame)
-        if self.tx_plain:  # link up, no taps
-            sw = self.switch
-            if sw is not None:
-                sw.ingress(self, frame)
-                return
-        elif self.taps:
+        if self.taps:
             for tap in self.taps:
                 tap(frame, False)
         sw = self.switch
@@ -298,11 +317,27 @@ class Port:
             return
         sw.ingress(self, frame)
 
+    def arrive_batch(self, frames: Sequence[bytes]) -> None:
+        """Several frames reach the port now, past its ingress impairment."""
+        for f in frames:
+            self.arrive(f)
+
+    def arrive_corrupt(self, frame: bytes) -> None:
+        """A frame whose FCS check fails arrives: counted and dropped, as a NIC does."""
+        c = self.counters
+        c.rx_frames += 1
+        c.rx_bytes += len(frame)
+        c.drop("corrupt")
+
     def receive_batch(self, frames: Sequence[bytes]) -> None:
         """Several frames arrive, in order: the same as `receive` for each, switched in one
         pipeline call (`ingress_batch`) when the port is up, untapped and attached."""
         sw = self.switch
         if not self.tx_plain or sw is None or len(frames) < 2:  # taps, link down, detached
+            imp = self.impair_in
+            if imp is not None:
+                imp.offer_batch(frames)
+                return
             for f in frames:
                 self.receive(f)
             return
@@ -320,12 +355,31 @@ class Port:
         if self.taps:
             for tap in self.taps:
                 tap(frame, True)
+        imp = self.impair_out
+        if imp is not None:  # on the wire now; the far end gets it when the impairment says
+            c.tx_frames += 1
+            c.tx_bytes += len(frame)
+            imp.offer(frame)
+            return True
         if not self.queue.put(frame):
             c.drop("queue-full")
             return False
         c.tx_frames += 1
         c.tx_bytes += len(frame)
         return True
+
+    def emit_batch(self, frames: Sequence[bytes]) -> None:
+        """Frames released by this port's egress impairment enter its output queue."""
+        q = self.queue
+        items = q.items
+        room = q.maxlen - len(items)
+        if room >= len(frames):
+            items.extend(frames)
+        else:
+            items.extend(frames[:max(room, 0)])
+            self.counters.drop("queue-full", len(frames) - max(room, 0))
+        if items and q._waiter is not None:
+            q.wake()
 
     # -- link state --------------------------------------------------------------------------
     def set_link(self, up: bool) -> None:
@@ -486,7 +540,9 @@ class Pif(Port):
 
     def receive_batch(self, frames: Sequence[bytes]) -> None:
         """Several frames from the wire: as one batch unless VLAN PIFs must demultiplex."""
-        if self.vlan_pifs:
+        if self.impair_in is not None:
+            self.impair_in.offer_batch(frames)
+        elif self.vlan_pifs:
             for f in frames:
                 self.receive(f)
         else:
@@ -496,6 +552,16 @@ class Pif(Port):
         """Demultiplex VLAN PIFs, then hand the rest to this PIF's switch."""
         if not self.vlan_pifs:
             Port.receive(self, frame)
+            return
+        if self.impair_in is not None:
+            self.impair_in.offer(frame)
+            return
+        self.arrive(frame)
+
+    def arrive(self, frame: bytes) -> None:
+        """Past the ingress impairment: demultiplex VLAN PIFs, then this PIF's switch."""
+        if not self.vlan_pifs:
+            Port.arrive(self, frame)
             return
         c = self.counters
         c.rx_frames += 1

@@ -30,6 +30,7 @@ import heapq
 import itertools
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from netsim.clock import DEFAULT_START_NS  # 2026-01-01T00:00:00Z: same stamps every run
@@ -56,6 +57,7 @@ class VirtualClock:
         self._start = int(start_ns)
         self._now = self._start
         self._jumps = 0
+        self._sched: _Scheduler | None = None  # the scheduler of the loop `call_at` last ran on
 
     # -- Clock protocol ---------------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -83,6 +85,17 @@ class VirtualClock:
         """Return once every other task is blocked, without moving time."""
         await _scheduler().wait_idle()
 
+    def call_at(self, t_ns: int, fn: Callable[[], None]) -> TimerHandle:
+        """Call `fn()` when simulated time reaches `t_ns` (at once, on the next jump, if it is
+        already past), in deadline order with the sleepers. Cheaper than a task sleeping: the
+        scheduler calls it itself, and while such callbacks wake no task it moves on to the
+        next deadline without a round trip through the event loop (a delayed frame on an
+        impaired link costs a heap push and a call). Returns a handle to `cancel()` it."""
+        sched = self._sched
+        if sched is None or sched._loop is not asyncio.get_running_loop():
+            sched = self._sched = _scheduler()
+        return sched.call_at(self, t_ns if t_ns > self._now else self._now, fn)
+
     def _advance_to(self, t_ns: int) -> None:
         if t_ns > self._now:
             self._now = t_ns
@@ -90,6 +103,30 @@ class VirtualClock:
 
     def __repr__(self) -> str:
         return f"VirtualClock(now_ns={self._now})"
+
+
+class TimerHandle:
+    """A callback scheduled with `VirtualClock.call_at`; `cancel()` keeps it from running."""
+
+    __slots__ = ("cancelled", "fn")
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not call it (a no-op if it already ran)."""
+        self.cancelled = True
+
+    def done(self) -> bool:
+        """Futures' protocol, so the scheduler can skip a cancelled timer like a cancelled
+        sleeper."""
+        return self.cancelled
+
+
+#: deadlines a scheduler may serve from callbacks alone before it yields to the event loop
+#: anyway (real I/O and signals get their turn)
+_MAX_CALLBACK_RUN = 4096
 
 
 class _Scheduler:
@@ -109,6 +146,12 @@ class _Scheduler:
         self._ensure_driver()
         await fut
 
+    def call_at(self, clock: VirtualClock, t_ns: int, fn: Callable[[], None]) -> TimerHandle:
+        handle = TimerHandle(fn)
+        heapq.heappush(self._heap, (t_ns - clock._start, next(self._seq), clock, handle))
+        self._ensure_driver()
+        return handle
+
     async def wait_idle(self) -> None:
         fut: asyncio.Future[None] = self._loop.create_future()
         self._idle.append(fut)
@@ -121,8 +164,12 @@ class _Scheduler:
 
     async def _drive(self) -> None:
         heap = self._heap
+        ready: Any = getattr(self._loop, "_ready", None)
+        quick = 0  # deadlines served by callbacks alone since the last yield to the loop
         while heap or self._idle:
-            await _until_idle(self._loop)
+            if quick == 0 or ready is None or ready or self._idle:
+                await _until_idle(self._loop)
+                quick = 0
             if self._idle:
                 waiters, self._idle = self._idle, []
                 for fut in waiters:
@@ -135,11 +182,24 @@ class _Scheduler:
             if not heap:
                 break
             key = heap[0][0]
+            woke = False
             while heap and heap[0][0] == key:
                 _, _, clock, fut = heapq.heappop(heap)
                 if not fut.done():
                     clock._advance_to(clock._start + key)
-                    fut.set_result(None)
+                    if type(fut) is TimerHandle:
+                        fut.cancelled = True  # ran: done
+                        try:
+                            fut.fn()
+                        except Exception as exc:  # a bug in the callback: report, go on
+                            self._loop.call_exception_handler({
+                                "message": f"VirtualClock.call_at callback {fut.fn!r} failed",
+                                "exception": exc})
+                    else:
+                        fut.set_result(None)
+                        woke = True
+            # Callbacks that woke no task: the loop has nothing to run, go straight on.
+            quick = quick + 1 if not woke and quick < _MAX_CALLBACK_RUN else 0
 
 
 _SCHEDULERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Scheduler] = (
@@ -189,6 +249,7 @@ class PacedClock:
         self._start = time.time_ns() if start_ns is None else int(start_ns)
         self._mono0 = time.perf_counter_ns()
         self._deadlines: list[int] = []
+        self._final = 0  # sleepers in their last stretch (within COARSE_NS of the deadline)
 
     def now_ns(self) -> int:
         """Current time, ns since the Unix epoch (monotonic since the clock was made)."""
@@ -205,13 +266,19 @@ class PacedClock:
             await asyncio.sleep(0)
             return
         heapq.heappush(self._deadlines, t_ns)
+        final = False
         try:
             if remaining > self.COARSE_NS:
                 await asyncio.sleep((remaining - self.COARSE_NS) / _NS)
             ready: Any = getattr(asyncio.get_running_loop(), "_ready", ())
+            self._final += 1
+            final = True
             while (now := self.now_ns()) < t_ns:
-                if ready and now < t_ns - self.SPIN_NS:
-                    await asyncio.sleep(0)  # others first
+                # Others first, unless the only runnable tasks are this clock's other sleepers
+                # in their last stretch (each yields to the rest: spinning together would keep
+                # the process busy, and a busy process is the one the OS preempts).
+                if len(ready) >= self._final and now < t_ns - self.SPIN_NS:
+                    await asyncio.sleep(0)
                     continue
                 block = self._deadlines[0] - self.SPIN_NS - now
                 if block > 0:
@@ -219,6 +286,8 @@ class PacedClock:
                 elif self._deadlines[0] < t_ns:
                     await asyncio.sleep(0)  # an earlier sleeper is due: let it go
         finally:
+            if final:
+                self._final -= 1
             self._deadlines.remove(t_ns)
             heapq.heapify(self._deadlines)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from netsim.clock import Clock, RealClock, sweep_by_deadline
+from netsim.dataplane.impair import ImpairedPath, Impairment, direction_seed
 from netsim.dataplane.policy import TeamingPolicy
 from netsim.dataplane.port import Pif, Port, Vif, VlanPif, VmPort, VNic
 from netsim.dataplane.switch import Bridge, PhysicalSwitch, PortGroup, StandardSwitch
@@ -251,6 +252,12 @@ class Fabric:
         self._watched: list[Any] = []  # guest queues drained by on_receive callbacks
         self._bridges: list[Bridge] = []  # every switch: each gets a MAC aging sweep task
         self.running = False
+        #: seeds every impaired direction's RNG (the topology's `seed`)
+        self.seed = 0
+        #: every impaired direction by (port path, "out" | "in" | "cable")
+        self.impairments: dict[tuple[str, str], ImpairedPath] = {}
+        self._stages: dict[Port, dict[str, ImpairedPath]] = {}
+        self._live: set[ImpairedPath] = set()  # stages in a chain (set, or draining)
 
     # -- building ----------------------------------------------------------------------------
     def add_host(self, name: str) -> Host:
@@ -288,6 +295,106 @@ class Fabric:
         if self.running:
             self._start_link(link)
         return link
+
+    def impair(self, target: Port | str, imp: Impairment | None, *,
+               direction: str = "both") -> list[ImpairedPath]:
+        """Impair (netem-like) the frames a port sends (`out`), receives (`in`) or both; None
+        (or an impairment that changes nothing) clears it. Each direction has its own RNG,
+        seeded from `seed` and the direction's name. For a VM port, `out` is toward the guest
+        and `in` is what the guest sends. Changing the settings keeps the RNG and the frames in
+        flight; clearing lets the frames in flight arrive at their time first. Returns the
+        directions now impaired."""
+        port = self._as_port(target)
+        if direction not in ("both", "out", "in"):
+            raise ConfigError(f"impair {port.path}: direction must be out, in or both, "
+                              f"not {direction!r}")
+        if isinstance(port, VlanPif):
+            raise ConfigError(f"impair: {port.name} is a VLAN PIF; impair its parent "
+                              f"{port.parent.name} instead")
+        done = []
+        for d in (("out", "in") if direction == "both" else (direction,)):
+            path = self._set_stage(port, d, imp)
+            if path is not None:
+                done.append(path)
+        return done
+
+    def impair_cable(self, target: Port | str, imp: Impairment | None) -> ImpairedPath | None:
+        """Impair the frames `target` sends onto its cable (a topology's `links:` entry, one
+        direction): a stage after the port's own `out` impairment, if it has one. Drops are
+        counted on `target`. None clears it."""
+        port = self._as_port(target)
+        if port.link is None:
+            raise ConfigError(f"impair: {port.path} has no cable to impair")
+        return self._set_stage(port, "cable", imp)
+
+    def _set_stage(self, port: Port, stage: str, imp: Impairment | None) -> ImpairedPath | None:
+        stages = self._stages.setdefault(port, {})
+        path = stages.get(stage)
+        d = "in" if stage == "in" else "out"
+        if imp is None or not imp.active:
+            if path is not None and path in self._live:
+                path.set(Impairment())
+                path.retire()  # leaves the chain once what is in flight has arrived
+            return None
+        if path is None:
+            name = (f"{port.path}:{stage}" if stage != "cable"
+                    else f"{port.path}->{port.link.peer(port).path}")
+            path = ImpairedPath(
+                name, imp, seed=direction_seed(self.seed, name), clock=self.clock,
+                deliver=port.emit_batch, counters=port.counters,
+                deliver_corrupt=port.arrive_corrupt if d == "in" else self._corrupt_receiver(port),
+                spawn=lambda c, n: self.spawn(c, name=n),
+                on_retired=lambda p, port=port, d=d: self._retired(p, port, d))
+            stages[stage] = path
+            self.impairments[(port.path, stage)] = path
+        else:
+            path.set(imp)
+            path.retiring = False
+        self._live.add(path)
+        self._rewire(port, d)
+        return path
+
+    def _retired(self, path: ImpairedPath, port: Port, d: str) -> None:
+        self._live.discard(path)
+        self._rewire(port, d)
+
+    def _rewire(self, port: Port, d: str) -> None:
+        """Chain the live stages of one direction of `port`: (port `out`, then `cable`) or
+        `in`; the first is where the port hands frames, the last delivers them."""
+        stages = self._stages.get(port, {})
+        order = ("out", "cable") if d == "out" else ("in",)
+        chain = [stages[k] for k in order if k in stages and stages[k] in self._live]
+        for a, b in itertools.pairwise(chain):
+            a.deliver = b.offer_batch
+        if chain:
+            chain[-1].deliver = self._egress_receiver(port) if d == "out" else port.arrive_batch
+        setattr(port, "impair_out" if d == "out" else "impair_in", chain[0] if chain else None)
+        port.refresh()
+
+    @staticmethod
+    def _egress_receiver(port: Port) -> Callable[[list[bytes]], None]:
+        """Where frames leaving `port`'s egress impairment go: straight to the far end of its
+        cable (the delay line was the wire; no second queue and pump hop), else (a VM port,
+        or no cable) into the port's output queue."""
+        def deliver(frames: list[bytes]) -> None:
+            link = port.link
+            if link is not None:
+                link.peer(port).receive_batch(frames)
+            else:
+                port.emit_batch(frames)
+        return deliver
+
+    @staticmethod
+    def _corrupt_receiver(port: Port) -> Callable[[bytes], None]:
+        """Who checks the FCS of a corrupted frame `port` sends: the far end of its cable (or,
+        for a VM port, the guest's NIC, counted on the port)."""
+        def corrupt(frame: bytes) -> None:
+            link = port.link
+            if link is not None:
+                link.peer(port).arrive_corrupt(frame)
+            else:
+                port.counters.drop("corrupt")
+        return corrupt
 
     def on_receive(self, target: VNic | VmPort | Vm | str,
                    callback: Callable[[bytes], None]) -> None:
@@ -576,6 +683,8 @@ class Fabric:
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.running = False
+        for path in self.impairments.values():
+            path.close()
         try:
             tasks = list(self._tasks)
             for t in tasks:

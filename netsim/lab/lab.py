@@ -86,6 +86,7 @@ def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
     switches and every cable, port mirroring sessions. Call inside or outside a running loop;
     `async with` the result to run it."""
     fab = Fabric(clock=clock)
+    fab.seed = topo.seed
     built: dict[str, BuiltHost] = {}
     for h in topo.hosts:
         built[h.name] = _build_host(fab, h)
@@ -122,6 +123,11 @@ def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
                                 f"must be on one switch ({sw.name})")
         owner.mirror(srcs, dest, ingress=m.direction in ("ingress", "both"),
                      egress=m.direction in ("egress", "both"))
+    for imp in topo.impairments:  # links that behave like real ones (netem-like)
+        if imp.layer == "cable":
+            fab.impair_cable(imp.port, imp.impairment)
+        else:
+            fab.impair(imp.port, imp.impairment, direction=imp.direction)
     return fab
 
 

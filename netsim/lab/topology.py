@@ -25,6 +25,7 @@ from typing import Any
 
 import networkx as nx
 
+from netsim.dataplane.impair import Impairment, parse_impairment
 from netsim.errors import TopologyError
 from netsim.lab.yamlsrc import SourceMap, load_yaml
 
@@ -229,6 +230,21 @@ class MirrorSpec:
 
 
 @dataclass(frozen=True)
+class ImpairSpec:
+    """Link impairment (netem-like) of the frames port `port` (a fabric path such as
+    `core/esx1.vmnic0`, `esx1/vmnic0`, `esx1/web.eth0`) sends (`out`) or receives (`in`);
+    `where` is the file:line it came from. A frame crossing a cable meets, in order, the
+    sender's `out`, the cable's direction, the receiver's `in`."""
+
+    port: str
+    direction: str
+    impairment: Impairment
+    where: str = ""
+    #: "port" (`impair:` of the port) or "cable" (a `links:` direction, after the port's own)
+    layer: str = "port"
+
+
+@dataclass(frozen=True)
 class Topology:
     """A validated lab: hosts, VMs, physical switches and cables, mirror sessions."""
 
@@ -239,6 +255,7 @@ class Topology:
     links: tuple[PhysLinkSpec, ...] = ()
     mirrors: tuple[MirrorSpec, ...] = ()
     source: str = "<builder>"
+    impairments: tuple[ImpairSpec, ...] = ()
 
     def host(self, name: str) -> HostSpec:
         """The host called `name` (KeyError if none)."""
@@ -395,9 +412,9 @@ def _kind(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------- validate
-_TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors")
+_TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors", "links")
 _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mirrors")
-_PIF_KEYS = ("mtu", "up")
+_PIF_KEYS = ("mtu", "up", "impair")
 _SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging")
 _TEAM_KEYS = ("policy", "active", "standby")
 _NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming")
@@ -405,10 +422,10 @@ _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
 _SHAPE_KEYS = ("average", "peak", "burst")
 _VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "disks")
 _DISK_KEYS = ("device", "source", "mode")
-_VIF_KEYS = ("network", "mac", "ip", "vlan")
+_VIF_KEYS = ("network", "mac", "ip", "vlan", "impair")
 _ROUTE_KEYS = ("to", "via")
 _PHYS_KEYS = ("ports", "links")
-_PORT_KEYS = ("mode", "vlans", "vlan", "native")
+_PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair")
 _LINK_KEYS = ("vlans",)
 _MIRROR_KEYS = ("switch", "sources", "vlans", "destination", "direction")
 
@@ -485,6 +502,10 @@ def validate(data: Any, smap: SourceMap | None = None) -> Topology:
     _check_loops(c, topo, link_paths)
     _check_vm_names(c, topo, seen_vm)
     _check_duplicate_ips(c, topo, seen_vm)
+    impairments = _impairments(c, top, topo)
+    if impairments:
+        topo = Topology(name=name, seed=seed, hosts=host_specs, physical=physical, links=links,
+                        mirrors=mirrors, source=smap.source, impairments=impairments)
     return topo
 
 
@@ -575,6 +596,88 @@ def _phys_vlan(port: PhysPortSpec, v: int) -> int | None:
     if port.mode == "access":
         return None
     return v if not port.vlans or v in port.vlans else None
+
+
+_CABLE_KEYS = ("between", "a_to_b", "b_to_a")
+
+
+def _impairments(c: _Checker, top: dict[str, Any], topo: Topology) -> tuple[ImpairSpec, ...]:
+    """`impair:` on PIFs, physical switch ports and vNICs (both directions of that port), and
+    `links:` (per cable, per direction: `a_to_b` = what the first port sends)."""
+    out: dict[tuple[str, str, str], ImpairSpec] = {}
+
+    def fail(path: PathT, msg: str) -> TopologyError:
+        return c.fail(path, msg)
+
+    def add(port: str, directions: tuple[str, ...], raw: Any, path: PathT,
+            layer: str = "port") -> None:
+        imp = parse_impairment(raw, path, fail)
+        for d in directions:
+            prev = out.get((port, d, layer))
+            if prev is not None:
+                raise c.fail(path, f"the cable direction from {port} is already impaired at "
+                             f"{prev.where}")
+            if imp.active:
+                out[port, d, layer] = ImpairSpec(port, d, imp, c.smap.where(path), layer)
+
+    both = ("out", "in")
+    for h in topo.hosts:
+        hraw = top["hosts"][h.name] or {}
+        for pname, praw in (hraw.get("pifs") or {}).items():
+            if isinstance(praw, Mapping) and "impair" in praw:
+                add(f"{h.name}/{pname}", both, praw["impair"],
+                    ("hosts", h.name, "pifs", pname, "impair"))
+    for vm in topo.vms:
+        vraw, vpath = None, None
+        for base in (("hosts", vm.host, "vms", vm.name), ("vms", vm.name)):
+            node: Any = top
+            for k in base:
+                node = node.get(k) if isinstance(node, Mapping) else None
+            if isinstance(node, Mapping):
+                vraw, vpath = node, base
+                break
+        if vraw is None or vpath is None:
+            continue
+        key = "nics" if "nics" in vraw else "vifs"
+        for f, fraw in zip(vm.vifs, vraw.get(key) or [], strict=False):
+            if isinstance(fraw, Mapping) and "impair" in fraw:
+                add(f"{vm.host}/{f.port}", both, fraw["impair"],
+                    (*vpath, key, f.index, "impair"))
+    ends: dict[str, str] = {}  # every cable end -> the other end
+    for ps in topo.physical:
+        praw = (top.get("physical") or {})[ps.name] or {}
+        for p in ps.ports:
+            a, b = f"{ps.name}/{p.name}", f"{p.host}/{p.pif}"
+            ends[a], ends[b] = b, a
+            raw = (praw.get("ports") or {}).get(p.name)
+            if isinstance(raw, Mapping) and "impair" in raw:
+                add(a, both, raw["impair"], ("physical", ps.name, "ports", p.name, "impair"))
+    for lk in topo.links:
+        a, b = f"{lk.a}/to-{lk.b}", f"{lk.b}/to-{lk.a}"
+        ends[a], ends[b] = b, a
+    for i, lraw in enumerate(c.seq(top.get("links"), ("links",))):
+        lp: PathT = ("links", i)
+        lm = c.mapping(lraw, lp, _CABLE_KEYS, none_ok=False)
+        between = lm.get("between")
+        if not isinstance(between, list) or len(between) != 2 or \
+                not all(isinstance(e, str) for e in between):
+            raise c.fail((*lp, "between"), "give the cable's two ends: [SWITCH/PORT, HOST/PIF]")
+        a, b = between
+        for j, e in enumerate(between):
+            if e not in ends:
+                known = ", ".join(sorted(ends)[:6]) or "none"
+                raise c.fail((*lp, "between", j), f"{e!r} is not the end of a cable (cable "
+                             f"ends: {known}{' ...' if len(ends) > 6 else ''})")
+        if ends[a] != b:
+            raise c.fail((*lp, "between"), f"{a} and {b} are not the two ends of one cable "
+                         f"({a} is cabled to {ends[a]})")
+        if "a_to_b" not in lm and "b_to_a" not in lm:
+            raise c.fail(lp, "say what to impair: a_to_b, b_to_a or both")
+        if "a_to_b" in lm:
+            add(a, ("out",), lm["a_to_b"], (*lp, "a_to_b"), "cable")
+        if "b_to_a" in lm:
+            add(b, ("out",), lm["b_to_a"], (*lp, "b_to_a"), "cable")
+    return tuple(out.values())
 
 
 def _host(c: _Checker, host_index: int, hname: str, hraw: Any,

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netsim.dataplane.impair import Impairment, parse_impairment
 from netsim.errors import ScenarioError
 from netsim.lab.yamlsrc import SourceMap, load_yaml
 from netsim.wire.filters import Filter, FilterError, compile_filter
@@ -145,6 +146,18 @@ class PortGroupEvent(Step):
 
 
 @dataclass(frozen=True)
+class ImpairEvent(Step):
+    """Change (tc qdisc change) or clear the impairment of the frames a port sends (`out`),
+    receives (`in`) or both, or sends into its cable (`cable`), from now on; frames in flight
+    keep their times."""
+
+    target: str
+    direction: str
+    impairment: Impairment | None  # None = clear
+    key: str = "port"
+
+
+@dataclass(frozen=True)
 class FlushMac(Step):
     """Flush a switch's MAC table (every switch's when `switch` is None)."""
 
@@ -182,6 +195,9 @@ class Arrives(Expectation):
     count: int | None = None
     min_count: int = 1
     never: bool = False
+    #: bounds on the spread (standard deviation) of the matching frames' inter-arrival times
+    spread_ge_ns: int | None = None
+    spread_le_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +222,9 @@ class PingCheck(Expectation):
     at_ns: int
     succeeds: bool
     wait_ns: int
+    #: bounds on the round-trip time of an answered ping
+    rtt_ge_ns: int | None = None
+    rtt_le_ns: int | None = None
 
 
 @dataclass
@@ -274,6 +293,10 @@ class Scenario:
                 self._check_interfaces(fabric, s, (Port, Vm))
             elif isinstance(s, LinkEvent):
                 lookup(s.target, (*s.path, "link", "port"), (Port, Link), "a port or cable")
+            elif isinstance(s, ImpairEvent):
+                port = lookup(s.target, (*s.path, "impair", s.key), (Port,), "a port")
+                if s.direction == "cable" and port.link is None:
+                    raise self.error((*s.path, "impair", s.key), f"{s.target} has no cable")
             elif isinstance(s, FlushMac) and s.switch is not None:
                 lookup(s.switch, (*s.path, "flush_mac", "switch"), (Bridge,), "a switch")
             elif isinstance(s, MoveVm):
@@ -494,7 +517,8 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
     return scn
 
 
-_STEP_KINDS = ("send", "replay", "link", "port_group", "flush_mac", "move_vm", "migrate")
+_STEP_KINDS = ("send", "replay", "link", "port_group", "flush_mac", "move_vm", "migrate",
+               "impair")
 
 
 def _step(r: _Reader, raw: Any, path: PathT) -> Step:
@@ -559,12 +583,57 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
                               r.name(b["host"], (*kp, "host")) if "host" in b else None,
                               r.name(b["switch"], (*kp, "switch")) if "switch" in b else None,
                               vlan, security)
+    if kind == "impair":
+        return _impair_step(r, body, at, path, kp)
     if kind == "flush_mac":
         b = r.mapping(body, kp, ("switch",))
         return FlushMac(at, path, r.name(b["switch"], (*kp, "switch")) if "switch" in b else None)
     # move_vm / migrate (the same step under the issue's name)
     b = r.mapping(body, kp, ("vm", "to"), ("vm", "to"))
     return MoveVm(at, path, r.name(b["vm"], (*kp, "vm")), r.name(b["to"], (*kp, "to")), kind)
+
+
+def _impair_step(r: _Reader, body: Any, at: int, path: PathT, kp: PathT) -> ImpairEvent:
+    """`{port|link: NAME, direction: both|out|in, clear: true}` or the settings
+    (`delay: 200ms, loss: 10%`, as `impair:` in a topology) that replace the current ones;
+    `cable: NAME` is the direction of NAME's cable that NAME sends into (a `links:` entry)."""
+    from netsim.dataplane.impair import IMPAIR_KEYS
+
+    b = r.mapping(body, kp, ("port", "link", "cable", "direction", "clear", *IMPAIR_KEYS))
+    keys = [k for k in ("port", "link", "cable") if k in b]
+    if len(keys) != 1:
+        raise r.fail(kp, "name the port whose link to impair: `port:` (or `link:`), or "
+                     "`cable:` for what a port sends into its cable")
+    key = keys[0]
+    target = r.name(b[key], (*kp, key))
+    direction = b.get("direction", "both")
+    if direction not in ("both", "out", "in"):
+        raise r.fail((*kp, "direction"), f"expected both, out or in, got {direction!r}")
+    if key == "cable":
+        if "direction" in b:
+            raise r.fail((*kp, "direction"), "a cable step impairs what the port sends into "
+                         "it; name the other end for the other direction")
+        direction = "cable"
+    settings = {k: v for k, v in b.items() if k in IMPAIR_KEYS}
+    clear = r.boolean(b.get("clear", False), (*kp, "clear"))
+    if clear and settings:
+        raise r.fail((*kp, "clear"), "clear takes no settings")
+    if not clear and not settings:
+        raise r.fail(kp, "give settings (delay, loss, ...) or `clear: true`")
+    imp = None if clear else parse_impairment(settings, kp, r.fail)
+    return ImpairEvent(at, path, target, direction, imp, key)
+
+
+def _bounds(r: _Reader, value: Any, path: PathT) -> tuple[int | None, int | None]:
+    """`{ge: 1ms, le: 5ms}` (either or both) → ns."""
+    b = r.mapping(value, path, ("ge", "le"))
+    if not b:
+        raise r.fail(path, "give ge and/or le")
+    ge = r.duration(b["ge"], (*path, "ge")) if "ge" in b else None
+    le = r.duration(b["le"], (*path, "le")) if "le" in b else None
+    if ge is not None and le is not None and ge > le:
+        raise r.fail(path, "ge is above le")
+    return ge, le
 
 
 def _rate_interval(r: _Reader, value: Any, path: PathT) -> int:
@@ -616,8 +685,8 @@ def _expectation(r: _Reader, raw: Any, path: PathT) -> Expectation:
     elif m.get("name") is not None:
         m = {**m, "name": r.name(m["name"], (*path, "name"))}
     if kind in ("arrives", "never"):
-        b = r.mapping(b, kp, ("at", "match", "tagged", "after", "within", "count", "min"),
-                      ("at",))
+        b = r.mapping(b, kp, ("at", "match", "tagged", "after", "within", "count", "min",
+                              "spread"), ("at",))
         port = r.name(b["at"], (*kp, "at"))
         flt = r.filter(b.get("match"), (*kp, "match"), b.get("tagged"), (*kp, "tagged"))
         start = r.duration(b.get("after", 0), (*kp, "after"))
@@ -629,8 +698,11 @@ def _expectation(r: _Reader, raw: Any, path: PathT) -> Expectation:
         what = f"{'no ' if kind == 'never' else ''}\"{flt.text or 'frame'}\" at {port}"
         if end is not None:
             what += f" by {fmt_ns(end)}"
+        spread = _bounds(r, b["spread"], (*kp, "spread")) if "spread" in b else (None, None)
+        if kind == "never" and "spread" in b:
+            raise r.fail((*kp, "spread"), "`never` has no arrivals to spread")
         return Arrives(m.get("name") or what, path, port, flt, start, end, count, min_count,
-                       kind == "never")
+                       kind == "never", *spread)
     if kind == "counter":
         b = r.mapping(b, kp, ("port", "name", "eq", "ge", "at"), ("port", "name"))
         counter = r.name(b["name"], (*kp, "name"))
@@ -652,11 +724,12 @@ def _expectation(r: _Reader, raw: Any, path: PathT) -> Expectation:
         port = r.name(b["port"], (*kp, "port"))
         what = f"{port} {counter} {'==' if eq is not None else '>='} {eq if eq is not None else ge}"
         return CounterCheck(m.get("name") or what, path, port, counter, eq, ge, at)
-    b = r.mapping(b, kp, ("from", "to", "at", "succeeds", "wait"), ("from", "to"))
+    b = r.mapping(b, kp, ("from", "to", "at", "succeeds", "wait", "rtt"), ("from", "to"))
     src = r.name(b["from"], (*kp, "from"))
     dst = r.name(str(b["to"]), (*kp, "to"))
     succeeds = r.boolean(b.get("succeeds", True), (*kp, "succeeds"))
     at = r.duration(b.get("at", 0), (*kp, "at"))
     wait = r.duration(b.get("wait", 1), (*kp, "wait"))
     what = f"ping {src} -> {dst} {'answered' if succeeds else 'unanswered'}"
-    return PingCheck(m.get("name") or what, path, src, dst, at, succeeds, wait)
+    rtt = _bounds(r, b["rtt"], (*kp, "rtt")) if "rtt" in b else (None, None)
+    return PingCheck(m.get("name") or what, path, src, dst, at, succeeds, wait, *rtt)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -31,6 +33,7 @@ from netsim.scenario.model import (
     CounterCheck,
     Expectation,
     FlushMac,
+    ImpairEvent,
     LinkEvent,
     MoveVm,
     PingCheck,
@@ -81,6 +84,8 @@ class Report:
     realtime: dict[str, Any] | None = None
     #: files of an earlier run in the same directory, removed before this one wrote (not JSON)
     removed: list[str] = dataclasses.field(default_factory=list)
+    #: what each impaired direction did ("esx1/vmnic0:out": offered, delivered, lost, ...)
+    impairments: dict[str, dict[str, Any]] | None = None
 
     @property
     def passed(self) -> bool:
@@ -95,6 +100,8 @@ class Report:
                "duration_ns": self.duration_ns}
         if self.realtime is not None:
             out["realtime"] = self.realtime
+        if self.impairments:
+            out["impairments"] = self.impairments
         return out
 
     def to_json(self) -> str:
@@ -284,12 +291,17 @@ class ScenarioRun:
             results = [self._evaluate(i, e, arrivals.get(i)) for i, e in
                        enumerate(scn.expectations)]
             counters = fab.counters()
+            impairments = {
+                path.name: {"settings": path.impairment.describe(), "held": path.held,
+                            **path.stats.as_dict()}
+                for path in getattr(fab, "impairments", {}).values()}
         if self.progress is not None:
             self.progress(1.0)
         report = Report(scn.name, scn.source, results,
                         sorted(self._step_stats, key=lambda s: s["step"]), counters,
                         [p.name for p in captures], self._end_ns,
-                        _summary(self._offsets) if self.realtime else None, removed)
+                        _summary(self._offsets) if self.realtime else None, removed,
+                        dict(sorted(impairments.items())) or None)
         if self.out_dir is not None:
             (self.out_dir / "report.json").write_text(report.to_json())
         return report
@@ -337,6 +349,15 @@ class ScenarioRun:
                 changes["security"] = dataclasses.replace(pg.security, **s.security)
             sw.update_port_group(dataclasses.replace(pg, **changes))
             self._step_stats.append({"step": idx, "kind": "port_group", "name": s.name})
+        elif isinstance(s, ImpairEvent):
+            if s.direction == "cable":
+                fab.impair_cable(s.target, s.impairment)
+            else:
+                fab.impair(s.target, s.impairment, direction=s.direction)
+            self._step_stats.append({"step": idx, "kind": "impair", "target": s.target,
+                                     "direction": s.direction,
+                                     "impair": s.impairment.describe() if s.impairment
+                                     else "clear"})
         elif isinstance(s, FlushMac):
             switches = [fab[s.switch]] if s.switch is not None else _all_switches(fab)
             flushed = sum(sw.mac_table.flush() for sw in switches)
@@ -471,6 +492,13 @@ class ScenarioRun:
                 want = f"exactly {e.count}" if e.count is not None else f">= {e.min_count}"
                 detail = f"{len(got)} matching frames in {window} (want {want}){first}"
                 kind = "arrives"
+                if e.spread_ge_ns is not None or e.spread_le_ns is not None:
+                    spread = _spread_ns(got)
+                    ok = ok and spread is not None and _within(spread, e.spread_ge_ns,
+                                                               e.spread_le_ns)
+                    detail += (f"; inter-arrival spread {fmt_ns(spread)} (want "
+                               f"{_want(e.spread_ge_ns, e.spread_le_ns)})" if spread is not None
+                               else "; too few frames for an inter-arrival spread")
             return Result(e.name, kind, ok, detail, where)
         if isinstance(e, CounterCheck):
             value = self._counter_values.get(i) if e.at_ns is not None else self._counter(e)
@@ -485,7 +513,28 @@ class ScenarioRun:
         ok = res.replied == e.succeeds
         detail = (f"answered in {fmt_ns(round(res.rtt_s * 1e9))}" if res.replied
                   else f"no answer within {fmt_ns(e.wait_ns)}")
+        if res.replied and (e.rtt_ge_ns is not None or e.rtt_le_ns is not None):
+            ok = ok and _within(round(res.rtt_s * 1e9), e.rtt_ge_ns, e.rtt_le_ns)
+            detail += f" (want {_want(e.rtt_ge_ns, e.rtt_le_ns)})"
         return Result(e.name, "ping", ok, detail, where)
+
+
+def _spread_ns(times: list[int]) -> int | None:
+    """Standard deviation of the gaps between consecutive arrivals (None: under 3 frames)."""
+    if len(times) < 3:
+        return None
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    return round(statistics.pstdev(gaps))
+
+
+def _within(v: int, ge: int | None, le: int | None) -> bool:
+    return (ge is None or v >= ge) and (le is None or v <= le)
+
+
+def _want(ge: int | None, le: int | None) -> str:
+    parts = ([f">= {fmt_ns(ge)}"] if ge is not None else []) + (
+        [f"<= {fmt_ns(le)}"] if le is not None else [])
+    return " and ".join(parts)
 
 
 def _discard(frame: bytes) -> None:

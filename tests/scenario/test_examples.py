@@ -19,7 +19,7 @@ from .conftest import write_pcap_ns
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "topologies" / "scenarios"
 SHIPPED = ["xen-vlan-isolation", "tagged-on-access", "mac-flapping", "mac-overflow",
-           "promiscuous", "teaming-failover"]
+           "promiscuous", "teaming-failover", "lossy-uplink"]
 
 
 def hvsim(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

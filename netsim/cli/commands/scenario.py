@@ -125,6 +125,12 @@ def replay(
         console.print(f"real-time offsets: p50 {rt['offset_ns_p50'] / 1e3:.0f} µs, p99 "
                       f"{rt['offset_ns_p99'] / 1e3:.0f} µs, max {rt['offset_ns_max'] / 1e3:.0f} "
                       f"µs, {rt['within_1ms']:.1%} within 1 ms")
+    for name, st in (report.impairments or {}).items():  # what each impaired direction did
+        now = st["settings"] if st["settings"] != "none" else "cleared"
+        console.print(f"impaired {name} ({now}): {st['offered']} offered, "
+                      f"{st['delivered']} delivered, {st['lost']} lost, {st['queue_dropped']} "
+                      f"over the limit, {st['duplicated']} duplicated, {st['corrupted']} "
+                      f"corrupted, {st['reordered']} reordered")
     files = ", ".join([*report.captures, "report.json"])
     console.print(f"wrote {out}/: {files}")
     if not report.passed:

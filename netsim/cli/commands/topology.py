@@ -25,10 +25,11 @@ ClockOpt = Annotated[str, typer.Option("--clock", help="virtual: time jumps to t
 
 
 def _clock(kind: str) -> Clock:
-    from netsim.clock import ManualClock, RealClock
+    from netsim.clock import RealClock
+    from netsim.dataplane.vclock import VirtualClock
 
-    if kind == "virtual":
-        return ManualClock()
+    if kind == "virtual":  # jumps to the next deadline: delays of impaired links are exact
+        return VirtualClock()
     if kind == "real":
         return RealClock()
     raise typer.BadParameter(f"--clock must be virtual or real, not {kind!r}")
@@ -178,6 +179,11 @@ def run(
     if broker is not None:
         from netsim.cli.commands.distributed import run_with_broker
         from netsim.lab.topology import load_topology
+
+        impaired = load_topology(topology).impairments
+        if impaired:  # the bus stands in for the physical network there: nothing to impair
+            raise typer.BadParameter(f"{impaired[0].where}: link impairment is not applied with "
+                                     "--broker (distributed mode); run without --broker")
 
         warn_holes(load_topology(topology))
         run_with_broker(topology, broker=broker, out=out, user=user,
