@@ -255,4 +255,5 @@ def render(result: DemoResult, console: Any) -> None:
         m.add_row(str(vlan), mac, port)
     console.print(m)
     console.print(f"pcapng files ({len(result.captures)}, one per port) in "
-                  f"[bold]{result.out_dir}[/]: try `wireshark {result.out_dir}/eth0.pcapng`")
+                  f"[bold]{result.out_dir}[/]: try `tshark -r {result.out_dir}/eth0.pcapng` "
+                  "(or Wireshark, where a desktop has it)")
