@@ -391,10 +391,10 @@ def test_readme_convention_is_stated_and_blocks_are_tagged() -> None:
     """Every fence has a tag the test knows, and the top of the README says what is run."""
     unknown = [f"{b.id}: ```{b.lang}" for b in BLOCKS
                if b.lang not in RUN_LANGS | NOT_RUN_LANGS]
-    assert not unknown, f"tag these blocks sh/python/yaml (run) or text/console (not run): {unknown}"
+    assert not unknown, f"tag them sh/python/yaml (run) or text/console (not run): {unknown}"
     untagged = [b.id for b in BLOCKS if b.lang == ""]
     assert not untagged, f"untagged blocks (say text or console if they must not run): {untagged}"
-    head = "\n".join(README.read_text(encoding="utf-8").splitlines()[:15])
+    head = "\n".join(README.read_text(encoding="utf-8").splitlines()[:25])
     assert "tests/test_readme.py" in head
     for b in BLOCKS:
         if b.directive:
@@ -404,11 +404,58 @@ def test_readme_convention_is_stated_and_blocks_are_tagged() -> None:
 def test_parser_groups_blocks_by_section_and_reads_directives() -> None:
     """The extraction itself: lines, tags, sections and directives as the README has them."""
     text = ("# t\n\n```sh\nbash scripts/demo.sh\n```\n## A\n<!-- readme-test: slow -->\n"
-            "```python\nprint(1)\n```\n### A.1\n````console\n```sh\n````\n## B\n```yaml\nx: 1\n```\n")
+            "```python\nprint(1)\n```\n### A.1\n````console\n```sh\n````\n"
+            "## B\n```yaml\nx: 1\n```\n")
     got = [(b.line, b.lang, b.section, b.directive, b.text) for b in parse_readme(text)]
     assert got == [
         (3, "sh", "(top)", "", "bash scripts/demo.sh\n"),
         (8, "python", "A", "slow", "print(1)\n"),
         (12, "console", "A", "", "```sh\n"),
-        (15, "yaml", "B", "", "x: 1\n"),
+        (16, "yaml", "B", "", "x: 1\n"),
     ]
+
+
+def _resolve(dotted: str) -> bool:
+    """True if `a.b.c` is a module of ours or an attribute reached from one (a module needing
+    an optional package, e.g. `bench._rel.atheris_run` and atheris, counts as there)."""
+    import importlib
+    import importlib.util
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            if importlib.util.find_spec(name) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        if i == len(parts):
+            return True
+        obj = importlib.import_module(name)
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_every_module_path_the_readme_names_exists() -> None:
+    """Dotted names (`netsim.wire.frame.from_scapy`, `from storage.lvm import VolumeGroup`) and
+    file paths (`bench/_rel/fuzz.py`, `storage/sr/srtypes/`) in the prose resolve after the
+    layout move, not only those in blocks that run."""
+    text = README.read_text(encoding="utf-8")
+    bad = []
+    for m in re.finditer(r"from ((?:netsim|storage|bench)[\w.]*) import ([\w, ]+)", text):
+        for name in m.group(2).split(","):
+            if name.strip() and not _resolve(f"{m.group(1)}.{name.strip()}"):
+                bad.append(f"from {m.group(1)} import {name.strip()}")
+    for m in re.finditer(r"(?<![\w/.])((?:netsim|storage|bench)(?:\.\w+)+)", text):
+        if not _resolve(m.group(1)):
+            bad.append(m.group(1))
+    for m in re.finditer(r"`((?:netsim|storage|bench|tests|topologies|scripts)/[^`\s<:]*)", text):
+        path = m.group(1).rstrip("/")
+        if not (ROOT / path).exists():
+            bad.append(path)
+    assert not bad, f"README names what does not exist: {sorted(set(bad))}"
