@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -n 2 -q "$@"
+# loadgroup: tests marked xdist_group (the README blocks of one section) share a worker
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup -q "$@"
