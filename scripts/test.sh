@@ -5,5 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
-# loadgroup: tests marked xdist_group (the README blocks of one section) share a worker
-exec .venv/bin/python -m pytest -n 2 --dist loadgroup -q "$@"
+exec .venv/bin/python -m pytest -n 2 -q "$@"

@@ -20,8 +20,9 @@ Conventions (the README's first lines say the short form):
 
 Each block is one test, named after its README line (`README.md:412`). A block whose earlier
 section blocks have not run in this process (pytest -k, or xdist sending them elsewhere) runs
-them first, so any block can run alone; `scripts/test.sh` passes `--dist loadgroup`, which keeps
-a section's blocks on one worker (each is marked `xdist_group`).
+them first, so any block can run alone. (Under `pytest -n 2` a section cut between two workers
+is replayed on the second; `--dist loadgroup` with `xdist_group` would avoid that, but does not
+group anything with pytest 9.2 and xdist 3.8 here.)
 """
 from __future__ import annotations
 
@@ -107,11 +108,7 @@ for _b in RUNNABLE:
 def _params() -> list[pytest.ParameterSet]:
     out = []
     for b in RUNNABLE:
-        # one xdist worker per section under `--dist loadgroup` (scripts/test.sh), so no block
-        # has to re-run the blocks before it elsewhere
-        marks = [pytest.mark.xdist_group(f"readme:{b.section}")]
-        if b.directive == "slow":
-            marks.append(pytest.mark.slow)
+        marks = [pytest.mark.slow] if b.directive == "slow" else []
         out.append(pytest.param(b, id=b.id, marks=marks))
     return out
 
