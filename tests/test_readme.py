@@ -305,7 +305,7 @@ def test_readme_block_runs(block: Block, sections: dict[str, Section],
         raise
     finally:
         sec.done.append(block.line)
-        if block is order[-1]:
+        if block.line == order[-1].line:
             _teardown(sec)
             del sections[block.section]
 
