@@ -461,3 +461,23 @@ def test_every_module_path_the_readme_names_exists() -> None:
         if not (ROOT / path).exists():
             bad.append(path)
     assert not bad, f"README names what does not exist: {sorted(set(bad))}"
+
+
+def test_section_teardown_ends_background_jobs_and_detaches_loops(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """What a block leaves behind (jobs in the background, a broker on 1883 in its own netns,
+    a loop device) is gone when its section ends."""
+    live: dict[str, Section] = {}
+    sec = _open_section("harness", live, tmp_path_factory)
+    block = Block(1, "sh", "truncate -s 8M pv.img; losetup -f --show pv.img > loop.txt\n"
+                  "sleep 300 &\nmosquitto -p 1883 > /dev/null 2>&1 &\n", "harness", "")
+    _execute(block, sec)
+    loop = (sec.dir / "loop.txt").read_text().strip()
+    assert _netns_pids(sec.netns), "the background jobs run on after their block"
+    _teardown(sec)
+    assert not _netns_pids(sec.netns)
+    assert sec.netns not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                           text=True).stdout
+    r = subprocess.run(["losetup", "-j", str(sec.dir / "pv.img")], capture_output=True,
+                       text=True)
+    assert loop not in r.stdout
