@@ -40,6 +40,7 @@ COMMAND_OWNERS: dict[str, str] = {
     "lvm": "storage.cli.lvm",
     "ring": "storage.cli.ring",
     "guest": "storage.cli.ring",
+    "nbd": "storage.cli.nbd",
     # benchmarks register themselves: netsim and storage never import bench
     "bench": "bench._cli",
 }
