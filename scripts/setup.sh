@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(tshark qemu-utils mosquitto mosquitto-clients lvm2 graphviz openssl openvswitch-switch
-             libnbd-bin iproute2 iputils-ping iperf3 tcpdump)
+             ethtool libnbd-bin iproute2 iputils-ping iperf3 tcpdump)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
