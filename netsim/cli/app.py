@@ -34,6 +34,7 @@ COMMAND_OWNERS: dict[str, str] = {
     "migrate": "netsim.cli.commands.distributed",
     "hosts": "netsim.cli.commands.distributed",
     "multihost": "netsim.cli.commands.distributed",
+    "exec": "netsim.cli.commands.attach",
     "vhd": "storage.cli.vhd",
     "sr": "storage.cli.vhd",
     "vdi": "storage.cli.vhd",

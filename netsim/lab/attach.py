@@ -439,8 +439,13 @@ class Attachments:
         dev = guest
         if f.vlan is not None:  # the guest tags (VGT): ethN.VID carries the address
             dev = f"{guest}.{f.vlan}"
-            _run("ip", "-n", ns, "link", "add", "link", guest, "name", dev, "type", "vlan",
-                 "id", str(f.vlan))
+            try:
+                _run("ip", "-n", ns, "link", "add", "link", guest, "name", dev, "type", "vlan",
+                     "id", str(f.vlan))
+            except AttachError as exc:
+                raise AttachError(f"{vm.name}: cannot make {dev} for the guest's VLAN {f.vlan} "
+                                  f"(does this kernel have 802.1Q support, module 8021q?): "
+                                  f"{exc}") from exc
             _run("ip", "-n", ns, "link", "set", dev, "up")
         if f.ip is not None:
             _run("ip", "-n", ns, "addr", "add", str(f.ip), "dev", dev)
