@@ -4,7 +4,9 @@ existing interfaces.
 A vNIC with `attach:` in the topology is not served by the built-in guest stack; its frames go
 to and come from a real Linux interface instead, so real programs (ping, iperf3, tcpdump, a QEMU
 guest) run on the emulated vSwitch with everything it does — VLAN isolation, VST tagging toward
-the uplinks, VGT, promiscuous mode, forged-transmit checks, shaping:
+the uplinks, VGT, promiscuous mode, forged-transmit checks, MAC address changes (a namespace
+guest's `ip link set eth0 address ...` is followed through netlink into the vNIC's effective
+MAC), shaping, migration between hosts:
 
 - `attach: netns` — hvsim creates the namespace `hv-LAB-VM` and a veth pair; the far end is the
   guest's NIC inside it (`eth0`, `eth1`, ... with the vNIC's MAC, IP, the VM's gateway and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -37,6 +40,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +49,7 @@ from typing import Any
 from netsim.dataplane.port import VNic
 from netsim.errors import TopologyError
 from netsim.lab.topology import Topology, VifSpec, VmSpec
+from netsim.wire.frame import mac_to_str
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +324,118 @@ class PacketPump:
                     c.drop(f"tx-{exc.errno}")
 
 
+CLONE_NEWNET = 0x40000000
+RTMGRP_LINK = 1
+RTM_NEWLINK = 16
+IFLA_ADDRESS = 1
+IFLA_IFNAME = 3
+_NLMSG = struct.Struct("=IHHII")
+_IFINFO = struct.Struct("=BxHiII")
+_RTA = struct.Struct("=HH")
+
+
+def netlink_socket_in(ns: str) -> socket.socket:
+    """A NETLINK_ROUTE socket living in namespace `ns`, subscribed to link changes (made in a
+    short-lived thread that enters the namespace; the socket stays there)."""
+    out: dict[str, Any] = {}
+
+    def enter_and_open() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            s.bind((0, RTMGRP_LINK))
+            s.setblocking(False)
+            out["sock"] = s
+        except OSError as exc:
+            out["error"] = exc
+
+    t = threading.Thread(target=enter_and_open, name=f"netns {ns}")
+    t.start()
+    t.join()
+    if "error" in out:
+        raise AttachError(f"{ns}: cannot watch its interfaces: {out['error']}")
+    return out["sock"]
+
+
+def parse_link_messages(data: bytes) -> list[tuple[str, bytes]]:
+    """(interface name, MAC) of every RTM_NEWLINK in a netlink datagram."""
+    found = []
+    pos = 0
+    while pos + _NLMSG.size <= len(data):
+        length, mtype, _f, _seq, _pid = _NLMSG.unpack_from(data, pos)
+        if length < _NLMSG.size or pos + length > len(data):
+            break
+        if mtype == RTM_NEWLINK and length >= _NLMSG.size + _IFINFO.size:
+            name, mac = None, None
+            a = pos + _NLMSG.size + _IFINFO.size
+            end = pos + length
+            while a + _RTA.size <= end:
+                alen, atype = _RTA.unpack_from(data, a)
+                if alen < _RTA.size:
+                    break
+                value = data[a + _RTA.size:a + alen]
+                if atype == IFLA_IFNAME:
+                    name = value.rstrip(b"\0").decode(errors="replace")
+                elif atype == IFLA_ADDRESS and len(value) == 6:
+                    mac = value
+                a += (alen + 3) & ~3
+            if name is not None and mac is not None:
+                found.append((name, mac))
+        pos += (length + 3) & ~3
+    return found
+
+
+class MacWatcher:
+    """Follows the MAC a namespace guest gives its NICs (`ip link set eth0 address ...`) into
+    each vNIC's effective MAC, so the port group's MAC-changes policy applies as on vSphere."""
+
+    def __init__(self, ns: str, nics: dict[str, VNic]) -> None:
+        self.ns = ns
+        self.nics = nics        # name inside the namespace (eth0) -> vNIC
+        self.changes: list[tuple[str, str]] = []
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start watching (inside the running loop)."""
+        self._sock = netlink_socket_in(self.ns)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:       # ENOBUFS: we fell behind; the next change resyncs
+                log.warning("netns %s: link watch: %s", self.ns, exc)
+                return
+            for name, mac in parse_link_messages(data):
+                vnic = self.nics.get(name)
+                if vnic is not None and mac != vnic.effective_mac:
+                    vnic.set_effective_mac(mac)
+                    self.changes.append((name, mac_to_str(mac)))
+
+    def stop(self) -> None:
+        """Stop watching."""
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+
 # --- the plumbing ---------------------------------------------------------------------------
 
 @dataclass
@@ -341,6 +458,7 @@ class Attachments:
         self.state = StateFile(self.lab, state_dir)
         self.made = Made()
         self.pumps: dict[str, PacketPump] = {}       # port name -> pump
+        self.watchers: list[MacWatcher] = []
         self.cleaned: list[str] = []                 # leftovers of an earlier run, removed
         self.plans: list[Plan] = []
         for vm in topo.vms:
@@ -476,14 +594,23 @@ class Attachments:
         """Give each pump the vNIC of its port (port name -> guest side)."""
         for port, pump in self.pumps.items():
             pump.vnic = vnics[port]
+        by_ns: dict[str, dict[str, VNic]] = {}
+        for plan in self.plans:
+            if plan.netns is not None:
+                by_ns.setdefault(plan.netns, {})[f"eth{plan.vif.index}"] = vnics[plan.vif.port]
+        self.watchers = [MacWatcher(ns, nics) for ns, nics in by_ns.items()]
 
     def start(self) -> None:
         """Start every pump (inside the running loop)."""
         for pump in self.pumps.values():
             pump.start()
+        for w in self.watchers:
+            w.start()
 
     async def stop(self) -> None:
         """Stop every pump."""
+        for w in self.watchers:
+            w.stop()
         for pump in self.pumps.values():
             await pump.stop()
 

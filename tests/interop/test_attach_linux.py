@@ -373,3 +373,22 @@ async def test_migration_keeps_the_namespace_and_its_mac(lab_name: str) -> None:
         assert lab.fabric["esx2/a.eth0"].counters.rx_frames >= 3
         assert "esx1/a.eth0" not in lab.fabric
         assert in_ns(lab_name, "a", "cat", "/sys/class/net/eth0/address").stdout == before
+
+
+@pytest.mark.parametrize("mac_changes", [True, False])
+async def test_guest_mac_change_follows_the_mac_changes_policy(lab_name: str,
+                                                              mac_changes: bool) -> None:
+    """`ip link set eth0 address ...` inside the namespace becomes the vNIC's effective MAC:
+    Accept keeps the guest reachable at its new MAC; Reject drops every frame toward it."""
+    sec = f", security: {{mac_changes: {str(mac_changes).lower()}}}"
+    lab = Lab(parse_topology(two_hosts(lab_name, v10_security=sec)))
+    async with lab:
+        assert await ping(lab_name, "b", "10.0.0.1")
+        in_ns(lab_name, "b", "ip", "link", "set", "eth0", "address", "02:00:00:00:00:42")
+        await asyncio.sleep(0.3)
+        vnic = lab.fabric["esx2/b.eth0"].vnic
+        assert vnic.effective_mac == bytes.fromhex("020000000042")
+        in_ns(lab_name, "a", "ip", "neigh", "flush", "all")
+        assert await ping(lab_name, "b", "10.0.0.1", count=2) is mac_changes
+        drops = lab.fabric["esx2/b.eth0"].counters.as_dict()["drops"]
+        assert ("mac-changed" in drops) is not mac_changes
