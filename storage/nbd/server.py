@@ -33,6 +33,10 @@ MAX_REQUEST = 32 * 2**20
 MAX_OPTION_DATA = 64 * 1024
 #: options one connection may send before it is taken for a denial of service
 MAX_OPTIONS = 256
+#: seconds a client has from connecting to choosing an export
+NEGOTIATION_TIMEOUT = 30.0
+#: clients served at once (qemu-nbd's --shared defaults to 1; libnbd's multi-conn uses 4)
+MAX_CLIENTS = 16
 #: descriptors in one BLOCK_STATUS reply
 MAX_EXTENTS = 2048
 _ZERO_CHUNK = 4 * 2**20
@@ -76,12 +80,16 @@ class NbdServer:
     """Serves `exports` to NBD clients; use `async with NbdServer(...) as srv: await
     srv.listen_tcp(...)`. The first export also answers the empty (default) export name."""
 
-    def __init__(self, exports: list[Export], *, max_request: int = MAX_REQUEST) -> None:
+    def __init__(self, exports: list[Export], *, max_request: int = MAX_REQUEST,
+                 max_clients: int = MAX_CLIENTS,
+                 negotiation_timeout: float = NEGOTIATION_TIMEOUT) -> None:
         if not exports:
             raise StorageError("NBD server: nothing to export")
         self.exports = {e.name: e for e in exports}
         self.default = exports[0]
         self.max_request = max_request
+        self.max_clients = max_clients
+        self.negotiation_timeout = negotiation_timeout
         self.stats = Stats()
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task] = set()
@@ -137,6 +145,12 @@ class NbdServer:
         if task is not None:
             self._tasks.add(task)
         self.stats.connections += 1
+        if self.stats.active >= self.max_clients:
+            self.stats.disconnects[f"more than {self.max_clients} clients"] += 1
+            writer.close()
+            if task is not None:
+                self._tasks.discard(task)
+            return
         self.stats.active += 1
         peer = writer.get_extra_info("peername")
         why = "client closed"
@@ -148,6 +162,8 @@ class NbdServer:
             log.info("nbd %s: disconnected: %s", peer, why)
         except (asyncio.IncompleteReadError, ConnectionError):
             why = "client closed"
+        except TimeoutError:
+            why = f"no export chosen within {self.negotiation_timeout:g} s"
         finally:
             self.stats.active -= 1
             self.stats.disconnects[why] += 1
@@ -190,6 +206,13 @@ class _Connection:
         return f
 
     async def run(self) -> None:
+        async with asyncio.timeout(self.srv.negotiation_timeout):
+            await self._negotiate()
+        if self.export is None:
+            return                                      # ABORT
+        await self._transmission(self.export)
+
+    async def _negotiate(self) -> None:
         self.w.write(p.greeting())
         (cflags,) = struct.unpack(">I", await self.r.readexactly(4))
         if cflags & ~(p.FLAG_C_FIXED_NEWSTYLE | p.FLAG_C_NO_ZEROES):
@@ -207,9 +230,6 @@ class _Connection:
                 break
         else:
             raise _Hangup(f"more than {MAX_OPTIONS} options")
-        if self.export is None:
-            return                                      # ABORT
-        await self._transmission(self.export)
 
     def _reply(self, opt: int, rep: int, data: bytes = b"") -> None:
         self.w.write(p.option_reply(opt, rep, data))

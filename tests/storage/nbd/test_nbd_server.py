@@ -353,3 +353,22 @@ async def test_random_bytes_after_negotiation_never_crash_the_server(server) -> 
     good.request(p.CMD_READ, 0, 4 * MiB)
     assert (await good.structured())[0][2][8:] == before
     assert disk.read(0, 4 * MiB) == before
+
+
+async def test_silent_clients_time_out_and_clients_are_capped() -> None:
+    disk = MemoryDisk(MiB)
+    async with NbdServer([Export("m", disk)], max_clients=2,
+                         negotiation_timeout=1.5) as srv:
+        _h, port = await srv.listen_tcp("127.0.0.1", 0)
+        silent = await Client.connect(port)
+        await silent.r.readexactly(18)            # greeting, then the client says nothing
+        working = await Client.connect(port)
+        await working.go()
+        third = await Client.connect(port)
+        assert await third.closed()               # over the cap: closed at once
+        assert await silent.closed()              # gave up after the negotiation timeout
+        assert "no export chosen within 1.5 s" in srv.stats.disconnects
+        assert "more than 2 clients" in srv.stats.disconnects
+        await asyncio.sleep(2.0)                  # past the timeout: negotiation is over
+        working.request(p.CMD_READ, 0, 4)
+        assert (await working.structured())[0][1] == p.REPLY_TYPE_OFFSET_DATA
