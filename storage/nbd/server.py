@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class NbdServer:
         self.stats = Stats()
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task] = set()
+        self._unix_paths: list[str] = []
 
     async def __aenter__(self) -> NbdServer:
         return self
@@ -119,6 +121,7 @@ class NbdServer:
             raise StorageError(f"NBD server: cannot listen on {path}: "
                                f"{exc.strerror or exc}") from exc
         self._servers.append(srv)
+        self._unix_paths.append(path)
         return path
 
     async def close(self) -> None:
@@ -132,6 +135,10 @@ class NbdServer:
         for srv in self._servers:
             await srv.wait_closed()
         self._servers.clear()
+        for path in self._unix_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._unix_paths.clear()
         for e in self.exports.values():
             e.allocation.close()
             if not e.read_only:

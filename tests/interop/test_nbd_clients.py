@@ -256,3 +256,25 @@ def test_raw_file_holes_seen_by_nbdinfo(tmp_path: Path) -> None:
     assert len(data) == 1 and data[0][0] <= 8 * MiB and sum(d[1] for d in data) < 16 * MiB
     if os.statvfs(tmp_path).f_bsize <= 4096:
         assert data[0][0] + data[0][1] >= 9 * MiB
+
+
+def test_unix_socket_export(tmp_path: Path) -> None:
+    sock = tmp_path / "nbd.sock"
+    raw = tmp_path / "u.raw"
+    raw.write_bytes(random.Random(8).randbytes(MiB))
+    proc = subprocess.Popen([sys.executable, "-m", "netsim", "nbd", "serve", str(raw),
+                             "--bind", f"unix:{sock}", "--name", "u"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        uri = line.split()[-1]
+        assert uri == f"nbd+unix:///u?socket={sock}"
+        out = tmp_path / "out.raw"
+        run("qemu-img", "convert", "-f", "raw", "-O", "raw", uri, out)
+        assert out.read_bytes() == raw.read_bytes()
+        assert "export-size: 1048576" in run("nbdinfo", uri).stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert not sock.exists()                          # the socket goes with the server
