@@ -366,19 +366,24 @@ class Lab:
 
     # -- what users do in a lab ----------------------------------------------------------------
     def address_of(self, vm: str, toward: str | None = None) -> ipaddress.IPv4Address:
-        """An IPv4 address of `vm`; the one on a network `toward` shares when there is one."""
-        agent = self._agent(vm)
-        addrs = [i.ip for i in agent.guest.ifaces if i.ip is not None]
+        """An IPv4 address of `vm` (a built-in guest or an attached one); the one on a network
+        `toward` shares when there is one."""
+        addrs = self._ips(vm)
         if not addrs:
             raise TopologyError(f"VM {vm} has no IPv4 address (give its vNIC an `ip:`)")
         if toward is not None:
-            for i in self._agent(toward).guest.ifaces:
-                if i.ip is None:
-                    continue
+            for ip in self._ips(toward):
                 for a in addrs:
-                    if a.network == i.ip.network:
+                    if a.network == ip.network:
                         return a.ip
         return addrs[0].ip
+
+    def _ips(self, vm: str) -> list[ipaddress.IPv4Interface]:
+        spec = next((v for v in self.topo.vms if v.name == vm), None)
+        if spec is None:
+            known = ", ".join(v.name for v in self.topo.vms) or "none"
+            raise TopologyError(f"no VM {vm!r} in {self.topo.name} (VMs: {known})")
+        return [f.ip for f in spec.vifs if f.ip is not None]
 
     def _agent(self, vm: str) -> GuestAgent:
         agent = self.agents.get(vm)

@@ -392,3 +392,16 @@ async def test_guest_mac_change_follows_the_mac_changes_policy(lab_name: str,
         assert await ping(lab_name, "b", "10.0.0.1", count=2) is mac_changes
         drops = lab.fabric["esx2/b.eth0"].counters.as_dict()["drops"]
         assert ("mac-changed" in drops) is not mac_changes
+
+
+async def test_builtin_and_real_guests_share_a_lab(lab_name: str) -> None:
+    """A topology mixing the built-in guest stack and namespaces: each answers the other."""
+    text = two_hosts(lab_name).replace(
+        "      a: {nics: [{network: V10, ip: 10.0.0.1/24, attach: netns}]}",
+        "      a: {nics: [{network: V10, ip: 10.0.0.1/24, attach: netns}]}\n"
+        "      x: {nics: [{network: V10, ip: 10.0.0.5/24}]}")
+    lab = Lab(parse_topology(text))
+    async with lab:
+        assert "x" in lab.agents and "a" not in lab.agents
+        assert (await lab.ping("x", "b")).replied          # built-in → namespace on esx2
+        assert await ping(lab_name, "a", "10.0.0.5")       # namespace → built-in guest
