@@ -405,3 +405,33 @@ async def test_builtin_and_real_guests_share_a_lab(lab_name: str) -> None:
         assert "x" in lab.agents and "a" not in lab.agents
         assert (await lab.ping("x", "b")).replied          # built-in → namespace on esx2
         assert await ping(lab_name, "a", "10.0.0.5")       # namespace → built-in guest
+
+
+async def test_traffic_shaping_limits_a_real_tcp_flow(lab_name: str) -> None:
+    """vSS shaping (egress from the VM) holds iperf3's TCP to the token bucket's bound: over T
+    seconds at most average·T + burst bits pass."""
+    avg, burst, secs = 20_000_000, 1024 * 1024, 3
+    text = two_hosts(lab_name).replace(
+        "V10: {vlan: 10}\n      V20: {vlan: 20}\n    vms:\n      a:",
+        "V10: {vlan: 10, shaping: {average: 20M, peak: 100M, burst: 1MiB}}\n      V20: {vlan: 20}\n"
+        "    vms:\n      a:", 1)
+    assert "shaping" in text
+    lab = Lab(parse_topology(text))
+    async with lab:
+        server = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", attach.netns_name(lab_name, "b"), "iperf3", "-s", "-1", "-p",
+            "5202", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            await asyncio.sleep(0.5)
+            r = await asyncio.to_thread(in_ns, lab_name, "a", "iperf3", "-c", "10.0.0.2", "-p",
+                                        "5202", "-t", str(secs), "-J")
+        finally:
+            if server.returncode is None:
+                server.kill()
+            await server.wait()
+    assert r.returncode == 0, r.stdout[-500:]
+    end = json.loads(r.stdout)["end"]["sum_received"]
+    bound = (avg * end["seconds"] + burst * 8) / end["seconds"]
+    assert end["bits_per_second"] <= bound * 1.02       # 2 %: sender/receiver clock skew
+    # a policer costs TCP some of the rate (drops, then backoff); it must still get through
+    assert end["bits_per_second"] > avg * 0.25, end["bits_per_second"]
