@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -228,6 +229,7 @@ class PacketPump:
         self.vnic: VNic = vnic  # type: ignore[assignment]  # set by Attachments.bind
         self.ifname = ifname
         self.counters = PumpCounters()
+        self.reading = False
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -260,12 +262,14 @@ class PacketPump:
             self.open()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._sock.fileno(), self._readable)  # type: ignore[union-attr]
+        self.reading = True
         self._task = self._loop.create_task(self._transmit(), name=f"attach {self.ifname}")
 
     async def stop(self) -> None:
         """Stop and close the socket."""
-        if self._loop is not None and self._sock is not None:
+        if self._loop is not None and self._sock is not None and self.reading:
             self._loop.remove_reader(self._sock.fileno())
+        self.reading = False
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -285,9 +289,13 @@ class PacketPump:
                 data, anc, flags, _addr = sock.recvmsg(_MAX_FRAME, _AUX_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:               # the interface went away: stop reading
-                log.warning("attach %s: %s", self.ifname, exc)
-                self.counters.drop("rx-error")
+            except OSError as exc:
+                self.counters.drop(f"rx-{errno.errorcode.get(exc.errno or 0, exc.errno)}")
+                if exc.errno in (errno.ENODEV, errno.ENXIO):   # the interface is gone
+                    log.warning("attach %s: interface gone; no longer reading it", self.ifname)
+                    self.reading = False
+                    if self._loop is not None:
+                        self._loop.remove_reader(sock.fileno())
                 break
             if flags & socket.MSG_TRUNC:
                 self.counters.drop("rx-oversize")
@@ -320,8 +328,8 @@ class PacketPump:
                     c.tx_frames += 1
                 except (BlockingIOError, InterruptedError):
                     c.drop("tx-busy")             # the kernel's queue is full: tail drop
-                except OSError as exc:
-                    c.drop(f"tx-{exc.errno}")
+                except OSError as exc:         # ENETDOWN, EMSGSIZE, ENOBUFS, ...
+                    c.drop(f"tx-{errno.errorcode.get(exc.errno or 0, exc.errno)}")
 
 
 CLONE_NEWNET = 0x40000000

@@ -435,3 +435,27 @@ async def test_traffic_shaping_limits_a_real_tcp_flow(lab_name: str) -> None:
     assert end["bits_per_second"] <= bound * 1.02       # 2 %: sender/receiver clock skew
     # a policer costs TCP some of the rate (drops, then backoff); it must still get through
     assert end["bits_per_second"] > avg * 0.25, end["bits_per_second"]
+
+
+async def test_an_interface_removed_under_the_lab_stops_its_pump_only(
+        lab_name: str, container_veth) -> None:
+    _ns, outer = container_veth
+    text = two_hosts(lab_name, attach_kind=f"{{iface: {outer}}}").replace(
+        "    vms:\n      a:",
+        "    vms:\n      x: {nics: [{network: V10, ip: 10.0.0.5/24}]}\n      a:", 1)
+    lab = Lab(parse_topology(text))
+    async with lab:
+        pump = lab.attachments.pumps["a.eth0"]  # type: ignore[union-attr]
+        assert pump.reading
+        await asyncio.to_thread(subprocess.run, ["ip", "link", "del", outer], check=True)
+        await asyncio.sleep(0.5)
+        def rx_errors() -> int:
+            return sum(n for k, n in pump.counters.drops.items() if k.startswith("rx-"))
+
+        first = rx_errors()
+        await asyncio.sleep(0.5)
+        # the kernel reports the loss once (ENETDOWN); the socket is then quiet, no busy loop;
+        # frames toward the gone interface are counted (tx-ENXIO) and dropped
+        assert 1 <= first <= 2 and rx_errors() == first, pump.counters.drops
+        assert await ping(lab_name, "b", "10.0.0.5")   # the rest of the lab carries on
+        lab.fabric.check()
