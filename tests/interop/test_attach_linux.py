@@ -106,7 +106,7 @@ def leftovers(lab: str) -> list[str]:
 async def test_vlan_10_reaches_across_trunk_vlan_20_does_not_and_uplink_shows_tags(
         tmp_path: Path, lab_name: str) -> None:
     lab = Lab(parse_topology(two_hosts(lab_name)))
-    lab.capture("esx2/vmnic0", tmp_path)
+    [uplink_pcap] = lab.capture("esx2/vmnic0", tmp_path)
     async with lab:
         assert await ping(lab_name, "a", "10.0.0.2")
         assert not await ping(lab_name, "c", "10.0.0.1", count=2)
@@ -116,7 +116,7 @@ async def test_vlan_10_reaches_across_trunk_vlan_20_does_not_and_uplink_shows_ta
             "show", "eth0"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "10.0.0.2/24" in r.stdout, r.stderr
     assert leftovers(lab_name) == []
-    vids = {parse(f).vid for _ts, f, _c in read_capture(tmp_path / "esx2_vmnic0.pcapng")}
+    vids = {parse(f).vid for _ts, f, _c in read_capture(uplink_pcap)}
     assert {10, 20} <= vids
 
 
