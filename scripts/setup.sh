@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(tshark qemu-utils mosquitto mosquitto-clients lvm2 graphviz openssl openvswitch-switch)
+DEB_PACKAGES=(tshark qemu-utils mosquitto mosquitto-clients lvm2 graphviz openssl openvswitch-switch
+             ethtool libnbd-bin iproute2 iputils-ping iperf3 tcpdump)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,6 +16,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # tshark asks whether non-root users may capture; we never capture live, so say no.
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  # iperf3 asks whether to run a system daemon; our tests start their own servers.
+  echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -36,6 +36,9 @@ _EXPORTS: dict[str, str] = {
     "list_vgs": "storage.lvm.vg",
     # disks by spec
     "open_disk": "storage.diskspec",
+    # NBD
+    "NbdServer": "storage.nbd.server",
+    "Export": "storage.nbd.server",
     # storage repositories
     "SR": "storage.sr.sr",
     "VDI": "storage.sr.sr",
@@ -86,6 +89,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         VhdFormatError,
     )
     from storage.lvm.vg import VolumeGroup, list_vgs, pvcreate, scan
+    from storage.nbd.server import Export, NbdServer
     from storage.rings.blkback import BlkBack
     from storage.rings.blkfront import BlkFront
     from storage.rings.xenstore import XenbusState, XenStore

@@ -34,12 +34,14 @@ COMMAND_OWNERS: dict[str, str] = {
     "migrate": "netsim.cli.commands.distributed",
     "hosts": "netsim.cli.commands.distributed",
     "multihost": "netsim.cli.commands.distributed",
+    "exec": "netsim.cli.commands.attach",
     "vhd": "storage.cli.vhd",
     "sr": "storage.cli.vhd",
     "vdi": "storage.cli.vhd",
     "lvm": "storage.cli.lvm",
     "ring": "storage.cli.ring",
     "guest": "storage.cli.ring",
+    "nbd": "storage.cli.nbd",
     # benchmarks register themselves: netsim and storage never import bench
     "bench": "bench._cli",
 }

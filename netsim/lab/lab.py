@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from netsim.clock import Clock, ManualClock
+from netsim.clock import Clock, ManualClock, RealClock
 from netsim.dataplane.guest import Guest, Iface, Route
 from netsim.dataplane.policy import (
     LoadBalancing,
@@ -41,6 +41,7 @@ from netsim.dataplane.port import Port, VmPort
 from netsim.dataplane.switch import PortGroup, StandardSwitch
 from netsim.errors import TopologyError
 from netsim.lab.agent import GuestAgent, PingResult
+from netsim.lab.attach import Attachments, uses_attachments
 from netsim.lab.fabric import Fabric
 from netsim.lab.topology import HostSpec, NetworkSpec, PhysPortSpec, TeamingSpec, Topology
 
@@ -202,10 +203,22 @@ class Lab:
 
     def __init__(self, topo: Topology, *, clock: Clock | None = None) -> None:
         self.topo = topo
+        # vNICs wired to real interfaces (attach:) run with real kernels: real time only
+        self.attachments: Attachments | None = None
+        if uses_attachments(topo):
+            self.attachments = Attachments(topo)
+            if clock is None:
+                clock = RealClock()
+            elif hasattr(clock, "advance"):
+                raise TopologyError(f"{topo.name}: attached vNICs exchange frames with real "
+                                    "kernels; run this lab on the real clock")
         self.clock: Clock = clock if clock is not None else ManualClock()
         self.fabric = build_fabric(topo, clock=self.clock)
         self.agents: dict[str, GuestAgent] = {}
+        real = self.attachments.vms if self.attachments is not None else set()
         for index, vm in enumerate(topo.vms):
+            if vm.name in real:
+                continue
             guest = Guest(
                 vm.name,
                 [Iface(f.mac, f.ip, f.vlan) for f in vm.vifs],
@@ -226,11 +239,18 @@ class Lab:
         for name, agent in self.agents.items():
             for i, p in enumerate(self.fabric[name].ports):
                 self.fabric.on_receive(p.vnic, _deliverer(agent, i))
+        att = self.attachments
+        if att is not None:
+            await asyncio.to_thread(att.setup)
+            att.bind({p.name: p.vnic for vm in att.vms for p in self.fabric[vm].ports})
         await self.fabric.__aenter__()
         try:
+            if att is not None:
+                att.start()
             await self._attach_disks()
         except BaseException as exc:
             await self._detach_disks()
+            await self._detach_nics()
             await self.fabric.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
@@ -239,7 +259,18 @@ class Lab:
         try:
             await self._detach_disks()
         finally:
-            await self.fabric.__aexit__(*exc)
+            try:
+                await self._detach_nics()
+            finally:
+                await self.fabric.__aexit__(*exc)
+
+    async def _detach_nics(self) -> None:
+        att = self.attachments
+        if att is not None:
+            try:
+                await att.stop()
+            finally:
+                await asyncio.to_thread(att.teardown)
 
     async def _attach_disks(self) -> None:
         from storage.diskspec import open_disk
@@ -335,19 +366,24 @@ class Lab:
 
     # -- what users do in a lab ----------------------------------------------------------------
     def address_of(self, vm: str, toward: str | None = None) -> ipaddress.IPv4Address:
-        """An IPv4 address of `vm`; the one on a network `toward` shares when there is one."""
-        agent = self._agent(vm)
-        addrs = [i.ip for i in agent.guest.ifaces if i.ip is not None]
+        """An IPv4 address of `vm` (a built-in guest or an attached one); the one on a network
+        `toward` shares when there is one."""
+        addrs = self._ips(vm)
         if not addrs:
             raise TopologyError(f"VM {vm} has no IPv4 address (give its vNIC an `ip:`)")
         if toward is not None:
-            for i in self._agent(toward).guest.ifaces:
-                if i.ip is None:
-                    continue
+            for ip in self._ips(toward):
                 for a in addrs:
-                    if a.network == i.ip.network:
+                    if a.network == ip.network:
                         return a.ip
         return addrs[0].ip
+
+    def _ips(self, vm: str) -> list[ipaddress.IPv4Interface]:
+        spec = next((v for v in self.topo.vms if v.name == vm), None)
+        if spec is None:
+            known = ", ".join(v.name for v in self.topo.vms) or "none"
+            raise TopologyError(f"no VM {vm!r} in {self.topo.name} (VMs: {known})")
+        return [f.ip for f in spec.vifs if f.ip is not None]
 
     def _agent(self, vm: str) -> GuestAgent:
         agent = self.agents.get(vm)

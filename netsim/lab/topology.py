@@ -109,6 +109,16 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True)
+class AttachSpec:
+    """A vNIC wired to a real interface instead of the built-in guest stack: `netns` (hvsim
+    makes a namespace and veth), `tap` (a TAP device NAME, for QEMU) or `iface` (an existing
+    interface NAME). See `netsim.lab.attach`."""
+
+    kind: str  # netns | tap | iface
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class VifSpec:
     """A VM's virtual NIC: backend port `port` (Xen `vifDOMID.DEVID`, ESXi `VM.ethN`)."""
 
@@ -119,6 +129,7 @@ class VifSpec:
     mac: str
     ip: ipaddress.IPv4Interface | None = None
     vlan: int | None = None  # the guest tags its frames itself (VGT port groups)
+    attach: AttachSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -422,7 +433,7 @@ _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
 _SHAPE_KEYS = ("average", "peak", "burst")
 _VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "disks")
 _DISK_KEYS = ("device", "source", "mode")
-_VIF_KEYS = ("network", "mac", "ip", "vlan", "impair")
+_VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach")
 _ROUTE_KEYS = ("to", "via")
 _PHYS_KEYS = ("ports", "links")
 _PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair")
@@ -839,8 +850,12 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
                 macs[mac] = (*fp, "mac")
             else:
                 pending.append((host_index, vi, fi, fp))
+            attach = _attach(c, f.get("attach"), (*fp, "attach"))
             vifs.append({"vm": vname, "index": fi, "port": port, "network": net,
-                         "mac": mac, "ip": ip, "vlan": guest_vlan})
+                         "mac": mac, "ip": ip, "vlan": guest_vlan, "attach": attach})
+        if len({v["attach"] is None for v in vifs}) > 1:
+            raise c.fail((*vp, key), "attach all of a VM's vNICs to real interfaces or none "
+                         "(a VM runs either the built-in guest stack or a real one)")
         router = c.boolean(v.get("router"), (*vp, "router"), False)
         if router and len(vifs) < 2:
             raise c.fail((*vp, "router"), "a router VM needs at least two vNICs")
@@ -864,6 +879,25 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
     return {"name": hname, "type": htype, "pifs": tuple(pifs.values()),
             "switches": tuple(switches.values()), "networks": tuple(networks.values()),
             "vms": vm_dicts}
+
+
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
+
+
+def _attach(c: _Checker, raw: Any, path: PathT) -> AttachSpec | None:
+    """`attach: netns`, `attach: {tap: NAME}` or `attach: {iface: NAME}`."""
+    if raw is None:
+        return None
+    if raw == "netns":
+        return AttachSpec("netns")
+    if isinstance(raw, dict) and len(raw) == 1:
+        kind, name = next(iter(raw.items()))
+        if kind in ("tap", "iface"):
+            if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name):
+                raise c.fail((*path, kind), f"{name!r} is not a Linux interface name "
+                             "(1-15 letters, digits, _ . : -)")
+            return AttachSpec(kind, name)
+    raise c.fail(path, f"attach must be netns, {{tap: NAME}} or {{iface: NAME}}, not {raw!r}")
 
 
 def _disks(c: _Checker, raw: Any, path: PathT, htype: str) -> tuple[DiskSpec, ...]:

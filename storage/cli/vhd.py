@@ -516,6 +516,43 @@ def vdi_list(sr: SrOpt,
     console.print(t)
 
 
+@vdi_app.command("serve")
+@_os_errors
+def vdi_serve(
+    sr: SrOpt,
+    uuid: Annotated[str, typer.Argument(help="The VDI.")],
+    nbd: Annotated[bool, typer.Option("--nbd", help="Serve over NBD (the only protocol).")] = True,
+    bind: Annotated[str, typer.Option(
+        "--bind", help="HOST:PORT or unix:PATH.")] = "127.0.0.1:10809",
+    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse writes.")] = False,
+    name: Annotated[str, typer.Option("--name", help="Export name (default: the UUID).")] = "",
+    allow_remote: Annotated[bool, typer.Option(
+        "--allow-remote", help="Listen on a non-loopback address (NBD has no authentication).")]
+        = False,
+) -> None:
+    """Serve a VDI over NBD through a VBD (so a second read-write attach is refused, as xapi
+    does); the VBD is unplugged and removed when the server stops.
+
+    Example: hvsim vdi serve --sr ./sr1 3f2a... --nbd --bind 127.0.0.1:10809
+    """
+    from storage.cli.nbd import parse_bind, serve_device
+
+    if not nbd:
+        raise StorageError("vdi serve: only --nbd is available")
+    parse_bind(bind, allow_remote=allow_remote)
+    s = SR.open(sr)
+    vbd = s.vbd_create(uuid, "nbd-server", mode="RO" if read_only else "RW")
+    try:
+        dev = s.vbd_plug(vbd.uuid)
+        try:
+            serve_device(dev, label=f"VDI {uuid}", bind=bind, name=name or uuid,
+                         read_only=read_only, allow_remote=allow_remote)
+        finally:
+            s.vbd_unplug(vbd.uuid)
+    finally:
+        s.vbd_destroy(vbd.uuid)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `vhd`, `sr` and `vdi` command groups to the root `hvsim` app."""
     app.add_typer(vhd_app, name="vhd")

@@ -36,10 +36,16 @@ def _clock(kind: str) -> Clock:
 
 
 def _lab(topology: Path, clock: str) -> Lab:
+    from netsim.lab.attach import uses_attachments
     from netsim.lab.lab import Lab
     from netsim.lab.topology import load_topology
 
-    return Lab(load_topology(topology), clock=_clock(clock))
+    topo = load_topology(topology)
+    if uses_attachments(topo):  # real guests (attach:) run on the real clock
+        from netsim.clock import RealClock
+
+        return Lab(topo, clock=RealClock())
+    return Lab(topo, clock=_clock(clock))
 
 
 def draw(
@@ -196,6 +202,9 @@ def run(
         warn_holes(lab.topo)
         paths = lab.capture(capture, out)
         async with lab:
+            if lab.attachments is not None and lab.attachments.cleaned:
+                console.print(f"removed what an earlier run of {lab.topo.name} left behind: "
+                              f"{', '.join(lab.attachments.cleaned)}")
             with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                           console=console, transient=True) as bar:
                 if traffic == "pingall":
@@ -216,7 +225,18 @@ def run(
         console.print(table)
         console.print(f"wrote {len(paths)} capture file(s) in {out}")
 
-    asyncio.run(go())
+    import signal
+
+    # SIGTERM ends the run like Ctrl-C: the lab leaves through its cleanup (namespaces, veths)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        asyncio.run(go())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def register(app: typer.Typer) -> None:
