@@ -43,6 +43,9 @@ def replay(
         "sender address).")] = None,
     dst_mac: Annotated[str | None, typer.Option(
         "--dst-mac", help="With --dlt-ethernet: destination MAC.")] = None,
+    capture_drops: Annotated[bool, typer.Option(
+        "--capture-drops", help="Also write every dropped frame to OUT/drops.pcapng, "
+        "commented with the port and reason (Wireshark's frame.comment).")] = False,
 ) -> None:
     """Run a traffic scenario (or replay a capture) and check its expectations.
 
@@ -57,6 +60,7 @@ def replay(
     Example: hvsim replay --pcap trace.pcapng --into vif1.0 topologies/xen-vlans.yaml --speed 10x
     """
     from netsim.errors import ScenarioError
+    from netsim.live.drops import DropCapture
     from netsim.scenario.model import Replay, load_scenario, parse_scenario
     from netsim.scenario.runner import run_scenario
 
@@ -88,6 +92,14 @@ def replay(
     except OSError as exc:
         raise ScenarioError(f"cannot create output directory {out}: {exc.strerror}") from exc
 
+    drops: list[DropCapture] = []
+
+    def attach(fab: object) -> DropCapture | None:
+        if not capture_drops:
+            return None
+        drops.append(DropCapture(fab, out / "drops.pcapng").start())
+        return drops[-1]
+
     with Progress(TextColumn(f"[bold]{escape(scn.name)}[/]"), BarColumn(), TextColumn(
             "{task.percentage:>3.0f}% of simulated time"), TextColumn("{task.fields[frames]}"),
             TimeElapsedColumn(), console=err_console, transient=True,
@@ -96,7 +108,8 @@ def replay(
         report = asyncio.run(run_scenario(
             scn, out_dir=out, realtime=realtime,
             progress=lambda frac: bar.update(task, completed=frac),
-            replay_progress=lambda n: bar.update(task, frames=f"{n:,} frames replayed")))
+            replay_progress=lambda n: bar.update(task, frames=f"{n:,} frames replayed"),
+            attach=attach))
 
     if not console.is_terminal:  # logs and CI: room for the names instead of 80 columns
         console.width = max(console.width, 140)
@@ -131,7 +144,9 @@ def replay(
                       f"{st['delivered']} delivered, {st['lost']} lost, {st['queue_dropped']} "
                       f"over the limit, {st['duplicated']} duplicated, {st['corrupted']} "
                       f"corrupted, {st['reordered']} reordered")
-    files = ", ".join([*report.captures, "report.json"])
+    for d in drops:
+        console.print(f"drops.pcapng: {d.summary()}")
+    files = ", ".join([*report.captures, *(["drops.pcapng"] if drops else []), "report.json"])
     console.print(f"wrote {out}/: {files}")
     if not report.passed:
         raise typer.Exit(1)

@@ -152,6 +152,9 @@ def run(
     traffic: Annotated[str, typer.Option("--traffic", help="pingall: every VM pings every "
                                          "other; none: just run.")] = "pingall",
     clock: ClockOpt = "virtual",
+    capture_drops: Annotated[bool, typer.Option(
+        "--capture-drops", help="Also write every dropped frame to OUT/drops.pcapng, "
+        "commented with the port and reason (Wireshark's frame.comment).")] = False,
     broker: Annotated[str | None, typer.Option(
         "--broker", help="Run each host as its own agent, joined by a distributed switch "
         "through this MQTT broker (mqtt://HOST:PORT); captures go to OUT/<host>.pcapng.")] = None,
@@ -192,31 +195,44 @@ def run(
         return
 
     async def go() -> None:
+        from netsim.live.drops import DropCapture
+
         lab = _lab(topology, clock)
         warn_holes(lab.topo)
         paths = lab.capture(capture, out)
-        async with lab:
-            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                          console=console, transient=True) as bar:
-                if traffic == "pingall":
-                    t = bar.add_task("traffic (pingall)", total=None)
-                    r = await lab.pingall()
-                    bar.update(t, completed=1, total=1)
-                    console.print(f"pingall: {r.answered}/{r.pairs} answered")
-                bar.add_task(f"running {duration:g} s", total=None)
-                await lab.run_for(duration)
-            counters = lab.fabric.counters()
+        drops = DropCapture(lab.fabric, out / "drops.pcapng").start() if capture_drops else None
+        try:
+            await _run_lab(lab, traffic, duration)
+        finally:
+            if drops is not None:
+                drops.close()
+        counters = lab.fabric.counters()
         table = Table(title=f"{lab.topo.name}: ports")
         for col in ("port", "rx frames", "tx frames", "drops"):
             table.add_column(col, justify="left" if col in ("port", "drops") else "right")
         for name, c in sorted(counters.items()):
             if c["rx_frames"] or c["tx_frames"] or c["drops"]:
-                drops = ", ".join(f"{k} {v}" for k, v in c["drops"].items())
-                table.add_row(name, str(c["rx_frames"]), str(c["tx_frames"]), drops)
+                drops_text = ", ".join(f"{k} {v}" for k, v in c["drops"].items())
+                table.add_row(name, str(c["rx_frames"]), str(c["tx_frames"]), drops_text)
         console.print(table)
         console.print(f"wrote {len(paths)} capture file(s) in {out}")
+        if drops is not None:
+            console.print(f"wrote {out / 'drops.pcapng'}: {drops.summary()}")
 
     asyncio.run(go())
+
+
+async def _run_lab(lab: Lab, traffic: str, duration: float) -> None:
+    async with lab:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            if traffic == "pingall":
+                t = bar.add_task("traffic (pingall)", total=None)
+                r = await lab.pingall()
+                bar.update(t, completed=1, total=1)
+                console.print(f"pingall: {r.answered}/{r.pairs} answered")
+            bar.add_task(f"running {duration:g} s", total=None)
+            await lab.run_for(duration)
 
 
 def register(app: typer.Typer) -> None:
