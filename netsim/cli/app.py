@@ -28,6 +28,7 @@ COMMAND_OWNERS: dict[str, str] = {
     "ping": "netsim.cli.commands.topology",
     "pingall": "netsim.cli.commands.topology",
     "replay": "netsim.cli.commands.scenario",
+    "trace": "netsim.cli.commands.live",
     "broker-config": "netsim.cli.commands.distributed",
     "host": "netsim.cli.commands.distributed",
     "vds-push": "netsim.cli.commands.distributed",
