@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(tshark qemu-utils mosquitto mosquitto-clients lvm2 graphviz openssl openvswitch-switch)
+DEB_PACKAGES=(tshark qemu-utils mosquitto mosquitto-clients lvm2 graphviz openssl openvswitch-switch
+  chromium chromium-driver)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -155,6 +155,7 @@ def snapshot(fab: Any) -> Any:
     """A deep copy of the fabric's data plane as it is now, without tasks, taps, captures or
     hooks: something frames can be pushed through without touching the original."""
     memo: dict[int, Any] = {id(fab.clock): fab.clock}
+    switches = {id(sw) for sw in _switches(fab)}
     for attr in ("_tasks", "_pending", "_failures", "_watched", "captures"):
         obj = getattr(fab, attr, None)
         if obj is not None:
@@ -164,8 +165,8 @@ def snapshot(fab: Any) -> Any:
         w = p.queue._waiter
         if w is not None:
             memo[id(w)] = None
-        for fn in p._link_listeners:
-            if not isinstance(fn, types.MethodType):
+        for fn in p._link_listeners:  # keep the switches' own; drop watchers (a server)
+            if not (isinstance(fn, types.MethodType) and id(fn.__self__) in switches):
                 memo[id(fn)] = None
     try:
         twin = copy.deepcopy(fab, memo)

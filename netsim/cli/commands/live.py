@@ -80,6 +80,143 @@ def _pcap_record(path: Path, n: int) -> bytes:
     raise CaptureError(f"{path}: has fewer than {n} record(s)")
 
 
+BindOpt = Annotated[str, typer.Option("--bind", help="Address to listen on. Anything but "
+                                      "loopback needs a token (one is made and printed).")]
+PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any "
+                                      "free one).")]
+TokenOpt = Annotated[str | None, typer.Option("--token", help="Access token to require "
+                                              "(default: none on loopback, a new one "
+                                              "elsewhere).", envvar="HVSIM_TOKEN")]
+LiveClockOpt = Annotated[str, typer.Option("--clock", help="real: wall time; virtual: lab "
+                                           "time at --speed.")]
+SpeedOpt = Annotated[str, typer.Option("--speed", help="With --clock virtual: lab seconds "
+                                       "per wall second, e.g. 10x.")]
+
+
+def serve(
+    topology: TopologyArg,
+    bind: BindOpt = "127.0.0.1",
+    port: PortOpt = 8731,
+    token: TokenOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Lab name in `hvsim capture` "
+                                             "and Wireshark (default: the topology's).")
+                    ] = None,
+    clock: LiveClockOpt = "real",
+    speed: SpeedOpt = "1x",
+    traffic: Annotated[str, typer.Option("--traffic", help="pingall: every VM pings every "
+                                         "other, again every --interval; none: just run.")
+                       ] = "pingall",
+    interval: Annotated[float, typer.Option("--interval", min=0.01, help="Seconds (lab time) "
+                                            "between pingall rounds.")] = 1.0,
+    duration: Annotated[float | None, typer.Option("--duration", min=0.0, help="Stop after "
+                                                   "this many lab seconds (default: run "
+                                                   "until Ctrl-C).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Directory for drops.pcapng "
+                                             "(with --capture-drops).")] = None,
+    capture_drops: Annotated[bool, typer.Option(
+        "--capture-drops", help="Write every dropped frame to OUT/drops.pcapng, commented "
+        "with the port and reason.")] = False,
+) -> None:
+    """Keep a lab running and serve it: the live page and REST API on http://127.0.0.1:8731,
+    live captures for `hvsim capture` and Wireshark (`hvsim extcap --install`).
+
+    Example: hvsim serve topologies/xen-vlans.yaml --clock virtual --speed 10x
+    """
+    from netsim.lab.lab import Lab
+    from netsim.lab.topology import load_topology
+    from netsim.live.serve import make_clock, serve_lab
+
+    lab_clock = make_clock(clock, speed)
+    topo = load_topology(topology)
+    drops_to = None
+    if capture_drops:
+        d = out if out is not None else Path("hvsim-out")
+        d.mkdir(parents=True, exist_ok=True)
+        drops_to = d / "drops.pcapng"
+    lab = Lab(topo, clock=lab_clock)
+    asyncio.run(serve_lab(lab, name=name or _lab_name(topo.name), bind=bind, port=port,
+                          token=token, traffic=traffic, interval_s=interval,
+                          duration_s=duration, drops_to=drops_to))
+
+
+def _lab_name(text: str) -> str:
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", text).strip("-.") or "lab"
+    return name[:64]
+
+
+def capture(
+    ports: Annotated[str, typer.Argument(help="Port(s) of the running lab, comma-separated "
+                                         "(vif1.0,xen1/eth0), or LAB/PORT.")],
+    write: Annotated[str, typer.Option("-w", "--write", help="File to write; - for stdout "
+                                       "(pipe it into `wireshark -k -i -` or `tshark -i -`).")],
+    lab: Annotated[str | None, typer.Option("--lab", help="Which running lab (default: the "
+                                            "only one).")] = None,
+    flt: Annotated[str, typer.Option("--filter", "-f", help="hvsim filter, e.g. 'vlan 65 and "
+                                     "icmp'.")] = "",
+    duration: Annotated[float | None, typer.Option("--duration", "-a", min=0.0, help="Stop "
+                                                   "after this many seconds.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Frames the lab keeps "
+                                              "for this reader before counting drops.")
+                     ] = None,
+) -> None:
+    """Stream a live pcapng from a running lab (`hvsim serve`): one interface per port; what a
+    slow reader missed is counted in the stream (isb_ifdrop).
+
+    Example: hvsim capture vif1.0,xen1/eth0 -w - | tshark -i -
+    """
+    from netsim.live.client import resolve, stream_capture
+    from netsim.wire.filters import compile_filter
+
+    compile_filter(flt)
+    entry, names = resolve(ports, lab)
+    if write == "-":
+        sink = sys.stdout.buffer
+    else:
+        try:
+            sink = open(write, "wb")
+        except OSError as exc:
+            from netsim.errors import CaptureError
+
+            raise CaptureError(f"cannot write {write}: {exc.strerror}") from exc
+
+    def emit(chunk: bytes) -> None:
+        sink.write(chunk)
+        sink.flush()
+
+    try:
+        asyncio.run(stream_capture(entry, names, emit, flt=flt, duration_s=duration,
+                                   limit=limit))
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+    finally:
+        if sink is not sys.stdout.buffer:
+            sink.close()
+
+
+def extcap(
+    install: Annotated[bool, typer.Option("--install", help="Put the hvsim launcher into "
+                                          "Wireshark's personal extcap folder.")] = False,
+    directory: Annotated[Path | None, typer.Option("--dir", help="Install here instead.")
+                         ] = None,
+) -> None:
+    """Wireshark integration: with --install, `tshark -D` and Wireshark's capture dialog list
+    every port of every running lab (`hvsim: LAB/PORT`) and capture it live.
+
+    Example: hvsim extcap --install && tshark -D
+    """
+    from netsim.live import extcap as ext
+
+    if not install:
+        raise typer.BadParameter("say --install (Wireshark runs the extcap protocol itself)")
+    path = ext.install(directory)
+    console.print(f"installed {path}; `tshark -D` lists the ports of running labs")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root `hvsim` app."""
     app.command("trace")(trace)
+    app.command("serve")(serve)
+    app.command("capture")(capture)
+    app.command("extcap")(extcap)

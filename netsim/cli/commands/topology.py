@@ -155,6 +155,11 @@ def run(
     capture_drops: Annotated[bool, typer.Option(
         "--capture-drops", help="Also write every dropped frame to OUT/drops.pcapng, "
         "commented with the port and reason (Wireshark's frame.comment).")] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="Keep the lab running in real time and serve it on "
+        "http://127.0.0.1:8731 (as `hvsim serve`) until Ctrl-C or --duration.")] = False,
+    speed: Annotated[str, typer.Option(
+        "--speed", help="With --live: lab seconds per wall second, e.g. 10x.")] = "1x",
     broker: Annotated[str | None, typer.Option(
         "--broker", help="Run each host as its own agent, joined by a distributed switch "
         "through this MQTT broker (mqtt://HOST:PORT); captures go to OUT/<host>.pcapng.")] = None,
@@ -194,6 +199,10 @@ def run(
                         duration=duration, ping=traffic == "pingall")
         return
 
+    if live:
+        _run_live(topology, out, capture, traffic, speed, duration, capture_drops)
+        return
+
     async def go() -> None:
         from netsim.live.drops import DropCapture
 
@@ -220,6 +229,24 @@ def run(
             console.print(f"wrote {out / 'drops.pcapng'}: {drops.summary()}")
 
     asyncio.run(go())
+
+
+def _run_live(topology: Path, out: Path, capture: str, traffic: str, speed: str,
+              duration: float, capture_drops: bool) -> None:
+    from netsim.lab.lab import Lab
+    from netsim.lab.topology import load_topology
+    from netsim.live.serve import make_clock, serve_lab
+
+    lab_clock = make_clock("real" if speed in ("1", "1x") else "virtual", speed)
+    topo = load_topology(topology)
+    lab = Lab(topo, clock=lab_clock)
+    paths = lab.capture(capture, out)
+    console.print(f"capturing {len(paths)} port(s) to {out}")
+    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in topo.name)[:64] or "lab"
+    asyncio.run(serve_lab(lab, name=name, traffic=traffic, duration_s=duration or None,
+                          drops_to=out / "drops.pcapng" if capture_drops else None,
+                          say=console.print))
+    lab.fabric.flush_captures()
 
 
 async def _run_lab(lab: Lab, traffic: str, duration: float) -> None:
