@@ -130,10 +130,12 @@ async def serve_lab(
 
 async def _pingall_forever(lab: Any, interval_s: float, server: LiveServer) -> None:
     rounds = 0
+    last = -1
     while True:
         r = await lab.pingall(wait_s=min(1.0, max(interval_s, 0.05)))
         rounds += 1
-        if rounds == 1 or r.answered != r.pairs:
+        if r.answered != last:  # a change in reachability is news; the same again is not
+            last = r.answered
             server.event("traffic", f"pingall round {rounds}: {r.answered}/{r.pairs} answered")
         await lab.clock.sleep(interval_s)
 
