@@ -56,9 +56,9 @@ class CaptureStream:
         self.limit = limit
         self.flt = flt
         self.stats_every_ns = int(stats_every_s * 1e9)
-        self.buffer: deque[bytes] = deque()
-        self.received = [0] * len(self.ports)  # frames seen (written or dropped)
-        self.dropped = [0] * len(self.ports)
+        self.buffer: deque[tuple[int, int, bytes, bool]] = deque()
+        self.written = [0] * len(self.ports)  # records handed to the reader
+        self.dropped = [0] * len(self.ports)  # frames the reader missed
         self._taps: list[Callable[[bytes, bool], None]] = []
         self._detached_at: list[int | None] = [None] * len(self.ports)
         self._waiter: asyncio.Future[None] | None = None
@@ -96,35 +96,37 @@ class CaptureStream:
         self._wake()
 
     @property
+    def received(self) -> list[int]:
+        """Frames seen per interface (handed to the reader, buffered, or dropped)."""
+        pending = [0] * len(self.ports)
+        for item in self.buffer:
+            pending[item[0]] += 1
+        return [w + p + d for w, p, d in zip(self.written, pending, self.dropped, strict=True)]
+
+    @property
     def total_dropped(self) -> int:
         """Frames not delivered to the reader, over all interfaces."""
         return sum(self.dropped)
 
     # -- the data-plane side -----------------------------------------------------------------
     def _make_tap(self, if_id: int) -> Callable[[bytes, bool], None]:
+        # The data plane's side does as little as it can: a timestamp and a tuple into the
+        # buffer; the reader packs the blocks (`take`).
         now = self.clock.now_ns
-        head = _EPB_HEAD.pack
-        tail = _EPB_TAIL.pack
         buf = self.buffer
+        append = buf.append
         limit = self.limit
         flt = self.flt
-        received = self.received
         dropped = self.dropped
 
         def record(frame: bytes, outbound: bool) -> None:
             if flt is not None and not flt(frame):
                 return
-            received[if_id] += 1
             if len(buf) >= limit:
                 dropped[if_id] += 1
                 self._stall(if_id)
                 return
-            ts = now()
-            n = len(frame)
-            pad = _PAD[n & 3]
-            total = 44 + n + len(pad)
-            buf.append(b"".join((head(6, total, if_id, ts >> 32, ts & 0xFFFFFFFF, n, n), frame,
-                                 pad + tail(2, 4, 2 if outbound else 1, 0, total))))
+            append((if_id, now(), frame, outbound))
             if self._waiter is not None:
                 self._wake()
 
@@ -158,9 +160,7 @@ class CaptureStream:
         if mark < 0:
             return
         port = self.ports[if_id][0]
-        missed = _seen(port) - mark
-        self.received[if_id] += missed
-        self.dropped[if_id] += missed
+        self.dropped[if_id] += _seen(port) - mark
         if not self.closed:
             port.add_tap(self._taps[if_id])
 
@@ -175,15 +175,31 @@ class CaptureStream:
     def statistics(self) -> bytes:
         """An ISB per interface with what was received and dropped so far."""
         now = self.clock.now_ns()
-        return b"".join(interface_statistics(i, now, received=self.received[i],
+        received = self.received
+        return b"".join(interface_statistics(i, now, received=received[i],
                                              dropped=self.dropped[i], start_ns=self._start_ns)
                         for i in range(len(self.ports)))
 
     def take(self, max_records: int = 1024) -> bytes:
-        """Up to `max_records` buffered records, removed from the buffer."""
+        """Up to `max_records` buffered records as EPBs, removed from the buffer."""
         buf = self.buffer
         k = min(len(buf), max_records)
-        out = b"".join([buf.popleft() for _ in range(k)])
+        head = _EPB_HEAD.pack
+        tail = _EPB_TAIL.pack
+        written = self.written
+        parts: list[bytes] = []
+        add = parts.append
+        pop = buf.popleft
+        for _ in range(k):
+            if_id, ts, frame, outbound = pop()
+            n = len(frame)
+            pad = _PAD[n & 3]
+            total = 44 + n + len(pad)
+            add(head(6, total, if_id, ts >> 32, ts & 0xFFFFFFFF, n, n))
+            add(frame)
+            add(pad + tail(2, 4, 2 if outbound else 1, 0, total))
+            written[if_id] += 1
+        out = b"".join(parts)
         if k:
             for i, mark in enumerate(self._detached_at):
                 if mark is not None and len(buf) < self.limit // 2:
@@ -217,7 +233,7 @@ class CaptureStream:
                 yield data
             if loop.time() >= next_stats:
                 next_stats = loop.time() + self.stats_every_ns / 1e9
-                state = (*self.received, *self.dropped)
+                state = (*self.written, *self.dropped)
                 if state != self._reported and any(self.dropped):
                     self._reported = state
                     yield self.statistics()
