@@ -23,6 +23,7 @@ from netsim.lab.lab import Lab
 from netsim.lab.topology import load_topology
 from netsim.lab.trace import trace_frame
 from netsim.wire import frame as fr
+from netsim.wire.capture import PcapngWriter
 from netsim.wire.framespec import build_frame
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
@@ -219,7 +220,21 @@ def test_cli_trace_text_json_and_bad_input(tmp_path: Path) -> None:
                                  hexframe.hex()])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["frame"] == hexframe.hex()
-    for args, what in ((["--from", "nosuch", "--frame", "{eth: {}}"], "no 'nosuch'"),
+    pcap = tmp_path / "one.pcapng"
+    w = PcapngWriter(pcap, clock=ManualClock())
+    i = w.add_interface("vif1.0")
+    w.write(i, 1, build_frame({"eth": {"src": "00:16:3e:00:05:01", "dst": "00:16:3e:00:05:02"}}))
+    w.write(i, 2, hexframe)
+    w.close()
+    r = CliRunner().invoke(app, ["trace", topo, "--from", "vm1", "--json", "--pcap", str(pcap)])
+    assert r.exit_code == 0, r.output
+    assert set(json.loads(r.output)["delivered"]) == {"vif2.0"}
+    r = CliRunner().invoke(app, ["trace", topo, "--from", "vm4", "--json", "--pcap", str(pcap),
+                                 "--record", "2"])
+    assert set(json.loads(r.output)["delivered"]) == {"vif3.0"}
+    for args, what in ((["--from", "vm1", "--pcap", str(pcap), "--record", "3"],
+                        "fewer than 3"),
+                       (["--from", "nosuch", "--frame", "{eth: {}}"], "no 'nosuch'"),
                        (["--from", "vm1", "--frame", "{eth: {dst: zz}}"], "eth.dst"),
                        (["--from", "vm1", "--frame", "[1, 2]"], "neither hex nor")):
         p = subprocess.run([sys.executable, "-m", "netsim", "trace", topo, *args],
