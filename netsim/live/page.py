@@ -17,7 +17,9 @@ PAGE = """<!doctype html>
  table{border-collapse:collapse;width:100%} td,th{padding:2px 6px;border-bottom:1px solid #eee;
  text-align:right;white-space:nowrap} td:first-child,th:first-child,td.drops{text-align:left}
  tr.down td{color:#a00} td.drops{color:#a00;white-space:normal}
- #picture img{max-width:100%} #events{height:200px;font-family:monospace;font-size:12px}
+ #topo svg{max-width:100%;height:auto} text.live{font:9px monospace;fill:#075}
+ text.live.bad{fill:#c00;font-weight:bold} g.down polygon,g.down path,g.down ellipse{stroke:#c00}
+ #events{height:200px;font-family:monospace;font-size:12px}
  #events div.drops{color:#a00} #events div.link{color:#06a}
  pre{background:#f6f6f6;padding:6px;white-space:pre-wrap;font-size:12px}
  button{font-size:12px}
@@ -26,9 +28,7 @@ PAGE = """<!doctype html>
  <span id="status">connecting&hellip;</span></header>
 <main>
  <div>
-  <section id="picture"><h2>Topology</h2><img id="topo" alt="topology picture"
-   src="api/topology.svg" onerror="this.replaceWith('(no picture: not built from a file)')">
-  </section>
+  <section id="picture"><h2>Topology</h2><div id="topo">loading&hellip;</div></section>
   <section><h2>Ports</h2><table id="ports"><thead><tr><th>port</th><th>link</th>
    <th>rx/s</th><th>tx/s</th><th>rx</th><th>tx</th><th>drops</th><th></th></tr></thead>
    <tbody></tbody></table></section>
@@ -62,8 +62,38 @@ async function api(path, body){
 }
 function setLink(p, up){
  p.info.link_up = up; p.row.classList.toggle("down", !up);
+ const n = svgNodes[p.info.path]; if(n) n.g.classList.toggle("down", !up);
  p.row.querySelector(".link").textContent = up ? "up" : "down";
  p.row.querySelector(".linkbtn").textContent = up ? "link down" : "link up";
+}
+const svgNodes = {};  // port path -> {g, label}
+async function loadPicture(t){
+ const box = document.getElementById("topo");
+ const r = await fetch("api/topology.svg");
+ if(!r.ok){ box.textContent = "(no picture: this lab was not built from a file)"; return; }
+ box.innerHTML = await r.text();
+ const firstOfVm = {};
+ for(const p of t.ports) if(p.vm && !(p.vm in firstOfVm)) firstOfVm[p.vm] = p.path;
+ for(const g of box.querySelectorAll("g.node")){
+  const id = (g.querySelector("title")||{}).textContent || "";
+  let path = null;
+  if(id.startsWith("pif:")) path = id.slice(4);
+  else if(id.startsWith("vm:")) path = firstOfVm[id.slice(3)];
+  if(!path || !ports[path]) continue;
+  const bb = g.getBBox();
+  const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
+  label.setAttribute("x", bb.x + bb.width / 2); label.setAttribute("y", bb.y + bb.height + 9);
+  label.setAttribute("text-anchor", "middle"); label.setAttribute("class", "live");
+  label.setAttribute("data-port", path);
+  g.append(label); svgNodes[path] = {g, label};
+ }
+}
+function paintNode(path, c){
+ const n = svgNodes[path]; if(!n) return;
+ const drops = Object.values(c.drops||{}).reduce((a,b)=>a+b, 0);
+ n.label.textContent = c.rx_fps.toFixed(0) + "/" + c.tx_fps.toFixed(0) + " fps"
+  + (drops ? " drops " + drops : "");
+ n.label.classList.toggle("bad", drops > (n.drops || 0)); n.drops = drops;
 }
 async function loadTopology(){
  const t = await api("api/topology");
@@ -87,6 +117,7 @@ async function loadTopology(){
   ports[info.path] = {info, row}; byName[info.name] = ports[info.path];
   setLink(ports[info.path], info.link_up);
  }
+ loadPicture(t).catch(e => logLine({kind:"error", text: "picture: " + e.message}));
  const sel = document.getElementById("switch");
  for(const s of t.switches) sel.append(el("option", {value: s}, s));
  sel.onchange = loadMac;
@@ -115,6 +146,7 @@ function onUpdate(msg){
   r.querySelector(".rxr").textContent = c.rx_fps.toFixed(0);
   r.querySelector(".txr").textContent = c.tx_fps.toFixed(0);
   r.querySelector(".drops").textContent = dropsText(c.drops);
+  paintNode(path, c);
  }
  for(const e of msg.events){ logLine(e);
   const m = /^(\\S+) link (up|down)$/.exec(e.text);

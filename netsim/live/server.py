@@ -222,8 +222,10 @@ class LiveServer:
     def _port_info(self, p: Port) -> dict[str, Any]:
         sw = p.switch
         peer = p.link.peer(p) if p.link is not None else None
+        vm = next((v.name for h in self.fab.hosts.values() for v in h.vms.values()
+                   if any(q is p for q in v.ports)), None) if p.kind in ("vm", "vif") else None
         return {"name": self.fab.short_name(p), "path": p.path, "kind": p.kind,
-                "switch": sw.name if sw is not None else None,
+                "switch": sw.name if sw is not None else None, "vm": vm,
                 "peer": self.fab.short_name(peer) if peer is not None else None,
                 "link_up": p.link_up}
 

@@ -60,6 +60,15 @@ def test_page_shows_live_counters_and_link_down_drops(tmp_path: Path, browser) -
         wait.until(lambda d: "link-down" in _row(d, uplink).find_element(
             By.CLASS_NAME, "drops").text)
         wait.until(lambda d: "vmnic0 link down" in d.find_element(By.ID, "events").text)
+        # the topology picture carries the live figures: the uplink's node shows its drops
+        node = browser.find_element(By.CSS_SELECTOR, f"text.live[data-port='{uplink}']")
+        wait.until(lambda d: "drops" in node.text)
+        # the trace form explains a frame from the running lab
+        browser.find_element(By.ID, "trace-from").send_keys("app2")
+        browser.find_element(By.ID, "trace-frame").send_keys("{eth: {dst: ff:ff:ff:ff:ff:ff}}")
+        browser.find_element(By.ID, "trace-go").click()
+        wait.until(lambda d: "Final:" in d.find_element(By.ID, "trace-out").text)
+        assert "app3.eth0" in browser.find_element(By.ID, "trace-out").text
         # MAC table of a switch and the topology picture are on the page too
         assert browser.find_element(By.ID, "switch").get_attribute("value")
         shot = tmp_path / "hvsim-live.png"
