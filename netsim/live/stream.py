@@ -138,6 +138,10 @@ class CaptureStream:
         # counters cannot tell which frames would have matched, so the tap stays and counts.
         if self.flt is not None or self._detached_at[if_id] is not None:
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # frames sent from outside the loop: keep tapping and counting
+            return
         port = self.ports[if_id][0]
         self._detached_at[if_id] = -1  # scheduled
 
@@ -150,7 +154,7 @@ class CaptureStream:
             port.remove_tap(self._taps[if_id])
             self._detached_at[if_id] = _seen(port)
 
-        asyncio.get_running_loop().call_soon(detach)
+        loop.call_soon(detach)
 
     def _catch_up(self, if_id: int) -> None:
         mark = self._detached_at[if_id]

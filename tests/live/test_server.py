@@ -229,3 +229,26 @@ def test_tshark_reads_the_stream_while_the_lab_runs(served_xen, tmp_path) -> Non
     lines = [ln for ln in out.stdout.splitlines() if ln]
     assert len(lines) == 3
     assert served_xen.proc.poll() is None  # frames came while the lab was still running
+
+
+def test_filtered_stream_keeps_and_counts_only_matching_frames() -> None:
+    from netsim.wire.filters import compile_filter
+
+    fab = Fabric(clock=RealClock())
+    host = fab.add_host("esx1")
+    sw = host.add_switch("vs")
+    sw.add_port_group(PortGroup("lan"))
+    a = host.add_vm("a").add_nic(sw, "lan", mac="00:50:56:00:00:01")
+    host.add_vm("b").add_nic(sw, "lan", mac="00:50:56:00:00:02")
+    stream = CaptureStream([(a, "a.eth0")], clock=fab.clock, limit=5,
+                           flt=compile_filter("broadcast")).start()
+    uni = fr.ethernet(fr.mac_to_bytes("00:50:56:00:00:02"), a.mac, 0x0800, bytes(46))
+    bc = fr.ethernet(fr.BROADCAST, a.mac, 0x0800, bytes(46))
+    for _ in range(8):  # no event loop here: the stream keeps its tap and counts
+        a.vnic.send(uni)
+        a.vnic.send(bc)
+    assert stream.received == [8] and stream.dropped == [3]
+    _, recs = read_pcapng(stream.header() + stream.take())
+    assert [f for _, _, f, _ in recs] == [bc] * 5
+    stream.close()
+    assert not a.taps
