@@ -252,3 +252,43 @@ def test_filtered_stream_keeps_and_counts_only_matching_frames() -> None:
     assert [f for _, _, f, _ in recs] == [bc] * 5
     stream.close()
     assert not a.taps
+
+
+def test_replay_live_serves_the_scenario_then_its_final_state(tmp_path) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "HVSIM_RUN_DIR": str(run_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netsim", "replay",
+         str(TOPOLOGIES / "scenarios" / "tagged-on-access.yaml"), "--out", str(tmp_path / "o"),
+         "--live", "--port", "0", "--capture-drops"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        texts: list[str] = []
+        while time.monotonic() < deadline and not any("PASS" in t for t in texts):
+            files = list(run_dir.glob("*.json")) if run_dir.is_dir() else []
+            if files:
+                url = json.loads(files[0].read_text())["url"]
+                with urllib.request.urlopen(f"{url}/api/events", timeout=5) as r:
+                    texts = [e["text"] for e in json.load(r)]
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        assert any("tagged-on-access: PASS" in t for t in texts)
+        assert any("tagged-on-access +" in t for t in texts)  # drops reached the event log
+        with urllib.request.urlopen(f"{url}/api/counters", timeout=5) as r:
+            c = json.load(r)["ports"]
+        assert c["esx1/s1.eth0"]["drops"] == {"tagged-on-access": 1}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert (tmp_path / "o" / "report.json").exists() and (tmp_path / "o" / "drops.pcapng").exists()
+    assert not list(run_dir.glob("*.json"))  # the lab left the registry
