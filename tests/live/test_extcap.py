@@ -76,3 +76,15 @@ def test_tshark_lists_and_captures_lab_ports(served_xen, tmp_path) -> None:
                "duration:2", "-T", "fields", "-e", "vlan.id")
     vids = [ln for ln in f.stdout.splitlines() if ln]
     assert vids and set(vids) == {"5"}
+
+
+def test_capture_without_a_running_lab_is_one_clear_line(tmp_path) -> None:
+    import os
+
+    env = {**os.environ, "HVSIM_RUN_DIR": str(tmp_path / "empty")}
+    for args, what in ((["vif1.0", "-w", "-"], "no running lab"),
+                       (["vif1.0", "-w", "-", "--filter", "vlan and"], "filter")):
+        p = subprocess.run([sys.executable, "-m", "netsim", "capture", *args], env=env,
+                           capture_output=True, text=True, timeout=60, check=False)
+        assert p.returncode == 2 and what in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
