@@ -17,8 +17,10 @@ This lives with the fabric (the control layer), so `Lab.trace` needs nothing abo
 """
 from __future__ import annotations
 
+import asyncio
 import copy
 import types
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,11 +162,10 @@ def snapshot(fab: Any) -> Any:
         obj = getattr(fab, attr, None)
         if obj is not None:
             memo[id(obj)] = type(obj)()
+    for obj in _asyncio_objects(fab):  # waiters of queues, MAC tables, ...: not copied
+        memo[id(obj)] = None
     for p in fab.ports():
         memo[id(p.taps)] = []
-        w = p.queue._waiter
-        if w is not None:
-            memo[id(w)] = None
         for fn in p._link_listeners:  # keep the switches' own; drop watchers (a server)
             if not (isinstance(fn, types.MethodType) and id(fn.__self__) in switches):
                 memo[id(fn)] = None
@@ -185,6 +186,48 @@ def snapshot(fab: Any) -> Any:
         for attr in ("ingress", "ingress_batch"):  # a recorder's wrappers on the original
             sw.__dict__.pop(attr, None)
     return twin
+
+
+_ASYNC_TYPES = (asyncio.Future, asyncio.Event, asyncio.Handle, asyncio.AbstractEventLoop)
+_ATOMS = (str, bytes, bytearray, int, float, bool, type(None), types.FunctionType,
+          types.BuiltinFunctionType, type)
+
+
+def _asyncio_objects(root: Any, limit: int = 1_000_000) -> list[Any]:
+    """Every asyncio future, event, handle or loop reachable from `root` through attributes and
+    containers (the copy leaves them out: they belong to the running lab's loop)."""
+    found: list[Any] = []
+    seen: set[int] = set()
+    stack = [root]
+    while stack and len(seen) < limit:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, _ATOMS):
+            continue
+        seen.add(id(o))
+        if isinstance(o, _ASYNC_TYPES):
+            found.append(o)
+            continue
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+            continue
+        if isinstance(o, list | tuple | set | frozenset | deque):
+            if not (o and isinstance(next(iter(o)), bytes)):  # frames: nothing inside
+                stack.extend(o)
+            continue
+        if isinstance(o, types.MethodType):
+            stack.append(o.__self__)
+            continue
+        d = getattr(o, "__dict__", None)
+        if isinstance(d, dict):
+            stack.extend(d.values())
+        for cls in type(o).__mro__:
+            for slot in getattr(cls, "__slots__", ()):
+                if isinstance(slot, str):
+                    v = getattr(o, slot, None)
+                    if v is not None:
+                        stack.append(v)
+    return found
 
 
 def _rebind(memo: dict[int, Any]) -> None:
