@@ -14,6 +14,10 @@ and the pcapng record rate of dpkt's block objects vs our struct writer (the ≥
 
 Targets (issue 3): ≥300k frames/s 64-byte without capture on one core, ≥100× (a), ≥0.3× (b);
 ≥150k frames/s with capture.
+Live streams (issue 17): the same hop with a live capture stream of the uplink (what `hvsim
+capture` / the extcap read) and a consumer task draining it: ≥150k frames/s, like file capture;
+and with a stalled consumer that never reads: the hop keeps ≥0.9× the uncaptured rate (median
+of back-to-back pairs) and the stream counts every frame it could not keep.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from typing import Any
 from netsim.clock import RealClock
 from netsim.dataplane.port import Pif, Vif
 from netsim.dataplane.switch import PortGroup, StandardSwitch
+from netsim.live.stream import CaptureStream
 from netsim.wire import frame as fr
 from netsim.wire.capture import PcapngWriter
 
@@ -43,6 +48,8 @@ TARGETS = {
     "ratio_vs_queue": 0.3,
     "hop_64_capture_fps": 150_000,
     "pcapng_records_per_s": 500_000,
+    "hop_64_stream_fps": 150_000,
+    "ratio_stalled_vs_hop": 0.9,
 }
 
 
@@ -106,6 +113,58 @@ async def _hop(n: int, size: int, capture_dir: Path | None, *, batched: bool = F
     if drops or got != n:
         raise RuntimeError(f"bench hop lost frames: got {got}/{n}, drops {drops}")
     return n / dt
+
+
+async def _stream_hop(n: int, size: int, *, stalled: bool) -> tuple[float, int]:
+    """The hop with a live capture stream of the uplink: drained by a reader task, or never
+    read (stalled). Returns (frames/s, frames the stream counted as dropped)."""
+    vm, up, _ = _build(None)
+    stream = CaptureStream([(up, "vmnic0")], clock=RealClock(), limit=4 * BURST).start()
+    frame = _frame(size)
+    send = vm.vnic.send
+    get_batch = up.queue.get_batch
+    done = asyncio.Event()
+    got = 0
+    read = 0
+
+    async def consume() -> None:
+        nonlocal got
+        while got < n:
+            got += len(await get_batch())
+        done.set()
+
+    async def reader() -> None:
+        nonlocal read
+        while True:
+            await stream.wait()
+            read += len(stream.take(4 * BURST))
+
+    async def produce() -> None:
+        left = n
+        while left:
+            k = min(BURST, left)
+            for _ in range(k):
+                send(frame)
+            left -= k
+            await asyncio.sleep(0)
+
+    t0 = time.perf_counter()
+    consumer = asyncio.create_task(consume())
+    rd = None if stalled else asyncio.create_task(reader())
+    await produce()
+    await done.wait()
+    dt = time.perf_counter() - t0
+    await consumer
+    if rd is not None:
+        rd.cancel()
+    read += len(stream.take(n)) if not stalled else 0
+    stream.close()
+    if stalled and stream.received[0] != n:
+        raise RuntimeError(f"stalled stream saw {stream.received[0]}/{n} frames")
+    if stalled and stream.dropped[0] != n - len(stream.buffer):
+        raise RuntimeError(f"stalled stream counted {stream.dropped[0]} drops, kept "
+                           f"{len(stream.buffer)} of {n}")
+    return n / dt, stream.dropped[0]
 
 
 async def _scapy_hop(n: int, size: int) -> float:
@@ -229,6 +288,20 @@ def run(*, quick: bool) -> dict[str, Any]:
     res["ratio_batch_vs_frame"] = res["hop_64_batch_fps"] / res["hop_64_fps"]
     res["ratio_vs_queue"] = pairs[len(pairs) // 2][0]
     res["ratio_vs_queue_rounds"] = [round(r, 3) for r, _ in pairs]
+    res["hop_64_stream_fps"] = _best(
+        lambda: asyncio.run(_stream_hop(n, 64, stalled=False))[0], repeat)
+    stalled_pairs = []
+    for _ in range(max(3, repeat)):
+        gc.collect()
+        hop = asyncio.run(_hop(n, 64, None))
+        gc.collect()
+        rate, dropped = asyncio.run(_stream_hop(n, 64, stalled=True))
+        stalled_pairs.append((rate / hop, rate, dropped))
+    stalled_pairs.sort()
+    res["hop_64_stalled_fps"] = max(r for _, r, _ in stalled_pairs)
+    res["stalled_stream_dropped"] = stalled_pairs[len(stalled_pairs) // 2][2]
+    res["ratio_stalled_vs_hop"] = stalled_pairs[len(stalled_pairs) // 2][0]
+    res["ratio_stalled_vs_hop_rounds"] = [round(r, 3) for r, _, _ in stalled_pairs]
     rates = _pcapng_rates(20_000 if quick else 200_000)
     res["pcapng_dpkt_records_per_s"] = rates["dpkt_epb_objects"]
     res["pcapng_records_per_s"] = rates["hvsim_struct_writer"]
@@ -253,6 +326,11 @@ def run(*, quick: bool) -> dict[str, Any]:
     row("ratio batched / frame-by-frame hop, 64 B", "ratio_batch_vs_frame", "{:,.2f}×")
     row("switch hop, 64 B, pcapng capture of the uplink", "hop_64_capture_fps")
     row("switch hop, 1500 B, pcapng capture", "hop_1500_capture_fps")
+    row("switch hop, 64 B, with a live stream consumer", "hop_64_stream_fps")
+    row("switch hop, 64 B, with a stalled stream consumer", "hop_64_stalled_fps")
+    row("ratio stalled-consumer hop / uncaptured hop (median of pairs)",
+        "ratio_stalled_vs_hop", "{:,.2f}×")
+    row("frames the stalled stream counted as dropped", "stalled_stream_dropped")
     row("baseline (a): Scapy object per frame, 64 B", "scapy_hop_64_fps")
     row("baseline (b): bare asyncio.Queue hop, 64 B", "queue_hop_64_fps")
     row("ratio hop / Scapy baseline", "ratio_vs_scapy", "{:,.1f}×")

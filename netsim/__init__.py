@@ -3,7 +3,7 @@
 The public API, in one import (`from netsim import Lab, load_topology, VlanPolicy`). Names are
 loaded on first use, so `import netsim` stays cheap and lower layers never import this module.
 Layers (DESIGN.md section 1; `tests/test_layers.py` enforces them): `wire` (pure codecs) <
-`dataplane` < `lab` < `vds` < `scenario` < `cli`.
+`dataplane` < `lab` < `vds` < `scenario` < `live` < `cli`.
 """
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ _EXPORTS: dict[str, str] = {
     "load_topology": "netsim.lab.topology",
     "parse_topology": "netsim.lab.topology",
     "to_graph": "netsim.lab.topology",
+    "Trace": "netsim.lab.trace",
+    "trace_frame": "netsim.lab.trace",
     # vds
     "ProxySwitch": "netsim.vds.dswitch",
     "VdsConfig": "netsim.vds.vdsconfig",
@@ -63,6 +65,10 @@ _EXPORTS: dict[str, str] = {
     "parse_scenario": "netsim.scenario.model",
     "run_scenario": "netsim.scenario.runner",
     "Report": "netsim.scenario.runner",
+    # live
+    "DropCapture": "netsim.live.drops",
+    "CaptureStream": "netsim.live.stream",
+    "LiveServer": "netsim.live.server",
     # errors and clocks (ground floor)
     "NetsimError": "netsim.errors",
     "FrameError": "netsim.errors",
@@ -123,6 +129,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         parse_topology,
         to_graph,
     )
+    from netsim.lab.trace import Trace, trace_frame
+    from netsim.live.drops import DropCapture
+    from netsim.live.server import LiveServer
+    from netsim.live.stream import CaptureStream
     from netsim.scenario.model import Scenario, load_scenario, parse_scenario
     from netsim.scenario.runner import Report, run_scenario
     from netsim.vds.dswitch import ProxySwitch

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(tshark qemu-utils mosquitto mosquitto-clients lvm2 graphviz openssl openvswitch-switch
-             ethtool libnbd-bin iproute2 iputils-ping iperf3 tcpdump)
+             ethtool libnbd-bin iproute2 iputils-ping iperf3 tcpdump
+             chromium chromium-driver)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

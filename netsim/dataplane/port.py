@@ -63,6 +63,10 @@ DROP_REASONS = (
 #: A tap sees every frame crossing a port: (frame bytes, outbound?). Captures read their clock.
 Tap = Callable[[bytes, bool], None]
 
+#: A drop hook sees every drop counted on a port: (reason, how many, the frame if the caller
+#: had it at hand, else None). Set as `port.counters.on_drop`; called only on the drop path.
+DropHook = Callable[[str, int, "bytes | None"], None]
+
 DEFAULT_QUEUE = 1024
 
 
@@ -122,7 +126,7 @@ class PortCounters:
     """Frames and bytes received (into the switch) and transmitted (out of it), and drops by
     reason. Receive counts every arrival, including ones dropped afterwards."""
 
-    __slots__ = ("drops", "rx_bytes", "rx_frames", "tx_bytes", "tx_frames")
+    __slots__ = ("drops", "on_drop", "rx_bytes", "rx_frames", "tx_bytes", "tx_frames")
 
     def __init__(self) -> None:
         self.rx_frames = 0
@@ -130,10 +134,15 @@ class PortCounters:
         self.tx_frames = 0
         self.tx_bytes = 0
         self.drops: dict[str, int] = {}
+        #: the one place every drop passes: `netsim.live.drops` records dropped frames here
+        self.on_drop: DropHook | None = None
 
-    def drop(self, reason: str, n: int = 1) -> None:
-        """Count `n` frames dropped for `reason` (one of DROP_REASONS)."""
+    def drop(self, reason: str, n: int = 1, frame: bytes | None = None) -> None:
+        """Count `n` frames dropped for `reason` (one of DROP_REASONS); `frame` is the dropped
+        frame when the caller has it (for `on_drop`)."""
         self.drops[reason] = self.drops.get(reason, 0) + n
+        if self.on_drop is not None:
+            self.on_drop(reason, n, frame)
 
     @property
     def dropped(self) -> int:
@@ -313,7 +322,7 @@ class Port:
                 tap(frame, False)
         sw = self.switch
         if sw is None or not self.link_up:
-            c.drop("link-down")
+            c.drop("link-down", 1, frame)
             return
         sw.ingress(self, frame)
 
@@ -350,7 +359,7 @@ class Port:
         """The switch sends a frame out of this port. False (and counted) if it was dropped."""
         c = self.counters
         if not self.link_up:
-            c.drop("link-down")
+            c.drop("link-down", 1, frame)
             return False
         if self.taps:
             for tap in self.taps:
@@ -362,7 +371,7 @@ class Port:
             imp.offer(frame)
             return True
         if not self.queue.put(frame):
-            c.drop("queue-full")
+            c.drop("queue-full", 1, frame)
             return False
         c.tx_frames += 1
         c.tx_bytes += len(frame)
@@ -391,9 +400,15 @@ class Port:
         self.link_up = up
         self.refresh()
         if not up:
-            lost = self.queue.clear()
-            if lost:
-                self.counters.drop("link-down", lost)
+            c = self.counters
+            if c.on_drop is not None:  # someone records dropped frames: one by one
+                for f in self.queue.items:
+                    c.drop("link-down", 1, f)
+                self.queue.clear()
+            else:
+                lost = self.queue.clear()
+                if lost:
+                    c.drop("link-down", lost)
         for fn in list(self._link_listeners):
             fn(self)
 
@@ -570,7 +585,7 @@ class Pif(Port):
             for tap in self.taps:
                 tap(frame, False)
         if not self.link_up:
-            c.drop("link-down")
+            c.drop("link-down", 1, frame)
             return
         if len(frame) >= 18 and frame[12] == 0x81 and frame[13] == 0x00:
             vid = ((frame[14] << 8) | frame[15]) & 0x0FFF
@@ -579,10 +594,10 @@ class Pif(Port):
                 child.receive(frame[:12] + frame[16:])
                 return
             if vid != 0:  # VID 0 is a priority tag: the frame is really untagged
-                c.drop("vlan-not-allowed")
+                c.drop("vlan-not-allowed", 1, frame)
                 return
         if self.switch is None:
-            c.drop("vlan-not-allowed")
+            c.drop("vlan-not-allowed", 1, frame)
             return
         self.switch.ingress(self, frame)
 
@@ -619,7 +634,7 @@ class VlanPif(Pif):
         """Tag with this VLAN and send through the parent NIC."""
         c = self.counters
         if not self.link_up:
-            c.drop("link-down")
+            c.drop("link-down", 1, frame)
             return False
         if self.taps:
             for tap in self.taps:
@@ -629,7 +644,7 @@ class VlanPif(Pif):
             c.tx_frames += 1
             c.tx_bytes += len(frame)
         else:
-            c.drop("queue-full" if self.parent.link_up else "link-down")
+            c.drop("queue-full" if self.parent.link_up else "link-down", 1, frame)
         return ok
 
     def receive(self, frame: bytes) -> None:

@@ -178,39 +178,51 @@ async def run(
     *,
     start_ns: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    attach: Callable[[Fabric], Any] | None = None,
 ) -> DemoResult:
     """Build, drive and capture the demo; pcapng files go to `out_dir`. Time starts at
     `start_ns` (now by default) and moves 1 ms per step, so the same start gives byte-identical
-    captures."""
+    captures. `attach(fabric)` runs once the fabric is built (a drop capture); what it returns is
+    closed at the end."""
     clock = ManualClock(start_ns=time.time_ns() if start_ns is None else start_ns)
     result = DemoResult(out_dir=out_dir)
     async with Fabric(clock=clock) as fab:
         eps = build(fab)
         result.captures = fab.capture("all", out_dir)
-        plan = steps(eps)
-        eth0 = fab["xen1/eth0"]
-        uplink_seen: list[bytes] = []
-        eth0.add_tap(lambda f, outbound: uplink_seen.append(f))
-        for i, (label, expect, sender, frame) in enumerate(plan):
-            before = {p.path: dict(p.counters.drops) for p in fab.ports()}
-            uplink_seen.clear()
-            clock.advance(STEP_NS / 1e9)
-            sender.send(frame)
-            await fab.settle()
-            reached = [ep.name for ep in eps.values() if ep is not sender and ep.take()]
-            drops: dict[str, dict[str, int]] = {}
-            for p in fab.ports():
-                for reason, n in p.counters.drops.items():
-                    d = n - before[p.path].get(reason, 0)
-                    if d:
-                        drops.setdefault(fab.short_name(p), {})[reason] = d
-            tags = sorted({_tag_text(f) for f in uplink_seen})
-            result.steps.append(StepResult(label, expect, reached, drops, tags))
-            if progress is not None:
-                progress(i + 1, len(plan))
-        result.counters = {fab.short_name(p): p.counters.as_dict() for p in fab.ports()}
-        result.phys_macs = [(e.vlan, e.mac, e.port.name) for e in fab["phys"].mac_entries()]
+        attached = attach(fab) if attach is not None else None
+        try:
+            await _drive(fab, eps, clock, result, progress)
+        finally:
+            if attached is not None:
+                attached.close()
     return result
+
+
+async def _drive(fab: Fabric, eps: Any, clock: ManualClock, result: DemoResult,
+                 progress: Callable[[int, int], None] | None) -> None:
+    plan = steps(eps)
+    eth0 = fab["xen1/eth0"]
+    uplink_seen: list[bytes] = []
+    eth0.add_tap(lambda f, outbound: uplink_seen.append(f))
+    for i, (label, expect, sender, frame) in enumerate(plan):
+        before = {p.path: dict(p.counters.drops) for p in fab.ports()}
+        uplink_seen.clear()
+        clock.advance(STEP_NS / 1e9)
+        sender.send(frame)
+        await fab.settle()
+        reached = [ep.name for ep in eps.values() if ep is not sender and ep.take()]
+        drops: dict[str, dict[str, int]] = {}
+        for p in fab.ports():
+            for reason, n in p.counters.drops.items():
+                d = n - before[p.path].get(reason, 0)
+                if d:
+                    drops.setdefault(fab.short_name(p), {})[reason] = d
+        tags = sorted({_tag_text(f) for f in uplink_seen})
+        result.steps.append(StepResult(label, expect, reached, drops, tags))
+        if progress is not None:
+            progress(i + 1, len(plan))
+    result.counters = {fab.short_name(p): p.counters.as_dict() for p in fab.ports()}
+    result.phys_macs = [(e.vlan, e.mac, e.port.name) for e in fab["phys"].mac_entries()]
 
 
 def _tag_text(f: bytes) -> str:

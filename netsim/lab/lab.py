@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +44,7 @@ from netsim.lab.agent import GuestAgent, PingResult
 from netsim.lab.attach import Attachments, uses_attachments
 from netsim.lab.fabric import Fabric
 from netsim.lab.topology import HostSpec, NetworkSpec, PhysPortSpec, TeamingSpec, Topology
+from netsim.lab.trace import Trace, trace_frame
 
 T = TypeVar("T")
 
@@ -437,6 +438,12 @@ class Lab:
         if not isinstance(obj, Port):
             raise TopologyError(f"{name} is not a port or PIF")
         obj.set_link(up)
+
+    def trace(self, source: str, frame: bytes | str | Mapping[str, Any]) -> Trace:
+        """Why does this frame (not) arrive? `frame` (bytes, hex or a frame spec; `eth.src`
+        defaults to the VM's MAC) traced hop by hop from `source` on a copy of the data plane
+        as it is now: see `netsim.lab.trace`."""
+        return trace_frame(self.fabric, source, frame)
 
     def capture(self, targets: str | list[str], out_dir: str | Path) -> list[Path]:
         """pcapng per port: `<out_dir>/<port>.pcapng` ("all" = every port)."""

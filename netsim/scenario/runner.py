@@ -178,8 +178,12 @@ class ScenarioRun:
     def __init__(self, scn: Scenario, *, fabric: Any = None, lab: Any = None,
                  out_dir: str | Path | None = None, realtime: bool = False,
                  clock: Any = None, progress: Callable[[float], None] | None = None,
-                 replay_progress: Callable[[int], None] | None = None) -> None:
+                 replay_progress: Callable[[int], None] | None = None,
+                 attach: Callable[[Any], Any] | None = None) -> None:
         self.scn = scn
+        #: called with the fabric before it starts (a drop capture, a live server); what it
+        #: returns is closed (`close()`) when the run ends
+        self.attach = attach
         if clock is None:
             clock = PacedClock() if realtime else VirtualClock()
         self.clock = clock
@@ -243,6 +247,15 @@ class ScenarioRun:
                     self._port(n) if not isinstance(fab[n], Link) else fab[n]
                     for n in scn.capture]
                 captures = fab.capture(targets, self.out_dir)
+        attached = self.attach(fab) if self.attach is not None else None
+        try:
+            return await self._run(fab, captures, removed)
+        finally:
+            if attached is not None:
+                attached.close()
+
+    async def _run(self, fab: Any, captures: list[Path], removed: list[str]) -> Report:
+        scn = self.scn
         watches: dict[str, _Watch] = {}
         arrivals: dict[int, list[int]] = {}
         for i, e in enumerate(scn.expectations):
@@ -564,12 +577,14 @@ def _summary(offsets: list[int]) -> dict[str, Any]:
 async def run_scenario(scn: Scenario, *, out_dir: str | Path | None = None,
                        realtime: bool = False, fabric: Any = None,
                        progress: Callable[[float], None] | None = None,
-                       replay_progress: Callable[[int], None] | None = None) -> Report:
+                       replay_progress: Callable[[int], None] | None = None,
+                       attach: Callable[[Any], Any] | None = None) -> Report:
     """Build (unless `fabric` is given), check, run and evaluate `scn`. `progress` gets the
-    fraction of simulated time done; `replay_progress` the frames replayed so far."""
+    fraction of simulated time done; `replay_progress` the frames replayed so far;
+    `attach(fabric)` runs before it starts and what it returns is closed at the end."""
     clock = getattr(fabric, "clock", None) if fabric is not None else None
     run = ScenarioRun(scn, fabric=fabric, out_dir=out_dir, realtime=realtime, clock=clock,
-                      progress=progress, replay_progress=replay_progress)
+                      progress=progress, replay_progress=replay_progress, attach=attach)
     return await run.run()
 
 

@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(
             "--out", help="Directory for the pcapng files (one per port).")] = Path(
                 "hvsim-out/demo"),
+        capture_drops: Annotated[bool, typer.Option(
+            "--capture-drops", help="Also write every dropped frame to OUT/drops.pcapng, "
+            "commented with the port and reason (Wireshark's frame.comment).")] = False,
     ) -> None:
         """Run the XenServer VLAN example: VMs on VLANs 5, 65, 400 and an untagged network
         behind trunk uplink eth0; print who reached whom and what was dropped and why; write
@@ -26,14 +29,26 @@ def register(app: typer.Typer) -> None:
         Example: hvsim demo --out ./hvsim-out/demo
         """
         from netsim.lab import demo as demo_mod
+        from netsim.live.drops import DropCapture
+
+        drops: list[DropCapture] = []
+
+        def attach(fab: object) -> DropCapture | None:
+            if not capture_drops:
+                return None
+            drops.append(DropCapture(fab, out / "drops.pcapng").start())
+            return drops[-1]
 
         console = Console()
         with Progress(TextColumn("sending traffic"), BarColumn(), MofNCompleteColumn(),
                       console=console, transient=True) as bar:
             task = bar.add_task("demo", total=None)
             result = asyncio.run(demo_mod.run(
-                out, progress=lambda done, total: bar.update(task, completed=done, total=total)))
+                out, progress=lambda done, total: bar.update(task, completed=done, total=total),
+                attach=attach))
         demo_mod.render(result, console)
+        for d in drops:
+            console.print(f"wrote {out / 'drops.pcapng'}: {d.summary()}")
         bad = [s.label for s in result.steps if not s.ok()]
         if bad:
             console.print(f"[bold red]{len(bad)} step(s) did not go as expected[/]")

@@ -43,6 +43,15 @@ def replay(
         "sender address).")] = None,
     dst_mac: Annotated[str | None, typer.Option(
         "--dst-mac", help="With --dlt-ethernet: destination MAC.")] = None,
+    capture_drops: Annotated[bool, typer.Option(
+        "--capture-drops", help="Also write every dropped frame to OUT/drops.pcapng, "
+        "commented with the port and reason (Wireshark's frame.comment).")] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="Serve the lab while the scenario runs (real time, as --realtime) on "
+        "http://127.0.0.1:PORT; afterwards keep serving its final state until Ctrl-C.")
+                    ] = False,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="With --live: TCP "
+                                      "port (0: any free one).")] = 8731,
 ) -> None:
     """Run a traffic scenario (or replay a capture) and check its expectations.
 
@@ -57,6 +66,7 @@ def replay(
     Example: hvsim replay --pcap trace.pcapng --into vif1.0 topologies/xen-vlans.yaml --speed 10x
     """
     from netsim.errors import ScenarioError
+    from netsim.live.drops import DropCapture
     from netsim.scenario.model import Replay, load_scenario, parse_scenario
     from netsim.scenario.runner import run_scenario
 
@@ -88,15 +98,28 @@ def replay(
     except OSError as exc:
         raise ScenarioError(f"cannot create output directory {out}: {exc.strerror}") from exc
 
+    drops: list[DropCapture] = []
+
+    def attach(fab: object) -> DropCapture | None:
+        if not capture_drops:
+            return None
+        drops.append(DropCapture(fab, out / "drops.pcapng").start())
+        return drops[-1]
+
     with Progress(TextColumn(f"[bold]{escape(scn.name)}[/]"), BarColumn(), TextColumn(
             "{task.percentage:>3.0f}% of simulated time"), TextColumn("{task.fields[frames]}"),
             TimeElapsedColumn(), console=err_console, transient=True,
             disable=not err_console.is_terminal) as bar:
         task = bar.add_task("run", total=1.0, frames="")
-        report = asyncio.run(run_scenario(
-            scn, out_dir=out, realtime=realtime,
-            progress=lambda frac: bar.update(task, completed=frac),
-            replay_progress=lambda n: bar.update(task, frames=f"{n:,} frames replayed")))
+        if live:
+            report = asyncio.run(_run_live(scn, out, attach, port,
+                                           lambda frac: bar.update(task, completed=frac)))
+        else:
+            report = asyncio.run(run_scenario(
+                scn, out_dir=out, realtime=realtime,
+                progress=lambda frac: bar.update(task, completed=frac),
+                replay_progress=lambda n: bar.update(task, frames=f"{n:,} frames replayed"),
+                attach=attach))
 
     if not console.is_terminal:  # logs and CI: room for the names instead of 80 columns
         console.width = max(console.width, 140)
@@ -131,7 +154,9 @@ def replay(
                       f"{st['delivered']} delivered, {st['lost']} lost, {st['queue_dropped']} "
                       f"over the limit, {st['duplicated']} duplicated, {st['corrupted']} "
                       f"corrupted, {st['reordered']} reordered")
-    files = ", ".join([*report.captures, "report.json"])
+    for d in drops:
+        console.print(f"drops.pcapng: {d.summary()}")
+    files = ", ".join([*report.captures, *(["drops.pcapng"] if drops else []), "report.json"])
     console.print(f"wrote {out}/: {files}")
     if not report.passed:
         raise typer.Exit(1)
@@ -170,6 +195,38 @@ def _print_replay_summary(report: Any) -> None:
         console.print(table)
     else:
         console.print("dropped: none")
+
+
+async def _run_live(scn: Any, out: Path, attach: Any, port: int, progress: Any) -> Any:
+    """Run `scn` in real time behind a live server; keep serving until Ctrl-C / SIGTERM."""
+    import contextlib
+    import re
+    import signal
+
+    from netsim.live.server import LiveServer
+    from netsim.scenario.runner import ScenarioRun
+
+    run = ScenarioRun(scn, out_dir=out, realtime=True, progress=progress, attach=attach)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", scn.name).strip("-.")[:64] or "scenario"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with LiveServer(run.fabric, lab=run.lab, name=name, port=port) as srv:
+            console.print(f"serving scenario {scn.name} on {srv.url}/ while it runs")
+            report = await run.run()
+            srv.event("scenario", f"scenario {scn.name}: {'PASS' if report.passed else 'FAIL'}"
+                                  "; serving its final state")
+            console.print(f"{scn.name}: {'PASS' if report.passed else 'FAIL'}; still serving "
+                          f"{srv.url}/ (Ctrl-C stops)")
+            await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    return report
 
 
 def _one_liner(topology: Path, pcap: Path, into: str | None, speed: str,

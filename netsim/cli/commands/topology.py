@@ -158,6 +158,14 @@ def run(
     traffic: Annotated[str, typer.Option("--traffic", help="pingall: every VM pings every "
                                          "other; none: just run.")] = "pingall",
     clock: ClockOpt = "virtual",
+    capture_drops: Annotated[bool, typer.Option(
+        "--capture-drops", help="Also write every dropped frame to OUT/drops.pcapng, "
+        "commented with the port and reason (Wireshark's frame.comment).")] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="Keep the lab running in real time and serve it on "
+        "http://127.0.0.1:8731 (as `hvsim serve`) until Ctrl-C or --duration.")] = False,
+    speed: Annotated[str, typer.Option(
+        "--speed", help="With --live: lab seconds per wall second, e.g. 10x.")] = "1x",
     broker: Annotated[str | None, typer.Option(
         "--broker", help="Run each host as its own agent, joined by a distributed switch "
         "through this MQTT broker (mqtt://HOST:PORT); captures go to OUT/<host>.pcapng.")] = None,
@@ -197,33 +205,34 @@ def run(
                         duration=duration, ping=traffic == "pingall")
         return
 
+    if live:
+        _run_live(topology, out, capture, traffic, speed, duration, capture_drops)
+        return
+
     async def go() -> None:
+        from netsim.live.drops import DropCapture
+
         lab = _lab(topology, clock)
         warn_holes(lab.topo)
         paths = lab.capture(capture, out)
-        async with lab:
-            if lab.attachments is not None and lab.attachments.cleaned:
-                console.print(f"removed what an earlier run of {lab.topo.name} left behind: "
-                              f"{', '.join(lab.attachments.cleaned)}")
-            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                          console=console, transient=True) as bar:
-                if traffic == "pingall":
-                    t = bar.add_task("traffic (pingall)", total=None)
-                    r = await lab.pingall()
-                    bar.update(t, completed=1, total=1)
-                    console.print(f"pingall: {r.answered}/{r.pairs} answered")
-                bar.add_task(f"running {duration:g} s", total=None)
-                await lab.run_for(duration)
-            counters = lab.fabric.counters()
+        drops = DropCapture(lab.fabric, out / "drops.pcapng").start() if capture_drops else None
+        try:
+            await _run_lab(lab, traffic, duration)
+        finally:
+            if drops is not None:
+                drops.close()
+        counters = lab.fabric.counters()
         table = Table(title=f"{lab.topo.name}: ports")
         for col in ("port", "rx frames", "tx frames", "drops"):
             table.add_column(col, justify="left" if col in ("port", "drops") else "right")
         for name, c in sorted(counters.items()):
             if c["rx_frames"] or c["tx_frames"] or c["drops"]:
-                drops = ", ".join(f"{k} {v}" for k, v in c["drops"].items())
-                table.add_row(name, str(c["rx_frames"]), str(c["tx_frames"]), drops)
+                drops_text = ", ".join(f"{k} {v}" for k, v in c["drops"].items())
+                table.add_row(name, str(c["rx_frames"]), str(c["tx_frames"]), drops_text)
         console.print(table)
         console.print(f"wrote {len(paths)} capture file(s) in {out}")
+        if drops is not None:
+            console.print(f"wrote {out / 'drops.pcapng'}: {drops.summary()}")
 
     import signal
 
@@ -237,6 +246,40 @@ def run(
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _run_live(topology: Path, out: Path, capture: str, traffic: str, speed: str,
+              duration: float, capture_drops: bool) -> None:
+    from netsim.lab.lab import Lab
+    from netsim.lab.topology import load_topology
+    from netsim.live.serve import make_clock, serve_lab
+
+    lab_clock = make_clock("real" if speed in ("1", "1x") else "virtual", speed)
+    topo = load_topology(topology)
+    lab = Lab(topo, clock=lab_clock)
+    paths = lab.capture(capture, out)
+    console.print(f"capturing {len(paths)} port(s) to {out}")
+    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in topo.name)[:64] or "lab"
+    asyncio.run(serve_lab(lab, name=name, traffic=traffic, duration_s=duration or None,
+                          drops_to=out / "drops.pcapng" if capture_drops else None,
+                          say=console.print))
+    lab.fabric.flush_captures()
+
+
+async def _run_lab(lab: Lab, traffic: str, duration: float) -> None:
+    async with lab:
+        if lab.attachments is not None and lab.attachments.cleaned:
+            console.print(f"removed what an earlier run of {lab.topo.name} left behind: "
+                          f"{', '.join(lab.attachments.cleaned)}")
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            if traffic == "pingall":
+                t = bar.add_task("traffic (pingall)", total=None)
+                r = await lab.pingall()
+                bar.update(t, completed=1, total=1)
+                console.print(f"pingall: {r.answered}/{r.pairs} answered")
+            bar.add_task(f"running {duration:g} s", total=None)
+            await lab.run_for(duration)
 
 
 def register(app: typer.Typer) -> None:
