@@ -56,7 +56,9 @@ class GuestAgent:
 
     def deliver(self, ifindex: int, frame: bytes) -> None:
         """A frame arrived on vNIC `ifindex`: let the stack answer, and settle waiting pings."""
-        self._send(self.guest.receive(ifindex, frame))
+        txs = self.guest.receive(ifindex, frame)
+        if txs:
+            self._send(txs)
         inbox = self.guest.inbox
         while inbox:
             item = inbox.popleft()
