@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Coroutine
@@ -94,18 +95,67 @@ async def _config_or_stop(waiting: Coroutine[Any, Any, Any], stop: asyncio.Event
     return True
 
 
+_RANGE = re.compile(r"^([^\[\]]*)\[(\d+)-(\d+)\]([^\[\]]*)$")
+MAX_HOSTS_PER_PROCESS = 1000
+
+
+def expand_host_names(spec: str) -> list[str]:
+    """`esx[1-125]` -> esx1 .. esx125 (`esx[001-125]` keeps the width); commas separate
+    several (`esx1,esx[3-4]`). ConfigError for a malformed or reversed range."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        m = _RANGE.match(part)
+        if m is None:
+            if not part or "[" in part or "]" in part:
+                raise ConfigError(f"host names {spec!r}: {part!r} is not a name or NAME[A-B]")
+            names.append(part)
+            continue
+        head, a, b, tail = m.groups()
+        lo, hi = int(a), int(b)
+        if lo > hi or hi - lo >= MAX_HOSTS_PER_PROCESS:
+            raise ConfigError(f"host names {spec!r}: range [{a}-{b}] must go up and name at "
+                              f"most {MAX_HOSTS_PER_PROCESS} hosts")
+        width = len(a) if a.startswith("0") else 0
+        names += [f"{head}{i:0{width}d}{tail}" for i in range(lo, hi + 1)]
+    if len(names) != len(set(names)):
+        raise ConfigError(f"host names {spec!r}: a host is named twice")
+    return names
+
+
+async def run_hosts(
+    topo_path: Path, names: list[str], lab: Lab, *, duration: float | None,
+    config_wait_s: float = 60.0,
+) -> None:
+    """Run several hosts of the topology in this process (each its own agent and broker
+    connection, with its own presence), until stopped or for `duration` seconds."""
+    topo = load_topology(topo_path)
+    known = {h.name for h in topo.hosts}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ConfigError(f"{topo_path}: no host {', '.join(missing[:5])}"
+                          f"{' ...' if len(missing) > 5 else ''} in the topology "
+                          f"({len(known)} hosts)")
+    stop = _stop_event()
+    await asyncio.gather(*(run_host(topo_path, n, lab, duration=duration,
+                                    config_wait_s=config_wait_s, topo=topo, stop=stop)
+                           for n in names))
+
+
 async def run_host(
-    topo_path: Path, name: str, lab: Lab, *, duration: float | None, config_wait_s: float = 60.0
+    topo_path: Path, name: str, lab: Lab, *, duration: float | None, config_wait_s: float = 60.0,
+    topo: Topology | None = None, stop: asyncio.Event | None = None,
 ) -> None:
     """Run host `name` of the topology until stopped (or for `duration` seconds)."""
     if duration is not None:
         config_wait_s = min(config_wait_s, duration)
-    topo = load_topology(topo_path)
+    if topo is None:
+        topo = load_topology(topo_path)
     vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
     plan = host_plan(topo, name, vds, switch=lab.switch)
     topics = lab.topics
     session = int.from_bytes(os.urandom(4), "big")
-    stop = _stop_event()
+    if stop is None:
+        stop = _stop_event()
     claim = HostClaim.new()
     # look first, on a connection without a will: a second instance must not touch the first
     async with _bus(lab, f"{name}-probe-{claim.instance}") as probe:
