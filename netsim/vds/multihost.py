@@ -260,11 +260,49 @@ async def migrate_vm(vm: str, to: str, lab: Lab, *, within_s: float = 10.0) -> f
         return took
 
 
-async def host_table(lab: Lab, *, wait_s: float = 1.0) -> Table:
-    """Every host the fabric's retained topics know: presence, vDS versions, VLANs, VMs."""
+#: Above this many hosts, `hvsim hosts` summarises (counts, versions, who is offline) unless
+#: asked for every row.
+HOSTS_TABLE_MAX = 20
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" … (+{len(names) - limit})" if len(names) > limit
+                                       else "")
+
+
+def _host_summary(lab: Lab, hosts: dict[str, Any]) -> Table:
+    """Counts instead of rows: presence, hosts per vDS version, VMs, migration errors."""
+    t = Table(title=f"hosts of fabric {lab.fabric}: {len(hosts)} (hvsim hosts --all: every row)")
+    t.add_column("what")
+    t.add_column("hosts", justify="right")
+    t.add_column("which")
+    online = sorted(n for n, st in hosts.items() if st.online)
+    offline = sorted(n for n, st in hosts.items() if not st.online)
+    t.add_row("[green]online[/]", str(len(online)), _names(online, 4))
+    t.add_row("[red]offline[/]", str(len(offline)), _names(offline))
+    versions: dict[str, list[str]] = {}
+    for n, st in hosts.items():
+        for v, (ver, _vl) in st.vds.items():
+            versions.setdefault(f"{v} v{ver}", []).append(n)
+    for key, who in sorted(versions.items()):
+        t.add_row(key, str(len(who)), _names(sorted(who), 4))
+    vms = sum(len(st.vms) for st in hosts.values())
+    t.add_row("VMs", str(vms), "")
+    errors = sorted(n for n, st in hosts.items() if st.migration_error)
+    if errors:
+        t.add_row("last migration error", str(len(errors)), _names(errors))
+    return t
+
+
+async def host_table(lab: Lab, *, wait_s: float = 1.0, every_row: bool | None = None) -> Table:
+    """Every host the fabric's retained topics know: presence, vDS versions, VLANs, VMs — a
+    row each, or (by default above `HOSTS_TABLE_MAX` hosts) a summary."""
     topics = lab.topics
     async with _bus(lab, "vcenter-status") as bus, ManagementPlane(bus, topics) as mp:
         await asyncio.sleep(wait_s)  # retained presence and status arrive right after SUBACK
+        hosts = dict(mp.peers.hosts)
+        if not (every_row if every_row is not None else len(hosts) <= HOSTS_TABLE_MAX):
+            return _host_summary(lab, hosts)
         t = Table(title=f"hosts of fabric {lab.fabric}")
         for col in ("host", "presence", "vDS (version: VLANs)", "VMs", "last migration error"):
             t.add_column(col)

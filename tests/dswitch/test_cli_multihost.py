@@ -363,6 +363,12 @@ async def test_many_hosts_per_process_by_range_and_by_file(mqtt_broker, tmp_path
                                                 "--broker", url)
                     assert r.returncode == 0, r.stderr
                     assert peers.host_of_vm("app2") == "esx3"
+                    r = await asyncio.to_thread(hvsim, "hosts", "--broker", url, "--summary")
+                    cells = {line.split("│")[1].strip(): line.split("│")[2:4]
+                             for line in r.stdout.splitlines() if line.count("│") == 4}
+                    assert cells["online"][0].strip() == "3", r.stdout
+                    assert cells["offline"][0].strip() == "0"
+                    assert [c.strip() for c in cells["dvs1 v1"]] == ["3", "esx1, esx2, esx3"]
                     # SIGTERM to the process of two hosts: both leave cleanly
                     procs[0].send_signal(signal.SIGTERM)
                     assert await asyncio.to_thread(procs[0].wait, 15) == 0

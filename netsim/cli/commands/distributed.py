@@ -195,9 +195,12 @@ def hosts(
     password_file: PasswordOpt = None,
     tls_ca: TlsOpt = None,
     fabric: FabricOpt = "lab",
+    every_row: Annotated[bool | None, typer.Option(
+        "--all/--summary", help="A row per host, or counts (default: rows up to 20 hosts).")
+    ] = None,
 ) -> None:
     """Show every host of a running fabric: presence (last will), vDS versions it runs, VLANs
-    with ports, VMs.
+    with ports, VMs; summarised above 20 hosts.
 
     Example: hvsim hosts --broker mqtt://10.0.0.9:1883 --user vcenter
     --password-file broker/vcenter.password
@@ -205,7 +208,7 @@ def hosts(
     from netsim.vds.multihost import host_table
 
     lab = _lab(broker, user, password_file, tls_ca, fabric, None)
-    console.print(asyncio.run(host_table(lab)))  # type: ignore[arg-type]
+    console.print(asyncio.run(host_table(lab, every_row=every_row)))  # type: ignore[arg-type]
 
 
 def multihost(
