@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,8 @@ async def _config_or_stop(waiting: Coroutine[Any, Any, Any], stop: asyncio.Event
 
 _RANGE = re.compile(r"^([^\[\]]*)\[(\d+)-(\d+)\]([^\[\]]*)$")
 MAX_HOSTS_PER_PROCESS = 1000
+#: Host agents of one process that may be connecting to the broker at the same time.
+STARTS_AT_ONCE = 8
 
 
 def expand_host_names(spec: str) -> list[str]:
@@ -136,16 +138,35 @@ async def run_hosts(
                           f"{' ...' if len(missing) > 5 else ''} in the topology "
                           f"({len(known)} hosts)")
     stop = _stop_event()
-    await asyncio.gather(*(run_host(topo_path, n, lab, duration=duration,
-                                    config_wait_s=config_wait_s, topo=topo, stop=stop)
-                           for n in names))
+    # Connect a few at a time: a hundred MQTT handshakes started in one loop turn starve each
+    # other (the broker drops clients whose CONNECT comes later than its timeout).
+    starting = asyncio.Semaphore(STARTS_AT_ONCE)
+
+    async def one(name: str) -> None:
+        await starting.acquire()
+        connected = asyncio.Event()
+        run = asyncio.ensure_future(run_host(
+            topo_path, name, lab, duration=duration, config_wait_s=config_wait_s, topo=topo,
+            stop=stop, connected=connected.set))
+        waiter = asyncio.ensure_future(connected.wait())
+        try:
+            await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            starting.release()
+        await run
+
+    await asyncio.gather(*(one(n) for n in names))
 
 
 async def run_host(
     topo_path: Path, name: str, lab: Lab, *, duration: float | None, config_wait_s: float = 60.0,
     topo: Topology | None = None, stop: asyncio.Event | None = None,
+    connected: Callable[[], None] | None = None,
 ) -> None:
-    """Run host `name` of the topology until stopped (or for `duration` seconds)."""
+    """Run host `name` of the topology until stopped (or for `duration` seconds);
+    `connected()` is called once it is online (presence published, waiting for its
+    configuration)."""
     if duration is not None:
         config_wait_s = min(config_wait_s, duration)
     if topo is None:
@@ -170,6 +191,8 @@ async def run_host(
     ):
         console.print(f"{name}: connected to {lab.settings.url if lab.settings else 'memory'}; "
                       f"waiting for {vds.name}'s configuration (hvsim vds-push)")
+        if connected is not None:
+            connected()
         if not await _config_or_stop(agent.wait_config(vds.name, 1, within_s=config_wait_s),
                                      stop):
             console.print(f"{name}: leaving before any configuration arrived")
