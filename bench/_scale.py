@@ -48,6 +48,15 @@ def _run(cmd: list[str]) -> tuple[float, float, str]:
     return wall, cpu1 - cpu0, proc.stdout
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss it starts afresh at exec, so a child
+    does not report its parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _child(job: str, arg: str) -> None:
     """Runs in the child process: one measured job, its figures as JSON on stdout."""
     import asyncio
@@ -100,7 +109,7 @@ def _child(job: str, arg: str) -> None:
                    build_start_stop_s=round(t5 - t2, 3))
     out["wall_s"] = round(time.perf_counter() - t0, 3)
     out["cpu_s"] = round(time.process_time() - c0, 3)
-    out["rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["rss_mib"] = _peak_rss_mib()
     print(json.dumps(out))
 
 

@@ -255,7 +255,10 @@ class Guest:
                 return []
             sha = frame[22:28]
             arp[spa] = sha
-            return self._flush_pending(ifindex, spa, sha) if self._pending else []
+            pending = self._pending
+            if pending and (ifindex, spa) in pending:
+                return self._flush_pending(ifindex, spa, sha)
+            return []
         if len(frame) < 14:
             self._counters["rx-runt"] += 1
             return []
