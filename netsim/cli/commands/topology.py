@@ -183,7 +183,17 @@ def pingall(
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task("pings", total=total)
             async with lab:
-                r = await lab.pingall(wait_s=wait, progress=lambda n: bar.advance(task, n))
+                done = [0]
+
+                def advance(n: int) -> None:  # the bar moves every 1% (or ping), not per ping
+                    done[0] += n
+                    if done[0] >= step:
+                        bar.advance(task, done[0])
+                        done[0] = 0
+
+                step = max(1, total // 100)
+                r = await lab.pingall(wait_s=wait, progress=advance)
+                bar.advance(task, done[0])
         full = matrix if matrix is not None else len(r.vms) <= MATRIX_MAX_VMS
         console.print(_matrix_table(r, lab) if full else _summary_table(r, lab))
         console.print(f"{r.pairs} pings in {time.perf_counter() - t0:.2f} s wall time")
