@@ -8,6 +8,8 @@ on the virtual clock (all pairs; same VLAN answers). Baselines in the same proce
 `yaml.safe_load` of the same text (the pure-Python loader our line-keeping loader is built on)
 and libyaml's C loader when present.
 Targets (issue 5): load+build < 5 s and < 1 GiB; pingall over 100 VMs in seconds.
+Then issue 21's scale rows (`bench._scale`): the whole `hvsim pingall` of 100 VMs, pingall in
+the 1,000-VM lab, build + teardown of 5,000 VMs, beside Mininet's (quoted) figures.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench._progress import stages
+from bench._scale import run_scale, scale_table
 from netsim.lab.lab import Lab, Reachability
 from netsim.lab.topology import Topology, parse_topology, to_graph
 
@@ -83,8 +86,9 @@ def _timed(fn: Any, repeat: int) -> tuple[float, Any]:
     return best, result
 
 
-def run(*, quick: bool = False) -> dict[str, Any]:
-    """Run the benchmark; print a table; return the figures."""
+def run(*, quick: bool = False, scale: bool = True) -> dict[str, Any]:
+    """Run the benchmark; print a table; return the figures (with issue 21's `scale` rows
+    unless `scale` is False)."""
     hosts, vms, vlans = (10, 1000, 100) if not quick else (4, 200, 20)
     repeat = 3 if not quick else 1
     with stages("topology", 8) as step:
@@ -161,4 +165,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     table.add_row("peak memory, load + graph + build", f"{peak / 2**20:.1f} MiB (target < 1 GiB)",
                   "")
     Console().print(table)
+    if scale:
+        result["scale"] = run_scale(quick=quick)
+        Console().print(scale_table(result["scale"]))
     return result

@@ -78,10 +78,15 @@ class ManualClock:
         if seconds <= 0:
             await asyncio.sleep(0)
             return
+        await self.timer(seconds)
+
+    def timer(self, seconds: float) -> asyncio.Future[None]:
+        """A future done once the clock has been advanced `seconds` (> 0) past now: a sleep
+        without a task, for waiting on it and something else at once. Cancel it to forget it."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         deadline = self._now + round(seconds * NS_PER_S)
         heapq.heappush(self._sleepers, (deadline, next(self._seq), fut))
-        await fut
+        return fut
 
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper whose deadline has been reached."""

@@ -32,6 +32,9 @@ BROADCAST = b"\xff" * 6
 PENDING_PER_HOP = 16  # packets queued per unresolved next hop; older ones are dropped (counted)
 
 Tx = tuple[int, bytes]  # (interface index, frame)
+#: EtherType ARP, then an ARP request's fixed header for Ethernet/IPv4 (htype 1, ptype 0x0800,
+#: hlen 6, plen 4, op 1): bytes 12..21 of an untagged ARP request.
+_ARP_REQUEST_HDR = b"\x08\x06\x00\x01\x08\x00\x06\x04\x00\x01"
 
 
 def ipv4_header(src: bytes, dst: bytes, proto: int, payload_len: int, *, ident: int = 0,
@@ -113,8 +116,17 @@ class Guest:
         self.arp: dict[bytes, bytes] = {}  # IPv4 (4 bytes) -> MAC (6 bytes)
         self._pending: dict[tuple[int, bytes], deque[bytes]] = {}
         self.inbox: deque[Received] = deque(maxlen=inbox_size)
-        self.counters: Counter[str] = Counter()
+        self._counters: Counter[str] = Counter()
+        self._arp_not_for_me = 0  # a plain int: it counts the most frequent frame of all
         self._ident = 0
+
+    @property
+    def counters(self) -> Counter[str]:
+        """What happened to frames, by reason (`rx-not-for-me`, `tx-arp-request`, ...)."""
+        if self._arp_not_for_me:  # fold the fast path's count in (so clear() works too)
+            self._counters["rx-arp-not-for-me"] += self._arp_not_for_me
+            self._arp_not_for_me = 0
+        return self._counters
 
     # ------------------------------------------------------------------------- addressing
     def addresses(self) -> list[ipaddress.IPv4Address]:
@@ -160,7 +172,7 @@ class Guest:
         dst = ipaddress.IPv4Address(dst)
         hop = self.route(dst)
         if hop is None:
-            self.counters["no-route"] += 1
+            self._counters["no-route"] += 1
             return []
         src = self._if[hop[0]].ip
         assert src is not None
@@ -171,7 +183,7 @@ class Guest:
                  ttl: int) -> list[Tx]:
         hop = self.route(dst)
         if hop is None:
-            self.counters["no-route"] += 1
+            self._counters["no-route"] += 1
             return []
         ifindex, nexthop = hop
         src = self._if[ifindex].ip
@@ -189,7 +201,7 @@ class Guest:
             return [(ifindex, self._eth(st, BROADCAST, ETH_IPV4) + packet)]
         mac = self.arp.get(nexthop)
         if mac is not None:
-            self.counters["tx-ip"] += 1
+            self._counters["tx-ip"] += 1
             return [(ifindex, self._eth(st, mac, ETH_IPV4) + packet)]
         key = (ifindex, nexthop)
         queue = self._pending.get(key)
@@ -198,7 +210,7 @@ class Guest:
             queue = self._pending[key] = deque()
         if len(queue) >= PENDING_PER_HOP:
             queue.popleft()
-            self.counters["arp-pending-overflow"] += 1
+            self._counters["arp-pending-overflow"] += 1
         queue.append(packet)
         return [self.arp_request(ifindex, nexthop)] if fresh else []
 
@@ -208,7 +220,7 @@ class Guest:
         sender = st.ip or b"\0\0\0\0"
         body = struct.pack("!HHBBH6s4s6s4s", 1, ETH_IPV4, 6, 4, 1, st.mac, sender,
                            b"\0" * 6, target)
-        self.counters["tx-arp-request"] += 1
+        self._counters["tx-arp-request"] += 1
         return ifindex, self._eth(st, BROADCAST, ETH_ARP) + body
 
     def retry_arp(self, dst: ipaddress.IPv4Address | None = None) -> list[Tx]:
@@ -230,43 +242,60 @@ class Guest:
     def receive(self, ifindex: int, frame: bytes) -> list[Tx]:
         """Handle one frame that arrived on `ifindex`; return the frames to send in answer."""
         st = self._if[ifindex]
+        if (frame[12:22] == _ARP_REQUEST_HDR and st.vlan is None and len(frame) >= 42
+                and frame[38:42] != st.ip):
+            # The most common frame in a busy L2 domain: somebody else's broadcast ARP request.
+            # RFC 826 ("Packet Reception"): a request not for us only refreshes the sender's
+            # entry if we have one, and otherwise changes nothing — so it is decided here,
+            # before any unpacking, and counted.
+            spa = frame[28:32]
+            arp = self.arp
+            if spa not in arp:
+                self._arp_not_for_me += 1
+                return []
+            sha = frame[22:28]
+            arp[spa] = sha
+            pending = self._pending
+            if pending and (ifindex, spa) in pending:
+                return self._flush_pending(ifindex, spa, sha)
+            return []
         if len(frame) < 14:
-            self.counters["rx-runt"] += 1
+            self._counters["rx-runt"] += 1
             return []
         dst = frame[:6]
         if dst != st.mac and not dst[0] & 1:
-            self.counters["rx-not-for-me"] += 1
+            self._counters["rx-not-for-me"] += 1
             return []
         (ethertype,) = struct.unpack_from("!H", frame, 12)
         off = 14
         if ethertype == ETH_8021Q:
             if len(frame) < 18:
-                self.counters["rx-runt"] += 1
+                self._counters["rx-runt"] += 1
                 return []
             tci, ethertype = struct.unpack_from("!HH", frame, 14)
             vid = tci & 0x0FFF
             off = 18
             if vid != (st.vlan or 0):
-                self.counters["rx-wrong-vlan"] += 1
+                self._counters["rx-wrong-vlan"] += 1
                 return []
         elif st.vlan is not None:
-            self.counters["rx-wrong-vlan"] += 1
+            self._counters["rx-wrong-vlan"] += 1
             return []
         if ethertype == ETH_ARP:
             return self._arp_in(ifindex, st, frame, off)
         if ethertype == ETH_IPV4:
             return self._ip_in(ifindex, st, frame, off)
-        self.counters["rx-other-ethertype"] += 1
+        self._counters["rx-other-ethertype"] += 1
         return []
 
     def _arp_in(self, ifindex: int, st: _IfState, frame: bytes, off: int) -> list[Tx]:
         if len(frame) < off + 28:
-            self.counters["rx-runt"] += 1
+            self._counters["rx-runt"] += 1
             return []
         htype, ptype, hlen, plen, op, sha, spa, _tha, tpa = struct.unpack_from(
             "!HHBBH6s4s6s4s", frame, off)
         if (htype, ptype, hlen, plen) != (1, ETH_IPV4, 6, 4):
-            self.counters["rx-arp-unsupported"] += 1
+            self._counters["rx-arp-unsupported"] += 1
             return []
         out: list[Tx] = []
         if spa != b"\0\0\0\0" and (spa in self.arp or tpa == st.ip):
@@ -274,10 +303,10 @@ class Guest:
             out.extend(self._flush_pending(ifindex, spa, sha))
         if op == 1 and st.ip is not None and tpa == st.ip:
             body = struct.pack("!HHBBH6s4s6s4s", 1, ETH_IPV4, 6, 4, 2, st.mac, st.ip, sha, spa)
-            self.counters["tx-arp-reply"] += 1
+            self._counters["tx-arp-reply"] += 1
             out.append((ifindex, self._eth(st, sha, ETH_ARP) + body))
         elif op == 2:
-            self.counters["rx-arp-reply"] += 1
+            self._counters["rx-arp-reply"] += 1
         return out
 
     def _flush_pending(self, ifindex: int, ip: bytes, mac: bytes) -> list[Tx]:
@@ -285,22 +314,22 @@ class Guest:
         if not queue:
             return []
         eth = self._eth(self._if[ifindex], mac, ETH_IPV4)
-        self.counters["tx-ip"] += len(queue)
+        self._counters["tx-ip"] += len(queue)
         return [(ifindex, eth + p) for p in queue]
 
     def _ip_in(self, ifindex: int, st: _IfState, frame: bytes, off: int) -> list[Tx]:
         if len(frame) < off + 20:
-            self.counters["rx-runt"] += 1
+            self._counters["rx-runt"] += 1
             return []
         vihl = frame[off]
         ihl = (vihl & 0x0F) * 4
         (total,) = struct.unpack_from("!H", frame, off + 2)
         if vihl >> 4 != 4 or ihl < 20 or total < ihl or len(frame) < off + total:
-            self.counters["rx-bad-ip"] += 1
+            self._counters["rx-bad-ip"] += 1
             return []
         header = frame[off:off + ihl]
         if inet_checksum(header) != 0:
-            self.counters["rx-bad-checksum"] += 1
+            self._counters["rx-bad-checksum"] += 1
             return []
         ttl, proto = header[8], header[9]
         src, dst = header[12:16], header[16:20]
@@ -309,7 +338,7 @@ class Guest:
                 st.net is not None and dst == st.net.broadcast_address.packed):
             return self._deliver(ifindex, src, ttl, proto, payload, header)
         if not self.router:
-            self.counters["rx-not-for-me"] += 1
+            self._counters["rx-not-for-me"] += 1
             return []
         return self._forward(ifindex, frame[off:off + total], ihl)
 
@@ -318,29 +347,29 @@ class Guest:
         src_ip = ipaddress.IPv4Address(src)
         if proto == PROTO_ICMP and len(payload) >= 8:
             if inet_checksum(payload) != 0:
-                self.counters["rx-bad-checksum"] += 1
+                self._counters["rx-bad-checksum"] += 1
                 return []
             icmp_type, code = payload[0], payload[1]
             if icmp_type == ICMP_ECHO_REQUEST:
-                self.counters["rx-echo-request"] += 1
+                self._counters["rx-echo-request"] += 1
                 reply = icmp_message(ICMP_ECHO_REPLY, 0, payload[4:8], payload[8:])
                 return self._send_ip(src_ip, PROTO_ICMP, reply, ttl=64)
             if icmp_type == ICMP_ECHO_REPLY:
                 ident, seq = struct.unpack_from("!HH", payload, 4)
-                self.counters["rx-echo-reply"] += 1
+                self._counters["rx-echo-reply"] += 1
                 self.inbox.append(Received("echo-reply", ifindex, src_ip, ident, seq,
                                            payload[8:], ttl))
                 return []
-            self.counters["rx-icmp-error"] += 1
+            self._counters["rx-icmp-error"] += 1
             self.inbox.append(Received("icmp-error", ifindex, src_ip, icmp_type, code,
                                        payload[8:], ttl))
             return []
         if proto == PROTO_UDP and len(payload) >= 8:
             sport, dport, _length, _csum = struct.unpack_from("!HHHH", payload)
-            self.counters["rx-udp"] += 1
+            self._counters["rx-udp"] += 1
             self.inbox.append(Received("udp", ifindex, src_ip, sport, dport, payload[8:], ttl))
             return []
-        self.counters["rx-unhandled-proto"] += 1
+        self._counters["rx-unhandled-proto"] += 1
         return []
 
     def _forward(self, in_if: int, packet: bytes, ihl: int) -> list[Tx]:
@@ -348,17 +377,17 @@ class Guest:
         src = ipaddress.IPv4Address(packet[12:16])
         dst = ipaddress.IPv4Address(packet[16:20])
         if ttl <= 1:
-            self.counters["fwd-ttl-exceeded"] += 1
+            self._counters["fwd-ttl-exceeded"] += 1
             msg = icmp_message(ICMP_TIME_EXCEEDED, 0, b"\0\0\0\0", packet[:ihl + 8])
             return self._send_ip(src, PROTO_ICMP, msg, ttl=64)
         hop = self.route(dst)
         if hop is None:
-            self.counters["fwd-no-route"] += 1
+            self._counters["fwd-no-route"] += 1
             return []
         out_if, nexthop = hop
         header = bytearray(packet[:ihl])
         header[8] = ttl - 1
         header[10:12] = b"\0\0"
         header[10:12] = struct.pack("!H", inet_checksum(bytes(header)))
-        self.counters["fwd"] += 1
+        self._counters["fwd"] += 1
         return self._output(out_if, nexthop.packed, bytes(header) + packet[ihl:])

@@ -56,7 +56,9 @@ class GuestAgent:
 
     def deliver(self, ifindex: int, frame: bytes) -> None:
         """A frame arrived on vNIC `ifindex`: let the stack answer, and settle waiting pings."""
-        self._send(self.guest.receive(ifindex, frame))
+        txs = self.guest.receive(ifindex, frame)
+        if txs:
+            self._send(txs)
         inbox = self.guest.inbox
         while inbox:
             item = inbox.popleft()
@@ -84,6 +86,25 @@ class GuestAgent:
         """Wait until `fut` is done or `seconds` of the clock pass; True if `fut` is done."""
         if fut.done():
             return True
+        timer = getattr(self.clock, "timer", None)
+        if timer is not None and seconds > 0:
+            # A clock that hands out timer futures (ManualClock): one wake-up future and two
+            # callbacks instead of a sleeper task and asyncio.wait — this runs once per ping.
+            t = timer(seconds)
+            woken = asyncio.get_running_loop().create_future()
+
+            def wake(_: asyncio.Future[Any]) -> None:
+                if not woken.done():
+                    woken.set_result(None)
+
+            fut.add_done_callback(wake)
+            t.add_done_callback(wake)
+            try:
+                await woken
+            finally:
+                fut.remove_done_callback(wake)
+                t.cancel()
+            return fut.done()
         sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
         try:
             await asyncio.wait({fut, sleeper}, return_when=asyncio.FIRST_COMPLETED)

@@ -138,6 +138,24 @@ def _check_aliases(root: yaml.Node, source: str, cls: type[NetsimError]) -> None
                   f"anchor here is used {uses[worst]:,} times")
 
 
+#: libyaml's composer (PyYAML's `CSafeLoader`): the same nodes with the same marks (line
+#: numbers) as the pure-Python one, about six times faster on a large topology.
+_C_LOADER: Any = getattr(yaml, "CSafeLoader", None)
+_FALLBACK = object()
+
+
+def _compose_fast(text: str) -> Any:
+    """The document's node tree by libyaml when it is present and the text is one it accepts
+    as the pure-Python loader would; `_FALLBACK` otherwise, so the pure-Python loader composes
+    it and every error keeps its exact wording (the two word their errors differently)."""
+    if _C_LOADER is None or yaml.reader.Reader.NON_PRINTABLE.search(text):
+        return _FALLBACK
+    try:
+        return yaml.compose(text, Loader=_C_LOADER)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return _FALLBACK
+
+
 def load_yaml(
     text: str, source: str, cls: type[NetsimError] = NetsimError
 ) -> tuple[Any, SourceMap]:
@@ -147,8 +165,10 @@ def load_yaml(
     are built (no Python object tags): loading never runs code from the file.
     """
     smap = SourceMap(source)
+    node = _compose_fast(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is _FALLBACK:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -11,9 +11,10 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -94,18 +95,88 @@ async def _config_or_stop(waiting: Coroutine[Any, Any, Any], stop: asyncio.Event
     return True
 
 
-async def run_host(
-    topo_path: Path, name: str, lab: Lab, *, duration: float | None, config_wait_s: float = 60.0
+_RANGE = re.compile(r"^([^\[\]]*)\[(\d+)-(\d+)\]([^\[\]]*)$")
+MAX_HOSTS_PER_PROCESS = 1000
+#: Host agents of one process that may be connecting to the broker at the same time.
+STARTS_AT_ONCE = 8
+
+
+def expand_host_names(spec: str) -> list[str]:
+    """`esx[1-125]` -> esx1 .. esx125 (`esx[001-125]` keeps the width); commas separate
+    several (`esx1,esx[3-4]`). ConfigError for a malformed or reversed range."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        m = _RANGE.match(part)
+        if m is None:
+            if not part or "[" in part or "]" in part:
+                raise ConfigError(f"host names {spec!r}: {part!r} is not a name or NAME[A-B]")
+            names.append(part)
+            continue
+        head, a, b, tail = m.groups()
+        lo, hi = int(a), int(b)
+        if lo > hi or hi - lo >= MAX_HOSTS_PER_PROCESS:
+            raise ConfigError(f"host names {spec!r}: range [{a}-{b}] must go up and name at "
+                              f"most {MAX_HOSTS_PER_PROCESS} hosts")
+        width = len(a) if a.startswith("0") else 0
+        names += [f"{head}{i:0{width}d}{tail}" for i in range(lo, hi + 1)]
+    if len(names) != len(set(names)):
+        raise ConfigError(f"host names {spec!r}: a host is named twice")
+    return names
+
+
+async def run_hosts(
+    topo_path: Path, names: list[str], lab: Lab, *, duration: float | None,
+    config_wait_s: float = 60.0,
 ) -> None:
-    """Run host `name` of the topology until stopped (or for `duration` seconds)."""
+    """Run several hosts of the topology in this process (each its own agent and broker
+    connection, with its own presence), until stopped or for `duration` seconds."""
+    topo = load_topology(topo_path)
+    known = {h.name for h in topo.hosts}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ConfigError(f"{topo_path}: no host {', '.join(missing[:5])}"
+                          f"{' ...' if len(missing) > 5 else ''} in the topology "
+                          f"({len(known)} hosts)")
+    stop = _stop_event()
+    # Connect a few at a time: a hundred MQTT handshakes started in one loop turn starve each
+    # other (the broker drops clients whose CONNECT comes later than its timeout).
+    starting = asyncio.Semaphore(STARTS_AT_ONCE)
+
+    async def one(name: str) -> None:
+        await starting.acquire()
+        connected = asyncio.Event()
+        run = asyncio.ensure_future(run_host(
+            topo_path, name, lab, duration=duration, config_wait_s=config_wait_s, topo=topo,
+            stop=stop, connected=connected.set))
+        waiter = asyncio.ensure_future(connected.wait())
+        try:
+            await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            starting.release()
+        await run
+
+    await asyncio.gather(*(one(n) for n in names))
+
+
+async def run_host(
+    topo_path: Path, name: str, lab: Lab, *, duration: float | None, config_wait_s: float = 60.0,
+    topo: Topology | None = None, stop: asyncio.Event | None = None,
+    connected: Callable[[], None] | None = None,
+) -> None:
+    """Run host `name` of the topology until stopped (or for `duration` seconds);
+    `connected()` is called once it is online (presence published, waiting for its
+    configuration)."""
     if duration is not None:
         config_wait_s = min(config_wait_s, duration)
-    topo = load_topology(topo_path)
+    if topo is None:
+        topo = load_topology(topo_path)
     vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
     plan = host_plan(topo, name, vds, switch=lab.switch)
     topics = lab.topics
     session = int.from_bytes(os.urandom(4), "big")
-    stop = _stop_event()
+    if stop is None:
+        stop = _stop_event()
     claim = HostClaim.new()
     # look first, on a connection without a will: a second instance must not touch the first
     async with _bus(lab, f"{name}-probe-{claim.instance}") as probe:
@@ -120,6 +191,8 @@ async def run_host(
     ):
         console.print(f"{name}: connected to {lab.settings.url if lab.settings else 'memory'}; "
                       f"waiting for {vds.name}'s configuration (hvsim vds-push)")
+        if connected is not None:
+            connected()
         if not await _config_or_stop(agent.wait_config(vds.name, 1, within_s=config_wait_s),
                                      stop):
             console.print(f"{name}: leaving before any configuration arrived")
@@ -210,11 +283,49 @@ async def migrate_vm(vm: str, to: str, lab: Lab, *, within_s: float = 10.0) -> f
         return took
 
 
-async def host_table(lab: Lab, *, wait_s: float = 1.0) -> Table:
-    """Every host the fabric's retained topics know: presence, vDS versions, VLANs, VMs."""
+#: Above this many hosts, `hvsim hosts` summarises (counts, versions, who is offline) unless
+#: asked for every row.
+HOSTS_TABLE_MAX = 20
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" … (+{len(names) - limit})" if len(names) > limit
+                                       else "")
+
+
+def _host_summary(lab: Lab, hosts: dict[str, Any]) -> Table:
+    """Counts instead of rows: presence, hosts per vDS version, VMs, migration errors."""
+    t = Table(title=f"hosts of fabric {lab.fabric}: {len(hosts)} (hvsim hosts --all: every row)")
+    t.add_column("what")
+    t.add_column("hosts", justify="right")
+    t.add_column("which")
+    online = sorted(n for n, st in hosts.items() if st.online)
+    offline = sorted(n for n, st in hosts.items() if not st.online)
+    t.add_row("[green]online[/]", str(len(online)), _names(online, 4))
+    t.add_row("[red]offline[/]", str(len(offline)), _names(offline))
+    versions: dict[str, list[str]] = {}
+    for n, st in hosts.items():
+        for v, (ver, _vl) in st.vds.items():
+            versions.setdefault(f"{v} v{ver}", []).append(n)
+    for key, who in sorted(versions.items()):
+        t.add_row(key, str(len(who)), _names(sorted(who), 4))
+    vms = sum(len(st.vms) for st in hosts.values())
+    t.add_row("VMs", str(vms), "")
+    errors = sorted(n for n, st in hosts.items() if st.migration_error)
+    if errors:
+        t.add_row("last migration error", str(len(errors)), _names(errors))
+    return t
+
+
+async def host_table(lab: Lab, *, wait_s: float = 1.0, every_row: bool | None = None) -> Table:
+    """Every host the fabric's retained topics know: presence, vDS versions, VLANs, VMs — a
+    row each, or (by default above `HOSTS_TABLE_MAX` hosts) a summary."""
     topics = lab.topics
     async with _bus(lab, "vcenter-status") as bus, ManagementPlane(bus, topics) as mp:
         await asyncio.sleep(wait_s)  # retained presence and status arrive right after SUBACK
+        hosts = dict(mp.peers.hosts)
+        if not (every_row if every_row is not None else len(hosts) <= HOSTS_TABLE_MAX):
+            return _host_summary(lab, hosts)
         t = Table(title=f"hosts of fabric {lab.fabric}")
         for col in ("host", "presence", "vDS (version: VLANs)", "VMs", "last migration error"):
             t.add_column(col)

@@ -315,3 +315,75 @@ async def test_multihost_never_takes_over_live_hosts_and_results_go_to_stdout(
             if p.poll() is None:
                 p.kill()
                 p.communicate(timeout=10)
+
+
+def test_host_name_ranges_expand_as_written() -> None:
+    from netsim.errors import ConfigError
+    from netsim.vds.multihost import expand_host_names
+
+    assert expand_host_names("esx[1-3]") == ["esx1", "esx2", "esx3"]
+    assert expand_host_names("esx[008-010].lab,db1") == ["esx008.lab", "esx009.lab",
+                                                         "esx010.lab", "db1"]
+    for bad in ("esx[3-1]", "esx[1-3", "esx[1-2],esx2", "esx[1-5000]", "a,,b"):
+        with pytest.raises(ConfigError):
+            expand_host_names(bad)
+
+
+async def test_many_hosts_per_process_by_range_and_by_file(mqtt_broker, tmp_path: Path) -> None:
+    url = mqtt_broker.url
+    topics = Topics("lab")
+    names = tmp_path / "names"
+    names.write_text("# the third host\nesx3\n")
+    procs = [subprocess.Popen(  # noqa: ASYNC220
+        [*HVSIM, "host", *args, "--broker", url, TOPO],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for args in (["--name", "esx[1-2]"], ["--names-from", str(names)])]
+    try:
+        async with MqttBus(mqtt_broker.settings(), client_id="observer") as bus:
+            peers = Peers(topics)
+            async with bus.subscribe(topics.all_presence, qos=1) as pres, \
+                    bus.subscribe(topics.all_status, qos=1) as stat:
+                async def feed() -> None:
+                    async def one(sub) -> None:
+                        async for m in sub:
+                            peers.handle(m)
+                    await asyncio.gather(one(pres), one(stat))
+
+                task = asyncio.create_task(feed())
+                try:
+                    await peers.wait_until(
+                        lambda: peers.online() == {"esx1", "esx2", "esx3"}, within_s=T,
+                        what="three hosts in two processes online")
+                    r = await asyncio.to_thread(hvsim, "vds-push", "--broker", url, TOPO)
+                    assert r.returncode == 0, r.stderr
+                    assert "dvs1 v1 runs on esx1, esx2, esx3" in " ".join(r.stdout.split())
+                    await peers.wait_until(lambda: peers.host_of_vm("app2") == "esx2",
+                                           within_s=T, what="VMs plugged")
+                    r = await asyncio.to_thread(hvsim, "migrate", "app2", "--to", "esx3",
+                                                "--broker", url)
+                    assert r.returncode == 0, r.stderr
+                    assert peers.host_of_vm("app2") == "esx3"
+                    r = await asyncio.to_thread(hvsim, "hosts", "--broker", url, "--summary")
+                    cells = {line.split("│")[1].strip(): line.split("│")[2:4]
+                             for line in r.stdout.splitlines() if line.count("│") == 4}
+                    assert cells["online"][0].strip() == "3", r.stdout
+                    assert cells["offline"][0].strip() == "0"
+                    assert [c.strip() for c in cells["dvs1 v1"]] == ["3", "esx1, esx2, esx3"]
+                    # SIGTERM to the process of two hosts: both leave cleanly
+                    procs[0].send_signal(signal.SIGTERM)
+                    assert await asyncio.to_thread(procs[0].wait, 15) == 0
+                    await peers.wait_until(lambda: peers.online() == {"esx3"}, within_s=T,
+                                           what="esx1 and esx2 down")
+                finally:
+                    task.cancel()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=10)
+
+
+def test_host_names_not_in_the_topology_are_one_line(tmp_path: Path) -> None:
+    r = hvsim("host", "--name", "esx[3-5]", "--broker", "mqtt://127.0.0.1:9", TOPO)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no host esx4, esx5 in the topology (3 hosts)" in r.stderr

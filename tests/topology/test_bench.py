@@ -13,7 +13,7 @@ def test_generator_spreads_vms_over_hosts_and_vlans() -> None:
 
 
 def test_quick_bench_reports_its_figures() -> None:
-    result = run(quick=True)
+    result = run(quick=True, scale=False)  # the scale rows have their own test below
     assert result["vms"] == 200
     assert 0 < result["load_and_graph_s"] < 5
     assert 0 < result["peak_mib"] < 1024
@@ -22,3 +22,16 @@ def test_quick_bench_reports_its_figures() -> None:
     # pingall over the small lab: exactly the same-VLAN pairs answer
     assert result["pingall_answered"] == result["pingall_expected"] > 0
     assert result["pingall_pairs"] == result["pingall_vms"] * (result["pingall_vms"] - 1)
+
+
+def test_quick_bench_has_the_scale_rows_beside_their_baselines() -> None:
+    from bench._scale import MININET_PINGALL_100_S, run_scale
+
+    rows = run_scale(quick=True)
+    a = rows["pingall_100"]
+    assert a["all_answered"] and a["baseline_mininet_s_quoted"] == MININET_PINGALL_100_S
+    assert a["cpu_s"] > 0 and a["wall_s"] >= a["cpu_s"] / 2  # one process, at most 2 cores
+    b = rows["pingall_1000"]
+    assert b["exact"] and b["measured"]["answered"] == b["measured"]["expected"] > 0
+    c = rows["build_teardown_5000"]["measured"]
+    assert 0 < c["build_start_stop_s"] and c["rss_mib"] < 1024

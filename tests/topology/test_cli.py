@@ -41,6 +41,23 @@ def test_pingall_prints_the_matrix() -> None:
     assert row.count("✓") == 2 and row.count("·") == 3
 
 
+def test_pingall_of_a_large_lab_prints_answers_per_pair_of_networks(tmp_path) -> None:
+    from tests.topology.test_pingall_pacing import vlans_lab
+
+    topo = tmp_path / "big.yaml"
+    # 44 VMs; a /24 per VLAN, so cross-VLAN pings fail at once (no route) instead of waiting
+    topo.write_text(vlans_lab(hosts=2, per_host_per_vlan=11, vlans=2).replace("/16", "/24"))
+    result = runner.invoke(app, ["pingall", str(topo)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("│ v10(10)"))
+    assert [c.strip() for c in row.split("│")[2:4]] == ["462/462", "0/484"], row
+    assert "924/1892 answered among 44 VMs" in " ".join(result.output.split())
+    small = runner.invoke(app, ["pingall", str(TOPOLOGIES / "three-hosts.yaml"), "--summary"],
+                          env={"COLUMNS": "200"})
+    assert small.exit_code == 0 and "12/30 answered among 6 VMs" in " ".join(small.output.split())
+    assert "│ app1" not in small.output
+
+
 def test_run_writes_one_pcapng_per_captured_port(tmp_path) -> None:
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", str(TOPOLOGIES / "xen-vlans.yaml"), "--out", str(out),

@@ -139,3 +139,26 @@ def test_non_router_does_not_forward() -> None:
     pkt = Ether(dst=R0_MAC, src=A_MAC) / IP(src="10.1.0.5", dst="10.2.0.9") / ICMP()
     assert g.receive(0, bytes(pkt)) == []
     assert g.counters["rx-not-for-me"] == 1
+
+
+def test_arp_requests_for_others_are_counted_and_change_nothing_unless_the_sender_is_known(
+) -> None:
+    _, b = pair()
+    c_mac = "00:16:3e:00:00:0c"
+    # scapy builds it, so the fast path is checked against real ARP bytes (RFC 826)
+    who_has = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=c_mac) /
+                    ARP(op=1, hwsrc=c_mac, psrc="10.0.0.3", pdst="10.0.0.9"))
+    assert b.receive(0, who_has) == []
+    assert b.arp == {} and b.counters["rx-arp-not-for-me"] == 1
+    b.counters.clear()
+    assert b.counters["rx-arp-not-for-me"] == 0
+    # a sender b already knows: its entry is refreshed from the request (RFC 826 merge)
+    b.arp[bytes([10, 0, 0, 3])] = b"\x00" * 6
+    assert b.receive(0, who_has) == []
+    assert b.arp[bytes([10, 0, 0, 3])] == bytes.fromhex(c_mac.replace(":", ""))
+    # a request for b is answered and teaches b the sender
+    for_b = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=A_MAC) /
+                  ARP(op=1, hwsrc=A_MAC, psrc="10.0.0.1", pdst="10.0.0.2"))
+    ((_, reply),) = b.receive(0, for_b)
+    assert Ether(reply)[ARP].op == 2 and bytes([10, 0, 0, 1]) in b.arp
+    assert b.counters["rx-arp-not-for-me"] == 0

@@ -90,8 +90,13 @@ def _lab(broker: str | None, user: str | None, password_file: Path | None, tls_c
 
 def host(
     topology: TopologyArg,
-    name: Annotated[str, typer.Option("--name", help="Which host of the topology to run.")],
     broker: BrokerOpt,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Which host of the topology to run; several run in this process: "
+        "esx[1-125] or esx1,esx3.")] = None,
+    names_from: Annotated[Path | None, typer.Option(
+        "--names-from", help="A file of host names to run in this process, one a line "
+        "(# comments).")] = None,
     user: UserOpt = None,
     password_file: PasswordOpt = None,
     tls_ca: TlsOpt = None,
@@ -115,10 +120,27 @@ def host(
     Example: hvsim host --name esx1 --broker mqtt://10.0.0.9:1883 --user esx1
     --password-file broker/esx1.password topologies/three-hosts.yaml
     """
-    from netsim.vds.multihost import run_host
+    from netsim.vds.multihost import expand_host_names, run_host, run_hosts
 
-    lab = _lab(broker, user or name, password_file, tls_ca, fabric, switch, keepalive)
-    asyncio.run(run_host(topology, name, lab, duration=duration))  # type: ignore[arg-type]
+    if (name is None) == (names_from is None):
+        raise typer.BadParameter("give --name or --names-from (one of them)")
+    if names_from is not None:
+        try:
+            lines = names_from.read_text().splitlines()
+        except OSError as exc:
+            raise typer.BadParameter(f"--names-from {names_from}: {exc.strerror}") from None
+        names = [n for line in lines if (n := line.split("#", 1)[0].strip())]
+        if not names:
+            raise typer.BadParameter(f"--names-from {names_from}: no host names in it")
+        name = ",".join(names)
+    assert name is not None
+    names = expand_host_names(name)
+    if len(names) == 1:
+        lab = _lab(broker, user or names[0], password_file, tls_ca, fabric, switch, keepalive)
+        asyncio.run(run_host(topology, names[0], lab, duration=duration))  # type: ignore[arg-type]
+        return
+    lab = _lab(broker, user, password_file, tls_ca, fabric, switch, keepalive)
+    asyncio.run(run_hosts(topology, names, lab, duration=duration))  # type: ignore[arg-type]
 
 
 def vds_push(
@@ -173,9 +195,12 @@ def hosts(
     password_file: PasswordOpt = None,
     tls_ca: TlsOpt = None,
     fabric: FabricOpt = "lab",
+    every_row: Annotated[bool | None, typer.Option(
+        "--all/--summary", help="A row per host, or counts (default: rows up to 20 hosts).")
+    ] = None,
 ) -> None:
     """Show every host of a running fabric: presence (last will), vDS versions it runs, VLANs
-    with ports, VMs.
+    with ports, VMs; summarised above 20 hosts.
 
     Example: hvsim hosts --broker mqtt://10.0.0.9:1883 --user vcenter
     --password-file broker/vcenter.password
@@ -183,7 +208,7 @@ def hosts(
     from netsim.vds.multihost import host_table
 
     lab = _lab(broker, user, password_file, tls_ca, fabric, None)
-    console.print(asyncio.run(host_table(lab)))  # type: ignore[arg-type]
+    console.print(asyncio.run(host_table(lab, every_row=every_row)))  # type: ignore[arg-type]
 
 
 def multihost(

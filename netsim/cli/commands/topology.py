@@ -101,12 +101,52 @@ def ping(
         raise typer.Exit(1)
 
 
-def _matrix_table(r: Reachability, lab: Lab) -> Table:
+#: Above this many VMs, pingall prints answers per pair of networks, not the VM matrix
+#: (whose columns no terminal shows and which takes longer to draw than 100 VMs to ping).
+MATRIX_MAX_VMS = 40
+
+
+def _networks_of(lab: Lab) -> dict[str, str]:
     vlan_of: dict[str, str] = {}
     for vm in lab.topo.vms:
         host = lab.topo.host(vm.host)
         vlan_of[vm.name] = ",".join(
             f"{f.network}({host.network(f.network).vlan or 'untagged'})" for f in vm.vifs)
+    return vlan_of
+
+
+def _summary_table(r: Reachability, lab: Lab) -> Table:
+    """Answered/tried for every (source network, destination network) pair."""
+    vlan_of = _networks_of(lab)
+    groups = sorted({vlan_of.get(v, "") for v in r.vms})
+    tried: dict[tuple[str, str], int] = {}
+    answered: dict[tuple[str, str], int] = {}
+    for s, row in r.matrix.items():
+        gs = vlan_of.get(s, "")
+        for d, ok in row.items():
+            key = (gs, vlan_of.get(d, ""))
+            tried[key] = tried.get(key, 0) + 1
+            if ok:
+                answered[key] = answered.get(key, 0) + 1
+    table = Table(title=f"reachability: {lab.topo.name}", min_width=60,
+                  caption=f"{r.answered}/{r.pairs} answered among {len(r.vms)} VMs; a cell is "
+                          "answered/tried from the row's VMs to the column's (--matrix: VM by "
+                          "VM)")
+    table.add_column("from \\ to", style="bold")
+    for g in groups:
+        table.add_column(g, justify="right")
+    for gs in groups:
+        cells = []
+        for gd in groups:
+            n, ok = tried.get((gs, gd), 0), answered.get((gs, gd), 0)
+            color = "green" if n and ok == n else ("red" if ok == 0 else "yellow")
+            cells.append(f"[{color}]{ok}/{n}[/]" if n else "[dim]-[/]")
+        table.add_row(gs, *cells)
+    return table
+
+
+def _matrix_table(r: Reachability, lab: Lab) -> Table:
+    vlan_of = _networks_of(lab)
     table = Table(title=f"reachability: {lab.topo.name} ({r.answered}/{r.pairs} answered)",
                   caption="row pings column; ✓ answered, · no answer")
     table.add_column("from \\ to", style="bold")
@@ -124,6 +164,9 @@ def pingall(
     topology: TopologyArg,
     wait: WaitOpt = 1.0,
     clock: ClockOpt = "virtual",
+    matrix: Annotated[bool | None, typer.Option(
+        "--matrix/--summary", help="VM by VM, or answered/tried per pair of networks "
+        f"(default: the matrix up to {MATRIX_MAX_VMS} VMs).")] = None,
 ) -> None:
     """Every VM with an address pings every other VM: a VLAN-aware reachability matrix (same
     VLAN answers, other VLANs do not, routed networks through their router VM).
@@ -140,8 +183,19 @@ def pingall(
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task("pings", total=total)
             async with lab:
-                r = await lab.pingall(wait_s=wait, progress=lambda n: bar.advance(task, n))
-        console.print(_matrix_table(r, lab))
+                done = [0]
+
+                def advance(n: int) -> None:  # the bar moves every 1% (or ping), not per ping
+                    done[0] += n
+                    if done[0] >= step:
+                        bar.advance(task, done[0])
+                        done[0] = 0
+
+                step = max(1, total // 100)
+                r = await lab.pingall(wait_s=wait, progress=advance)
+                bar.advance(task, done[0])
+        full = matrix if matrix is not None else len(r.vms) <= MATRIX_MAX_VMS
+        console.print(_matrix_table(r, lab) if full else _summary_table(r, lab))
         console.print(f"{r.pairs} pings in {time.perf_counter() - t0:.2f} s wall time")
 
     asyncio.run(go())
