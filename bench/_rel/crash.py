@@ -345,9 +345,11 @@ def chain_coalesce_scenario() -> Scenario:
     def verify(d: Path, st: dict[str, Any], progress: dict[str, Any]) -> None:
         chain.recover(d)
         for name in ("leaf.vhd", "mid.vhd", "base.vhd"):
-            _check_and_repair(d / name)
+            if name != "mid.vhd" or (d / name).exists():
+                _check_and_repair(d / name)
         _compare(_read_all(d / "leaf.vhd"), st["leaf"], st["leaf"], "leaf.vhd")
-        _compare(_read_all(d / "mid.vhd"), st["mid"], st["mid"], "mid.vhd")
+        if (d / "mid.vhd").exists():     # deleted once merged; intact until then
+            _compare(_read_all(d / "mid.vhd"), st["mid"], st["mid"], "mid.vhd")
 
     return Scenario("chain coalesce", setup, op, verify)
 

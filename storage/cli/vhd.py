@@ -25,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from storage.cli.progress import progress_bar
+from storage.devices.imagelock import ImageLockedError, LockMode
 from storage.errors import StorageError
 from storage.sr.sr import SR
 from storage.units import parse_size as _parse_size
@@ -42,6 +43,13 @@ def parse_size(text: str) -> int:
 
 
 SizeOpt = Annotated[str, typer.Option("--size", help="Size in bytes, or with K/M/G/T suffix.")]
+ShareOpt = Annotated[bool, typer.Option(
+    "--force-share", "-U", help="Open without the shared lock, as qemu-img -U: works while "
+                                "another process writes the image (what you read may be in "
+                                "flux).")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Change a VHD even though differencing children beside it name it as "
+                    "their parent (their contents change too).")]
 SyncOpt = Annotated[bool, typer.Option(
     "--sync", help="fsync between the ordered steps of each block allocation: the image "
                    "survives a power loss mid-command with every sector old or new (slower). "
@@ -132,12 +140,18 @@ def vhd_create(
         img.close()
 
 
-def _info(path: Path) -> dict:
+def _lock(force_share: bool) -> LockMode | None:
+    return LockMode.NONE if force_share else None
+
+
+def _info(path: Path, force_share: bool = False) -> dict:
     try:
-        img = chain.open_chain(path, read_only=True)
+        img = chain.open_chain(path, read_only=True, lock=_lock(force_share))
         chain_error = None
+    except ImageLockedError:
+        raise
     except StorageError as exc:
-        img = chain.open_image(path, read_only=True)
+        img = chain.open_image(path, read_only=True, lock=_lock(force_share))
         chain_error = str(exc)
     try:
         f = img.footer
@@ -163,12 +177,13 @@ def _info(path: Path) -> dict:
 def vhd_info(
     path: Annotated[Path, typer.Argument(help="A VHD file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    force_share: ShareOpt = False,
 ) -> None:
     """Show a VHD's type, sizes, uuid, parent, allocation and chain depth.
 
     Example: hvsim vhd info child.vhd --json
     """
-    info = _info(path)
+    info = _info(path, force_share)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -180,12 +195,13 @@ def vhd_info(
 
 @vhd_app.command("check")
 @_os_errors
-def vhd_check(path: Annotated[Path, typer.Argument(help="A VHD file.")]) -> None:
+def vhd_check(path: Annotated[Path, typer.Argument(help="A VHD file.")],
+              force_share: ShareOpt = False) -> None:
     """Check a VHD and its chain; exit 0 when consistent, else 1 with one line per problem.
 
     Example: hvsim vhd check disk.vhd
     """
-    problems = chain.check(path)
+    problems = chain.check(path, lock=_lock(force_share))
     for p in problems:
         print(p)
     if problems:
@@ -200,13 +216,16 @@ def vhd_read(
     offset: Annotated[str, typer.Option("--offset", help="Byte offset (K/M/G ok).")],
     length: Annotated[str, typer.Option("--length", help="Bytes to read (K/M/G ok).")],
     output: Annotated[str, typer.Option("--output", help="File to write, or - for stdout.")],
+    force_share: ShareOpt = False,
 ) -> None:
     """Read bytes from a VHD (through its parents) into a file.
 
     Example: hvsim vhd read disk.vhd --offset 1M --length 4K --output out.bin
     """
-    img = chain.open_chain(path, read_only=True)
+    img = chain.open_chain(path, read_only=True, lock=_lock(force_share))
     try:
+        if output != "-":
+            chain.refuse_output_in_chain(img, output)
         data = img.read(parse_size(offset), parse_size(length))
     finally:
         img.close()
@@ -228,9 +247,12 @@ def vhd_write(
     offset: Annotated[str, typer.Option("--offset", help="Byte offset (K/M/G ok).")],
     input_: Annotated[Path, typer.Option("--input", help="File whose bytes to write.")],
     sync: SyncOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Write a file's bytes into a VHD at an offset (any alignment).
 
+    Refused when differencing VHDs beside it name it as their parent (writing a parent
+    changes every child's contents) unless --force.
     Example: hvsim vhd write disk.vhd --offset 4096 --input data.bin --sync
     """
     off = parse_size(offset)
@@ -238,8 +260,13 @@ def vhd_write(
         src = open(input_, "rb")
     except OSError as exc:
         raise StorageError(f"{input_}: {exc.strerror}") from exc
-    img = chain.open_chain(path, read_only=False, barriers=sync)
     try:
+        img = chain.open_chain(path, read_only=False, barriers=sync)
+    except BaseException:
+        src.close()
+        raise
+    try:
+        _refuse_parent(img, "write to", force)
         total = 0
         while chunk := src.read(8 * 1024 * 1024):
             img.write(off + total, chunk)
@@ -256,12 +283,14 @@ def vhd_write(
 def vhd_export(
     path: Annotated[Path, typer.Argument(help="A VHD file (its whole chain is flattened).")],
     out: Annotated[Path, typer.Argument(help="The raw image to write.")],
+    force_share: ShareOpt = False,
 ) -> None:
     """Flatten a VHD and its parents into a raw image (sparse where it reads zeros).
 
+    The output may not be the image or one of its parents (compared by device and inode).
     Example: hvsim vhd export child.vhd disk.raw
     """
-    img = chain.open_chain(path, read_only=True)
+    img = chain.open_chain(path, read_only=True, lock=_lock(force_share))
     try:
         with _progress(f"export {path.name}", img.size) as (advance, _):
             chain.export(img, out, progress=advance)
@@ -281,8 +310,8 @@ def vhd_coalesce(
 ) -> None:
     """Merge a child into its parent and relink the child's children to the parent.
 
-    Crash-safe (journaled); an interrupted coalesce is finished by running it again. The child
-    stays valid (it repeats its parent) and may be deleted afterwards.
+    Crash-safe (journaled); an interrupted coalesce is finished by running it again. The
+    merged child is deleted at the end (its data now lives in the parent).
     Example: hvsim vhd coalesce snap1.vhd
     """
     parent_dir = Path(child).resolve().parent
@@ -292,7 +321,8 @@ def vhd_coalesce(
         res = chain.coalesce(child, force=force, progress=advance, on_total=set_total,
                              barriers=sync)
     console.print(f"merged {res.bytes_copied} bytes of {res.child} into {res.parent}"
-                  + (f"; relinked {', '.join(res.relinked)}" if res.relinked else ""),
+                  + (f"; relinked {', '.join(res.relinked)}" if res.relinked else "")
+                  + (f"; removed {res.child}" if res.removed_child else ""),
                   highlight=False)
 
 
@@ -302,13 +332,34 @@ def vhd_resize(
     path: Annotated[Path, typer.Argument(help="A VHD file (a leaf).")],
     size: SizeOpt,
     sync: SyncOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Grow a VHD (or shrink it when nothing written would be lost).
 
+    Refused for a VHD that differencing VHDs beside it name as their parent, unless --force.
     Example: hvsim vhd resize disk.vhd --size 20G
     """
-    new = chain.resize(path, parse_size(size), barriers=sync)
+    img = chain.open_chain(path, read_only=False, barriers=sync)
+    try:
+        _refuse_parent(img, "resize", force)
+        new = img.resize(parse_size(size))
+    finally:
+        img.close()
     console.print(f"{path}: virtual size now {new} bytes ({_human(new)})", highlight=False)
+
+
+def _refuse_parent(img: Any, verb: str, force: bool) -> None:
+    """Refuse to change a VHD that children beside it name as parent (XenServer never writes
+    a parent once it has children); with --force, warn naming them."""
+    kids = chain.children_beside(img)
+    if not kids:
+        return
+    names = ", ".join(kids)
+    if not force:
+        raise StorageError(f"{img.name}: refusing to {verb} a VHD that is the parent of "
+                           f"{names} (their contents would change); --force to do it anyway")
+    err.print(f"warning: {img.name} is the parent of {names}; their contents change too",
+              highlight=False)
 
 
 # --- hvsim sr / vdi -------------------------------------------------------------------------------
@@ -414,8 +465,10 @@ def sr_scan(
     if as_json:
         print(json.dumps({k: getattr(report, k) for k in (
             "adopted", "removed_volumes", "unreadable", "forgotten", "marked_missing",
-            "dry_run")}, indent=2))
+            "ignored", "dry_run")}, indent=2))
     else:
+        for line in report.ignored:
+            console.print(f"ignored: {line}", highlight=False)
         verb = "would be " if dry_run else ""
         console.print(f"{len(report.adopted)} orphan volumes {verb}introduced as VDIs, "
                       f"{len(report.removed_volumes)} empty ones {verb}removed, "

@@ -5,11 +5,26 @@ A VHD lives in a plain file (`FileIO`), in an LVM logical volume (LVHD), or in m
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import stat
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from storage.devices.imagelock import LockMode, lock_image
 from storage.errors import StorageError
+
+
+def check_disk_file(fd: int, name: str) -> None:
+    """Refuse a descriptor that is not a regular file or block device (one line, no wait)."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a character device"
+            if stat.S_ISCHR(mode) else "not a regular file")
+    raise StorageError(f"{name}: is {kind}, not a disk image (a regular file or block "
+                       "device)")
 
 
 @runtime_checkable
@@ -44,16 +59,23 @@ class RawIO(Protocol):
 
 
 class FileIO:
-    """RawIO on a regular file (or block device) path."""
+    """RawIO on a regular file (or block device) path, locked against other processes.
+
+    Every open takes QEMU's image lock (`imagelock`): `lock` None means a writer's exclusive
+    lock when `writable`, else a reader's shared one; `LockMode.NONE` reads without a lock
+    (force share). A FIFO, directory, socket or character device is refused before any read
+    can block on it."""
 
     def __init__(self, path: str | os.PathLike[str], *, writable: bool = True,
-                 create: bool = False) -> None:
+                 create: bool = False, lock: LockMode | None = None) -> None:
         self.name = str(path)
         flags = os.O_RDWR if writable else os.O_RDONLY
         if create:
             flags |= os.O_CREAT | os.O_EXCL
         try:
-            self._fd = os.open(self.name, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; cleared below.
+            self._fd = os.open(self.name, flags | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                               0o644)
         except FileExistsError as exc:
             raise StorageError(f"{self.name}: already exists") from exc
         except FileNotFoundError as exc:
@@ -61,8 +83,24 @@ class FileIO:
         except PermissionError as exc:
             raise StorageError(f"{self.name}: permission denied") from exc
         except IsADirectoryError as exc:
-            raise StorageError(f"{self.name}: is a directory") from exc
+            raise StorageError(f"{self.name}: is a directory, not a disk image") from exc
+        except OSError as exc:
+            raise StorageError(f"{self.name}: cannot open: {exc.strerror}") from exc
         self.writable = writable
+        try:
+            check_disk_file(self._fd, self.name)
+            fcntl.fcntl(self._fd, fcntl.F_SETFL,
+                        fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            lock_image(self._fd, self.name,
+                       lock or (LockMode.WRITE if writable else LockMode.READ))
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1
+            raise
+
+    def fileno(self) -> int:
+        """The OS descriptor (for locks, fstat and SEEK_HOLE; do not close it)."""
+        return self._fd
 
     @property
     def path(self) -> Path:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage.devices.imagelock import LockMode
 from storage.devices.rawio import FileIO, RawIO
 from storage.errors import LvmError, StorageError
 from storage.lvm import alloc
@@ -76,6 +77,13 @@ def new_id(rng: random.Random | None = None) -> str:
     """A fresh LVM UUID in its dashed form."""
     r = rng or random.SystemRandom()
     return format_id("".join(r.choice(_ID_ALPHABET) for _ in range(ID_LEN)))
+
+
+#: PVs of one VG are open in many handles and processes at once (LVM commits coordinate under
+#: `_lock` and the seqno check), so they share write among themselves, as QEMU's share-rw=on,
+#: while still refusing an exclusive writer (a raw `hvsim vhd`/qemu-io open of the PV file).
+PV_LOCK = LockMode.SHARED_WRITE
+PV_READ_LOCK = LockMode.SHARED_READ
 
 
 def _name_ok(name: str, what: str) -> str:
@@ -337,7 +345,7 @@ def scan(paths: Iterable[str | os.PathLike[str]], *, writable: bool = True) -> l
     found = []
     for p in _candidates(paths):
         try:
-            io = FileIO(p, writable=writable)
+            io = FileIO(p, writable=writable, lock=PV_LOCK if writable else PV_READ_LOCK)
         except StorageError:  # unreadable candidates are skipped, like LVM2's filter
             continue
         try:
@@ -431,7 +439,7 @@ class VolumeGroup:
         meta = VgMetadata(name=name, id=new_id(rng), seqno=0,
                           extent_size=extent_size // SECTOR)
         for i, src in enumerate(sources):
-            io = src if not isinstance(src, str) else FileIO(src)
+            io = src if not isinstance(src, str) else FileIO(src, lock=PV_LOCK)
             p = io.name
             try:
                 dev = read_pv(io, p)
@@ -835,7 +843,8 @@ class VolumeGroup:
             for d in self.devices.values():
                 if isinstance(d.io, FileIO) and _identity(os.stat(d.io.name)) == key:
                     raise LvmError(f"{path}: already in VG {self.name} (as {d.path})")
-        io = path if hasattr(path, "pread") else FileIO(str(path))  # type: ignore[arg-type]
+        io = (path if hasattr(path, "pread")
+              else FileIO(str(path), lock=PV_LOCK))  # type: ignore[arg-type]
         dev = read_pv(io, io.name)  # type: ignore[arg-type]
         if any(d.uuid == dev.uuid for d in self.devices.values()):
             io.close()  # type: ignore[union-attr]

@@ -225,6 +225,10 @@ class HostServer:
                 w.close()
                 t.cancel()
             self._live.discard(domid)
+            gone = self.hv.store.forget_domain(domid)   # what the guest wrote goes with it
+            if gone:
+                self.events.put_nowait(f"domain {domid}: removed {gone} xenstore entries it "
+                                       "wrote")
             self.hv.guest_gone(domid)
             self.events.put_nowait(f"domain {domid} disconnected")
             writer.close()

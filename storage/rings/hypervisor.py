@@ -198,6 +198,19 @@ class Hypervisor:
             self.store.write(f"{base}/{dev}/state", str(int(XenbusState.CLOSED)))
         self.evtchn.drop_domain(domid)
 
+    async def destroy_domain(self, domid: int) -> None:
+        """Destroy domain `domid`: stop its backends, remove its whole xenstore tree (as
+        xenstored does on @releaseDomain), drop its event channels and memory."""
+        for d, devid in [k for k in self._tasks if k[0] == domid]:
+            await self.detach_vbd(d, devid)
+        self.store.rm_domain(domid)
+        self.store.rm(f"/local/domain/0/backend/vbd/{domid}")
+        self.evtchn.drop_domain(domid)
+        self._guests.pop(domid, None)
+        mem = self.domains.pop(domid, None)
+        if mem is not None:
+            mem.close()
+
     async def close(self) -> None:
         """Stop every backend and release every domain's memory."""
         for domid, devid in list(self._tasks):

@@ -6,7 +6,14 @@ only under its own `/local/domain/<domid>/`. Reads are open, as the toolstack gr
 access to their backends' directories.
 
 Watches fire once when set (as in Xen) and then on every write or removal at or below the
-watched path. Frontend and backend negotiate through it:
+watched path.
+
+Guests are held to oxenstored's default per-domain quotas (`oxenstored.conf`: quota-maxentity
+1000, quota-maxsize 2048, quota-maxwatch 100, quota-transaction 10, quota-path-max 1024; dom0
+is exempt), answered with the errors oxenstored gives (`EQUOTA` for entries and watches,
+`E2BIG` for a value too big). Entries count against the domain that created them; when a
+guest goes, what it wrote goes with it (`forget_domain`), and a destroyed domain's whole tree
+is removed (`rm_domain`), as xenstored does on @releaseDomain. Frontend and backend negotiate through it:
 
     backend  Initialising → InitWait      (features published)
     frontend Initialising → Initialised   (ring-ref, event-channel published)
@@ -25,6 +32,18 @@ from storage.errors import RingProtocolError
 
 class XenStoreError(RingProtocolError):
     """A xenstore request that is not allowed or names a bad path."""
+
+
+class XenStoreQuotaError(XenStoreError):
+    """A guest over one of its quotas; the message starts with xenstored's errno name."""
+
+
+#: oxenstored's defaults (tools/ocaml/xenstored/oxenstored.conf.in)
+QUOTA_MAXENTITY = 1000
+QUOTA_MAXSIZE = 2048
+QUOTA_MAXWATCH = 100
+QUOTA_TRANSACTION = 10
+QUOTA_PATH_MAX = 1024
 
 
 class XenbusState(IntEnum):
@@ -58,6 +77,7 @@ class Watch:
 
     def __init__(self, path: str, on_close: Callable[[Watch], None]) -> None:
         self.path = path
+        self.domid = 0
         self._on_close = on_close
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()
@@ -99,18 +119,44 @@ class XenStore:
     def __init__(self) -> None:
         self._data: dict[str, str] = {}
         self._watches: list[Watch] = []
+        self._owner: dict[str, int] = {}          # path -> domid that created it (guests only)
+        self._entries: dict[int, int] = {}        # domid -> entries it owns
 
     def read(self, path: str) -> str | None:
         """Value at `path`, or None."""
         return self._data.get(_check_path(path))
 
-    def write(self, path: str, value: str) -> None:
-        """Set `path` (parents spring into existence as empty directories)."""
+    def entries(self, domid: int) -> int:
+        """Entries domain `domid` created and still owns (what quota-maxentity counts)."""
+        return self._entries.get(domid, 0)
+
+    def write(self, path: str, value: str, *, domid: int = 0) -> None:
+        """Set `path` (parents spring into existence as empty directories), as `domid`:
+        a guest is held to its quotas, checked before anything changes."""
         _check_path(path)
+        value = str(value)
         parts = path.split("/")
-        for i in range(2, len(parts)):
-            self._data.setdefault("/".join(parts[:i]), "")
-        self._data[path] = str(value)
+        new = [p for p in ("/".join(parts[:i]) for i in range(2, len(parts) + 1))
+               if p not in self._data]
+        if domid != 0:
+            if len(path) > QUOTA_PATH_MAX:
+                raise XenStoreQuotaError(f"EINVAL: path of {len(path)} bytes is longer than "
+                                         f"quota-path-max {QUOTA_PATH_MAX}")
+            if len(value.encode()) > QUOTA_MAXSIZE:
+                raise XenStoreQuotaError(
+                    f"E2BIG: value of {len(value.encode())} bytes for {path} is over "
+                    f"quota-maxsize {QUOTA_MAXSIZE}")
+            if new and self.entries(domid) + len(new) > QUOTA_MAXENTITY:
+                raise XenStoreQuotaError(
+                    f"EQUOTA: domain {domid} owns {self.entries(domid)} entries; "
+                    f"{len(new)} more would pass quota-maxentity {QUOTA_MAXENTITY}")
+        for p in new:
+            self._data[p] = ""
+        self._data[path] = value
+        if domid != 0 and new:
+            for p in new:
+                self._owner[p] = domid
+            self._entries[domid] = self.entries(domid) + len(new)
         self._fire(path)
 
     def rm(self, path: str) -> None:
@@ -119,17 +165,44 @@ class XenStore:
         gone = [p for p in self._data if _under(p, path)]
         for p in gone:
             del self._data[p]
+            owner = self._owner.pop(p, None)
+            if owner is not None:
+                self._entries[owner] -= 1
+                if not self._entries[owner]:
+                    del self._entries[owner]
         if gone:
             self._fire(path)
+
+    def forget_domain(self, domid: int) -> int:
+        """Remove every entry domain `domid` created (its connection went); returns how many.
+        Entries the toolstack made for it (its devices, memory) stay for a reconnect."""
+        mine = sorted((p for p, o in self._owner.items() if o == domid), key=len)
+        removed = 0
+        for p in mine:
+            if p in self._data:
+                before = len(self._data)
+                self.rm(p)
+                removed += before - len(self._data)
+        return removed
+
+    def rm_domain(self, domid: int) -> None:
+        """Remove domain `domid`'s whole tree (the domain was destroyed)."""
+        self.forget_domain(domid)
+        self.rm(f"/local/domain/{domid}")
 
     def ls(self, path: str) -> list[str]:
         """Names of the direct children of `path`."""
         prefix = _check_path(path).rstrip("/") + "/"
         return sorted({p[len(prefix):].split("/")[0] for p in self._data if p.startswith(prefix)})
 
-    def watch(self, path: str) -> Watch:
-        """Watch `path` and below; fires once immediately."""
-        w = Watch(_check_path(path), self._unwatch)
+    def watch(self, path: str, *, domid: int = 0) -> Watch:
+        """Watch `path` and below; fires once immediately. A guest may hold QUOTA_MAXWATCH."""
+        _check_path(path)
+        if domid != 0 and sum(1 for w in self._watches if w.domid == domid) >= QUOTA_MAXWATCH:
+            raise XenStoreQuotaError(f"EQUOTA: domain {domid} already has {QUOTA_MAXWATCH} "
+                                     "watches (quota-maxwatch)")
+        w = Watch(path, self._unwatch)
+        w.domid = domid
         self._watches.append(w)
         return w
 
@@ -177,7 +250,7 @@ class XsHandle:
     async def write(self, path: str, value: str) -> None:
         """Set `path` (permission-checked)."""
         self._may_write(_check_path(path))
-        self.store.write(path, value)
+        self.store.write(path, value, domid=self.domid)
 
     async def rm(self, path: str) -> None:
         """Remove a subtree (permission-checked)."""
@@ -189,8 +262,8 @@ class XsHandle:
         return self.store.ls(path)
 
     def watch(self, path: str) -> Watch:
-        """Watch `path` and below."""
-        return self.store.watch(path)
+        """Watch `path` and below (a guest's watches count against its quota)."""
+        return self.store.watch(path, domid=self.domid)
 
 
 def parse_state(value: str | None) -> XenbusState:

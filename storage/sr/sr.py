@@ -118,6 +118,7 @@ class ScanReport:
     unreadable: list[str] = field(default_factory=list)  # orphans left alone: "loc: why"
     forgotten: list[str] = field(default_factory=list)   # records dropped: volume missing
     marked_missing: list[str] = field(default_factory=list)  # kept (children/attached)
+    ignored: list[str] = field(default_factory=list)     # "name, why": not a volume name
     dry_run: bool = False
 
     @property
@@ -198,6 +199,11 @@ class SRDriver(ABC):
     def list_volumes(self) -> list[str]:
         """Locations of every VDI volume in the SR's storage (by name; cheap)."""
         raise SrError(f"SR type {self.type_name!r} does not support scan")
+
+    def ignored_volumes(self) -> list[str]:
+        """Things that look like volumes but are not named as this SR type names them
+        ("name, why"); XenServer's scan skips them, we say so."""
+        return []
 
     def probe_volume(self, location: str) -> Volume:
         """Look inside a volume no record names: size, whether it holds data, its parent."""
@@ -667,6 +673,7 @@ class SR:
         """
         report = ScanReport(dry_run=dry_run)
         say = progress or (lambda msg: None)
+        report.ignored = self.driver.ignored_volumes()
         present = set(self.driver.list_volumes())
         known = {v.location for v in self.vdis.values()}
         changed = False

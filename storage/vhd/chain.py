@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage.devices.imagelock import ImageLockedError, LockMode
 from storage.devices.rawio import FileIO
 from storage.errors import ChainError, StorageError, VhdFormatError
 from storage.vhd import format as fmt
@@ -41,9 +42,12 @@ class VhdFileIO(FileIO):
 
 
 def open_image(path: str | os.PathLike[str], *, read_only: bool = True,
-               barriers: bool = False) -> VhdImage:
-    """Open one VHD file (no parents attached); `barriers`: fsync between allocation steps."""
-    io = VhdFileIO(path, writable=not read_only)
+               barriers: bool = False, lock: LockMode | None = None) -> VhdImage:
+    """Open one VHD file (no parents attached); `barriers`: fsync between allocation steps.
+
+    `lock`: the image lock (default: exclusive for writing, shared for reading; see
+    `storage.devices.imagelock`)."""
+    io = VhdFileIO(path, writable=not read_only, lock=lock)
     try:
         return VhdImage.open(io, read_only=read_only, barriers=barriers)
     except BaseException:
@@ -71,7 +75,7 @@ def parent_candidates(child: VhdImage, child_path: str | os.PathLike[str]) -> li
 
 def peek_uuid(path: str | os.PathLike[str]) -> uuidlib.UUID:
     """The uuid in a VHD's footer (end of file, else the copy at 0), without a full open."""
-    with FileIO(path, writable=False) as io:
+    with FileIO(path, writable=False, lock=LockMode.NONE) as io:
         size = io.size()
         for off in (size - fmt.FOOTER_SIZE, 0):
             raw = io.pread(max(off, 0), fmt.FOOTER_SIZE)
@@ -121,12 +125,17 @@ def iter_chain(img: VhdImage) -> Iterator[VhdImage]:
 
 
 def open_chain(path: str | os.PathLike[str], *, read_only: bool = True,
-               max_depth: int = DEFAULT_MAX_DEPTH, barriers: bool = False) -> VhdImage:
+               max_depth: int = DEFAULT_MAX_DEPTH, barriers: bool = False,
+               lock: LockMode | None = None) -> VhdImage:
     """Open a VHD and attach its parents (read-only); returns the leaf as a BlockDevice.
+
+    Every image is locked as QEMU locks a backing chain: the leaf for writing (or reading),
+    each parent for consistent reading, so no other process may write a parent under a
+    child; `lock=LockMode.NONE` locks nothing (force share, `qemu-img info -U`).
 
     `barriers`: the leaf fsyncs between the ordered steps of a block allocation, so a power
     loss (not only a process crash) leaves every sector old or new."""
-    leaf = open_image(path, read_only=read_only, barriers=barriers)
+    leaf = open_image(path, read_only=read_only, barriers=barriers, lock=lock)
     try:
         seen_paths = {os.path.realpath(path)}
         seen_uuids = {leaf.uuid}
@@ -140,7 +149,8 @@ def open_chain(path: str | os.PathLike[str], *, read_only: bool = True,
             if real in seen_paths or cur.parent_uuid in seen_uuids:
                 raise ChainError(f"{path}: parent cycle: {cur_path} points back at {ppath} "
                                  f"(uuid {cur.parent_uuid}), already in the chain")
-            parent = open_image(ppath, read_only=True)
+            parent = open_image(ppath, read_only=True,
+                                lock=LockMode.NONE if lock is LockMode.NONE else None)
             cur.parent = parent
             seen_paths.add(real)
             seen_uuids.add(parent.uuid)
@@ -222,7 +232,7 @@ def siblings_and_children(image: VhdImage, directories: list[str]) -> tuple[list
             if not entry.name.endswith(".vhd") or not entry.is_file():
                 continue
             try:
-                other = open_image(entry.path, read_only=True)
+                other = open_image(entry.path, read_only=True, lock=LockMode.NONE)
             except StorageError:
                 continue
             try:
@@ -245,6 +255,7 @@ class CoalesceResult:
     parent: str
     bytes_copied: int = 0
     relinked: list[str] = field(default_factory=list)
+    removed_child: bool = False
 
 
 def _journal_path(parent_path: str) -> str:
@@ -273,12 +284,16 @@ def coalesce(child_path: str | os.PathLike[str], *, force: bool = False,
              children: list[str] | None = None, siblings: list[str] | None = None,
              progress: Progress | None = None,
              on_total: Callable[[int], None] | None = None,
-             barriers: bool = False) -> CoalesceResult:
+             barriers: bool = False, remove_child: bool = True) -> CoalesceResult:
     """Merge `child_path`'s data into its parent and relink the child's children to the parent.
 
     Refused when the parent has other children (their view would change) unless `force`.
     `children`/`siblings` may be given by a caller that knows them (an SR); otherwise the
     directories of the child and the parent are scanned for VHDs naming them as parent.
+    The merged child is deleted as the journal's last step (`remove_child`), as XenServer's
+    garbage collector does: left behind it would still open and check clean while it no
+    longer owns its data (a later write to the parent would change it silently). An SR that
+    renames or deletes the child itself passes False.
     """
     child_path = str(child_path)
     child = open_chain(child_path, read_only=True)
@@ -298,6 +313,7 @@ def coalesce(child_path: str | os.PathLike[str], *, force: bool = False,
                              "change; pass force to do it anyway")
         journal = {"child": os.path.abspath(child_path), "parent": os.path.abspath(parent_path),
                    "children": [os.path.abspath(c) for c in children], "phase": "copy",
+                   "remove_child": remove_child,
                    "headers": {os.path.abspath(c): _header_backup(c) for c in children}}
         jpath = _journal_path(parent_path)
         if os.path.exists(jpath):
@@ -314,7 +330,7 @@ def coalesce(child_path: str | os.PathLike[str], *, force: bool = False,
 
 def _header_backup(path: str | os.PathLike[str]) -> list[int | str]:
     """[offset, hex bytes] of a differencing image's dynamic header, for the journal."""
-    img = open_image(path, read_only=True)
+    img = open_image(path, read_only=True, lock=LockMode.NONE)
     try:
         off = img.footer.data_offset
         return [off, img.io.pread(off, fmt.HEADER_SIZE).hex()]
@@ -373,6 +389,10 @@ def _run_journal(jpath: str, *, progress: Progress | None = None,
                 result.relinked.append(kid)
         finally:
             parent.close()
+    if journal.get("remove_child"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(journal["child"])
+        result.removed_child = True
     os.unlink(jpath)
     return result
 
@@ -396,14 +416,42 @@ def resize(path: str | os.PathLike[str], size: int, *, barriers: bool = False) -
         img.close()
 
 
+def refuse_output_in_chain(img: VhdImage, out_path: str | os.PathLike[str]) -> None:
+    """Refuse an output file that is one of `img`'s chain (same st_dev and st_ino: hard links,
+    symlinks and other spellings of the path included), before anything is written to it."""
+    try:
+        out = os.stat(out_path)
+    except OSError:
+        return
+    for im in iter_chain(img):
+        fileno = getattr(im.io, "fileno", None)
+        if fileno is None:
+            continue
+        st = os.fstat(fileno())
+        if (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino):
+            what = "the image itself" if im is img else "a parent in its chain"
+            raise StorageError(f"{out_path}: refusing to write the output over {what} "
+                               f"({im.name}); choose another output file")
+
+
+def children_beside(img: VhdImage) -> list[str]:
+    """Differencing VHDs in `img`'s directory that name it as their parent (loose files:
+    there is no SR to ask)."""
+    return siblings_and_children(img, [os.path.dirname(os.path.abspath(img.name))])[1]
+
+
 def export(img: VhdImage, out_path: str | os.PathLike[str], *, progress: Progress | None = None,
            chunk: int = 8 * 1024 * 1024) -> int:
     """Write the chain's whole content to a raw file (holes where it reads zeros).
 
-    An existing regular file at `out_path` is replaced. Reads go into one reused buffer when the
-    container allows it: measured here, allocating a fresh 2 MiB `bytes` per block made export
-    2.3x slower.
+    An existing regular file at `out_path` is replaced, unless it is part of the chain being
+    read, or another process has it open as an image (locked). Reads go into one reused buffer
+    when the container allows it: measured here, allocating a fresh 2 MiB `bytes` per block
+    made export 2.3x slower.
     """
+    refuse_output_in_chain(img, out_path)
+    if os.path.isfile(out_path):
+        FileIO(out_path, writable=True).close()   # in use by another process? (image lock)
     try:
         if os.path.isfile(out_path):
             os.unlink(out_path)    # replacing is cheaper than truncating a file of cached pages
@@ -434,11 +482,14 @@ def export(img: VhdImage, out_path: str | os.PathLike[str], *, progress: Progres
     return img.size
 
 
-def check(path: str | os.PathLike[str], *, max_depth: int = DEFAULT_MAX_DEPTH) -> list[str]:
+def check(path: str | os.PathLike[str], *, max_depth: int = DEFAULT_MAX_DEPTH,
+          lock: LockMode | None = None) -> list[str]:
     """Every problem found in the VHD at `path` and its chain, one line each ([] = consistent)."""
     problems: list[str] = []
     try:
-        img = open_chain(path, read_only=True, max_depth=max_depth)
+        img = open_chain(path, read_only=True, max_depth=max_depth, lock=lock)
+    except ImageLockedError:
+        raise                 # in use elsewhere: not a problem of the image
     except StorageError as exc:
         return [str(exc)]
     try:

@@ -58,6 +58,27 @@ MAX_CHS_SECTORS = 65535 * 16 * 255
 #: 2040 GiB: the largest disk a VHD can describe (QEMU's VHD_MAX_SECTORS, a 32-bit BAT of 2 MiB
 #: blocks would allow more but the spec caps at 2040 GiB).
 MAX_VIRTUAL_SIZE = 2040 * 1024 ** 3
+#: The most BAT entries we read or create: QEMU's `vpc_open` refuses more than INT_MAX / 4
+#: ("Max Table Entries too large"), the size of the table it allocates in one piece.
+MAX_TABLE_ENTRIES = (2**31 - 1) // 4
+#: Largest block size we accept (create and open). vhd-util and `qemu-img create -f vpc` only
+#: make 2 MiB blocks; qemu opens any power of two from 512 B, Hyper-V uses 512 KiB and 2 MiB.
+MAX_BLOCK_SIZE = 256 * 1024 ** 2
+#: A parent locator holds a path: Windows' longest (32,767 UTF-16 units) fits in 64 KiB.
+MAX_LOCATOR_LENGTH = 64 * 1024
+
+
+def check_table(entries: int, block_size: int, *, where: str) -> None:
+    """Refuse a BAT of `entries` blocks of `block_size` beyond the limits above (before any
+    allocation), with one line saying which limit and whose."""
+    if block_size < SECTOR or block_size & (block_size - 1) or block_size > MAX_BLOCK_SIZE:
+        raise VhdFormatError(f"{where}: block size {block_size} must be a power of two from "
+                             f"512 B to {MAX_BLOCK_SIZE >> 20} MiB")
+    if entries > MAX_TABLE_ENTRIES:
+        raise VhdFormatError(
+            f"{where}: {entries} BAT entries (blocks of {block_size} bytes) exceed the "
+            f"{MAX_TABLE_ENTRIES} QEMU accepts ('Max Table Entries too large'); use a larger "
+            "block size (vhd-util and qemu-img use 2 MiB)")
 
 PLATFORM_NONE = b"\0\0\0\0"
 PLATFORM_W2KU = b"W2ku"        # absolute Windows path, UTF-16LE

@@ -143,6 +143,10 @@ class VhdImage:
         for i, loc in enumerate(self.header.locators):
             if not loc.used:
                 continue
+            if loc.data_length > fmt.MAX_LOCATOR_LENGTH:
+                raise VhdFormatError(
+                    f"{self.name}: parent locator {i} data length {loc.data_length} is longer "
+                    f"than any path ({fmt.MAX_LOCATOR_LENGTH} bytes at most)")
             if loc.data_offset + loc.data_length > size:
                 raise VhdFormatError(
                     f"{self.name}: parent locator {i} data at offset {loc.data_offset} "
@@ -184,9 +188,8 @@ class VhdImage:
         if size is None:
             raise StorageError("a size is needed")
         vsize, geometry = fmt.round_to_geometry(size)
-        if block_size < SECTOR or block_size & (block_size - 1) or block_size > 256 * 1024 ** 2:
-            raise StorageError(f"block size {block_size} must be a power of two from 512 B "
-                               "to 256 MiB")
+        if dtype != fmt.DISK_FIXED:
+            fmt.check_table(-(-vsize // block_size), block_size, where=io.name)
         footer = Footer(disk_type=dtype, current_size=vsize, original_size=vsize,
                         geometry=geometry, uuid=uuid, timestamp=ts)
         if dtype == fmt.DISK_FIXED:
@@ -217,7 +220,9 @@ class VhdImage:
         bat = array("I", [fmt.UNALLOCATED]) * entries
         io.pwrite(0, footer.pack())
         io.pwrite(fmt.HEADER_OFFSET, header.pack())
-        io.pwrite(fmt.BAT_OFFSET, fmt.pack_bat(bat))
+        empty = b"\xff" * (1 << 20)   # the BAT, all unallocated, in pieces: no second copy
+        for off in range(0, fmt.bat_bytes(entries), len(empty)):
+            io.pwrite(fmt.BAT_OFFSET + off, empty[:fmt.bat_bytes(entries) - off])
         for off, data in loc_data:
             io.pwrite(off, data + bytes(-len(data) % SECTOR))
         io.pwrite(pos, footer.pack())     # durable at the caller's flush()/close()
@@ -310,17 +315,27 @@ class VhdImage:
                 f"{src}: dynamic header field 'max_table_entries' at offset {hoff + 28}: "
                 f"{header.max_table_entries} blocks of {header.block_size} bytes cannot hold "
                 f"the disk's {footer.current_size} bytes")
-        if header.max_table_entries > (fmt.MAX_VIRTUAL_SIZE // SECTOR):
-            raise VhdFormatError(f"{src}: dynamic header field 'max_table_entries' at offset "
-                                 f"{hoff + 28}: {header.max_table_entries} is implausibly large")
+        if header.max_table_entries * header.block_size < footer.virtual_size:
+            # QEMU sizes a 'vpc '/'qemu' creator's disk by its CHS geometry and refuses this
+            # ("Page table too small"); so do we, rather than map sectors past the BAT.
+            c, h, s_ = footer.geometry
+            raise VhdFormatError(
+                f"{src}: footer field 'geometry' at offset 56: CHS {c}/{h}/{s_} of creator "
+                f"{footer.creator_app.decode('latin-1')!r} gives {footer.virtual_size} bytes, "
+                f"but the BAT holds only {header.max_table_entries} blocks of "
+                f"{header.block_size} bytes (qemu: 'Page table too small')")
+        try:
+            fmt.check_table(header.max_table_entries, header.block_size, where=src)
+        except VhdFormatError as exc:
+            raise VhdFormatError(f"{exc} (dynamic header at offset {hoff})") from None
         bat_len = fmt.bat_bytes(header.max_table_entries)
         if header.table_offset + header.max_table_entries * 4 > fsize:
             raise VhdFormatError(
                 f"{src}: dynamic header field 'table_offset' at offset {hoff + 16}: BAT at "
                 f"{header.table_offset} (+{bat_len}) lies past the end of the file ({fsize} "
                 "bytes; truncated?)")
-        bat = fmt.unpack_bat(io.pread(header.table_offset, header.max_table_entries * 4),
-                             header.max_table_entries)
+        _refuse_bat_hole(io, header.table_offset, header.max_table_entries * 4, src)
+        bat = _read_bat(io, header.table_offset, header.max_table_entries)
         data_end = fsize if footer_lost else end_off
         extents = [Extent(0, fmt.FOOTER_SIZE, "footer copy"),
                    Extent(hoff, hoff + fmt.HEADER_SIZE, "dynamic header"),
@@ -673,7 +688,8 @@ class VhdImage:
             if new_size > old:
                 self.io.pwrite(old, bytes(fmt.FOOTER_SIZE))
             self._footer_pos = new_size
-            self.footer = replace(self.footer, current_size=new_size, geometry=geometry)
+            self.footer = replace(self.footer, current_size=new_size, original_size=new_size,
+                                  geometry=geometry)
             self.io.truncate(new_size)
             self._write_footers()
             self.io.flush()
@@ -705,7 +721,12 @@ class VhdImage:
                     self._full.discard(blk)
             self.io.pwrite(h.table_offset, fmt.pack_bat(self.bat))
             # max_table_entries stays: the BAT keeps its room for growing back.
-        self.footer = replace(self.footer, current_size=new_size, geometry=geometry)
+        # vhd-util (vhd-util-resize.c, vhd_add_bat_entries) changes only curr_size and the
+        # geometry, and the spec calls original_size informational; but libvhdi reports
+        # original_size as the media size, so a disk resized that way shows its old size
+        # there. We set both, so libvhdi, qemu-img and we agree on the new size.
+        self.footer = replace(self.footer, current_size=new_size, original_size=new_size,
+                              geometry=geometry)
         self._write_footers()
         self.io.flush()
         self._size = new_size
@@ -780,6 +801,34 @@ class VhdImage:
             return self.map(offset, length)
         finally:
             self.parent = saved
+
+
+def _refuse_bat_hole(io: RawIO, start: int, length: int, src: str) -> None:
+    """A BAT lying in a hole of a sparse file reads as zeros (entries pointing at sector 0):
+    refuse it before allocating a table for it, so a tiny file cannot claim a huge BAT."""
+    fileno = getattr(io, "fileno", None)
+    if fileno is None or length <= 0:
+        return
+    try:
+        hole = os.lseek(fileno(), start, os.SEEK_HOLE)
+    except OSError:
+        return  # no SEEK_HOLE here: the chunked read below still stops at the first bad entry
+    if hole < start + length:
+        raise VhdFormatError(
+            f"{src}: BAT at {start} (+{length}) is not stored in the file: a hole (sparse "
+            f"region) from offset {hole}; the table cannot be valid (unallocated entries are "
+            "0xFFFFFFFF, a hole reads 0)")
+
+
+def _read_bat(io: RawIO, start: int, entries: int) -> array:
+    """The BAT, read in 4 MiB pieces so no second full-size copy is held."""
+    bat = fmt.unpack_bat(b"", 0)
+    step = 1 << 20
+    for first in range(0, entries, step):
+        n = min(step, entries - first)
+        raw = io.pread(start + first * 4, n * 4)
+        bat.extend(fmt.unpack_bat(raw, n))
+    return bat
 
 
 def _append(out: list[Run], n: int, io: RawIO | None, off: int) -> None:

@@ -90,7 +90,8 @@ class FileSRDriver(SRDriver):
         """Merge the child VHD into the parent VHD (journaled), then drop the redundant file."""
         ppath, cpath = self._path(parent.location), self._path(child.location)
         chain.coalesce(cpath, children=[str(self._path(g.location)) for g in grandchildren],
-                       siblings=[], force=True, barriers=self.sr.sync)
+                       siblings=[], force=True, barriers=self.sr.sync,
+                       remove_child=False)
         assert self.sr.pending is not None
         self.sr.pending["phase"] = "merged"
         self.sr.save()
@@ -143,6 +144,12 @@ class FileSRDriver(SRDriver):
     def list_volumes(self) -> list[str]:
         """Every `<uuid>.vhd` file in the SR directory."""
         return sorted(p.name for p in self.sr.path.iterdir() if VOLUME_RE.fullmatch(p.name))
+
+    def ignored_volumes(self) -> list[str]:
+        """VHD files in the SR directory not named `<uuid>.vhd` (XenServer's file SRs ignore
+        them too: a VDI's uuid is its file name)."""
+        return [f"{p.name}, not named <uuid>.vhd" for p in sorted(self.sr.path.iterdir())
+                if p.name.lower().endswith(".vhd") and not VOLUME_RE.fullmatch(p.name)]
 
     def probe_volume(self, location: str) -> Volume:
         """Open the VHD (with its chain, to find its parent's record)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from storage.devices.blockdev import BlockDevice
+from storage.devices.imagelock import LockMode
 from storage.devices.rawio import FileIO, MemoryIO, RawIO
 from storage.errors import LvmError, StorageError
 from storage.lvm import VolumeGroup, pvcreate, read_pv
@@ -160,7 +161,7 @@ def test_newest_valid_copy_wins_when_one_is_damaged(vg: VolumeGroup, pv_files) -
     g = reopen(vg, pv_files)
     assert g.meta.seqno == seq and g.lv_names() == ["a"]
     g.lvcreate("b", 4 * MiB)  # commit repairs the damaged copy
-    pv = read_pv(FileIO(str(pv_files[0])), str(pv_files[0]))
+    pv = read_pv(FileIO(str(pv_files[0]), writable=False, lock=LockMode.NONE), str(pv_files[0]))
     assert read_mda_text(pv, pv.mdas[0])[0].seqno == seq + 1  # type: ignore[index]
     pv.io.close()
     g.close()
