@@ -71,6 +71,6 @@ def open_disk(spec: str, *, read_only: bool,
         from storage.vhd.chain import open_chain
 
         return open_chain(path, read_only=read_only)
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise StorageError(f"{path}: no such file (use mem:64M for a memory disk)")
     return RawFileDisk(path, read_only=read_only)
