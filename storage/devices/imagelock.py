@@ -96,7 +96,7 @@ def holders(fd: int) -> list[tuple[int, str]]:
                     if "OFDLCK" not in f.read():
                         continue
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = " ".join(f.read().decode(errors="replace").split())
+                    cmd = " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())
             except OSError:
                 continue
             out.append((pid, cmd[:200]))
