@@ -200,6 +200,10 @@ class SRDriver(ABC):
         """Locations of every VDI volume in the SR's storage (by name; cheap)."""
         raise SrError(f"SR type {self.type_name!r} does not support scan")
 
+    def in_use(self, vdis: list[VDI]) -> list[str]:
+        """Why any of these VDIs' volumes is open elsewhere (one line each; [] = free)."""
+        return []
+
     def ignored_volumes(self) -> list[str]:
         """Things that look like volumes but are not named as this SR type names them
         ("name, why"); XenServer's scan skips them, we say so."""
@@ -762,6 +766,9 @@ class SR:
                             report.skipped.append(b.uuid)
                     continue
                 why = self.driver.coalesce_blocker(vdi, child)
+                if why is None:           # open in another process (image locks): not now
+                    held = self.driver.in_use([vdi, child, *self.children(child.uuid)])
+                    why = held[0] if held else None
                 if why is not None:  # checked before anything starts: nothing to recover
                     if child.uuid not in report.skipped:
                         report.skipped.append(child.uuid)

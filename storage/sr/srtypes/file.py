@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.devices.blockdev import BlockDevice
+from storage.devices.imagelock import ImageLockedError
 from storage.devices.rawio import FileIO
 from storage.errors import SrError, StorageError
 from storage.sr.sr import VDI, SRDriver, Volume, register_sr_type
@@ -144,6 +145,19 @@ class FileSRDriver(SRDriver):
     def list_volumes(self) -> list[str]:
         """Every `<uuid>.vhd` file in the SR directory."""
         return sorted(p.name for p in self.sr.path.iterdir() if VOLUME_RE.fullmatch(p.name))
+
+    def in_use(self, vdis: list[VDI]) -> list[str]:
+        """VHD files another process has open (a writer's lock, or a reader's: a child's
+        writer holds its parents for reading), probed with a writer's image lock."""
+        out = []
+        for v in vdis:
+            try:
+                FileIO(self._path(v.location), writable=True).close()
+            except ImageLockedError as exc:
+                out.append(str(exc))
+            except StorageError:
+                continue
+        return out
 
     def ignored_volumes(self) -> list[str]:
         """VHD files in the SR directory not named `<uuid>.vhd` (XenServer's file SRs ignore
