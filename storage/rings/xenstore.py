@@ -13,7 +13,8 @@ Guests are held to oxenstored's default per-domain quotas (`oxenstored.conf`: qu
 is exempt), answered with the errors oxenstored gives (`EQUOTA` for entries and watches,
 `E2BIG` for a value too big). Entries count against the domain that created them; when a
 guest goes, what it wrote goes with it (`forget_domain`), and a destroyed domain's whole tree
-is removed (`rm_domain`), as xenstored does on @releaseDomain.
+is removed (`rm_domain`), as xenstored does on @releaseDomain. This store has no transactions,
+so quota-transaction has nothing to bound here.
 
 Frontend and backend negotiate through it:
 

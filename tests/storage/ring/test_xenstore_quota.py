@@ -30,18 +30,18 @@ async def test_guest_quotas_are_oxenstoreds_defaults() -> None:
     guest = store.handle(5)
     base = "/local/domain/5/data"
     await guest.write(f"{base}/ok", "x" * QUOTA_MAXSIZE)
-    with pytest.raises(XenStoreQuotaError, match="^E2BIG"):
+    with pytest.raises(XenStoreQuotaError, match=r"^E2BIG"):
         await guest.write(f"{base}/big", "x" * (QUOTA_MAXSIZE + 1))
     assert store.read(f"{base}/big") is None
     while store.entries(5) < QUOTA_MAXENTITY:
         await guest.write(f"{base}/k{store.entries(5)}", "v")
-    with pytest.raises(XenStoreQuotaError, match="^EQUOTA"):
+    with pytest.raises(XenStoreQuotaError, match=r"^EQUOTA"):
         await guest.write(f"{base}/one-more", "v")
     await guest.write(f"{base}/k10", "rewriting an entry it owns is not a new entry")
     await guest.rm(f"{base}/k10")
     await guest.write(f"{base}/after-rm", "freed one")            # the quota follows rm
     watches = [guest.watch(f"{base}/w") for _ in range(QUOTA_MAXWATCH)]
-    with pytest.raises(XenStoreQuotaError, match="^EQUOTA"):
+    with pytest.raises(XenStoreQuotaError, match=r"^EQUOTA"):
         guest.watch(f"{base}/w")
     watches[0].close()
     guest.watch(f"{base}/w").close()
