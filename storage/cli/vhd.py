@@ -224,19 +224,25 @@ def vhd_read(
     """
     img = chain.open_chain(path, read_only=True, lock=_lock(force_share))
     try:
+        off, n = parse_size(offset), parse_size(length)
+        if off + n > img.size:
+            raise StorageError(f"{path}: range {off}+{n} outside the disk (size {img.size})")
         if output != "-":
             chain.refuse_output_in_chain(img, output)
-        data = img.read(parse_size(offset), parse_size(length))
-    finally:
-        img.close()
-    if output == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    else:
         try:
-            Path(output).write_bytes(data)
+            sink = sys.stdout.buffer if output == "-" else open(output, "wb")
         except OSError as exc:
             raise StorageError(f"{output}: cannot write: {exc.strerror}") from exc
+        try:                        # in pieces: --length is not bounded by memory
+            step = 8 * 1024 * 1024
+            for pos in range(off, off + n, step):
+                sink.write(img.read(pos, min(step, off + n - pos)))
+            sink.flush()
+        finally:
+            if sink is not sys.stdout.buffer:
+                sink.close()
+    finally:
+        img.close()
 
 
 @vhd_app.command("write")

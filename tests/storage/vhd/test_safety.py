@@ -105,17 +105,25 @@ def _huge_bat_vhd(path: Path, entries: int, *, block_size: int = 2 * MiB) -> Non
         f.write(footer.pack())
 
 
+_HWM = """import atexit, os, runpy, sys
+def _hwm():
+    with open("/proc/self/status") as f, open(os.environ["HVSIM_HWM"], "w") as out:
+        out.write(next(ln.split()[1] for ln in f if ln.startswith("VmHWM:")))
+atexit.register(_hwm)
+sys.argv[0] = "hvsim"
+runpy.run_module("netsim", run_name="__main__")
+"""
+
+
 def cli_rss(*args: object) -> tuple[subprocess.CompletedProcess[str], float]:
-    """`hvsim ...` as its own process, and that process's peak RSS in MiB (wait4's rusage)."""
-    argv = [sys.executable, "-m", "netsim", *map(str, args)]
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(argv, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(p.pid, 0)     # reaped here, so its rusage is ours
-        p.returncode = code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(argv, code, out.read(), err.read()), \
-            usage.ru_maxrss / 1024
+    """`hvsim ...` as its own process, and its peak RSS in MiB (VmHWM of its own memory: the
+    rusage of a child counts its parent's pages from before the exec)."""
+    with tempfile.TemporaryDirectory() as d:
+        hwm = Path(d) / "hwm"
+        argv = [sys.executable, "-c", _HWM, *map(str, args)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "HVSIM_HWM": str(hwm)})
+        return proc, int(hwm.read_text()) / 1024
 
 
 @pytest.mark.parametrize("entries", [2**30, 2**26])
