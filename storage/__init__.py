@@ -19,6 +19,8 @@ _EXPORTS: dict[str, str] = {
     "MemoryIO": "storage.devices.rawio",
     "MemoryDisk": "storage.devices.memdisk",
     "RawFileDisk": "storage.devices.memdisk",
+    "LockMode": "storage.devices.imagelock",
+    "ImageLockedError": "storage.devices.imagelock",
     # vhd
     "VhdImage": "storage.vhd.image",
     "open_image": "storage.vhd.chain",
@@ -77,6 +79,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from storage.devices.blockdev import BlockDevice
+    from storage.devices.imagelock import ImageLockedError, LockMode
     from storage.devices.memdisk import MemoryDisk, RawFileDisk
     from storage.devices.rawio import FileIO, MemoryIO, RawIO
     from storage.diskspec import open_disk
