@@ -226,7 +226,7 @@ def sigkill_loop(kind: str, *, rounds: int = 6, seed: int = 7) -> ConcurrencyRes
         model: dict[str, dict[str, int]] = {}
         tag = 1 << 50
         for r in range(rounds):
-            p = _spawn(sr_path, r, seed, 40, "snapshot,clone,gc")
+            p = _spawn(sr_path, r, seed, 200, "snapshot,clone,gc")  # outlives the kill
             time.sleep(rng.uniform(0.6, 2.5))         # python start-up is ~0.5 s
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
