@@ -41,7 +41,7 @@ COMMAND_OWNERS: dict[str, str] = {
     "exec": "netsim.cli.commands.attach",
     "vhd": "storage.cli.vhd",
     "sr": "storage.cli.vhd",
-    "vdi": "storage.cli.vhd",
+    "vdi": "storage.cli.vdi",
     "lvm": "storage.cli.lvm",
     "ring": "storage.cli.ring",
     "guest": "storage.cli.ring",

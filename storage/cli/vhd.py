@@ -613,7 +613,7 @@ def vdi_serve(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `vhd`, `sr` and `vdi` command groups to the root `hvsim` app."""
+    """Add the `vhd` and `sr` command groups to the root `hvsim` app (`storage.cli.vdi` mounts
+    `vdi_app`, adding its own subcommands)."""
     app.add_typer(vhd_app, name="vhd")
     app.add_typer(sr_app, name="sr")
-    app.add_typer(vdi_app, name="vdi")

@@ -459,6 +459,7 @@ def export(img: VhdImage, out_path: str | os.PathLike[str], *, progress: Progres
     except OSError as exc:
         raise StorageError(f"{out_path}: cannot write: {exc.strerror}") from exc
     buf = memoryview(bytearray(chunk))
+    zeros = memoryview(bytes(chunk))
     try:
         size = img.size
         for off in range(0, size, chunk):
@@ -470,9 +471,9 @@ def export(img: VhdImage, out_path: str | os.PathLike[str], *, progress: Progres
                     readinto = getattr(io, "preadinto", None)
                     if readinto is not None:
                         got = readinto(src, buf[:nbytes])
-                        os.pwrite(fd, buf[:got], pos)
+                        write_sparse(fd, buf[:got], pos, zeros)
                     else:
-                        os.pwrite(fd, io.pread(src, nbytes), pos)
+                        write_sparse(fd, memoryview(io.pread(src, nbytes)), pos, zeros)
                 pos += nbytes
             if progress:
                 progress(n)
@@ -480,6 +481,28 @@ def export(img: VhdImage, out_path: str | os.PathLike[str], *, progress: Progres
     finally:
         os.close(fd)
     return img.size
+
+
+HOLE_GRAIN = 64 * 1024
+
+
+def write_sparse(fd: int, data: memoryview, pos: int, zeros: memoryview) -> None:
+    """pwrite `data` at `pos`, leaving each all-zero 64 KiB piece a hole (as `qemu-img convert`
+    does); non-zero pieces in a row go out in one call. `zeros` is at least as long as `data`."""
+    n = len(data)
+    if data == zeros[:n]:
+        return
+    start = None
+    for p in range(0, n, HOLE_GRAIN):
+        q = min(p + HOLE_GRAIN, n)
+        if data[p:q] == zeros[:q - p]:
+            if start is not None:
+                os.pwrite(fd, data[start:p], pos + start)
+                start = None
+        elif start is None:
+            start = p
+    if start is not None:
+        os.pwrite(fd, data[start:], pos + start)
 
 
 def check(path: str | os.PathLike[str], *, max_depth: int = DEFAULT_MAX_DEPTH,
