@@ -57,6 +57,8 @@ class VDI:
     snapshot_of: str | None = None
     name_description: str = ""
     missing: bool = False               # `sr scan` found no volume (kept: others depend on it)
+    cbt_enabled: bool = False           # writes are logged in <uuid>.cbtlog (storage.sr.cbt)
+    cbt_metadata: bool = False          # `vdi data-destroy`d: only the CBT log is left
 
     @property
     def managed(self) -> bool:
@@ -481,6 +483,9 @@ class SR:
             for b in bases:
                 self.vdis[b.uuid] = b
             self.vdis[new.uuid] = new
+            if vdi.cbt_enabled and not clone:
+                from storage.sr import cbt
+                cbt.on_snapshot(self, vdi, new)
             self.commit()
         return new
 
@@ -505,7 +510,7 @@ class SR:
         finally:
             for v in vbds:
                 self._devices[v.uuid].unpause(
-                    self.driver.vdi_open(self.vdis[vdi.uuid], read_only=v.mode == "RO"))
+                    self._open(self.vdis[vdi.uuid], read_only=v.mode == "RO"))
 
     def vdi_snapshot(self, uuid: str) -> VDI:
         """Snapshot a VDI as XenServer does; returns the snapshot VDI (a new uuid)."""
@@ -528,7 +533,9 @@ class SR:
             if vbd.vdi == vdi.uuid and vbd.currently_attached:
                 raise SrError(f"VDI {vdi.uuid} is attached to VM {vbd.vm} (VBD {vbd.uuid}); "
                               "unplug it first")
-        self.driver.vdi_destroy(vdi)
+        if not vdi.cbt_metadata:
+            self.driver.vdi_destroy(vdi)
+        (self.path / f"{vdi.uuid}.cbtlog").unlink(missing_ok=True)
         del self.vdis[vdi.uuid]
         self.vbds = {k: v for k, v in self.vbds.items() if v.vdi != vdi.uuid}
         for v in self.vdis.values():
@@ -544,6 +551,9 @@ class SR:
             raise SrError(f"VDI {vdi.uuid} is read-only")
         with self._paused(vdi):
             vdi.virtual_size = self.driver.vdi_resize(vdi, size)
+            if vdi.cbt_enabled:
+                from storage.sr import cbt
+                cbt.on_resize(self, vdi)
             self.save()
         return vdi.virtual_size
 
@@ -553,7 +563,14 @@ class SR:
         vdi = self.vdi(uuid)
         if (vdi.hidden or vdi.read_only) and not read_only:
             raise SrError(f"VDI {vdi.uuid} is read-only")
-        return self.driver.vdi_open(vdi, read_only=read_only)
+        return self._open(vdi, read_only=read_only)
+
+    def _open(self, vdi: VDI, *, read_only: bool) -> BlockDevice:
+        if vdi.cbt_metadata:
+            raise SrError(f"VDI {vdi.uuid} holds only CBT metadata (its data was destroyed)")
+        from storage.sr import cbt
+        return cbt.wrap(self, vdi, self.driver.vdi_open(vdi, read_only=read_only),
+                        read_only=read_only)
 
     def physical_utilisation(self, uuid: str) -> int:
         """Bytes the VDI's own volume occupies."""
@@ -590,7 +607,7 @@ class SR:
                         other.currently_attached and other.mode == "RW":
                     raise SrError(f"VDI {vdi.uuid} is already attached read-write to VM "
                                   f"{other.vm} and is not sharable")
-        dev = VbdDevice(self.driver.vdi_open(vdi, read_only=vbd.mode == "RO"))
+        dev = VbdDevice(self._open(vdi, read_only=vbd.mode == "RO"))
         self._devices[vbd.uuid] = dev
         vbd.currently_attached = True
         self.save()
@@ -707,6 +724,8 @@ class SR:
                     changed = True
         attached = {v.vdi for v in self.vbds.values() if v.currently_attached}
         for vdi in sorted(self.vdis.values(), key=lambda v: v.uuid):
+            if vdi.cbt_metadata:        # no volume by design (`vdi data-destroy`)
+                continue
             if vdi.location in present:
                 if vdi.missing and not dry_run:
                     vdi.missing, changed = False, True
