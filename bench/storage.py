@@ -3,7 +3,9 @@
 Figures (same process, same page-cache-warm files in a temporary directory):
 - export throughput of a dynamic VHD (1 GiB, half the 2 MiB blocks allocated) through
   `hvsim vhd export` (a real process, and the in-process `chain.export`) against
-  `qemu-img convert -f vpc -O raw` of the same file; target ≥ 0.5×.
+  `qemu-img convert -f vpc -O raw` of the same file; target ≥ 1.0× (also `vdi export`).
+- `hvsim vdi import` of a raw file with half zeros against `qemu-img convert -O vpc`, and
+  `vdi list-changed-blocks` on a 100 GiB VDI (target < 100 ms).
 - sequential read of the same content through a depth-16 chain against depth 1; target ≥ 0.7×.
 - random 4 KiB reads and writes per second on a dynamic VHD, with raw-file pread/pwrite as the
   baseline.
@@ -132,10 +134,90 @@ def run(*, quick: bool) -> dict:
             finally:
                 dev.close()
         res["iops_4k"] = iops
+        res["vdi"] = _vdi_figures(tmp, src, size, runs, rng)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _print(res)
     return res
+
+
+def _hvsim(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "netsim", *args], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def _vdi_figures(tmp: Path, src: Path, size: int, runs: int, rng: random.Random) -> dict:
+    """`hvsim vdi export/import` against qemu-img on the same data, and
+    `vdi list-changed-blocks` on a 100 GiB VDI."""
+    from storage.sr import cbt
+    from storage.sr.sr import SR
+
+    out: dict = {}
+    srp = tmp / "sr"
+    sr = SR.create(srp)
+    vdi = sr.vdi_create("bench", size)
+    dev = sr.vdi_open(vdi.uuid)
+    im = chain.open_chain(src)
+    try:
+        for off in range(0, im.size, 4 * MiB):
+            data = im.read(off, min(4 * MiB, im.size - off))
+            if any(data):
+                dev.write(off, data)
+    finally:
+        im.close()
+        dev.close()
+    out_q, out_h = tmp / "vq.raw", tmp / "vh.raw"
+    t_q = _best(lambda: subprocess.run(
+        ["qemu-img", "convert", "-f", "vpc", "-O", "raw", str(src), str(out_q)], check=True),
+        runs, out_q)
+    t_h = _best(lambda: _hvsim("vdi", "export", "--sr", str(srp), vdi.uuid, str(out_h)),
+                runs, out_h)
+    out["export_raw"] = {"qemu_img_s": t_q, "hvsim_s": t_h, "ratio": t_q / t_h,
+                         "identical_output": _files_equal(out_q, out_h)}
+    # import: a raw file, half of its 2 MiB pieces zeros
+    raw = out_q                                     # the exported content: half zeros
+    vq = tmp / "imp.vhd"
+    t_qi = _best(lambda: subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "vpc", str(raw), str(vq)], check=True),
+        runs, vq)
+    target = sr.vdi_create("import", size)
+    dest = sr.path / target.location
+
+    def fresh_import() -> None:
+        _hvsim("vdi", "import", "--sr", str(srp), target.uuid, str(raw))
+
+    def reset() -> None:
+        sr.vdi_destroy(target.uuid)
+        new = sr.vdi_create("import", size)
+        target.uuid, target.location = new.uuid, new.location
+
+    best = float("inf")
+    for _ in range(runs):
+        reset()
+        t = time.perf_counter()
+        fresh_import()
+        best = min(best, time.perf_counter() - t)
+    dest = sr.path / target.location
+    out["import_raw"] = {"qemu_img_s": t_qi, "hvsim_s": best, "ratio": t_qi / best,
+                         "hvsim_file_bytes": dest.stat().st_blocks * 512,
+                         "qemu_file_bytes": vq.stat().st_blocks * 512}
+    # list-changed-blocks on a 100 GiB VDI
+    big = sr.vdi_create("big", 100 * 1024 * MiB)
+    cbt.enable(sr, big.uuid)
+    snap = sr.vdi_snapshot(big.uuid)
+    d = sr.vdi_open(big.uuid)
+    try:
+        for _ in range(100):
+            d.write(rng.randrange(100 * 1024 * MiB // 4096) * 4096, b"x" * 4096)
+    finally:
+        d.close()
+    t_lcb = _best(lambda: cbt.encode(cbt.list_changed_blocks(sr, snap.uuid, big.uuid)), runs)
+    t_lcb_cli = _best(lambda: _hvsim("vdi", "list-changed-blocks", "--sr", str(srp),
+                                     snap.uuid, big.uuid), runs)
+    out["list_changed_blocks_100G"] = {"inprocess_ms": t_lcb * 1000,
+                                       "cli_process_ms": t_lcb_cli * 1000}
+    sr.close()
+    return out
 
 
 def _files_equal(a: Path, b: Path, chunk: int = 16 * MiB) -> bool:
@@ -171,4 +253,20 @@ def _print(res: dict) -> None:
             t.add_row(f"random 4 KiB {op}s, {label}", f"{i[f'{label}_{op}']:.0f}/s",
                       f"raw file {i[f'raw_{op}']:.0f}/s",
                       f"{i[f'{label}_{op}'] / i[f'raw_{op}']:.2f}×")
+    v = res["vdi"]
+    t.add_row("random 4 KiB reads, chain16 vs dynamic", "", "",
+              f"{i['chain16_read'] / i['dynamic_read']:.2f}× (target ≥0.7)")
+    t.add_row("random 4 KiB writes, dynamic vs raw", "", "",
+              f"{i['dynamic_write'] / i['raw_write']:.2f}× (target ≥0.5)")
+    t.add_row("hvsim vdi export --format raw (process)", f"{v['export_raw']['hvsim_s']:.3f} s",
+              f"qemu-img convert {v['export_raw']['qemu_img_s']:.3f} s",
+              f"{v['export_raw']['ratio']:.2f}× (target ≥1.0)")
+    t.add_row("hvsim vdi import raw (process)", f"{v['import_raw']['hvsim_s']:.3f} s",
+              f"qemu-img convert -O vpc {v['import_raw']['qemu_img_s']:.3f} s",
+              f"{v['import_raw']['ratio']:.2f}× (target ≥1.0)")
+    t.add_row("  allocated after import", f"{v['import_raw']['hvsim_file_bytes'] // MiB} MiB",
+              f"qemu-img {v['import_raw']['qemu_file_bytes'] // MiB} MiB", "")
+    lcb = v["list_changed_blocks_100G"]
+    t.add_row("vdi list-changed-blocks, 100 GiB VDI", f"{lcb['inprocess_ms']:.1f} ms",
+              f"(CLI process {lcb['cli_process_ms']:.0f} ms)", "target <100 ms")
     Console().print(t)

@@ -134,8 +134,9 @@ def copy_content(src: BlockDevice, dst: BlockDevice, *, progress: Progress | Non
                  only_changes: bool = False) -> int:
     """Make `dst`'s first `src.size` bytes equal `src`'s; returns the bytes written.
 
-    A zero piece is written only where `dst` does not already read zeros there; with
-    `only_changes`, every piece is compared and written only when it differs (a revert)."""
+    Writes go in runs of whole `DELTA_GRAIN` pieces; a piece that already reads the same in
+    `dst` (zeros over an unallocated block, or with `only_changes` anything unchanged) is not
+    written, so zeros never allocate space in a VHD."""
     size = src.size
     if dst.size < size:
         raise SrError(f"the target is {dst.size} bytes, smaller than the {size} bytes to copy")
@@ -143,13 +144,36 @@ def copy_content(src: BlockDevice, dst: BlockDevice, *, progress: Progress | Non
     for off in _pieces(size):
         n = min(CHUNK, size - off)
         data = src.read(off, n)
-        if only_changes or is_zero(data):
-            if dst.read(off, n) == data:
+        zero = is_zero(data)
+        if not zero and not only_changes:
+            old = None
+        else:
+            old = dst.read(off, n)
+            if old == data:
                 if progress:
                     progress(n)
                 continue
-        dst.write(off, data)
-        written += n
+        mv = memoryview(data)
+        old_mv = memoryview(old) if old is not None else mv
+        zeros = memoryview(_ZEROS)
+        start = None
+        for p in range(0, n + DELTA_GRAIN, DELTA_GRAIN):
+            q = min(p + DELTA_GRAIN, n)
+            if p >= n:
+                same = True                      # flush the last run
+            elif old is not None:
+                same = mv[p:q] == old_mv[p:q]
+            elif mv[p:q] == zeros[:q - p]:       # a zero piece: write it only over data
+                same = dst.read(off + p, q - p) == zeros[:q - p]
+            else:
+                same = False
+            if same:
+                if start is not None:
+                    dst.write(off + start, mv[start:p])
+                    written += p - start
+                    start = None
+            elif start is None:
+                start = p
         if progress:
             progress(n)
     dst.flush()
