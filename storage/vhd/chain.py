@@ -40,6 +40,28 @@ class VhdFileIO(FileIO):
         """Fill `buf` from `offset`; returns the bytes read."""
         return os.preadv(self._fd, [buf], offset)
 
+    def copy_to(self, offset: int, out_fd: int, out_offset: int, length: int) -> None:
+        """Copy `length` bytes at `offset` into `out_fd` inside the kernel (copy_file_range:
+        no trip through user space; a reflink where the file system shares extents). Holes
+        of the VHD file (a block allocated but never written) stay holes (SEEK_DATA)."""
+        end = offset + length
+        pos = offset
+        while pos < end:
+            try:
+                data = os.lseek(self._fd, pos, os.SEEK_DATA)
+            except OSError:              # ENXIO: only a hole is left
+                return
+            if data >= end:
+                return
+            hole = min(os.lseek(self._fd, data, os.SEEK_HOLE), end)
+            src, dst, left = data, out_offset + (data - offset), hole - data
+            while left > 0:
+                n = os.copy_file_range(self._fd, out_fd, left, src, dst)
+                if n <= 0:
+                    raise StorageError(f"{self.name}: unexpected end of file at {src}")
+                src, dst, left = src + n, dst + n, left - n
+            pos = hole
+
 
 def open_image(path: str | os.PathLike[str], *, read_only: bool = True,
                barriers: bool = False, lock: LockMode | None = None) -> VhdImage:
@@ -441,8 +463,12 @@ def children_beside(img: VhdImage) -> list[str]:
 
 
 def export(img: VhdImage, out_path: str | os.PathLike[str], *, progress: Progress | None = None,
-           chunk: int = 8 * 1024 * 1024) -> int:
+           chunk: int = 8 * 1024 * 1024, kernel_copy: bool = True) -> int:
     """Write the chain's whole content to a raw file (holes where it reads zeros).
+
+    Sectors no image of the chain holds become holes; with `kernel_copy` the sectors an image
+    holds are copied by the kernel (`os.copy_file_range`), as they are, else zero 64 KiB pieces
+    among them become holes too.
 
     An existing regular file at `out_path` is replaced, unless it is part of the chain being
     read, or another process has it open as an image (locked). Reads go into one reused buffer
@@ -469,7 +495,10 @@ def export(img: VhdImage, out_path: str | os.PathLike[str], *, progress: Progres
                 nbytes = min(k * fmt.SECTOR, off + n - pos)
                 if io is not None:
                     readinto = getattr(io, "preadinto", None)
-                    if readinto is not None:
+                    copy_to = getattr(io, "copy_to", None) if kernel_copy else None
+                    if copy_to is not None:
+                        copy_to(src, fd, pos, nbytes)
+                    elif readinto is not None:
                         got = readinto(src, buf[:nbytes])
                         write_sparse(fd, buf[:got], pos, zeros)
                     else:
