@@ -164,7 +164,10 @@ def copy_content(src: BlockDevice, dst: BlockDevice, *, progress: Progress | Non
             elif old is not None:
                 same = mv[p:q] == old_mv[p:q]
             elif mv[p:q] == zeros[:q - p]:       # a zero piece: write it only over data
-                same = dst.read(off + p, q - p) == zeros[:q - p]
+                if old is None:                  # read what is there once per chunk
+                    old = dst.read(off, n)
+                    old_mv = memoryview(old)
+                same = old_mv[p:q] == zeros[:q - p]
             else:
                 same = False
             if same:
