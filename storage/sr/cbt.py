@@ -15,7 +15,9 @@ encoded, one bit per 64 KiB block, the first block in the most significant bit o
 byte. `vdi-data-destroy` drops a snapshot's data but keeps its log, so it can still be a FROM.
 
 Log layout (ours): a 4 KiB header (magic `HVCBTLOG`, version, block size, virtual size,
-parent and child log uuids, consistent flag) and the bitmap from offset 4096.
+parent and child log uuids, consistent flag) and the bitmap from offset 4096. Logs are opened
+with shared image locks: writers only ever set bits, so a reader (`list-changed-blocks`) may
+read while a plugged VBD writes.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage.devices.blockdev import BlockDevice, DelegatingDisk
+from storage.devices.imagelock import LockMode
 from storage.devices.rawio import FileIO, RawIO
 from storage.errors import SrError
 
@@ -168,7 +171,7 @@ def open_log(sr: SR, uuid: str) -> CbtLog:
     if not path.exists():
         raise SrError(f"VDI {uuid} has no CBT log ({path}); enable CBT with "
                       "`hvsim vdi enable-cbt`")
-    return CbtLog.open(FileIO(path), barriers=sr.sync)
+    return CbtLog.open(FileIO(path, lock=LockMode.SHARED_WRITE), barriers=sr.sync)
 
 
 def wrap(sr: SR, vdi: VDI, dev: BlockDevice, *, read_only: bool) -> BlockDevice:
@@ -188,7 +191,8 @@ def _write_log_file(path: Path, size: int, *, parent: str | None, bitmap: bytes 
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         tmp.unlink()
-    log = CbtLog.create(FileIO(tmp, create=True), size, parent=parent, bitmap=bitmap)
+    log = CbtLog.create(FileIO(tmp, create=True, lock=LockMode.SHARED_WRITE), size,
+                         parent=parent, bitmap=bitmap)
     log.close()
     os.replace(tmp, path)
 
@@ -227,7 +231,7 @@ def on_snapshot(sr: SR, vdi: VDI, snap: VDI) -> None:
     """A snapshot of a CBT-enabled VDI: the snapshot gets the VDI's log (frozen) and the VDI
     starts an empty one chained to it. Called with the VDI's devices paused."""
     src = log_path(sr.path, vdi.uuid)
-    log = CbtLog.open(FileIO(src, writable=False))
+    log = CbtLog.open(FileIO(src, writable=False, lock=LockMode.SHARED_READ))
     try:
         bitmap, parent, size = bytes(log.bitmap), log.parent, log.size
     finally:
@@ -267,7 +271,7 @@ def list_changed_blocks(sr: SR, from_uuid: str, to_uuid: str) -> bytes:
         if not path.exists():
             raise SrError(f"VDI {cur} has no CBT log ({path}): the chain from {to_uuid} to "
                           f"{from_uuid} is broken")
-        log = CbtLog.open(FileIO(path, writable=False))
+        log = CbtLog.open(FileIO(path, writable=False, lock=LockMode.SHARED_READ))
         try:
             if n is None:
                 n = len(log.bitmap)

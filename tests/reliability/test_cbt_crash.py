@@ -37,8 +37,9 @@ def test_a_block_written_before_a_cut_is_in_the_bitmap(
         VhdImage.create(FileIO(disk, create=True), size=SIZE, block_size=256 * KiB).close()
         CbtLog.create(FileIO(logf, create=True), SIZE).close()
         plan = PowerPlan(cut_at=cut, volatile=volatile, torn=True, seed=seed)
-        img = VhdImage.open(CrashIO(FileIO(disk), plan), barriers=volatile)
-        dev = CbtDevice(img, CbtLog.open(CrashIO(FileIO(logf), plan), barriers=volatile))
+        files = [FileIO(disk), FileIO(logf)]
+        img = VhdImage.open(CrashIO(files[0], plan), barriers=volatile)
+        dev = CbtDevice(img, CbtLog.open(CrashIO(files[1], plan), barriers=volatile))
         acked: set[int] = set()
         pending: set[int] = set()
         try:
@@ -53,6 +54,8 @@ def test_a_block_written_before_a_cut_is_in_the_bitmap(
                     pending = set()
         except PowerCut:
             pass
+        for f in files:               # the machine is off: its open files go with it
+            f.close()
         bits = _set_bits(CbtLog.open(FileIO(logf, writable=False)).bitmap)
         assert acked <= bits
         after = VhdImage.open(FileIO(disk, writable=False), read_only=True)
