@@ -58,6 +58,7 @@ DROP_REASONS = (
     "impair-loss",  # lost by the link impairment (netem `loss`) of this port or its cable
     "impair-queue",  # the impairment's queue was at its `limit` (netem tail drop)
     "corrupt",  # arrived with a bit flipped by an impairment: the FCS check failed
+    "pvlan",  # private VLANs: the destination port may not receive this (secondary) VLAN
 )
 
 #: A tap sees every frame crossing a port: (frame bytes, outbound?). Captures read their clock.
@@ -278,6 +279,8 @@ class Port:
         #: taps: captured when they arrive); set by the fabric, None = a perfect wire
         self.impair_out: Any = None
         self.impair_in: Any = None
+        #: VLANs a private-VLAN host port receives (None: not one); set by the switch
+        self.sw_pvlan_rx: frozenset[int] | None = None
 
     def add_tap(self, tap: Tap) -> None:
         """Call `tap(frame, outbound)` for every frame crossing this port."""

@@ -56,6 +56,7 @@ from netsim.dataplane.policy import (
     port_group_vlan,
 )
 from netsim.dataplane.port import Pif, Port, VmPort
+from netsim.dataplane.pvlan import PvlanMap
 from netsim.dataplane.shaper import Shaper
 from netsim.errors import ConfigError
 from netsim.wire.frame import arp_is_gratuitous
@@ -109,6 +110,39 @@ class Bridge:
         # learned on this port; destination known and fresh): two method calls less per frame.
         self._mac_get = self.mac_table.get_entry
         self._aging_ns = self.mac_table.aging_ns
+        self._pvlan = PvlanMap()
+        # private VLAN → its primary, whose MAC table it shares; empty without PVLANs, so the
+        # pipeline pays one truth test for them
+        self._fids: dict[int, int] = {}
+
+    # -- private VLANs ------------------------------------------------------------------------
+    @property
+    def pvlan(self) -> PvlanMap:
+        """The private VLAN map (`VMwareDVSPvlanMapEntry` list); empty = no PVLANs."""
+        return self._pvlan
+
+    @pvlan.setter
+    def pvlan(self, pmap: PvlanMap) -> None:
+        if not isinstance(pmap, PvlanMap):
+            raise ConfigError(f"{self.name}: pvlan must be a PvlanMap, not {pmap!r}")
+        self._pvlan = pmap
+        self._fids = pmap.fids()
+        self.mac_table.flush()
+        for p in self.ports.values():
+            self._set_vlan(p, p.sw_vlan)
+        self._changed()
+
+    def _fid(self, vid: int) -> int:
+        """The VLAN whose MAC table `vid` learns in: its primary if private, else itself."""
+        return self._fids.get(vid, vid)
+
+    def receives(self, port: Port, vid: int) -> bool:
+        """True if frames of VLAN `vid` may leave the switch by `port` (VLAN mode and, for a
+        private VLAN host port, the PVLAN reach rules)."""
+        rx = port.sw_pvlan_rx
+        if rx is not None:
+            return vid in rx
+        return port.sw_vlan.carries(vid)
 
     # -- configuration -----------------------------------------------------------------------
     def _attach(self, port: Port, vlan: VlanPolicy, role: int) -> Port:
@@ -172,6 +206,11 @@ class Bridge:
             port.sw_carry = frozenset(v for v in range(1, 4095) if vlan.carries(v))
         else:
             port.sw_carry = port.sw_allowed
+        # A host port (access) in a private VLAN receives what the PVLAN map says, untagged.
+        pv = self._pvlan
+        port.sw_pvlan_rx = pv.receives(vlan.vlan) if mode == _ACCESS and vlan.vlan in pv else None
+        if port.sw_pvlan_rx is not None:
+            port.sw_carry = port.sw_pvlan_rx
         port.sw_max_untagged = 14 + port.mtu
         port.sw_max_tagged = 18 + port.mtu
 
@@ -235,7 +274,7 @@ class Bridge:
         self._changed()
 
     def _members(self, vid: int) -> tuple[Port, ...]:
-        members = tuple(p for p in self.ports.values() if p.sw_vlan.carries(vid))
+        members = tuple(p for p in self.ports.values() if self.receives(p, vid))
         self._flood[vid] = members
         return members
 
@@ -320,14 +359,14 @@ class Bridge:
             if port.sw_mirror_rx:
                 for m in port.sw_mirror_rx:
                     m.transmit(frame)
-        key = (vid, src)
+        key = (self._fids.get(vid, vid), src) if self._fids else (vid, src)
         e = self._mac_get(key)
         arp = inner[12] == 0x08 and inner[13] == 0x06
         if e is not None and e.port is port and not arp:
             e.last_ns = now  # known here already: refresh (MacTable.learn's first branch)
             e.lru.move_to_end(key)
         elif self.mac_table.learn(
-            vid, src, port, now, garp=arp and arp_is_gratuitous(inner, 14),
+            key[0], src, port, now, garp=arp and arp_is_gratuitous(inner, 14),
             limit=port.sw_mac_limit,
         ) == NO_SPACE:
             c.drop("no-learn-space")
@@ -350,11 +389,17 @@ class Bridge:
         self, port: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int, now: int
     ) -> Port | None:
         if not inner[0] & 1:
-            out = self._lookup(vid, inner[0:6], now)
+            out = self._lookup(self._fids.get(vid, vid) if self._fids else vid, inner[0:6], now)
             if out is not None:
                 if out is port:
                     port.counters.drop("same-port")
                     return None
+                if out.sw_pvlan_rx is not None:
+                    if vid not in out.sw_pvlan_rx:
+                        out.counters.drop("pvlan")
+                        return None
+                    self._emit(out, inner, None, out.sw_pvid, pcp, now)
+                    return out
                 self._emit(out, inner, tagged, vid, pcp, now)
                 return out
         members = self._flood.get(vid)
@@ -363,7 +408,10 @@ class Bridge:
         sent = False
         for out in members:
             if out is not port:
-                tagged = self._emit(out, inner, tagged, vid, pcp, now)
+                if out.sw_pvlan_rx is not None:  # leaves untagged, in the port's own VLAN
+                    self._emit(out, inner, None, out.sw_pvid, pcp, now)
+                else:
+                    tagged = self._emit(out, inner, tagged, vid, pcp, now)
                 sent = True
         if not sent:
             port.counters.drop("no-destination")
@@ -732,7 +780,7 @@ class StandardSwitch(Bridge):
         pinned = self._pinned.get(vid)
         if pinned is None:
             used = {self.uplink_for(p) for p in self.ports.values()
-                    if p.sw_role == ROLE_VM and p.sw_vlan.carries(vid)}
+                    if p.sw_role == ROLE_VM and self.receives(p, vid)}
             pinned = self._pinned[vid] = tuple(u for u in self.uplinks if u in used)
         return pinned
 
@@ -757,12 +805,12 @@ class StandardSwitch(Bridge):
     def _reflected(self, vid: int, src: bytes, now: int) -> bool:
         # A frame from the physical network carrying a local vNIC's source MAC is our own frame
         # coming back (two uplinks on one physical network): drop it, as ESXi does.
-        known = self.mac_table.lookup(vid, src, now)
+        known = self.mac_table.lookup(self._fid(vid), src, now)
         return known is not None and known.sw_role == ROLE_VM
 
     def _vm_members(self, vid: int) -> tuple[tuple[Port, ...], tuple[Port, ...]]:
         vms = tuple(
-            p for p in self.ports.values() if p.sw_role == ROLE_VM and p.sw_vlan.carries(vid)
+            p for p in self.ports.values() if p.sw_role == ROLE_VM and self.receives(p, vid)
         )
         entry = (vms, tuple(p for p in vms if p.sw_promisc))
         self._vm_flood[vid] = entry
@@ -780,13 +828,14 @@ class StandardSwitch(Bridge):
         dst = inner[0:6]
         unicast = not inner[0] & 1
         if unicast:
-            e = self._mac_get((vid, dst))  # MacTable.lookup, inlined for fresh entries
+            fid = self._fids.get(vid, vid) if self._fids else vid
+            e = self._mac_get((fid, dst))  # MacTable.lookup, inlined for fresh entries
             if e is None:
                 out = None
             elif now - e.last_ns <= self._aging_ns:
                 out = e.port
             else:
-                out = self.mac_table.lookup(vid, dst, now)  # removes the aged-out entry
+                out = self.mac_table.lookup(fid, dst, now)  # removes the aged-out entry
             if out is not None:
                 if out is port:
                     port.counters.drop("same-port")
@@ -879,5 +928,12 @@ class StandardSwitch(Bridge):
                 return tagged
             if dst is not None and not out.sw_promisc and dst != vnic.effective_mac:
                 out.counters.drop("not-promiscuous")
+                return tagged
+            rx = out.sw_pvlan_rx
+            if rx is not None:  # a private VLAN port: the reach rules, then untagged
+                if vid not in rx:
+                    out.counters.drop("pvlan")
+                    return tagged
+                self._emit(out, inner, None, out.sw_pvid, pcp, now)
                 return tagged
         return self._emit(out, inner, tagged, vid, pcp, now)
