@@ -39,6 +39,7 @@ from netsim.dataplane.policy import (
     VlanPolicy,
 )
 from netsim.dataplane.port import Port, VmPort
+from netsim.dataplane.pvlan import PvlanEntry, PvlanMap, PvlanType
 from netsim.dataplane.switch import PortGroup, StandardSwitch
 from netsim.errors import TopologyError
 from netsim.lab.agent import GuestAgent, PingResult
@@ -89,6 +90,10 @@ class BuiltHost:
     networks: dict[str, tuple[StandardSwitch, str]] = field(default_factory=dict)
 
 
+def _pvlan_map(entries: tuple[tuple[int, int, str], ...]) -> PvlanMap:
+    return PvlanMap(PvlanEntry(p, s, PvlanType(t)) for p, s, t in entries)
+
+
 def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
     """The live fabric of a topology: hosts, PIFs, switches, port groups, VM ports, the physical
     switches and every cable, port mirroring sessions. Call inside or outside a running loop;
@@ -99,7 +104,9 @@ def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
     for h in topo.hosts:
         built[h.name] = _build_host(fab, h)
     for ps in topo.physical:
-        fab.add_physical_switch(ps.name)
+        phys = fab.add_physical_switch(ps.name)
+        if ps.pvlans:
+            phys.pvlan = _pvlan_map(ps.pvlans)
     for ps in topo.physical:
         for p in ps.ports:
             port = fab.add_port(ps.name, p.name, _vlan_policy(p))
@@ -147,6 +154,8 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
     for s in h.switches:
         teaming = _teaming(s.teaming)
         sw = host.add_switch(s.name, mac_table_size=s.mac_table_size, aging_s=s.aging_s)
+        if s.pvlans:
+            sw.pvlan = _pvlan_map(s.pvlans)
         for u in s.uplinks:
             sw.add_uplink(pifs[u])
         if teaming is not None:  # set once every uplink it names is there

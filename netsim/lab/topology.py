@@ -26,7 +26,8 @@ from typing import Any
 import networkx as nx
 
 from netsim.dataplane.impair import Impairment, parse_impairment
-from netsim.errors import TopologyError
+from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
+from netsim.errors import ConfigError, TopologyError
 from netsim.lab.yamlsrc import SourceMap, load_yaml
 
 PathT = tuple[str | int, ...]
@@ -87,6 +88,8 @@ class SwitchSpec:
     mac_table_size: int = 8192
     aging_s: float = 300.0
     implicit: bool = False
+    #: private VLANs as (primary, secondary, type) entries (`VMwareDVSPvlanMapEntry`)
+    pvlans: tuple[tuple[int, int, str], ...] = ()
 
     @property
     def internal(self) -> bool:
@@ -224,6 +227,7 @@ class PhysSwitchSpec:
 
     name: str
     ports: tuple[PhysPortSpec, ...]
+    pvlans: tuple[tuple[int, int, str], ...] = ()  # a PVLAN-aware switch's map
 
 
 @dataclass(frozen=True)
@@ -426,7 +430,7 @@ def _kind(value: Any) -> str:
 _TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors", "links")
 _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mirrors")
 _PIF_KEYS = ("mtu", "up", "impair")
-_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging")
+_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans")
 _TEAM_KEYS = ("policy", "active", "standby")
 _NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming")
 _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
@@ -435,7 +439,7 @@ _VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "dis
 _DISK_KEYS = ("device", "source", "mode")
 _VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach")
 _ROUTE_KEYS = ("to", "via")
-_PHYS_KEYS = ("ports", "links")
+_PHYS_KEYS = ("ports", "links", "pvlans")
 _PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair")
 _LINK_KEYS = ("vlans",)
 _MIRROR_KEYS = ("switch", "sources", "vlans", "destination", "direction")
@@ -733,7 +737,14 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
         if isinstance(aging, bool) or not isinstance(aging, (int, float)) or not \
                 15 <= aging <= 3600:
             raise c.fail((*sp, "aging"), f"aging must be 15-3600 seconds, got {aging!r}")
-        switches[sname] = SwitchSpec(hname, sname, uplinks, teaming, size, float(aging))
+        pvlans = ()
+        if s.get("pvlans") is not None:
+            if htype != "esxi":
+                raise c.fail((*sp, "pvlans"), "private VLANs are a vSphere distributed switch "
+                             "feature; XenServer has none")
+            pvlans = _pvlans(c, s["pvlans"], (*sp, "pvlans"))
+        switches[sname] = SwitchSpec(hname, sname, uplinks, teaming, size, float(aging),
+                                     pvlans=pvlans)
 
     networks: dict[str, NetworkSpec] = {}
     nets_raw = dict(c.mapping(h.get("networks"), (*hp, "networks")))
@@ -1008,6 +1019,36 @@ def _shaping(c: _Checker, raw: Any, path: PathT) -> ShapingSpec | None:
     return ShapingSpec(avg, peak, burst)
 
 
+def _pvlans(c: _Checker, raw: Any, path: PathT) -> tuple[tuple[int, int, str], ...]:
+    """`{primary: {secondary: isolated|community}}` → checked (primary, secondary, type)
+    entries, the primary itself promiscuous (vSphere's `VMwareDVSPvlanMapEntry` list)."""
+    def vlan_keys(value: Any, where: PathT) -> dict[int, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise c.fail(where, "expected a mapping like {100: {101: isolated, 102: community}}"
+                         f", got {_kind(value)}")
+        return dict(value)
+
+    entries: list[PvlanEntry] = []
+    for primary, secs in vlan_keys(raw, path).items():
+        pp = (*path, primary)
+        c.vlan(primary, pp, lo=1, hi=4094)
+        try:
+            entries.append(PvlanEntry(primary, primary, "promiscuous"))  # type: ignore[arg-type]
+            for sec, kind in vlan_keys(secs, pp).items():
+                c.vlan(sec, (*pp, sec), lo=1, hi=4094)
+                if sec != primary:
+                    entries.append(PvlanEntry(primary, sec, kind))
+                elif kind != "promiscuous":
+                    raise ConfigError(f"pvlan {sec}: only the promiscuous secondary has the "
+                                      f"primary's ID; {kind!r} needs another one")
+            PvlanMap(entries)
+        except ConfigError as exc:
+            raise c.fail(pp, str(exc)) from None
+    return tuple((e.primary, e.secondary, e.type.value) for e in PvlanMap(entries).entries)
+
+
 def _freeze_host(h: dict[str, Any]) -> HostSpec:
     vms = tuple(
         VmSpec(host=v["host"], name=v["name"], domid=v["domid"],
@@ -1059,7 +1100,8 @@ def _physical(c: _Checker, raw: Any, hosts: dict[str, HostSpec]
             ports.append(PhysPortSpec(sname, host, pif, mode, vlans, vlan))
         for li, lraw in enumerate(c.seq(s.get("links"), (*sp, "links"))):
             raw_links.append(((*sp, "links", li), sname, "", lraw))
-        switches.append(PhysSwitchSpec(sname, tuple(ports)))
+        switches.append(PhysSwitchSpec(sname, tuple(ports),
+                                       _pvlans(c, s.get("pvlans"), (*sp, "pvlans"))))
     names = {s.name for s in switches}
     links = []
     for lp, a, _, lraw in raw_links:
