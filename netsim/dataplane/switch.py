@@ -132,7 +132,7 @@ class Bridge:
             self._set_vlan(p, p.sw_vlan)
         self._changed()
 
-    def _fid(self, vid: int) -> int:
+    def learning_vlan(self, vid: int) -> int:
         """The VLAN whose MAC table `vid` learns in: its primary if private, else itself."""
         return self._fids.get(vid, vid)
 
@@ -805,7 +805,7 @@ class StandardSwitch(Bridge):
     def _reflected(self, vid: int, src: bytes, now: int) -> bool:
         # A frame from the physical network carrying a local vNIC's source MAC is our own frame
         # coming back (two uplinks on one physical network): drop it, as ESXi does.
-        known = self.mac_table.lookup(self._fid(vid), src, now)
+        known = self.mac_table.lookup(self.learning_vlan(vid), src, now)
         return known is not None and known.sw_role == ROLE_VM
 
     def _vm_members(self, vid: int) -> tuple[tuple[Port, ...], tuple[Port, ...]]:

@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
 from netsim.errors import ConfigError
 
 TEAMING_POLICIES = ("port-id", "failover")
@@ -67,6 +68,13 @@ class VdsConfig:
     portgroups: tuple[DvPortGroup, ...] = ()
     #: host → {uplink name → host NIC}
     hosts: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: private VLANs: `VMwareDVSPvlanMapEntry`s as (primary, secondary, type); port groups
+    #: whose VLAN is one of these IDs are private VLAN port groups
+    pvlans: tuple[tuple[int, int, str], ...] = ()
+
+    def pvlan_map(self) -> PvlanMap:
+        """The PVLAN map the proxy switches apply."""
+        return PvlanMap(PvlanEntry(p, s, t) for p, s, t in self.pvlans)  # type: ignore[arg-type]
 
     def portgroup(self, name: str) -> DvPortGroup:
         """The port group called `name`; ConfigError if there is none."""
@@ -86,6 +94,7 @@ class VdsConfig:
     def to_json(self) -> bytes:
         """The document as published (canonical key order)."""
         doc = {"schema": SCHEMA, **asdict(self)}
+        doc["pvlans"] = [{"primary": p, "secondary": s, "type": t} for p, s, t in self.pvlans]
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -203,4 +212,19 @@ def _parse(doc: dict, source: str) -> VdsConfig:
                 raise ConfigError(f"{where}.hosts[{_label(h)}]: uplink {u!r} is not one of "
                                   f"{list(uplinks)}")
         hosts[h] = dict(mapping)
-    return VdsConfig(name, version, uplinks, tuple(pgs), hosts)
+    entries: list[PvlanEntry] = []
+    for i, e in enumerate(_get(doc, "pvlans", list, where, [])):
+        ew = f"{where}.pvlans[{i}]"
+        if not isinstance(e, dict):
+            raise ConfigError(f"{ew}: expected {{primary, secondary, type}}")
+        try:
+            entries.append(PvlanEntry(_get(e, "primary", int, ew), _get(e, "secondary", int, ew),
+                                      _get(e, "type", str, ew)))  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise ConfigError(f"{ew}: {exc}") from None
+    try:
+        pmap = PvlanMap(entries)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.pvlans: {exc}") from None
+    pvlans = tuple((e.primary, e.secondary, e.type.value) for e in pmap.entries)
+    return VdsConfig(name, version, uplinks, tuple(pgs), hosts, pvlans)
