@@ -79,6 +79,14 @@ _TAGS: dict[int, bytes] = {}  # (pcp | 802.1ad bit) << 13 | VID -> the 4 tag byt
 
 
 
+def _check_mtu(mtu: int | None, what: str) -> int | None:
+    if mtu is None:
+        return None
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 9216:
+        raise ConfigError(f"{what}: mtu {mtu!r} must be between 68 and 9216 (jumbo: 9000)")
+    return mtu
+
+
 def _tag_bytes(key: int) -> bytes:
     """The 4 tag bytes for a key of `_TAGS`: TPID 0x88a8 if bit 16 (pcp bit 3) is set."""
     tpid = (0x88, 0xA8) if key & 0x10000 else (0x81, 0x00)
@@ -96,10 +104,12 @@ class Bridge:
         clock: Clock | None = None,
         mac_table_size: int = DEFAULT_SIZE,
         aging_s: float = DEFAULT_AGING_S,
+        mtu: int | None = None,
     ) -> None:
         if not name or not isinstance(name, str):
             raise ConfigError(f"switch name {name!r} must be a non-empty string")
         self.name = name
+        self._mtu = _check_mtu(mtu, f"switch {name}")
         self.clock: Clock = clock if clock is not None else RealClock()
         self.mac_table: MacTable[Port] = MacTable(size=mac_table_size, aging_s=aging_s)
         self.ports: dict[str, Port] = {}
@@ -171,6 +181,7 @@ class Bridge:
         port.refresh()
         self._set_vlan(port, vlan)
         self.ports[port.name] = port
+        self._mtu_changed()
         port.on_link_change(self._link_changed)
         self._changed()
         return port
@@ -179,8 +190,53 @@ class Bridge:
     def _rx_checks(port: Port) -> None:
         port.sw_rx_checks = bool(
             not port.sw_forged_ok or port.sw_shaper is not None or port.sw_check_reflect
-            or port.sw_mirror_rx
+            or port.sw_mirror_rx or port.sw_blocked
         )
+
+    # -- blocking and MTU ---------------------------------------------------------------------
+    def block(self, port: Port | str, blocked: bool = True) -> None:
+        """Block a port (vSphere `DVPortSetting.blocked`): every frame arriving on it or
+        leaving by it is dropped and counted as `blocked`; unblock with `blocked=False`."""
+        p = self._port(port)
+        p.sw_blocked = bool(blocked)
+        if blocked:
+            self.mac_table.flush(p)
+        self._rx_checks(p)
+        p.refresh()
+        self._changed()
+
+    @property
+    def mtu(self) -> int | None:
+        """The switch's MTU (vSS `mtu`, vDS `maxMtu`): no port passes bigger frames; None =
+        each port's own."""
+        return self._mtu
+
+    @mtu.setter
+    def mtu(self, value: int | None) -> None:
+        self._mtu = _check_mtu(value, f"switch {self.name}")
+        self._mtu_changed()
+
+    def port_mtu(self, port: Port) -> int:
+        """The MTU a port passes: the smallest of its own, its port group's and the switch's."""
+        mtu = port.mtu
+        group_mtu = getattr(getattr(port, "sw_group", None), "mtu", None)
+        for cap in (self._mtu, group_mtu):
+            if cap is not None and cap < mtu:
+                mtu = cap
+        return mtu
+
+    def _mtu_changed(self) -> None:
+        """Recompute every port's size limits; a port whose MTU is below the switch's biggest
+        has its outgoing frames checked (off the fast path only then)."""
+        mtus = {p: self.port_mtu(p) for p in self.ports.values()}
+        top = max(mtus.values(), default=0)
+        for p, m in mtus.items():
+            p.sw_max_untagged = 14 + m
+            p.sw_max_tagged = 18 + m
+            check = m < top
+            if check != p.sw_mtu_check:
+                p.sw_mtu_check = check
+                p.refresh()
 
     def _set_vlan(self, port: Port, vlan: VlanPolicy) -> None:
         if not isinstance(vlan, VlanPolicy):
@@ -211,8 +267,6 @@ class Bridge:
         port.sw_pvlan_rx = pv.receives(vlan.vlan) if mode == _ACCESS and vlan.vlan in pv else None
         if port.sw_pvlan_rx is not None:
             port.sw_carry = port.sw_pvlan_rx
-        port.sw_max_untagged = 14 + port.mtu
-        port.sw_max_tagged = 18 + port.mtu
 
     def set_vlan(self, port: Port | str, vlan: VlanPolicy) -> None:
         """Change a port's VLAN mode; its learned MACs are forgotten."""
@@ -228,6 +282,10 @@ class Bridge:
         self.mac_table.flush(p)
         p.off_link_change(self._link_changed)
         p.switch = None
+        if p.sw_mtu_check:
+            p.sw_mtu_check = False
+            p.refresh()
+        self._mtu_changed()
         self._changed()
 
     def mirror(
@@ -345,7 +403,10 @@ class Bridge:
         src = frame[6:12]
         if now is None:
             now = self._now()
-        if port.sw_rx_checks:  # forged transmits Reject, shaping, reflection, mirroring
+        if port.sw_rx_checks:  # blocked, forged transmits Reject, shaping, reflection, mirroring
+            if port.sw_blocked:
+                c.drop("blocked")
+                return
             if not port.sw_forged_ok and src != port.vnic.mac:
                 c.drop("forged-source")
                 return
@@ -518,6 +579,12 @@ class Bridge:
             else:
                 out.counters.drop("queue-full")
             return tagged
+        if out.sw_blocked:
+            out.counters.drop("blocked")
+            return tagged
+        if out.sw_mtu_check and len(f) - (4 if f is tagged else 0) > out.sw_max_untagged:
+            out.counters.drop("oversize")  # bigger than this hop's MTU
+            return tagged
         shaper = out.sw_egress_shaper
         if shaper is not None and not shaper.conform(len(f), now):
             out.counters.drop("shaped")
@@ -560,6 +627,10 @@ class PortGroup:
     shaping: ShapingPolicy | None = None
     mac_limit: int = 0
     teaming: TeamingPolicy | None = None
+    #: MTU of the group's ports (a XenServer network's `MTU`); None = the vNIC's and switch's
+    mtu: int | None = None
+    #: every port of the group blocked (vSphere `DVPortSetting.blocked` on the port group)
+    blocked: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -575,6 +646,9 @@ class PortGroup:
             raise ConfigError(f"port group {self.name!r}: mac_limit {self.mac_limit!r} < 0")
         if self.teaming is not None and not isinstance(self.teaming, TeamingPolicy):
             raise ConfigError(f"port group {self.name!r}: teaming must be a TeamingPolicy")
+        _check_mtu(self.mtu, f"port group {self.name!r}")
+        if not isinstance(self.blocked, bool):
+            raise ConfigError(f"port group {self.name!r}: blocked must be true or false")
 
     @property
     def vlan_policy(self) -> VlanPolicy:
@@ -601,8 +675,10 @@ class StandardSwitch(Bridge):
         mac_table_size: int = DEFAULT_SIZE,
         aging_s: float = DEFAULT_AGING_S,
         teaming: TeamingPolicy | None = None,
+        mtu: int | None = None,
     ) -> None:
-        super().__init__(name, clock=clock, mac_table_size=mac_table_size, aging_s=aging_s)
+        super().__init__(name, clock=clock, mac_table_size=mac_table_size, aging_s=aging_s,
+                         mtu=mtu)
         self.port_groups: dict[str, PortGroup] = {}
         self.uplinks: list[Pif] = []
         self._teaming = teaming if teaming is not None else TeamingPolicy()
@@ -649,7 +725,11 @@ class StandardSwitch(Bridge):
         port.sw_mac_changes_ok = sec.mac_changes
         port.sw_mac_limit = group.mac_limit
         port.sw_shaper = Shaper(group.shaping, self._now()) if group.shaping else None
+        if port.sw_blocked != group.blocked:
+            port.sw_blocked = group.blocked
+            port.refresh()
         self._rx_checks(port)
+        self._mtu_changed()
         self._changed()
 
     def update_port_group(self, group: PortGroup) -> None:
