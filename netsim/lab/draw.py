@@ -115,6 +115,10 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                     label = f"{data['name']}\n{_vlan_label(spec.vlan)}"
                 if spec.internal:
                     label += "\ninternal"
+                if spec.mtu is not None:
+                    label += f"\nMTU {spec.mtu}"
+                if spec.blocked:
+                    label += "\nBLOCKED"
                 if spec.shaping:
                     label += f"\nshaped {spec.shaping.average_bps / 1e6:g} Mbit/s"
                 if spec.teaming is not None:  # the port group overrides its switch's teaming
@@ -131,6 +135,8 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                     label += "\n(no uplink)"
                 if spec.pvlans:
                     label += f"\n{_pvlan_label(spec.pvlans)}"
+                if spec.mtu is not None:
+                    label += f"\nMTU {spec.mtu}"
             else:
                 label = data["name"]
                 if kind == "pif" and not spec.up:

@@ -90,6 +90,7 @@ class SwitchSpec:
     implicit: bool = False
     #: private VLANs as (primary, secondary, type) entries (`VMwareDVSPvlanMapEntry`)
     pvlans: tuple[tuple[int, int, str], ...] = ()
+    mtu: int | None = None  # vSS `mtu` / vDS `maxMtu`: caps every port of the switch
 
     @property
     def internal(self) -> bool:
@@ -109,6 +110,8 @@ class NetworkSpec:
     security: SecuritySpec = field(default_factory=SecuritySpec)
     shaping: ShapingSpec | None = None
     teaming: TeamingSpec | None = None  # overrides the switch's teaming (ESXi port groups)
+    mtu: int | None = None  # a XenServer network's MTU; caps the ports of the port group
+    blocked: bool = False  # every port blocked (vSphere DVPortSetting.blocked)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ class VifSpec:
     ip: ipaddress.IPv4Interface | None = None
     vlan: int | None = None  # the guest tags its frames itself (VGT port groups)
     attach: AttachSpec | None = None
+    mtu: int = 1500  # the vNIC's / VIF's MTU
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,7 @@ class PhysPortSpec:
     mode: str = "trunk"
     vlans: tuple[int, ...] = ()  # trunk: allowed VLANs (empty = all)
     vlan: int = 0  # access VLAN / native VLAN
+    mtu: int = 1500
 
     @property
     def name(self) -> str:
@@ -219,6 +224,7 @@ class PhysLinkSpec:
     a: str
     b: str
     vlans: tuple[int, ...] = ()
+    mtu: int = 1500  # of the ports at both ends
 
 
 @dataclass(frozen=True)
@@ -430,18 +436,18 @@ def _kind(value: Any) -> str:
 _TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors", "links")
 _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mirrors")
 _PIF_KEYS = ("mtu", "up", "impair")
-_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans")
+_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu")
 _TEAM_KEYS = ("policy", "active", "standby")
-_NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming")
+_NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming", "mtu", "blocked")
 _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
 _SHAPE_KEYS = ("average", "peak", "burst")
 _VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "disks")
 _DISK_KEYS = ("device", "source", "mode")
-_VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach")
+_VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach", "mtu")
 _ROUTE_KEYS = ("to", "via")
 _PHYS_KEYS = ("ports", "links", "pvlans")
-_PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair")
-_LINK_KEYS = ("vlans",)
+_PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair", "mtu")
+_LINK_KEYS = ("vlans", "mtu")
 _MIRROR_KEYS = ("switch", "sources", "vlans", "destination", "direction")
 
 
@@ -744,7 +750,7 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
                              "feature; XenServer has none")
             pvlans = _pvlans(c, s["pvlans"], (*sp, "pvlans"))
         switches[sname] = SwitchSpec(hname, sname, uplinks, teaming, size, float(aging),
-                                     pvlans=pvlans)
+                                     pvlans=pvlans, mtu=_mtu(c, s, sp))
 
     networks: dict[str, NetworkSpec] = {}
     nets_raw = dict(c.mapping(h.get("networks"), (*hp, "networks")))
@@ -804,8 +810,9 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
             if twin is not None:  # xapi: one VLAN PIF ethX.VID, one network
                 raise c.fail((*np_, "vlan"), f"VLAN {vlan} on {sw} is already network "
                              f"{twin.name}")
-        networks[nname] = NetworkSpec(hname, nname, sw, vlan, internal, security, shaping,
-                                      teaming)
+        networks[nname] = NetworkSpec(
+            hname, nname, sw, vlan, internal, security, shaping, teaming, mtu=_mtu(c, n, np_),
+            blocked=c.boolean(n.get("blocked"), (*np_, "blocked"), False))
 
     vm_dicts: list[dict[str, Any]] = []
     domids: dict[int, PathT] = {}
@@ -863,7 +870,8 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
                 pending.append((host_index, vi, fi, fp))
             attach = _attach(c, f.get("attach"), (*fp, "attach"))
             vifs.append({"vm": vname, "index": fi, "port": port, "network": net,
-                         "mac": mac, "ip": ip, "vlan": guest_vlan, "attach": attach})
+                         "mac": mac, "ip": ip, "vlan": guest_vlan, "attach": attach,
+                         "mtu": _mtu(c, f, fp) or 1500})
         if len({v["attach"] is None for v in vifs}) > 1:
             raise c.fail((*vp, key), "attach all of a VM's vNICs to real interfaces or none "
                          "(a VM runs either the built-in guest stack or a real one)")
@@ -1019,6 +1027,13 @@ def _shaping(c: _Checker, raw: Any, path: PathT) -> ShapingSpec | None:
     return ShapingSpec(avg, peak, burst)
 
 
+def _mtu(c: _Checker, m: Mapping[str, Any], path: PathT) -> int | None:
+    """The `mtu:` key of a mapping (68-9216; jumbo frames are 9000), None if absent."""
+    if m.get("mtu") is None:
+        return None
+    return c.integer(m["mtu"], (*path, "mtu"), 68, 9216, "MTU")
+
+
 def _pvlans(c: _Checker, raw: Any, path: PathT) -> tuple[tuple[int, int, str], ...]:
     """`{primary: {secondary: isolated|community}}` → checked (primary, secondary, type)
     entries, the primary itself promiscuous (vSphere's `VMwareDVSPvlanMapEntry` list)."""
@@ -1097,7 +1112,8 @@ def _physical(c: _Checker, raw: Any, hosts: dict[str, HostSpec]
                 raise c.fail((*pp, "vlans"), "an access port carries one VLAN: use `vlan:`")
             if mode.startswith("native") and not vlan:
                 raise c.fail(pp, f"a {mode} port needs `native:` (its native VLAN)")
-            ports.append(PhysPortSpec(sname, host, pif, mode, vlans, vlan))
+            ports.append(PhysPortSpec(sname, host, pif, mode, vlans, vlan,
+                                      _mtu(c, p, pp) or 1500))
         for li, lraw in enumerate(c.seq(s.get("links"), (*sp, "links"))):
             raw_links.append(((*sp, "links", li), sname, "", lraw))
         switches.append(PhysSwitchSpec(sname, tuple(ports),
@@ -1116,7 +1132,8 @@ def _physical(c: _Checker, raw: Any, hosts: dict[str, HostSpec]
         if b == a:
             raise c.fail((*lp, b), "a switch cabled to itself is a loop")
         o = c.mapping(opts, (*lp, b), _LINK_KEYS)
-        links.append((lp, PhysLinkSpec(a, b, c.vlans(o.get("vlans"), (*lp, b, "vlans")))))
+        links.append((lp, PhysLinkSpec(a, b, c.vlans(o.get("vlans"), (*lp, b, "vlans")),
+                                       _mtu(c, o, (*lp, b)) or 1500)))
     return (tuple(switches), tuple(link for _, link in links), [lp for lp, _ in links])
 
 

@@ -838,6 +838,7 @@ class ProxySwitch:
                 ),
                 shaping=_shaping(pg.shaping_out),
                 teaming=_teaming(pg.teaming, nics),
+                blocked=pg.blocked,
             )
             for pg in config.portgroups
         }
@@ -845,6 +846,8 @@ class ProxySwitch:
         # then apply
         if pmap != self.switch.pvlan:
             self.switch.pvlan = pmap
+        if self.switch.mtu != config.max_mtu:
+            self.switch.mtu = config.max_mtu
         for up, nic in mapping.items():
             if up not in self.uplinks:
                 pif = self.host.pifs.get(nic) or self.host.add_pif(nic)

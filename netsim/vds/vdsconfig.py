@@ -56,6 +56,7 @@ class DvPortGroup:
     shaping_in: DvShaping | None = None  # toward the VM (vDS shapes both directions)
     shaping_out: DvShaping | None = None  # from the VM
     teaming: DvTeaming | None = None
+    blocked: bool = False  # DVPortSetting.blocked: every port of the group passes nothing
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class VdsConfig:
     #: private VLANs: `VMwareDVSPvlanMapEntry`s as (primary, secondary, type); port groups
     #: whose VLAN is one of these IDs are private VLAN port groups
     pvlans: tuple[tuple[int, int, str], ...] = ()
+    #: `VMwareDVSConfigSpec.maxMtu`: the largest frame payload any proxy switch port passes
+    max_mtu: int = 1500
 
     def pvlan_map(self) -> PvlanMap:
         """The PVLAN map the proxy switches apply."""
@@ -199,6 +202,7 @@ def _parse(doc: dict, source: str) -> VdsConfig:
                 _shaping(p.get("shaping_in"), f"{pw}.shaping_in"),
                 _shaping(p.get("shaping_out"), f"{pw}.shaping_out"),
                 teaming,
+                _get(p, "blocked", bool, pw, False),
             )
         )
     hosts: dict[str, dict[str, str]] = {}
@@ -227,4 +231,7 @@ def _parse(doc: dict, source: str) -> VdsConfig:
     except ConfigError as exc:
         raise ConfigError(f"{where}.pvlans: {exc}") from None
     pvlans = tuple((e.primary, e.secondary, e.type.value) for e in pmap.entries)
-    return VdsConfig(name, version, uplinks, tuple(pgs), hosts, pvlans)
+    max_mtu = _get(doc, "max_mtu", int, where, 1500)
+    if not 68 <= max_mtu <= 9216:
+        raise ConfigError(f"{where}.max_mtu: {max_mtu} outside 68..9216")
+    return VdsConfig(name, version, uplinks, tuple(pgs), hosts, pvlans, max_mtu)

@@ -118,3 +118,23 @@ async def test_reach_rules_hold_across_hosts_and_follow_a_config_change(bus_kit)
         f = echo(BCAST, i1.mac, 1, 6)
         i1.vnic.send(f)
         assert await recv(i2) == f
+
+
+async def test_blocked_port_group_and_max_mtu_arrive_with_the_config(bus_kit) -> None:
+    async with lab(bus_kit) as (mp, ag):
+        gw = (await ag["esx1"].add_vm("gw", [NicSpec("dvs1", "gw", "00:50:56:00:00:01")]))
+        sw = ag["esx1"].proxies["dvs1"].switch
+        assert sw.mtu == 1500  # vSphere's default maxMtu
+        base = config(2)
+        blocked = tuple(DvPortGroup(p.name, p.vlan, blocked=p.name == "gw")
+                        for p in base.portgroups)
+        await mp.publish(VdsConfig("dvs1", 2, portgroups=blocked, hosts=base.hosts,
+                                   pvlans=PVLANS, max_mtu=9000))
+        await mp.wait_applied("dvs1", 2, within_s=T)
+        assert sw.mtu == 9000
+        g = gw.ports[0]
+        g.vnic.send(echo(BCAST, g.mac, 1, 1))
+        assert g.counters.drops == {"blocked": 1}
+        doc = json.loads(VdsConfig("dvs1", 1, max_mtu=9217).to_json())
+        with pytest.raises(ConfigError, match=r"dvs1\.max_mtu: 9217 outside 68\.\.9216"):
+            VdsConfig.from_json(json.dumps(doc).encode())
