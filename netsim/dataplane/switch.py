@@ -58,6 +58,7 @@ from netsim.dataplane.policy import (
 from netsim.dataplane.port import Pif, Port, VmPort
 from netsim.dataplane.pvlan import PvlanMap
 from netsim.dataplane.shaper import Shaper
+from netsim.dataplane.teaming import ip_hash_index, rarp_announce, src_mac_index
 from netsim.errors import ConfigError
 from netsim.wire.frame import arp_is_gratuitous
 
@@ -687,6 +688,12 @@ class StandardSwitch(Bridge):
         self._any_promisc = False
         self._in_use: frozenset[Port] | None = None
         self._pinned: dict[int, tuple[Port, ...]] = {}
+        #: hashing ports (IP hash, source MAC hash) → (index function, the uplinks up now)
+        self._hashed: dict[Port, tuple[Any, tuple[Port, ...]] | None] = {}
+        #: VM port → the uplink it last used: what notify-switches and failback-off compare to
+        self._last_uplink: dict[Port, Port | None] = {}
+        #: RARPs sent to notify the physical switches of failovers
+        self.notifications = 0
 
     # -- configuration -----------------------------------------------------------------------
     def add_port_group(self, group: PortGroup) -> PortGroup:
@@ -805,6 +812,7 @@ class StandardSwitch(Bridge):
         self._vm_flood.clear()
         self._team.clear()
         self._pinned.clear()
+        self._hashed.clear()
         self._any_promisc = any(
             p.sw_promisc for p in self.ports.values() if p.sw_role == ROLE_VM
         )
@@ -845,14 +853,87 @@ class StandardSwitch(Bridge):
             pass
         policy = self.teaming_of(port)
         up = self._team_up(policy)
+        lb = policy.load_balancing
+        last = self._last_uplink.get(port)
         if not up:
             choice = None
-        elif policy.load_balancing is LoadBalancing.PORT_ID:
+        elif not policy.failback and last is not None and last.link_up and (
+                last in up or any(last in side for side in self.team_order(policy))):
+            choice = last  # rollingOrder: stay where the last failover put us
+        elif lb is LoadBalancing.PORT_ID:
             choice = up[port.sw_id % len(up)]
+        elif lb is LoadBalancing.SRC_MAC and port.sw_role == ROLE_VM:
+            choice = up[port.vnic.mac[5] % len(up)]  # the vNIC's own frames
         else:
             choice = up[0]
-        self._team[port] = choice
+        if lb is not LoadBalancing.IP_HASH and lb is not LoadBalancing.SRC_MAC:
+            self._team[port] = choice  # hashing ports choose per frame (_uplink_frame)
+        if port.sw_role == ROLE_VM:
+            self._last_uplink[port] = choice
         return choice
+
+    def _hash_team(self, port: Port) -> tuple[Any, tuple[Port, ...]] | None:
+        """(index function, uplinks up) for a port whose policy hashes each frame, else
+        None."""
+        try:
+            return self._hashed[port]
+        except KeyError:
+            pass
+        policy = self.teaming_of(port)
+        lb = policy.load_balancing
+        h = None
+        if lb is LoadBalancing.IP_HASH or lb is LoadBalancing.SRC_MAC:
+            up = tuple(self._team_up(policy))
+            if up:
+                h = (ip_hash_index if lb is LoadBalancing.IP_HASH else src_mac_index, up)
+        self._hashed[port] = h
+        return h
+
+    def _uplink_frame(self, port: Port, inner: bytes) -> Port | None:
+        """The uplink this frame from VM port `port` leaves by: per frame for the hashing
+        policies, else the port's pinned uplink."""
+        h = self._hashed.get(port, _UNSET)
+        if h is _UNSET:
+            h = self._hash_team(port)
+        if h is None:
+            return self.uplink_for(port)
+        up = h[1]
+        return up[h[0](inner, len(up))]
+
+    def _takes_flood_from(self, port: Port, uplink: Port) -> bool:
+        """True if a flood arriving on `uplink` is for VM port `port`: the uplink it is pinned
+        to, or for a hashing team (behind a LAG) any member that is up."""
+        if self.uplink_for(port) is uplink:
+            return True
+        h = self._hash_team(port)
+        return h is not None and uplink in h[1]
+
+    def _link_changed(self, port: Port) -> None:
+        vms = [p for p in self.ports.values() if p.sw_role == ROLE_VM]
+        before: dict[Port, Port | None] = {}
+        if port in self.uplinks and vms:
+            # every vNIC's uplink as it was: the link state before this change (the listener
+            # runs after it), so ports that never sent anything are known too
+            port.link_up = not port.link_up
+            self._team.clear()
+            before = {p: self.uplink_for(p) for p in vms}
+            port.link_up = not port.link_up
+        super()._link_changed(port)
+        if before:
+            self._notify_moves(before)
+
+    def _notify_moves(self, before: dict[Port, Port | None]) -> None:
+        """notifySwitches: each VM port whose uplink changed sends a RARP on its new one."""
+        now = self._now()
+        for p, old in before.items():
+            new = self.uplink_for(p)
+            if old is None or new is None or new is old or \
+                    not self.teaming_of(p).notify_switches:
+                continue
+            vid = p.sw_pvid
+            if new.sw_carry is None or vid in new.sw_carry:
+                self._emit(new, rarp_announce(p.vnic.mac), None, vid, 0, now)
+                self.notifications += 1
 
     def uplinks_pinned(self, vid: int) -> tuple[Port, ...]:
         """The uplinks that VM ports carrying VLAN `vid` are pinned to now, in uplink order:
@@ -875,7 +956,7 @@ class StandardSwitch(Bridge):
             chosen: set[Port] = set()
             for policy in policies:
                 up = self._team_up(policy)
-                if policy.load_balancing is not LoadBalancing.PORT_ID:
+                if policy.load_balancing is LoadBalancing.EXPLICIT_FAILOVER:
                     up = up[:1]
                 chosen.update(up)
             in_use = self._in_use = frozenset(chosen)
@@ -926,7 +1007,7 @@ class StandardSwitch(Bridge):
                         return
                     out = self._team.get(port, _UNSET)
                     if out is _UNSET:
-                        out = self.uplink_for(port)
+                        out = self._uplink_frame(port, inner)
                     if out is None:
                         port.counters.drop("link-down")
                         return
@@ -973,12 +1054,12 @@ class StandardSwitch(Bridge):
         for p in vms:
             # A flood that came in on an uplink reaches only the VM ports pinned to that uplink,
             # so each VM gets one copy however many active uplinks the flood arrives on.
-            if p is not port and (from_vm or self.uplink_for(p) is port):
+            if p is not port and (from_vm or self._takes_flood_from(p, port)):
                 tagged = self._to_port(p, check, inner, tagged, vid, pcp, now)
                 sent = True
         reason = "no-destination"
         if from_vm and self.uplinks:
-            up = self.uplink_for(port)
+            up = self._uplink_frame(port, inner)
             if up is None:
                 reason = "link-down"  # every uplink is down
             elif up.sw_carry is None or vid in up.sw_carry:

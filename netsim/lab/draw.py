@@ -127,10 +127,17 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                         label += f", {', '.join(spec.teaming.standby)} standby"
             elif kind == "switch":
                 label = data["name"]
-                if spec.teaming is not None and spec.teaming.standby:
+                t = spec.teaming
+                if t is not None and t.policy in ("ip-hash", "src-mac", "failover"):
+                    label += f"\nteaming: {t.policy}"
+                elif t is not None and t.standby:
                     label += "\nteaming: active/standby"
-                elif spec.teaming is not None:
+                elif t is not None:
                     label += "\nteaming: port id"
+                if t is not None and not t.failback:
+                    label += ", no failback"
+                if t is not None and not t.notify_switches:
+                    label += ", no notify"
                 if spec.internal:
                     label += "\n(no uplink)"
                 if spec.pvlans:

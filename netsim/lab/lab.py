@@ -80,8 +80,8 @@ def _port_group(n: NetworkSpec, vlan: int | None = None) -> PortGroup:
 def _teaming(t: TeamingSpec | None) -> TeamingPolicy | None:
     if t is None:
         return None
-    lb = LoadBalancing.PORT_ID if t.policy == "port-id" else LoadBalancing.EXPLICIT_FAILOVER
-    return TeamingPolicy(t.active, t.standby, lb)
+    return TeamingPolicy(t.active, t.standby, LoadBalancing(t.policy),
+                         notify_switches=t.notify_switches, failback=t.failback)
 
 
 @dataclass

@@ -34,7 +34,7 @@ PathT = tuple[str | int, ...]
 
 HOST_TYPES = ("xen", "esxi")
 PORT_MODES = ("access", "trunk", "native-tagged", "native-untagged")
-TEAMING_POLICIES = ("port-id", "failover")
+TEAMING_POLICIES = ("port-id", "failover", "ip-hash", "src-mac")
 XEN_OUI = (0x00, 0x16, 0x3E)
 
 
@@ -65,6 +65,8 @@ class TeamingSpec:
     policy: str
     active: tuple[str, ...]
     standby: tuple[str, ...] = ()
+    notify_switches: bool = True  # a RARP per moved vNIC on its new uplink
+    failback: bool = True  # False = vSphere rollingOrder
 
 
 @dataclass(frozen=True)
@@ -437,7 +439,7 @@ _TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors", "links")
 _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mirrors")
 _PIF_KEYS = ("mtu", "up", "impair")
 _SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu")
-_TEAM_KEYS = ("policy", "active", "standby")
+_TEAM_KEYS = ("policy", "active", "standby", "notify_switches", "failback")
 _NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming", "mtu", "blocked")
 _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
 _SHAPE_KEYS = ("average", "peak", "burst")
@@ -1007,7 +1009,12 @@ def _teaming(c: _Checker, raw: Any, path: PathT, uplinks: tuple[str, ...],
         active = tuple(u for u in uplinks if u not in standby)
     if not active:
         raise c.fail((*path, "active"), "teaming needs at least one active uplink")
-    return TeamingSpec(policy, active, standby)
+    if htype == "xen" and policy in ("ip-hash", "src-mac"):
+        raise c.fail((*path, "policy"), f"{policy} is a vSphere teaming policy; XenServer "
+                     "bonds are active-backup, balance-slb or lacp")
+    return TeamingSpec(policy, active, standby,
+                       c.boolean(t.get("notify_switches"), (*path, "notify_switches"), True),
+                       c.boolean(t.get("failback"), (*path, "failback"), True))
 
 
 def _shaping(c: _Checker, raw: Any, path: PathT) -> ShapingSpec | None:

@@ -947,7 +947,8 @@ def _teaming(t: DvTeaming | None, nics: dict[str, str]) -> TeamingPolicy | None:
     if (t.active or t.standby) and not active and not standby:
         return None
     return TeamingPolicy(active=active, standby=standby,
-                         load_balancing=LoadBalancing(t.policy))
+                         load_balancing=LoadBalancing(t.policy),
+                         notify_switches=t.notify_switches, failback=t.failback)
 
 
 def _shaping(s: DvShaping | None) -> ShapingPolicy | None:

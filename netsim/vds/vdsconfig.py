@@ -15,7 +15,7 @@ from typing import Any
 from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
 from netsim.errors import ConfigError
 
-TEAMING_POLICIES = ("port-id", "failover")
+TEAMING_POLICIES = ("port-id", "failover", "ip-hash", "src-mac")
 SCHEMA = "hvsim.vds/1"
 
 
@@ -44,6 +44,8 @@ class DvTeaming:
     policy: str = "port-id"
     active: tuple[str, ...] = ()
     standby: tuple[str, ...] = ()
+    notify_switches: bool = True
+    failback: bool = True
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,9 @@ def _parse(doc: dict, source: str) -> VdsConfig:
             for u in (*active, *standby):
                 if u not in uplinks:
                     raise ConfigError(f"{tw}: uplink {u!r} is not one of the vDS's {list(uplinks)}")
-            teaming = DvTeaming(policy, active, standby)
+            teaming = DvTeaming(policy, active, standby,
+                                _get(t, "notify_switches", bool, tw, True),
+                                _get(t, "failback", bool, tw, True))
         pgs.append(
             DvPortGroup(
                 pname,
