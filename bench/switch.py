@@ -12,6 +12,11 @@ Also: the same hop with the VM sending bursts through `send_many` (one `ingress_
 burst; the frames after the first reuse its forwarding decision), against the frame-by-frame hop;
 and the pcapng record rate of dpkt's block objects vs our struct writer (the ≥500k/s rule).
 
+Issue 19 rows: the same hop from a VM in an isolated private VLAN port group (secondary 101 of
+primary 100; the peer learned on the primary, the frame leaves tagged 101), as a ratio to the
+plain hop from back-to-back pairs (target ≥0.5×); and the hop through an IP-hash team of 4
+uplinks (the uplink computed per frame from the IP addresses), same ratio and target.
+
 Targets (issue 3): ≥300k frames/s 64-byte without capture on one core, ≥100× (a), ≥0.3× (b);
 ≥150k frames/s with capture.
 Live streams (issue 17): the same hop with a live capture stream of the uplink (what `hvsim
@@ -32,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from netsim.clock import RealClock
+from netsim.dataplane.policy import LoadBalancing, TeamingPolicy
 from netsim.dataplane.port import Pif, Vif
+from netsim.dataplane.pvlan import PvlanMap
 from netsim.dataplane.switch import PortGroup, StandardSwitch
 from netsim.live.stream import CaptureStream
 from netsim.wire import frame as fr
@@ -50,6 +57,8 @@ TARGETS = {
     "pcapng_records_per_s": 500_000,
     "hop_64_stream_fps": 150_000,
     "ratio_stalled_vs_hop": 0.9,
+    "ratio_pvlan_vs_hop": 0.5,
+    "ratio_iphash_vs_hop": 0.5,
 }
 
 
@@ -57,14 +66,23 @@ def _frame(size: int) -> bytes:
     return fr.ethernet(PEER_MAC, VM_MAC, fr.ETHERTYPE_IPV4, bytes(size - 14))
 
 
-def _build(capture_dir: Path | None) -> tuple[Vif, Pif, PcapngWriter | None]:
+def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = False
+           ) -> tuple[Vif, Pif, PcapngWriter | None]:
     clock = RealClock()
     sw = StandardSwitch("vSwitch0", clock=clock)
-    sw.add_port_group(PortGroup("VLAN 5", vlan=5))
+    vid, peer_vid = 5, 5
+    if pvlan:  # an isolated secondary; the peer (a router) answers from the primary
+        sw.pvlan = PvlanMap.from_mapping({100: {101: "isolated"}})
+        vid, peer_vid = 101, 100
+    sw.add_port_group(PortGroup("VLAN 5", vlan=vid))
     vm = sw.attach(Vif(1, 0, mac=VM_MAC, queue_size=4 * BURST), "VLAN 5")
     up = sw.add_uplink(Pif("vmnic0", queue_size=4 * BURST))
+    if ip_hash:  # a team of 4; the bench frame's addresses hash to vmnic0
+        for i in range(1, 4):
+            sw.add_uplink(Pif(f"vmnic{i}", queue_size=4 * BURST))
+        sw.teaming = TeamingPolicy(load_balancing=LoadBalancing.IP_HASH)
     # the peer's MAC is learned on the uplink, so the hop is a unicast lookup, not a flood
-    up.receive(fr.ethernet(VM_MAC, PEER_MAC, fr.ETHERTYPE_IPV4, bytes(46), vid=5))
+    up.receive(fr.ethernet(VM_MAC, PEER_MAC, fr.ETHERTYPE_IPV4, bytes(46), vid=peer_vid))
     vm.vnic.drain()
     writer = None
     if capture_dir is not None:
@@ -73,8 +91,9 @@ def _build(capture_dir: Path | None) -> tuple[Vif, Pif, PcapngWriter | None]:
     return vm, up, writer
 
 
-async def _hop(n: int, size: int, capture_dir: Path | None, *, batched: bool = False) -> float:
-    vm, up, writer = _build(capture_dir)
+async def _hop(n: int, size: int, capture_dir: Path | None, *, batched: bool = False,
+               pvlan: bool = False, ip_hash: bool = False) -> float:
+    vm, up, writer = _build(capture_dir, pvlan=pvlan, ip_hash=ip_hash)
     frame = _frame(size)
     send = vm.vnic.send
     send_many = vm.vnic.send_many
@@ -302,6 +321,17 @@ def run(*, quick: bool) -> dict[str, Any]:
     res["stalled_stream_dropped"] = stalled_pairs[len(stalled_pairs) // 2][2]
     res["ratio_stalled_vs_hop"] = stalled_pairs[len(stalled_pairs) // 2][0]
     res["ratio_stalled_vs_hop_rounds"] = [round(r, 3) for r, _, _ in stalled_pairs]
+    for key, opts in (("pvlan", {"pvlan": True}), ("iphash", {"ip_hash": True})):
+        kind_pairs = []
+        for _ in range(max(3, repeat)):
+            gc.collect()
+            hop = asyncio.run(_hop(n, 64, None))
+            gc.collect()
+            other = asyncio.run(_hop(n, 64, None, **opts))
+            kind_pairs.append((other / hop, other))
+        kind_pairs.sort()
+        res[f"hop_64_{key}_fps"] = max(p for _, p in kind_pairs)
+        res[f"ratio_{key}_vs_hop"] = kind_pairs[len(kind_pairs) // 2][0]
     rates = _pcapng_rates(20_000 if quick else 200_000)
     res["pcapng_dpkt_records_per_s"] = rates["dpkt_epb_objects"]
     res["pcapng_records_per_s"] = rates["hvsim_struct_writer"]
@@ -335,6 +365,12 @@ def run(*, quick: bool) -> dict[str, Any]:
     row("baseline (b): bare asyncio.Queue hop, 64 B", "queue_hop_64_fps")
     row("ratio hop / Scapy baseline", "ratio_vs_scapy", "{:,.1f}×")
     row("ratio hop / bare queue hop (median of back-to-back pairs)", "ratio_vs_queue",
+        "{:,.2f}×")
+    row("switch hop, 64 B, isolated PVLAN port group (tagged 101)", "hop_64_pvlan_fps")
+    row("ratio PVLAN hop / plain hop (median of back-to-back pairs)", "ratio_pvlan_vs_hop",
+        "{:,.2f}×")
+    row("switch hop, 64 B, IP-hash team of 4 uplinks", "hop_64_iphash_fps")
+    row("ratio IP-hash hop / plain hop (median of back-to-back pairs)", "ratio_iphash_vs_hop",
         "{:,.2f}×")
     row("pcapng records/s: dpkt EPB objects (per-interface, ns)", "pcapng_dpkt_records_per_s")
     row("pcapng records/s: hvsim struct writer", "pcapng_records_per_s")

@@ -171,6 +171,8 @@ class LoadBalancing(StrEnum):
 
     PORT_ID = "port-id"  # "route based on originating virtual port" (vSphere default)
     EXPLICIT_FAILOVER = "failover"  # always the first active (then standby) uplink that is up
+    IP_HASH = "ip-hash"  # loadbalance_ip: per frame, from the source and destination IPs
+    SRC_MAC = "src-mac"  # loadbalance_srcmac: per frame, from the source MAC
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +181,16 @@ class TeamingPolicy:
 
     `active` uplinks carry traffic; `standby` ones take over, in order, when no active uplink is up.
     Empty `active` means every uplink not listed as standby, in the order they were added.
+    `notify_switches`: a RARP per vNIC that moved to another uplink, sent on the new one
+    (vSphere default yes). `failback`: a recovered uplink takes its ports back (default yes;
+    no = vSphere's `rollingOrder`).
     """
 
     active: tuple[str, ...] = ()
     standby: tuple[str, ...] = ()
     load_balancing: LoadBalancing = LoadBalancing.PORT_ID
+    notify_switches: bool = True
+    failback: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "active", tuple(self.active))
@@ -195,6 +202,9 @@ class TeamingPolicy:
             raise ConfigError(
                 f"teaming.load_balancing: {self.load_balancing!r} is not one of {ok}"
             ) from None
+        for flag in ("notify_switches", "failback"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"teaming.{flag}: {getattr(self, flag)!r} must be true or false")
         both = set(self.active) & set(self.standby)
         if both:
             raise ConfigError(f"teaming: uplink(s) {sorted(both)} both active and standby")

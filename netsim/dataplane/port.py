@@ -58,6 +58,8 @@ DROP_REASONS = (
     "impair-loss",  # lost by the link impairment (netem `loss`) of this port or its cable
     "impair-queue",  # the impairment's queue was at its `limit` (netem tail drop)
     "corrupt",  # arrived with a bit flipped by an impairment: the FCS check failed
+    "pvlan",  # private VLANs: the destination port may not receive this (secondary) VLAN
+    "blocked",  # the port is blocked (vSphere DVPortSetting.blocked): nothing in or out
 )
 
 #: A tap sees every frame crossing a port: (frame bytes, outbound?). Captures read their clock.
@@ -278,6 +280,13 @@ class Port:
         #: taps: captured when they arrive); set by the fabric, None = a perfect wire
         self.impair_out: Any = None
         self.impair_in: Any = None
+        #: VLANs a private-VLAN host port receives (None: not one); set by the switch
+        self.sw_pvlan_rx: frozenset[int] | None = None
+        #: blocked (DVPortSetting.blocked): passes nothing either way; set by the switch
+        self.sw_blocked = False
+        #: True when frames bigger than this port's MTU may reach it (its switch has ports
+        #: with a larger MTU): the switch checks each frame's size on the way out
+        self.sw_mtu_check = False
 
     def add_tap(self, tap: Tap) -> None:
         """Call `tap(frame, outbound)` for every frame crossing this port."""
@@ -289,10 +298,12 @@ class Port:
             self.taps.remove(tap)
 
     def refresh(self) -> None:
-        """Recompute `tx_plain` after a change of link, taps, shaping or mirroring."""
+        """Recompute `tx_plain` after a change of link, taps, shaping, mirroring, blocking
+        or MTU checks."""
         self.tx_plain = bool(
             self.link_up and not self.taps and self.sw_egress_shaper is None
             and not self.sw_mirror_tx and self.impair_out is None and self.impair_in is None
+            and not self.sw_blocked and not self.sw_mtu_check
         )
 
     # -- frames in and out -------------------------------------------------------------------

@@ -56,7 +56,9 @@ from netsim.dataplane.policy import (
     port_group_vlan,
 )
 from netsim.dataplane.port import Pif, Port, VmPort
+from netsim.dataplane.pvlan import PvlanMap
 from netsim.dataplane.shaper import Shaper
+from netsim.dataplane.teaming import ip_hash_index, rarp_announce, src_mac_index
 from netsim.errors import ConfigError
 from netsim.wire.frame import arp_is_gratuitous
 
@@ -78,6 +80,14 @@ _TAGS: dict[int, bytes] = {}  # (pcp | 802.1ad bit) << 13 | VID -> the 4 tag byt
 
 
 
+def _check_mtu(mtu: int | None, what: str) -> int | None:
+    if mtu is None:
+        return None
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 9216:
+        raise ConfigError(f"{what}: mtu {mtu!r} must be between 68 and 9216 (jumbo: 9000)")
+    return mtu
+
+
 def _tag_bytes(key: int) -> bytes:
     """The 4 tag bytes for a key of `_TAGS`: TPID 0x88a8 if bit 16 (pcp bit 3) is set."""
     tpid = (0x88, 0xA8) if key & 0x10000 else (0x81, 0x00)
@@ -95,10 +105,12 @@ class Bridge:
         clock: Clock | None = None,
         mac_table_size: int = DEFAULT_SIZE,
         aging_s: float = DEFAULT_AGING_S,
+        mtu: int | None = None,
     ) -> None:
         if not name or not isinstance(name, str):
             raise ConfigError(f"switch name {name!r} must be a non-empty string")
         self.name = name
+        self._mtu = _check_mtu(mtu, f"switch {name}")
         self.clock: Clock = clock if clock is not None else RealClock()
         self.mac_table: MacTable[Port] = MacTable(size=mac_table_size, aging_s=aging_s)
         self.ports: dict[str, Port] = {}
@@ -109,6 +121,39 @@ class Bridge:
         # learned on this port; destination known and fresh): two method calls less per frame.
         self._mac_get = self.mac_table.get_entry
         self._aging_ns = self.mac_table.aging_ns
+        self._pvlan = PvlanMap()
+        # private VLAN → its primary, whose MAC table it shares; empty without PVLANs, so the
+        # pipeline pays one truth test for them
+        self._fids: dict[int, int] = {}
+
+    # -- private VLANs ------------------------------------------------------------------------
+    @property
+    def pvlan(self) -> PvlanMap:
+        """The private VLAN map (`VMwareDVSPvlanMapEntry` list); empty = no PVLANs."""
+        return self._pvlan
+
+    @pvlan.setter
+    def pvlan(self, pmap: PvlanMap) -> None:
+        if not isinstance(pmap, PvlanMap):
+            raise ConfigError(f"{self.name}: pvlan must be a PvlanMap, not {pmap!r}")
+        self._pvlan = pmap
+        self._fids = pmap.fids()
+        self.mac_table.flush()
+        for p in self.ports.values():
+            self._set_vlan(p, p.sw_vlan)
+        self._changed()
+
+    def learning_vlan(self, vid: int) -> int:
+        """The VLAN whose MAC table `vid` learns in: its primary if private, else itself."""
+        return self._fids.get(vid, vid)
+
+    def receives(self, port: Port, vid: int) -> bool:
+        """True if frames of VLAN `vid` may leave the switch by `port` (VLAN mode and, for a
+        private VLAN host port, the PVLAN reach rules)."""
+        rx = port.sw_pvlan_rx
+        if rx is not None:
+            return vid in rx
+        return port.sw_vlan.carries(vid)
 
     # -- configuration -----------------------------------------------------------------------
     def _attach(self, port: Port, vlan: VlanPolicy, role: int) -> Port:
@@ -137,6 +182,7 @@ class Bridge:
         port.refresh()
         self._set_vlan(port, vlan)
         self.ports[port.name] = port
+        self._mtu_changed()
         port.on_link_change(self._link_changed)
         self._changed()
         return port
@@ -145,8 +191,53 @@ class Bridge:
     def _rx_checks(port: Port) -> None:
         port.sw_rx_checks = bool(
             not port.sw_forged_ok or port.sw_shaper is not None or port.sw_check_reflect
-            or port.sw_mirror_rx
+            or port.sw_mirror_rx or port.sw_blocked
         )
+
+    # -- blocking and MTU ---------------------------------------------------------------------
+    def block(self, port: Port | str, blocked: bool = True) -> None:
+        """Block a port (vSphere `DVPortSetting.blocked`): every frame arriving on it or
+        leaving by it is dropped and counted as `blocked`; unblock with `blocked=False`."""
+        p = self._port(port)
+        p.sw_blocked = bool(blocked)
+        if blocked:
+            self.mac_table.flush(p)
+        self._rx_checks(p)
+        p.refresh()
+        self._changed()
+
+    @property
+    def mtu(self) -> int | None:
+        """The switch's MTU (vSS `mtu`, vDS `maxMtu`): no port passes bigger frames; None =
+        each port's own."""
+        return self._mtu
+
+    @mtu.setter
+    def mtu(self, value: int | None) -> None:
+        self._mtu = _check_mtu(value, f"switch {self.name}")
+        self._mtu_changed()
+
+    def port_mtu(self, port: Port) -> int:
+        """The MTU a port passes: the smallest of its own, its port group's and the switch's."""
+        mtu = port.mtu
+        group_mtu = getattr(getattr(port, "sw_group", None), "mtu", None)
+        for cap in (self._mtu, group_mtu):
+            if cap is not None and cap < mtu:
+                mtu = cap
+        return mtu
+
+    def _mtu_changed(self) -> None:
+        """Recompute every port's size limits; a port whose MTU is below the switch's biggest
+        has its outgoing frames checked (off the fast path only then)."""
+        mtus = {p: self.port_mtu(p) for p in self.ports.values()}
+        top = max(mtus.values(), default=0)
+        for p, m in mtus.items():
+            p.sw_max_untagged = 14 + m
+            p.sw_max_tagged = 18 + m
+            check = m < top
+            if check != p.sw_mtu_check:
+                p.sw_mtu_check = check
+                p.refresh()
 
     def _set_vlan(self, port: Port, vlan: VlanPolicy) -> None:
         if not isinstance(vlan, VlanPolicy):
@@ -172,8 +263,11 @@ class Bridge:
             port.sw_carry = frozenset(v for v in range(1, 4095) if vlan.carries(v))
         else:
             port.sw_carry = port.sw_allowed
-        port.sw_max_untagged = 14 + port.mtu
-        port.sw_max_tagged = 18 + port.mtu
+        # A host port (access) in a private VLAN receives what the PVLAN map says, untagged.
+        pv = self._pvlan
+        port.sw_pvlan_rx = pv.receives(vlan.vlan) if mode == _ACCESS and vlan.vlan in pv else None
+        if port.sw_pvlan_rx is not None:
+            port.sw_carry = port.sw_pvlan_rx
 
     def set_vlan(self, port: Port | str, vlan: VlanPolicy) -> None:
         """Change a port's VLAN mode; its learned MACs are forgotten."""
@@ -189,6 +283,10 @@ class Bridge:
         self.mac_table.flush(p)
         p.off_link_change(self._link_changed)
         p.switch = None
+        if p.sw_mtu_check:
+            p.sw_mtu_check = False
+            p.refresh()
+        self._mtu_changed()
         self._changed()
 
     def mirror(
@@ -235,7 +333,7 @@ class Bridge:
         self._changed()
 
     def _members(self, vid: int) -> tuple[Port, ...]:
-        members = tuple(p for p in self.ports.values() if p.sw_vlan.carries(vid))
+        members = tuple(p for p in self.ports.values() if self.receives(p, vid))
         self._flood[vid] = members
         return members
 
@@ -306,7 +404,10 @@ class Bridge:
         src = frame[6:12]
         if now is None:
             now = self._now()
-        if port.sw_rx_checks:  # forged transmits Reject, shaping, reflection, mirroring
+        if port.sw_rx_checks:  # blocked, forged transmits Reject, shaping, reflection, mirroring
+            if port.sw_blocked:
+                c.drop("blocked")
+                return
             if not port.sw_forged_ok and src != port.vnic.mac:
                 c.drop("forged-source")
                 return
@@ -320,14 +421,14 @@ class Bridge:
             if port.sw_mirror_rx:
                 for m in port.sw_mirror_rx:
                     m.transmit(frame)
-        key = (vid, src)
+        key = (self._fids.get(vid, vid), src) if self._fids else (vid, src)
         e = self._mac_get(key)
         arp = inner[12] == 0x08 and inner[13] == 0x06
         if e is not None and e.port is port and not arp:
             e.last_ns = now  # known here already: refresh (MacTable.learn's first branch)
             e.lru.move_to_end(key)
         elif self.mac_table.learn(
-            vid, src, port, now, garp=arp and arp_is_gratuitous(inner, 14),
+            key[0], src, port, now, garp=arp and arp_is_gratuitous(inner, 14),
             limit=port.sw_mac_limit,
         ) == NO_SPACE:
             c.drop("no-learn-space")
@@ -350,11 +451,17 @@ class Bridge:
         self, port: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int, now: int
     ) -> Port | None:
         if not inner[0] & 1:
-            out = self._lookup(vid, inner[0:6], now)
+            out = self._lookup(self._fids.get(vid, vid) if self._fids else vid, inner[0:6], now)
             if out is not None:
                 if out is port:
                     port.counters.drop("same-port")
                     return None
+                if out.sw_pvlan_rx is not None:
+                    if vid not in out.sw_pvlan_rx:
+                        out.counters.drop("pvlan")
+                        return None
+                    self._emit(out, inner, None, out.sw_pvid, pcp, now)
+                    return out
                 self._emit(out, inner, tagged, vid, pcp, now)
                 return out
         members = self._flood.get(vid)
@@ -363,7 +470,10 @@ class Bridge:
         sent = False
         for out in members:
             if out is not port:
-                tagged = self._emit(out, inner, tagged, vid, pcp, now)
+                if out.sw_pvlan_rx is not None:  # leaves untagged, in the port's own VLAN
+                    self._emit(out, inner, None, out.sw_pvid, pcp, now)
+                else:
+                    tagged = self._emit(out, inner, tagged, vid, pcp, now)
                 sent = True
         if not sent:
             port.counters.drop("no-destination")
@@ -470,6 +580,12 @@ class Bridge:
             else:
                 out.counters.drop("queue-full")
             return tagged
+        if out.sw_blocked:
+            out.counters.drop("blocked")
+            return tagged
+        if out.sw_mtu_check and len(f) - (4 if f is tagged else 0) > out.sw_max_untagged:
+            out.counters.drop("oversize")  # bigger than this hop's MTU
+            return tagged
         shaper = out.sw_egress_shaper
         if shaper is not None and not shaper.conform(len(f), now):
             out.counters.drop("shaped")
@@ -512,6 +628,10 @@ class PortGroup:
     shaping: ShapingPolicy | None = None
     mac_limit: int = 0
     teaming: TeamingPolicy | None = None
+    #: MTU of the group's ports (a XenServer network's `MTU`); None = the vNIC's and switch's
+    mtu: int | None = None
+    #: every port of the group blocked (vSphere `DVPortSetting.blocked` on the port group)
+    blocked: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -527,6 +647,9 @@ class PortGroup:
             raise ConfigError(f"port group {self.name!r}: mac_limit {self.mac_limit!r} < 0")
         if self.teaming is not None and not isinstance(self.teaming, TeamingPolicy):
             raise ConfigError(f"port group {self.name!r}: teaming must be a TeamingPolicy")
+        _check_mtu(self.mtu, f"port group {self.name!r}")
+        if not isinstance(self.blocked, bool):
+            raise ConfigError(f"port group {self.name!r}: blocked must be true or false")
 
     @property
     def vlan_policy(self) -> VlanPolicy:
@@ -553,8 +676,10 @@ class StandardSwitch(Bridge):
         mac_table_size: int = DEFAULT_SIZE,
         aging_s: float = DEFAULT_AGING_S,
         teaming: TeamingPolicy | None = None,
+        mtu: int | None = None,
     ) -> None:
-        super().__init__(name, clock=clock, mac_table_size=mac_table_size, aging_s=aging_s)
+        super().__init__(name, clock=clock, mac_table_size=mac_table_size, aging_s=aging_s,
+                         mtu=mtu)
         self.port_groups: dict[str, PortGroup] = {}
         self.uplinks: list[Pif] = []
         self._teaming = teaming if teaming is not None else TeamingPolicy()
@@ -563,6 +688,12 @@ class StandardSwitch(Bridge):
         self._any_promisc = False
         self._in_use: frozenset[Port] | None = None
         self._pinned: dict[int, tuple[Port, ...]] = {}
+        #: hashing ports (IP hash, source MAC hash) → (index function, the uplinks up now)
+        self._hashed: dict[Port, tuple[Any, tuple[Port, ...]] | None] = {}
+        #: VM port → the uplink it last used: what notify-switches and failback-off compare to
+        self._last_uplink: dict[Port, Port | None] = {}
+        #: RARPs sent to notify the physical switches of failovers
+        self.notifications = 0
 
     # -- configuration -----------------------------------------------------------------------
     def add_port_group(self, group: PortGroup) -> PortGroup:
@@ -601,7 +732,11 @@ class StandardSwitch(Bridge):
         port.sw_mac_changes_ok = sec.mac_changes
         port.sw_mac_limit = group.mac_limit
         port.sw_shaper = Shaper(group.shaping, self._now()) if group.shaping else None
+        if port.sw_blocked != group.blocked:
+            port.sw_blocked = group.blocked
+            port.refresh()
         self._rx_checks(port)
+        self._mtu_changed()
         self._changed()
 
     def update_port_group(self, group: PortGroup) -> None:
@@ -677,6 +812,7 @@ class StandardSwitch(Bridge):
         self._vm_flood.clear()
         self._team.clear()
         self._pinned.clear()
+        self._hashed.clear()
         self._any_promisc = any(
             p.sw_promisc for p in self.ports.values() if p.sw_role == ROLE_VM
         )
@@ -717,14 +853,87 @@ class StandardSwitch(Bridge):
             pass
         policy = self.teaming_of(port)
         up = self._team_up(policy)
+        lb = policy.load_balancing
+        last = self._last_uplink.get(port)
         if not up:
             choice = None
-        elif policy.load_balancing is LoadBalancing.PORT_ID:
+        elif not policy.failback and last is not None and last.link_up and (
+                last in up or any(last in side for side in self.team_order(policy))):
+            choice = last  # rollingOrder: stay where the last failover put us
+        elif lb is LoadBalancing.PORT_ID:
             choice = up[port.sw_id % len(up)]
+        elif lb is LoadBalancing.SRC_MAC and port.sw_role == ROLE_VM:
+            choice = up[port.vnic.mac[5] % len(up)]  # the vNIC's own frames
         else:
             choice = up[0]
-        self._team[port] = choice
+        if lb is not LoadBalancing.IP_HASH and lb is not LoadBalancing.SRC_MAC:
+            self._team[port] = choice  # hashing ports choose per frame (_uplink_frame)
+        if port.sw_role == ROLE_VM:
+            self._last_uplink[port] = choice
         return choice
+
+    def _hash_team(self, port: Port) -> tuple[Any, tuple[Port, ...]] | None:
+        """(index function, uplinks up) for a port whose policy hashes each frame, else
+        None."""
+        try:
+            return self._hashed[port]
+        except KeyError:
+            pass
+        policy = self.teaming_of(port)
+        lb = policy.load_balancing
+        h = None
+        if lb is LoadBalancing.IP_HASH or lb is LoadBalancing.SRC_MAC:
+            up = tuple(self._team_up(policy))
+            if up:
+                h = (ip_hash_index if lb is LoadBalancing.IP_HASH else src_mac_index, up)
+        self._hashed[port] = h
+        return h
+
+    def _uplink_frame(self, port: Port, inner: bytes) -> Port | None:
+        """The uplink this frame from VM port `port` leaves by: per frame for the hashing
+        policies, else the port's pinned uplink."""
+        h = self._hashed.get(port, _UNSET)
+        if h is _UNSET:
+            h = self._hash_team(port)
+        if h is None:
+            return self.uplink_for(port)
+        up = h[1]
+        return up[h[0](inner, len(up))]
+
+    def _takes_flood_from(self, port: Port, uplink: Port) -> bool:
+        """True if a flood arriving on `uplink` is for VM port `port`: the uplink it is pinned
+        to, or for a hashing team (behind a LAG) any member that is up."""
+        if self.uplink_for(port) is uplink:
+            return True
+        h = self._hash_team(port)
+        return h is not None and uplink in h[1]
+
+    def _link_changed(self, port: Port) -> None:
+        vms = [p for p in self.ports.values() if p.sw_role == ROLE_VM]
+        before: dict[Port, Port | None] = {}
+        if port in self.uplinks and vms:
+            # every vNIC's uplink as it was: the link state before this change (the listener
+            # runs after it), so ports that never sent anything are known too
+            port.link_up = not port.link_up
+            self._team.clear()
+            before = {p: self.uplink_for(p) for p in vms}
+            port.link_up = not port.link_up
+        super()._link_changed(port)
+        if before:
+            self._notify_moves(before)
+
+    def _notify_moves(self, before: dict[Port, Port | None]) -> None:
+        """notifySwitches: each VM port whose uplink changed sends a RARP on its new one."""
+        now = self._now()
+        for p, old in before.items():
+            new = self.uplink_for(p)
+            if old is None or new is None or new is old or \
+                    not self.teaming_of(p).notify_switches:
+                continue
+            vid = p.sw_pvid
+            if new.sw_carry is None or vid in new.sw_carry:
+                self._emit(new, rarp_announce(p.vnic.mac), None, vid, 0, now)
+                self.notifications += 1
 
     def uplinks_pinned(self, vid: int) -> tuple[Port, ...]:
         """The uplinks that VM ports carrying VLAN `vid` are pinned to now, in uplink order:
@@ -732,7 +941,7 @@ class StandardSwitch(Bridge):
         pinned = self._pinned.get(vid)
         if pinned is None:
             used = {self.uplink_for(p) for p in self.ports.values()
-                    if p.sw_role == ROLE_VM and p.sw_vlan.carries(vid)}
+                    if p.sw_role == ROLE_VM and self.receives(p, vid)}
             pinned = self._pinned[vid] = tuple(u for u in self.uplinks if u in used)
         return pinned
 
@@ -747,7 +956,7 @@ class StandardSwitch(Bridge):
             chosen: set[Port] = set()
             for policy in policies:
                 up = self._team_up(policy)
-                if policy.load_balancing is not LoadBalancing.PORT_ID:
+                if policy.load_balancing is LoadBalancing.EXPLICIT_FAILOVER:
                     up = up[:1]
                 chosen.update(up)
             in_use = self._in_use = frozenset(chosen)
@@ -757,12 +966,12 @@ class StandardSwitch(Bridge):
     def _reflected(self, vid: int, src: bytes, now: int) -> bool:
         # A frame from the physical network carrying a local vNIC's source MAC is our own frame
         # coming back (two uplinks on one physical network): drop it, as ESXi does.
-        known = self.mac_table.lookup(vid, src, now)
+        known = self.mac_table.lookup(self.learning_vlan(vid), src, now)
         return known is not None and known.sw_role == ROLE_VM
 
     def _vm_members(self, vid: int) -> tuple[tuple[Port, ...], tuple[Port, ...]]:
         vms = tuple(
-            p for p in self.ports.values() if p.sw_role == ROLE_VM and p.sw_vlan.carries(vid)
+            p for p in self.ports.values() if p.sw_role == ROLE_VM and self.receives(p, vid)
         )
         entry = (vms, tuple(p for p in vms if p.sw_promisc))
         self._vm_flood[vid] = entry
@@ -780,13 +989,14 @@ class StandardSwitch(Bridge):
         dst = inner[0:6]
         unicast = not inner[0] & 1
         if unicast:
-            e = self._mac_get((vid, dst))  # MacTable.lookup, inlined for fresh entries
+            fid = self._fids.get(vid, vid) if self._fids else vid
+            e = self._mac_get((fid, dst))  # MacTable.lookup, inlined for fresh entries
             if e is None:
                 out = None
             elif now - e.last_ns <= self._aging_ns:
                 out = e.port
             else:
-                out = self.mac_table.lookup(vid, dst, now)  # removes the aged-out entry
+                out = self.mac_table.lookup(fid, dst, now)  # removes the aged-out entry
             if out is not None:
                 if out is port:
                     port.counters.drop("same-port")
@@ -797,7 +1007,7 @@ class StandardSwitch(Bridge):
                         return
                     out = self._team.get(port, _UNSET)
                     if out is _UNSET:
-                        out = self.uplink_for(port)
+                        out = self._uplink_frame(port, inner)
                     if out is None:
                         port.counters.drop("link-down")
                         return
@@ -844,12 +1054,12 @@ class StandardSwitch(Bridge):
         for p in vms:
             # A flood that came in on an uplink reaches only the VM ports pinned to that uplink,
             # so each VM gets one copy however many active uplinks the flood arrives on.
-            if p is not port and (from_vm or self.uplink_for(p) is port):
+            if p is not port and (from_vm or self._takes_flood_from(p, port)):
                 tagged = self._to_port(p, check, inner, tagged, vid, pcp, now)
                 sent = True
         reason = "no-destination"
         if from_vm and self.uplinks:
-            up = self.uplink_for(port)
+            up = self._uplink_frame(port, inner)
             if up is None:
                 reason = "link-down"  # every uplink is down
             elif up.sw_carry is None or vid in up.sw_carry:
@@ -879,5 +1089,12 @@ class StandardSwitch(Bridge):
                 return tagged
             if dst is not None and not out.sw_promisc and dst != vnic.effective_mac:
                 out.counters.drop("not-promiscuous")
+                return tagged
+            rx = out.sw_pvlan_rx
+            if rx is not None:  # a private VLAN port: the reach rules, then untagged
+                if vid not in rx:
+                    out.counters.drop("pvlan")
+                    return tagged
+                self._emit(out, inner, None, out.sw_pvid, pcp, now)
                 return tagged
         return self._emit(out, inner, tagged, vid, pcp, now)

@@ -49,6 +49,16 @@ def _vlans(vlans: tuple[int, ...]) -> str:
     return ",".join(out)
 
 
+def _pvlan_label(entries: tuple[tuple[int, int, str], ...]) -> str:
+    """`PVLAN 100: 101 isolated, 102 community`, one line per primary."""
+    by: dict[int, list[str]] = {}
+    for pri, sec, t in entries:
+        row = by.setdefault(pri, [])
+        if sec != pri:
+            row.append(f"{sec} {t}")
+    return "\n".join(f"PVLAN {p}: {', '.join(s) or 'no secondaries'}" for p, s in by.items())
+
+
 def _cable_label(spec: object) -> str:
     if isinstance(spec, PhysPortSpec):
         if spec.mode == "access":
@@ -95,9 +105,20 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                 if host.type == "xen":
                     label += f"\ndom{spec.domid}"
             elif kind == "portgroup":
-                label = f"{data['name']}\n{_vlan_label(spec.vlan)}"
+                pv = {sec: (pri, t) for pri, sec, t in host.switch(spec.switch).pvlans}
+                if spec.vlan in pv:  # a private VLAN port group
+                    pri, t = pv[spec.vlan]
+                    label = f"{data['name']}\nPVLAN {spec.vlan} {t}"
+                    if spec.vlan != pri:
+                        label += f" (primary {pri})"
+                else:
+                    label = f"{data['name']}\n{_vlan_label(spec.vlan)}"
                 if spec.internal:
                     label += "\ninternal"
+                if spec.mtu is not None:
+                    label += f"\nMTU {spec.mtu}"
+                if spec.blocked:
+                    label += "\nBLOCKED"
                 if spec.shaping:
                     label += f"\nshaped {spec.shaping.average_bps / 1e6:g} Mbit/s"
                 if spec.teaming is not None:  # the port group overrides its switch's teaming
@@ -106,12 +127,23 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                         label += f", {', '.join(spec.teaming.standby)} standby"
             elif kind == "switch":
                 label = data["name"]
-                if spec.teaming is not None and spec.teaming.standby:
+                t = spec.teaming
+                if t is not None and t.policy in ("ip-hash", "src-mac", "failover"):
+                    label += f"\nteaming: {t.policy}"
+                elif t is not None and t.standby:
                     label += "\nteaming: active/standby"
-                elif spec.teaming is not None:
+                elif t is not None:
                     label += "\nteaming: port id"
+                if t is not None and not t.failback:
+                    label += ", no failback"
+                if t is not None and not t.notify_switches:
+                    label += ", no notify"
                 if spec.internal:
                     label += "\n(no uplink)"
+                if spec.pvlans:
+                    label += f"\n{_pvlan_label(spec.pvlans)}"
+                if spec.mtu is not None:
+                    label += f"\nMTU {spec.mtu}"
             else:
                 label = data["name"]
                 if kind == "pif" and not spec.up:
@@ -122,7 +154,10 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
     for nid, data in g.nodes(data=True):
         if data["kind"] == "pswitch":
             ranks["pswitch"].append(nid)
-            lines.append(f"  {_q(nid)} [label={_q(data['name'])}, {styles['pswitch']}];")
+            plabel = data["name"]
+            if data["spec"].pvlans:
+                plabel += f"\n{_pvlan_label(data['spec'].pvlans)}"
+            lines.append(f"  {_q(nid)} [label={_q(plabel)}, {styles['pswitch']}];")
     ranks["switch"].extend(ranks.pop("vlanpif"))
     for kind in ("vm", "portgroup", "switch", "pif", "pswitch"):
         if ranks[kind]:

@@ -125,22 +125,23 @@ class Vm:
 
     def add_vif(
         self, switch: StandardSwitch | str, port_group: PortGroup | str = "", *,
-        mac: str | bytes | None = None, queue_size: int = 1024,
+        mac: str | bytes | None = None, queue_size: int = 1024, mtu: int = 1500,
     ) -> Vif:
         """Plug a Xen VIF `vif<domid>.<devid>` into a bridge (its only port group by default)."""
         sw = self.host._switch(switch)
         vif = Vif(self.domid, len(self.ports), mac=mac or self.host.fabric._next_mac("00:16:3e"),
-                  queue_size=queue_size)
+                  queue_size=queue_size, mtu=mtu)
         return self._plug(sw, vif, port_group)
 
     def add_nic(
         self, switch: StandardSwitch | str, port_group: PortGroup | str = "", *,
-        mac: str | bytes | None = None, queue_size: int = 1024,
+        mac: str | bytes | None = None, queue_size: int = 1024, mtu: int = 1500,
     ) -> VmPort:
         """Plug a vSphere vNIC (port `<vm>.eth<N>`) into a port group."""
         sw = self.host._switch(switch)
         port = VmPort(f"{self.name}.eth{len(self.ports)}",
-                      mac=mac or self.host.fabric._next_mac("00:50:56"), queue_size=queue_size)
+                      mac=mac or self.host.fabric._next_mac("00:50:56"), queue_size=queue_size,
+                      mtu=mtu)
         return self._plug(sw, port, port_group)
 
     def _plug(self, sw: StandardSwitch, port: VmPort, port_group: PortGroup | str) -> Any:
@@ -195,11 +196,11 @@ class Host:
 
     def add_switch(
         self, name: str, *, mac_table_size: int = 8192, aging_s: float = 300.0,
-        teaming: TeamingPolicy | None = None,
+        teaming: TeamingPolicy | None = None, mtu: int | None = None,
     ) -> StandardSwitch:
         """A vSwitch or Xen bridge on this host, running on the fabric's clock."""
         sw = StandardSwitch(name, clock=self.fabric.clock, mac_table_size=mac_table_size,
-                            aging_s=aging_s, teaming=teaming)
+                            aging_s=aging_s, teaming=teaming, mtu=mtu)
         self.fabric._register(f"{self.name}/{name}", sw)
         self.fabric._add_bridge(sw)
         self.switches[name] = sw
@@ -277,12 +278,13 @@ class Fabric:
         self.switches[name] = sw
         return sw
 
-    def add_port(self, switch: PhysicalSwitch | str, name: str, vlan: Any = None) -> Port:
+    def add_port(self, switch: PhysicalSwitch | str, name: str, vlan: Any = None, *,
+                 mtu: int = 1500) -> Port:
         """A port on a physical switch, registered as `<switch>/<name>`."""
         sw = self[switch] if isinstance(switch, str) else switch
         if not isinstance(sw, PhysicalSwitch):
             raise ConfigError(f"{switch!r} is not a physical switch of this fabric")
-        port = sw.add_port(Port(name), vlan)
+        port = sw.add_port(Port(name, mtu=mtu), vlan)
         self._register(f"{sw.name}/{name}", port)
         return port
 

@@ -39,6 +39,7 @@ from netsim.dataplane.policy import (
     VlanPolicy,
 )
 from netsim.dataplane.port import Port, VmPort
+from netsim.dataplane.pvlan import PvlanEntry, PvlanMap, PvlanType
 from netsim.dataplane.switch import PortGroup, StandardSwitch
 from netsim.errors import TopologyError
 from netsim.lab.agent import GuestAgent, PingResult
@@ -72,14 +73,15 @@ def _port_group(n: NetworkSpec, vlan: int | None = None) -> PortGroup:
         shaping = ShapingPolicy(n.shaping.average_bps, n.shaping.peak_bps, n.shaping.burst_bytes)
     return PortGroup(n.name, vlan=n.vlan if vlan is None else vlan,
                      security=SecurityPolicy(s.promiscuous, s.mac_changes, s.forged_transmits),
-                     shaping=shaping, teaming=_teaming(n.teaming))
+                     shaping=shaping, teaming=_teaming(n.teaming), mtu=n.mtu,
+                     blocked=n.blocked)
 
 
 def _teaming(t: TeamingSpec | None) -> TeamingPolicy | None:
     if t is None:
         return None
-    lb = LoadBalancing.PORT_ID if t.policy == "port-id" else LoadBalancing.EXPLICIT_FAILOVER
-    return TeamingPolicy(t.active, t.standby, lb)
+    return TeamingPolicy(t.active, t.standby, LoadBalancing(t.policy),
+                         notify_switches=t.notify_switches, failback=t.failback)
 
 
 @dataclass
@@ -87,6 +89,10 @@ class BuiltHost:
     """Where each network of a host ended up: (switch, port group name)."""
 
     networks: dict[str, tuple[StandardSwitch, str]] = field(default_factory=dict)
+
+
+def _pvlan_map(entries: tuple[tuple[int, int, str], ...]) -> PvlanMap:
+    return PvlanMap(PvlanEntry(p, s, PvlanType(t)) for p, s, t in entries)
 
 
 def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
@@ -99,15 +105,17 @@ def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
     for h in topo.hosts:
         built[h.name] = _build_host(fab, h)
     for ps in topo.physical:
-        fab.add_physical_switch(ps.name)
+        phys = fab.add_physical_switch(ps.name)
+        if ps.pvlans:
+            phys.pvlan = _pvlan_map(ps.pvlans)
     for ps in topo.physical:
         for p in ps.ports:
-            port = fab.add_port(ps.name, p.name, _vlan_policy(p))
+            port = fab.add_port(ps.name, p.name, _vlan_policy(p), mtu=p.mtu)
             fab.link(fab[f"{p.host}/{p.pif}"], port)
     for link in topo.links:
         trunk = VlanPolicy.trunk(link.vlans)
-        a = fab.add_port(link.a, f"to-{link.b}", trunk)
-        b = fab.add_port(link.b, f"to-{link.a}", trunk)
+        a = fab.add_port(link.a, f"to-{link.b}", trunk, mtu=link.mtu)
+        b = fab.add_port(link.b, f"to-{link.a}", trunk, mtu=link.mtu)
         fab.link(a, b)
     for h in topo.hosts:
         for pif in h.pifs:
@@ -146,7 +154,10 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
     switches: dict[str, StandardSwitch] = {}
     for s in h.switches:
         teaming = _teaming(s.teaming)
-        sw = host.add_switch(s.name, mac_table_size=s.mac_table_size, aging_s=s.aging_s)
+        sw = host.add_switch(s.name, mac_table_size=s.mac_table_size, aging_s=s.aging_s,
+                             mtu=s.mtu)
+        if s.pvlans:
+            sw.pvlan = _pvlan_map(s.pvlans)
         for u in s.uplinks:
             sw.add_uplink(pifs[u])
         if teaming is not None:  # set once every uplink it names is there
@@ -163,7 +174,7 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
             name = f"xapi{xapi}"
             used.add(name)
             bridge = host.add_switch(name, mac_table_size=spec.mac_table_size,
-                                     aging_s=spec.aging_s)
+                                     aging_s=spec.aging_s, mtu=spec.mtu)
             bridge.add_port_group(_port_group(n, vlan=0))
             bridge.add_uplink(host.vlan_pif(pifs[spec.uplinks[0]], n.vlan))
             out.networks[n.name] = (bridge, n.name)
@@ -176,9 +187,9 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
         for f in vm_spec.vifs:
             sw, pg = out.networks[f.network]
             if h.type == "xen":
-                vm.add_vif(sw, pg, mac=f.mac)
+                vm.add_vif(sw, pg, mac=f.mac, mtu=f.mtu)
             else:
-                vm.add_nic(sw, pg, mac=f.mac)
+                vm.add_nic(sw, pg, mac=f.mac, mtu=f.mtu)
     return out
 
 

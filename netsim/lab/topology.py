@@ -26,14 +26,15 @@ from typing import Any
 import networkx as nx
 
 from netsim.dataplane.impair import Impairment, parse_impairment
-from netsim.errors import TopologyError
+from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
+from netsim.errors import ConfigError, TopologyError
 from netsim.lab.yamlsrc import SourceMap, load_yaml
 
 PathT = tuple[str | int, ...]
 
 HOST_TYPES = ("xen", "esxi")
 PORT_MODES = ("access", "trunk", "native-tagged", "native-untagged")
-TEAMING_POLICIES = ("port-id", "failover")
+TEAMING_POLICIES = ("port-id", "failover", "ip-hash", "src-mac")
 XEN_OUI = (0x00, 0x16, 0x3E)
 
 
@@ -64,6 +65,8 @@ class TeamingSpec:
     policy: str
     active: tuple[str, ...]
     standby: tuple[str, ...] = ()
+    notify_switches: bool = True  # a RARP per moved vNIC on its new uplink
+    failback: bool = True  # False = vSphere rollingOrder
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,9 @@ class SwitchSpec:
     mac_table_size: int = 8192
     aging_s: float = 300.0
     implicit: bool = False
+    #: private VLANs as (primary, secondary, type) entries (`VMwareDVSPvlanMapEntry`)
+    pvlans: tuple[tuple[int, int, str], ...] = ()
+    mtu: int | None = None  # vSS `mtu` / vDS `maxMtu`: caps every port of the switch
 
     @property
     def internal(self) -> bool:
@@ -106,6 +112,8 @@ class NetworkSpec:
     security: SecuritySpec = field(default_factory=SecuritySpec)
     shaping: ShapingSpec | None = None
     teaming: TeamingSpec | None = None  # overrides the switch's teaming (ESXi port groups)
+    mtu: int | None = None  # a XenServer network's MTU; caps the ports of the port group
+    blocked: bool = False  # every port blocked (vSphere DVPortSetting.blocked)
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,7 @@ class VifSpec:
     ip: ipaddress.IPv4Interface | None = None
     vlan: int | None = None  # the guest tags its frames itself (VGT port groups)
     attach: AttachSpec | None = None
+    mtu: int = 1500  # the vNIC's / VIF's MTU
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,7 @@ class PhysPortSpec:
     mode: str = "trunk"
     vlans: tuple[int, ...] = ()  # trunk: allowed VLANs (empty = all)
     vlan: int = 0  # access VLAN / native VLAN
+    mtu: int = 1500
 
     @property
     def name(self) -> str:
@@ -216,6 +226,7 @@ class PhysLinkSpec:
     a: str
     b: str
     vlans: tuple[int, ...] = ()
+    mtu: int = 1500  # of the ports at both ends
 
 
 @dataclass(frozen=True)
@@ -224,6 +235,7 @@ class PhysSwitchSpec:
 
     name: str
     ports: tuple[PhysPortSpec, ...]
+    pvlans: tuple[tuple[int, int, str], ...] = ()  # a PVLAN-aware switch's map
 
 
 @dataclass(frozen=True)
@@ -426,18 +438,18 @@ def _kind(value: Any) -> str:
 _TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors", "links")
 _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mirrors")
 _PIF_KEYS = ("mtu", "up", "impair")
-_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging")
-_TEAM_KEYS = ("policy", "active", "standby")
-_NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming")
+_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu")
+_TEAM_KEYS = ("policy", "active", "standby", "notify_switches", "failback")
+_NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming", "mtu", "blocked")
 _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
 _SHAPE_KEYS = ("average", "peak", "burst")
 _VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "disks")
 _DISK_KEYS = ("device", "source", "mode")
-_VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach")
+_VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach", "mtu")
 _ROUTE_KEYS = ("to", "via")
-_PHYS_KEYS = ("ports", "links")
-_PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair")
-_LINK_KEYS = ("vlans",)
+_PHYS_KEYS = ("ports", "links", "pvlans")
+_PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair", "mtu")
+_LINK_KEYS = ("vlans", "mtu")
 _MIRROR_KEYS = ("switch", "sources", "vlans", "destination", "direction")
 
 
@@ -733,7 +745,14 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
         if isinstance(aging, bool) or not isinstance(aging, (int, float)) or not \
                 15 <= aging <= 3600:
             raise c.fail((*sp, "aging"), f"aging must be 15-3600 seconds, got {aging!r}")
-        switches[sname] = SwitchSpec(hname, sname, uplinks, teaming, size, float(aging))
+        pvlans = ()
+        if s.get("pvlans") is not None:
+            if htype != "esxi":
+                raise c.fail((*sp, "pvlans"), "private VLANs are a vSphere distributed switch "
+                             "feature; XenServer has none")
+            pvlans = _pvlans(c, s["pvlans"], (*sp, "pvlans"))
+        switches[sname] = SwitchSpec(hname, sname, uplinks, teaming, size, float(aging),
+                                     pvlans=pvlans, mtu=_mtu(c, s, sp))
 
     networks: dict[str, NetworkSpec] = {}
     nets_raw = dict(c.mapping(h.get("networks"), (*hp, "networks")))
@@ -793,8 +812,9 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
             if twin is not None:  # xapi: one VLAN PIF ethX.VID, one network
                 raise c.fail((*np_, "vlan"), f"VLAN {vlan} on {sw} is already network "
                              f"{twin.name}")
-        networks[nname] = NetworkSpec(hname, nname, sw, vlan, internal, security, shaping,
-                                      teaming)
+        networks[nname] = NetworkSpec(
+            hname, nname, sw, vlan, internal, security, shaping, teaming, mtu=_mtu(c, n, np_),
+            blocked=c.boolean(n.get("blocked"), (*np_, "blocked"), False))
 
     vm_dicts: list[dict[str, Any]] = []
     domids: dict[int, PathT] = {}
@@ -852,7 +872,8 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
                 pending.append((host_index, vi, fi, fp))
             attach = _attach(c, f.get("attach"), (*fp, "attach"))
             vifs.append({"vm": vname, "index": fi, "port": port, "network": net,
-                         "mac": mac, "ip": ip, "vlan": guest_vlan, "attach": attach})
+                         "mac": mac, "ip": ip, "vlan": guest_vlan, "attach": attach,
+                         "mtu": _mtu(c, f, fp) or 1500})
         if len({v["attach"] is None for v in vifs}) > 1:
             raise c.fail((*vp, key), "attach all of a VM's vNICs to real interfaces or none "
                          "(a VM runs either the built-in guest stack or a real one)")
@@ -988,7 +1009,12 @@ def _teaming(c: _Checker, raw: Any, path: PathT, uplinks: tuple[str, ...],
         active = tuple(u for u in uplinks if u not in standby)
     if not active:
         raise c.fail((*path, "active"), "teaming needs at least one active uplink")
-    return TeamingSpec(policy, active, standby)
+    if htype == "xen" and policy in ("ip-hash", "src-mac"):
+        raise c.fail((*path, "policy"), f"{policy} is a vSphere teaming policy; XenServer "
+                     "bonds are active-backup, balance-slb or lacp")
+    return TeamingSpec(policy, active, standby,
+                       c.boolean(t.get("notify_switches"), (*path, "notify_switches"), True),
+                       c.boolean(t.get("failback"), (*path, "failback"), True))
 
 
 def _shaping(c: _Checker, raw: Any, path: PathT) -> ShapingSpec | None:
@@ -1006,6 +1032,43 @@ def _shaping(c: _Checker, raw: Any, path: PathT) -> ShapingSpec | None:
     if burst < 64:
         raise c.fail((*path, "burst"), f"burst {burst} bytes is smaller than one frame")
     return ShapingSpec(avg, peak, burst)
+
+
+def _mtu(c: _Checker, m: Mapping[str, Any], path: PathT) -> int | None:
+    """The `mtu:` key of a mapping (68-9216; jumbo frames are 9000), None if absent."""
+    if m.get("mtu") is None:
+        return None
+    return c.integer(m["mtu"], (*path, "mtu"), 68, 9216, "MTU")
+
+
+def _pvlans(c: _Checker, raw: Any, path: PathT) -> tuple[tuple[int, int, str], ...]:
+    """`{primary: {secondary: isolated|community}}` → checked (primary, secondary, type)
+    entries, the primary itself promiscuous (vSphere's `VMwareDVSPvlanMapEntry` list)."""
+    def vlan_keys(value: Any, where: PathT) -> dict[int, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise c.fail(where, "expected a mapping like {100: {101: isolated, 102: community}}"
+                         f", got {_kind(value)}")
+        return dict(value)
+
+    entries: list[PvlanEntry] = []
+    for primary, secs in vlan_keys(raw, path).items():
+        pp = (*path, primary)
+        c.vlan(primary, pp, lo=1, hi=4094)
+        try:
+            entries.append(PvlanEntry(primary, primary, "promiscuous"))  # type: ignore[arg-type]
+            for sec, kind in vlan_keys(secs, pp).items():
+                c.vlan(sec, (*pp, sec), lo=1, hi=4094)
+                if sec != primary:
+                    entries.append(PvlanEntry(primary, sec, kind))
+                elif kind != "promiscuous":
+                    raise ConfigError(f"pvlan {sec}: only the promiscuous secondary has the "
+                                      f"primary's ID; {kind!r} needs another one")
+            PvlanMap(entries)
+        except ConfigError as exc:
+            raise c.fail(pp, str(exc)) from None
+    return tuple((e.primary, e.secondary, e.type.value) for e in PvlanMap(entries).entries)
 
 
 def _freeze_host(h: dict[str, Any]) -> HostSpec:
@@ -1056,10 +1119,12 @@ def _physical(c: _Checker, raw: Any, hosts: dict[str, HostSpec]
                 raise c.fail((*pp, "vlans"), "an access port carries one VLAN: use `vlan:`")
             if mode.startswith("native") and not vlan:
                 raise c.fail(pp, f"a {mode} port needs `native:` (its native VLAN)")
-            ports.append(PhysPortSpec(sname, host, pif, mode, vlans, vlan))
+            ports.append(PhysPortSpec(sname, host, pif, mode, vlans, vlan,
+                                      _mtu(c, p, pp) or 1500))
         for li, lraw in enumerate(c.seq(s.get("links"), (*sp, "links"))):
             raw_links.append(((*sp, "links", li), sname, "", lraw))
-        switches.append(PhysSwitchSpec(sname, tuple(ports)))
+        switches.append(PhysSwitchSpec(sname, tuple(ports),
+                                       _pvlans(c, s.get("pvlans"), (*sp, "pvlans"))))
     names = {s.name for s in switches}
     links = []
     for lp, a, _, lraw in raw_links:
@@ -1074,7 +1139,8 @@ def _physical(c: _Checker, raw: Any, hosts: dict[str, HostSpec]
         if b == a:
             raise c.fail((*lp, b), "a switch cabled to itself is a loop")
         o = c.mapping(opts, (*lp, b), _LINK_KEYS)
-        links.append((lp, PhysLinkSpec(a, b, c.vlans(o.get("vlans"), (*lp, b, "vlans")))))
+        links.append((lp, PhysLinkSpec(a, b, c.vlans(o.get("vlans"), (*lp, b, "vlans")),
+                                       _mtu(c, o, (*lp, b)) or 1500)))
     return (tuple(switches), tuple(link for _, link in links), [lp for lp, _ in links])
 
 

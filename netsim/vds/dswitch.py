@@ -439,6 +439,9 @@ class ProxyLink:
         self.departed: dict[bytes, int] = {}
         self._uni_topics: dict[str, str] = {}
         self.vlans: frozenset[int] = frozenset()
+        #: private VLAN → its primary: remote MACs are learned and looked up there (shared
+        #: VLAN learning, as on the proxy switch); set from the config
+        self.fids: dict[int, int] = {}
         self._flood_subs: dict[int, tuple[Subscription, asyncio.Task[None]]] = {}
         self._stack = contextlib.AsyncExitStack()
         peers.on_down.append(self._host_down)
@@ -522,9 +525,9 @@ class ProxyLink:
                     if not self.has_vlan(vid):
                         c.rx_vlan_not_local += 1
                         continue
-                    key = (vid, frame[6:12])
+                    key = (self.fids.get(vid, vid) if self.fids else vid, frame[6:12])
                     if key != learned and not frame[6] & 1:  # once per run of one source
-                        self.remote.learn(vid, key[1], src)
+                        self.remote.learn(key[0], key[1], src)
                         learned = key
                     c.rx_frames += 1
                     if keep is None:
@@ -565,7 +568,7 @@ class ProxyLink:
                 continue
             dst = frame[0:6]
             if not dst[0] & 1:
-                host = lookup(vid, dst)
+                host = lookup(self.fids.get(vid, vid) if self.fids else vid, dst)
                 if host is not None and host in online:
                     topic = uni_topics.get(host)
                     if topic is None:
@@ -601,7 +604,7 @@ class ProxyLink:
 
     def local_mac(self, vid: int, mac: bytes) -> None:
         """`mac` was learned on a local port: it is no longer behind another host."""
-        self.remote.forget(vid, mac)
+        self.remote.forget(self.fids.get(vid, vid), mac)
 
 
 # ----------------------------------------------------------------------------- host plane
@@ -796,8 +799,11 @@ class ProxySwitch:
         return [p for p in self.switch.ports.values() if isinstance(p, VmPort)]
 
     def vlans(self) -> frozenset[int]:
-        """VLANs (port group VLAN IDs; 4095 = all) that local VM ports use."""
-        return frozenset(p.sw_group.vlan for p in self.vm_ports())
+        """VLANs (port group VLAN IDs; 4095 = all) that local VM ports use, and for private
+        VLAN ports every VLAN they receive (a promiscuous port: its secondaries)."""
+        own = {p.sw_group.vlan for p in self.vm_ports()}
+        pv = self.switch.pvlan
+        return frozenset(own.union(*(pv.receives(v) for v in own if v in pv)))
 
     def apply(self, config: VdsConfig) -> frozenset[int]:
         """Reconfigure live to `config`; returns the VLANs with local ports."""
@@ -832,10 +838,16 @@ class ProxySwitch:
                 ),
                 shaping=_shaping(pg.shaping_out),
                 teaming=_teaming(pg.teaming, nics),
+                blocked=pg.blocked,
             )
             for pg in config.portgroups
         }
+        pmap = config.pvlan_map()
         # then apply
+        if pmap != self.switch.pvlan:
+            self.switch.pvlan = pmap
+        if self.switch.mtu != config.max_mtu:
+            self.switch.mtu = config.max_mtu
         for up, nic in mapping.items():
             if up not in self.uplinks:
                 pif = self.host.pifs.get(nic) or self.host.add_pif(nic)
@@ -883,7 +895,7 @@ class ProxySwitch:
             if not pinned:
                 self._in_order(in_use)[0].counters.drop("no-destination")
             return
-        port = sw.mac_table.lookup(vid, frame[0:6], sw.clock.now_ns())
+        port = sw.mac_table.lookup(sw.learning_vlan(vid), frame[0:6], sw.clock.now_ns())
         pif = sw.uplink_for(port) if isinstance(port, VmPort) else None
         if pif is None or pif not in in_use:
             pif = self._in_order(in_use)[0]
@@ -935,7 +947,8 @@ def _teaming(t: DvTeaming | None, nics: dict[str, str]) -> TeamingPolicy | None:
     if (t.active or t.standby) and not active and not standby:
         return None
     return TeamingPolicy(active=active, standby=standby,
-                         load_balancing=LoadBalancing(t.policy))
+                         load_balancing=LoadBalancing(t.policy),
+                         notify_switches=t.notify_switches, failback=t.failback)
 
 
 def _shaping(s: DvShaping | None) -> ShapingPolicy | None:

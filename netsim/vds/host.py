@@ -176,6 +176,7 @@ class HostAgent:
             await self._stack.enter_async_context(link)
             self.links[config.name] = link
             self.plane.attach_link(link)
+        link.fids = proxy.switch.pvlan.fids()
         for up, pif in proxy.uplinks.items():
             if up not in before:
                 self._spawn(proxy.pump(pif, link), f"{config.name} {up}")

@@ -12,9 +12,10 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
 from netsim.errors import ConfigError
 
-TEAMING_POLICIES = ("port-id", "failover")
+TEAMING_POLICIES = ("port-id", "failover", "ip-hash", "src-mac")
 SCHEMA = "hvsim.vds/1"
 
 
@@ -43,6 +44,8 @@ class DvTeaming:
     policy: str = "port-id"
     active: tuple[str, ...] = ()
     standby: tuple[str, ...] = ()
+    notify_switches: bool = True
+    failback: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class DvPortGroup:
     shaping_in: DvShaping | None = None  # toward the VM (vDS shapes both directions)
     shaping_out: DvShaping | None = None  # from the VM
     teaming: DvTeaming | None = None
+    blocked: bool = False  # DVPortSetting.blocked: every port of the group passes nothing
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,15 @@ class VdsConfig:
     portgroups: tuple[DvPortGroup, ...] = ()
     #: host → {uplink name → host NIC}
     hosts: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: private VLANs: `VMwareDVSPvlanMapEntry`s as (primary, secondary, type); port groups
+    #: whose VLAN is one of these IDs are private VLAN port groups
+    pvlans: tuple[tuple[int, int, str], ...] = ()
+    #: `VMwareDVSConfigSpec.maxMtu`: the largest frame payload any proxy switch port passes
+    max_mtu: int = 1500
+
+    def pvlan_map(self) -> PvlanMap:
+        """The PVLAN map the proxy switches apply."""
+        return PvlanMap(PvlanEntry(p, s, t) for p, s, t in self.pvlans)  # type: ignore[arg-type]
 
     def portgroup(self, name: str) -> DvPortGroup:
         """The port group called `name`; ConfigError if there is none."""
@@ -86,6 +99,7 @@ class VdsConfig:
     def to_json(self) -> bytes:
         """The document as published (canonical key order)."""
         doc = {"schema": SCHEMA, **asdict(self)}
+        doc["pvlans"] = [{"primary": p, "secondary": s, "type": t} for p, s, t in self.pvlans]
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -181,7 +195,9 @@ def _parse(doc: dict, source: str) -> VdsConfig:
             for u in (*active, *standby):
                 if u not in uplinks:
                     raise ConfigError(f"{tw}: uplink {u!r} is not one of the vDS's {list(uplinks)}")
-            teaming = DvTeaming(policy, active, standby)
+            teaming = DvTeaming(policy, active, standby,
+                                _get(t, "notify_switches", bool, tw, True),
+                                _get(t, "failback", bool, tw, True))
         pgs.append(
             DvPortGroup(
                 pname,
@@ -190,6 +206,7 @@ def _parse(doc: dict, source: str) -> VdsConfig:
                 _shaping(p.get("shaping_in"), f"{pw}.shaping_in"),
                 _shaping(p.get("shaping_out"), f"{pw}.shaping_out"),
                 teaming,
+                _get(p, "blocked", bool, pw, False),
             )
         )
     hosts: dict[str, dict[str, str]] = {}
@@ -203,4 +220,22 @@ def _parse(doc: dict, source: str) -> VdsConfig:
                 raise ConfigError(f"{where}.hosts[{_label(h)}]: uplink {u!r} is not one of "
                                   f"{list(uplinks)}")
         hosts[h] = dict(mapping)
-    return VdsConfig(name, version, uplinks, tuple(pgs), hosts)
+    entries: list[PvlanEntry] = []
+    for i, e in enumerate(_get(doc, "pvlans", list, where, [])):
+        ew = f"{where}.pvlans[{i}]"
+        if not isinstance(e, dict):
+            raise ConfigError(f"{ew}: expected {{primary, secondary, type}}")
+        try:
+            entries.append(PvlanEntry(_get(e, "primary", int, ew), _get(e, "secondary", int, ew),
+                                      _get(e, "type", str, ew)))  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise ConfigError(f"{ew}: {exc}") from None
+    try:
+        pmap = PvlanMap(entries)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.pvlans: {exc}") from None
+    pvlans = tuple((e.primary, e.secondary, e.type.value) for e in pmap.entries)
+    max_mtu = _get(doc, "max_mtu", int, where, 1500)
+    if not 68 <= max_mtu <= 9216:
+        raise ConfigError(f"{where}.max_mtu: {max_mtu} outside 68..9216")
+    return VdsConfig(name, version, uplinks, tuple(pgs), hosts, pvlans, max_mtu)

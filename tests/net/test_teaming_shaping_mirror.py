@@ -37,9 +37,14 @@ def test_failover_to_the_other_uplink_on_link_down_and_back() -> None:
     other = ups[1] if first is ups[0] else ups[0]
     first.set_link(False)
     vm.vnic.send(make(BCAST, vm.vnic.mac))
-    assert len(sent(other)) == 1 and sent(first) == []
+    moved = {p.vnic.mac for p in vms if p.sw_id % 2 == vm.sw_id % 2}  # pinned like vm
+    *rarps, frame = sent(other)  # notify switches: a RARP per moved vNIC, then the frame
+    assert {r[6:12] for r in rarps} == moved and len(rarps) == 2
+    assert all(r[16:18] == b"\x80\x35" for r in rarps)
+    assert frame[6:12] == vm.vnic.mac and sent(first) == []
     first.set_link(True)
     assert sw.uplink_for(vm) is first
+    assert {f[6:12] for f in sent(first)} == moved  # failback: announced again
 
 
 def test_standby_only_when_no_active_is_up() -> None:
@@ -49,7 +54,7 @@ def test_standby_only_when_no_active_is_up() -> None:
     assert len(sent(ups[0])) == 4 and sent(ups[1]) == []
     ups[0].set_link(False)
     vms[0].vnic.send(make(BCAST, vms[0].vnic.mac))
-    assert len(sent(ups[1])) == 1
+    assert len(sent(ups[1])) == 1 + 4  # a RARP for each of the 4 vNICs that moved, the frame
     ups[1].set_link(False)
     vms[0].vnic.send(make(BCAST, vms[0].vnic.mac))
     assert vms[0].counters.drops == {}  # other VMs still got the broadcast

@@ -17,6 +17,9 @@ EXPECTED = {
     # gw answers everyone; a1/a2 and b1 reach each other through gw; b2 has no gateway,
     # so it reaches only its own network
     "xen-router": [{"gw", "a1", "a2", "b1"}, {"gw", "b1", "b2"}, {"a1", "a2"}],
+    # private VLANs: the promiscuous gw reaches all; isolated VMs only gw; the web community
+    # itself and gw, across the two hosts and the PVLAN-aware ToR
+    "esxi-pvlan": [{"gw", "iso1"}, {"gw", "iso2"}, {"gw", "iso3"}, {"gw", "web1", "web2"}],
 }
 
 

@@ -1,0 +1,72 @@
+"""LLDP and CDP frames as ESXi sends them: tshark's `lldp` and `cdp` dissectors read the host
+name and port; our parser reads them back; cut frames are refused."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from netsim.clock import ManualClock
+from netsim.errors import FrameError
+from netsim.wire.capture import PcapngWriter
+from netsim.wire.discovery import Neighbour, cdp_frame, lldp_frame, parse_neighbour
+
+pytestmark = pytest.mark.interop
+NIC = bytes.fromhex("005056aa0001")
+
+
+def tshark(*args: str) -> str:
+    exe = shutil.which("tshark")
+    assert exe, "tshark is installed by scripts/setup.sh"
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def write(path: Path, frames: list[bytes]) -> Path:
+    w = PcapngWriter(path, clock=ManualClock())
+    tap = w.tap(w.add_interface("vmnic0"))
+    for f in frames:
+        tap(f, True)
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize(("host", "port"), [("esx1.lab", "vmnic0"), ("esx-02", "vmnic13")])
+def test_tshark_dissects_lldp_with_host_name_and_port(tmp_path: Path, host: str,
+                                                      port: str) -> None:
+    pcap = write(tmp_path / "l.pcapng", [lldp_frame(NIC, system=host, port=port)])
+    out = tshark("-r", str(pcap), "-Y", "lldp", "-T", "fields", "-e", "lldp.tlv.system.name",
+                 "-e", "lldp.port.id", "-e", "lldp.chassis.id.mac", "-e", "lldp.time_to_live",
+                 "-e", "_ws.expert").strip()
+    assert out.split("\t")[:4] == [host, port, "00:50:56:aa:00:01", "120"], out
+    assert parse_neighbour(lldp_frame(NIC, system=host, port=port)) == Neighbour(
+        "lldp", host, port, 120)
+
+
+@pytest.mark.parametrize(("host", "port"), [("esx1.lab", "vmnic0"), ("esx-02", "vmnic13")])
+def test_tshark_dissects_cdp_with_device_id_port_and_a_good_checksum(
+        tmp_path: Path, host: str, port: str) -> None:
+    pcap = write(tmp_path / "c.pcapng", [cdp_frame(NIC, system=host, port=port)])
+    out = tshark("-r", str(pcap), "-Y", "cdp",
+                 "-T", "fields", "-e", "cdp.deviceid", "-e", "cdp.portid", "-e", "cdp.platform",
+                 "-e", "cdp.checksum.status", "-e", "cdp.ttl").strip()
+    dev, p, platform, status, ttl = out.split("\t")
+    assert (dev, p, platform.strip(), ttl) == (host, port, "VMware ESX", "180"), out
+    assert status == "1", f"checksum status {status} (1 = good)"
+    n = parse_neighbour(cdp_frame(NIC, system=host, port=port))
+    assert (n.protocol, n.system, n.port, n.ttl, n.platform) == ("cdp", host, port, 180,
+                                                                  "VMware ESX")
+
+
+@pytest.mark.parametrize("cut", [15, 20, 25])
+def test_cut_discovery_frames_are_refused(cut: int) -> None:
+    for f in (lldp_frame(NIC, system="h", port="p"), cdp_frame(NIC, system="h", port="p")):
+        with pytest.raises(FrameError):
+            parse_neighbour(f[:cut])
+
+
+def test_other_frames_are_not_discovery() -> None:
+    assert parse_neighbour(b"\xff" * 6 + NIC + b"\x08\x00" + bytes(46)) is None
