@@ -67,3 +67,16 @@ def test_a_command_runs_with_only_its_own_module_loaded() -> None:
                           check=False)
     assert "create" in proc.stdout, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "['storage.cli.vhd']"
+
+
+def test_a_reader_that_goes_away_gives_no_traceback() -> None:
+    # `hvsim lvm lvs --help | head -1`: the long help hits a closed pipe
+    proc = subprocess.Popen([sys.executable, "-m", "netsim", "lvm", "lvs", "--help"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**__import__("os").environ, "COLUMNS": "80"})
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err
+    assert proc.returncode in (0, 1)  # click: EPIPE ends the command quietly with status 1
