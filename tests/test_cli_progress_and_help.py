@@ -46,7 +46,8 @@ def run_piped(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_bench_topology_progress_on_a_terminal_only(tmp_path: Path) -> None:
     rc, out, tty = run_with_tty_stderr("bench", "topology", "--quick", cwd=tmp_path)
     assert rc == 0, tty
-    assert "topology: load + validate" in tty and "topology: pingall 30 VMs" in tty, tty
+    # the bar refreshes at 10 Hz, so a fast stage may never be drawn; the last one always is
+    assert "topology: pingall 30 VMs" in tty and "8/8" in tty, tty
     assert "\x1b[" not in out and "load + validate" in out   # the table, on stdout
     res = run_piped("bench", "topology", "--quick", cwd=tmp_path)
     assert res.returncode == 0 and res.stderr == "", res.stderr

@@ -24,6 +24,7 @@ from typing import Any, Self
 
 from netsim.dataplane.guest import Guest, Iface, Route
 from netsim.dataplane.port import Vif, VmPort
+from netsim.dataplane.teaming import rarp_announce
 from netsim.errors import ConfigError, NetsimError, TopologyError, TransportError
 from netsim.lab.agent import GuestAgent
 from netsim.lab.fabric import Fabric, Vm
@@ -34,22 +35,8 @@ from netsim.vds.transport.topics import Topics
 from netsim.vds.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
 from netsim.wire.frame import mac_to_bytes, mac_to_str
 
-ETHERTYPE_RARP = 0x8035
 #: how long after a VM left frames for it at the old host count as "in flight" (seconds)
 IN_FLIGHT_WINDOW_S = 2.0
-
-
-def rarp_announce(mac: bytes) -> bytes:
-    """The RARP request vMotion sends for a moved vNIC: broadcast, source = the VM's MAC."""
-    body = (
-        (1).to_bytes(2, "big")  # hardware: Ethernet
-        + (0x0800).to_bytes(2, "big")  # protocol: IPv4
-        + bytes((6, 4))
-        + (3).to_bytes(2, "big")  # op 3: request reverse
-        + mac + bytes(4) + mac + bytes(4)
-    )
-    frame = b"\xff" * 6 + mac + ETHERTYPE_RARP.to_bytes(2, "big") + body
-    return frame + bytes(60 - len(frame))
 
 
 @dataclass

@@ -8,9 +8,10 @@ import itertools
 
 import pytest
 
+from netsim.dataplane.teaming import ETHERTYPE_RARP
 from netsim.lab.fabric import Fabric
 from netsim.vds.dswitch import ManagementPlane
-from netsim.vds.host import ETHERTYPE_RARP, HostAgent, NicSpec
+from netsim.vds.host import HostAgent, NicSpec
 from netsim.vds.transport.topics import Topics
 from netsim.vds.vdsconfig import DvPortGroup, VdsConfig
 

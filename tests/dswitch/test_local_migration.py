@@ -5,9 +5,10 @@ import pytest
 
 from netsim.dataplane.policy import VlanPolicy
 from netsim.dataplane.switch import PortGroup
+from netsim.dataplane.teaming import ETHERTYPE_RARP
 from netsim.errors import ConfigError
 from netsim.lab.fabric import Fabric
-from netsim.vds.host import ETHERTYPE_RARP, migrate_in_fabric
+from netsim.vds.host import migrate_in_fabric
 
 BCAST = b"\xff" * 6
 
