@@ -143,6 +143,36 @@ class CowStore:
             raise SnapshotInvalidError(f"snapshot {self.name} is invalid (its COW store filled "
                                        "up); remove it with lvremove")
 
+    def refresh(self) -> bool:
+        """Pick up what another process appended since this store was loaded: new exceptions
+        (its origin was written there) and an invalidation. True when anything changed.
+
+        Sound without locks because a writer stores the copy, then its table entry, and only
+        then overwrites the origin chunk (`add` before the origin write): a reader that read
+        an origin chunk and afterwards finds no entry for it read the old data; if it finds
+        one, it reads the copy. Entries are checked against the slot they must be in (data
+        chunks are handed out in order), so an area not yet zeroed by the writer reads as
+        "nothing new", never as garbage exceptions."""
+        changed = False
+        valid, _ = unpack_header(self.raw.pread(0, _HEADER.size), f"snapshot {self.name}")
+        if self.valid and not valid:
+            self.valid, changed = False, True
+        while self.valid:
+            area, slot, nxt = self._area, self._slot, self._next
+            if slot == self.per_area:
+                area, slot = area + 1, 0
+                nxt = self._area_chunk(area) + 1
+                if nxt >= self.total_chunks:
+                    break
+            old, new = _EXCEPTION.unpack(self.raw.pread(
+                self._area_chunk(area) * self.chunk + slot * _EXCEPTION.size, _EXCEPTION.size))
+            if new != nxt or new >= self.total_chunks:
+                break
+            self.exceptions[old] = new
+            self._area, self._slot, self._next = area, slot + 1, nxt + 1
+            changed = True
+        return changed
+
     def lookup(self, chunk: int) -> int | None:
         """COW chunk holding origin chunk `chunk`, if it was copied."""
         return self.exceptions.get(chunk)

@@ -330,12 +330,22 @@ class SnapshotDevice(_LvDeviceBase):
         if offset < 0 or length < 0 or offset + length > self._size:
             self._bounds(offset, length)
         out = []
+        from_origin = []
         for idx, within, n in self._chunks(offset, length):
             new = store.lookup(idx)
             if new is None:
+                from_origin.append((len(out), idx, within, n))
                 out.append(self.map.pread(idx * store.chunk + within, n))
             else:
                 out.append(store.read_chunk(new, within, n))
+        # Another process may be writing the origin (a guest on the VDI while this process
+        # exports its snapshot): whatever it copied out after we looked, read from the copy.
+        if from_origin and store.refresh():
+            store.check()
+            for pos, idx, within, n in from_origin:
+                new = store.lookup(idx)
+                if new is not None:
+                    out[pos] = store.read_chunk(new, within, n)
         return b"".join(out)
 
     def write(self, offset: int, data: bytes) -> None:

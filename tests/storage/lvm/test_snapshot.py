@@ -151,3 +151,36 @@ def test_device_opened_before_the_snapshot_still_copies_on_write(vg: VolumeGroup
     vg.lvremove("snap")
     origin.write(0, b"again!")  # no snapshot left: plain writes
     assert origin.read(0, 6) == b"again!"
+
+
+def test_snapshot_read_by_another_handle_while_the_origin_is_written(
+        vg: VolumeGroup, pv_files) -> None:
+    """A process reading a snapshot (an export) while another writes its origin (a guest)
+    sees the frozen view: chunks the writer copies out after the reader loaded the exception
+    table are read from the copy, across a metadata-area boundary, and an overflow that
+    invalidates the snapshot there fails the read here."""
+    chunk = 4096                      # 256 exceptions per metadata area
+    vg.lvcreate("data", 4 * MiB)
+    origin = vg.open_lv("data")
+    rng = random.Random(3)
+    before = rng.randbytes(4 * MiB)
+    origin.write(0, before)
+    vg.lvcreate("snap", 2 * MiB, snapshot_of="data", chunk_size=chunk)
+    origin = vg.open_lv("data")
+    origin.write(0, b"early")         # copied out before the reader opens: in its table
+    other = VolumeGroup.open("vg0", pv_files)   # what another process would hold
+    try:
+        snap = other.open_lv("snap")
+        assert snap.read(0, 4 * MiB) == before
+        for i in range(300):          # crosses into the second metadata area
+            off = rng.randrange(4 * MiB // chunk) * chunk
+            origin.write(off, rng.randbytes(chunk))
+            got = snap.read(off, chunk)
+            assert got == before[off:off + chunk], f"write {i} at {off} leaked"
+        assert snap.read(0, 4 * MiB) == before
+        with pytest.raises(SnapshotInvalidError):
+            for off in range(0, 4 * MiB, chunk):  # every chunk: more than the store holds
+                origin.write(off, b"x" * chunk)   # (4 MiB after rounding to extents, less
+                snap.read(off, chunk)             # the header and metadata areas)
+    finally:
+        other.close()
