@@ -205,12 +205,13 @@ def enable(sr: SR, uuid: str) -> None:
             raise SrError(f"VDI {vdi.uuid} is a hidden base copy")
         if vdi.cbt_enabled:
             return
-        if sr._attached(vdi.uuid):
-            raise SrError(f"VDI {vdi.uuid} is attached; unplug it before enabling CBT")
-        _write_log_file(log_path(sr.path, vdi.uuid), vdi.virtual_size, parent=None,
-                        bitmap=None)
-        vdi.cbt_enabled = True
-        sr.save()
+        # A plugged VBD is paused around the change and reopened logging, as XenServer's
+        # sm (VDI.configure_blocktracking: tap_pause, create the log, tap_unpause) does.
+        with sr._paused(vdi):
+            _write_log_file(log_path(sr.path, vdi.uuid), vdi.virtual_size, parent=None,
+                            bitmap=None)
+            vdi.cbt_enabled = True
+            sr.save()
 
 
 def disable(sr: SR, uuid: str) -> None:
@@ -220,11 +221,10 @@ def disable(sr: SR, uuid: str) -> None:
         vdi = sr.vdi(uuid)
         if not vdi.cbt_enabled:
             return
-        if sr._attached(vdi.uuid):
-            raise SrError(f"VDI {vdi.uuid} is attached; unplug it before disabling CBT")
-        vdi.cbt_enabled = False
-        sr.save()
-        log_path(sr.path, vdi.uuid).unlink(missing_ok=True)
+        with sr._paused(vdi):       # a plugged VBD continues without logging
+            vdi.cbt_enabled = False
+            sr.save()
+            log_path(sr.path, vdi.uuid).unlink(missing_ok=True)
 
 
 def on_snapshot(sr: SR, vdi: VDI, snap: VDI) -> None:
@@ -258,6 +258,8 @@ def list_changed_blocks(sr: SR, from_uuid: str, to_uuid: str) -> bytes:
     `to_uuid` (a later snapshot, or the VDI itself); first block = MSB of byte 0."""
     sr.vdi(from_uuid)
     sr.vdi(to_uuid)
+    if from_uuid == to_uuid:    # as sm's VDI.list_changed_blocks (CBTChangedBlocksError)
+        raise SrError(f"VDI {from_uuid}: source and target VDI are the same")
     acc = 0
     n: int | None = None
     cur: str | None = to_uuid
