@@ -40,7 +40,7 @@ COMMAND_OWNERS: dict[str, str] = {
     "multihost": "netsim.cli.commands.distributed",
     "exec": "netsim.cli.commands.attach",
     "vhd": "storage.cli.vhd",
-    "sr": "storage.cli.vhd",
+    "sr": "storage.cli.sr",
     "vdi": "storage.cli.vdi",
     "lvm": "storage.cli.lvm",
     "ring": "storage.cli.ring",

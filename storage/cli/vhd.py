@@ -613,7 +613,6 @@ def vdi_serve(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `vhd` and `sr` command groups to the root `hvsim` app (`storage.cli.vdi` mounts
-    `vdi_app`, adding its own subcommands)."""
+    """Add the `vhd` command group to the root `hvsim` app (`storage.cli.sr` mounts `sr_app`
+    and `storage.cli.vdi` mounts `vdi_app`, each adding its own subcommands)."""
     app.add_typer(vhd_app, name="vhd")
-    app.add_typer(sr_app, name="sr")

@@ -109,6 +109,7 @@ class Volume:
     snapshot_of: str | None = None      # lvm: uuid of the recorded VDI it is a COW snapshot of
     read_only: bool = False
     error: str | None = None            # unreadable: what is wrong with it
+    parent_unrecorded: bool = False     # its parent/origin is a volume no record names (yet)
 
 
 @dataclass
@@ -144,6 +145,10 @@ class SRDriver(ABC):
 
     def create_sr(self, device_config: dict[str, str]) -> None:
         """Prepare storage for a new, empty SR."""
+        return None
+
+    def introduce_sr(self, device_config: dict[str, str]) -> None:
+        """Take over storage that already holds this SR's volumes (`sr introduce`)."""
         return None
 
     def attach(self) -> None:
@@ -352,6 +357,87 @@ class SR:
             pass
         return sr
 
+    @classmethod
+    def introduce(cls, path: str | os.PathLike[str], *, type_name: str | None = None,
+                  uuid: str | None = None, name_label: str = "",
+                  device_config: dict[str, str] | None = None) -> tuple[SR, ScanReport]:
+        """`xe sr-introduce` + `pbd-plug` + `sr-scan`: make the SR whose storage is at `path`
+        (or on `device_config["device"]`) usable again, without formatting anything.
+
+        A forgotten SR (`forget`) comes back with its records, then is scanned. Otherwise the
+        SR's type and uuid come from what is there (`storage.sr.probe`: the VG
+        `VG_XenStorage-<uuid>` of an lvm/lvhd SR; VHD files `<uuid>.vhd` of a file SR, whose
+        uuid is new unless given) and every volume becomes a VDI: its uuid from its name,
+        parents before children, volumes with children hidden base copies, CBT on where a
+        `<uuid>.cbtlog` is beside it. Names and snapshot links are not on the volumes, so
+        they are not restored (as for XenServer's file SRs)."""
+        from storage.sr import probe
+
+        p = Path(path)
+        cfg = dict(device_config or {})
+        if not p.is_dir():
+            raise SrError(f"{p}: not a directory (introduce names the SR's directory; an LVM "
+                          "SR's devices go in --device-config device=PATH[,PATH])")
+        lock_fd = os.open(p / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            meta = p / META_FILE
+            if meta.exists():
+                data = json.loads(meta.read_text(encoding="utf-8"))
+                if not data.get("forgotten"):
+                    raise SrError(f"{p}: SR {data.get('uuid')} is already introduced")
+                for what, want, have in (("type", type_name, data.get("type")),
+                                         ("uuid", uuid, data.get("uuid"))):
+                    if want and want != have:
+                        raise SrError(f"{p}: the forgotten SR's {what} is {have}, not {want}")
+                del data["forgotten"]
+                data["seqno"] = data.get("seqno", 0) + 1
+                write_json_atomic(meta, data)
+                fresh = False
+            else:
+                found = (probe.vgs_on(cfg["device"].split(",")) if cfg.get("device")
+                         else probe.probe(p))
+                if type_name:
+                    found = [f for f in found if f.type in (type_name, None)]
+                if not found and type_name not in (None, "file"):
+                    raise SrError(f"{p}: no {type_name} SR volume group (VG_XenStorage-<uuid>) "
+                                  "found; name its PVs with --device-config device=PATH")
+                if len(found) > 1:
+                    raise SrError(f"{p}: {len(found)} SRs found ("
+                                  f"{'; '.join(f.line(str(p)) for f in found)}); pick one "
+                                  "with --type or --device-config device=")
+                f = found[0] if found else None
+                kind = type_name or (f.type if f else None) or "file"
+                if f is not None and f.uuid and uuid and uuid != f.uuid:
+                    raise SrError(f"{p}: the volumes belong to SR {f.uuid}, not {uuid}")
+                sr_uuid = (f.uuid if f and f.uuid else None) or uuid or str(uuidlib.uuid4())
+                sr = cls(p, uuid=sr_uuid, type_name=kind, name_label=name_label or p.name)
+                if f is not None and f.devices:
+                    cfg["device"] = ",".join(f.devices)
+                sr.driver.introduce_sr(cfg)
+                sr.save()
+                fresh = True
+        finally:
+            os.close(lock_fd)
+        sr = cls.open(p)
+        return sr, sr.scan(adopt_all=fresh)
+
+    @_mutating
+    def forget(self) -> None:
+        """`xe sr-forget`: stop using this SR, leaving its volumes and records on its storage
+        (`introduce` brings it back). Refused while a VBD or PBD of it is plugged."""
+        for v in self.vbds.values():
+            if v.currently_attached:
+                raise SrError(f"SR {self.uuid}: VDI {v.vdi} is attached to VM {v.vm} (VBD "
+                              f"{v.uuid}); unplug it first")
+        for pbd in self.pbds.values():
+            if pbd.currently_attached:
+                raise SrError(f"SR {self.uuid}: PBD {pbd.uuid} of host {pbd.host} is "
+                              "plugged; unplug it first")
+        self.seqno += 1
+        write_json_atomic(self.path / META_FILE, {**self.to_dict(), "forgotten": True})
+        self.close()
+
     @staticmethod
     def _read_meta(p: Path) -> dict[str, Any]:
         meta = p / META_FILE
@@ -364,6 +450,9 @@ class SR:
             raise SrError(f"{meta}: unreadable SR metadata: {exc}") from exc
         if not isinstance(data, dict):
             raise SrError(f"{meta}: malformed SR metadata: not a JSON object")
+        if data.get("forgotten"):
+            raise SrError(f"{p}: SR {data.get('uuid')} was forgotten (`hvsim sr forget`); "
+                          f"`hvsim sr introduce {p}` brings it back")
         return data
 
     @contextmanager
@@ -683,14 +772,19 @@ class SR:
 
     @_mutating
     def scan(self, *, dry_run: bool = False,
-             progress: Callable[[str], None] | None = None) -> ScanReport:
+             progress: Callable[[str], None] | None = None,
+             adopt_all: bool = False) -> ScanReport:
         """Reconcile the records with the volumes really in the SR (XenServer's sr-scan).
 
         A volume no VDI names (a crash between creating it and saving sr.json) is introduced
         as a VDI, as XenServer's sr-scan does, when it may hold data; one that provably holds
         nothing (an empty dynamic VHD, an all-zero LV) is removed; one that cannot be read is
         reported and left alone. A record whose volume is gone is forgotten, or, when other
-        VDIs chain through it or a VBD is plugged on it, marked `missing`.
+        VDIs chain through it or a VBD is plugged on it, marked `missing`. Orphans are
+        introduced parents first, so a chain of them is recovered whole; one that has
+        children becomes a hidden base copy.
+
+        `adopt_all` (`sr introduce`): every volume belongs to a VDI, empty ones too.
         """
         report = ScanReport(dry_run=dry_run)
         say = progress or (lambda msg: None)
@@ -698,30 +792,29 @@ class SR:
         present = set(self.driver.list_volumes())
         known = {v.location for v in self.vdis.values()}
         changed = False
-        for loc in sorted(present - known):
-            vol = self.driver.probe_volume(loc)
-            if vol.error is not None:
-                report.unreadable.append(f"{loc}: {vol.error}")
-                say(f"unreadable volume {loc} left alone: {vol.error}")
-            elif not vol.has_data and vol.parent is None and vol.snapshot_of is None:
-                report.removed_volumes.append(loc)
-                say(f"remove empty orphan volume {loc}")
-                if not dry_run:
-                    self.driver.vdi_destroy(VDI(uuid=vol.uuid, name_label="", virtual_size=0,
-                                                location=loc))
-            elif vol.uuid in self.vdis:
-                report.unreadable.append(f"{loc}: its uuid is already a VDI's")
-            else:
-                report.adopted.append(vol.uuid)
-                say(f"introduce orphan volume {loc} as VDI {vol.uuid}")
-                if not dry_run:
-                    self.vdis[vol.uuid] = VDI(
-                        uuid=vol.uuid, name_label=f"recovered {loc}",
-                        virtual_size=vol.virtual_size, location=loc, read_only=vol.read_only,
-                        parent=vol.parent, is_a_snapshot=vol.snapshot_of is not None,
-                        snapshot_of=vol.snapshot_of,
-                        name_description="found by `hvsim sr scan`: no record named it")
-                    changed = True
+        adopted: list[VDI] = []
+        orphans = sorted(present - known)
+        while orphans:
+            waiting: list[tuple[str, Volume]] = []
+            for loc in orphans:
+                vol = self.driver.probe_volume(loc)
+                if vol.parent_unrecorded:
+                    waiting.append((loc, vol))
+                    continue
+                changed |= self._scan_one(loc, vol, report, say, adopted,
+                                          dry_run=dry_run, adopt_all=adopt_all)
+            if len(waiting) == len(orphans):   # no progress: their parents are not coming
+                for loc, vol in waiting:
+                    changed |= self._scan_one(loc, vol, report, say, adopted,
+                                              dry_run=dry_run, adopt_all=adopt_all)
+                break
+            orphans = [loc for loc, _ in waiting]
+        for vdi in adopted:
+            if self.children(vdi.uuid):
+                vdi.hidden = vdi.read_only = True
+        if dry_run:
+            for vdi in adopted:
+                del self.vdis[vdi.uuid]
         attached = {v.vdi for v in self.vbds.values() if v.currently_attached}
         for vdi in sorted(self.vdis.values(), key=lambda v: v.uuid):
             if vdi.cbt_metadata:        # no volume by design (`vdi data-destroy`)
@@ -750,6 +843,38 @@ class SR:
             if changed:
                 self.save()
         return report
+
+    def _scan_one(self, loc: str, vol: Volume, report: ScanReport,
+                  say: Callable[[str], None], adopted: list[VDI], *, dry_run: bool,
+                  adopt_all: bool) -> bool:
+        """Decide about one orphan volume; True when the records changed."""
+        if vol.error is not None:
+            report.unreadable.append(f"{loc}: {vol.error}")
+            say(f"unreadable volume {loc} left alone: {vol.error}")
+        elif (not adopt_all and not vol.has_data and vol.parent is None
+              and vol.snapshot_of is None and not vol.parent_unrecorded):
+            report.removed_volumes.append(loc)
+            say(f"remove empty orphan volume {loc}")
+            if not dry_run:
+                self.driver.vdi_destroy(VDI(uuid=vol.uuid, name_label="", virtual_size=0,
+                                            location=loc))
+        elif vol.uuid in self.vdis:
+            report.unreadable.append(f"{loc}: its uuid is already a VDI's")
+        else:
+            report.adopted.append(vol.uuid)
+            say(f"introduce orphan volume {loc} as VDI {vol.uuid}")
+            why = ("found by `hvsim sr introduce`" if adopt_all
+                   else "found by `hvsim sr scan`: no record named it")
+            vdi = VDI(uuid=vol.uuid, name_label=f"{'introduced' if adopt_all else 'recovered'} "
+                      f"{loc}", virtual_size=vol.virtual_size, location=loc,
+                      read_only=vol.read_only, parent=vol.parent,
+                      is_a_snapshot=vol.snapshot_of is not None,
+                      snapshot_of=vol.snapshot_of, name_description=why,
+                      cbt_enabled=(self.path / f"{vol.uuid}.cbtlog").exists())
+            self.vdis[vol.uuid] = vdi      # now a parent its children can find
+            adopted.append(vdi)
+            return not dry_run
+        return False
 
     # --- garbage collection ------------------------------------------------------------------
 

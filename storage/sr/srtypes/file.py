@@ -184,6 +184,7 @@ class FileSRDriver(SRDriver):
                 owners = [v.uuid for v in self.sr.vdis.values() if v.location == ploc]
                 if not owners:
                     vol.error = f"its parent {ploc} is not a VDI of this SR"
+                    vol.parent_unrecorded = True
                 else:
                     vol.parent = owners[0]
         finally:

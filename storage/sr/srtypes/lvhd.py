@@ -374,6 +374,7 @@ class LvhdSRDriver(LvmBackedDriver):
                     p.close()
             else:
                 vol.error = f"its parent VHD {want} is not a VDI of this SR"
+                vol.parent_unrecorded = True
         return vol
 
     def vdi_destroy(self, vdi: VDI) -> None:

@@ -81,6 +81,20 @@ class LvmBackedDriver(SRDriver):
         rel = [os.path.relpath(os.path.abspath(p), os.path.abspath(base)) for p in paths]
         write_json_atomic(base / CONFIG_FILE, {"vg": self.vg_name, "devices": rel})
 
+    def introduce_sr(self, device_config: dict[str, str]) -> None:
+        """Use the SR's existing VG: its PVs from `device` (or the directory's `lvm.json`),
+        checked to hold `VG_XenStorage-<sr uuid>`; nothing on them is changed."""
+        base = Path(self.sr.path)
+        if device_config.get("device"):
+            paths = [p for p in device_config["device"].split(",") if p]
+            rel = [os.path.relpath(os.path.abspath(p), os.path.abspath(base)) for p in paths]
+            write_json_atomic(base / CONFIG_FILE, {"vg": self.vg_name, "devices": rel})
+        self.close()
+        try:
+            _ = self.vg
+        except (LvmError, SrError) as exc:
+            raise SrError(f"{base}: cannot open VG {self.vg_name}: {exc}") from exc
+
     @property
     def vg(self) -> VolumeGroup:
         """The SR's VG, opened once per SR object (so open devices see every change) and
@@ -231,6 +245,7 @@ class LvmSRDriver(LvmBackedDriver):
                                if location in self.vg.snapshots_of(o)), None)
                 owners = [v.uuid for v in self.sr.vdis.values() if v.location == origin]
                 vol.snapshot_of = owners[0] if owners else None
+                vol.parent_unrecorded = origin is not None and not owners
             dev = self.vg.open_lv(location)
             try:
                 vol.virtual_size, vol.read_only = dev.size, dev.read_only
