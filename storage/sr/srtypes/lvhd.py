@@ -357,6 +357,19 @@ class LvhdSRDriver(LvmBackedDriver):
         for c in copies:
             c.parent = base.uuid
 
+    def _all_zero(self, location: str) -> bool:
+        """The LV reads zeros from start to end (stops at the first byte that is not)."""
+        try:
+            dev = self.vg.open_lv(location)
+        except LvmError:
+            return False
+        try:
+            step = 4 << 20
+            return not any(dev.read(off, min(step, dev.size - off)).strip(b"\0")
+                           for off in range(0, dev.size, step))
+        finally:
+            dev.close()
+
     def probe_volume(self, location: str) -> Volume:
         """Open the LV's VHD; a differencing one's parent is the recorded VDI whose VHD has
         the uuid it names."""
@@ -364,7 +377,10 @@ class LvhdSRDriver(LvmBackedDriver):
         try:
             img = self._open_one(location, read_only=True)
         except StorageError as exc:
-            vol.error = str(exc)
+            if self._all_zero(location):   # created, killed before its VHD was written:
+                vol.has_data = False       # provably nothing in it (new extents are zeroed)
+            else:
+                vol.error = str(exc)
             return vol
         try:
             vol.virtual_size = img.size
