@@ -45,6 +45,7 @@ from typing import Any
 
 from netsim.clock import Clock, RealClock
 from netsim.dataplane.mac_table import DEFAULT_AGING_S, DEFAULT_SIZE, NO_SPACE, MacEntry, MacTable
+from netsim.dataplane.macflap import MacFlapLog
 from netsim.dataplane.policy import (
     LoadBalancing,
     SecurityPolicy,
@@ -125,6 +126,9 @@ class Bridge:
         # private VLAN → its primary, whose MAC table it shares; empty without PVLANs, so the
         # pipeline pays one truth test for them
         self._fids: dict[int, int] = {}
+        #: MAC moves between ports (flapping), as the table reports them
+        self.mac_flaps = MacFlapLog()
+        self.mac_table.on_move = self.mac_flaps.record
 
     # -- private VLANs ------------------------------------------------------------------------
     @property
