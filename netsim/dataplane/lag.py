@@ -349,20 +349,13 @@ class Lag:
         if mode == "balance-slb":
             b = zlib.crc32(frame[6:12] + _vlan_of(frame)) & (SLB_BUCKETS - 1)
             p = self._slb[b]
-            if p is None or p not in dist:
-                p = self._slb[b] = self._least_loaded()
+            if p is None or p not in dist:  # a new (or orphaned) bucket: by its hash, as
+                p = self._slb[b] = dist[b % len(dist)]  # OVS picks one at random
             self._slb_load[b] += len(frame)
             return p
         if len(dist) == 1:
             return dist[0]
         return dist[hash_frame(frame, self.config.hashing) % len(dist)]
-
-    def _least_loaded(self) -> Port:
-        load = {p: 0 for p in self._dist}
-        for b, p in enumerate(self._slb):
-            if p in load:
-                load[p] += self._slb_load[b] + 1
-        return min(self._dist, key=lambda p: load[p])
 
     # -- LACP -----------------------------------------------------------------------------
     def actor_info(self, m: _Member) -> LacpInfo:
