@@ -111,7 +111,7 @@ def test_ip_hash_flaps_the_vm_mac_on_a_switch_without_a_port_channel(kind: str,
 
 
 def test_a_port_channel_floods_once_and_sends_unicast_down_one_member() -> None:
-    clock, _vss, phys, vm, pairs, server = host_and_switch("lag")
+    _clock, _vss, phys, vm, pairs, server = host_and_switch("lag")
     server.receive(fr.ethernet(BCAST, PEER, 0x88B5, bytes(46)))
     carry(pairs)
     assert len(sent(vm)) == 1  # down one member, into the VM once
