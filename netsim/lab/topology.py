@@ -28,6 +28,7 @@ import networkx as nx
 from netsim.dataplane.impair import Impairment, parse_impairment
 from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
 from netsim.errors import ConfigError, TopologyError
+from netsim.lab.lagspec import LagSpec, channels, host_lag
 from netsim.lab.yamlsrc import SourceMap, load_yaml
 
 PathT = tuple[str | int, ...]
@@ -93,6 +94,8 @@ class SwitchSpec:
     #: private VLANs as (primary, secondary, type) entries (`VMwareDVSPvlanMapEntry`)
     pvlans: tuple[tuple[int, int, str], ...] = ()
     mtu: int | None = None  # vSS `mtu` / vDS `maxMtu`: caps every port of the switch
+    #: a vDS LAG / XenServer bond over some of `uplinks`: the switch's uplink in their place
+    lag: LagSpec | None = None
 
     @property
     def internal(self) -> bool:
@@ -236,6 +239,7 @@ class PhysSwitchSpec:
     name: str
     ports: tuple[PhysPortSpec, ...]
     pvlans: tuple[tuple[int, int, str], ...] = ()  # a PVLAN-aware switch's map
+    channels: tuple[LagSpec, ...] = ()  # port-channels (LACP or static) over its ports
 
 
 @dataclass(frozen=True)
@@ -438,7 +442,7 @@ def _kind(value: Any) -> str:
 _TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors", "links")
 _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mirrors")
 _PIF_KEYS = ("mtu", "up", "impair")
-_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu")
+_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu", "lag", "bond")
 _TEAM_KEYS = ("policy", "active", "standby", "notify_switches", "failback")
 _NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming", "mtu", "blocked")
 _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
@@ -447,7 +451,7 @@ _VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "dis
 _DISK_KEYS = ("device", "source", "mode")
 _VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach", "mtu")
 _ROUTE_KEYS = ("to", "via")
-_PHYS_KEYS = ("ports", "links", "pvlans")
+_PHYS_KEYS = ("ports", "links", "pvlans", "channels")
 _PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair", "mtu")
 _LINK_KEYS = ("vlans", "mtu")
 _MIRROR_KEYS = ("switch", "sources", "vlans", "destination", "direction")
@@ -738,7 +742,13 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
             pif_owner[u] = sname
         if len(set(uplinks)) != len(uplinks):
             raise c.fail((*sp, "uplinks"), "an uplink is listed twice")
-        teaming = _teaming(c, s.get("teaming"), (*sp, "teaming"), uplinks, htype)
+        if "lag" in s and "bond" in s:
+            raise c.fail((*sp, "bond"), "a switch has either a `lag:` (ESXi) or a `bond:` (Xen)")
+        lag_key = "lag" if "lag" in s else "bond"
+        lag = host_lag(c, s.get(lag_key), (*sp, lag_key), htype, uplinks)
+        team_uplinks = uplinks if lag is None else (
+            lag.name, *(u for u in uplinks if u not in lag.members))  # the LAG is one uplink
+        teaming = _teaming(c, s.get("teaming"), (*sp, "teaming"), team_uplinks, htype)
         size = c.integer(s.get("mac_table_size", 8192), (*sp, "mac_table_size"), 1, 10**6,
                          "MAC table size")
         aging = s.get("aging", 300)
@@ -752,7 +762,7 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
                              "feature; XenServer has none")
             pvlans = _pvlans(c, s["pvlans"], (*sp, "pvlans"))
         switches[sname] = SwitchSpec(hname, sname, uplinks, teaming, size, float(aging),
-                                     pvlans=pvlans, mtu=_mtu(c, s, sp))
+                                     pvlans=pvlans, mtu=_mtu(c, s, sp), lag=lag)
 
     networks: dict[str, NetworkSpec] = {}
     nets_raw = dict(c.mapping(h.get("networks"), (*hp, "networks")))
@@ -1124,7 +1134,9 @@ def _physical(c: _Checker, raw: Any, hosts: dict[str, HostSpec]
         for li, lraw in enumerate(c.seq(s.get("links"), (*sp, "links"))):
             raw_links.append(((*sp, "links", li), sname, "", lraw))
         switches.append(PhysSwitchSpec(sname, tuple(ports),
-                                       _pvlans(c, s.get("pvlans"), (*sp, "pvlans"))))
+                                       _pvlans(c, s.get("pvlans"), (*sp, "pvlans")),
+                                       channels(c, s.get("channels"), (*sp, "channels"),
+                                                {p.name: p for p in ports})))
     names = {s.name for s in switches}
     links = []
     for lp, a, _, lraw in raw_links:
@@ -1201,15 +1213,22 @@ def _check_loops(c: _Checker, topo: Topology, link_paths: list[PathT]) -> None:
     edges: list[tuple[str, str, PathT]] = []
     for s in topo.physical:
         g.add_node(f"physical switch {s.name}")
+        channel_of = {m: ch.name for ch in s.channels for m in ch.members}
+        seen: set[tuple[str, str]] = set()
         for p in s.ports:
             host = topo.host(p.host)
             sw = next((x for x in host.switches if p.pif in x.uplinks), None)
             if sw is None:
                 end = f"{p.host}/{p.pif}"
-            elif sw.teaming is not None:
+            elif sw.teaming is not None or sw.lag is not None:
                 end = f"{p.host}/{sw.name} uplink {p.pif}"
             else:
                 end = f"{p.host}/{sw.name}"
+            ch = channel_of.get(p.name)
+            if ch is not None:  # a port-channel is one link, however many cables
+                if (ch, end) in seen:
+                    continue
+                seen.add((ch, end))
             edges.append((f"physical switch {s.name}", end,
                           ("physical", s.name, "ports", p.name)))
     for lp, link in zip(link_paths, topo.links, strict=True):
