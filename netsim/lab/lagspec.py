@@ -158,6 +158,8 @@ def channels(c: Any, raw: Any, path: PathT, ports: dict[str, Any]) -> tuple[LagS
                     (first.mode, first.vlans, first.vlan, first.mtu):
                 raise c.fail((*cp, "ports", i), f"{p} has another VLAN mode or MTU than "
                              f"{members[0]}: a switch suspends such a member; make them alike")
+        if m["mode"] is True:  # YAML 1.1 reads a bare `on` as true: Cisco's `mode on`
+            m["mode"] = "on"
         mode = _choice(c, m, "mode", cp, ("active", "passive", "on"), "on")
         lb = _choice(c, m, "load_balance", cp, tuple(CISCO_HASHES), "src-dst-ip")
         config = LagConfig(mode="static" if mode == "on" else "lacp",

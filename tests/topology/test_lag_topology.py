@@ -1,0 +1,144 @@
+"""LAGs, bonds and port-channels from topology files: the model with each product's defaults,
+one clear error per mistake, and the running lab (negotiation on the lab's clock, reachability,
+a member going down, no MAC flapping through a port-channel)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from netsim.errors import TopologyError
+from netsim.lab.lab import Lab
+from netsim.lab.topology import load_topology, parse_topology
+from tests.topology.conftest import TOPOLOGIES
+
+HOSTS = """\
+hosts:
+  esx1:
+    type: esxi
+    pifs: {vmnic0: {}, vmnic1: {}, vmnic2: {}}
+    switches:
+      dvs:
+        uplinks: [vmnic0, vmnic1, vmnic2]
+        %s
+  xen1:
+    pifs: {eth0: {}, eth1: {}}
+    switches:
+      xenbr0:
+        uplinks: [eth0, eth1]
+        %s
+"""
+
+
+def parse(esx: str = "", xen: str = "", physical: str = "") -> object:
+    return parse_topology(HOSTS % (esx, xen) + physical, "topology.yaml")
+
+
+def test_product_defaults() -> None:
+    topo = parse("lag: {uplinks: [vmnic0, vmnic1]}", "bond: {}")
+    lag = topo.host("esx1").switch("dvs").lag
+    assert lag is not None and (lag.name, lag.members) == ("lag1", ("vmnic0", "vmnic1"))
+    c = lag.config  # vSphere: passive, slow, srcDestIpTcpUdpPortVlan
+    assert (c.mode, c.lacp, c.rate, c.hashing) == ("lacp", "passive", "slow",
+                                                  "srcDestIpTcpUdpPortVlan")
+    # the LAG is one uplink in the teaming order, beside the NIC left out of it
+    assert topo.host("esx1").switch("dvs").teaming.active == ("lag1", "vmnic2")
+    bond = topo.host("xen1").switch("xenbr0").lag
+    assert bond is not None and bond.name == "bond0" and bond.members == ("eth0", "eth1")
+    assert (bond.config.mode, bond.config.rebalance_interval_ms) == ("balance-slb", 10_000)
+    lacp = parse(xen="bond: {mode: lacp}").host("xen1").switch("xenbr0").lag
+    assert (lacp.config.mode, lacp.config.hashing) == ("lacp", "tcpudp_ports")
+
+
+def test_channels_on_the_physical_switch() -> None:
+    topo = parse(physical="""\
+physical:
+  core:
+    ports: {xen1.eth0: {}, xen1.eth1: {}}
+    channels:
+      Po7: {ports: [xen1.eth0, xen1.eth1], mode: "on", load_balance: src-mac}
+""")
+    (ch,) = topo.physical[0].channels
+    assert (ch.name, ch.members, ch.config.mode, ch.config.hashing) == (
+        "Po7", ("xen1.eth0", "xen1.eth1"), "static", "srcMac")
+
+
+BAD = {
+    "bond on esxi": ("bond: {}", "", "", "topology.yaml:8: hosts.esx1.switches.dvs.bond: an "
+                     "ESXi switch aggregates its uplinks with `lag:`"),
+    "lag on xen": ("", "lag: {}", "", "topology.yaml:14: hosts.xen1.switches.xenbr0.lag: a "
+                   "XenServer bridge aggregates its PIFs with `bond:`"),
+    "bad xen mode": ("", "bond: {mode: balance-tcp}", "", "topology.yaml:14: hosts.xen1.switches."
+                     "xenbr0.bond.mode: mode must be one of active-backup, balance-slb, lacp"),
+    "hash on slb": ("", "bond: {hashing_algorithm: src_mac}", "",
+                    "topology.yaml:14: hosts.xen1.switches.xenbr0.bond.hashing_algorithm: "
+                    "hashing_algorithm applies to lacp bonds"),
+    "member not uplink": ("lag: {uplinks: [vmnic0, vmnic7]}", "", "",
+                          "topology.yaml:8: hosts.esx1.switches.dvs.lag.uplinks[1]: vmnic7 is "
+                          "not an uplink of this switch"),
+    "one member": ("lag: {uplinks: [vmnic0]}", "", "",
+                   "topology.yaml:8: hosts.esx1.switches.dvs.lag: a LAG needs at least two"),
+    "bad lb": ("lag: {load_balance: roundRobin}", "", "",
+               "topology.yaml:8: hosts.esx1.switches.dvs.lag.load_balance: load_balance must "
+               "be one of"),
+    "channel no mode": ("", "", "physical:\n  core:\n    ports: {xen1.eth0: {}, xen1.eth1: {}}"
+                        "\n    channels: {Po1: {ports: [xen1.eth0, xen1.eth1]}}\n",
+                        "topology.yaml:18: physical.core.channels.Po1: a channel needs `mode:`"),
+    "channel unknown port": ("", "", "physical:\n  core:\n    ports: {xen1.eth0: {}}\n"
+                             "    channels: {Po1: {ports: [xen1.eth0, xen1.eth9], mode: on}}\n",
+                             "topology.yaml:18: physical.core.channels.Po1.ports[1]: no port "
+                             "'xen1.eth9' on this switch"),
+    "channel mismatch": ("", "", "physical:\n  core:\n    ports: {xen1.eth0: {}, xen1.eth1: "
+                         "{mode: access, vlan: 5}}\n    channels: {Po1: {ports: [xen1.eth0, "
+                         "xen1.eth1], mode: active}}\n",
+                         "topology.yaml:18: physical.core.channels.Po1.ports[1]: xen1.eth1 has "
+                         "another VLAN mode or MTU than xen1.eth0"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_lag_settings_give_one_clear_error(case: str) -> None:
+    esx, xen, physical, expected = BAD[case]
+    with pytest.raises(TopologyError) as info:
+        parse(esx, xen, physical)
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_an_unbonded_bridge_into_one_switch_is_a_loop_a_bond_or_channel_is_not() -> None:
+    phys = "physical:\n  core:\n    ports: {xen1.eth0: {}, xen1.eth1: {}}\n"
+    with pytest.raises(TopologyError, match="loop in the physical network"):
+        parse(physical=phys)
+    parse(xen="bond: {mode: active-backup}", physical=phys)
+    parse(physical=phys + "    channels: {Po1: {ports: [xen1.eth0, xen1.eth1], mode: on}}\n")
+
+
+async def run_for(lab: Lab, seconds: float) -> None:
+    async def wait() -> None:
+        await lab.clock.sleep(seconds)
+    await lab.drive(wait())
+
+
+async def test_the_example_negotiates_reaches_and_survives_a_member_down() -> None:
+    topo = load_topology(TOPOLOGIES / "lacp-lag.yaml")
+    async with Lab(topo) as lab:
+        await run_for(lab, 5)
+        lags = lab.fabric.lags
+        assert sorted(lags) == ["core/Po1", "core/Po2", "esx1/lag1", "xen1/bond0"]
+        for lag in lags.values():
+            assert len(lag.distributing) == 2, lag.status()
+        r = await lab.pingall(wait_s=1.0)
+        assert r.answered == r.pairs == 6
+        # the host's NIC loses its carrier; the switch port does not see it (as when a fibre
+        # breaks one way): LACP tells the switch, by the PDUs that stop - within its short
+        # timeout (Po1 runs `lacp rate fast`: 3 s)
+        lab.set_link("esx1/vmnic0", False)
+        await run_for(lab, 1)
+        assert [p.name for p in lags["esx1/lag1"].distributing] == ["vmnic1"]
+        assert len(lags["core/Po1"].distributing) == 2
+        await run_for(lab, 3)
+        assert [p.name for p in lags["core/Po1"].distributing] == ["esx1.vmnic1"]
+        assert lags["core/Po1"].status()["members"][0]["status"] == "expired"
+        r = await lab.pingall(wait_s=1.0)
+        assert r.answered == r.pairs == 6
+        assert lab.fabric["core"].mac_flaps.total == 0
+        await asyncio.sleep(0)
