@@ -564,6 +564,16 @@ class Lag:
         self.rebalances += moved
         return moved
 
+    def choice_text(self) -> str:
+        """How this LAG picks a member, in words: `active-backup: the active member`,
+        `hash srcDestIp over 2 members`, `balance-slb: source MAC bucket`."""
+        mode = self.config.mode
+        if mode == "active-backup":
+            return "active-backup: the active member"
+        if mode == "balance-slb":
+            return "balance-slb: its source MAC's bucket"
+        return f"{self.config.hashing} hash over {len(self._dist)} member(s)"
+
     def slb_assignment(self) -> dict[int, str]:
         """balance-slb: bucket → member name, for the buckets in use."""
         return {b: p.name for b, p in enumerate(self._slb) if p is not None}
