@@ -1381,7 +1381,8 @@ def to_graph(topo: Topology) -> nx.MultiGraph:
                 role = "active"
                 if s.teaming is not None and u in s.teaming.standby:
                     role = "standby"
-                g.add_edge(sid, node_id("pif", h.name, u), kind="uplink", role=role)
+                lag = s.lag.name if s.lag is not None and u in s.lag.members else None
+                g.add_edge(sid, node_id("pif", h.name, u), kind="uplink", role=role, lag=lag)
         for n in h.networks:
             nid = node_id("pg", h.name, n.name)
             g.add_node(nid, kind="portgroup", name=n.name, host=h.name, spec=n, vlan=n.vlan)

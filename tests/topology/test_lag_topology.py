@@ -142,3 +142,13 @@ async def test_the_example_negotiates_reaches_and_survives_a_member_down() -> No
         assert r.answered == r.pairs == 6
         assert lab.fabric["core"].mac_flaps.total == 0
         await asyncio.sleep(0)
+
+
+def test_draw_shows_lags_bonds_and_channels() -> None:
+    from netsim.lab.draw import to_dot
+
+    dot = to_dot(load_topology(TOPOLOGIES / "lacp-lag.yaml"))
+    assert 'label="dvs\\nlag1: lacp active fast srcDestIpTcpUdpPortVlan"' in dot
+    assert 'label="xenbr0\\nbond0: lacp active slow tcpudp_ports"' in dot
+    assert "Po1: lacp passive fast srcDestIp\\nPo2: lacp active slow srcDestIpTcpUdpPort" in dot
+    assert dot.count('label="lag1"]') == 2 and dot.count('label="bond0"]') == 2
