@@ -453,7 +453,11 @@ class Lag:
             (old_partner.state ^ pdu.actor.state) & (TIMEOUT | ACTIVITY)
         self._update(now)
         stale = not m.partner_matched or pdu.partner.state != self.actor_state(m)
-        if stale or self.actor_state(m) != before:
+        # 802.1AX periodic machine: a partner that now asks for the short timeout moves
+        # SLOW_PERIODIC to PERIODIC_TX - a PDU at once, then every second
+        faster = pdu.actor.state & TIMEOUT and (old_partner is None
+                                                or not old_partner.state & TIMEOUT)
+        if stale or self.actor_state(m) != before or faster:
             self._send(m, now)
         elif rate_changed:
             period = self._period_ns(m)
@@ -609,6 +613,36 @@ class Lag:
         if mode == "balance-slb":
             return "balance-slb: its source MAC's bucket"
         return f"{self.config.hashing} hash over {len(self._dist)} member(s)"
+
+    def reconfigure(self, config: LagConfig, now: int) -> None:
+        """Apply new settings live (`xe bond-set-mode`, a vDS LAG edit, `lacp rate fast` on a
+        channel): a changed rate or activity is told to the partner at once (802.1AX: a change
+        of the actor's state sets NTT); a changed mode starts the members afresh."""
+        if not isinstance(config, LagConfig):
+            raise ConfigError(f"{self.name}: config must be a LagConfig, not {config!r}")
+        old, self.config = self.config, config
+        self._hash = _HASHERS[config.hashing]
+        if config.mode != old.mode:
+            for m in self.members:
+                m.rx_state, m.partner, m.partner_matched = "defaulted", None, False
+                m.current_until = m.periodic_due = None
+            self._active = None
+            self._slb = [None] * SLB_BUCKETS
+            self._rebalance_due = None
+            self._update(now)
+            self.start(now)
+        else:
+            self._update(now)
+            if config.mode == "lacp" and (config.rate, config.lacp) != (old.rate, old.lacp):
+                for m in self.members:
+                    if m.port.link_up:
+                        m.tx_times.clear()
+                        self._send(m, now)
+            if config.mode == "balance-slb" and \
+                    config.rebalance_interval_ms != old.rebalance_interval_ms:
+                self._rebalance_due = (now + config.rebalance_interval_ms * 1_000_000
+                                       if config.rebalance_interval_ms else None)
+        self._kick()
 
     def slb_assignment(self) -> dict[int, str]:
         """balance-slb: bucket → member name, for the buckets in use."""

@@ -34,6 +34,7 @@ from netsim.scenario.model import (
     Expectation,
     FlushMac,
     ImpairEvent,
+    LagEvent,
     LinkEvent,
     MoveVm,
     PingCheck,
@@ -383,6 +384,11 @@ class ScenarioRun:
                                      "direction": s.direction,
                                      "impair": s.impairment.describe() if s.impairment
                                      else "clear"})
+        elif isinstance(s, LagEvent):
+            lag = fab[s.target].lag
+            lag.reconfigure(dataclasses.replace(lag.config, **s.changes), self.clock.now_ns())
+            self._step_stats.append({"step": idx, "kind": "lag", "target": s.target,
+                                     **dict(s.changes)})
         elif isinstance(s, FlushMac):
             switches = [fab[s.switch]] if s.switch is not None else _all_switches(fab)
             flushed = sum(sw.mac_table.flush() for sw in switches)

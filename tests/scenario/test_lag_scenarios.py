@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from netsim.lab.lab import Lab
 from netsim.lab.topology import load_topology
 from netsim.scenario.model import load_scenario
@@ -80,3 +82,32 @@ async def test_trace_names_the_lag_member_and_the_mac_move() -> None:
     assert "(member of lag1, srcDestIpTcpUdpPortVlan hash over 2 member(s))" in text, text
     assert "(member of Po2, srcDestIpTcpUdpPort hash over 2 member(s))" in text, text
     assert "app1" in " ".join(t.delivered) or "vif1.0" in t.delivered
+
+
+async def test_lacp_timers_scenario_changes_the_rate_live_and_times_out_a_member(
+        tmp_path: Path) -> None:
+    report = await run_scenario(load_scenario(SCENARIOS / "lacp-timers.yaml"), out_dir=tmp_path)
+    assert report.passed, report.to_json()
+    assert {"step": 0, "kind": "lag", "target": "core/Po2", "rate": "fast"} in report.steps
+    po1 = report.lags["core/Po1"]["members"]
+    assert [(m["member"], m["distributing"]) for m in po1] == [
+        ("esx1.vmnic0", False), ("esx1.vmnic1", True)]
+    assert report.lags["core/Po2"]["rate"] == "fast"
+
+
+@pytest.mark.parametrize(("step", "message"), [
+    ("{port: core/Po2, rate: medium}", "steps[0].lag.rate: lacp rate 'medium' must be fast or "
+                                       "slow"),
+    ("{port: core/Po2, mode: balance-tcp}", "steps[0].lag.mode: lag mode 'balance-tcp' is not "
+                                            "one of"),
+    ("{port: core/Po2}", "steps[0].lag: change something"),
+    ("{port: core, rate: fast}", "steps[0].lag.port: 'core' is a PhysicalSwitch, not a LAG"),
+])
+def test_bad_lag_steps_give_one_clear_error(tmp_path: Path, step: str, message: str) -> None:
+    (tmp_path / "s.yaml").write_text(
+        f"name: s\ntopology: {ROOT / 'topologies' / 'lacp-lag.yaml'}\nduration: 1s\n"
+        f"steps:\n  - {{at: 0s, lag: {step}}}\n")
+    r = hvsim("replay", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
