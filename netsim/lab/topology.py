@@ -1338,6 +1338,15 @@ class TopologyBuilder:
             phys.setdefault(a, {}).setdefault("links", []).append({b: opts})
         return self
 
+    def add_channel(self, switch: str, name: str, ports: Iterable[str], *, mode: str,
+                    **opts: Any) -> TopologyBuilder:
+        """A port-channel `name` on physical switch `switch` over its `HOST.PIF` ports (mode
+        active, passive or on; opts: rate, load_balance). A host switch's LAG or bond is
+        `add_switch(..., lag={...})` (ESXi) or `bond={...}` (Xen)."""
+        phys = self.doc.setdefault("physical", {}).setdefault(switch, {})
+        phys.setdefault("channels", {})[name] = {"ports": list(ports), "mode": mode, **opts}
+        return self
+
     def add_mirror(self, host: str, name: str, *, destination: str, **opts: Any
                    ) -> TopologyBuilder:
         """A port-mirroring session on `host`."""

@@ -152,3 +152,40 @@ def test_draw_shows_lags_bonds_and_channels() -> None:
     assert 'label="xenbr0\\nbond0: lacp active slow tcpudp_ports"' in dot
     assert "Po1: lacp passive fast srcDestIp\\nPo2: lacp active slow srcDestIpTcpUdpPort" in dot
     assert dot.count('label="lag1"]') == 2 and dot.count('label="bond0"]') == 2
+
+
+def test_builder_makes_the_same_lags_as_the_file() -> None:
+    from netsim.lab.topology import TopologyBuilder
+
+    t = (TopologyBuilder("b")
+         .add_host("xen1", pifs=["eth0", "eth1"])
+         .add_switch("xen1", "xenbr0", uplinks=["eth0", "eth1"],
+                     bond={"mode": "lacp", "lacp_time": "fast"})
+         .connect("xen1.eth0", "core").connect("xen1.eth1", "core")
+         .add_channel("core", "Po1", ["xen1.eth0", "xen1.eth1"], mode="active", rate="fast"))
+    topo = t.build()
+    bond = topo.host("xen1").switch("xenbr0").lag
+    assert (bond.name, bond.config.mode, bond.config.rate) == ("bond0", "lacp", "fast")
+    (ch,) = topo.physical[0].channels
+    assert (ch.name, ch.config.lacp, ch.config.rate) == ("Po1", "active", "fast")
+
+
+def test_a_bond_changes_mode_live_as_xe_bond_set_mode() -> None:
+    from netsim.dataplane.lag import Lag, LagConfig, LagPort
+    from netsim.dataplane.port import Pif
+    from tests.net.conftest import sent
+
+    lag = Lag(LagPort("bond0"), LagConfig(mode="active-backup"))
+    eth = [Pif("eth0"), Pif("eth1")]
+    for p in eth:
+        lag.add_member(p)
+    frames = [bytes.fromhex("020000000099") + bytes([0, 0x16, 0x3E, 0, 0, i]) + b"\x88\xb5"
+              + bytes(46) for i in range(32)]
+    for f in frames:
+        lag.port.transmit(f)
+    assert [len(sent(p)) for p in eth] == [32, 0]
+    lag.reconfigure(LagConfig(mode="balance-slb"), 0)
+    for f in frames:
+        lag.port.transmit(f)
+    assert all(len(sent(p)) > 0 for p in eth)  # 32 source MACs now spread over both
+    assert lag.next_due_ns() == 10_000_000_000  # balance-slb's rebalancing timer started
