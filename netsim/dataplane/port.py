@@ -62,6 +62,8 @@ DROP_REASONS = (
     "blocked",  # the port is blocked (vSphere DVPortSetting.blocked): nothing in or out
     "lag-not-collecting",  # arrived on a LAG/bond member that is not collecting (LACP not
     # in sync, a backup member of active-backup, a flood on a balance-slb non-active member)
+    "slow-protocols",  # LACP/Marker/OAM to 01:80:c2:00:00:02 on a port that is no LAG member:
+    # link-local, never forwarded by a bridge (IEEE 802.3 Annex 57A)
 )
 
 #: A tap sees every frame crossing a port: (frame bytes, outbound?). Captures read their clock.

@@ -268,3 +268,21 @@ def test_the_fast_hash_is_the_field_hash_for_any_frame() -> None:
         for alg, fields in HASHES.items():
             d = _fields(f)
             assert hash_frame(f, alg) == zlib.crc32(b"|".join(d[k] for k in fields)), alg
+
+
+def test_lacpdus_on_a_port_outside_any_lag_are_not_forwarded() -> None:
+    """LACP from a host whose switch ports are not a channel: link-local, counted, never
+    flooded on to other hosts (IEEE 802.3 Annex 57A; OVS drops them too)."""
+    from netsim.wire.lacp import Lacpdu, LacpInfo, encode_lacpdu
+
+    pdu = encode_lacpdu(VM, Lacpdu(LacpInfo(1, VM, 1, 1, 1, 0x3D), LacpInfo()))
+    phys = PhysicalSwitch("core", clock=ManualClock())
+    a, b = phys.add_port(Port("a")), phys.add_port(Port("b"))
+    a.receive(pdu)
+    assert sent(b) == [] and a.counters.drops == {"slow-protocols": 1}
+    vss = StandardSwitch("vs", clock=ManualClock())
+    up = vss.add_uplink(Pif("vmnic0"))
+    vss.add_port_group(PortGroup("pg"))
+    vm = vss.attach(Vif(1, 0, mac=VM), "pg")
+    up.receive(pdu)
+    assert sent(vm) == [] and up.counters.drops == {"slow-protocols": 1}
