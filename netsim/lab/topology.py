@@ -1398,12 +1398,16 @@ def to_graph(topo: Topology) -> nx.MultiGraph:
             sw = h.switch(n.switch)
             g.add_edge(nid, node_id("switch", h.name, sw.name), kind="portgroup")
             if h.type == "xen" and 1 <= n.vlan <= 4094:
-                for u in sw.uplinks:  # XenServer: a VLAN network gets VLAN PIF ethX.VID
-                    vid = node_id("vlanpif", h.name, f"{u}.{n.vlan}")
-                    g.add_node(vid, kind="vlanpif", name=f"{u}.{n.vlan}", host=h.name,
-                               vlan=n.vlan, pif=u)
+                # XenServer: a VLAN network gets VLAN PIF ethX.VID (bond0.VID on a bond)
+                bases = [(sw.lag.name, sw.lag.members)] if sw.lag is not None else [
+                    (u, (u,)) for u in sw.uplinks]
+                for base, members in bases:
+                    vid = node_id("vlanpif", h.name, f"{base}.{n.vlan}")
+                    g.add_node(vid, kind="vlanpif", name=f"{base}.{n.vlan}", host=h.name,
+                               vlan=n.vlan, pif=base)
                     g.add_edge(nid, vid, kind="vlanpif")
-                    g.add_edge(vid, node_id("pif", h.name, u), kind="vlanpif")
+                    for u in members:
+                        g.add_edge(vid, node_id("pif", h.name, u), kind="vlanpif")
         for vm in h.vms:
             vmid = node_id("vm", vm.name)
             g.add_node(vmid, kind="vm", name=vm.name, host=h.name, spec=vm)

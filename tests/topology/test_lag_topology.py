@@ -189,3 +189,14 @@ def test_a_bond_changes_mode_live_as_xe_bond_set_mode() -> None:
         lag.port.transmit(f)
     assert all(len(sent(p)) > 0 for p in eth)  # 32 source MACs now spread over both
     assert lag.next_due_ns() == 10_000_000_000  # balance-slb's rebalancing timer started
+
+
+def test_a_vlan_network_on_a_bond_is_drawn_on_bond0_vid() -> None:
+    from netsim.lab.topology import node_id, to_graph
+
+    g = to_graph(load_topology(TOPOLOGIES / "lacp-lag.yaml"))
+    vlanpifs = sorted(d["name"] for _, d in g.nodes(data=True) if d["kind"] == "vlanpif")
+    assert vlanpifs == ["bond0.30"]
+    vid = node_id("vlanpif", "xen1", "bond0.30")
+    assert {n for n in g.neighbors(vid) if g.nodes[n]["kind"] == "pif"} == {
+        node_id("pif", "xen1", "eth0"), node_id("pif", "xen1", "eth1")}
