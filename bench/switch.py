@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from netsim.clock import RealClock
+from netsim.dataplane.lag import Lag, LagConfig, LagPort
 from netsim.dataplane.policy import LoadBalancing, TeamingPolicy
 from netsim.dataplane.port import Pif, Vif
 from netsim.dataplane.pvlan import PvlanMap
@@ -66,8 +67,8 @@ def _frame(size: int) -> bytes:
     return fr.ethernet(PEER_MAC, VM_MAC, fr.ETHERTYPE_IPV4, bytes(size - 14))
 
 
-def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = False
-           ) -> tuple[Vif, Pif, PcapngWriter | None]:
+def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = False,
+           lag: bool = False) -> tuple[Vif, Pif, PcapngWriter | None]:
     clock = RealClock()
     sw = StandardSwitch("vSwitch0", clock=clock)
     vid, peer_vid = 5, 5
@@ -76,7 +77,19 @@ def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = Fal
         vid, peer_vid = 101, 100
     sw.add_port_group(PortGroup("VLAN 5", vlan=vid))
     vm = sw.attach(Vif(1, 0, mac=VM_MAC, queue_size=4 * BURST), "VLAN 5")
-    up = sw.add_uplink(Pif("vmnic0", queue_size=4 * BURST))
+    if lag:  # a static LAG of 4, hashing srcDestIpTcpUdpPortVlan: `up` = the bench frame's member
+        lp = LagPort("lag1")
+        group = Lag(lp, LagConfig(mode="static"))
+        members = [Pif(f"vmnic{i}", queue_size=4 * BURST) for i in range(4)]
+        for m in members:
+            group.add_member(m)
+        sw.add_uplink(lp)
+        members[0].receive(fr.ethernet(VM_MAC, PEER_MAC, fr.ETHERTYPE_IPV4, bytes(46),
+                                       vid=peer_vid))
+        vm.vnic.drain()
+        up = group.member_for(fr.push_tag(_frame(64), vid))  # type: ignore[assignment]
+    else:
+        up = sw.add_uplink(Pif("vmnic0", queue_size=4 * BURST))
     if ip_hash:  # a team of 4; the bench frame's addresses hash to vmnic0
         for i in range(1, 4):
             sw.add_uplink(Pif(f"vmnic{i}", queue_size=4 * BURST))
@@ -92,8 +105,8 @@ def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = Fal
 
 
 async def _hop(n: int, size: int, capture_dir: Path | None, *, batched: bool = False,
-               pvlan: bool = False, ip_hash: bool = False) -> float:
-    vm, up, writer = _build(capture_dir, pvlan=pvlan, ip_hash=ip_hash)
+               pvlan: bool = False, ip_hash: bool = False, lag: bool = False) -> float:
+    vm, up, writer = _build(capture_dir, pvlan=pvlan, ip_hash=ip_hash, lag=lag)
     frame = _frame(size)
     send = vm.vnic.send
     send_many = vm.vnic.send_many
@@ -321,7 +334,8 @@ def run(*, quick: bool) -> dict[str, Any]:
     res["stalled_stream_dropped"] = stalled_pairs[len(stalled_pairs) // 2][2]
     res["ratio_stalled_vs_hop"] = stalled_pairs[len(stalled_pairs) // 2][0]
     res["ratio_stalled_vs_hop_rounds"] = [round(r, 3) for r, _, _ in stalled_pairs]
-    for key, opts in (("pvlan", {"pvlan": True}), ("iphash", {"ip_hash": True})):
+    for key, opts in (("pvlan", {"pvlan": True}), ("iphash", {"ip_hash": True}),
+                      ("lag", {"lag": True})):
         kind_pairs = []
         for _ in range(max(3, repeat)):
             gc.collect()
@@ -371,6 +385,10 @@ def run(*, quick: bool) -> dict[str, Any]:
         "{:,.2f}×")
     row("switch hop, 64 B, IP-hash team of 4 uplinks", "hop_64_iphash_fps")
     row("ratio IP-hash hop / plain hop (median of back-to-back pairs)", "ratio_iphash_vs_hop",
+        "{:,.2f}×")
+    row("switch hop, 64 B, into a static LAG of 4 (srcDestIpTcpUdpPortVlan hash)",
+        "hop_64_lag_fps")
+    row("ratio LAG hop / plain hop (median of back-to-back pairs)", "ratio_lag_vs_hop",
         "{:,.2f}×")
     row("pcapng records/s: dpkt EPB objects (per-interface, ns)", "pcapng_dpkt_records_per_s")
     row("pcapng records/s: hvsim struct writer", "pcapng_records_per_s")

@@ -60,6 +60,10 @@ DROP_REASONS = (
     "corrupt",  # arrived with a bit flipped by an impairment: the FCS check failed
     "pvlan",  # private VLANs: the destination port may not receive this (secondary) VLAN
     "blocked",  # the port is blocked (vSphere DVPortSetting.blocked): nothing in or out
+    "lag-not-collecting",  # arrived on a LAG/bond member that is not collecting (LACP not
+    # in sync, a backup member of active-backup, a flood on a balance-slb non-active member)
+    "slow-protocols",  # LACP/Marker/OAM to 01:80:c2:00:00:02 on a port that is no LAG member:
+    # link-local, never forwarded by a bridge (IEEE 802.3 Annex 57A)
 )
 
 #: A tap sees every frame crossing a port: (frame bytes, outbound?). Captures read their clock.

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from netsim.dataplane.lag import Lag
 from netsim.dataplane.port import Pif, Port, TapList, VmPort
 from netsim.errors import FrameError, TopologyError
 from netsim.lab.fabric import Vm
@@ -75,12 +76,16 @@ class Hop:
     lookup: str = ""
     outputs: list[Output] = field(default_factory=list)
     drops: list[Drop] = field(default_factory=list)
+    learn: str = ""  # a MAC move this frame makes (flapping), if any
 
     def as_dict(self) -> dict[str, Any]:
-        return {"switch": self.switch, "in_port": self.in_port, "frame": self.frame.hex(),
-                "classify": self.classify, "security": self.security, "lookup": self.lookup,
-                "outputs": [o.as_dict() for o in self.outputs],
-                "drops": [d.as_dict() for d in self.drops]}
+        out = {"switch": self.switch, "in_port": self.in_port, "frame": self.frame.hex(),
+               "classify": self.classify, "security": self.security, "lookup": self.lookup,
+               "outputs": [o.as_dict() for o in self.outputs],
+               "drops": [d.as_dict() for d in self.drops]}
+        if self.learn:
+            out["learn"] = self.learn
+        return out
 
 
 @dataclass
@@ -127,6 +132,8 @@ class Trace:
             lines.append(f"   VLAN: {h.classify}")
             for s in h.security:
                 lines.append(f"   security: {s}")
+            if h.learn:
+                lines.append(f"   MAC learning: {h.learn}")
             if h.lookup:
                 lines.append(f"   MAC lookup: {h.lookup}")
             for o in h.outputs:
@@ -306,6 +313,17 @@ def _security(sw: Any, port: Port, f: bytes) -> list[str]:
     return out
 
 
+def _learn_note(sw: Any, vid: int, port: Port, f: bytes) -> str:
+    """A MAC move this frame's source makes: it was learned, and is still fresh, on another
+    port of this switch - what a switch logs as MAC flapping."""
+    mt = sw.mac_table
+    e = mt.get_entry((sw.learning_vlan(vid), f[6:12]))
+    if e is None or e.port is port or sw.clock.now_ns() - e.last_ns > mt.aging_ns:
+        return ""
+    return (f"{fr.mac_to_str(f[6:12])} moves from {e.port.name} to {port.name}: MAC flapping "
+            f"({mt.moves} move(s) on {sw.name} so far)")
+
+
 def _lookup(sw: Any, vid: int, f: bytes) -> str:
     dst = f[0:6]
     if dst[0] & 1:
@@ -442,6 +460,7 @@ def trace_frame(fab: Any, source: Any, frame: bytes | str | Mapping[str, Any]) -
                 hop.security = _security(sw, port, f)
                 inner_f = f[:12] + f[16:] if f[12:14] == b"\x81\x00" and len(f) >= 18 else f
                 hop.lookup = _lookup(sw, vid, inner_f)
+                hop.learn = _learn_note(sw, vid, port, f)
             t.hops.append(hop)
             prev = rec.current, rec.current_vid, rec.current_frame
             rec.current, rec.current_vid, rec.current_frame = hop, vid, f
@@ -491,6 +510,8 @@ def trace_frame(fab: Any, source: Any, frame: bytes | str | Mapping[str, Any]) -
                 elif p.link is not None:
                     peer = p.link.peer(p)
                     then = f"cable to {_name(twin, peer)}"
+                    if isinstance(p.switch, Lag):  # a member picked by the LAG's mode
+                        then += f" (member of {p.switch.name}, {p.switch.choice_text()})"
                     pending.append((peer, out))
                 else:
                     then = "leaves the lab (no cable)"

@@ -837,7 +837,8 @@ class ProxySwitch:
                     pg.security.promiscuous, pg.security.mac_changes, pg.security.forged_transmits
                 ),
                 shaping=_shaping(pg.shaping_out),
-                teaming=_teaming(pg.teaming, nics),
+                teaming=_teaming(pg.teaming, nics,
+                                 {lag.name: lag.uplinks for lag in config.lags}),
                 blocked=pg.blocked,
             )
             for pg in config.portgroups
@@ -936,18 +937,29 @@ class ProxySwitch:
             await link.flush()
 
 
-def _teaming(t: DvTeaming | None, nics: dict[str, str]) -> TeamingPolicy | None:
+def _teaming(t: DvTeaming | None, nics: dict[str, str],
+             lags: dict[str, tuple[str, ...]] | None = None) -> TeamingPolicy | None:
     """A distributed port group's teaming over vDS uplink names, as a policy over this host's
     NICs (uplinks this host does not map are left out; if it maps none of them, the group
-    uses all of this host's uplinks)."""
+    uses all of this host's uplinks). A LAG in the order stands for its uplinks, all active
+    and hashed per frame (in distributed mode the bus carries the frames: no LACP on it)."""
     if t is None:
         return None
-    active = tuple(nics[u] for u in t.active if u in nics)
-    standby = tuple(nics[u] for u in t.standby if u in nics)
+    lags = lags or {}
+
+    def nics_of(names: tuple[str, ...]) -> tuple[str, ...]:
+        out = [nics[m] for u in names for m in lags.get(u, (u,)) if m in nics]
+        return tuple(dict.fromkeys(out))
+
+    active = nics_of(t.active)
+    standby = tuple(n for n in nics_of(t.standby) if n not in active)
     if (t.active or t.standby) and not active and not standby:
         return None
+    lb = LoadBalancing(t.policy)
+    if t.active and t.active[0] in lags:
+        lb = LoadBalancing.IP_HASH
     return TeamingPolicy(active=active, standby=standby,
-                         load_balancing=LoadBalancing(t.policy),
+                         load_balancing=lb,
                          notify_switches=t.notify_switches, failback=t.failback)
 
 

@@ -32,7 +32,7 @@ from netsim.lab.topology import TeamingSpec, Topology
 from netsim.vds.dswitch import HostPlane, ProxyLink, ProxySwitch
 from netsim.vds.transport.bus import Bus, BusMessage, Subscription
 from netsim.vds.transport.topics import Topics
-from netsim.vds.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
+from netsim.vds.vdsconfig import DvLag, DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
 from netsim.wire.frame import mac_to_bytes, mac_to_str
 
 #: how long after a VM left frames for it at the old host count as "in flight" (seconds)
@@ -472,7 +472,8 @@ def vds_from_topology(
                     DvShaping(net.shaping.average_bps, net.shaping.peak_bps,
                               net.shaping.burst_bytes) if net.shaping else None
                 ),
-                teaming=_dv_teaming(net.teaming or swspec.teaming, swspec.uplinks),
+                teaming=_dv_teaming(net.teaming or swspec.teaming, swspec.uplinks,
+                                    swspec.lag.name if swspec.lag else None),
             )
             seen = groups.get(net.name)
             if seen is not None and seen[1].teaming is None:
@@ -489,15 +490,34 @@ def vds_from_topology(
     return VdsConfig(
         name, 1, uplinks=tuple(f"uplink{i + 1}" for i in range(width)),
         portgroups=tuple(pg for _, pg in groups.values()), hosts=members,
+        lags=_dv_lags(topo, switch),
     )
 
 
-def _dv_teaming(spec: TeamingSpec | None, uplinks: tuple[str, ...]) -> DvTeaming | None:
-    """A topology teaming over one host's PIFs, over the vDS uplink names instead; None when
-    the host has fewer than two uplinks (nothing to team)."""
+def _dv_lags(topo: Topology, switch: str | None) -> tuple[DvLag, ...]:
+    """The LAG of the vDS, from the first host whose switch has one (a vDS LAG is one
+    definition; each host's NICs back its uplinks). The bus carries the hosts' traffic in
+    distributed mode, so the LAG is configuration here: LACP runs where NICs are cabled."""
+    for h in topo.hosts:
+        swspec = h.switch(_vds_switch(topo, h.name, switch))
+        lag = swspec.lag
+        if lag is not None:
+            name = {nic: f"uplink{i + 1}" for i, nic in enumerate(swspec.uplinks)}
+            c = lag.config
+            return (DvLag(lag.name, tuple(name[m] for m in lag.members), c.lacp, c.hashing,
+                          c.rate),)
+    return ()
+
+
+def _dv_teaming(spec: TeamingSpec | None, uplinks: tuple[str, ...], lag: str | None = None
+                ) -> DvTeaming | None:
+    """A topology teaming over one host's PIFs, over the vDS uplink names instead (a LAG keeps
+    its name); None when the host has fewer than two uplinks (nothing to team)."""
     if spec is None or len(uplinks) < 2:
         return None
     name = {nic: f"uplink{i + 1}" for i, nic in enumerate(uplinks)}
+    if lag is not None:
+        name[lag] = lag
     return DvTeaming(spec.policy, tuple(name[n] for n in spec.active),
                      tuple(name[n] for n in spec.standby))
 
