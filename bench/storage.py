@@ -174,8 +174,9 @@ def _vdi_figures(tmp: Path, src: Path, size: int, runs: int, rng: random.Random)
                 runs, out_h)
     out["export_raw"] = {"qemu_img_s": t_q, "hvsim_s": t_h, "ratio": t_q / t_h,
                          "identical_output": _files_equal(out_q, out_h)}
-    # import: a raw file, half of its 2 MiB pieces zeros
-    raw = out_q                                     # the exported content: half zeros
+    # import: a raw file, half of its 2 MiB pieces zeros; the random 4 KiB writes above left
+    # islands of data in that half, so this also measures how finely zeros are detected
+    raw = out_q
     vq = tmp / "imp.vhd"
     t_qi = _best(lambda: subprocess.run(
         ["qemu-img", "convert", "-f", "raw", "-O", "vpc", str(raw), str(vq)], check=True),
@@ -242,7 +243,7 @@ def _print(res: dict) -> None:
     e, c, i = res["export"], res["chain"], res["iops_4k"]
     t.add_row("export, hvsim vhd export (process)", f"{e['hvsim_cli_MiB_s']:.0f} MiB/s",
               f"qemu-img convert {e['qemu_img_MiB_s']:.0f} MiB/s",
-              f"{e['ratio_cli']:.2f}× (target ≥0.5)")
+              f"{e['ratio_cli']:.2f}× (target ≥1.0)")
     t.add_row("export, chain.export (in process)", f"{e['hvsim_inprocess_MiB_s']:.0f} MiB/s",
               "", f"{e['ratio_inprocess']:.2f}×")
     t.add_row("outputs identical", str(e["identical_output"]), "", "")
