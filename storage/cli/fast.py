@@ -79,6 +79,9 @@ def run(argv: list[str]) -> int | None:
     except StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:                   # as click does for the full CLI
+        print("Aborted!", file=sys.stderr)
+        return 1
     print(line)
     return 0
 
