@@ -27,6 +27,7 @@ from storage.vhd.image import VhdImage
 
 CHUNK = 4 * 1024 * 1024         # unit of reads and writes
 DELTA_GRAIN = 64 * 1024         # a delta holds whole 64 KiB pieces (the CBT block size)
+ZERO_GRAIN = 4096               # zero pieces skipped on import: qemu-img convert's -S 4k default
 _ZEROS = bytes(CHUNK)
 FORMATS = ("raw", "vhd")
 
@@ -36,7 +37,7 @@ Progress = Callable[[int], None]
 def is_zero(data: bytes | memoryview) -> bool:
     """True when every byte is zero (a C-level compare against a zero buffer)."""
     n = len(data)
-    return data == _ZEROS[:n] if n <= CHUNK else not any(data)
+    return _ZEROS.startswith(data) if n <= CHUNK else not any(data)
 
 
 def _check_format(fmt_name: str) -> None:
@@ -130,13 +131,77 @@ def export_delta(base: BlockDevice, cur: BlockDevice, out_path: str | os.PathLik
     return held
 
 
+def data_runs(data: bytes | bytearray | memoryview,
+              grain: int = ZERO_GRAIN) -> list[tuple[int, int]]:
+    """The [start, end) byte ranges of `data` to write: everything but its all-zero aligned
+    `grain`-sized pieces (a short last piece always counts as data).
+
+    Hand-written for speed (measured: a Python step per 4 KiB piece, or `bytes.find` of a
+    zero piece, made a 1 GiB import 2-3x slower than `qemu-img convert`): only pieces whose
+    first 8 bytes are zero can be zero, so those words are gathered with one strided copy and
+    each run of candidates is confirmed with one memcmp (`bytes.startswith`;
+    `memoryview == memoryview` compares item by item, ~100x slower)."""
+    n = len(data)
+    full = n - n % grain
+    if full == 0 or grain % 8:
+        return [(0, n)] if n else []
+    if not isinstance(data, bytes | bytearray):
+        data = bytes(data)
+    mv = memoryview(data)
+    heads = mv[:full].cast("Q")[::grain // 8].tobytes()    # 8 bytes per piece
+    pieces = len(heads) // 8
+    runs: list[tuple[int, int]] = []
+    start = 0                                # where the current data run began (bytes)
+    i = 0                                    # next piece to look at
+    while i < pieces:
+        f = heads.find(_ZEROS[:8], i * 8)
+        if f < 0:
+            break
+        if f % 8:                            # straddles two heads: not a candidate
+            i = f // 8 + 1
+            continue
+        i = f // 8
+        j = i + 1                            # grow the run of zero heads (doubling)
+        step = 1
+        while j < pieces:
+            k = min(step, pieces - j)
+            if _ZEROS.startswith(heads[j * 8:(j + k) * 8]):
+                j += k
+                step *= 2
+            elif step > 1:
+                step //= 2
+            else:
+                break
+        # [a, b) is zero iff it starts with 0 and equals itself shifted by one byte: one
+        # stream through the cache instead of two (1.8x faster here than against _ZEROS)
+        if data.startswith(mv[i * grain + 1:j * grain], i * grain):
+            zeros = [(i, j)]
+        else:                                # zero heads, data behind some: piece by piece
+            zeros = []
+            for p in range(i, j):
+                if _ZEROS.startswith(mv[p * grain:(p + 1) * grain]):
+                    if zeros and zeros[-1][1] == p:
+                        zeros[-1] = (zeros[-1][0], p + 1)
+                    else:
+                        zeros.append((p, p + 1))
+        for zi, zj in zeros:
+            if zi * grain > start:
+                runs.append((start, zi * grain))
+            start = zj * grain
+        i = j
+    if start < n:
+        runs.append((start, n))
+    return runs
+
+
 def copy_content(src: BlockDevice, dst: BlockDevice, *, progress: Progress | None = None,
                  only_changes: bool = False) -> int:
     """Make `dst`'s first `src.size` bytes equal `src`'s; returns the bytes written.
 
-    Writes go in runs of whole `DELTA_GRAIN` pieces; a piece that already reads the same in
-    `dst` (zeros over an unallocated block, or with `only_changes` anything unchanged) is not
-    written, so zeros never allocate space in a VHD."""
+    All-zero 4 KiB pieces (`ZERO_GRAIN`, as `qemu-img convert -S 4k`) are written only where
+    `dst` does not already read zeros, so zeros never allocate space in a VHD and the output
+    is as sparse as qemu-img's. With `only_changes` anything unchanged in whole
+    `DELTA_GRAIN` pieces is skipped too (a revert rewrites only what differs)."""
     size = src.size
     if dst.size < size:
         raise SrError(f"the target is {dst.size} bytes, smaller than the {size} bytes to copy")
@@ -144,42 +209,68 @@ def copy_content(src: BlockDevice, dst: BlockDevice, *, progress: Progress | Non
     for off in _pieces(size):
         n = min(CHUNK, size - off)
         data = src.read(off, n)
-        zero = is_zero(data)
-        if not zero and not only_changes:
-            old = None
+        if only_changes:
+            written += _write_changes(dst, off, data)
         else:
-            old = dst.read(off, n)
-            if old == data:
-                if progress:
-                    progress(n)
-                continue
-        mv = memoryview(data)
-        old_mv = memoryview(old) if old is not None else mv
-        zeros = memoryview(_ZEROS)
-        start = None
-        for p in range(0, n + DELTA_GRAIN, DELTA_GRAIN):
-            q = min(p + DELTA_GRAIN, n)
-            if p >= n:
-                same = True                      # flush the last run
-            elif old is not None:
-                same = mv[p:q] == old_mv[p:q]
-            elif mv[p:q] == zeros[:q - p]:       # a zero piece: write it only over data
-                if old is None:                  # read what is there once per chunk
-                    old = dst.read(off, n)
-                    old_mv = memoryview(old)
-                same = old_mv[p:q] == zeros[:q - p]
-            else:
-                same = False
-            if same:
-                if start is not None:
-                    dst.write(off + start, mv[start:p])
-                    written += p - start
-                    start = None
-            elif start is None:
-                start = p
+            written += _write_data(dst, off, data)
         if progress:
             progress(n)
     dst.flush()
+    return written
+
+
+def _write_data(dst: BlockDevice, off: int, data: bytes) -> int:
+    """Write `data`'s non-zero pieces at `off`, and zeros only over what is not zero."""
+    n = len(data)
+    runs = data_runs(data)
+    if runs != [(0, n)]:
+        gaps, pos = [], 0
+        for s, e in runs:
+            if s > pos:
+                gaps.append((pos, s))
+            pos = e
+        if pos < n:
+            gaps.append((pos, n))
+        old = dst.read(off, n)
+        if old != _ZEROS[:n]:
+            for s, e in gaps:                # zeros must replace what is there
+                runs += [(s + a, s + b) for a, b in data_runs(old[s:e])]
+            runs = _merged(sorted(runs))
+    mv = memoryview(data)
+    for s, e in runs:
+        dst.write(off + s, mv[s:e])
+    return sum(e - s for s, e in runs)
+
+
+def _merged(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in runs:
+        if out and out[-1][1] >= s:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _write_changes(dst: BlockDevice, off: int, data: bytes) -> int:
+    """Write the `DELTA_GRAIN` pieces of `data` that differ from what `dst` holds at `off`."""
+    n = len(data)
+    old = dst.read(off, n)
+    if old == data:
+        return 0
+    mv = memoryview(data)
+    written = 0
+    start = None
+    for p in range(0, n + DELTA_GRAIN, DELTA_GRAIN):
+        q = min(p + DELTA_GRAIN, n)
+        same = p >= n or old.startswith(mv[p:q], p)
+        if same:
+            if start is not None:
+                dst.write(off + start, mv[start:p])
+                written += p - start
+                start = None
+        elif start is None:
+            start = p
     return written
 
 
