@@ -30,6 +30,7 @@ from netsim.vds.host import HostAgent, host_plan, vds_from_topology
 from netsim.vds.transport.bus import Bus, DropPolicy
 from netsim.vds.transport.claim import (
     ClaimWatch,
+    HostAccessError,
     HostClaim,
     HostConflictError,
     check_host_free,
@@ -146,6 +147,8 @@ def expand_host_names(spec: str) -> list[str]:
 
 #: a host still without its configuration says so this often (seconds)
 CONFIG_REMINDER_S = 30.0
+#: longest pause between attempts of a host (of several in a process) to join
+JOIN_RETRY_MAX_S = 30.0
 
 
 async def run_hosts(
@@ -165,6 +168,7 @@ async def run_hosts(
         raise ConfigError(f"{topo_path}: no host {', '.join(missing[:5])}"
                           f"{' ...' if len(missing) > 5 else ''} in the topology "
                           f"({len(known)} hosts)")
+    vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)  # once, not per host
     stop = _stop_event()
     # Connect a few at a time: a hundred MQTT handshakes started in one loop turn starve each
     # other (the broker drops clients whose CONNECT comes later than its timeout).
@@ -173,19 +177,34 @@ async def run_hosts(
     waiting = set(names)
 
     async def one(name: str, view: FabricView) -> None:
-        await starting.acquire()
-        connected = asyncio.Event()
-        run = asyncio.ensure_future(run_host(
-            topo_path, name, lab, duration=duration, config_wait_s=config_wait_s, topo=topo,
-            stop=stop, connected=connected.set, view=view,
-            configured=lambda: waiting.discard(name)))
-        waiter = asyncio.ensure_future(connected.wait())
-        try:
-            await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            starting.release()
-        await run
+        delay = 1.0
+        while True:
+            await starting.acquire()
+            connected = asyncio.Event()
+            run = asyncio.ensure_future(run_host(
+                topo_path, name, lab, duration=duration, config_wait_s=config_wait_s,
+                topo=topo, vds=vds, stop=stop, connected=connected.set, view=view,
+                configured=lambda: waiting.discard(name)))
+            waiter = asyncio.ensure_future(connected.wait())
+            try:
+                await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                starting.release()
+            try:
+                await run
+                return
+            except (HostConflictError, HostAccessError):
+                raise
+            except TransportError as exc:
+                # The shared connection got in, so address and login are right: a host that
+                # could not join (a timeout while the broker is busy with hundreds of others,
+                # or a restart) tries again, as its bus would once connected.
+                if connected.is_set() or stop.is_set():
+                    raise
+                console.print(f"{name}: {exc}; trying again in {delay:.0f} s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, JOIN_RETRY_MAX_S)
 
     async def remind(bus: Bus) -> None:
         vds = lab.vds_name
@@ -223,7 +242,8 @@ def _broker_state(bus: Bus) -> str:
 async def run_host(
     topo_path: Path, name: str, lab: Lab, *, duration: float | None,
     config_wait_s: float | None = None,
-    topo: Topology | None = None, stop: asyncio.Event | None = None,
+    topo: Topology | None = None, vds: VdsConfig | None = None,
+    stop: asyncio.Event | None = None,
     connected: Callable[[], None] | None = None,
     view: FabricView | None = None,
     configured: Callable[[], None] | None = None,
@@ -241,7 +261,8 @@ async def run_host(
         config_wait_s = duration if config_wait_s is None else min(config_wait_s, duration)
     if topo is None:
         topo = load_topology(topo_path)
-    vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
+    if vds is None:
+        vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
     plan = host_plan(topo, name, vds, switch=lab.switch)
     topics = lab.topics
     session = int.from_bytes(os.urandom(4), "big")
