@@ -155,6 +155,7 @@ async def measure(workdir: Path, *, n_hosts: int, n_procs: int, n_portgroups: in
     from netsim.vds.vdsconfig import DvPortGroup
 
     say = log or (lambda text: None)
+    workdir.mkdir(parents=True, exist_ok=True)
     topo_path = workdir / "fleet.yaml"
     names = write_topology(topo_path, n_hosts, n_portgroups)
     res = FleetResult(n_hosts, n_procs, n_portgroups, keepalive)
@@ -276,7 +277,6 @@ def plain_fanout(n_clients: int, n_procs: int, payload_bytes: int,
 
     ctx = mp.get_context("spawn")
     per = -(-n_clients // n_procs)
-    (workdir / "plain").mkdir(exist_ok=True)
     with MosquittoBroker(workdir / "plain") as broker:
         readies = []
         procs = []
