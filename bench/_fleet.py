@@ -26,6 +26,7 @@ MOVER = "mover"  # the VM that migrates: on the first host, moves to the last on
 def write_topology(path: Path, n_hosts: int, n_portgroups: int) -> list[str]:
     """A topology of `n_hosts` ESXi hosts with the same `n_portgroups` port groups (VLAN
     101..) and one VM, on the first host; return the host names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     names = [f"esx{i}" for i in range(1, n_hosts + 1)]
     pgs = "".join(f"      pg{g}: {{vlan: {100 + g}}}\n" for g in range(1, n_portgroups + 1))
     out = [f"name: fleet{n_hosts}\nseed: 1\nhosts:\n"]
@@ -155,7 +156,6 @@ async def measure(workdir: Path, *, n_hosts: int, n_procs: int, n_portgroups: in
     from netsim.vds.vdsconfig import DvPortGroup
 
     say = log or (lambda text: None)
-    workdir.mkdir(parents=True, exist_ok=True)
     topo_path = workdir / "fleet.yaml"
     names = write_topology(topo_path, n_hosts, n_portgroups)
     res = FleetResult(n_hosts, n_procs, n_portgroups, keepalive)
@@ -247,13 +247,19 @@ def _plain_clients(port: int, first: int, count: int, ready: Any) -> None:
         import aiomqtt
 
         async def one(i: int, connected: asyncio.Event) -> None:
-            async with aiomqtt.Client("127.0.0.1", port, identifier=f"plain-{i}",
-                                      keepalive=60) as c:
-                await c.subscribe("plain/config", qos=1)
-                connected.set()
-                async for m in c.messages:
-                    await c.publish(f"plain/ack/{i}", b"1", qos=1)
-                    del m
+            while True:  # a busy machine may time a connect out: try again
+                try:
+                    async with aiomqtt.Client("127.0.0.1", port, identifier=f"plain-{i}",
+                                              keepalive=60, timeout=30) as c:
+                        await c.subscribe("plain/config", qos=1)
+                        connected.set()
+                        async for m in c.messages:
+                            await c.publish(f"plain/ack/{i}", b"1", qos=1)
+                            del m
+                except aiomqtt.MqttError:
+                    if connected.is_set():
+                        raise
+                    await asyncio.sleep(0.5)
 
         evs = []
         tasks = []
@@ -289,7 +295,7 @@ def plain_fanout(n_clients: int, n_procs: int, payload_bytes: int,
             procs[-1].start()
         try:
             for ev in readies:
-                if not ev.wait(300):
+                if not ev.wait(900):
                     raise RuntimeError("plain MQTT clients did not connect")
             return asyncio.run(_plain_publish(broker.port, n_clients, payload_bytes))
         finally:
