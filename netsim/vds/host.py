@@ -29,7 +29,7 @@ from netsim.errors import ConfigError, NetsimError, TopologyError, TransportErro
 from netsim.lab.agent import GuestAgent
 from netsim.lab.fabric import Fabric, Vm
 from netsim.lab.topology import TeamingSpec, Topology
-from netsim.vds.dswitch import HostPlane, ProxyLink, ProxySwitch
+from netsim.vds.dswitch import FabricView, HostPlane, ProxyLink, ProxySwitch
 from netsim.vds.transport.bus import Bus, BusMessage, Subscription
 from netsim.vds.transport.topics import Topics
 from netsim.vds.vdsconfig import DvLag, DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
@@ -77,7 +77,10 @@ class HostAgent:
         batch_frames: int = 256,
         guests: bool = False,
         on_event: Callable[[str], None] | None = None,
+        view: FabricView | None = None,
     ) -> None:
+        """`view`: the process's shared `FabricView` (peers and configs read once for all its
+        agents); without one the agent subscribes to them itself."""
         self.on_event = on_event or (lambda text: None)
         self.run_guests = guests
         self.guests: dict[str, GuestAgent] = {}
@@ -96,7 +99,7 @@ class HostAgent:
             extra_status=lambda: {
                 "vms": sorted(self.host.vms), "migration_error": self.migrations.last_error,
             },
-            on_event=self.on_event,
+            on_event=self.on_event, view=view,
         )
         self.migrations = MigrationCounters()
         self._arrived = asyncio.Event()
