@@ -13,6 +13,7 @@ gives the VDI's content.
 """
 from __future__ import annotations
 
+import errno
 import os
 import uuid as uuidlib
 from collections.abc import Callable
@@ -200,46 +201,67 @@ def copy_content(src: BlockDevice, dst: BlockDevice, *, progress: Progress | Non
 
     All-zero 4 KiB pieces (`ZERO_GRAIN`, as `qemu-img convert -S 4k`) are written only where
     `dst` does not already read zeros, so zeros never allocate space in a VHD and the output
-    is as sparse as qemu-img's. With `only_changes` anything unchanged in whole
-    `DELTA_GRAIN` pieces is skipped too (a revert rewrites only what differs)."""
+    is as sparse as qemu-img's. A source that knows its holes (`data_extents`, a sparse raw
+    file) is not read there, as qemu-img asks block status first. With `only_changes`
+    anything unchanged in whole `DELTA_GRAIN` pieces is skipped too (a revert rewrites only
+    what differs)."""
     size = src.size
     if dst.size < size:
         raise SrError(f"the target is {dst.size} bytes, smaller than the {size} bytes to copy")
+    extents_of = getattr(src, "data_extents", None)
     written = 0
     for off in _pieces(size):
         n = min(CHUNK, size - off)
-        data = src.read(off, n)
         if only_changes:
-            written += _write_changes(dst, off, data)
+            written += _write_changes(dst, off, src.read(off, n))
         else:
-            written += _write_data(dst, off, data)
+            ext = extents_of(off, n) if extents_of is not None else None
+            if ext is None:
+                pieces = [(0, src.read(off, n))]
+            else:
+                pieces = [(a, src.read(off + a, b - a)) for a, b in _grain_aligned(ext, off, n)]
+            written += _write_data(dst, off, n, pieces)
         if progress:
             progress(n)
     dst.flush()
     return written
 
 
-def _write_data(dst: BlockDevice, off: int, data: bytes) -> int:
-    """Write `data`'s non-zero pieces at `off`, and zeros only over what is not zero."""
-    n = len(data)
-    runs = data_runs(data)
-    if runs != [(0, n)]:
-        gaps, pos = [], 0
-        for s, e in runs:
-            if s > pos:
-                gaps.append((pos, s))
-            pos = e
-        if pos < n:
-            gaps.append((pos, n))
+def _grain_aligned(extents: list[tuple[int, int]], off: int, n: int) -> list[tuple[int, int]]:
+    """Absolute byte extents as ranges of the chunk at `off`, widened to whole ZERO_GRAINs."""
+    out: list[tuple[int, int]] = []
+    for a, b in extents:
+        lo = max(0, (a - off) // ZERO_GRAIN * ZERO_GRAIN)
+        hi = min(n, -(-(b - off) // ZERO_GRAIN) * ZERO_GRAIN)
+        if out and out[-1][1] >= lo:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        elif hi > lo:
+            out.append((lo, hi))
+    return out
+
+
+def _write_data(dst: BlockDevice, off: int, n: int, pieces: list[tuple[int, bytes]]) -> int:
+    """Write the chunk of `n` bytes at `off` whose data is `pieces` ((start in the chunk,
+    bytes); zeros elsewhere): its non-zero grains, and zeros only over what is not zero."""
+    runs: list[tuple[int, int, memoryview]] = []
+    for a, data in pieces:
+        mv = memoryview(data)
+        runs += [(a + s, a + e, mv[s:e]) for s, e in data_runs(data)]
+    if sum(e - s for s, e, _ in runs) < n:
         old = dst.read(off, n)
-        if old != _ZEROS[:n]:
-            for s, e in gaps:                # zeros must replace what is there
-                runs += [(s + a, s + b) for a, b in data_runs(old[s:e])]
-            runs = _merged(sorted(runs))
-    mv = memoryview(data)
-    for s, e in runs:
-        dst.write(off + s, mv[s:e])
-    return sum(e - s for s, e in runs)
+        if not _ZEROS.startswith(old):          # zeros must replace what is there
+            zero = memoryview(_ZEROS)
+            extra: list[tuple[int, int, memoryview]] = []
+            pos = 0
+            for s, e, _ in [*runs, (n, n, zero)]:
+                if s > pos:
+                    extra += [(pos + a, pos + b, zero[:b - a])
+                              for a, b in data_runs(old[pos:s])]
+                pos = e
+            runs = sorted(runs + extra, key=lambda r: r[0])
+    for s, _, view in runs:
+        dst.write(off + s, view)
+    return sum(e - s for s, e, _ in runs)
 
 
 def _merged(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -296,6 +318,29 @@ class FileDevice:
     def read_only(self) -> bool:
         """Always True."""
         return True
+
+    def data_extents(self, offset: int, length: int) -> list[tuple[int, int]] | None:
+        """The (start, end) ranges of [offset, offset+length) a raw source may hold data in;
+        the rest are holes of the file, or past its end (zeros). None: unknown (a VHD source,
+        or no SEEK_DATA here)."""
+        if self._io is None:
+            return None
+        fd, end = self._io.fileno(), offset + length
+        out: list[tuple[int, int]] = []
+        pos = offset
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:   # only a hole (or the end) is left
+                    break
+                return None
+            if data >= end:
+                break
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+            out.append((data, hole))
+            pos = hole
+        return out
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes at `offset`."""

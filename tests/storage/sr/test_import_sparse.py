@@ -7,6 +7,8 @@ import random
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from storage.sr import transfer
 from storage.sr.sr import SR
 
@@ -18,7 +20,8 @@ def _allocated(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
 
-def test_import_allocates_no_more_than_qemu_img(tmp_path: Path) -> None:
+@pytest.mark.parametrize("holes", [False, True], ids=["dense-source", "sparse-source"])
+def test_import_allocates_no_more_than_qemu_img(tmp_path: Path, holes: bool) -> None:
     rng = random.Random(20)
     size = 64 * MiB
     raw = bytearray(size)
@@ -31,7 +34,18 @@ def test_import_allocates_no_more_than_qemu_img(tmp_path: Path) -> None:
         raw[off:off + 100] = b"x" * 100                        # one 4 KiB piece, not zero
         islands.add(off)
     src = tmp_path / "in.raw"
-    src.write_bytes(raw)
+    if holes:                        # zeros as holes of the file (not read: SEEK_DATA)
+        with open(src, "wb") as f:
+            f.truncate(size)
+            for b in range(0, size // BLOCK, 2):
+                f.seek(b * BLOCK)
+                f.write(raw[b * BLOCK:(b + 1) * BLOCK])
+            for off in islands:
+                f.seek(off)
+                f.write(raw[off:off + 100])
+        assert _allocated(src) < size * 3 // 4
+    else:
+        src.write_bytes(raw)
     qemu = tmp_path / "q.vhd"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", str(src), str(qemu)],
                    check=True)
