@@ -43,7 +43,7 @@ def test_tshark_dissects_lldp_with_host_name_and_port(tmp_path: Path, host: str,
                  "-e", "_ws.expert").strip()
     assert out.split("\t")[:4] == [host, port, "00:50:56:aa:00:01", "120"], out
     assert parse_neighbour(lldp_frame(NIC, system=host, port=port)) == Neighbour(
-        "lldp", host, port, 120)
+        "lldp", host, port, 120, chassis="00:50:56:aa:00:01", capabilities=4)
 
 
 @pytest.mark.parametrize(("host", "port"), [("esx1.lab", "vmnic0"), ("esx-02", "vmnic13")])
@@ -59,6 +59,44 @@ def test_tshark_dissects_cdp_with_device_id_port_and_a_good_checksum(
     n = parse_neighbour(cdp_frame(NIC, system=host, port=port))
     assert (n.protocol, n.system, n.port, n.ttl, n.platform) == ("cdp", host, port, 180,
                                                                   "VMware ESX")
+
+
+def test_tshark_reads_what_a_physical_switch_advertises_over_cdp(tmp_path: Path) -> None:
+    """The switch side: native VLAN, MTU, management address and S I capabilities."""
+    f = cdp_frame(NIC, system="core-sw1", port="GigabitEthernet1/0/7", platform="cisco WS-C3850",
+                  software="Cisco IOS Software", capabilities=0x28, mgmt="192.0.2.2", vlan=10,
+                  mtu=9000)
+    out = tshark("-r", str(write(tmp_path / "c.pcapng", [f])), "-Y", "cdp", "-T", "fields",
+                 "-e", "cdp.deviceid", "-e", "cdp.portid", "-e", "cdp.native_vlan",
+                 "-e", "cdp.mtu", "-e", "cdp.capabilities.switch",
+                 "-e", "cdp.capabilities.igmp_capable", "-e", "cdp.checksum.status",
+                 "-e", "cdp.platform", "-e", "_ws.expert").strip()
+    dev, port, vlan, mtu, sw, igmp, status, platform, *expert = out.split("\t")
+    assert (dev, port, vlan, mtu, sw, igmp, status) == (
+        "core-sw1", "GigabitEthernet1/0/7", "10", "9000", "1", "1", "1"), out
+    assert platform.strip() == "cisco WS-C3850" and not any(expert), out
+    addrs = tshark("-r", str(tmp_path / "c.pcapng"), "-V")
+    assert "192.0.2.2" in addrs.split("Management Address")[1], addrs
+    assert parse_neighbour(f) == Neighbour(
+        "cdp", "core-sw1", "GigabitEthernet1/0/7", 180, "cisco WS-C3850", "00:50:56:aa:00:01",
+        10, 9000, "192.0.2.2", 0x28)
+
+
+def test_tshark_reads_what_a_physical_switch_advertises_over_lldp(tmp_path: Path) -> None:
+    """Port VLAN ID, maximum frame size (MTU + 18), management address, bridge capability."""
+    f = lldp_frame(NIC, system="core-sw1", port="Gi1/0/7", description="GigabitEthernet1/0/7",
+                   system_description="hvsim 802.1Q switch", mgmt="192.0.2.2", vlan=10,
+                   mtu=1500)
+    out = tshark("-r", str(write(tmp_path / "l.pcapng", [f])), "-Y", "lldp", "-T", "fields",
+                 "-e", "lldp.tlv.system.name", "-e", "lldp.port.id", "-e", "lldp.port.desc",
+                 "-e", "lldp.ieee.802_1.port_vlan.id", "-e", "lldp.ieee.802_3.max_frame_size",
+                 "-e", "lldp.mgn.addr.ip4", "-e", "lldp.tlv.enable_system_cap.bridge",
+                 "-e", "_ws.expert").strip()
+    assert out.split("\t") == ["core-sw1", "Gi1/0/7", "GigabitEthernet1/0/7", "10", "1518",
+                               "192.0.2.2", "1"], out  # and no expert info (last, empty)
+    n = parse_neighbour(f)
+    assert n is not None and (n.vlan, n.mtu, n.mgmt, n.platform, n.port_description) == (
+        10, 1500, "192.0.2.2", "hvsim 802.1Q switch", "GigabitEthernet1/0/7")
 
 
 @pytest.mark.parametrize("cut", [15, 20, 25])
