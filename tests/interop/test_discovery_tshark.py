@@ -76,7 +76,7 @@ def test_tshark_reads_what_a_physical_switch_advertises_over_cdp(tmp_path: Path)
         "core-sw1", "GigabitEthernet1/0/7", "10", "9000", "1", "1", "1"), out
     assert platform.strip() == "cisco WS-C3850" and not any(expert), out
     addrs = tshark("-r", str(tmp_path / "c.pcapng"), "-V")
-    assert "192.0.2.2" in addrs.split("Management Address")[1], addrs
+    assert "IP Address: 192.0.2.2" in addrs.split("Management Addresses")[1], addrs
     assert parse_neighbour(f) == Neighbour(
         "cdp", "core-sw1", "GigabitEthernet1/0/7", 180, "cisco WS-C3850", "00:50:56:aa:00:01",
         10, 9000, "192.0.2.2", 0x28)
