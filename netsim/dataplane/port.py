@@ -291,6 +291,9 @@ class Port:
         #: True when frames bigger than this port's MTU may reach it (its switch has ports
         #: with a larger MTU): the switch checks each frame's size on the way out
         self.sw_mtu_check = False
+        #: CDP/LLDP agent's hook (`LinkDiscovery.receive`): consumes link-discovery frames
+        #: before they are switched; set by the switch (`Bridge.set_discovery`)
+        self.sw_discovery: Callable[[bytes], bool] | None = None
 
     def add_tap(self, tap: Tap) -> None:
         """Call `tap(frame, outbound)` for every frame crossing this port."""

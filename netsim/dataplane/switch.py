@@ -197,7 +197,7 @@ class Bridge:
     def _rx_checks(port: Port) -> None:
         port.sw_rx_checks = bool(
             not port.sw_forged_ok or port.sw_shaper is not None or port.sw_check_reflect
-            or port.sw_mirror_rx or port.sw_blocked
+            or port.sw_mirror_rx or port.sw_blocked or port.sw_discovery is not None
         )
 
     # -- blocking and MTU ---------------------------------------------------------------------
@@ -211,6 +211,13 @@ class Bridge:
         self._rx_checks(p)
         p.refresh()
         self._changed()
+
+    def set_discovery(self, port: Port | str, hook: Any) -> None:
+        """Give CDP/LLDP frames arriving on `port` to `hook(frame) -> consumed?` (a
+        `LinkDiscovery.receive`) before switching; None removes it."""
+        p = self._port(port)
+        p.sw_discovery = hook
+        self._rx_checks(p)
 
     @property
     def mtu(self) -> int | None:
@@ -414,6 +421,8 @@ class Bridge:
             if port.sw_blocked:
                 c.drop("blocked")
                 return
+            if frame[0] & 1 and port.sw_discovery is not None and port.sw_discovery(frame):
+                return  # CDP/LLDP: its agent's, never switched (netsim.dataplane.discovery)
             if not port.sw_forged_ok and src != port.vnic.mac:
                 c.drop("forged-source")
                 return

@@ -285,6 +285,9 @@ class Fabric:
         self.impairments: dict[tuple[str, str], ImpairedPath] = {}
         self._stages: dict[Port, dict[str, ImpairedPath]] = {}
         self._live: set[ImpairedPath] = set()  # stages in a chain (set, or draining)
+        #: CDP/LLDP agents by port path: (device name, `LinkDiscovery`); see
+        #: `netsim.lab.discovery`
+        self.discovery: dict[str, tuple[str, Any]] = {}
 
     # -- building ----------------------------------------------------------------------------
     def add_host(self, name: str) -> Host:

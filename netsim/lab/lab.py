@@ -44,6 +44,7 @@ from netsim.dataplane.switch import PortGroup, StandardSwitch
 from netsim.errors import TopologyError
 from netsim.lab.agent import GuestAgent, PingResult
 from netsim.lab.attach import Attachments, uses_attachments
+from netsim.lab.discovery import wire_discovery
 from netsim.lab.fabric import Fabric
 from netsim.lab.topology import HostSpec, NetworkSpec, PhysPortSpec, TeamingSpec, Topology
 from netsim.lab.trace import Trace, trace_frame
@@ -148,6 +149,7 @@ def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
                                 f"must be on one switch ({sw.name})")
         owner.mirror(srcs, dest, ingress=m.direction in ("ingress", "both"),
                      egress=m.direction in ("egress", "both"))
+    wire_discovery(fab, topo)  # CDP/LLDP on uplinks and physical switch ports
     for imp in topo.impairments:  # links that behave like real ones (netem-like)
         if imp.layer == "cable":
             fab.impair_cable(imp.port, imp.impairment)

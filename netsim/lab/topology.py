@@ -25,6 +25,7 @@ from typing import Any
 
 import networkx as nx
 
+from netsim.dataplane.discovery import DiscoveryConfig
 from netsim.dataplane.impair import Impairment, parse_impairment
 from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
 from netsim.errors import ConfigError, TopologyError
@@ -96,6 +97,9 @@ class SwitchSpec:
     mtu: int | None = None  # vSS `mtu` / vDS `maxMtu`: caps every port of the switch
     #: a vDS LAG / XenServer bond over some of `uplinks`: the switch's uplink in their place
     lag: LagSpec | None = None
+    #: CDP/LLDP on the uplinks (`LinkDiscoveryProtocolConfig`); None = the host type's
+    #: default (ESXi: CDP listen; XenServer: none) - see `netsim.dataplane.discovery`
+    discovery: DiscoveryConfig | None = None
 
     @property
     def internal(self) -> bool:
@@ -215,6 +219,7 @@ class PhysPortSpec:
     vlans: tuple[int, ...] = ()  # trunk: allowed VLANs (empty = all)
     vlan: int = 0  # access VLAN / native VLAN
     mtu: int = 1500
+    ifname: str = ""  # the switch's own name of the port in CDP/LLDP (`Gi1/0/7`)
 
     @property
     def name(self) -> str:
@@ -240,6 +245,10 @@ class PhysSwitchSpec:
     ports: tuple[PhysPortSpec, ...]
     pvlans: tuple[tuple[int, int, str], ...] = ()  # a PVLAN-aware switch's map
     channels: tuple[LagSpec, ...] = ()  # port-channels (LACP or static) over its ports
+    #: CDP/LLDP on every port; None = the switch neither sends nor consumes them
+    discovery: DiscoveryConfig | None = None
+    mgmt: str | None = None  # management address it advertises
+    platform: str = "hvsim 802.1Q switch"  # CDP Platform / LLDP System Description
 
 
 @dataclass(frozen=True)
@@ -442,7 +451,8 @@ def _kind(value: Any) -> str:
 _TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors", "links")
 _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mirrors")
 _PIF_KEYS = ("mtu", "up", "impair")
-_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu", "lag", "bond")
+_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu", "lag", "bond",
+                "discovery")
 _TEAM_KEYS = ("policy", "active", "standby", "notify_switches", "failback")
 _NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming", "mtu", "blocked")
 _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
@@ -451,8 +461,8 @@ _VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "dis
 _DISK_KEYS = ("device", "source", "mode")
 _VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach", "mtu")
 _ROUTE_KEYS = ("to", "via")
-_PHYS_KEYS = ("ports", "links", "pvlans", "channels")
-_PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair", "mtu")
+_PHYS_KEYS = ("ports", "links", "pvlans", "channels", "discovery")
+_PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair", "mtu", "ifname")
 _LINK_KEYS = ("vlans", "mtu")
 _MIRROR_KEYS = ("switch", "sources", "vlans", "destination", "direction")
 
@@ -762,7 +772,9 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
                              "feature; XenServer has none")
             pvlans = _pvlans(c, s["pvlans"], (*sp, "pvlans"))
         switches[sname] = SwitchSpec(hname, sname, uplinks, teaming, size, float(aging),
-                                     pvlans=pvlans, mtu=_mtu(c, s, sp), lag=lag)
+                                     pvlans=pvlans, mtu=_mtu(c, s, sp), lag=lag,
+                                     discovery=_discovery(c, s.get("discovery"),
+                                                          (*sp, "discovery"), htype))
 
     networks: dict[str, NetworkSpec] = {}
     nets_raw = dict(c.mapping(h.get("networks"), (*hp, "networks")))
@@ -1051,6 +1063,57 @@ def _mtu(c: _Checker, m: Mapping[str, Any], path: PathT) -> int | None:
     return c.integer(m["mtu"], (*path, "mtu"), 68, 9216, "MTU")
 
 
+def _discovery(c: _Checker, raw: Any, path: PathT, htype: str) -> DiscoveryConfig | None:
+    """A host switch's `discovery: {protocol: cdp|lldp, operation: none|down|listen|advertise|
+    both}` (vSphere LinkDiscoveryProtocolConfig). XenServer's Open vSwitch has LLDP only,
+    sending and receiving together (Interface `lldp:enable=true`): `{protocol: lldp}`."""
+    if raw is None:
+        return None
+    d = c.mapping(raw, path, ("protocol", "operation"), none_ok=False)
+    proto = d.get("protocol", "lldp" if htype == "xen" else "cdp")
+    if proto not in ("cdp", "lldp"):
+        raise c.fail((*path, "protocol"), f"discovery protocol must be cdp or lldp, got {proto!r}")
+    op = d.get("operation", "both" if htype == "xen" else "listen")
+    if op not in ("none", "down", "listen", "advertise", "both"):
+        raise c.fail((*path, "operation"), "discovery operation must be none (down), listen, "
+                     f"advertise or both, got {op!r}")
+    if htype == "xen" and (proto != "lldp" or op not in ("both", "none", "down")):
+        raise c.fail(path, "XenServer's Open vSwitch speaks LLDP only, sending and receiving "
+                     "together (ovs-vsctl set Interface ethX lldp:enable=true): use "
+                     "{protocol: lldp} (operation both or none)")
+    return DiscoveryConfig((proto,), op)
+
+
+def _phys_discovery(c: _Checker, raw: Any, path: PathT
+                    ) -> tuple[DiscoveryConfig | None, str | None, str]:
+    """A physical switch's `discovery: {protocols: [cdp, lldp], operation: both, mgmt: IP,
+    platform: TEXT}` (or `discovery: cdp`): (config, management address, platform)."""
+    if raw is None:
+        return None, None, "hvsim 802.1Q switch"
+    if isinstance(raw, str):
+        raw = {"protocols": [raw]}
+    d = c.mapping(raw, path, ("protocols", "operation", "mgmt", "platform"), none_ok=False)
+    protos = d.get("protocols", ["cdp"])
+    if isinstance(protos, str):
+        protos = [protos]
+    protos = c.names(protos, (*path, "protocols"))
+    for i, p in enumerate(protos):
+        if p not in ("cdp", "lldp"):
+            raise c.fail((*path, "protocols", i), f"discovery protocol must be cdp or lldp, "
+                         f"got {p!r}")
+    if not protos or len(set(protos)) != len(protos):
+        raise c.fail((*path, "protocols"), "give cdp, lldp or both, once each")
+    op = d.get("operation", "both")
+    if op not in ("none", "down", "listen", "advertise", "both"):
+        raise c.fail((*path, "operation"), "discovery operation must be none, listen, "
+                     f"advertise or both, got {op!r}")
+    mgmt = str(_addr(c, d["mgmt"], (*path, "mgmt"))) if "mgmt" in d else None
+    platform = d.get("platform", "hvsim 802.1Q switch")
+    if not isinstance(platform, str) or not platform or len(platform) > 200:
+        raise c.fail((*path, "platform"), "platform is a text of 1-200 characters")
+    return DiscoveryConfig(tuple(protos), op), mgmt, platform
+
+
 def _pvlans(c: _Checker, raw: Any, path: PathT) -> tuple[tuple[int, int, str], ...]:
     """`{primary: {secondary: isolated|community}}` → checked (primary, secondary, type)
     entries, the primary itself promiscuous (vSphere's `VMwareDVSPvlanMapEntry` list)."""
@@ -1129,14 +1192,21 @@ def _physical(c: _Checker, raw: Any, hosts: dict[str, HostSpec]
                 raise c.fail((*pp, "vlans"), "an access port carries one VLAN: use `vlan:`")
             if mode.startswith("native") and not vlan:
                 raise c.fail(pp, f"a {mode} port needs `native:` (its native VLAN)")
+            ifname = p.get("ifname", "")
+            if not isinstance(ifname, str) or not re.fullmatch(r"[A-Za-z0-9_./:\-]{0,64}",
+                                                               ifname):
+                raise c.fail((*pp, "ifname"), f"ifname is an interface name like Gi1/0/7 "
+                             f"(letters, digits, / . : - _), got {ifname!r}")
             ports.append(PhysPortSpec(sname, host, pif, mode, vlans, vlan,
-                                      _mtu(c, p, pp) or 1500))
+                                      _mtu(c, p, pp) or 1500, ifname))
         for li, lraw in enumerate(c.seq(s.get("links"), (*sp, "links"))):
             raw_links.append(((*sp, "links", li), sname, "", lraw))
         switches.append(PhysSwitchSpec(sname, tuple(ports),
                                        _pvlans(c, s.get("pvlans"), (*sp, "pvlans")),
                                        channels(c, s.get("channels"), (*sp, "channels"),
-                                                {p.name: p for p in ports})))
+                                                {p.name: p for p in ports}),
+                                       *_phys_discovery(c, s.get("discovery"),
+                                                        (*sp, "discovery"))))
     names = {s.name for s in switches}
     links = []
     for lp, a, _, lraw in raw_links:
