@@ -212,6 +212,13 @@ class Bridge:
         p.refresh()
         self._changed()
 
+    def set_port_mtu(self, port: Port | str, mtu: int) -> None:
+        """Change one port's MTU (a PIF's, a physical port's, a vNIC's) at run time."""
+        p = self._port(port)
+        _check_mtu(mtu, f"{self.name}: port {p.name}")
+        p.mtu = mtu
+        self._mtu_changed()
+
     def set_discovery(self, port: Port | str, hook: Any) -> None:
         """Give CDP/LLDP frames arriving on `port` to `hook(frame) -> consumed?` (a
         `LinkDiscovery.receive`) before switching; None removes it."""
@@ -807,6 +814,16 @@ class StandardSwitch(Bridge):
         self._teaming = policy
         self._check_team()
         self._changed()
+
+    def set_teaming(self, policy: TeamingPolicy) -> int:
+        """Change the teaming at run time (load balancing, failover order): ports move to the
+        uplinks it picks at once and, with notify switches, each moved vNIC sends a RARP on its
+        new uplink (as after a failover). Returns the RARPs sent."""
+        before = {p: self.uplink_for(p) for p in self.ports.values() if p.sw_role == ROLE_VM}
+        sent = self.notifications
+        self.teaming = policy
+        self._notify_moves(before)
+        return self.notifications - sent
 
     def _check_team(self, policy: TeamingPolicy | None = None, what: str = "teaming") -> None:
         names = {u.name for u in self.uplinks}

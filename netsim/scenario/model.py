@@ -16,6 +16,11 @@ steps:
   - {at: 2s, link: {port: xen1/eth0, state: down}}
   - {at: 2s, port_group: {name: vlan5, host: xen1, vlan: 6, security: {promiscuous: true}}}
   - {at: 3s, flush_mac: {switch: xen1/xenbr0}}                # or {} for every switch
+  - {at: 4s, switch: {name: esx1/vSwitch0, mtu: 9000, teaming: {active: [vmnic1],
+                      standby: [vmnic0]}, discovery: {protocol: lldp, operation: both}}}
+  - {at: 5s, port: {name: esx1/web.eth0, blocked: true}}      # or mtu: N
+  - {at: 6s, port_group: {name: web, host: esx1, blocked: false, mtu: 1400,
+                          teaming: {policy: failover, active: [vmnic0]}}}
 expect:
   - arrives: {at: vif2.0, match: "ether src 00:16:3e:00:05:01", tagged: false,
               after: 100ms, within: 50ms, count: 10}          # or min: 1 (the default)
@@ -136,13 +141,38 @@ class LinkEvent(Step):
 
 @dataclass(frozen=True)
 class PortGroupEvent(Step):
-    """Change a port group's VLAN and/or security policy (its ports follow at once)."""
+    """Change a port group's VLAN, security policy, blocking, MTU and/or teaming override
+    (its ports follow at once)."""
 
     name: str
     host: str | None
     switch: str | None
     vlan: int | None
     security: Mapping[str, bool] | None
+    blocked: bool | None = None
+    mtu: int | None = None
+    teaming: Mapping[str, Any] | None = None  # see `SwitchEvent.teaming`
+
+
+@dataclass(frozen=True)
+class SwitchEvent(Step):
+    """Change a host switch at run time: its MTU (vSS `mtu` / vDS `maxMtu`), its NIC teaming
+    (keys given replace the current ones; `active`/`standby` together set the failover
+    order) and its CDP/LLDP setting (`protocol`, `operation`: none listen advertise both)."""
+
+    switch: str
+    mtu: int | None = None
+    teaming: Mapping[str, Any] | None = None
+    discovery: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class PortEvent(Step):
+    """Block or unblock one port (vSphere `DVPortSetting.blocked`) and/or change its MTU."""
+
+    port: str
+    blocked: bool | None = None
+    mtu: int | None = None
 
 
 @dataclass(frozen=True)
@@ -322,7 +352,20 @@ class Scenario:
                 if s.switch is not None:
                     lookup(s.switch, (*s.path, "port_group", "switch"), (StandardSwitch,),
                            "a standard switch")
-                find_port_group(fabric, s, self)
+                sw, _ = find_port_group(fabric, s, self)
+                if s.teaming is not None:
+                    self._check_team(sw, s.teaming, (*s.path, "port_group", "teaming"))
+            elif isinstance(s, SwitchEvent):
+                sw = lookup(s.switch, (*s.path, "switch", "name"), (StandardSwitch,),
+                            "a host switch")
+                if s.teaming is not None:
+                    self._check_team(sw, s.teaming, (*s.path, "switch", "teaming"))
+            elif isinstance(s, PortEvent):
+                port = lookup(s.port, (*s.path, "port", "name"), (Port, Vm), "a port or VM")
+                if isinstance(port, Vm):
+                    port = port.ports[0]
+                if port.switch is None:
+                    raise self.error((*s.path, "port", "name"), f"{s.port} is on no switch")
         for e in self.expectations:
             if isinstance(e, Arrives):
                 kind = "never" if e.never else "arrives"
@@ -344,6 +387,15 @@ class Scenario:
                         raise self.error((*pp, "to"), f"{e.dst!r} is neither a VM with an "
                                          "address nor an IPv4 address") from None
 
+
+    def _check_team(self, sw: Any, teaming: Mapping[str, Any], path: PathT) -> None:
+        """Every uplink a teaming change names is an uplink of `sw`."""
+        names = [u.name for u in sw.uplinks]
+        for key in ("active", "standby"):
+            for i, n in enumerate(teaming.get(key, ())):
+                if n not in names:
+                    raise self.error((*path, key, i), f"{n} is not an uplink of {sw.name} "
+                                     f"(uplinks: {', '.join(names) or 'none'})")
 
     def _check_interfaces(self, fabric: Any, s: Replay, kinds: tuple[type, ...]) -> None:
         """Every interface of the capture names a port or VM here: else one error naming all."""
@@ -532,7 +584,7 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
 
 
 _STEP_KINDS = ("send", "replay", "link", "port_group", "flush_mac", "move_vm", "migrate",
-               "impair", "lag")
+               "impair", "lag", "switch", "port")
 
 
 def _step(r: _Reader, raw: Any, path: PathT) -> Step:
@@ -584,19 +636,51 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
             raise r.fail((*kp, "state"), f"expected up or down, got {state!r}")
         return LinkEvent(at, path, r.name(b["port"], (*kp, "port")), state == "up")
     if kind == "port_group":
-        b = r.mapping(body, kp, ("name", "host", "switch", "vlan", "security"), ("name",))
+        b = r.mapping(body, kp, ("name", "host", "switch", "vlan", "security", "blocked", "mtu",
+                                 "teaming"), ("name",))
         vlan = r.integer(b["vlan"], (*kp, "vlan"), 0, 4095) if "vlan" in b else None
         security = None
         if "security" in b:
             s = r.mapping(b["security"], (*kp, "security"),
                           ("promiscuous", "mac_changes", "forged_transmits"))
             security = {k: r.boolean(v, (*kp, "security", k)) for k, v in s.items()}
-        if vlan is None and security is None:
-            raise r.fail(kp, "change something: vlan and/or security")
+        blocked = r.boolean(b["blocked"], (*kp, "blocked")) if "blocked" in b else None
+        mtu = r.integer(b["mtu"], (*kp, "mtu"), 68, 9216) if "mtu" in b else None
+        teaming = _teaming_change(r, b["teaming"], (*kp, "teaming")) if "teaming" in b else None
+        if vlan is None and security is None and blocked is None and mtu is None and (
+                teaming is None):
+            raise r.fail(kp, "change something: vlan, security, blocked, mtu and/or teaming")
         return PortGroupEvent(at, path, r.name(b["name"], (*kp, "name")),
                               r.name(b["host"], (*kp, "host")) if "host" in b else None,
                               r.name(b["switch"], (*kp, "switch")) if "switch" in b else None,
-                              vlan, security)
+                              vlan, security, blocked, mtu, teaming)
+    if kind == "switch":
+        b = r.mapping(body, kp, ("name", "mtu", "teaming", "discovery"), ("name",))
+        mtu = r.integer(b["mtu"], (*kp, "mtu"), 68, 9216) if "mtu" in b else None
+        teaming = _teaming_change(r, b["teaming"], (*kp, "teaming")) if "teaming" in b else None
+        discovery = None
+        if "discovery" in b:
+            from netsim.dataplane.discovery import OPERATIONS, PROTOCOLS
+            d = r.mapping(b["discovery"], (*kp, "discovery"), ("protocol", "operation"))
+            if not d:
+                raise r.fail((*kp, "discovery"), "give protocol and/or operation")
+            if d.get("protocol", "cdp") not in PROTOCOLS:
+                raise r.fail((*kp, "discovery", "protocol"), f"expected cdp or lldp, got "
+                             f"{d['protocol']!r}")
+            if d.get("operation", "none") not in (*OPERATIONS, "down"):
+                raise r.fail((*kp, "discovery", "operation"), "expected none (down), listen, "
+                             f"advertise or both, got {d['operation']!r}")
+            discovery = dict(d)
+        if mtu is None and teaming is None and discovery is None:
+            raise r.fail(kp, "change something: mtu, teaming and/or discovery")
+        return SwitchEvent(at, path, r.name(b["name"], (*kp, "name")), mtu, teaming, discovery)
+    if kind == "port":
+        b = r.mapping(body, kp, ("name", "blocked", "mtu"), ("name",))
+        blocked = r.boolean(b["blocked"], (*kp, "blocked")) if "blocked" in b else None
+        mtu = r.integer(b["mtu"], (*kp, "mtu"), 68, 9216) if "mtu" in b else None
+        if blocked is None and mtu is None:
+            raise r.fail(kp, "change something: blocked and/or mtu")
+        return PortEvent(at, path, r.name(b["name"], (*kp, "name")), blocked, mtu)
     if kind == "impair":
         return _impair_step(r, body, at, path, kp)
     if kind == "lag":
@@ -627,6 +711,38 @@ def _lag_step(r: _Reader, body: Any, at: int, path: PathT, kp: PathT) -> LagEven
             except ConfigError as exc:
                 raise r.fail((*kp, k), str(exc)) from None
     return LagEvent(at, path, r.name(b["port"], (*kp, "port")), changes)
+
+
+def _teaming_change(r: _Reader, raw: Any, path: PathT) -> dict[str, Any]:
+    """`{policy: port-id|failover|ip-hash|src-mac, active: [..], standby: [..],
+    notify_switches: bool, failback: bool}`, any of them."""
+    from netsim.dataplane.policy import LoadBalancing
+
+    t = r.mapping(raw, path, ("policy", "active", "standby", "notify_switches", "failback"))
+    if not t:
+        raise r.fail(path, "give policy, active, standby, notify_switches and/or failback")
+    out: dict[str, Any] = {}
+    if "policy" in t:
+        known = [m.value for m in LoadBalancing]
+        if t["policy"] not in known:
+            raise r.fail((*path, "policy"), f"expected one of {', '.join(known)}, got "
+                         f"{t['policy']!r}")
+        out["policy"] = t["policy"]
+    for key in ("active", "standby"):
+        if key in t:
+            names = t[key] if isinstance(t[key], list) else None
+            if names is None:
+                raise r.fail((*path, key), "expected a list of uplink names")
+            out[key] = tuple(r.name(n, (*path, key, i)) for i, n in enumerate(names))
+    both = set(out.get("active", ())) & set(out.get("standby", ()))
+    if both:
+        raise r.fail((*path, "standby"), f"{', '.join(sorted(both))} both active and standby")
+    if "active" in out and not out["active"] and "standby" in out:
+        raise r.fail((*path, "active"), "teaming needs at least one active uplink")
+    for key in ("notify_switches", "failback"):
+        if key in t:
+            out[key] = r.boolean(t[key], (*path, key))
+    return out
 
 
 def _impair_step(r: _Reader, body: Any, at: int, path: PathT, kp: PathT) -> ImpairEvent:

@@ -18,7 +18,7 @@ import dataclasses
 import itertools
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -38,11 +38,13 @@ from netsim.scenario.model import (
     LinkEvent,
     MoveVm,
     PingCheck,
+    PortEvent,
     PortGroupEvent,
     Replay,
     Scenario,
     Send,
     Step,
+    SwitchEvent,
     find_port_group,
     fmt_ns,
 )
@@ -214,6 +216,7 @@ class ScenarioRun:
         scn.check(self.fabric, pingable=pingable)
         if lab is not None:
             self._check_xen_vlan_changes(lab)
+            self._check_xen_discovery(lab)
         self._t0 = 0
         self._end_ns = scn.end_ns
         self._step_stats: list[dict[str, Any]] = []
@@ -233,6 +236,25 @@ class ScenarioRun:
                         f"on XenServer host {host.name} a VLAN network is its own bridge over "
                         "ethX.VID; changing its VLAN means another network (not supported); "
                         "security changes work")
+
+    def _host_of(self, sw: Any) -> Any:
+        return next((h for h in self.fabric.hosts.values() if sw in h.switches.values()), None)
+
+    def _check_xen_discovery(self, lab: Any) -> None:
+        """XenServer's Open vSwitch does LLDP only, sending and receiving together."""
+        for s in self.scn.steps:
+            if not isinstance(s, SwitchEvent) or s.discovery is None:
+                continue
+            host = self._host_of(self.fabric[s.switch])
+            if host is None or lab.topo.host(host.name).type != "xen":
+                continue
+            if s.discovery.get("protocol", "lldp") != "lldp" or s.discovery.get(
+                    "operation", "both") not in ("both", "none", "down"):
+                raise self.scn.error(
+                    (*s.path, "switch", "discovery"),
+                    f"{host.name} is a XenServer host: its Open vSwitch speaks LLDP only, "
+                    "sending and receiving together (lldp:enable=true): protocol lldp, "
+                    "operation both or none")
 
     # -- helpers -----------------------------------------------------------------------------
     def _port(self, name: str) -> Any:
@@ -373,8 +395,28 @@ class ScenarioRun:
                 changes["vlan"] = s.vlan
             if s.security is not None:
                 changes["security"] = dataclasses.replace(pg.security, **s.security)
+            if s.blocked is not None:
+                changes["blocked"] = s.blocked
+            if s.mtu is not None:
+                changes["mtu"] = s.mtu
+            if s.teaming is not None:
+                changes["teaming"] = _merged_team(pg.teaming or sw.teaming, s.teaming)
+            vms = [p for p in sw.ports.values() if getattr(p, "sw_group", None) is pg]
+            before = {p: sw.uplink_for(p) for p in vms}
             sw.update_port_group(dataclasses.replace(pg, **changes))
+            if s.teaming is not None:
+                sw._notify_moves(before)  # notify switches of the ports the new order moved
             self._step_stats.append({"step": idx, "kind": "port_group", "name": s.name})
+        elif isinstance(s, SwitchEvent):
+            self._switch_event(idx, s)
+        elif isinstance(s, PortEvent):
+            port = self._port(s.port)
+            if s.mtu is not None:
+                port.switch.set_port_mtu(port, s.mtu)
+            if s.blocked is not None:
+                port.switch.block(port, s.blocked)
+            self._step_stats.append({"step": idx, "kind": "port", "name": s.port,
+                                     "blocked": s.blocked, "mtu": s.mtu})
         elif isinstance(s, ImpairEvent):
             if s.direction == "cable":
                 fab.impair_cable(s.target, s.impairment)
@@ -400,6 +442,28 @@ class ScenarioRun:
             self._step_stats.append({"step": idx, "kind": "move_vm", "vm": s.vm,
                                      "from": moved.source, "to": moved.destination,
                                      "queued_dropped": moved.queued_dropped})
+
+    def _switch_event(self, idx: int, s: SwitchEvent) -> None:
+        sw = self.fabric[s.switch]
+        stat: dict[str, Any] = {"step": idx, "kind": "switch", "name": s.switch}
+        if s.mtu is not None:
+            sw.mtu = s.mtu
+            stat["mtu"] = s.mtu
+        if s.teaming is not None:
+            stat["notified"] = sw.set_teaming(_merged_team(sw.teaming, s.teaming))
+        if s.discovery is not None:
+            from netsim.dataplane.discovery import DiscoveryConfig, with_operation
+            from netsim.lab.discovery import set_switch_discovery
+
+            host = self._host_of(sw)
+            agents = [a for _, a in self.fabric.discovery.values() if a.port in sw.uplinks]
+            base = agents[0].config if agents else DiscoveryConfig(operation="none")
+            config = with_operation(base, protocol=s.discovery.get("protocol"),
+                                    operation=s.discovery.get("operation"))
+            htype = self.lab.topo.host(host.name).type if self.lab is not None else "esxi"
+            set_switch_discovery(self.fabric, host.name, sw, config, host_type=htype)
+            stat["discovery"] = config.describe()
+        self._step_stats.append(stat)
 
     def _iface_port(self, s: Replay, iface: str | None, nth: int) -> Any:
         """The port a frame captured on `iface` enters at (Scenario.check vetted the names)."""
@@ -548,6 +612,23 @@ class ScenarioRun:
             ok = ok and _within(round(res.rtt_s * 1e9), e.rtt_ge_ns, e.rtt_le_ns)
             detail += f" (want {_want(e.rtt_ge_ns, e.rtt_le_ns)})"
         return Result(e.name, "ping", ok, detail, where)
+
+
+def _merged_team(base: Any, change: Mapping[str, Any]) -> Any:
+    """`base` (a TeamingPolicy) with a step's changes: `active`/`standby` given together
+    replace the failover order (one alone: the other becomes empty - unused uplinks)."""
+    from netsim.dataplane.policy import LoadBalancing
+
+    kw: dict[str, Any] = {}
+    if "policy" in change:
+        kw["load_balancing"] = LoadBalancing(change["policy"])
+    if "active" in change or "standby" in change:
+        kw["active"] = change.get("active", ())
+        kw["standby"] = change.get("standby", ())
+    for key in ("notify_switches", "failback"):
+        if key in change:
+            kw[key] = change[key]
+    return dataclasses.replace(base, **kw)
 
 
 def _spread_ns(times: list[int]) -> int | None:
