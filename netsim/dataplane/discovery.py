@@ -179,11 +179,11 @@ class LinkDiscovery:
         return sorted(self.neighbours.values(), key=lambda v: v.first_ns)
 
     # -- sending -----------------------------------------------------------------------------
-    def frames(self) -> list[bytes]:
-        """The announcements this port sends now (one per protocol)."""
+    def frames(self, protocols: Iterable[str] | None = None) -> list[bytes]:
+        """The announcements this port sends now, one per protocol (default: all spoken)."""
         ident, out = self.identity, []
         vlan, mtu = self.vlan_of(), self.mtu_of()
-        for proto in self.config.protocols:
+        for proto in self.config.protocols if protocols is None else protocols:
             if proto == "cdp":
                 out.append(cdp_frame(ident.mac, system=ident.system, port=ident.port,
                                      ttl=HOLD_S["cdp"], platform=ident.platform,
@@ -198,12 +198,12 @@ class LinkDiscovery:
                                       vlan=vlan, mtu=mtu))
         return out
 
-    def send_now(self) -> int:
+    def send_now(self, protocols: Iterable[str] | None = None) -> int:
         """Send the announcements once, if the link is up; how many went out."""
         if not self.port.link_up:
             return 0
         sent = 0
-        for f in self.frames():
+        for f in self.frames(protocols):
             if self.port.transmit(f):
                 sent += 1
         self.stats.tx += sent
@@ -229,14 +229,18 @@ class LinkDiscovery:
         self.start()
 
     async def _advertise(self, generation: int) -> None:
-        """Send at once, then every interval (the shortest of the protocols spoken), on the
-        clock, deadline by deadline, until reconfigured."""
-        interval_ns = int(min(INTERVAL_S[p] for p in self.config.protocols) * NS)
-        due = self.clock.now_ns()
+        """Send each protocol at once, then every its interval, on the clock, deadline by
+        deadline, until reconfigured."""
+        now = self.clock.now_ns()
+        due = {p: now for p in self.config.protocols}
         while generation == self._generation:
-            self.send_now()
-            due += interval_ns
-            wait = due - self.clock.now_ns()
+            now = self.clock.now_ns()
+            ready = [p for p, t in due.items() if t <= now]
+            if ready:
+                self.send_now(ready)
+                for p in ready:
+                    due[p] += int(INTERVAL_S[p] * NS)
+            wait = min(due.values()) - self.clock.now_ns()
             if wait > 0:
                 await self.clock.sleep(wait / NS)
             else:

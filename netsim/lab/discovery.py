@@ -42,7 +42,8 @@ def _agent(fab: Any, port: Port, device: str, ident: Identity, config: Discovery
                           spawn=lambda coro: fab.spawn(coro, name=f"discovery {port.path}"))
     sw.set_discovery(port, agent.receive)
     fab.discovery[port.path] = (device, agent)
-    agent.start()
+    if fab.running:  # else the fabric starts it when it starts
+        agent.start()
     return agent
 
 

@@ -736,6 +736,8 @@ class Fabric:
             self._start_aging(sw)
         for path, lag in self.lags.items():
             self._start(lag.run(self.clock), f"lag {path}")
+        for _, agent in self.discovery.values():  # CDP/LLDP agents that advertise
+            agent.start()
         pending, self._pending = self._pending, []
         for coro, name in pending:
             self._start(coro, name)

@@ -231,6 +231,9 @@ def run(
         "--tls-ca", help="CA to check the broker's TLS certificate (with --broker).")] = None,
     fabric: Annotated[str, typer.Option(
         "--fabric", help="Topic prefix hvsim/FABRIC/ on the broker (with --broker).")] = "lab",
+    neighbors: Annotated[bool, typer.Option(
+        "--neighbors", help="After the run, print each uplink's and physical switch port's "
+        "CDP/LLDP neighbour (switch name, port, VLAN, MTU).")] = False,
 ) -> None:
     """Run a topology, capturing ports to DIR/<port>.pcapng (one file per port, named after
     it, ns timestamps; uplinks show the 802.1Q tags), and print what crossed each port.
@@ -293,6 +296,8 @@ def run(
                              {sw.name: {"moves": sw.mac_flaps.total,
                                         "hosts": sw.mac_flaps.as_list()}
                               for sw in switches if sw.mac_flaps.total})
+        if neighbors:
+            print_neighbours(lab.fabric)
         console.print(f"wrote {len(paths)} capture file(s) in {out}")
         if drops is not None:
             console.print(f"wrote {out / 'drops.pcapng'}: {drops.summary()}")
@@ -305,6 +310,27 @@ def run(
         asyncio.run(go())
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def print_neighbours(fab: object) -> None:
+    """The CDP/LLDP neighbour table of a fabric (as vSphere's "view settings" of a physical
+    adapter and `show cdp neighbors` on the switch)."""
+    from netsim.lab.discovery import neighbour_table
+
+    rows = neighbour_table(fab)
+    table = Table(title="CDP/LLDP neighbours")
+    for col in ("device", "port", "discovery", "proto", "neighbour", "remote port", "vlan",
+                "mtu", "mgmt", "platform", "hold"):
+        table.add_column(col, justify="right" if col in ("vlan", "mtu", "hold") else "left")
+    for r in rows:
+        table.add_row(r.device, r.port, r.config, r.protocol or "-", r.system or "-",
+                      r.remote_port or "-", "" if r.vlan is None else str(r.vlan),
+                      "" if r.mtu is None else str(r.mtu), r.mgmt or "", r.platform,
+                      f"{r.hold_s}s" if r.system else "")
+    if not rows:
+        console.print("CDP/LLDP neighbours: no port speaks CDP or LLDP in this topology")
+        return
+    console.print(table)
 
 
 def _interrupt(signum: int, frame: object) -> None:
