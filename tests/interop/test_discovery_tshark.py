@@ -108,3 +108,39 @@ def test_cut_discovery_frames_are_refused(cut: int) -> None:
 
 def test_other_frames_are_not_discovery() -> None:
     assert parse_neighbour(b"\xff" * 6 + NIC + b"\x08\x00" + bytes(46)) is None
+
+
+LAB = """name: cdp-capture
+hosts:
+  esx1:
+    type: esxi
+    pifs: {vmnic0: {}}
+    switches:
+      vSwitch0: {uplinks: [vmnic0], discovery: {protocol: cdp, operation: both}}
+physical:
+  core:
+    discovery: {protocols: [lldp], mgmt: 192.0.2.2}
+    ports:
+      esx1.vmnic0: {mode: trunk, native: 10, mode: native-untagged, ifname: Gi1/0/7}
+"""
+
+
+async def test_a_captured_uplink_shows_esxi_cdp_every_60s_and_the_switch_lldp_every_30s(
+        tmp_path: Path) -> None:
+    from netsim.lab.lab import Lab
+    from netsim.lab.topology import parse_topology
+
+    lab = Lab(parse_topology(LAB.replace("mode: trunk, ", ""), "t.yaml"))
+    (pcap,) = lab.capture(["esx1/vmnic0"], tmp_path)
+    async with lab:
+        await lab.run_for(61)
+    out = tshark("-r", str(pcap), "-Y", "cdp or lldp", "-T", "fields", "-e", "frame.time_relative",
+                 "-e", "cdp.deviceid", "-e", "cdp.portid", "-e", "cdp.platform",
+                 "-e", "lldp.tlv.system.name", "-e", "lldp.port.id",
+                 "-e", "lldp.ieee.802_1.port_vlan.id", "-e", "lldp.mgn.addr.ip4")
+    rows = sorted((round(float(t)), rest) for t, *rest in
+                  (line.split("\t") for line in out.strip().splitlines()))
+    cdp = [(t, r[:2]) for t, r in rows if r[0]]
+    lldp = [(t, r[3:]) for t, r in rows if r[3]]
+    assert cdp == [(0, ["esx1", "vmnic0"]), (60, ["esx1", "vmnic0"])], out
+    assert lldp == [(t, ["core", "Gi1/0/7", "10", "192.0.2.2"]) for t in (0, 30, 60)], out
