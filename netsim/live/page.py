@@ -37,6 +37,10 @@ PAGE = """<!doctype html>
   <section><h2>MAC table <select id="switch"></select></h2>
    <table id="mac"><thead><tr><th>VLAN</th><th>MAC</th><th>port</th><th>age s</th></tr>
    </thead><tbody></tbody></table></section>
+  <section><h2>CDP/LLDP neighbours</h2>
+   <table id="neighbors"><thead><tr><th>device</th><th>port</th><th>discovery</th>
+   <th>neighbour</th><th>remote port</th><th>VLAN</th><th>MTU</th><th>hold s</th></tr>
+   </thead><tbody></tbody></table></section>
   <section><h2>Events</h2><div id="events"></div></section>
   <section><h2>Trace a frame</h2>
    from <input id="trace-from" size="10" placeholder="vm1">
@@ -122,6 +126,15 @@ async function loadTopology(){
  for(const s of t.switches) sel.append(el("option", {value: s}, s));
  sel.onchange = loadMac;
  loadMac(); setInterval(loadMac, 2000);
+ loadNeighbors(); setInterval(loadNeighbors, 2000);
+}
+async function loadNeighbors(){
+ const rows = await api("api/neighbors");
+ const tb = document.querySelector("#neighbors tbody"); tb.replaceChildren();
+ for(const n of rows) { const tr = el("tr"); tr.append(el("td",{},n.device),
+  el("td",{},n.port), el("td",{},n.config), el("td",{},n.system ? n.protocol+" "+n.system : "-"),
+  el("td",{},n.remote_port), el("td",{},n.vlan ?? ""), el("td",{},n.mtu ?? ""),
+  el("td",{},n.system ? n.hold_s : "")); tb.append(tr); }
 }
 async function loadMac(){
  const sw = document.getElementById("switch").value; if(!sw) return;

@@ -9,6 +9,8 @@ page that draws it (aiohttp; containerlab's API server and TopoViewer are the mo
     GET  /api/counters             every port's counters
     GET  /api/mac/SWITCH           a switch's MAC table
     GET  /api/events               the event log (link changes, drops by reason, captures, ...)
+    GET  /api/neighbors            each uplink's and physical port's CDP/LLDP neighbour (the
+                                   table `hvsim run --neighbors` prints)
     POST /api/link                 {"port": "esx1/vmnic0", "up": false}
     POST /api/trace                {"from": "vm1", "frame": "{eth: {dst: ...}}" or hex}
     GET  /api/capture/PORTS.pcapng live pcapng of PORTS (comma-separated), streamed;
@@ -117,6 +119,7 @@ class LiveServer:
         r.add_get("/api/counters", self._counters)
         r.add_get("/api/mac/{switch:.+}", self._mac)
         r.add_get("/api/events", self._events)
+        r.add_get("/api/neighbors", self._neighbors)
         r.add_post("/api/link", self._link)
         r.add_post("/api/trace", self._trace)
         r.add_get("/api/capture/{ports:.+}.pcapng", self._capture)
@@ -286,6 +289,11 @@ class LiveServer:
         if not isinstance(sw, Bridge):
             raise web.HTTPNotFound(text=f"{name!r} is not a switch\n")
         return sw
+
+    async def _neighbors(self, request: web.Request) -> web.Response:
+        from netsim.lab.discovery import neighbour_table
+
+        return web.json_response([r.as_dict() for r in neighbour_table(self.fab)])
 
     async def _events(self, request: web.Request) -> web.Response:
         after = _int(request.query.get("after", "0"), "after")
