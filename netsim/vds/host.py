@@ -32,7 +32,15 @@ from netsim.lab.topology import TeamingSpec, Topology
 from netsim.vds.dswitch import FabricView, HostPlane, ProxyLink, ProxySwitch
 from netsim.vds.transport.bus import Bus, BusMessage, Subscription
 from netsim.vds.transport.topics import Topics
-from netsim.vds.vdsconfig import DvLag, DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
+from netsim.vds.vdsconfig import (
+    DvLag,
+    DvLinkDiscovery,
+    DvPortGroup,
+    DvSecurity,
+    DvShaping,
+    DvTeaming,
+    VdsConfig,
+)
 from netsim.wire.frame import mac_to_bytes, mac_to_str
 
 #: how long after a VM left frames for it at the old host count as "in flight" (seconds)
@@ -490,10 +498,15 @@ def vds_from_topology(
                     f"and {h.name} (a distributed port group is one definition)"
                 )
             groups.setdefault(net.name, (h.name, pg))
+    # CDP/LLDP: the first host switch that sets it speaks for the vDS (one setting per vDS)
+    found = [h.switch(_vds_switch(topo, h.name, switch)).discovery for h in topo.hosts]
+    ld = next((d for d in found if d is not None), None)
     return VdsConfig(
         name, 1, uplinks=tuple(f"uplink{i + 1}" for i in range(width)),
         portgroups=tuple(pg for _, pg in groups.values()), hosts=members,
         lags=_dv_lags(topo, switch),
+        link_discovery=(DvLinkDiscovery(ld.protocols[0], ld.operation) if ld is not None
+                        else DvLinkDiscovery()),
     )
 
 

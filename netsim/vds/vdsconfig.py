@@ -76,6 +76,15 @@ class DvPortGroup:
 
 
 @dataclass(frozen=True)
+class DvLinkDiscovery:
+    """`LinkDiscoveryProtocolConfig` of the vDS: protocol cdp | lldp, operation none |
+    listen | advertise | both (vSphere's default: CDP listen)."""
+
+    protocol: str = "cdp"
+    operation: str = "listen"
+
+
+@dataclass(frozen=True)
 class VdsConfig:
     """One vDS: its version, uplink names, port groups, member hosts and their uplink NICs."""
 
@@ -92,6 +101,8 @@ class VdsConfig:
     max_mtu: int = 1500
     #: LACP LAGs over the uplinks (`VmwareDistributedVirtualSwitch.lacpGroupConfig`)
     lags: tuple[DvLag, ...] = ()
+    #: `VMwareDVSConfigSpec.linkDiscoveryProtocolConfig`: CDP/LLDP on every member's uplinks
+    link_discovery: DvLinkDiscovery = field(default_factory=DvLinkDiscovery)
 
     def pvlan_map(self) -> PvlanMap:
         """The PVLAN map the proxy switches apply."""
@@ -256,8 +267,17 @@ def _parse(doc: dict, source: str) -> VdsConfig:
     max_mtu = _get(doc, "max_mtu", int, where, 1500)
     if not 68 <= max_mtu <= 9216:
         raise ConfigError(f"{where}.max_mtu: {max_mtu} outside 68..9216")
+    ld = _get(doc, "link_discovery", dict, where, {})
+    lw = f"{where}.link_discovery"
+    discovery = DvLinkDiscovery(_get(ld, "protocol", str, lw, "cdp"),
+                                _get(ld, "operation", str, lw, "listen"))
+    if discovery.protocol not in ("cdp", "lldp"):
+        raise ConfigError(f"{lw}.protocol: {discovery.protocol!r} not one of cdp, lldp")
+    if discovery.operation not in ("none", "listen", "advertise", "both"):
+        raise ConfigError(f"{lw}.operation: {discovery.operation!r} not one of none, listen, "
+                          "advertise, both")
     return VdsConfig(name, version, uplinks, tuple(pgs), hosts, pvlans, max_mtu,
-                     _lags(_get(doc, "lags", list, where, []), uplinks, where))
+                     _lags(_get(doc, "lags", list, where, []), uplinks, where), discovery)
 
 
 def _lags(raw: list[Any], uplinks: tuple[str, ...], where: str) -> tuple[DvLag, ...]:

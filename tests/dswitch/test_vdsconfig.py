@@ -6,7 +6,14 @@ import json
 import pytest
 
 from netsim.errors import ConfigError
-from netsim.vds.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
+from netsim.vds.vdsconfig import (
+    DvLinkDiscovery,
+    DvPortGroup,
+    DvSecurity,
+    DvShaping,
+    DvTeaming,
+    VdsConfig,
+)
 
 GOOD = VdsConfig(
     "dvs1",
@@ -26,6 +33,14 @@ def test_round_trip_and_defaults() -> None:
     assert GOOD.portgroup("Trunk").security == DvSecurity(False, False, False)  # vDS: all Reject
     assert GOOD.vlans() == {100, 4095}
     assert GOOD.bumped().version == 4
+
+
+def test_link_discovery_defaults_to_cdp_listen_and_travels_with_the_config() -> None:
+    assert GOOD.link_discovery == DvLinkDiscovery("cdp", "listen")  # vSphere's default
+    lldp = GOOD.bumped(link_discovery=DvLinkDiscovery("lldp", "both"))
+    doc = json.loads(lldp.to_json())
+    assert doc["link_discovery"] == {"protocol": "lldp", "operation": "both"}
+    assert VdsConfig.from_json(lldp.to_json()) == lldp
 
 
 def mutate(path: list, value) -> bytes:
@@ -48,6 +63,8 @@ def mutate(path: list, value) -> bytes:
         (["hosts", "esx1", "uplink7"], "vmnic7", r"hosts\[esx1\]: uplink 'uplink7'"),
         (["version"], 0, r"version: 0 must be ≥ 1"),
         (["schema"], "other/9", r"schema 'other/9'"),
+        (["link_discovery", "protocol"], "edp", r"link_discovery\.protocol: 'edp' not one of"),
+        (["link_discovery", "operation"], "down", r"link_discovery\.operation: 'down' not one"),
     ],
 )
 def test_errors_name_the_field(path, value, message) -> None:
@@ -60,3 +77,22 @@ def test_not_json() -> None:
         VdsConfig.from_json(b"\xff{", source="cfg")
     with pytest.raises(ConfigError, match="no distributed port group 'Nope'"):
         GOOD.portgroup("Nope")
+
+
+def test_vds_from_topology_takes_the_switches_cdp_lldp_setting() -> None:
+    from netsim.lab.topology import parse_topology
+    from netsim.vds.host import vds_from_topology
+
+    text = """name: t
+hosts:
+  esx1:
+    type: esxi
+    pifs: {vmnic0: {}}
+    switches: {vSwitch0: {uplinks: [vmnic0]DISC}}
+    port_groups: {web: {switch: vSwitch0, vlan: 10}}
+"""
+    plain = parse_topology(text.replace("DISC", ""), "t.yaml")
+    assert vds_from_topology(plain).link_discovery == DvLinkDiscovery("cdp", "listen")
+    lldp = parse_topology(text.replace(
+        "DISC", ", discovery: {protocol: lldp, operation: advertise}"), "t.yaml")
+    assert vds_from_topology(lldp).link_discovery == DvLinkDiscovery("lldp", "advertise")
