@@ -12,6 +12,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from netsim.dataplane.discovery import DiscoveryConfig
 from netsim.errors import NetsimError
 from netsim.lab.topology import PhysLinkSpec, PhysPortSpec, Topology, to_graph
 
@@ -47,6 +48,11 @@ def _vlans(vlans: tuple[int, ...]) -> str:
         if v is not None:
             start = prev = v
     return ",".join(out)
+
+
+def _discovery_label(d: DiscoveryConfig) -> str:
+    """`CDP listen`, `CDP+LLDP both`: a switch's link discovery setting."""
+    return f"{'+'.join(p.upper() for p in d.protocols)} {d.operation}"
 
 
 def _pvlan_label(entries: tuple[tuple[int, int, str], ...]) -> str:
@@ -146,6 +152,8 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                     label += f"\nMTU {spec.mtu}"
                 if spec.lag is not None:  # vDS LAG / Xen bond
                     label += f"\n{spec.lag.name}: {spec.lag.describe()}"
+                if spec.discovery is not None:  # set in the file (else the host's default)
+                    label += f"\n{_discovery_label(spec.discovery)}"
             else:
                 label = data["name"]
                 if kind == "pif" and not spec.up:
@@ -161,6 +169,8 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                 plabel += f"\n{_pvlan_label(data['spec'].pvlans)}"
             for ch in data["spec"].channels:  # port-channels
                 plabel += f"\n{ch.name}: {ch.describe()}"
+            if data["spec"].discovery is not None:
+                plabel += f"\n{_discovery_label(data['spec'].discovery)}"
             lines.append(f"  {_q(nid)} [label={_q(plabel)}, {styles['pswitch']}];")
     ranks["switch"].extend(ranks.pop("vlanpif"))
     for kind in ("vm", "portgroup", "switch", "pif", "pswitch"):

@@ -184,3 +184,13 @@ async def test_lab_hosts_that_advertise_are_listed_by_the_switch() -> None:
 def test_bad_discovery_settings_name_file_line_and_key(esx: str, xen: str, error: str) -> None:
     with pytest.raises(TopologyError, match=error):
         lab(esx, xen)
+
+
+def test_draw_shows_the_discovery_settings_given_in_the_file() -> None:
+    from netsim.lab.draw import to_dot
+
+    dot = to_dot(parse_topology(LAB.replace("ESXDISC", ", discovery: {operation: both}")
+                                .replace("XENDISC", ""), "t.yaml"))
+    assert "vSwitch0\\nMTU 9000\\nCDP both" in dot
+    assert "core\\nCDP+LLDP both" in dot
+    assert "xenbr0\\n" not in dot  # XenServer default: nothing to show
