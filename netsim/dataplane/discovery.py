@@ -6,11 +6,11 @@ What the agents do, after the devices they stand for:
   listen): on each uplink, CDP every 60 s with holdtime 180 s - Device ID = the host name, Port
   ID = the vmnic, platform "VMware ESX", capability Switch, the switch's MTU; LLDP every 30 s
   with TTL 120 s - chassis = the vmnic's MAC, port = the vmnic, system name = the host.
-- XenServer: xapi has no CDP/LLDP setting; its Open vSwitch does LLDP per interface when
-  `other_config:lldp-enable`... is set - in ovs-vswitchd.conf.db(5) the Interface column
-  `lldp : enable` ("If not specified, LLDP will be disabled by default"), which sends and
-  receives together (`ovs-vsctl set Interface eth0 lldp:enable=true`, 30 s / TTL 120). So a Xen
-  bridge is `none` unless configured, then `lldp` `both`; CDP is refused by the topology.
+- XenServer: xapi has no CDP/LLDP setting; its Open vSwitch does LLDP per interface, off by
+  default - ovs-vswitchd.conf.db(5), Interface column `lldp`, key `enable`: "If not specified,
+  LLDP will be disabled by default" - and sends and receives together once enabled
+  (`ovs-vsctl set Interface eth0 lldp:enable=true`; 30 s, TTL 120). So a Xen bridge is silent
+  unless configured, then LLDP `both`; CDP is refused by the topology.
 - The physical switch (a Catalyst-like box): CDP and/or LLDP, both ways, on each port it was
   given - its name, the port's interface name (`Gi1/0/7`), native VLAN, MTU, management
   address.
@@ -255,7 +255,7 @@ class NeighbourRow:
     port: str  # local port (vmnic0, Gi1/0/7)
     config: str  # `cdp listen`
     protocol: str
-    system: str  # the neighbour's name
+    system: str  # the neighbour's name (its chassis ID when it sends none, as Open vSwitch)
     remote_port: str
     vlan: int | None
     mtu: int | None
@@ -282,7 +282,7 @@ def neighbour_rows(agents: Iterable[tuple[str, LinkDiscovery]],
                                      mtu=None, mgmt=None, platform="", hold_s=0))
         for lr in heard:
             n = lr.neighbour
-            rows.append(NeighbourRow(**base, protocol=n.protocol, system=n.system,
+            rows.append(NeighbourRow(**base, protocol=n.protocol, system=n.system or n.chassis,
                                      remote_port=n.port, vlan=n.vlan, mtu=n.mtu, mgmt=n.mgmt,
                                      platform=n.platform,
                                      hold_s=max(0, -(-(lr.expires_ns - now) // NS))))

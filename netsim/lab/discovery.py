@@ -1,11 +1,11 @@
 """CDP/LLDP agents of a lab: one per host uplink and per physical switch port that speaks them.
 
 Built from the topology (`wire_discovery`, called by `build_fabric`): an ESXi switch's uplinks
-default to CDP listen (vSphere's default); a XenServer bridge's PIFs speak LLDP only when the
-topology enables it (XenServer's Open vSwitch, `lldp:enable`); a physical switch's ports
-speak what its `discovery:` names. `set_switch_discovery` changes a host switch's setting at run
-time (a scenario step, a vDS push); `neighbour_table` is what `hvsim run --neighbors` and the
-live view show.
+default to CDP listen (vSphere's default); a XenServer bridge's PIFs consume CDP/LLDP and
+speak LLDP only when the topology enables it (XenServer's Open vSwitch, `lldp:enable`); a
+physical switch's ports speak what its `discovery:` names. `set_switch_discovery` changes a
+host switch's setting at run time (a scenario step, a vDS push); `neighbour_table` is what
+`hvsim run --neighbors` and the live view show.
 """
 from __future__ import annotations
 
@@ -47,8 +47,12 @@ def _agent(fab: Any, port: Port, device: str, ident: Identity, config: Discovery
     return agent
 
 
-#: what each host type says it is (CDP Platform / LLDP System Description)
-PLATFORMS = {"esxi": "VMware ESX", "xen": "XenServer Open vSwitch"}
+#: what each host type says it is (CDP Platform / LLDP System Description); Open vSwitch
+#: 3.1 sends "openvswitch 3.1.0" and no System Name (tests/interop/test_discovery_ovs.py)
+PLATFORMS = {"esxi": "VMware ESX", "xen": "openvswitch"}
+#: XenServer's default: Open vSwitch consumes LLDP/CDP (reserved group addresses, not
+#: forwarded without `other_config:forward-bpdu`) and sends nothing until `lldp:enable`
+XEN_DEFAULT = DiscoveryConfig(("lldp",), "none")
 
 
 def set_switch_discovery(fab: Any, host: str, sw: StandardSwitch, config: DiscoveryConfig,
@@ -64,8 +68,8 @@ def set_switch_discovery(fab: Any, host: str, sw: StandardSwitch, config: Discov
             have[1].configure(config)
             agents.append(have[1])
             continue
-        ident = Identity(host, pif.name, nic_mac(host, pif.name),
-                         platform=PLATFORMS.get(host_type, host_type))
+        ident = Identity("" if host_type == "xen" else host, pif.name,
+                         nic_mac(host, pif.name), platform=PLATFORMS.get(host_type, host_type))
         agents.append(_agent(fab, pif, host, ident, config, sw, vlan=False))
     return agents
 
@@ -74,8 +78,8 @@ def wire_discovery(fab: Any, topo: Any) -> None:
     """Create the agents the topology asks for (see the module docstring)."""
     for h in topo.hosts:
         for s in h.switches:
-            config = s.discovery or (ESXI_DEFAULT if h.type == "esxi" else None)
-            if config is not None and s.uplinks:
+            config = s.discovery or (ESXI_DEFAULT if h.type == "esxi" else XEN_DEFAULT)
+            if s.uplinks:
                 set_switch_discovery(fab, h.name, fab[f"{h.name}/{s.name}"], config,
                                      host_type=h.type)
     for ps in topo.physical:

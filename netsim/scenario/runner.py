@@ -456,11 +456,13 @@ class ScenarioRun:
             from netsim.lab.discovery import set_switch_discovery
 
             host = self._host_of(sw)
+            htype = self.lab.topo.host(host.name).type if self.lab is not None else "esxi"
             agents = [a for _, a in self.fabric.discovery.values() if a.port in sw.uplinks]
-            base = agents[0].config if agents else DiscoveryConfig(operation="none")
+            # a switch that speaks nothing yet: its host type's protocol (Xen: LLDP only)
+            base = agents[0].config if agents else DiscoveryConfig(
+                ("lldp",) if htype == "xen" else ("cdp",), "none")
             config = with_operation(base, protocol=s.discovery.get("protocol"),
                                     operation=s.discovery.get("operation"))
-            htype = self.lab.topo.host(host.name).type if self.lab is not None else "esxi"
             set_switch_discovery(self.fabric, host.name, sw, config, host_type=htype)
             stat["discovery"] = config.describe()
         self._step_stats.append(stat)

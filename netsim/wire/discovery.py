@@ -72,9 +72,9 @@ def lldp_frame(src_mac: bytes, *, system: str, port: str, ttl: int = 120,
                description: str = "", system_description: str = "",
                capabilities: int = LLDP_CAP_BRIDGE, mgmt: str | None = None,
                vlan: int | None = None, mtu: int | None = None) -> bytes:
-    """An LLDPDU from NIC `src_mac`: chassis = that MAC, port = `port`, system name, and the
-    optional TLVs that are given (port description, system description, management address,
-    port VLAN ID, maximum frame size for `mtu`)."""
+    """An LLDPDU from NIC `src_mac`: chassis = that MAC, port = `port`, and the optional TLVs
+    that are given (system name - Open vSwitch sends none -, port description, system
+    description, management address, port VLAN ID, maximum frame size for `mtu`)."""
     def tlv(t: int, value: bytes) -> bytes:
         if len(value) > 511:
             raise FrameError(f"LLDP TLV {t}: value of {len(value)} bytes > 511")
@@ -85,7 +85,7 @@ def lldp_frame(src_mac: bytes, *, system: str, port: str, ttl: int = 120,
     body = (tlv(1, b"\x04" + src_mac) + tlv(2, b"\x05" + port.encode())
             + tlv(3, struct.pack("!H", ttl))
             + (tlv(4, description.encode()) if description else b"")
-            + tlv(5, system.encode())
+            + (tlv(5, system.encode()) if system else b"")
             + (tlv(6, system_description.encode()) if system_description else b"")
             + tlv(7, struct.pack("!HH", capabilities, capabilities)))
     addr = _ipv4(mgmt)

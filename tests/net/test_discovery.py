@@ -9,7 +9,7 @@ from netsim.dataplane.discovery import DiscoveryConfig, Identity, LinkDiscovery
 from netsim.dataplane.port import Pif, Port
 from netsim.dataplane.switch import PhysicalSwitch, StandardSwitch
 from netsim.errors import ConfigError, TopologyError
-from netsim.lab.discovery import neighbour_table
+from netsim.lab.discovery import neighbour_table, nic_mac
 from netsim.lab.lab import Lab
 from netsim.lab.topology import parse_topology
 from netsim.wire.discovery import cdp_frame, lldp_frame, parse_neighbour
@@ -153,7 +153,8 @@ async def test_lab_defaults_esxi_listens_xen_is_silent_switch_advertises() -> No
     assert (esx.config, esx.protocol, esx.system, esx.remote_port, esx.vlan, esx.mtu,
             esx.mgmt, esx.platform) == ("cdp listen", "cdp", "core", "Gi1/0/7", 20, 1500,
                                         "192.0.2.2", "cisco WS-C3850")
-    assert ("xen1", "eth0") not in rows  # XenServer: no LLDP unless configured
+    # XenServer: no LLDP unless configured (its Open vSwitch still keeps them off the bridge)
+    assert (rows["xen1", "eth0"].config, rows["xen1", "eth0"].system) == ("lldp none", "")
     assert rows["core", "Gi1/0/7"].system == "" and rows["core", "Gi1/0/9"].system == ""
 
 
@@ -165,7 +166,10 @@ async def test_lab_hosts_that_advertise_are_listed_by_the_switch() -> None:
     assert (rows["core", "Gi1/0/7"].system, rows["core", "Gi1/0/7"].remote_port,
             rows["core", "Gi1/0/7"].platform) == ("esx1", "vmnic0", "VMware ESX")
     xen = rows["core", "Gi1/0/9"]
-    assert (xen.protocol, xen.system, xen.remote_port, xen.mtu) == ("lldp", "xen1", "eth0", 9000)
+    # Open vSwitch sends no System Name: the switch shows its chassis ID (the PIF's MAC)
+    mac = ":".join(f"{b:02x}" for b in nic_mac("xen1", "eth0"))
+    assert (xen.protocol, xen.system, xen.remote_port, xen.mtu, xen.platform) == (
+        "lldp", mac, "eth0", 9000, "openvswitch")
     assert (rows["xen1", "eth0"].system, rows["xen1", "eth0"].mtu) == ("core", 9000)
 
 
