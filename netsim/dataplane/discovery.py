@@ -43,6 +43,9 @@ OPERATIONS = ("none", "listen", "advertise", "both")
 #: Open vSwitch defaults: CDP timer 60 s / holdtime 180 s; LLDP msgTxInterval 30 s x hold 4)
 INTERVAL_S = {"cdp": 60.0, "lldp": 30.0}
 HOLD_S = {"cdp": 180, "lldp": 120}
+#: most neighbours kept per port; beyond it new ones are discarded and counted (802.1AB's
+#: tooManyNeighbors): a flood of forged announcements cannot grow the table
+MAX_NEIGHBOURS = 32
 NS = 1_000_000_000
 
 
@@ -114,6 +117,7 @@ class DiscoveryStats:
     ignored: int = 0  # received while not listening (or the other protocol): consumed
     malformed: int = 0
     expired: int = 0
+    too_many: int = 0  # new neighbours discarded with the table full (MAX_NEIGHBOURS)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a dict."""
@@ -167,6 +171,11 @@ class LinkDiscovery:
             self.neighbours.pop(key, None)
             return True
         old = self.neighbours.get(key)
+        if old is None and len(self.neighbours) >= MAX_NEIGHBOURS:
+            self.current(now)  # make room from the expired ones first
+            if len(self.neighbours) >= MAX_NEIGHBOURS:
+                self.stats.too_many += 1
+                return True
         self.neighbours[key] = Learned(n, old.first_ns if old else now, now, now + n.ttl * NS)
         return True
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from netsim.clock import ManualClock
-from netsim.dataplane.discovery import DiscoveryConfig, Identity, LinkDiscovery
+from netsim.dataplane.discovery import (
+    MAX_NEIGHBOURS,
+    DiscoveryConfig,
+    Identity,
+    LinkDiscovery,
+)
 from netsim.dataplane.port import Pif, Port
 from netsim.dataplane.switch import PhysicalSwitch, StandardSwitch
 from netsim.errors import ConfigError, TopologyError
@@ -81,6 +86,17 @@ def test_neighbour_expires_after_its_hold_time_and_is_refreshed_before() -> None
     assert a.current() and a.stats.expired == 0
     clock.advance(1)
     assert a.current() == [] and a.stats.expired == 1
+
+
+def test_a_flood_of_forged_neighbours_is_bounded_and_counted() -> None:
+    clock = ManualClock()
+    a, _ = agent(DiscoveryConfig(("lldp",), "listen"), clock)
+    for i in range(MAX_NEIGHBOURS + 100):
+        a.port.receive(lldp_frame(i.to_bytes(6, "big"), system=f"fake{i}", port="x", ttl=10))
+    assert len(a.current()) == MAX_NEIGHBOURS and a.stats.too_many == 100
+    clock.advance(10)  # all expired: room again
+    a.port.receive(lldp_frame(SWITCH_MAC, system="core", port="Gi1/0/7"))
+    assert [lr.neighbour.system for lr in a.current()] == ["core"]
 
 
 def test_lldp_ttl_zero_removes_the_neighbour_at_once() -> None:
@@ -198,3 +214,24 @@ def test_draw_shows_the_discovery_settings_given_in_the_file() -> None:
     assert "vSwitch0\\nMTU 9000\\nCDP both" in dot
     assert "core\\nCDP+LLDP both" in dot
     assert "xenbr0\\n" not in dot  # XenServer default: nothing to show
+
+
+def test_hvsim_run_neighbors_prints_each_uplinks_neighbour(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from netsim.cli.app import app
+
+    topo = tmp_path / "t.yaml"
+    topo.write_text(LAB.replace("ESXDISC", ", discovery: {protocol: cdp, operation: both}")
+                    .replace("XENDISC", ""))
+    res = CliRunner().invoke(app, ["run", str(topo), "--out", str(tmp_path / "o"),
+                                   "--traffic", "none", "--duration", "61", "--neighbors"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    lines = [" ".join(line.replace("│", " ").split()) for line in res.output.splitlines()]
+    assert "esx1 vmnic0 cdp both cdp core Gi1/0/7 20 1500 192.0.2.2 cisco WS-C3850 179s" in lines
+    assert "core Gi1/0/7 cdp+lldp both cdp esx1 vmnic0 1500 VMware ESX 179s" in lines
+    assert "xen1 eth0 lldp none - - -" in lines  # XenServer by default: hears nothing
+    bad = CliRunner().invoke(app, ["run", str(topo), "--out", str(tmp_path / "o"),
+                                   "--neighbors", "--live"])
+    assert bad.exit_code == 2 and "--neighbors" in bad.output

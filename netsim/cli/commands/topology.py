@@ -247,6 +247,10 @@ def run(
         raise typer.BadParameter(f"--traffic must be pingall or none, not {traffic!r}")
     from netsim.cli.commands.check import warn_holes
 
+    if neighbors and (broker is not None or live):
+        raise typer.BadParameter("the bus plays the physical network with --broker (no switch "
+                                 "to hear); with --live the page shows the neighbours",
+                                 param_hint="--neighbors")
     if broker is not None:
         from netsim.cli.commands.distributed import run_with_broker
         from netsim.lab.topology import load_topology
