@@ -32,6 +32,7 @@ from netsim.dataplane.port import Pif, Port, TapList, VmPort
 from netsim.errors import FrameError, TopologyError
 from netsim.lab.fabric import Vm
 from netsim.wire import frame as fr
+from netsim.wire.discovery import is_discovery
 from netsim.wire.framespec import SpecError, build_frame
 
 #: how many switch hops a trace follows before calling it a loop
@@ -99,6 +100,8 @@ class Trace:
     drops: list[Drop] = field(default_factory=list)
     exits: list[str] = field(default_factory=list)  # ports it left the lab through (no cable)
     loop: bool = False
+    #: ports whose CDP/LLDP agent took the frame (link discovery is never switched)
+    consumed: list[str] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -108,6 +111,8 @@ class Trace:
             parts.append("delivered to " + ", ".join(sorted(self.delivered)))
         if self.exits:
             parts.append("leaves the lab through " + ", ".join(self.exits))
+        if self.consumed:
+            parts.append("taken by the CDP/LLDP agent of " + ", ".join(self.consumed))
         if self.drops:
             parts.append("dropped at " + ", ".join(f"{d.port} ({d.reason})" for d in self.drops))
         if self.loop:
@@ -120,7 +125,7 @@ class Trace:
                 "hops": [h.as_dict() for h in self.hops],
                 "delivered": {k: v.hex() for k, v in sorted(self.delivered.items())},
                 "drops": [d.as_dict() for d in self.drops], "exits": self.exits,
-                "loop": self.loop}
+                "loop": self.loop, "consumed": self.consumed}
 
     def render(self) -> str:
         """The trace as text, one block per hop (like ofproto/trace)."""
@@ -456,7 +461,10 @@ def trace_frame(fab: Any, source: Any, frame: bytes | str | Mapping[str, Any]) -
         def ingress(port: Port, f: bytes, now: int | None = None) -> Any:
             hop = Hop(sw.name, _name(twin, port), f)
             hop.classify, vid = _classify(port, f)
-            if vid is not None and len(f) >= 14 and not f[6] & 1:
+            if port.sw_discovery is not None and is_discovery(f) and vid is not None:
+                hop.lookup = "CDP/LLDP: the port's link discovery agent takes it (not switched)"
+                t.consumed.append(_name(twin, port))
+            elif vid is not None and len(f) >= 14 and not f[6] & 1:
                 hop.security = _security(sw, port, f)
                 inner_f = f[:12] + f[16:] if f[12:14] == b"\x81\x00" and len(f) >= 18 else f
                 hop.lookup = _lookup(sw, vid, inner_f)

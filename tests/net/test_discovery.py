@@ -235,3 +235,12 @@ def test_hvsim_run_neighbors_prints_each_uplinks_neighbour(tmp_path) -> None:
     bad = CliRunner().invoke(app, ["run", str(topo), "--out", str(tmp_path / "o"),
                                    "--neighbors", "--live"])
     assert bad.exit_code == 2 and "--neighbors" in bad.output
+
+
+async def test_trace_says_the_switch_port_agent_takes_a_discovery_frame() -> None:
+    async with lab() as running:
+        t = running.trace("esx1/vmnic0", cdp_frame(MAC, system="esx1", port="vmnic0"))
+        # from the wire into the vSwitch uplink: its CDP agent takes it, nothing is flooded
+        assert t.verdict == "taken by the CDP/LLDP agent of vmnic0" and not t.delivered
+        assert "link discovery agent takes it" in t.render()
+        assert t.as_dict()["consumed"] == ["vmnic0"]
