@@ -216,17 +216,19 @@ def test_draw_shows_the_discovery_settings_given_in_the_file() -> None:
     assert "xenbr0\\n" not in dot  # XenServer default: nothing to show
 
 
-def test_hvsim_run_neighbors_prints_each_uplinks_neighbour(tmp_path) -> None:
+def test_hvsim_run_neighbors_prints_each_uplinks_neighbour(tmp_path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
     from netsim.cli.app import app
+    from netsim.cli.commands import topology as cmd
+
+    monkeypatch.setattr(cmd.console, "width", 200)  # one row per line whatever the terminal
 
     topo = tmp_path / "t.yaml"
     topo.write_text(LAB.replace("ESXDISC", ", discovery: {protocol: cdp, operation: both}")
                     .replace("XENDISC", ""))
     res = CliRunner().invoke(app, ["run", str(topo), "--out", str(tmp_path / "o"),
-                                   "--traffic", "none", "--duration", "61", "--neighbors"],
-                             env={"COLUMNS": "200"})
+                                   "--traffic", "none", "--duration", "61", "--neighbors"])
     assert res.exit_code == 0, res.output
     lines = [" ".join(line.replace("│", " ").split()) for line in res.output.splitlines()]
     assert "esx1 vmnic0 cdp both cdp core Gi1/0/7 20 1500 192.0.2.2 cisco WS-C3850 179s" in lines
