@@ -87,7 +87,9 @@ def wire_discovery(fab: Any, topo: Any) -> None:
             continue
         sw = fab.switches[ps.name]
         for i, p in enumerate(ps.ports):
-            port = sw.ports[p.name]
+            port = sw.ports.get(p.name)
+            if port is None:  # a port-channel member: not a switch port of its own (yet no
+                continue      # CDP/LLDP per member link - see the README)
             ident = Identity(ps.name, p.ifname or f"Gi1/0/{i + 1}", nic_mac(ps.name, p.name),
                              platform=ps.platform, software="hvsim",
                              cdp_capabilities=CDP_CAP_SWITCH | CDP_CAP_IGMP, mgmt=ps.mgmt,
