@@ -72,7 +72,7 @@ class _Side:
     """One source port and direction's entry into a session: what the switch's mirror hook
     calls. `tag`: the 802.1Q tag of the VLAN the port's untagged frames belong to."""
 
-    __slots__ = ("session", "egress", "tag")
+    __slots__ = ("egress", "session", "tag")
 
     def __init__(self, session: MirrorSession, egress: bool, tag: bytes = b"") -> None:
         self.session = session

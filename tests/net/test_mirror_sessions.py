@@ -13,7 +13,6 @@ from netsim.dataplane.mirror import (
     rspan_vlan,
     to_port,
 )
-from netsim.dataplane.policy import VlanPolicy
 from netsim.dataplane.port import Pif, Vif
 from netsim.dataplane.switch import PhysicalSwitch, PortGroup, StandardSwitch
 from netsim.errors import ConfigError
@@ -66,7 +65,7 @@ def test_mirrored_packet_length_truncates_copies_only(length: int | None, size: 
 @pytest.mark.parametrize(("rate", "length"), [(0, None), (65536, None), (True, None),
                                              (1, 59), (1, 0), (1, "64")])
 def test_session_options_out_of_range_are_refused(rate: object, length: object) -> None:
-    with pytest.raises(ConfigError, match="mirror session s: (sampling_rate|mirrored_packet)"):
+    with pytest.raises(ConfigError, match=r"mirror session s: (sampling_rate|mirrored_packet)"):
         MirrorSession("s", lambda f, t, e: None, sampling_rate=rate,  # type: ignore[arg-type]
                       mirrored_packet_length=length)  # type: ignore[arg-type]
 
