@@ -85,7 +85,7 @@ class MeterCounters:
 
 
 class _Flow:
-    __slots__ = ("key", "packets", "octets", "start_ns", "last_ns", "egress", "internal")
+    __slots__ = ("egress", "internal", "key", "last_ns", "octets", "packets", "start_ns")
 
     def __init__(self, key: tuple, now: int) -> None:
         self.key = key

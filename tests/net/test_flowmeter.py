@@ -49,7 +49,7 @@ def lab(**cfg: object):
 
 
 def test_a_flow_counts_ip_octets_and_packets_with_its_ports_and_interfaces() -> None:
-    clock, sw, (a, b, _), _, meter = lab()
+    clock, _sw, (a, b, _), _, meter = lab()
     b.vnic.send(udp(1, 2, 53, 53))  # b is learned: a's frames then go to b only
     for i in range(5):
         a.vnic.send(udp(2, 1, 5000, 53, payload=100 + i))
@@ -222,7 +222,7 @@ def test_decoder_reads_variable_length_and_enterprise_fields_and_bounds_template
 
 
 def test_metering_does_not_change_what_the_switch_forwards() -> None:
-    _, _, (a, b, _), _, meter = lab()
+    _, _, (a, b, _), _, _meter = lab()
     b.vnic.send(udp(1, 2, 1, 1))
     sent(a)
     a.vnic.send(udp(2, 1, 1, 1))
