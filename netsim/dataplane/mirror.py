@@ -89,7 +89,8 @@ class MirrorSession:
 
     def __init__(self, name: str, deliver: Deliver, *, sampling_rate: int = 1,
                  mirrored_packet_length: int | None = None,
-                 strip_original_vlan: bool = False, tag_original_vlan: bool = False) -> None:
+                 strip_original_vlan: bool = False, tag_original_vlan: bool = False,
+                 counters: MirrorCounters | None = None) -> None:
         check_options(sampling_rate, mirrored_packet_length, f"mirror session {name}")
         self.name = name
         self.deliver = deliver
@@ -99,7 +100,7 @@ class MirrorSession:
         #: copies of untagged frames get the tag of the VLAN they were switched in (remote
         #: sessions: vSphere keeps "the original VLAN tag" unless stripOriginalVlan)
         self.tag_original_vlan = tag_original_vlan and not strip_original_vlan
-        self.counters = MirrorCounters()
+        self.counters = counters if counters is not None else MirrorCounters()
         self._phase = 0
 
     def offer(self, frame: bytes, egress: bool, tag: bytes = b"") -> None:

@@ -134,6 +134,10 @@ class Bridge:
         #: VLAN → handler(port, inner, tagged, vid, pcp, now) taking every frame of that VLAN
         #: instead of learning and forwarding: RSPAN VLANs (`netsim.dataplane.mirror`)
         self.span_vlans: dict[int, Any] = {}
+        #: mirroring sessions by name, and the IPFIX flow meter, set up on this switch (for
+        #: counters, `hvsim draw` and `hvsim trace`)
+        self.mirror_sessions: dict[str, Any] = {}
+        self.flow_meter: Any = None
 
     # -- private VLANs ------------------------------------------------------------------------
     @property
