@@ -4,6 +4,7 @@ the idle timeout on the lab's clock, sent over UDP on loopback; Wireshark's `cfl
 `hvsim ipfix listen`."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -114,7 +115,12 @@ async def test_tshark_decodes_exported_flows_with_the_counts_of_known_traffic(
                      for k, (n, payload, sp, dp) in SENT.items()}
 
 
-async def test_hvsim_ipfix_listen_prints_one_line_per_flow_and_counts_bad_datagrams() -> None:
+async def run_lab(port: int) -> None:
+    async with Lab(topology(port)) as lab:
+        await send_known_traffic(lab)
+
+
+def test_hvsim_ipfix_listen_prints_one_line_per_flow_and_counts_bad_datagrams() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "netsim", "ipfix", "listen", "--port", "0",
                              "--json", "--count", "2", "--duration", "60"],
@@ -127,8 +133,7 @@ async def test_hvsim_ipfix_listen_prints_one_line_per_flow_and_counts_bad_datagr
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b"\x00\x0a\x00\x05junk", ("127.0.0.1", port))
         time.sleep(0.2)
-        async with Lab(topology(port)) as lab:
-            await send_known_traffic(lab)
+        asyncio.run(run_lab(port))
         # stopping the lab ends the open flows (flowEndReason 4, forced) and exports them
         out, err = proc.communicate(timeout=60)
     finally:
