@@ -163,7 +163,7 @@ def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
                 sw = fab[f"{h.name}/{s.name}"]
                 meter = sw.flow_meter = FlowMeter(s.ipfix, fab.clock)
                 meter.attach(sw)
-                fab.spawn(IpfixExporter(meter).run(), name=f"ipfix {h.name}/{s.name}")
+                fab.spawn(IpfixExporter(meter).run, name=f"ipfix {h.name}/{s.name}")
     for imp in topo.impairments:  # links that behave like real ones (netem-like)
         if imp.layer == "cable":
             fab.impair_cable(imp.port, imp.impairment)
