@@ -99,5 +99,5 @@ def test_erspan_collector_that_is_no_vm_is_refused() -> None:
 
     doc = yaml.safe_load(TOPO.read_text())
     doc["hosts"]["esx1"]["mirrors"]["db-erspan"]["destination"] = "10.9.9.9"
-    with pytest.raises(TopologyError, match="no vNIC in the lab has IP 10.9.9.9"):
+    with pytest.raises(TopologyError, match=r"no vNIC in the lab has IP 10\.9\.9\.9"):
         Lab(validate(doc, SourceMap("t.yaml")))
