@@ -23,6 +23,7 @@ counted: `sampled_out`, and `no_uplink` when every uplink is down.
 """
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,13 @@ MIN_MIRRORED_LENGTH = 60  # vSphere: mirroredPacketLength "cannot be less than 6
 MAX_SAMPLING_RATE = 65535  # vSphere: samplingRate 1..65535
 
 Deliver = Callable[[bytes, bool, bool], None]  # (frame, truncated, egress)
+
+
+def vmk_mac(host: str) -> bytes:
+    """The MAC of a host's VMkernel port (where ERSPAN tunnels start): VMware's 00:50:56 with
+    0x60-0x7f next, from the host's name (stable across runs)."""
+    h = zlib.crc32(host.encode())
+    return bytes([0x00, 0x50, 0x56, 0x60 | (h >> 16) & 0x1F, (h >> 8) & 0xFF, h & 0xFF])
 
 
 def check_options(sampling_rate: int, mirrored_packet_length: int | None, where: str) -> None:

@@ -329,6 +329,16 @@ class Bridge:
                 p.sw_mirror_tx = (*p.sw_mirror_tx, dest)
                 p.refresh()
 
+    def unmirror(self, stop: Any) -> None:
+        """Stop mirroring to every destination (port or sink) for which `stop(dest)` is true."""
+        for p in self.ports.values():
+            rx = tuple(m for m in p.sw_mirror_rx if not stop(m))
+            tx = tuple(m for m in p.sw_mirror_tx if not stop(m))
+            if rx != p.sw_mirror_rx or tx != p.sw_mirror_tx:
+                p.sw_mirror_rx, p.sw_mirror_tx = rx, tx
+                self._rx_checks(p)
+                p.refresh()
+
     def set_egress_shaping(self, port: Port | str, shaping: ShapingPolicy | None) -> None:
         """Shape frames leaving the switch through `port` (vDS-style egress shaping)."""
         p = self._port(port)

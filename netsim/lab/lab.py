@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from netsim.dataplane.mirror import (
     rspan_destination,
     rspan_vlan,
     to_port,
+    vmk_mac,
 )
 from netsim.dataplane.policy import (
     LoadBalancing,
@@ -200,7 +200,7 @@ def _build_mirror(fab: Fabric, topo: Topology, m: MirrorSpec) -> None:
             raise TopologyError(f"{where}: no vNIC in the lab has IP {m.destination} (the "
                                 "ERSPAN collector): give one of them that address")
         tunnel = ErspanTunnel(
-            m.encapsulation, _vmk_mac(m.host), dst_mac,
+            m.encapsulation, vmk_mac(m.host), dst_mac,
             ipaddress.IPv4Address(m.source_ip).packed,
             ipaddress.IPv4Address(m.destination).packed, session_id=m.erspan_id,
             cos=m.erspan_cos, vlan=m.encapsulation_vlan, gra_ns=m.erspan_gra_ns)
@@ -234,13 +234,6 @@ def _mac_of_ip(topo: Topology, ip: str) -> bytes | None:
             if f.ip is not None and str(f.ip.ip) == ip:
                 return mac_to_bytes(f.mac)
     return None
-
-
-def _vmk_mac(host: str) -> bytes:
-    """The MAC of a host's VMkernel port: VMware's 00:50:56 with 0x60-0x7f next, from the
-    host's name (stable across runs)."""
-    h = zlib.crc32(host.encode())
-    return bytes([0x00, 0x50, 0x56, 0x60 | (h >> 16) & 0x1F, (h >> 8) & 0xFF, h & 0xFF])
 
 
 def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:

@@ -28,6 +28,7 @@ from netsim.dataplane.teaming import rarp_announce
 from netsim.errors import ConfigError, NetsimError, TopologyError, TransportError
 from netsim.lab.agent import GuestAgent
 from netsim.lab.fabric import Fabric, Vm
+from netsim.lab.ipfix import IpfixExporter
 from netsim.lab.topology import TeamingSpec, Topology
 from netsim.vds.dswitch import FabricView, HostPlane, ProxyLink, ProxySwitch
 from netsim.vds.transport.bus import Bus, BusMessage, Subscription
@@ -93,6 +94,7 @@ class HostAgent:
         self.session = session
         self.batch_frames = batch_frames
         self.proxies: dict[str, ProxySwitch] = {}
+        self._exporters: dict[str, asyncio.Task[Any]] = {}  # vDS → its IPFIX exporter task
         self.links: dict[str, ProxyLink] = {}
         self.plane = HostPlane(
             bus, topics, host=host, session=session, apply=self._apply,
@@ -138,10 +140,11 @@ class HostAgent:
             name, err = failures[0]
             raise NetsimError(f"host agent task {name!r} crashed: {err!r}") from err
 
-    def _spawn(self, coro: Any, what: str) -> None:
+    def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"{self.name} {what}")
         task.add_done_callback(self._task_done)
         self._stack.callback(task.cancel)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -170,6 +173,15 @@ class HostAgent:
         for up, pif in proxy.uplinks.items():
             if up not in before:
                 self._spawn(proxy.pump(pif, link), f"{config.name} {up}")
+        if proxy.new_meter is not None or (proxy.monitoring.meter is None
+                                           and config.name in self._exporters):
+            old = self._exporters.pop(config.name, None)
+            if old is not None:
+                old.cancel()  # its exporter sends what its meter still holds
+            if proxy.new_meter is not None:
+                self._exporters[config.name] = self._spawn(
+                    IpfixExporter(proxy.new_meter).run(), f"{config.name} ipfix")
+                proxy.new_meter = None
         return vlans
 
     async def wait_config(self, vds: str, version: int = 1, *, within_s: float = 10.0) -> None:
@@ -260,6 +272,7 @@ class HostAgent:
 
     async def _ports_changed(self, vdses: set[str]) -> None:
         for vds in vdses:
+            self._proxy(vds).monitoring.refresh()  # sessions and the meter follow the ports
             await self.plane.update_vlans(vds, self._proxy(vds).vlans())
         if not vdses:
             await self.plane.report()
