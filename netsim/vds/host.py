@@ -31,6 +31,7 @@ from netsim.lab.fabric import Fabric, Vm
 from netsim.lab.ipfix import IpfixExporter
 from netsim.lab.topology import TeamingSpec, Topology
 from netsim.vds.dswitch import FabricView, HostPlane, ProxyLink, ProxySwitch
+from netsim.vds.monitoring import from_topology as monitoring_from_topology
 from netsim.vds.transport.bus import Bus, BusMessage, Subscription
 from netsim.vds.transport.topics import Topics
 from netsim.vds.vdsconfig import DvLag, DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
@@ -503,10 +504,12 @@ def vds_from_topology(
                     f"and {h.name} (a distributed port group is one definition)"
                 )
             groups.setdefault(net.name, (h.name, pg))
+    sessions, ipfix = monitoring_from_topology(topo, lambda h: _vds_switch(topo, h, switch))
     return VdsConfig(
         name, 1, uplinks=tuple(f"uplink{i + 1}" for i in range(width)),
         portgroups=tuple(pg for _, pg in groups.values()), hosts=members,
         lags=_dv_lags(topo, switch),
+        vspan_sessions=sessions, ipfix=ipfix,
     )
 
 

@@ -178,6 +178,45 @@ def _check_session(s: DvVspanSession, w: str) -> None:
         raise ConfigError(f"{w}.sampling_rate: above {MAX_SAMPLING_RATE}")
 
 
+def from_topology(topo: Any, switch_of: Callable[[str], str]
+                  ) -> tuple[tuple[DvVspanSession, ...], IpfixConfig | None]:
+    """The vDS's sessions and IPFIX from a topology's hosts (`switch_of(host)`: the host's
+    switch the vDS replaces). Session names are one namespace across the vDS; the members
+    that set `ipfix:` must agree (it is one vDS setting, applied on every member)."""
+    from netsim.errors import TopologyError
+
+    sessions: dict[str, DvVspanSession] = {}
+    ipfix: dict[str, IpfixConfig | None] = {}
+    for h in topo.hosts:
+        sw = switch_of(h.name)
+        ipfix[h.name] = h.switch(sw).ipfix
+        for m in topo.mirrors:
+            if m.host != h.name or m.switch != sw:
+                continue
+            if m.name in sessions:
+                raise TopologyError(f"{topo.source}: mirror session {m.name!r} is on two hosts "
+                                    "(a vDS session name is one session)")
+            dst_mac = ""
+            if m.type == "encapsulatedRemoteMirrorSource":
+                dst_mac = next((f.mac for vm in topo.vms for f in vm.vifs
+                                if f.ip is not None and str(f.ip.ip) == m.destination), "")
+                if not dst_mac:
+                    raise TopologyError(f"{topo.source}: mirror {m.name}: no vNIC in the lab "
+                                        f"has IP {m.destination} (the ERSPAN collector)")
+            nics = h.switch(sw).uplinks
+            sessions[m.name] = DvVspanSession(
+                m.name, m.type, True, m.sources, m.direction, m.vlans, m.destination,
+                tuple(f"uplink{nics.index(u) + 1}" for u in m.uplinks), m.sampling_rate,
+                m.mirrored_packet_length, m.normal_traffic_allowed, m.strip_original_vlan,
+                m.encapsulation_vlan, m.encapsulation, m.source_ip, dst_mac, m.erspan_id,
+                m.erspan_cos, m.erspan_gra_ns)
+    configs = {c for c in ipfix.values() if c is not None}
+    if len(configs) > 1:
+        raise TopologyError(f"{topo.source}: the hosts' `ipfix:` settings differ; a vDS has "
+                            "one IPFIX configuration")
+    return tuple(sessions.values()), next(iter(configs), None)
+
+
 class ProxyMonitoring:
     """The mirroring sessions and flow meter of one host's proxy switch."""
 

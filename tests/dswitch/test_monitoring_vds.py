@@ -172,3 +172,20 @@ async def test_ipfix_from_the_vds_reaches_a_loopback_collector(bus_kit) -> None:
     assert (rec["sourceIPv4Address"], rec["destinationIPv4Address"], rec["packetDeltaCount"],
             rec["octetDeltaCount"], rec["sourceTransportPort"], rec["destinationTransportPort"],
             rec["vlanId"]) == ("10.0.0.1", "10.0.0.2", 3, 3 * 38, 5000, 53, 10)
+
+
+def test_the_topology_sessions_and_ipfix_become_the_vds_ones() -> None:
+    from pathlib import Path
+
+    from netsim.lab.topology import load_topology
+    from netsim.vds.host import vds_from_topology
+
+    topo = load_topology(Path(__file__).parents[2] / "topologies" / "esxi-mirror.yaml")
+    v = vds_from_topology(topo)
+    s = {x.name: x for x in v.vspan_sessions}
+    assert set(s) == {"web-rspan", "db-erspan", "from-rspan"}
+    collector = next(f for vm in topo.vms for f in vm.vifs if vm.name == "collector")
+    assert s["db-erspan"].destination_mac == collector.mac
+    assert (s["db-erspan"].encapsulation, s["db-erspan"].sampling_rate) == ("erspan3", 2)
+    assert v.ipfix == topo.host("esx1").switch("dvs1").ipfix  # esx2 sets none: one vDS setting
+    assert VdsConfig.from_json(v.to_json()) == v
