@@ -151,11 +151,16 @@ class MirrorSession:
                 switch.mirror([p], _Side(self, True, tag), ingress=False, egress=True)
 
 
-def to_port(port: Port) -> Deliver:
+class to_port:
     """Delivery to a local destination port (`dvPortMirror`, `remoteMirrorDest`)."""
-    def deliver(frame: bytes, truncated: bool, egress: bool) -> None:
-        port.transmit(frame)
-    return deliver
+
+    __slots__ = ("port",)
+
+    def __init__(self, port: Port) -> None:
+        self.port = port
+
+    def __call__(self, frame: bytes, truncated: bool, egress: bool) -> None:
+        self.port.transmit(frame)
 
 
 def _first_up(uplinks: Sequence[Port]) -> Port | None:
@@ -228,8 +233,18 @@ def rspan_destination(switch: Any, vid: int, session: MirrorSession) -> None:
     if vid in switch.span_vlans:
         raise ConfigError(f"{switch.name}: RSPAN VLAN {vid} already has a destination session")
 
-    def take(port: Port, inner: bytes, tagged: bytes | None, v: int, pcp: int,
-             now: int) -> None:
-        session.offer(inner, False)
+    switch.span_vlans[vid] = RspanTake(session)
 
-    switch.span_vlans[vid] = take
+
+class RspanTake:
+    """A host switch's handler of an RSPAN VLAN: every frame goes to the destination session
+    (a class, not a closure, so that a copy of the fabric copies it: `hvsim trace`)."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: MirrorSession) -> None:
+        self.session = session
+
+    def __call__(self, port: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int,
+                 now: int) -> None:
+        self.session.offer(inner, False)

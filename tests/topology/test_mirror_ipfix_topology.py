@@ -91,3 +91,20 @@ def test_session_settings_that_do_not_fit_its_type_are_refused(
     t.doc["hosts"]["esx1"]["mirrors"] = {"s": opts}
     with pytest.raises(TopologyError, match=msg):
         t.build()
+
+
+async def test_trace_shows_sessions_and_rspan_on_a_copy_of_the_lab() -> None:
+    from netsim.lab.lab import Lab
+
+    async with Lab(load_topology(TOPO)) as lab:
+        mon = lab["esx2/analyzer.eth0"]
+        before = mon.counters.tx_frames
+        t = lab.trace("web", {"eth": {"dst": "ff:ff:ff:ff:ff:ff"}})
+        text = t.render()
+        assert "mirror session web-rspan: ingress copy" in text
+        assert "IPFIX: metered into a flow" in text
+        assert "RSPAN VLAN 999: flooded, nothing learned" in text  # the ToR
+        assert "RSPAN VLAN 999: to mirror session from-rspan" in text  # esx2
+        assert "analyzer.eth0" in t.delivered  # the copy, on the twin
+        assert "mirror destination without normal I/O" in text  # the broadcast itself
+        assert mon.counters.tx_frames == before and len(mon.queue) == 0  # the lab: untouched
