@@ -136,6 +136,7 @@ class FlowMeter:
         self._idle_ns = config.idle_flow_timeout * NS_PER_S
         self._active_ns = config.active_flow_timeout * NS_PER_S
         self._waiter: asyncio.Future[None] | None = None
+        self._now = clock.now_ns
 
     def attach(self, switch: Any, ports: list[Port] | None = None) -> None:
         """Meter every port of `switch` (or `ports` of it): frames in, and where they go."""
@@ -154,14 +155,16 @@ class FlowMeter:
         self._pending = None
         c = self.counters
         off = 12
-        vid = getattr(port, "sw_pvid", 0)
-        if frame[12:14] in (b"\x81\x00", b"\x88\xa8") and len(frame) >= 18:
+        vid = port.sw_pvid  # type: ignore[attr-defined]
+        b12 = frame[12]
+        if ((b12 == 0x81 and frame[13] == 0) or (b12 == 0x88 and frame[13] == 0xA8)) and len(
+                frame) >= 18:
             v = ((frame[14] << 8) | frame[15]) & 0x0FFF  # only the outer tag classifies
             if v:
                 vid = v
             off = 16
         ip = off + 2
-        if frame[off:ip] != b"\x08\x00" or len(frame) < ip + 20 or frame[ip] >> 4 != 4:
+        if frame[off] != 8 or frame[off + 1] or len(frame) < ip + 20 or frame[ip] >> 4 != 4:
             c.unmetered += 1
             return
         n = self.config.sampling_rate
@@ -180,9 +183,8 @@ class FlowMeter:
                 ((frame[ip + 6] & 0x1F) << 8) | frame[ip + 7]) and len(frame) >= l4 + 4:
             sport = (frame[l4] << 8) | frame[l4 + 1]
             dport = (frame[l4 + 2] << 8) | frame[l4 + 3]
-        key = (frame[ip + 12:ip + 16], frame[ip + 16:ip + 20], proto, sport, dport, vid,
-               self.ifindex.get(port, 0))
-        now = self.clock.now_ns()
+        key = (frame[ip + 12:ip + 20], proto, sport, dport, vid, self.ifindex.get(port, 0))
+        now = self._now()
         flow = self.flows.get(key)
         if flow is None:
             if len(self.flows) >= self.max_flows:
@@ -200,7 +202,7 @@ class FlowMeter:
         c.metered += 1
         self._pending = flow
         self._ntx = 0
-        self._in_vm = getattr(port, "sw_role", 0) == ROLE_VM
+        self._in_vm = port.sw_role == ROLE_VM  # type: ignore[attr-defined]
 
     def egress(self, port: Port) -> None:
         """The frame being switched left by `port`."""
@@ -210,7 +212,7 @@ class FlowMeter:
         self._ntx += 1
         if self._ntx == 1:
             flow.egress = self.ifindex.get(port, 0)
-            flow.internal = self._in_vm and getattr(port, "sw_role", 0) == ROLE_VM
+            flow.internal = self._in_vm and port.sw_role == ROLE_VM  # type: ignore[attr-defined]
         else:  # flooded: no single egress interface
             flow.egress = 0
             flow.internal = False
@@ -263,8 +265,9 @@ class FlowMeter:
         if self.config.internal_flows_only and not f.internal:
             self.counters.flows_filtered += 1
             return
-        src, dst, proto, sport, dport, vid, ingress = f.key
-        out.append(FlowRecord(str(ipaddress.IPv4Address(src)), str(ipaddress.IPv4Address(dst)),
+        addrs, proto, sport, dport, vid, ingress = f.key
+        out.append(FlowRecord(str(ipaddress.IPv4Address(addrs[:4])),
+                              str(ipaddress.IPv4Address(addrs[4:])),
                               proto, sport, dport, vid, ingress, f.egress, f.octets, f.packets,
                               f.start_ns // 1_000_000, f.last_ns // 1_000_000, reason))
         self.counters.flows_exported += 1

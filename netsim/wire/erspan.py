@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 from netsim.errors import FrameError
 
@@ -83,6 +84,17 @@ class ErspanTunnel:
             if len(getattr(self, name)) != 4:
                 raise FrameError(f"{name} must be 4 bytes (IPv4)")
 
+    @cached_property
+    def _fixed(self) -> tuple[bytes, int, bytes]:
+        """What every outer frame of the session shares: the Ethernet header (and tag), the
+        one's-complement sum of the IPv4 header's constant words, the header's address part."""
+        l2 = self.dst_mac + self.src_mac
+        if self.vlan:
+            l2 += struct.pack("!HH", 0x8100, self.vlan)
+        addrs = self.src_ip + self.dst_ip
+        base = 0x4500 + 0x4000 + ((64 << 8) | IPPROTO_GRE) + sum(struct.unpack("!4H", addrs))
+        return l2 + b"\x08\x00", base, addrs
+
     def encapsulate(self, frame: bytes, *, seq: int = 0, truncated: bool = False,
                     timestamp: int = 0, egress: bool = False, index: int = 0) -> bytes:
         """The whole outer frame carrying `frame` (already cut to the session's length).
@@ -91,32 +103,38 @@ class ErspanTunnel:
         port index."""
         if len(frame) < 14:
             raise FrameError(f"cannot mirror a {len(frame)}-byte frame (shorter than Ethernet)")
-        tagged = frame[12:14] in (b"\x81\x00", b"\x88\xa8") and len(frame) >= 18
-        vid = ((frame[14] << 8) | frame[15]) & 0x0FFF if tagged else 0
-        t = 1 if truncated else 0
+        tagged = (frame[12] == 0x81 and frame[13] == 0) or (frame[12] == 0x88 and frame[13] == 0xA8)
+        vid = ((frame[14] << 8) | frame[15]) & 0x0FFF if tagged and len(frame) >= 18 else 0
+        t = 1024 if truncated else 0
+        seq &= 0xFFFFFFFF
         enc = self.encapsulation
-        if enc == "gre":
-            gre = struct.pack("!HH", 0, GRE_PROTO_TEB)
+        if enc == "erspan3":
+            low = 0x8000 | (8 if egress else 0) | ((GRA_100NS if self.gra_ns else GRA_100US) << 1)
+            gre = _ERSPAN3.pack(0x1000, GRE_PROTO_ERSPAN3, seq, 0x2000 | vid,
+                                (self.cos << 13) | t | self.session_id,
+                                timestamp & 0xFFFFFFFF, 0, low)
         elif enc == "erspan2":
-            en = 0b11 if tagged else 0b00
-            gre = struct.pack("!HHI", 0x1000, GRE_PROTO_ERSPAN2, seq & 0xFFFFFFFF)
-            gre += struct.pack("!HHI", (1 << 12) | vid,
-                               (self.cos << 13) | (en << 11) | (t << 10) | self.session_id,
-                               index & 0xFFFFF)
+            en = 0x1800 if tagged else 0
+            gre = _ERSPAN2.pack(0x1000, GRE_PROTO_ERSPAN2, seq, 0x1000 | vid,
+                                (self.cos << 13) | en | t | self.session_id, index & 0xFFFFF)
         else:
-            bso = 0
-            gre = struct.pack("!HHI", 0x1000, GRE_PROTO_ERSPAN3, seq & 0xFFFFFFFF)
-            gra = GRA_100NS if self.gra_ns else GRA_100US
-            low = (1 << 15) | (0 << 10) | (0 << 4) | ((1 if egress else 0) << 3) | (gra << 1)
-            gre += struct.pack("!HHIHH", (2 << 12) | vid,
-                               (self.cos << 13) | (bso << 11) | (t << 10) | self.session_id,
-                               timestamp & 0xFFFFFFFF, 0, low)
-        payload = gre + frame
-        ip = ipv4_header(self.src_ip, self.dst_ip, IPPROTO_GRE, len(payload), ident=seq)
-        l2 = self.dst_mac + self.src_mac
-        if self.vlan:
-            l2 += struct.pack("!HH", 0x8100, self.vlan)
-        return l2 + b"\x08\x00" + ip + payload
+            gre = _GRE.pack(0, GRE_PROTO_TEB)
+        l2, base, addrs = self._fixed
+        total = 20 + len(gre) + len(frame)
+        if total > 0xFFFF:
+            raise FrameError(f"IPv4 packet of {total} bytes is bigger than 65535")
+        ident = seq & 0xFFFF
+        c = base + total + ident
+        c = (c & 0xFFFF) + (c >> 16)
+        c = (c & 0xFFFF) + (c >> 16)
+        ip = _IP_HEAD.pack(0x45, 0, total, ident, 0x4000, 64, IPPROTO_GRE, ~c & 0xFFFF)
+        return b"".join((l2, ip, addrs, gre, frame))
+
+
+_GRE = struct.Struct("!HH")
+_ERSPAN2 = struct.Struct("!HHIHHI")
+_ERSPAN3 = struct.Struct("!HHIHHIHH")
+_IP_HEAD = struct.Struct("!BBHHHBBH")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 from netsim.clock import ManualClock
 from netsim.errors import FrameError
 from netsim.wire.capture import PcapngWriter
-from netsim.wire.erspan import ErspanTunnel, decapsulate
+from netsim.wire.erspan import ErspanTunnel, decapsulate, ipv4_header
 from netsim.wire.frame import ethernet, push_tag
 
 pytestmark = pytest.mark.interop
@@ -72,6 +72,9 @@ def test_tshark_reads_plain_gre_mirroring_as_ethernet_bridging(tmp_path: Path) -
 @pytest.mark.parametrize("enc", ["gre", "erspan2", "erspan3"])
 def test_decapsulate_round_trips_and_refuses_cut_frames(enc: str) -> None:
     outer = tunnel(enc, session_id=5).encapsulate(ORIG, seq=9)
+    # the IPv4 header (checksum computed incrementally) is the one built from scratch
+    assert outer[14:34] == ipv4_header(bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 47,
+                                       len(outer) - 34, ident=9)
     d = decapsulate(outer)
     assert d.frame == ORIG and d.encapsulation == enc
     for n in (13, 30, 40, 45):
