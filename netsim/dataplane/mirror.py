@@ -109,11 +109,15 @@ class MirrorSession:
         #: sessions: vSphere keeps "the original VLAN tag" unless stripOriginalVlan)
         self.tag_original_vlan = tag_original_vlan and not strip_original_vlan
         self.counters = counters if counters is not None else MirrorCounters()
+        #: `VMwareVspanSession.enabled`: a disabled session takes no copies (none counted)
+        self.enabled = True
         self._phase = 0
 
     def offer(self, frame: bytes, egress: bool, tag: bytes = b"") -> None:
         """A copy of a frame crossing a source port (`egress`: leaving the switch by it;
         `tag`: the tag of the port's VLAN, for an untagged frame)."""
+        if not self.enabled:
+            return
         c = self.counters
         c.offered += 1
         n = self.sampling_rate
