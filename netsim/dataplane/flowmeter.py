@@ -26,10 +26,10 @@ from typing import Any
 
 from netsim.clock import NS_PER_S, Clock
 from netsim.dataplane.port import Port
+from netsim.dataplane.switch import ROLE_VM
 from netsim.errors import ConfigError
 from netsim.wire.ipfix import END_ACTIVE, END_FORCED, END_IDLE, FlowRecord
 
-ROLE_VM = 1  # netsim.dataplane.switch.ROLE_VM (a vNIC's port)
 MAX_FLOWS = 65536
 
 

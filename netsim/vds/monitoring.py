@@ -25,7 +25,6 @@ from typing import Any
 from netsim.clock import Clock
 from netsim.dataplane.flowmeter import FlowMeter, IpfixConfig
 from netsim.dataplane.mirror import (
-    MAX_SAMPLING_RATE,
     SESSION_TYPES,
     ErspanSource,
     MirrorCounters,
@@ -174,8 +173,6 @@ def _check_session(s: DvVspanSession, w: str) -> None:
             raise ConfigError(f"{w}: ERSPAN settings: {exc}") from None
     elif s.encapsulation not in ENCAPSULATIONS:
         raise ConfigError(f"{w}.encapsulation: {s.encapsulation!r} not one of {ENCAPSULATIONS}")
-    if s.sampling_rate > MAX_SAMPLING_RATE:  # (check_options says so too; kept explicit)
-        raise ConfigError(f"{w}.sampling_rate: above {MAX_SAMPLING_RATE}")
 
 
 def from_topology(topo: Any, switch_of: Callable[[str], str]
