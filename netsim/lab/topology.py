@@ -1473,10 +1473,17 @@ class TopologyBuilder:
         phys.setdefault("channels", {})[name] = {"ports": list(ports), "mode": mode, **opts}
         return self
 
-    def add_mirror(self, host: str, name: str, *, destination: str, **opts: Any
+    def add_mirror(self, host: str, name: str, *, destination: str | None = None, **opts: Any
                    ) -> TopologyBuilder:
-        """A port-mirroring session on `host`."""
-        self._host(host).setdefault("mirrors", {})[name] = {"destination": destination, **opts}
+        """A port-mirroring session on `host` (`type=`, `sources=`, ... as in YAML; an RSPAN
+        source has no `destination`)."""
+        session = {"destination": destination} if destination is not None else {}
+        self._host(host).setdefault("mirrors", {})[name] = {**session, **opts}
+        return self
+
+    def add_rspan_vlans(self, switch: str, vlans: Iterable[int]) -> TopologyBuilder:
+        """Carry `vlans` on physical switch `switch` as RSPAN VLANs (flooded, not learned)."""
+        self.doc.setdefault("physical", {}).setdefault(switch, {})["rspan_vlans"] = list(vlans)
         return self
 
     def build(self) -> Topology:

@@ -108,3 +108,21 @@ async def test_trace_shows_sessions_and_rspan_on_a_copy_of_the_lab() -> None:
         assert "analyzer.eth0" in t.delivered  # the copy, on the twin
         assert "mirror destination without normal I/O" in text  # the broadcast itself
         assert mon.counters.tx_frames == before and len(mon.queue) == 0  # the lab: untouched
+
+
+def test_the_builder_makes_rspan_sessions_and_vlans() -> None:
+    t = TopologyBuilder("b")
+    for h in ("esx1", "esx2"):
+        t.add_host(h, type="esxi", pifs=["vmnic0"]).add_switch(h, "dvs1", uplinks=["vmnic0"])
+        t.add_port_group(h, "lan", switch="dvs1", vlan=10)
+        t.connect(f"{h}.vmnic0", "tor")
+    t.add_vm("esx1", "a", nics=[{"network": "lan", "ip": "10.0.0.1/24"}])
+    t.add_vm("esx2", "mon", nics=[{"network": "lan"}])
+    t.add_mirror("esx1", "src", type="remoteMirrorSource", sources=["a.eth0"],
+                 encapsulation_vlan=999)
+    t.add_mirror("esx2", "dst", type="remoteMirrorDest", vlans=[999], destination="mon.eth0")
+    t.add_rspan_vlans("tor", [999])
+    topo = t.build()
+    assert [(m.name, m.type) for m in topo.mirrors] == [("src", "remoteMirrorSource"),
+                                                        ("dst", "remoteMirrorDest")]
+    assert topo.physical[0].rspan_vlans == (999,)
