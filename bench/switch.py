@@ -16,6 +16,10 @@ Issue 19 rows: the same hop from a VM in an isolated private VLAN port group (se
 primary 100; the peer learned on the primary, the frame leaves tagged 101), as a ratio to the
 plain hop from back-to-back pairs (target ≥0.5×); and the hop through an IP-hash team of 4
 uplinks (the uplink computed per frame from the IP addresses), same ratio and target.
+Mirroring and IPFIX (issue 19 items 6, 7): the hop with the VM port mirrored by an ERSPAN type
+III session (every frame copied, encapsulated and sent out of the same uplink: two frames leave
+per frame sent; target ≥0.4×), and with the switch's IPFIX flow meter on every port (the frame
+parsed and counted into its flow; target ≥0.5×), as ratios to the plain hop from pairs.
 
 Targets (issue 3): ≥300k frames/s 64-byte without capture on one core, ≥100× (a), ≥0.3× (b);
 ≥150k frames/s with capture.
@@ -37,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from netsim.clock import RealClock
+from netsim.dataplane.flowmeter import FlowMeter, IpfixConfig
 from netsim.dataplane.lag import Lag, LagConfig, LagPort
+from netsim.dataplane.mirror import ErspanSource, MirrorSession
 from netsim.dataplane.policy import LoadBalancing, TeamingPolicy
 from netsim.dataplane.port import Pif, Vif
 from netsim.dataplane.pvlan import PvlanMap
@@ -45,6 +51,7 @@ from netsim.dataplane.switch import PortGroup, StandardSwitch
 from netsim.live.stream import CaptureStream
 from netsim.wire import frame as fr
 from netsim.wire.capture import PcapngWriter
+from netsim.wire.erspan import ErspanTunnel
 
 BURST = 256  # frames a producer sends before yielding to the loop
 VM_MAC = fr.mac_to_bytes("00:16:3e:00:00:01")
@@ -60,6 +67,8 @@ TARGETS = {
     "ratio_stalled_vs_hop": 0.9,
     "ratio_pvlan_vs_hop": 0.5,
     "ratio_iphash_vs_hop": 0.5,
+    "ratio_erspan_vs_hop": 0.4,
+    "ratio_ipfix_vs_hop": 0.5,
 }
 
 
@@ -68,7 +77,8 @@ def _frame(size: int) -> bytes:
 
 
 def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = False,
-           lag: bool = False) -> tuple[Vif, Pif, PcapngWriter | None]:
+           lag: bool = False, monitor: str | None = None
+           ) -> tuple[Vif, Pif, PcapngWriter | None]:
     clock = RealClock()
     sw = StandardSwitch("vSwitch0", clock=clock)
     vid, peer_vid = 5, 5
@@ -97,6 +107,14 @@ def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = Fal
     # the peer's MAC is learned on the uplink, so the hop is a unicast lookup, not a flood
     up.receive(fr.ethernet(VM_MAC, PEER_MAC, fr.ETHERTYPE_IPV4, bytes(46), vid=peer_vid))
     vm.vnic.drain()
+    if monitor == "erspan":  # every frame the VM sends, inside ERSPAN III, out of the uplink
+        tunnel = ErspanTunnel("erspan3", fr.mac_to_bytes("00:50:56:60:00:01"), PEER_MAC,
+                              bytes([10, 0, 0, 1]), bytes([10, 0, 0, 9]), session_id=1)
+        session = MirrorSession("bench", lambda f, t, e: None)
+        session.deliver = ErspanSource(tunnel, [up], clock, session.counters)
+        session.attach(sw, [vm], egress=False)
+    elif monitor == "ipfix":
+        FlowMeter(IpfixConfig("127.0.0.1"), clock).attach(sw)
     writer = None
     if capture_dir is not None:
         writer = PcapngWriter(capture_dir / "vmnic0.pcapng", clock=clock)
@@ -105,8 +123,11 @@ def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = Fal
 
 
 async def _hop(n: int, size: int, capture_dir: Path | None, *, batched: bool = False,
-               pvlan: bool = False, ip_hash: bool = False, lag: bool = False) -> float:
-    vm, up, writer = _build(capture_dir, pvlan=pvlan, ip_hash=ip_hash, lag=lag)
+               pvlan: bool = False, ip_hash: bool = False, lag: bool = False,
+               monitor: str | None = None) -> float:
+    vm, up, writer = _build(capture_dir, pvlan=pvlan, ip_hash=ip_hash, lag=lag,
+                            monitor=monitor)
+    out_n = 2 * n if monitor == "erspan" else n  # an ERSPAN copy leaves with each frame
     frame = _frame(size)
     send = vm.vnic.send
     send_many = vm.vnic.send_many
@@ -117,7 +138,7 @@ async def _hop(n: int, size: int, capture_dir: Path | None, *, batched: bool = F
 
     async def consume() -> None:
         nonlocal got
-        while got < n:
+        while got < out_n:
             got += len(await get_batch())
         done.set()
 
@@ -142,8 +163,8 @@ async def _hop(n: int, size: int, capture_dir: Path | None, *, batched: bool = F
     drops = vm.counters.dropped + up.counters.dropped
     if writer is not None:
         writer.close()
-    if drops or got != n:
-        raise RuntimeError(f"bench hop lost frames: got {got}/{n}, drops {drops}")
+    if drops or got != out_n:
+        raise RuntimeError(f"bench hop lost frames: got {got}/{out_n}, drops {drops}")
     return n / dt
 
 
@@ -335,7 +356,8 @@ def run(*, quick: bool) -> dict[str, Any]:
     res["ratio_stalled_vs_hop"] = stalled_pairs[len(stalled_pairs) // 2][0]
     res["ratio_stalled_vs_hop_rounds"] = [round(r, 3) for r, _, _ in stalled_pairs]
     for key, opts in (("pvlan", {"pvlan": True}), ("iphash", {"ip_hash": True}),
-                      ("lag", {"lag": True})):
+                      ("lag", {"lag": True}), ("erspan", {"monitor": "erspan"}),
+                      ("ipfix", {"monitor": "ipfix"})):
         kind_pairs = []
         for _ in range(max(3, repeat)):
             gc.collect()
@@ -390,6 +412,12 @@ def run(*, quick: bool) -> dict[str, Any]:
         "hop_64_lag_fps")
     row("ratio LAG hop / plain hop (median of back-to-back pairs)", "ratio_lag_vs_hop",
         "{:,.2f}×")
+    row("switch hop, 64 B, VM port mirrored by ERSPAN III (copy out too)", "hop_64_erspan_fps")
+    row("ratio ERSPAN-mirrored hop / plain hop (median of back-to-back pairs)",
+        "ratio_erspan_vs_hop", "{:,.2f}×")
+    row("switch hop, 64 B, IPFIX flow meter on the switch", "hop_64_ipfix_fps")
+    row("ratio IPFIX-metered hop / plain hop (median of back-to-back pairs)",
+        "ratio_ipfix_vs_hop", "{:,.2f}×")
     row("pcapng records/s: dpkt EPB objects (per-interface, ns)", "pcapng_dpkt_records_per_s")
     row("pcapng records/s: hvsim struct writer", "pcapng_records_per_s")
     Console().print(t)

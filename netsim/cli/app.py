@@ -39,6 +39,7 @@ COMMAND_OWNERS: dict[str, str] = {
     "hosts": "netsim.cli.commands.distributed",
     "multihost": "netsim.cli.commands.distributed",
     "exec": "netsim.cli.commands.attach",
+    "ipfix": "netsim.cli.commands.ipfix",
     "vhd": "storage.cli.vhd",
     "sr": "storage.cli.sr",
     "vdi": "storage.cli.vdi",

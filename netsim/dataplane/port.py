@@ -64,6 +64,7 @@ DROP_REASONS = (
     # in sync, a backup member of active-backup, a flood on a balance-slb non-active member)
     "slow-protocols",  # LACP/Marker/OAM to 01:80:c2:00:00:02 on a port that is no LAG member:
     # link-local, never forwarded by a bridge (IEEE 802.3 Annex 57A)
+    "mirror-destination",  # a mirror destination without normal I/O: only mirrored frames
 )
 
 #: A tap sees every frame crossing a port: (frame bytes, outbound?). Captures read their clock.

@@ -131,6 +131,13 @@ class Bridge:
         #: MAC moves between ports (flapping), as the table reports them
         self.mac_flaps = MacFlapLog()
         self.mac_table.on_move = self.mac_flaps.record
+        #: VLAN → handler(port, inner, tagged, vid, pcp, now) taking every frame of that VLAN
+        #: instead of learning and forwarding: RSPAN VLANs (`netsim.dataplane.mirror`)
+        self.span_vlans: dict[int, Any] = {}
+        #: mirroring sessions by name, and the IPFIX flow meter, set up on this switch (for
+        #: counters, `hvsim draw` and `hvsim trace`)
+        self.mirror_sessions: dict[str, Any] = {}
+        self.flow_meter: Any = None
 
     # -- private VLANs ------------------------------------------------------------------------
     @property
@@ -184,6 +191,7 @@ class Bridge:
         port.sw_mirror_rx = ()
         port.sw_mirror_tx = ()
         port.sw_check_reflect = False
+        port.sw_block_reason = "blocked"
         self._rx_checks(port)
         port.refresh()
         self._set_vlan(port, vlan)
@@ -201,11 +209,13 @@ class Bridge:
         )
 
     # -- blocking and MTU ---------------------------------------------------------------------
-    def block(self, port: Port | str, blocked: bool = True) -> None:
+    def block(self, port: Port | str, blocked: bool = True, *, reason: str = "blocked") -> None:
         """Block a port (vSphere `DVPortSetting.blocked`): every frame arriving on it or
-        leaving by it is dropped and counted as `blocked`; unblock with `blocked=False`."""
+        leaving by it is dropped and counted as `reason`; unblock with `blocked=False`.
+        Mirrored copies still reach it (a mirror destination without normal I/O)."""
         p = self._port(port)
         p.sw_blocked = bool(blocked)
+        p.sw_block_reason = reason
         if blocked:
             self.mac_table.flush(p)
         self._rx_checks(p)
@@ -312,14 +322,16 @@ class Bridge:
     def mirror(
         self,
         sources: Iterable[Port | str],
-        destination: Port | str,
+        destination: Port | str | Any,
         *,
         ingress: bool = True,
         egress: bool = True,
     ) -> None:
         """Port mirroring: copy every frame entering (`ingress`) and/or leaving (`egress`) the
-        source ports, as it crosses them, to `destination` (which need not carry the VLAN)."""
-        dest = self._port(destination)
+        source ports, as it crosses them, to `destination` (which need not carry the VLAN):
+        a port, or a sink with `transmit(frame)` (a `netsim.dataplane.mirror` session side)."""
+        dest = destination if not isinstance(destination, (str, Port)) else self._port(
+            destination)
         for s in sources:
             p = self._port(s)
             if p is dest:
@@ -329,6 +341,16 @@ class Bridge:
                 self._rx_checks(p)
             if egress:
                 p.sw_mirror_tx = (*p.sw_mirror_tx, dest)
+                p.refresh()
+
+    def unmirror(self, stop: Any) -> None:
+        """Stop mirroring to every destination (port or sink) for which `stop(dest)` is true."""
+        for p in self.ports.values():
+            rx = tuple(m for m in p.sw_mirror_rx if not stop(m))
+            tx = tuple(m for m in p.sw_mirror_tx if not stop(m))
+            if rx != p.sw_mirror_rx or tx != p.sw_mirror_tx:
+                p.sw_mirror_rx, p.sw_mirror_tx = rx, tx
+                self._rx_checks(p)
                 p.refresh()
 
     def set_egress_shaping(self, port: Port | str, shaping: ShapingPolicy | None) -> None:
@@ -421,12 +443,12 @@ class Bridge:
         if frame[6] & 1:
             c.drop("malformed")
             return
-        src = frame[6:12]
         if now is None:
             now = self._now()
+        src = frame[6:12]
         if port.sw_rx_checks:  # blocked, forged transmits Reject, shaping, reflection, mirroring
             if port.sw_blocked:
-                c.drop("blocked")
+                c.drop(port.sw_block_reason)
                 return
             if frame[0] & 1 and port.sw_discovery is not None and port.sw_discovery(frame):
                 return  # CDP/LLDP: its agent's, never switched (netsim.dataplane.discovery)
@@ -443,6 +465,8 @@ class Bridge:
             if port.sw_mirror_rx:
                 for m in port.sw_mirror_rx:
                     m.transmit(frame)
+        if self.span_vlans and vid in self.span_vlans:  # RSPAN: see netsim.dataplane.mirror
+            return self.span_vlans[vid](port, inner, tagged, vid, pcp, now)
         key = (self._fids.get(vid, vid), src) if self._fids else (vid, src)
         e = self._mac_get(key)
         arp = inner[12] == 0x08 and inner[13] == 0x06
@@ -456,6 +480,22 @@ class Bridge:
             c.drop("no-learn-space")
             return None
         return self._forward(port, inner, tagged, vid, pcp, now)
+
+    def flood_unlearned(self, port: Port, inner: bytes, tagged: bytes | None, vid: int,
+                        pcp: int, now: int) -> None:
+        """Send a frame to every port carrying `vid` except `port`, learning nothing: how a
+        switch carries an RSPAN VLAN (Cisco `remote-span`: no MAC learning, so mirrored copies
+        of two stations' traffic always reach the destination switch)."""
+        members = self._flood.get(vid)
+        if members is None:
+            members = self._members(vid)
+        sent = False
+        for out in members:
+            if out is not port:
+                tagged = self._emit(out, inner, tagged, vid, pcp, now)
+                sent = True
+        if not sent:
+            port.counters.drop("no-destination")
 
     def _reflected(self, vid: int, src: bytes, now: int) -> bool:
         return False
@@ -606,7 +646,7 @@ class Bridge:
                 out.counters.drop("queue-full")
             return tagged
         if out.sw_blocked:
-            out.counters.drop("blocked")
+            out.counters.drop(out.sw_block_reason)
             return tagged
         if out.sw_mtu_check and len(f) - (4 if f is tagged else 0) > out.sw_max_untagged:
             out.counters.drop("oversize")  # bigger than this hop's MTU

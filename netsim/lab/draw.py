@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 
@@ -63,6 +64,39 @@ def _pvlan_label(entries: tuple[tuple[int, int, str], ...]) -> str:
         if sec != pri:
             row.append(f"{sec} {t}")
     return "\n".join(f"PVLAN {p}: {', '.join(s) or 'no secondaries'}" for p, s in by.items())
+
+
+def _monitoring_label(topo: Topology, host: str, spec: Any) -> str:
+    """Lines for a switch's mirroring sessions and IPFIX export (`VMwareVspanSession`,
+    `VMwareIpfixConfig`)."""
+    out = ""
+    for m in topo.mirrors:
+        if m.host != host or m.switch != spec.name:
+            continue
+        if m.type == "remoteMirrorSource":
+            what = f"RSPAN -> VLAN {m.encapsulation_vlan}"
+        elif m.type == "encapsulatedRemoteMirrorSource":
+            what = f"{m.encapsulation.upper()} -> {m.destination}"
+        elif m.type == "remoteMirrorDest":
+            what = f"RSPAN VLAN {m.vlans[0]} -> {m.destination}"
+        else:
+            what = f"-> {m.destination}"
+        srcs = ", ".join(m.sources) or f"VLAN {_vlans(m.vlans)}"
+        extra = [f"1 in {m.sampling_rate}"] if m.sampling_rate > 1 else []
+        if m.mirrored_packet_length:
+            extra.append(f"{m.mirrored_packet_length} B")
+        if not m.normal_traffic_allowed:
+            extra.append("no normal I/O")
+        src = "" if m.type == "remoteMirrorDest" else f"{srcs} "
+        out += f"\nmirror {m.name}: {src}{what}" + (f" ({', '.join(extra)})" if extra else "")
+    ip = spec.ipfix
+    if ip is not None:
+        out += f"\nIPFIX -> {ip.collector_ip}:{ip.collector_port}"
+        if ip.sampling_rate > 1:
+            out += f" (1 in {ip.sampling_rate})"
+        if ip.internal_flows_only:
+            out += ", internal only"
+    return out
 
 
 def _cable_label(spec: object) -> str:
@@ -152,6 +186,7 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                     label += f"\nMTU {spec.mtu}"
                 if spec.lag is not None:  # vDS LAG / Xen bond
                     label += f"\n{spec.lag.name}: {spec.lag.describe()}"
+                label += _monitoring_label(topo, host.name, spec)
                 if spec.discovery is not None:  # set in the file (else the host's default)
                     label += f"\n{_discovery_label(spec.discovery)}"
             else:
@@ -171,6 +206,8 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                 plabel += f"\n{ch.name}: {ch.describe()}"
             if data["spec"].discovery is not None:
                 plabel += f"\n{_discovery_label(data['spec'].discovery)}"
+            if data["spec"].rspan_vlans:
+                plabel += f"\nRSPAN VLAN {_vlans(data['spec'].rspan_vlans)}"
             lines.append(f"  {_q(nid)} [label={_q(plabel)}, {styles['pswitch']}];")
     ranks["switch"].extend(ranks.pop("vlanpif"))
     for kind in ("vm", "portgroup", "switch", "pif", "pswitch"):

@@ -272,7 +272,7 @@ class Fabric:
         self._short: dict[str, Any] = {}
         self._tasks: dict[asyncio.Task[Any], str] = {}
         self._failures: list[tuple[str, BaseException]] = []
-        self._pending: list[tuple[Coroutine[Any, Any, Any], str]] = []
+        self._pending: list[tuple[Any, str]] = []  # coroutines, or functions making them
         self._macs = itertools.count(1)
         self._watched: list[Any] = []  # guest queues drained by on_receive callbacks
         self._bridges: list[Bridge] = []  # every switch: each gets a MAC aging sweep task
@@ -545,8 +545,10 @@ class Fabric:
             raise ConfigError(f"{vm!r} is not a VM of this fabric")
         return obj
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str = "task") -> None:
-        """Run a coroutine as a fabric task (started now if running, else on enter)."""
+    def spawn(self, coro: Coroutine[Any, Any, Any] | Callable[[], Coroutine[Any, Any, Any]], *,
+              name: str = "task") -> None:
+        """Run a coroutine as a fabric task (started now if running, else on enter); pass a
+        function that makes it when a fabric that is never run must not leave it unawaited."""
         if self.running:
             self._start(coro, name)
         else:
@@ -794,7 +796,10 @@ class Fabric:
         self._start(link.pump(link.a, link.b), f"link {link.a.path}->{link.b.path}")
         self._start(link.pump(link.b, link.a), f"link {link.b.path}->{link.a.path}")
 
-    def _start(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def _start(self, coro: Coroutine[Any, Any, Any] | Callable[[], Coroutine[Any, Any, Any]],
+               name: str) -> None:
+        if not asyncio.iscoroutine(coro):
+            coro = coro()
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks[task] = name
         task.add_done_callback(self._task_done)

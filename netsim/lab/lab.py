@@ -30,7 +30,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from netsim.clock import Clock, ManualClock, RealClock
+from netsim.dataplane.flowmeter import FlowMeter
 from netsim.dataplane.guest import Guest, Iface, Route
+from netsim.dataplane.mirror import (
+    ErspanSource,
+    MirrorCounters,
+    MirrorSession,
+    RspanSource,
+    rspan_destination,
+    rspan_vlan,
+    to_port,
+    vmk_mac,
+)
 from netsim.dataplane.policy import (
     LoadBalancing,
     SecurityPolicy,
@@ -46,8 +57,18 @@ from netsim.lab.agent import GuestAgent, PingResult
 from netsim.lab.attach import Attachments, uses_attachments
 from netsim.lab.discovery import wire_discovery
 from netsim.lab.fabric import Fabric
-from netsim.lab.topology import HostSpec, NetworkSpec, PhysPortSpec, TeamingSpec, Topology
+from netsim.lab.ipfix import IpfixExporter
+from netsim.lab.topology import (
+    HostSpec,
+    MirrorSpec,
+    NetworkSpec,
+    PhysPortSpec,
+    TeamingSpec,
+    Topology,
+)
 from netsim.lab.trace import Trace, trace_frame
+from netsim.wire.erspan import ErspanTunnel
+from netsim.wire.frame import mac_to_bytes
 
 T = TypeVar("T")
 
@@ -132,23 +153,18 @@ def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
             port = fab[f"{h.name}/{pif.name}"]
             if not pif.up or port.link is None:  # no cable = no carrier
                 port.set_link(False)
+    for ps in topo.physical:
+        for vid in ps.rspan_vlans:
+            rspan_vlan(fab[ps.name], vid)
     for m in topo.mirrors:
-        sw: StandardSwitch = fab[f"{m.host}/{m.switch}"]
-        sources = set(m.sources)
-        if m.vlans:  # a VLAN source: every VM port of that VLAN on the switch
-            host = topo.host(m.host)
-            for vm in host.vms:
-                for f in vm.vifs:
-                    if host.network(f.network).vlan in m.vlans and f.port != m.destination:
-                        sources.add(f.port)
-        dest = fab[f"{m.host}/{m.destination}"]
-        owner = dest.switch
-        srcs = [fab[f"{m.host}/{s}"] for s in sorted(sources)]
-        if owner is None or any(s.switch is not owner for s in srcs):
-            raise TopologyError(f"{topo.source}: mirror {m.name}: sources and destination "
-                                f"must be on one switch ({sw.name})")
-        owner.mirror(srcs, dest, ingress=m.direction in ("ingress", "both"),
-                     egress=m.direction in ("egress", "both"))
+        _build_mirror(fab, topo, m)
+    for h in topo.hosts:
+        for s in h.switches:
+            if s.ipfix is not None:
+                sw = fab[f"{h.name}/{s.name}"]
+                meter = sw.flow_meter = FlowMeter(s.ipfix, fab.clock)
+                meter.attach(sw)
+                fab.spawn(IpfixExporter(meter).run, name=f"ipfix {h.name}/{s.name}")
     wire_discovery(fab, topo)  # CDP/LLDP on uplinks and physical switch ports
     for imp in topo.impairments:  # links that behave like real ones (netem-like)
         if imp.layer == "cable":
@@ -156,6 +172,70 @@ def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
         else:
             fab.impair(imp.port, imp.impairment, direction=imp.direction)
     return fab
+
+
+def _build_mirror(fab: Fabric, topo: Topology, m: MirrorSpec) -> None:
+    """One port mirroring session (`VMwareVspanSession`) on its host switch."""
+    sw: StandardSwitch = fab[f"{m.host}/{m.switch}"]
+    where = f"{topo.source}: mirror {m.name}"
+    sources = set(m.sources)
+    if m.vlans and m.type != "remoteMirrorDest":  # a VLAN source: its VM ports on the switch
+        host = topo.host(m.host)
+        for vm in host.vms:
+            for f in vm.vifs:
+                net = host.network(f.network)
+                if net.vlan in m.vlans and net.switch == m.switch and f.port != m.destination:
+                    sources.add(f.port)
+    srcs = [fab[f"{m.host}/{s}"] for s in sorted(sources)]
+    if any(s.switch is not sw for s in srcs):
+        raise TopologyError(f"{where}: sources and destination must be on one switch "
+                            f"({sw.name})")
+    counters = MirrorCounters()
+    deliver: Callable[[bytes, bool, bool], None]
+    uplinks = [fab[f"{m.host}/{u}"] for u in (m.uplinks or topo.host(m.host).switch(
+        m.switch).uplinks)]
+    if m.type == "remoteMirrorSource":
+        deliver = RspanSource(uplinks, m.encapsulation_vlan, counters)
+    elif m.type == "encapsulatedRemoteMirrorSource":
+        dst_mac = _mac_of_ip(topo, m.destination)
+        if dst_mac is None:
+            raise TopologyError(f"{where}: no vNIC in the lab has IP {m.destination} (the "
+                                "ERSPAN collector): give one of them that address")
+        tunnel = ErspanTunnel(
+            m.encapsulation, vmk_mac(m.host), dst_mac,
+            ipaddress.IPv4Address(m.source_ip).packed,
+            ipaddress.IPv4Address(m.destination).packed, session_id=m.erspan_id,
+            cos=m.erspan_cos, vlan=m.encapsulation_vlan, gra_ns=m.erspan_gra_ns)
+        deliver = ErspanSource(tunnel, uplinks, fab.clock, counters)
+    else:
+        dest = fab[f"{m.host}/{m.destination}"]
+        if dest.switch is not sw:
+            raise TopologyError(f"{where}: sources and destination must be on one switch "
+                                f"({sw.name})")
+        deliver = to_port(dest)
+        if not m.normal_traffic_allowed:
+            sw.block(dest, reason="mirror-destination")
+    session = MirrorSession(m.name, deliver, sampling_rate=m.sampling_rate,
+                            mirrored_packet_length=m.mirrored_packet_length,
+                            strip_original_vlan=m.strip_original_vlan,
+                            tag_original_vlan=m.type in _REMOTE_SOURCES, counters=counters)
+    if m.type == "remoteMirrorDest":
+        rspan_destination(sw, m.vlans[0], session)
+    else:
+        session.attach(sw, srcs, ingress=m.direction in ("ingress", "both"),
+                       egress=m.direction in ("egress", "both"))
+    sw.mirror_sessions[m.name] = session
+
+
+_REMOTE_SOURCES = ("remoteMirrorSource", "encapsulatedRemoteMirrorSource")
+
+
+def _mac_of_ip(topo: Topology, ip: str) -> bytes | None:
+    for vm in topo.vms:
+        for f in vm.vifs:
+            if f.ip is not None and str(f.ip.ip) == ip:
+                return mac_to_bytes(f.mac)
+    return None
 
 
 def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:

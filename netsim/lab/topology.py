@@ -26,11 +26,14 @@ from typing import Any
 import networkx as nx
 
 from netsim.dataplane.discovery import DiscoveryConfig
+from netsim.dataplane.flowmeter import IpfixConfig
 from netsim.dataplane.impair import Impairment, parse_impairment
+from netsim.dataplane.mirror import MAX_SAMPLING_RATE, MIN_MIRRORED_LENGTH, SESSION_TYPES
 from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
 from netsim.errors import ConfigError, TopologyError
 from netsim.lab.lagspec import LagSpec, channels, host_lag
 from netsim.lab.yamlsrc import SourceMap, load_yaml
+from netsim.wire.erspan import ENCAPSULATIONS
 
 PathT = tuple[str | int, ...]
 
@@ -100,6 +103,8 @@ class SwitchSpec:
     #: CDP/LLDP on the uplinks (`LinkDiscoveryProtocolConfig`); None = the host type's
     #: default (ESXi: CDP listen; XenServer: none) - see `netsim.dataplane.discovery`
     discovery: DiscoveryConfig | None = None
+    #: IPFIX export of the switch's flows (`VMwareIpfixConfig`); None = off
+    ipfix: IpfixConfig | None = None
 
     @property
     def internal(self) -> bool:
@@ -249,6 +254,7 @@ class PhysSwitchSpec:
     discovery: DiscoveryConfig | None = None
     mgmt: str | None = None  # management address it advertises
     platform: str = "hvsim 802.1Q switch"  # CDP Platform / LLDP System Description
+    rspan_vlans: tuple[int, ...] = ()  # carried flooded and unlearned (Cisco `remote-span`)
 
 
 @dataclass(frozen=True)
@@ -263,6 +269,22 @@ class MirrorSpec:
     sources: tuple[str, ...] = ()
     vlans: tuple[int, ...] = ()
     direction: str = "both"  # ingress | egress | both (seen from the source port)
+    #: `VMwareVspanSession.sessionType`: dvPortMirror (to a port on this switch),
+    #: remoteMirrorSource (RSPAN: into `encapsulation_vlan` out of `uplinks`),
+    #: remoteMirrorDest (from RSPAN VLAN `vlans` to `destination`),
+    #: encapsulatedRemoteMirrorSource (ERSPAN: to IP `destination`)
+    type: str = "dvPortMirror"
+    sampling_rate: int = 1
+    mirrored_packet_length: int | None = None
+    normal_traffic_allowed: bool = True
+    strip_original_vlan: bool = False
+    encapsulation_vlan: int = 0  # the RSPAN VLAN; for ERSPAN the VMkernel port's VLAN
+    uplinks: tuple[str, ...] = ()  # RSPAN/ERSPAN: the uplinks copies leave by (default: all)
+    encapsulation: str = "gre"  # ERSPAN: gre | erspan2 | erspan3
+    source_ip: str = ""  # ERSPAN: the VMkernel address the tunnel starts from
+    erspan_id: int = 0
+    erspan_cos: int = 0
+    erspan_gra_ns: bool = False
 
 
 @dataclass(frozen=True)
@@ -452,7 +474,7 @@ _TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors", "links")
 _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mirrors")
 _PIF_KEYS = ("mtu", "up", "impair")
 _SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu", "lag", "bond",
-                "discovery")
+                "discovery", "ipfix")
 _TEAM_KEYS = ("policy", "active", "standby", "notify_switches", "failback")
 _NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming", "mtu", "blocked")
 _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
@@ -461,10 +483,15 @@ _VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "dis
 _DISK_KEYS = ("device", "source", "mode")
 _VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach", "mtu")
 _ROUTE_KEYS = ("to", "via")
-_PHYS_KEYS = ("ports", "links", "pvlans", "channels", "discovery")
+_PHYS_KEYS = ("ports", "links", "pvlans", "channels", "discovery", "rspan_vlans")
+_IPFIX_KEYS = ("collector_ip", "collector_port", "observation_domain_id", "active_flow_timeout",
+               "idle_flow_timeout", "sampling_rate", "internal_flows_only")
 _PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair", "mtu", "ifname")
 _LINK_KEYS = ("vlans", "mtu")
-_MIRROR_KEYS = ("switch", "sources", "vlans", "destination", "direction")
+_MIRROR_KEYS = ("switch", "sources", "vlans", "destination", "direction", "type",
+                "sampling_rate", "mirrored_packet_length", "normal_traffic_allowed",
+                "strip_original_vlan", "encapsulation_vlan", "uplinks", "encapsulation",
+                "source_ip", "erspan_id", "erspan_cos", "erspan_gra_ns")
 
 
 def validate(data: Any, smap: SourceMap | None = None) -> Topology:
@@ -774,7 +801,8 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
         switches[sname] = SwitchSpec(hname, sname, uplinks, teaming, size, float(aging),
                                      pvlans=pvlans, mtu=_mtu(c, s, sp), lag=lag,
                                      discovery=_discovery(c, s.get("discovery"),
-                                                          (*sp, "discovery"), htype))
+                                                          (*sp, "discovery"), htype),
+                                     ipfix=_ipfix(c, s.get("ipfix"), (*sp, "ipfix")))
 
     networks: dict[str, NetworkSpec] = {}
     nets_raw = dict(c.mapping(h.get("networks"), (*hp, "networks")))
@@ -1206,7 +1234,9 @@ def _physical(c: _Checker, raw: Any, hosts: dict[str, HostSpec]
                                        channels(c, s.get("channels"), (*sp, "channels"),
                                                 {p.name: p for p in ports}),
                                        *_phys_discovery(c, s.get("discovery"),
-                                                        (*sp, "discovery"))))
+                                                        (*sp, "discovery")),
+                                       rspan_vlans=c.vlans(s.get("rspan_vlans"),
+                                                           (*sp, "rspan_vlans"))))
     names = {s.name for s in switches}
     links = []
     for lp, a, _, lraw in raw_links:
@@ -1226,6 +1256,21 @@ def _physical(c: _Checker, raw: Any, hosts: dict[str, HostSpec]
     return (tuple(switches), tuple(link for _, link in links), [lp for lp, _ in links])
 
 
+def _ipfix(c: _Checker, raw: Any, path: PathT) -> IpfixConfig | None:
+    """A switch's `ipfix:` (`VMwareIpfixConfig`), checked as vSphere checks it."""
+    if raw is None:
+        return None
+    m = c.mapping(raw, path, _IPFIX_KEYS, none_ok=False)
+    if "collector_ip" not in m:
+        raise c.fail(path, "IPFIX needs `collector_ip:`")
+    try:
+        return IpfixConfig(**{k: (str(v) if k == "collector_ip" else v) for k, v in m.items()})
+    except ConfigError as exc:
+        field = str(exc).split(":", 1)[1].split()[0] if ":" in str(exc) else ""
+        raise c.fail((*path, field) if field in m else path,
+                     str(exc).removeprefix("ipfix: ")) from None
+
+
 def _mirrors(c: _Checker, raw: Any, hosts_raw: dict[str, Any],
              hosts: dict[str, HostSpec]) -> tuple[MirrorSpec, ...]:
     out: list[MirrorSpec] = []
@@ -1242,13 +1287,36 @@ def _mirrors(c: _Checker, raw: Any, hosts_raw: dict[str, Any],
         m = c.mapping(mraw, mp, _MIRROR_KEYS, none_ok=False)
         host = hosts[hname]
         ports = {f.port: (vm, f) for vm in host.vms for f in vm.vifs}
-        for key in ("destination",):
-            if key not in m:
-                raise c.fail(mp, f"a mirror session needs `{key}:`")
-        dest = c.name(m["destination"], (*mp, "destination"))
-        if dest not in ports:
-            raise c.fail((*mp, "destination"), f"no vNIC port {dest!r} on host {hname} "
-                         f"(ports: {', '.join(ports) or 'none'})")
+        kind = m.get("type", "dvPortMirror")
+        if kind not in SESSION_TYPES:
+            raise c.fail((*mp, "type"), f"session type is one of {', '.join(SESSION_TYPES)}, "
+                         f"got {kind!r}")
+        remote_src = kind in ("remoteMirrorSource", "encapsulatedRemoteMirrorSource")
+        dest = ""
+        sw = m.get("switch")
+        if kind == "encapsulatedRemoteMirrorSource":
+            if "destination" not in m:
+                raise c.fail(mp, "an ERSPAN session needs `destination:` (the collector's IP)")
+            dest = _ipv4(c, m["destination"], (*mp, "destination"))
+            if "source_ip" not in m:
+                raise c.fail(mp, "an ERSPAN session needs `source_ip:` (its VMkernel address)")
+            _ipv4(c, m["source_ip"], (*mp, "source_ip"))
+        elif kind == "remoteMirrorSource":
+            if "destination" in m:
+                raise c.fail((*mp, "destination"), "an RSPAN source sends into "
+                             "`encapsulation_vlan:` out of `uplinks:`; it has no destination")
+        else:
+            if "destination" not in m:
+                raise c.fail(mp, "a mirror session needs `destination:`")
+            dest = c.name(m["destination"], (*mp, "destination"))
+            if dest not in ports:
+                raise c.fail((*mp, "destination"), f"no vNIC port {dest!r} on host {hname} "
+                             f"(ports: {', '.join(ports) or 'none'})")
+            dest_net = host.network(ports[dest][1].network)
+            sw = m.get("switch", dest_net.switch)
+            if sw != dest_net.switch:
+                raise c.fail((*mp, "switch"), f"destination {dest} is on switch "
+                             f"{dest_net.switch}")
         sources = c.names(m.get("sources"), (*mp, "sources"))
         for i, s in enumerate(sources):
             if s not in ports:
@@ -1256,20 +1324,77 @@ def _mirrors(c: _Checker, raw: Any, hosts_raw: dict[str, Any],
             if s == dest:
                 raise c.fail((*mp, "sources", i), "a port cannot mirror to itself")
         vlans = c.vlans(m.get("vlans"), (*mp, "vlans"))
-        if not sources and not vlans:
+        if kind == "remoteMirrorDest":
+            if sources or len(vlans) != 1:
+                raise c.fail(mp, "an RSPAN destination takes one RSPAN VLAN: `vlans: [VID]` "
+                             "(and no `sources:`)")
+        elif not sources and not vlans:
             raise c.fail(mp, "a mirror session needs `sources:` or `vlans:`")
-        dest_net = host.network(ports[dest][1].network)
-        sw = m.get("switch", dest_net.switch)
-        if sw != dest_net.switch:
-            raise c.fail((*mp, "switch"), f"destination {dest} is on switch {dest_net.switch}")
+        if sw is None:
+            first = sources[0] if sources else None
+            if first is None:
+                raise c.fail(mp, "name the session's `switch:`")
+            sw = host.network(ports[first][1].network).switch
+        if sw not in {x.name for x in host.switches}:
+            raise c.fail((*mp, "switch"), f"no switch {sw!r} on host {hname}")
         for i, s in enumerate(sources):
             if host.network(ports[s][1].network).switch != sw:
                 raise c.fail((*mp, "sources", i), f"{s} is not on switch {sw}")
         direction = m.get("direction", "both")
         if direction not in ("ingress", "egress", "both"):
             raise c.fail((*mp, "direction"), "direction is ingress, egress or both")
-        out.append(MirrorSpec(hname, mname, sw, dest, sources, vlans, direction))
+        rate = c.integer(m.get("sampling_rate", 1), (*mp, "sampling_rate"), 1,
+                         MAX_SAMPLING_RATE, "sampling rate")
+        length = m.get("mirrored_packet_length")
+        if length is not None:
+            length = c.integer(length, (*mp, "mirrored_packet_length"), MIN_MIRRORED_LENGTH,
+                               65535, "mirrored packet length")
+        enc_vlan = 0
+        if "encapsulation_vlan" in m:
+            if not remote_src:
+                raise c.fail((*mp, "encapsulation_vlan"), f"a {kind} session does not "
+                             "encapsulate")
+            enc_vlan = c.vlan(m["encapsulation_vlan"], (*mp, "encapsulation_vlan"), lo=1,
+                              hi=4094)
+        elif kind == "remoteMirrorSource":
+            raise c.fail(mp, "an RSPAN source needs `encapsulation_vlan:` (the RSPAN VLAN)")
+        uplinks = c.names(m.get("uplinks"), (*mp, "uplinks"))
+        if uplinks and not remote_src:
+            raise c.fail((*mp, "uplinks"), f"a {kind} session sends to a port, not an uplink")
+        sw_uplinks = host.switch(sw).uplinks
+        for i, u in enumerate(uplinks):
+            if u not in sw_uplinks:
+                raise c.fail((*mp, "uplinks", i), f"{u} is not an uplink of switch {sw} "
+                             f"(uplinks: {', '.join(sw_uplinks) or 'none'})")
+        if remote_src and not sw_uplinks:
+            raise c.fail((*mp, "switch"), f"switch {sw} has no uplink for the session's "
+                         "copies to leave by")
+        enc = m.get("encapsulation", "gre")
+        if enc not in ENCAPSULATIONS:
+            raise c.fail((*mp, "encapsulation"), f"encapsulation is one of "
+                         f"{', '.join(ENCAPSULATIONS)}, got {enc!r}")
+        if kind != "encapsulatedRemoteMirrorSource":
+            for key in ("encapsulation", "source_ip", "erspan_id", "erspan_cos",
+                        "erspan_gra_ns"):
+                if key in m:
+                    raise c.fail((*mp, key), f"`{key}` is for ERSPAN sessions "
+                                 "(type: encapsulatedRemoteMirrorSource)")
+        out.append(MirrorSpec(
+            hname, mname, sw, dest, sources, vlans, direction, kind, rate, length,
+            c.boolean(m.get("normal_traffic_allowed"), (*mp, "normal_traffic_allowed"), True),
+            c.boolean(m.get("strip_original_vlan"), (*mp, "strip_original_vlan"), False),
+            enc_vlan, uplinks, enc, str(m.get("source_ip", "")),
+            c.integer(m.get("erspan_id", 0), (*mp, "erspan_id"), 0, 1023, "ERSPAN session ID"),
+            c.integer(m.get("erspan_cos", 0), (*mp, "erspan_cos"), 0, 7, "ERSPAN COS"),
+            c.boolean(m.get("erspan_gra_ns"), (*mp, "erspan_gra_ns"), False)))
     return tuple(out)
+
+
+def _ipv4(c: _Checker, value: Any, path: PathT) -> str:
+    try:
+        return str(ipaddress.IPv4Address(str(value)))
+    except ValueError:
+        raise c.fail(path, f"expected an IPv4 address, got {value!r}") from None
 
 
 def _check_loops(c: _Checker, topo: Topology, link_paths: list[PathT]) -> None:
@@ -1417,10 +1542,17 @@ class TopologyBuilder:
         phys.setdefault("channels", {})[name] = {"ports": list(ports), "mode": mode, **opts}
         return self
 
-    def add_mirror(self, host: str, name: str, *, destination: str, **opts: Any
+    def add_mirror(self, host: str, name: str, *, destination: str | None = None, **opts: Any
                    ) -> TopologyBuilder:
-        """A port-mirroring session on `host`."""
-        self._host(host).setdefault("mirrors", {})[name] = {"destination": destination, **opts}
+        """A port-mirroring session on `host` (`type=`, `sources=`, ... as in YAML; an RSPAN
+        source has no `destination`)."""
+        session = {"destination": destination} if destination is not None else {}
+        self._host(host).setdefault("mirrors", {})[name] = {**session, **opts}
+        return self
+
+    def add_rspan_vlans(self, switch: str, vlans: Iterable[int]) -> TopologyBuilder:
+        """Carry `vlans` on physical switch `switch` as RSPAN VLANs (flooded, not learned)."""
+        self.doc.setdefault("physical", {}).setdefault(switch, {})["rspan_vlans"] = list(vlans)
         return self
 
     def build(self) -> Topology:

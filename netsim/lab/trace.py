@@ -315,6 +315,20 @@ def _security(sw: Any, port: Port, f: bytes) -> list[str]:
                    f"{fr.mac_to_str(src)}, vNIC {fr.mac_to_str(port.vnic.mac)}: {verdict}")
     if getattr(port, "sw_shaper", None) is not None:
         out.append(f"{_group(port)} shaping: {port.sw_group.shaping}")
+    out.extend(_monitors(port))
+    return out
+
+
+def _monitors(port: Port) -> list[str]:
+    """The mirroring sessions and flow meter watching frames that enter by `port`."""
+    out = []
+    for m in getattr(port, "sw_mirror_rx", ()):
+        s = getattr(m, "session", None)
+        if s is not None:
+            sampled = f", 1 in {s.sampling_rate}" if s.sampling_rate > 1 else ""
+            out.append(f"mirror session {s.name}: ingress copy{sampled}")
+        elif getattr(m, "meter", None) is not None:
+            out.append("IPFIX: metered into a flow")
     return out
 
 
@@ -376,6 +390,10 @@ def _cause(port: Port, reason: str, f: bytes, vid: int | None) -> str:
         return f"{port.name}: {g} mac_limit={getattr(port, 'sw_mac_limit', 0)}"
     if reason == "reflected":
         return f"{fr.mac_to_str(f[6:12])} is a local vNIC's MAC coming back from the network"
+    if reason == "mirror-destination":
+        return f"{port.name}: mirror destination without normal I/O (normal_traffic_allowed)"
+    if reason == "blocked":
+        return f"{port.name}: blocked"
     if reason == "uplink-not-in-use":
         return f"{port.name}: standby uplink while an active one is up (teaming)"
     if reason in ("runt", "oversize", "malformed"):
@@ -469,6 +487,11 @@ def trace_frame(fab: Any, source: Any, frame: bytes | str | Mapping[str, Any]) -
                 inner_f = f[:12] + f[16:] if f[12:14] == b"\x81\x00" and len(f) >= 18 else f
                 hop.lookup = _lookup(sw, vid, inner_f)
                 hop.learn = _learn_note(sw, vid, port, f)
+                if vid in getattr(sw, "span_vlans", {}):  # netsim.dataplane.mirror
+                    take = sw.span_vlans[vid]
+                    sess = getattr(take, "session", None)
+                    hop.lookup = (f"RSPAN VLAN {vid}: to mirror session {sess.name}" if sess
+                                  else f"RSPAN VLAN {vid}: flooded, nothing learned")
             t.hops.append(hop)
             prev = rec.current, rec.current_vid, rec.current_frame
             rec.current, rec.current_vid, rec.current_frame = hop, vid, f

@@ -204,6 +204,16 @@ class FlushMac(Step):
 
 
 @dataclass(frozen=True)
+class MirrorEvent(Step):
+    """Turn a port mirroring session on or off (`VMwareVspanSession.enabled`): `switch` is
+    the path of the switch it runs on (`esx1/dvs1`)."""
+
+    switch: str
+    session: str
+    enabled: bool
+
+
+@dataclass(frozen=True)
 class MoveVm(Step):
     """Live-migrate a VM to another host of the lab (vMotion/XenMotion): same MACs, plugged into
     the destination's switch and port group of the same names, then a RARP per NIC."""
@@ -343,6 +353,12 @@ class Scenario:
                        "port-channel")
             elif isinstance(s, FlushMac) and s.switch is not None:
                 lookup(s.switch, (*s.path, "flush_mac", "switch"), (Bridge,), "a switch")
+            elif isinstance(s, MirrorEvent):
+                sw = lookup(s.switch, (*s.path, "mirror", "switch"), (Bridge,), "a switch")
+                if s.session not in sw.mirror_sessions:
+                    raise self.error((*s.path, "mirror", "session"), f"no mirror session "
+                                     f"{s.session!r} on {s.switch} (sessions: "
+                                     f"{', '.join(sorted(sw.mirror_sessions)) or 'none'})")
             elif isinstance(s, MoveVm):
                 lookup(s.vm, (*s.path, s.key, "vm"), (Vm,), "a VM")
                 if s.to not in fabric.hosts:
@@ -584,7 +600,7 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
 
 
 _STEP_KINDS = ("send", "replay", "link", "port_group", "flush_mac", "move_vm", "migrate",
-               "impair", "lag", "switch", "port")
+               "impair", "lag", "switch", "port", "mirror")
 
 
 def _step(r: _Reader, raw: Any, path: PathT) -> Step:
@@ -685,6 +701,12 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
         return _impair_step(r, body, at, path, kp)
     if kind == "lag":
         return _lag_step(r, body, at, path, kp)
+    if kind == "mirror":
+        b = r.mapping(body, kp, ("switch", "session", "enabled"), ("switch", "session",
+                                                                    "enabled"))
+        return MirrorEvent(at, path, r.name(b["switch"], (*kp, "switch")),
+                           r.name(b["session"], (*kp, "session")),
+                           r.boolean(b["enabled"], (*kp, "enabled")))
     if kind == "flush_mac":
         b = r.mapping(body, kp, ("switch",))
         return FlushMac(at, path, r.name(b["switch"], (*kp, "switch")) if "switch" in b else None)

@@ -36,6 +36,7 @@ from netsim.scenario.model import (
     ImpairEvent,
     LagEvent,
     LinkEvent,
+    MirrorEvent,
     MoveVm,
     PingCheck,
     PortEvent,
@@ -431,6 +432,10 @@ class ScenarioRun:
             lag.reconfigure(dataclasses.replace(lag.config, **s.changes), self.clock.now_ns())
             self._step_stats.append({"step": idx, "kind": "lag", "target": s.target,
                                      **dict(s.changes)})
+        elif isinstance(s, MirrorEvent):
+            fab[s.switch].mirror_sessions[s.session].enabled = s.enabled
+            self._step_stats.append({"step": idx, "kind": "mirror", "session": s.session,
+                                     "enabled": s.enabled})
         elif isinstance(s, FlushMac):
             switches = [fab[s.switch]] if s.switch is not None else _all_switches(fab)
             flushed = sum(sw.mac_table.flush() for sw in switches)

@@ -33,6 +33,7 @@ from netsim.dataplane.port import Pif, VmPort
 from netsim.dataplane.switch import PortGroup, StandardSwitch
 from netsim.errors import ConfigError, TransportError
 from netsim.lab.fabric import Host
+from netsim.vds.monitoring import ProxyMonitoring
 from netsim.vds.transport.bus import (
     PRESENCE_ONLINE,
     Bus,
@@ -910,6 +911,10 @@ class ProxySwitch:
         self.uplinks: dict[str, Pif] = {}
         self.config: VdsConfig | None = None
         self._rx_pif: Pif | None = None
+        #: mirroring sessions and IPFIX (netsim.vds.monitoring)
+        self.monitoring = ProxyMonitoring(self.switch, self.uplinks, self.switch.clock,
+                                          host.name)
+        self.new_meter: Any = None  # a flow meter `apply` made, for the host to export from
 
     def vm_ports(self) -> list[VmPort]:
         """The VM ports plugged into this proxy switch."""
@@ -917,9 +922,11 @@ class ProxySwitch:
 
     def vlans(self) -> frozenset[int]:
         """VLANs (port group VLAN IDs; 4095 = all) that local VM ports use, and for private
-        VLAN ports every VLAN they receive (a promiscuous port: its secondaries)."""
+        VLAN ports every VLAN they receive (a promiscuous port: its secondaries), and the RSPAN
+        VLANs of local mirror destinations."""
         own = {p.sw_group.vlan for p in self.vm_ports()}
         pv = self.switch.pvlan
+        own |= self.switch.span_vlans.keys()  # RSPAN VLANs a local destination session takes
         return frozenset(own.union(*(pv.receives(v) for v in own if v in pv)))
 
     def apply(self, config: VdsConfig) -> frozenset[int]:
@@ -985,6 +992,7 @@ class ProxySwitch:
             for p in self.vm_ports():
                 if p.sw_group.name == pg.name:
                     self.switch.set_egress_shaping(p, shaping_in)
+        self.new_meter = self.monitoring.apply(config.vspan_sessions, config.ipfix)
         self.config = config
         return self.vlans()
 

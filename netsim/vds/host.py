@@ -28,8 +28,10 @@ from netsim.dataplane.teaming import rarp_announce
 from netsim.errors import ConfigError, NetsimError, TopologyError, TransportError
 from netsim.lab.agent import GuestAgent
 from netsim.lab.fabric import Fabric, Vm
+from netsim.lab.ipfix import IpfixExporter
 from netsim.lab.topology import TeamingSpec, Topology
 from netsim.vds.dswitch import FabricView, HostPlane, ProxyLink, ProxySwitch
+from netsim.vds.monitoring import from_topology as monitoring_from_topology
 from netsim.vds.transport.bus import Bus, BusMessage, Subscription
 from netsim.vds.transport.topics import Topics
 from netsim.vds.vdsconfig import (
@@ -101,6 +103,7 @@ class HostAgent:
         self.session = session
         self.batch_frames = batch_frames
         self.proxies: dict[str, ProxySwitch] = {}
+        self._exporters: dict[str, asyncio.Task[Any]] = {}  # vDS → its IPFIX exporter task
         self.links: dict[str, ProxyLink] = {}
         self.plane = HostPlane(
             bus, topics, host=host, session=session, apply=self._apply,
@@ -146,10 +149,11 @@ class HostAgent:
             name, err = failures[0]
             raise NetsimError(f"host agent task {name!r} crashed: {err!r}") from err
 
-    def _spawn(self, coro: Any, what: str) -> None:
+    def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"{self.name} {what}")
         task.add_done_callback(self._task_done)
         self._stack.callback(task.cancel)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -178,6 +182,15 @@ class HostAgent:
         for up, pif in proxy.uplinks.items():
             if up not in before:
                 self._spawn(proxy.pump(pif, link), f"{config.name} {up}")
+        if proxy.new_meter is not None or (proxy.monitoring.meter is None
+                                           and config.name in self._exporters):
+            old = self._exporters.pop(config.name, None)
+            if old is not None:
+                old.cancel()  # its exporter sends what its meter still holds
+            if proxy.new_meter is not None:
+                self._exporters[config.name] = self._spawn(
+                    IpfixExporter(proxy.new_meter).run(), f"{config.name} ipfix")
+                proxy.new_meter = None
         return vlans
 
     async def wait_config(self, vds: str, version: int = 1, *, within_s: float = 10.0) -> None:
@@ -268,6 +281,7 @@ class HostAgent:
 
     async def _ports_changed(self, vdses: set[str]) -> None:
         for vds in vdses:
+            self._proxy(vds).monitoring.refresh()  # sessions and the meter follow the ports
             await self.plane.update_vlans(vds, self._proxy(vds).vlans())
         if not vdses:
             await self.plane.report()
@@ -501,12 +515,14 @@ def vds_from_topology(
     # CDP/LLDP: the first host switch that sets it speaks for the vDS (one setting per vDS)
     found = [h.switch(_vds_switch(topo, h.name, switch)).discovery for h in topo.hosts]
     ld = next((d for d in found if d is not None), None)
+    sessions, ipfix = monitoring_from_topology(topo, lambda h: _vds_switch(topo, h, switch))
     return VdsConfig(
         name, 1, uplinks=tuple(f"uplink{i + 1}" for i in range(width)),
         portgroups=tuple(pg for _, pg in groups.values()), hosts=members,
         lags=_dv_lags(topo, switch),
         link_discovery=(DvLinkDiscovery(ld.protocols[0], ld.operation) if ld is not None
                         else DvLinkDiscovery()),
+        vspan_sessions=sessions, ipfix=ipfix,
     )
 
 

@@ -12,9 +12,11 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from netsim.dataplane.flowmeter import IpfixConfig
 from netsim.dataplane.lag import HASHES
 from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
 from netsim.errors import ConfigError
+from netsim.vds.monitoring import DvVspanSession, parse_ipfix, parse_sessions
 
 TEAMING_POLICIES = ("port-id", "failover", "ip-hash", "src-mac")
 SCHEMA = "hvsim.vds/1"
@@ -103,6 +105,10 @@ class VdsConfig:
     lags: tuple[DvLag, ...] = ()
     #: `VMwareDVSConfigSpec.linkDiscoveryProtocolConfig`: CDP/LLDP on every member's uplinks
     link_discovery: DvLinkDiscovery = field(default_factory=DvLinkDiscovery)
+    #: port mirroring sessions (`VMwareDVSConfigSpec.vspanSession`; netsim.vds.monitoring)
+    vspan_sessions: tuple[DvVspanSession, ...] = ()
+    #: flow export (`VMwareDVSConfigSpec.ipfixConfig`); None = off
+    ipfix: IpfixConfig | None = None
 
     def pvlan_map(self) -> PvlanMap:
         """The PVLAN map the proxy switches apply."""
@@ -277,7 +283,10 @@ def _parse(doc: dict, source: str) -> VdsConfig:
         raise ConfigError(f"{lw}.operation: {discovery.operation!r} not one of none, listen, "
                           "advertise, both")
     return VdsConfig(name, version, uplinks, tuple(pgs), hosts, pvlans, max_mtu,
-                     _lags(_get(doc, "lags", list, where, []), uplinks, where), discovery)
+                     _lags(_get(doc, "lags", list, where, []), uplinks, where), discovery,
+                     parse_sessions(doc.get("vspan_sessions"), f"{where}.vspan_sessions",
+                                    uplinks),
+                     parse_ipfix(doc.get("ipfix"), f"{where}.ipfix"))
 
 
 def _lags(raw: list[Any], uplinks: tuple[str, ...], where: str) -> tuple[DvLag, ...]:
