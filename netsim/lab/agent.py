@@ -66,6 +66,24 @@ class GuestAgent:
         txs = self.guest.receive(ifindex, frame)
         if txs:
             self._send(txs)
+        if self.guest.inbox:
+            self._settle()
+
+    def deliver_batch(self, ifindex: int, frames: Sequence[bytes]) -> None:
+        """Frames arrived on vNIC `ifindex`, oldest first: `deliver` for each, in order (each
+        frame's answers are sent before the next frame is read)."""
+        receive = self.guest.receive_batch
+        inbox = self.guest.inbox
+        start = 0
+        while start < len(frames):
+            txs, start = receive(ifindex, frames, start)
+            if txs:
+                self._send(txs)
+            if inbox:
+                self._settle()
+
+    def _settle(self) -> None:
+        """Hand what the stack received to the pings waiting for it (the rest to `received`)."""
         inbox = self.guest.inbox
         while inbox:
             item = inbox.popleft()
