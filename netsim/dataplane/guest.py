@@ -233,6 +233,20 @@ class Guest:
             return []
         return [self.arp_request(route[0], route[1].packed)]
 
+    def give_up(self, dst: ipaddress.IPv4Address) -> int:
+        """The next hop toward `dst` did not answer: drop the packets waiting for it (counted
+        as `arp-unresolved-drop`, Linux's unresolved_discards) so that the next packet starts a
+        new resolution with a fresh ARP request, as Linux does for a FAILED neighbour.
+        Returns how many were dropped."""
+        route = self.route(dst)
+        if route is None:
+            return 0
+        queue = self._pending.pop((route[0], route[1].packed), None)
+        if not queue:
+            return 0
+        self._counters["arp-unresolved-drop"] += len(queue)
+        return len(queue)
+
     def _eth(self, st: _IfState, dst: bytes, ethertype: int) -> bytes:
         if st.vlan is None:
             return dst + st.mac + struct.pack("!H", ethertype)

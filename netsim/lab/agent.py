@@ -170,6 +170,9 @@ class GuestAgent:
                 reply = fut.result()
                 return PingResult(self.name, dst, key[1], True,
                                   (self.clock.now_ns() - start) / 1e9, reply.ttl)
+            # Unresolved: the neighbour fails (Linux drops its queue after the last probe), so
+            # the next ping to it sends a new ARP request at once.
+            self.guest.give_up(dst)
             return PingResult(self.name, dst, key[1], False)
         finally:
             self._waiting.pop(key, None)

@@ -74,6 +74,12 @@ async def test_an_unanswered_arp_is_repeated_every_second_three_times_at_most(
     assert [(t - t0) // 1_000_000_000 for t, _ in sent] == list(range(requests))
     assert all(f[12:14] == b"\x08\x06" and f[38:42] == bytes([10, 0, 0, 2]) for _, f in sent)
     assert g.counters["tx-arp-request"] == requests
+    # the neighbour failed: its queued echo request is dropped (counted) and the next ping
+    # starts a new resolution with an ARP request at once
+    assert g.counters["arp-unresolved-drop"] == 1
+    sent.clear()
+    await a.ping("10.0.0.2", wait_s=0.5)
+    assert len(sent) == 1 and sent[0][1][12:14] == b"\x08\x06"
 
 
 async def test_ping_without_a_route_returns_at_once() -> None:
