@@ -233,12 +233,54 @@ class Guest:
             return []
         return [self.arp_request(route[0], route[1].packed)]
 
+    def give_up(self, dst: ipaddress.IPv4Address) -> int:
+        """The next hop toward `dst` did not answer: drop the packets waiting for it (counted
+        as `arp-unresolved-drop`, Linux's unresolved_discards) so that the next packet starts a
+        new resolution with a fresh ARP request, as Linux does for a FAILED neighbour.
+        Returns how many were dropped."""
+        route = self.route(dst)
+        if route is None:
+            return 0
+        queue = self._pending.pop((route[0], route[1].packed), None)
+        if not queue:
+            return 0
+        self._counters["arp-unresolved-drop"] += len(queue)
+        return len(queue)
+
     def _eth(self, st: _IfState, dst: bytes, ethertype: int) -> bytes:
         if st.vlan is None:
             return dst + st.mac + struct.pack("!H", ethertype)
         return dst + st.mac + struct.pack("!HHH", ETH_8021Q, st.vlan, ethertype)
 
     # --------------------------------------------------------------------------- receiving
+    def receive_batch(self, ifindex: int, frames: Sequence[bytes],
+                      start: int = 0) -> tuple[list[Tx], int]:
+        """`receive` the frames from `frames[start]` on, up to and including the first that
+        has something to send or puts something in `inbox`: (what it sends, the index to go on
+        from). Someone else's ARP requests, the bulk of a busy L2 domain, are decided in this
+        loop."""
+        st = self._if[ifindex]
+        fast = st.vlan is None
+        my_ip = st.ip
+        arp = self.arp
+        ignored = 0
+        i = start
+        n = len(frames)
+        try:
+            while i < n:
+                frame = frames[i]
+                i += 1
+                if (fast and frame[12:22] == _ARP_REQUEST_HDR and len(frame) >= 42
+                        and frame[38:42] != my_ip and frame[28:32] not in arp):
+                    ignored += 1  # receive's first test (RFC 826), inlined
+                    continue
+                txs = self.receive(ifindex, frame)
+                if txs or self.inbox:
+                    return txs, i
+            return [], i
+        finally:
+            self._arp_not_for_me += ignored
+
     def receive(self, ifindex: int, frame: bytes) -> list[Tx]:
         """Handle one frame that arrived on `ifindex`; return the frames to send in answer."""
         st = self._if[ifindex]

@@ -750,6 +750,8 @@ class StandardSwitch(Bridge):
         self._teaming = teaming if teaming is not None else TeamingPolicy()
         self._team: dict[Port, Port | None] = {}
         self._vm_flood: dict[int, tuple[tuple[Port, ...], tuple[Port, ...]]] = {}
+        #: (VLAN, port a flood came in on) → the VM ports it reaches (`_flood_targets`)
+        self._vm_targets: dict[tuple[int, Port], tuple[Port, ...]] = {}
         self._any_promisc = False
         self._in_use: frozenset[Port] | None = None
         self._pinned: dict[int, tuple[Port, ...]] = {}
@@ -885,6 +887,7 @@ class StandardSwitch(Bridge):
     def _changed(self) -> None:
         self._flood.clear()
         self._vm_flood.clear()
+        self._vm_targets.clear()
         self._team.clear()
         self._pinned.clear()
         self._hashed.clear()
@@ -1052,6 +1055,20 @@ class StandardSwitch(Bridge):
         self._vm_flood[vid] = entry
         return entry
 
+    def _flood_targets(self, vid: int, port: Port) -> tuple[Port, ...]:
+        """The VM ports a flood of `vid` that came in on `port` reaches: every other VM port
+        of the VLAN from a VM; from an uplink, those pinned to it (`_takes_flood_from`). Kept
+        until the switch changes (the teaming choices it rests on are kept as long)."""
+        fl = self._vm_flood.get(vid)
+        if fl is None:
+            fl = self._vm_members(vid)
+        if port.sw_role == ROLE_VM:
+            targets = tuple(p for p in fl[0] if p is not port)
+        else:
+            targets = tuple(p for p in fl[0] if self._takes_flood_from(p, port))
+        self._vm_targets[(vid, port)] = targets
+        return targets
+
     def _forward(
         self, port: Port, inner: bytes, tagged: bytes | None, vid: int, pcp: int, now: int
     ) -> Port | None:
@@ -1123,18 +1140,40 @@ class StandardSwitch(Bridge):
         if not unicast and inner[:6] == _SLOW_PROTOCOLS:
             port.counters.drop("slow-protocols")  # LACP/OAM are link-local (802.3 57A)
             return None
-        fl = self._vm_flood.get(vid)
-        if fl is None:
-            fl = self._vm_members(vid)
-        vms = fl[0]
-        sent = False
-        check = dst if unicast else None
-        for p in vms:
-            # A flood that came in on an uplink reaches only the VM ports pinned to that uplink,
-            # so each VM gets one copy however many active uplinks the flood arrives on.
-            if p is not port and (from_vm or self._takes_flood_from(p, port)):
-                tagged = self._to_port(p, check, inner, tagged, vid, pcp, now)
-                sent = True
+        # A flood that came in on an uplink reaches only the VM ports pinned to that uplink,
+        # so each VM gets one copy however many active uplinks the flood arrives on.
+        targets = self._vm_targets.get((vid, port))
+        if targets is None:
+            targets = self._flood_targets(vid, port)
+        sent = bool(targets)
+        if unicast:
+            for p in targets:
+                tagged = self._to_port(p, dst, inner, tagged, vid, pcp, now)
+        else:
+            # A broadcast or multicast: each VM port that nothing observes and that takes the
+            # frame as it is (untagged, no private VLAN, MAC unchanged or changes accepted)
+            # gets it queued here — _to_port and _emit's fast path, inlined: this loop runs
+            # once per VM per ARP request.
+            n = len(inner)
+            untag_any = not (vid or pcp & 7)
+            for p in targets:
+                if (p.tx_plain and p.sw_pvlan_rx is None and (
+                        untag_any or (vid == p.sw_untagged_vid
+                                      and (pcp & 7 == 0 or p.sw_mode != _TRUNK)))
+                        and (p.sw_mac_changes_ok or p.vnic.effective_mac == p.vnic.mac)):
+                    q = p.queue
+                    items = q.items
+                    if len(items) < q.maxlen:
+                        items.append(inner)
+                        if q._waiter is not None:
+                            q.wake()
+                        c = p.counters
+                        c.tx_frames += 1
+                        c.tx_bytes += n
+                    else:
+                        p.counters.drop("queue-full")
+                else:
+                    tagged = self._to_port(p, None, inner, tagged, vid, pcp, now)
         reason = "no-destination"
         if from_vm and self.uplinks:
             up = self._uplink_frame(port, inner)

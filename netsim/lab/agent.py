@@ -3,7 +3,9 @@
 `GuestAgent` wraps a `Guest` (the pure stack) with a way to send on each vNIC and a clock for
 timeouts. Frames reach it through `deliver(ifindex, frame)` (a vNIC's receive callback); what
 the stack answers goes straight back out. `ping` sends echo requests and waits on the clock for
-the reply, re-sending the ARP request once half-way if the next hop has not answered.
+the reply. While the next hop is unresolved the ARP request is re-sent as Linux does: every
+`ARP_RETRANS_S` (net.ipv4.neigh.*.retrans_time_ms = 1000), at most `ARP_SOLICIT` requests in all
+(mcast_solicit = 3) — so `ping -W1` to a host that never answers sends one ARP request.
 """
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ from typing import Any
 from netsim.dataplane.guest import Guest, Received, Tx
 
 SendFn = Callable[[bytes], Any]
+
+#: Linux's neighbour defaults (ip-sysctl.rst, net.ipv4.neigh.default): an unanswered ARP
+#: request is repeated every retrans_time_ms = 1000 ms, mcast_solicit = 3 requests in all.
+ARP_RETRANS_S = 1.0
+ARP_SOLICIT = 3
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,24 @@ class GuestAgent:
         txs = self.guest.receive(ifindex, frame)
         if txs:
             self._send(txs)
+        if self.guest.inbox:
+            self._settle()
+
+    def deliver_batch(self, ifindex: int, frames: Sequence[bytes]) -> None:
+        """Frames arrived on vNIC `ifindex`, oldest first: `deliver` for each, in order (each
+        frame's answers are sent before the next frame is read)."""
+        receive = self.guest.receive_batch
+        inbox = self.guest.inbox
+        start = 0
+        while start < len(frames):
+            txs, start = receive(ifindex, frames, start)
+            if txs:
+                self._send(txs)
+            if inbox:
+                self._settle()
+
+    def _settle(self) -> None:
+        """Hand what the stack received to the pings waiting for it (the rest to `received`)."""
         inbox = self.guest.inbox
         while inbox:
             item = inbox.popleft()
@@ -127,13 +152,27 @@ class GuestAgent:
                 return PingResult(self.name, dst, key[1], False)
             # (an empty list is fine: the packet waits behind an ARP request already out)
             self._send(self.guest.ping(dst, ident=key[0], seq=key[1], payload=payload))
-            if not await self._sleep_or(fut, wait_s / 2):
-                self._send(self.guest.retry_arp(dst))
-                await self._sleep_or(fut, wait_s / 2)
+            # Wait, re-sending the ARP request at each retransmit time that falls inside the
+            # wait (Linux's neighbour timer; one request in all when wait_s <= 1 s).
+            waited = 0.0
+            sent = 1
+            while True:
+                step = min(ARP_RETRANS_S, wait_s - waited)
+                if await self._sleep_or(fut, step):
+                    break
+                waited += step
+                if waited >= wait_s - 1e-9:
+                    break
+                if sent < ARP_SOLICIT:
+                    sent += 1
+                    self._send(self.guest.retry_arp(dst))
             if fut.done():
                 reply = fut.result()
                 return PingResult(self.name, dst, key[1], True,
                                   (self.clock.now_ns() - start) / 1e9, reply.ttl)
+            # Unresolved: the neighbour fails (Linux drops its queue after the last probe), so
+            # the next ping to it sends a new ARP request at once.
+            self.guest.give_up(dst)
             return PingResult(self.name, dst, key[1], False)
         finally:
             self._waiting.pop(key, None)

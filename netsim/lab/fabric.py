@@ -461,6 +461,19 @@ class Fabric:
 
         self.spawn(serve(), name=f"guest {vnic.name}")
 
+    def on_receive_batch(self, target: VNic | VmPort | Vm | str,
+                         callback: Callable[[list[bytes]], None]) -> None:
+        """Like `on_receive`, with every frame that is waiting handed over in one call
+        (oldest first): for a consumer that is cheaper per frame in a loop of its own."""
+        vnic = self._as_vnic(target)
+        self._watched.append(vnic.port.queue)
+
+        async def serve() -> None:
+            while True:
+                callback(await vnic.recv_batch())
+
+        self.spawn(serve(), name=f"guest {vnic.name}")
+
     # -- VM lifecycle ------------------------------------------------------------------------
     def remove_vm(self, vm: Vm | str) -> int:
         """Shut a VM down: unplug every NIC from its switch (what it learned there is

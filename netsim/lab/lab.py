@@ -355,7 +355,7 @@ class Lab:
         # behind).
         for name, agent in self.agents.items():
             for i, p in enumerate(self.fabric[name].ports):
-                self.fabric.on_receive(p.vnic, _deliverer(agent, i))
+                self.fabric.on_receive_batch(p.vnic, _deliverer(agent, i))
         att = self.attachments
         if att is not None:
             await asyncio.to_thread(att.setup)
@@ -588,6 +588,6 @@ class Lab:
         return self.fabric.capture(targets, out_dir)
 
 
-def _deliverer(agent: GuestAgent, ifindex: int) -> Callable[[bytes], None]:
-    return functools.partial(agent.deliver, ifindex)  # a C-level call: once per frame
+def _deliverer(agent: GuestAgent, ifindex: int) -> Callable[[list[bytes]], None]:
+    return functools.partial(agent.deliver_batch, ifindex)  # a C-level call per batch
 
