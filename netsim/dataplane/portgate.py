@@ -1,0 +1,173 @@
+"""The per-port policy gates of a VM port: what a frame passes between the vNIC and its port,
+in each direction, beyond VLAN and security handling.
+
+Into the switch (from the VM), in this order: a disabled VIF drops everything (`vif-disabled`);
+VIF locking (`vif-locked`); VIF QoS rate limit (`vif-qos`); the port group's traffic filtering
+and marking rules (`filtered`, or a DSCP/CoS mark). Out of the switch (to the VM): a disabled
+VIF; the rules. The switch (`netsim.dataplane.switch`) calls a gate only for ports that have
+one, so ports without policies keep the fast path.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from netsim.dataplane.filtering import Direction, RuleAction, RuleMatcher, TrafficRuleset, mark
+from netsim.dataplane.shaper import Shaper
+from netsim.dataplane.vifpolicy import LockChecker, LockingMode, VifLocking, VifQos
+
+_DROP, _TAG = RuleAction.DROP, RuleAction.TAG
+
+
+class RxGate:
+    """Checks on frames from the VM: `gate(port, frame, vid, pcp, size, now)` returns the
+    (possibly re-marked) untagged frame and priority, or None when it dropped (and counted)
+    the frame. `vid` is the guest's own VLAN tag (VGT), 0 when it sent none."""
+
+    __slots__ = ("disabled", "lock", "qos", "rules")
+
+    def __init__(self, *, disabled: bool, lock: LockChecker | None, qos: Shaper | None,
+                 rules: RuleMatcher | None) -> None:
+        self.disabled = disabled
+        self.lock = lock
+        self.qos = qos
+        self.rules = rules
+
+    def __call__(self, port: Any, f: bytes, vid: int, pcp: int, n: int, now: int
+                 ) -> tuple[bytes, int] | None:
+        if self.disabled:
+            port.counters.drop("vif-disabled", 1, f)
+            return None
+        lock = self.lock
+        if lock is not None and lock.refuse(f):
+            port.counters.drop("vif-locked", 1, f)
+            return None
+        qos = self.qos
+        if qos is not None and not qos.conform(n, now):
+            port.counters.drop("vif-qos", 1, f)
+            return None
+        rules = self.rules
+        if rules is not None:
+            r = rules.match(f, vid)
+            if r is not None:
+                if r.action is _DROP:
+                    port.counters.drop("filtered", 1, f)
+                    return None
+                if r.action is _TAG:
+                    return mark(r, f, pcp)
+        return f, pcp
+
+
+class TxGate:
+    """Checks on frames to the VM: `gate(port, untagged, frame, vid, pcp)` returns the frame
+    to send (re-marked if a rule says so) or None when it dropped (and counted) it."""
+
+    __slots__ = ("disabled", "rules")
+
+    def __init__(self, *, disabled: bool, rules: RuleMatcher | None) -> None:
+        self.disabled = disabled
+        self.rules = rules
+
+    def __call__(self, port: Any, inner: bytes, f: bytes, vid: int, pcp: int) -> bytes | None:
+        if self.disabled:
+            port.counters.drop("vif-disabled", 1, f)
+            return None
+        rules = self.rules
+        r = rules.match(inner, vid) if rules is not None else None
+        if r is None or r.action is RuleAction.ACCEPT:
+            return f
+        if r.action is _DROP:
+            port.counters.drop("filtered", 1, f)
+            return None
+        new, npcp = mark(r, inner, pcp)
+        if f is inner:
+            return new
+        tpid = b"\x88\xa8" if npcp & 8 else b"\x81\x00"
+        tci = ((npcp & 7) << 13) | vid
+        return new[:12] + tpid + tci.to_bytes(2, "big") + new[12:]
+
+
+def build_gates(
+    *,
+    mac: bytes,
+    rules: TrafficRuleset | None,
+    locking: VifLocking | None,
+    network_default: LockingMode,
+    qos: VifQos | None,
+    now_ns: int,
+) -> tuple[RxGate | None, TxGate | None]:
+    """The gates of one VM port from its port group's rules and its VIF policies; (None, None)
+    when nothing applies."""
+    mode = locking.effective(network_default) if locking is not None else network_default
+    if mode is LockingMode.NETWORK_DEFAULT:
+        mode = LockingMode.UNLOCKED
+    disabled = mode is LockingMode.DISABLED
+    lock = LockChecker(locking or VifLocking(), mac) if mode is LockingMode.LOCKED else None
+    shaper = Shaper(qos.shaping(), now_ns) if qos is not None else None
+    rin = rules.matcher(Direction.INCOMING) if rules is not None else None
+    rout = rules.matcher(Direction.OUTGOING) if rules is not None else None
+    rx = None
+    if disabled or lock is not None or shaper is not None or rin is not None:
+        rx = RxGate(disabled=disabled, lock=lock, qos=shaper, rules=rin)
+    tx = TxGate(disabled=True, rules=None) if disabled else (
+        TxGate(disabled=False, rules=rout) if rout is not None else None)
+    return rx, tx
+
+
+def explain(port: Any) -> list[str]:
+    """Lines for `hvsim trace`: the policies on this port's way into the switch."""
+    out = []
+    group = getattr(port, "sw_group", None)
+    where = f"port group {group.name!r}" if group is not None else f"port {port.name}"
+    pol = getattr(port, "sw_vif_policy", None)
+    default = getattr(group, "default_locking_mode", LockingMode.UNLOCKED)
+    if pol is not None and pol[0] is not None:
+        out.append(f"{port.name} {pol[0].describe(LockingMode(default))}")
+    elif default is not LockingMode.UNLOCKED and group is not None:
+        out.append(f"{where} default_locking_mode={LockingMode(default).value}")
+    if pol is not None and pol[1] is not None:
+        out.append(f"{port.name} {pol[1].describe()}")
+    for gate in (getattr(port, "sw_rx_gate", None), getattr(port, "sw_tx_gate", None)):
+        rules = getattr(gate, "rules", None)
+        if rules is not None:
+            way = "in" if isinstance(gate, RxGate) else "out"
+            out.append(f"{where} traffic rules ({way}): "
+                       + "; ".join(r.describe() for r in rules.rules))
+    return out
+
+
+def drop_cause(port: Any, reason: str) -> str | None:
+    """The setting behind a `filtered` / `vif-*` drop at `port`, or None for other reasons."""
+    group = getattr(port, "sw_group", None)
+    where = f"port group {group.name!r}" if group is not None else f"port {port.name}"
+    pol = getattr(port, "sw_vif_policy", None) or (None, None)
+    default = LockingMode(getattr(group, "default_locking_mode", LockingMode.UNLOCKED))
+    if reason == "filtered":
+        for gate in (getattr(port, "sw_rx_gate", None), getattr(port, "sw_tx_gate", None)):
+            rules = getattr(gate, "rules", None)
+            if rules is not None and rules.last is not None and \
+                    rules.last.action is RuleAction.DROP:
+                return f"{port.name}: {where} traffic {rules.last.describe()}"
+        return f"{port.name}: {where} traffic rules"
+    if reason == "vif-locked":
+        lock = pol[0] or VifLocking()
+        return f"{port.name}: VIF {lock.describe(default)}: source not allowed"
+    if reason == "vif-disabled":
+        lock = pol[0] or VifLocking()
+        return f"{port.name}: VIF {lock.describe(default)}: all traffic dropped"
+    if reason == "vif-qos" and pol[1] is not None:
+        return f"{port.name}: VIF {pol[1].describe()} exceeded"
+    return None
+
+
+def marked(port: Any, before: tuple[int, ...]) -> list[str]:
+    """Lines naming the tag rules that matched since `before` (each gate's hit counts)."""
+    out = []
+    for gate, counts in zip((getattr(port, "sw_rx_gate", None),
+                             getattr(port, "sw_tx_gate", None)), before, strict=False):
+        rules = getattr(gate, "rules", None)
+        if rules is None:
+            continue
+        for r, n, m in zip(rules.rules, rules.hits, counts, strict=False):
+            if n > m:
+                out.append(f"{port.name}: matched traffic {r.describe()}")
+    return out
