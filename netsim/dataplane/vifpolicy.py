@@ -16,7 +16,9 @@ Locking, as xapi/xenopsd enforce it (`setup-vif-rules`, the Open vSwitch flavour
 QoS: netback limits what the guest transmits to `kbps` kilobytes (of 1024 bytes) per second,
 handing out credit every 50 ms (xl's and xenopsd's default `rate` interval). Here that is a
 policer on frames from the VM with average = peak = the rate and a burst of one interval's
-credit (at least one maximum-size frame); frames over it are dropped as `vif-qos`.
+credit (at least one maximum-size frame) sent at line rate; frames over it are dropped as
+`vif-qos` (netback holds them in the guest's ring instead; a VM that keeps sending sees the
+same throughput).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from netsim.dataplane.shaper import MAX_FRAME
 from netsim.errors import ConfigError
 
 CREDIT_INTERVAL_S = 0.050  # netback's default credit interval (xl `rate=.../s@50ms`)
+LINE_RATE_BPS = 10_000_000_000  # what a credit burst leaves at (a 10 Gbit/s PIF)
 
 
 class LockingMode(StrEnum):
@@ -107,7 +110,8 @@ class VifQos:
         """The policer netback's credit scheduler amounts to (see the module docstring)."""
         bps = self.kbps * 1024 * 8
         burst = max(MAX_FRAME, int(self.kbps * 1024 * CREDIT_INTERVAL_S))
-        return ShapingPolicy(bps, bps, burst)
+        # an interval's credit may go out back to back: the peak is the line rate
+        return ShapingPolicy(bps, max(bps, LINE_RATE_BPS), burst)
 
     def describe(self) -> str:
         """e.g. `qos ratelimit kbps=100`."""
