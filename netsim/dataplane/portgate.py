@@ -159,15 +159,30 @@ def drop_cause(port: Any, reason: str) -> str | None:
     return None
 
 
-def marked(port: Any, before: tuple[int, ...]) -> list[str]:
-    """Lines naming the tag rules that matched since `before` (each gate's hit counts)."""
+def rule_hits(ports: Any) -> dict[tuple[Any, str], tuple[int, ...]]:
+    """Every rule's match count on `ports`, by (port, "in"/"out"): compare two of these to see
+    which rules a frame matched (`matched_since`)."""
+    out = {}
+    for p in ports:
+        for way, gate in (("in", getattr(p, "sw_rx_gate", None)),
+                          ("out", getattr(p, "sw_tx_gate", None))):
+            rules = getattr(gate, "rules", None)
+            if rules is not None:
+                out[(p, way)] = tuple(rules.hits)
+    return out
+
+
+def matched_since(before: dict[tuple[Any, str], tuple[int, ...]]) -> list[str]:
+    """Lines naming each rule that matched since `before` was taken: where, which way, which
+    rule (sequence, description, action)."""
     out = []
-    for gate, counts in zip((getattr(port, "sw_rx_gate", None),
-                             getattr(port, "sw_tx_gate", None)), before, strict=False):
+    for (p, way), counts in before.items():
+        gate = p.sw_rx_gate if way == "in" else p.sw_tx_gate
         rules = getattr(gate, "rules", None)
         if rules is None:
             continue
         for r, n, m in zip(rules.rules, rules.hits, counts, strict=False):
             if n > m:
-                out.append(f"{port.name}: matched traffic {r.describe()}")
+                arrow = "from the VM" if way == "in" else "to the VM"
+                out.append(f"{p.name} ({arrow}): {r.describe()}")
     return out

@@ -473,6 +473,12 @@ def vds_from_topology(
                               net.shaping.burst_bytes) if net.shaping else None
                 ),
                 teaming=_dv_teaming(net.teaming or swspec.teaming, swspec.uplinks),
+                shaping_in=(
+                    DvShaping(net.egress_shaping.average_bps, net.egress_shaping.peak_bps,
+                              net.egress_shaping.burst_bytes) if net.egress_shaping else None
+                ),
+                blocked=net.blocked,
+                traffic_rules=net.traffic_rules,
             )
             seen = groups.get(net.name)
             if seen is not None and seen[1].teaming is None:
