@@ -29,10 +29,10 @@ from typing import Any
 
 from netsim.dataplane.filtering import TrafficRuleset, rule_from_doc
 from netsim.dataplane.vifpolicy import LockingMode, VifLocking, VifQos, addresses, locking_mode
-from netsim.errors import ConfigError, TopologyError
+from netsim.errors import ConfigError
 
 PathT = tuple[str | int, ...]
-Fail = Callable[[PathT, str], TopologyError]
+Fail = Callable[[PathT, str], Exception]
 
 NET_KEYS = ("egress_shaping", "traffic_rules", "default_locking_mode")
 VIF_KEYS = ("locking_mode", "ipv4_allowed", "ipv6_allowed", "qos_algorithm_type",

@@ -143,6 +143,8 @@ class PortGroupEvent(Step):
     switch: str | None
     vlan: int | None
     security: Mapping[str, bool] | None
+    #: other PortGroup fields to replace (traffic_rules, default_locking_mode), as values
+    changes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -570,19 +572,22 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
             raise r.fail((*kp, "state"), f"expected up or down, got {state!r}")
         return LinkEvent(at, path, r.name(b["port"], (*kp, "port")), state == "up")
     if kind == "port_group":
-        b = r.mapping(body, kp, ("name", "host", "switch", "vlan", "security"), ("name",))
+        b = r.mapping(body, kp, ("name", "host", "switch", "vlan", "security", "traffic_rules",
+                                 "default_locking_mode"), ("name",))
         vlan = r.integer(b["vlan"], (*kp, "vlan"), 0, 4095) if "vlan" in b else None
         security = None
         if "security" in b:
             s = r.mapping(b["security"], (*kp, "security"),
                           ("promiscuous", "mac_changes", "forged_transmits"))
             security = {k: r.boolean(v, (*kp, "security", k)) for k, v in s.items()}
-        if vlan is None and security is None:
-            raise r.fail(kp, "change something: vlan and/or security")
+        changes = _policy_changes(r, b, kp)
+        if vlan is None and security is None and not changes:
+            raise r.fail(kp, "change something: vlan, security, traffic_rules or "
+                         "default_locking_mode")
         return PortGroupEvent(at, path, r.name(b["name"], (*kp, "name")),
                               r.name(b["host"], (*kp, "host")) if "host" in b else None,
                               r.name(b["switch"], (*kp, "switch")) if "switch" in b else None,
-                              vlan, security)
+                              vlan, security, changes)
     if kind == "impair":
         return _impair_step(r, body, at, path, kp)
     if kind == "flush_mac":
@@ -591,6 +596,21 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
     # move_vm / migrate (the same step under the issue's name)
     b = r.mapping(body, kp, ("vm", "to"), ("vm", "to"))
     return MoveVm(at, path, r.name(b["vm"], (*kp, "vm")), r.name(b["to"], (*kp, "to")), kind)
+
+
+def _policy_changes(r: _Reader, b: Mapping[str, Any], kp: PathT) -> dict[str, Any]:
+    """traffic_rules (a new ruleset; `[]` = none) and default_locking_mode of a port group."""
+    from netsim.dataplane.filtering import TrafficRuleset
+    from netsim.lab import policyspec
+
+    out: dict[str, Any] = {}
+    if "traffic_rules" in b:
+        rs = policyspec.parse_traffic_rules(b["traffic_rules"], (*kp, "traffic_rules"), r.fail)
+        out["traffic_rules"] = rs if rs is not None and rs != TrafficRuleset() else None
+    if "default_locking_mode" in b:
+        out["default_locking_mode"] = policyspec.parse_locking_default(
+            b["default_locking_mode"], (*kp, "default_locking_mode"), r.fail)
+    return out
 
 
 def _impair_step(r: _Reader, body: Any, at: int, path: PathT, kp: PathT) -> ImpairEvent:

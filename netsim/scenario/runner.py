@@ -360,6 +360,7 @@ class ScenarioRun:
                 changes["vlan"] = s.vlan
             if s.security is not None:
                 changes["security"] = dataclasses.replace(pg.security, **s.security)
+            changes.update(s.changes)  # traffic rules, default locking mode
             sw.update_port_group(dataclasses.replace(pg, **changes))
             self._step_stats.append({"step": idx, "kind": "port_group", "name": s.name})
         elif isinstance(s, ImpairEvent):
