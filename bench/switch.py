@@ -16,6 +16,10 @@ Issue 19 rows: the same hop from a VM in an isolated private VLAN port group (se
 primary 100; the peer learned on the primary, the frame leaves tagged 101), as a ratio to the
 plain hop from back-to-back pairs (target ≥0.5×); and the hop through an IP-hash team of 4
 uplinks (the uplink computed per frame from the IP addresses), same ratio and target.
+Issue 19 item 5: the hop from a port whose port group has 10 traffic filtering rules (drops,
+DSCP/CoS tags, accepts on TCP/UDP ports, prefixes, MAC ranges), none matching the bench
+traffic (a UDP/IPv4 frame), so every frame is tested against every rule that could match it;
+same ratio and target (≥0.5× the plain hop).
 
 Targets (issue 3): ≥300k frames/s 64-byte without capture on one core, ≥100× (a), ≥0.3× (b);
 ≥150k frames/s with capture.
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from netsim.clock import RealClock
+from netsim.dataplane.filtering import ruleset_from_doc
 from netsim.dataplane.policy import LoadBalancing, TeamingPolicy
 from netsim.dataplane.port import Pif, Vif
 from netsim.dataplane.pvlan import PvlanMap
@@ -59,22 +64,50 @@ TARGETS = {
     "ratio_stalled_vs_hop": 0.9,
     "ratio_pvlan_vs_hop": 0.5,
     "ratio_iphash_vs_hop": 0.5,
+    "ratio_filter_vs_hop": 0.5,
 }
+
+#: the filter row's ruleset (DvsTrafficRuleset): ten rules, none matching `_udp_frame`
+FILTER_RULES = [
+    {"sequence": 10, "action": "drop", "ip": {"protocol": "tcp", "dst_port": 23}},
+    {"sequence": 20, "action": "drop", "ip": {"protocol": "tcp", "dst_port": 445}},
+    {"sequence": 30, "action": "tag", "dscp": 46, "cos": 5,
+     "ip": {"protocol": "udp", "dst_port": "5060-5061"}},
+    {"sequence": 40, "action": "tag", "dscp": 34, "ip": {"protocol": "udp", "dst_port": 3478}},
+    {"sequence": 50, "action": "drop", "ip": {"src": "192.168.0.0/16"}},
+    {"sequence": 60, "action": "drop", "mac": {"protocol": "arp"}},
+    {"sequence": 70, "action": "drop", "ip": {"dst": "203.0.113.0/24"}},
+    {"sequence": 80, "action": "accept", "ip": {"protocol": "icmpv6"}},
+    {"sequence": 90, "action": "tag", "cos": 3,
+     "mac": {"src": "00:50:56:00:00:00/ff:ff:ff:00:00:00"}},
+    {"sequence": 100, "action": "drop", "ip": {"protocol": "udp", "src": "10.9.0.0/16",
+                                               "dst_port": 53}},
+]
 
 
 def _frame(size: int) -> bytes:
     return fr.ethernet(PEER_MAC, VM_MAC, fr.ETHERTYPE_IPV4, bytes(size - 14))
 
 
-def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = False
-           ) -> tuple[Vif, Pif, PcapngWriter | None]:
+def _udp_frame(size: int) -> bytes:
+    """A UDP/IPv4 frame of `size` bytes, 10.0.0.1:4000 → 10.0.0.2:7 (for the filter row)."""
+    n = size - 14
+    ip = bytes((0x45, 0, n >> 8, n & 0xFF, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1,
+                10, 0, 0, 2))
+    udp = (4000).to_bytes(2, "big") + (7).to_bytes(2, "big") + (n - 20).to_bytes(2, "big")
+    return fr.ethernet(PEER_MAC, VM_MAC, fr.ETHERTYPE_IPV4, ip + udp + bytes(n - 28))
+
+
+def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = False,
+           rules: bool = False) -> tuple[Vif, Pif, PcapngWriter | None]:
     clock = RealClock()
     sw = StandardSwitch("vSwitch0", clock=clock)
     vid, peer_vid = 5, 5
     if pvlan:  # an isolated secondary; the peer (a router) answers from the primary
         sw.pvlan = PvlanMap.from_mapping({100: {101: "isolated"}})
         vid, peer_vid = 101, 100
-    sw.add_port_group(PortGroup("VLAN 5", vlan=vid))
+    sw.add_port_group(PortGroup("VLAN 5", vlan=vid, traffic_rules=ruleset_from_doc(
+        FILTER_RULES) if rules else None))
     vm = sw.attach(Vif(1, 0, mac=VM_MAC, queue_size=4 * BURST), "VLAN 5")
     up = sw.add_uplink(Pif("vmnic0", queue_size=4 * BURST))
     if ip_hash:  # a team of 4; the bench frame's addresses hash to vmnic0
@@ -92,9 +125,9 @@ def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = Fal
 
 
 async def _hop(n: int, size: int, capture_dir: Path | None, *, batched: bool = False,
-               pvlan: bool = False, ip_hash: bool = False) -> float:
-    vm, up, writer = _build(capture_dir, pvlan=pvlan, ip_hash=ip_hash)
-    frame = _frame(size)
+               pvlan: bool = False, ip_hash: bool = False, rules: bool = False) -> float:
+    vm, up, writer = _build(capture_dir, pvlan=pvlan, ip_hash=ip_hash, rules=rules)
+    frame = _udp_frame(size) if rules else _frame(size)
     send = vm.vnic.send
     send_many = vm.vnic.send_many
     burst = [frame] * BURST
@@ -321,7 +354,8 @@ def run(*, quick: bool) -> dict[str, Any]:
     res["stalled_stream_dropped"] = stalled_pairs[len(stalled_pairs) // 2][2]
     res["ratio_stalled_vs_hop"] = stalled_pairs[len(stalled_pairs) // 2][0]
     res["ratio_stalled_vs_hop_rounds"] = [round(r, 3) for r, _, _ in stalled_pairs]
-    for key, opts in (("pvlan", {"pvlan": True}), ("iphash", {"ip_hash": True})):
+    for key, opts in (("pvlan", {"pvlan": True}), ("iphash", {"ip_hash": True}),
+                      ("filter", {"rules": True})):
         kind_pairs = []
         for _ in range(max(3, repeat)):
             gc.collect()
@@ -371,6 +405,10 @@ def run(*, quick: bool) -> dict[str, Any]:
         "{:,.2f}×")
     row("switch hop, 64 B, IP-hash team of 4 uplinks", "hop_64_iphash_fps")
     row("ratio IP-hash hop / plain hop (median of back-to-back pairs)", "ratio_iphash_vs_hop",
+        "{:,.2f}×")
+    row("switch hop, 64 B, 10 traffic filter rules on the port group (none match)",
+        "hop_64_filter_fps")
+    row("ratio filtered hop / plain hop (median of back-to-back pairs)", "ratio_filter_vs_hop",
         "{:,.2f}×")
     row("pcapng records/s: dpkt EPB objects (per-interface, ns)", "pcapng_dpkt_records_per_s")
     row("pcapng records/s: hvsim struct writer", "pcapng_records_per_s")

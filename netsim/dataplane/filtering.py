@@ -33,8 +33,9 @@ and IP protocol, so a frame is only tested against rules that could match it; no
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -307,88 +308,92 @@ class TrafficRuleset:
 
 
 # -- compilation -----------------------------------------------------------------------------
-Pred = Callable[[bytes, int], bool]  # (untagged frame, guest VLAN or 0) -> matches?
+# Each rule compiles to a list of conditions: Python expressions over the frame `f`, the guest
+# VLAN `v` and a few fields parsed once per frame (`s4`, `d4`, `sp`, `dp`, ...); constants are
+# named `k0`, `k1`, ... in the generated function's namespace, so no configured text ever
+# becomes code. One function per (ethertype, IP protocol) bucket tests its rules in sequence
+# order and returns the index of the first that matches (-1 for none): one call per frame.
+_PRELUDE = {
+    # ports only in a first fragment with room for them
+    "sp": "sp = (f[o] << 8) | f[o + 1] if has_l4 else -1",
+    "dp": "dp = (f[o + 2] << 8) | f[o + 3] if has_l4 else -1",
+}
+_ADDR_AT = {("src", 4): 26, ("dst", 4): 30, ("src", 6): 22, ("dst", 6): 38}
+_L4 = {
+    ETH_IPV4: "o = 14 + (f[14] & 0x0F) * 4\n    has_l4 = len(f) >= o + 4 and not "
+              "(f[20] & 0x1F or f[21])",
+    ETH_IPV6: "o = 54\n    has_l4 = len(f) >= 58",
+}
 
 
-def _negate(pred: Pred, neg: bool) -> Pred:
-    return (lambda f, v: not pred(f, v)) if neg else pred
+class _Gen:
+    """Names constants for generated code."""
+
+    def __init__(self) -> None:
+        self.ns: dict[str, Any] = {}
+
+    def k(self, value: Any) -> str:
+        name = f"k{len(self.ns)}"
+        self.ns[name] = value
+        return name
 
 
-def _mac_pred(q: MacQualifier) -> list[Pred]:
-    preds: list[Pred] = []
-    for name, lo in (("dst", 0), ("src", 6)):
+def _prefix_cond(at: int, size: int, value: int, plen: int, g: _Gen) -> str:
+    """`f[at:at+size]` (a big-endian field) has its top `plen` bits equal to `value`'s: a
+    byte-slice compare when the prefix is whole bytes, else a masked int over the bytes it
+    covers."""
+    nb = -(-plen // 8)
+    if nb == 0:
+        return "True"
+    head = (value >> (8 * (size - nb))).to_bytes(nb, "big")
+    if plen % 8 == 0:
+        return f"f[{at}:{at + nb}] == {g.k(head)}"
+    mask = ((1 << plen) - 1) << (8 * nb - plen)
+    want = int.from_bytes(head, "big") & mask
+    return f"int.from_bytes(f[{at}:{at + nb}], 'big') & {g.k(mask)} == {g.k(want)}"
+
+
+def _mac_conds(q: MacQualifier, g: _Gen) -> list[str]:
+    conds = []
+    for name, at in (("dst", 0), ("src", 6)):
         raw = getattr(q, name)
         if raw is None:
             continue
         val, neg = _neg(raw)
         addr, mask = _mac(val, name)
-        if mask == (1 << 48) - 1:
-            want = addr.to_bytes(6, "big")
-            p: Pred = (lambda w, a: lambda f, v: f[a:a + 6] == w)(want, lo)
+        plen = bin(mask).count("1")
+        if mask == ((1 << plen) - 1) << (48 - plen):  # a prefix mask (ff:ff:ff:00:00:00)
+            c = _prefix_cond(at, 6, addr, plen, g)
         else:
-            p = (lambda a, m, s: lambda f, v: int.from_bytes(f[s:s + 6], "big") & m == a)(
-                addr, mask, lo)
-        preds.append(_negate(p, neg))
+            c = f"int.from_bytes(f[{at}:{at + 6}], 'big') & {g.k(mask)} == {g.k(addr)}"
+        conds.append(f"not ({c})" if neg else c)
     if q.vlan is not None:
         val, neg = _neg(q.vlan)
-        vid = _int_in(val, "vlan", 0, 4094)
-        preds.append(_negate(lambda f, v, w=vid: v == w, neg))
-    return preds
+        c = f"v == {g.k(_int_in(val, 'vlan', 0, 4094))}"
+        conds.append(f"not ({c})" if neg else c)
+    return conds
 
 
-def _l4_offset(f: bytes) -> int:
-    """Offset of the L4 header in an untagged IPv4/IPv6 frame (IPv6: no extension headers)."""
-    return 14 + (f[14] & 0x0F) * 4 if f[14] >> 4 == 4 else 54
-
-
-def _ip_preds(q: IpQualifier) -> list[Pred]:
-    preds: list[Pred] = []
+def _ip_conds(q: IpQualifier, g: _Gen) -> list[str]:
+    conds = []
     for name in ("src", "dst"):
         raw = getattr(q, name)
         if raw is None:
             continue
         val, neg = _neg(raw)
         net = _net(val, name)
-        if net.version == 4:
-            off = 26 if name == "src" else 30
-            size = 4
-        else:
-            off = 22 if name == "src" else 38
-            size = 16
-        base, mask = int(net.network_address), int(net.netmask)
-        if net.prefixlen == net.max_prefixlen:
-            want = net.network_address.packed
-            p: Pred = (lambda w, o, s: lambda f, v: f[o:o + s] == w)(want, off, size)
-        else:
-            p = (lambda b, m, o, s: lambda f, v: int.from_bytes(f[o:o + s], "big") & m == b)(
-                base, mask, off, size)
-        preds.append(_negate(p, neg))
-    for name, delta in (("src_port", 0), ("dst_port", 2)):
+        c = _prefix_cond(_ADDR_AT[(name, net.version)], net.max_prefixlen // 8,
+                         int(net.network_address), net.prefixlen, g)
+        conds.append(f"not ({c})" if neg else c)
+    for name, var in (("src_port", "sp"), ("dst_port", "dp")):
         raw = getattr(q, name)
         if raw is None:
             continue
         val, neg = _neg(raw)
         lo, hi = _ports(val, name)
-
-        def p(f: bytes, v: int, lo: int = lo, hi: int = hi, d: int = delta) -> bool:
-            if f[14] >> 4 == 4 and (f[20] & 0x1F or f[21]):
-                return False  # a later IPv4 fragment carries no L4 header
-            o = _l4_offset(f) + d
-            return len(f) >= o + 2 and lo <= ((f[o] << 8) | f[o + 1]) <= hi
-        preds.append(_negate(p, neg))
-    return preds
-
-
-def _all(preds: list[Pred]) -> Pred:
-    if not preds:
-        return lambda f, v: True
-    if len(preds) == 1:
-        return preds[0]
-    if len(preds) == 2:
-        a, b = preds
-        return lambda f, v: a(f, v) and b(f, v)
-    t = tuple(preds)
-    return lambda f, v: all(p(f, v) for p in t)
+        c = f"{var} == {g.k(lo)}" if lo == hi else f"{g.k(lo)} <= {var} <= {g.k(hi)}"
+        conds.append(f"not ({c})" if neg else c)
+    return conds
 
 
 @dataclass
@@ -399,17 +404,19 @@ class _Compiled:
     not_ethertypes: frozenset[int] = frozenset()
     protocols: frozenset[int] | None = None  # IP protocol numbers it can match; None = any
     not_protocols: frozenset[int] = frozenset()
-    pred: Pred = field(default=lambda f, v: True)
+    conds: tuple[str, ...] = ()
     never: bool = False
+    ip: bool = False  # has an IP qualifier (needs a parsable IP header)
 
 
-def _compile(index: int, rule: TrafficRule) -> _Compiled:
+def _compile(index: int, rule: TrafficRule, g: _Gen) -> _Compiled:
     ets: set[int] | None = None
     not_ets: set[int] = set()
     protos: set[int] | None = None
     not_protos: set[int] = set()
-    preds: list[Pred] = []
+    conds: list[str] = []
     never = False
+    ip = False
 
     def only(s: set[int] | None, vals: Iterable[int]) -> set[int]:
         return set(vals) if s is None else s & set(vals)
@@ -427,8 +434,9 @@ def _compile(index: int, rule: TrafficRule) -> _Compiled:
                     not_ets.add(et)
                 else:
                     ets = only(ets, (et,))
-            preds.extend(_mac_pred(q))
+            conds.extend(_mac_conds(q, g))
         else:
+            ip = True
             fam = q.family
             ets = only(ets, (ETH_IPV4,) if fam == 4 else (ETH_IPV6,) if fam == 6
                        else (ETH_IPV4, ETH_IPV6))
@@ -439,7 +447,7 @@ def _compile(index: int, rule: TrafficRule) -> _Compiled:
                     not_protos.add(pr)
                 else:
                     protos = only(protos, (pr,))
-            preds.extend(_ip_preds(q))
+            conds.extend(_ip_conds(q, g))
     if ets is not None:
         ets -= not_ets
         never |= not ets
@@ -448,25 +456,52 @@ def _compile(index: int, rule: TrafficRule) -> _Compiled:
         never |= not protos
     return _Compiled(index, rule, frozenset(ets) if ets is not None else None,
                      frozenset(not_ets), frozenset(protos) if protos is not None else None,
-                     frozenset(not_protos), _all(preds), never)
+                     frozenset(not_protos), tuple(conds), never, ip)
+
+
+def _body(cs: list[_Compiled], et: int | None, pad: str) -> list[str]:
+    """Lines testing `cs` in order on frames of ethertype `et`, returning the first match's
+    index (or -1), indented by `pad`."""
+    lines = []
+    for c in cs:
+        if not c.conds:
+            lines.append(f"{pad}return {c.index}")
+            break
+        lines.append(f"{pad}if {' and '.join(c.conds)}:")
+        lines.append(f"{pad}    return {c.index}")
+    else:
+        lines.append(f"{pad}return -1")
+    text = "\n".join(lines)
+    # ports parsed once, only for IP buckets whose rules look at them
+    wanted = [v for v in _PRELUDE if re.search(rf"\b{v}\b", text)]
+    pre = []
+    if wanted and et in _L4:
+        pre += [pad + line.strip() for line in _L4[et].split("\n")]
+    pre += [pad + _PRELUDE[v] for v in wanted]
+    return pre + lines
+
+
+def _none(f: bytes, v: int) -> int:
+    return -1
 
 
 class RuleMatcher:
     """The rules of one port and direction, compiled: `match(frame, vid)` returns the first
     matching rule (and counts it), or None. `hits[i]` counts matches of `rules[i]`."""
 
-    __slots__ = ("_buckets", "_ip", "_other", "hits", "last", "rules")
+    __slots__ = ("fn", "hits", "last", "rules", "source")
 
     def __init__(self, rules: Iterable[TrafficRule]) -> None:
         self.rules: tuple[TrafficRule, ...] = tuple(sorted(rules, key=lambda r: r.sequence))
         self.hits: list[int] = [0] * len(self.rules)
         #: the rule that decided the last frame that matched one (for `hvsim trace`)
         self.last: TrafficRule | None = None
-        comp = [c for c in (_compile(i, r) for i, r in enumerate(self.rules)) if not c.never]
-        # Bucket by ethertype, and for IP by protocol: a frame is tested only against rules
-        # that could match it, in sequence order.
+        g = _Gen()
+        comp = [c for c in (_compile(i, r, g) for i, r in enumerate(self.rules)) if not c.never]
+        # Dispatch on the ethertype, and for IP on the protocol: a frame is tested only
+        # against the rules that could match it, in sequence order, in one generated function.
         ets = {et for c in comp if c.ethertypes for et in c.ethertypes}
-        ets |= {et for c in comp for et in c.not_ethertypes} | {ETH_IPV4, ETH_IPV6}
+        ets |= {et for c in comp for et in c.not_ethertypes}
 
         def fits_et(c: _Compiled, et: int | None) -> bool:
             if c.ethertypes is not None:
@@ -478,50 +513,48 @@ class RuleMatcher:
                 return pr in c.protocols
             return pr not in c.not_protocols
 
-        def entries(cs: Iterable[_Compiled]) -> tuple[tuple[int, Pred], ...]:
-            return tuple((c.index, c.pred) for c in cs)
-
-        self._buckets: dict[int, tuple[tuple[int, Pred], ...]] = {}
-        self._ip: dict[int, dict[int, tuple[tuple[int, Pred], ...]]] = {}
-        for et in ets:
+        src = ["def match(f, v):", "    et = (f[12] << 8) | f[13]"]
+        first = True
+        for et in sorted(ets | {ETH_IPV4, ETH_IPV6}):
             here = [c for c in comp if fits_et(c, et)]
+            src.append(f"    {'if' if first else 'elif'} et == {et}:")
+            first = False
             if et in (ETH_IPV4, ETH_IPV6):
-                protos = {p for c in here if c.protocols for p in c.protocols}
-                protos |= {p for c in here for p in c.not_protocols}
-                table = {p: entries(c for c in here if fits_proto(c, p)) for p in protos}
-                table[-1] = entries(c for c in here if fits_proto(c, None))
-                self._ip[et] = table
-            self._buckets[et] = entries(here)
-        self._other = entries(c for c in comp if fits_et(c, None))
+                ok, at = ("len(f) >= 34 and f[14] >> 4 == 4", 23) if et == ETH_IPV4 else \
+                    ("len(f) >= 54 and f[14] >> 4 == 6", 20)
+                src.append(f"        if {ok}:")
+                src.append(f"            p = f[{at}]")
+                protos = sorted({p for c in here if c.protocols for p in c.protocols} |
+                                {p for c in here for p in c.not_protocols})
+                for i, pr in enumerate(protos):
+                    src.append(f"            {'if' if i == 0 else 'elif'} p == {pr}:")
+                    src += _body([c for c in here if fits_proto(c, pr)], et, " " * 16)
+                if protos:
+                    src.append("            else:")
+                src += _body([c for c in here if fits_proto(c, None)], et,
+                             " " * (16 if protos else 12))
+                # cut or not really IP: only rules without an IP qualifier
+                src.append("        else:")
+                src += _body([c for c in here if not c.ip], None, " " * 12)
+            else:
+                src += _body(here, et, " " * 8)
+        src.append("    else:")
+        src += _body([c for c in comp if fits_et(c, None)], None, " " * 8)
+        #: the generated matcher, for the curious (`print(m.source)`)
+        self.source = "\n".join(src) + "\n"
+        ns = dict(g.ns)
+        # only our own text: every configured value is a constant in `ns`
+        exec(compile(self.source, "<traffic rules>", "exec"), ns)
+        #: (frame of 14+ bytes, guest VLAN) -> index of the first matching rule, or -1
+        self.fn: Callable[[bytes, int], int] = ns["match"]
 
     def match(self, f: bytes, vid: int) -> TrafficRule | None:
         """The first rule matching untagged frame `f` (its guest VLAN `vid`, 0 = none)."""
         if len(f) < 14:
             return None
-        et = (f[12] << 8) | f[13]
-        table = self._ip.get(et)
-        if table is not None:
-            if et == ETH_IPV4 and len(f) >= 34 and f[14] >> 4 == 4:
-                cands = table.get(f[23])
-            elif et == ETH_IPV6 and len(f) >= 54 and f[14] >> 4 == 6:
-                cands = table.get(f[20])
-            else:  # cut or not really IP: only rules that need no IP field
-                cands = None
-                short = tuple(e for e in self._buckets[et] if e in table[-1])
-                for i, pred in short:
-                    if pred(f, vid):
-                        return self._hit(i)
-                return None
-            if cands is None:
-                cands = table[-1]
-        else:
-            cands = self._buckets.get(et, self._other)
-        for i, pred in cands:
-            if pred(f, vid):
-                return self._hit(i)
-        return None
-
-    def _hit(self, i: int) -> TrafficRule:
+        i = self.fn(f, vid)
+        if i < 0:
+            return None
         self.hits[i] += 1
         rule = self.last = self.rules[i]
         return rule

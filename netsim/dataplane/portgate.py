@@ -20,8 +20,9 @@ _DROP, _TAG = RuleAction.DROP, RuleAction.TAG
 
 class RxGate:
     """Checks on frames from the VM: `gate(port, frame, vid, pcp, size, now)` returns the
-    (possibly re-marked) untagged frame and priority, or None when it dropped (and counted)
-    the frame. `vid` is the guest's own VLAN tag (VGT), 0 when it sent none."""
+    same `frame` object when it passes unchanged, a (re-marked frame, priority) tuple when a
+    tag rule marked it, or None when it dropped (and counted) the frame. `vid` is the guest's
+    own VLAN tag (VGT), 0 when it sent none."""
 
     __slots__ = ("disabled", "lock", "qos", "rules")
 
@@ -33,7 +34,7 @@ class RxGate:
         self.rules = rules
 
     def __call__(self, port: Any, f: bytes, vid: int, pcp: int, n: int, now: int
-                 ) -> tuple[bytes, int] | None:
+                 ) -> bytes | tuple[bytes, int] | None:
         if self.disabled:
             port.counters.drop("vif-disabled", 1, f)
             return None
@@ -54,7 +55,31 @@ class RxGate:
                     return None
                 if r.action is _TAG:
                     return mark(r, f, pcp)
-        return f, pcp
+        return f
+
+
+class RulesRxGate(RxGate):
+    """An RxGate with traffic rules only (the common vDS case): the same checks, fewer steps."""
+
+    __slots__ = ()
+
+    def __init__(self, rules: RuleMatcher) -> None:
+        super().__init__(disabled=False, lock=None, qos=None, rules=rules)
+
+    def __call__(self, port: Any, f: bytes, vid: int, pcp: int, n: int, now: int
+                 ) -> bytes | tuple[bytes, int] | None:
+        rules = self.rules
+        i = rules.fn(f, vid)  # the switch passes frames of 14 bytes and more
+        if i < 0:
+            return f
+        rules.hits[i] += 1
+        r = rules.last = rules.rules[i]
+        if r.action is RuleAction.ACCEPT:
+            return f
+        if r.action is _DROP:
+            port.counters.drop("filtered", 1, f)
+            return None
+        return mark(r, f, pcp)
 
 
 class TxGate:
@@ -105,9 +130,11 @@ def build_gates(
     shaper = Shaper(qos.shaping(), now_ns) if qos is not None else None
     rin = rules.matcher(Direction.INCOMING) if rules is not None else None
     rout = rules.matcher(Direction.OUTGOING) if rules is not None else None
-    rx = None
-    if disabled or lock is not None or shaper is not None or rin is not None:
+    rx: RxGate | None = None
+    if disabled or lock is not None or shaper is not None:
         rx = RxGate(disabled=disabled, lock=lock, qos=shaper, rules=rin)
+    elif rin is not None:
+        rx = RulesRxGate(rin)
     tx = TxGate(disabled=True, rules=None) if disabled else (
         TxGate(disabled=False, rules=rout) if rout is not None else None)
     return rx, tx

@@ -426,10 +426,10 @@ class Bridge:
             gate = port.sw_rx_gate
             if gate is not None:  # VIF locking/QoS, traffic filtering and marking
                 passed = gate(port, inner, vid if port.sw_mode else 0, pcp, n, now)
-                if passed is None:
-                    return
-                if passed[0] is not inner or passed[1] != pcp:
-                    inner, pcp = passed
+                if passed is not inner:
+                    if passed is None:
+                        return
+                    inner, pcp = passed  # marked (DSCP/CoS): the tag is built anew
                     tagged = None
             if port.sw_mirror_rx:
                 for m in port.sw_mirror_rx:

@@ -69,6 +69,13 @@ QUALIFIER_CASES = [
     (IpQualifier(src="10.0.1.0/24"), udp(), 0, False),
     (IpQualifier(src="!10.0.1.0/24"), udp(), 0, True),
     (IpQualifier(dst="10.0.0.2"), udp(), 0, True),
+    (IpQualifier(src="10.0.0.0/31"), udp(), 0, True),  # prefixes not on a byte boundary
+    (IpQualifier(src="10.0.0.2/31"), udp(), 0, False),
+    (IpQualifier(src="10.0.16.0/20"), udp(src="10.0.31.200"), 0, True),
+    (IpQualifier(src="10.0.16.0/20"), udp(src="10.0.32.1"), 0, False),
+    (IpQualifier(src="0.0.0.0/0"), udp(), 0, True),
+    (IpQualifier(src="2001:db8::/33"), udp6(src="2001:db8:7fff::1"), 0, True),
+    (IpQualifier(src="2001:db8::/33"), udp6(src="2001:db8:8000::1"), 0, False),
     (IpQualifier(dst="10.0.0.3"), udp(), 0, False),
     (IpQualifier(src="10.0.0.0/8"), udp6(), 0, False),  # family of the address
     (IpQualifier(src="2001:db8::/32"), udp6(), 0, True),
@@ -86,6 +93,10 @@ QUALIFIER_CASES = [
     (MacQualifier(src="00:16:3e:00:00:00/ff:ff:ff:00:00:00"), udp(), 0, True),
     (MacQualifier(src="00:50:56:00:00:00/ff:ff:ff:00:00:00"), udp(), 0, False),
     (MacQualifier(dst="ff:ff:ff:ff:ff:ff"), arp(), 0, True),
+    (MacQualifier(src="00:16:3e:00:00:00/ff:ff:ff:00:00:f0"), udp(), 0, True),  # not a prefix
+    (MacQualifier(src="00:16:3e:00:00:10/ff:ff:ff:00:00:f0"), udp(), 0, False),
+    (MacQualifier(src="01:00:00:00:00:00/01:00:00:00:00:00"), udp(), 0, False),  # I/G bit
+    (MacQualifier(dst="01:00:00:00:00:00/01:00:00:00:00:00"), arp(), 0, True),
     (MacQualifier(dst="!ff:ff:ff:ff:ff:ff"), arp(), 0, False),
     (MacQualifier(vlan=7), udp(), 7, True),  # the guest's tag (VGT)
     (MacQualifier(vlan=7), udp(), 0, False),
