@@ -186,6 +186,18 @@ def drop_cause(port: Any, reason: str) -> str | None:
     return None
 
 
+def port_rule_counters(port: Any) -> dict[str, dict[str, int]]:
+    """Matches per traffic rule of a port, `{"in": {"10": n, ...}, "out": {...}}` (sequence
+    numbers as text, for JSON); empty when the port has no rules."""
+    out = {}
+    for way, gate in (("in", getattr(port, "sw_rx_gate", None)),
+                      ("out", getattr(port, "sw_tx_gate", None))):
+        rules = getattr(gate, "rules", None)
+        if rules is not None:
+            out[way] = {str(k): v for k, v in rules.counters().items()}
+    return out
+
+
 def rule_hits(ports: Any) -> dict[tuple[Any, str], tuple[int, ...]]:
     """Every rule's match count on `ports`, by (port, "in"/"out"): compare two of these to see
     which rules a frame matched (`matched_since`)."""

@@ -89,6 +89,8 @@ async def test_marked_frames_leave_with_dscp_pcp_and_good_checksums(tmp_path: Pa
         sw = lab.fabric["esx1/dvs0"]
         assert sw.rule_counters()["app1.eth0"]["in"] == {10: 1, 20: 1}
         assert lab["app1"].ports[0].counters.drops == {"filtered": 1}
+        assert lab.fabric.counters()["esx1/app1.eth0"]["rules"] == {
+            "in": {"10": 1, "20": 1}, "out": {"20": 0}}  # rule 10 looks at incoming only
     rows = tshark("-r", str(pcap), "-o", "udp.check_checksum:TRUE", "-o",
                   "ip.check_checksum:TRUE", "-Y", "udp", "-T", "fields", "-e", "udp.dstport",
                   "-e", "vlan.id", "-e", "vlan.priority", "-e", "ip.dsfield.dscp", "-e",
