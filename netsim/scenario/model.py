@@ -127,6 +127,17 @@ class Replay(Step):
 
 
 @dataclass(frozen=True)
+class VifEvent(Step):
+    """Change a XenServer VIF's locking and/or QoS (`xe vif-param-set`); what the step does
+    not name stays as it is."""
+
+    port: str
+    locking: Any = None  # a VifLocking, or None = unchanged
+    qos: Any = None  # a VifQos, or None = unchanged
+    clear_qos: bool = False  # `qos_algorithm_type: ""`: no rate limit any more
+
+
+@dataclass(frozen=True)
 class LinkEvent(Step):
     """Bring a port or cable up or down."""
 
@@ -270,7 +281,7 @@ class Scenario:
 
         `pingable`: the VMs that can ping (have an address); None = pings are not available.
         """
-        from netsim.dataplane.port import Port
+        from netsim.dataplane.port import Port, Vif
         from netsim.dataplane.switch import Bridge, StandardSwitch
         from netsim.lab.fabric import Link, Vm
 
@@ -306,6 +317,8 @@ class Scenario:
                 if s.to not in fabric.hosts:
                     raise self.error((*s.path, s.key, "to"), f"no host {s.to!r} (hosts: "
                                      f"{', '.join(sorted(fabric.hosts))})")
+            elif isinstance(s, VifEvent):
+                lookup(s.port, (*s.path, "vif", "port"), (Vif,), "a XenServer VIF")
             elif isinstance(s, PortGroupEvent):
                 if s.switch is not None:
                     lookup(s.switch, (*s.path, "port_group", "switch"), (StandardSwitch,),
@@ -520,7 +533,7 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
 
 
 _STEP_KINDS = ("send", "replay", "link", "port_group", "flush_mac", "move_vm", "migrate",
-               "impair")
+               "impair", "vif")
 
 
 def _step(r: _Reader, raw: Any, path: PathT) -> Step:
@@ -590,12 +603,31 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
                               vlan, security, changes)
     if kind == "impair":
         return _impair_step(r, body, at, path, kp)
+    if kind == "vif":
+        return _vif_step(r, body, at, path, kp)
     if kind == "flush_mac":
         b = r.mapping(body, kp, ("switch",))
         return FlushMac(at, path, r.name(b["switch"], (*kp, "switch")) if "switch" in b else None)
     # move_vm / migrate (the same step under the issue's name)
     b = r.mapping(body, kp, ("vm", "to"), ("vm", "to"))
     return MoveVm(at, path, r.name(b["vm"], (*kp, "vm")), r.name(b["to"], (*kp, "to")), kind)
+
+
+def _vif_step(r: _Reader, body: Any, at: int, path: PathT, kp: PathT) -> VifEvent:
+    """`{port: vif1.0, locking_mode: locked, ipv4_allowed: [...], qos_algorithm_type:
+    ratelimit, qos_algorithm_params: {kbps: N}}`; `qos_algorithm_type: ""` removes the limit."""
+    from netsim.lab import policyspec
+
+    b = r.mapping(body, kp, ("port", *policyspec.VIF_KEYS), ("port",))
+    port = r.name(b["port"], (*kp, "port"))
+    clear = b.get("qos_algorithm_type") == "" and "qos_algorithm_params" not in b
+    rest = {k: v for k, v in b.items() if k != "port" and not (clear and
+                                                                k == "qos_algorithm_type")}
+    if not rest and not clear:
+        raise r.fail(kp, "change something: locking_mode, ipv4_allowed, ipv6_allowed or "
+                     "qos_algorithm_type/qos_algorithm_params")
+    locking, qos = policyspec.parse_vif_policy(rest, kp, r.fail)
+    return VifEvent(at, path, port, locking, qos, clear)
 
 
 def _policy_changes(r: _Reader, b: Mapping[str, Any], kp: PathT) -> dict[str, Any]:
