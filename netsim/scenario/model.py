@@ -16,7 +16,7 @@ steps:
   - {at: 2s, link: {port: xen1/eth0, state: down}}
   - {at: 2s, port_group: {name: vlan5, host: xen1, vlan: 6, security: {promiscuous: true}}}
   - {at: 3s, flush_mac: {switch: xen1/xenbr0}}                # or {} for every switch
-  - {at: 4s, vif: {port: vif1.0, locking_mode: locked, ipv4_allowed: [10.0.5.1]}}  # xe vif-param-set
+  - {at: 4s, vif: {port: vif1.0, locking_mode: locked, ipv4_allowed: [10.0.5.1]}}  # as xe
 expect:
   - arrives: {at: vif2.0, match: "ether src 00:16:3e:00:05:01", tagged: false,
               after: 100ms, within: 50ms, count: 10}          # or min: 1 (the default)
