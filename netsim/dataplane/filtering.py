@@ -346,6 +346,9 @@ def _prefix_cond(at: int, size: int, value: int, plen: int, g: _Gen) -> str:
     if nb == 0:
         return "True"
     head = (value >> (8 * (size - nb))).to_bytes(nb, "big")
+    if plen % 8 == 0 and nb <= 4:
+        # byte by byte: most frames differ in the first byte and stop there, with no slice
+        return " and ".join(f"f[{at + i}] == {b}" for i, b in enumerate(head))
     if plen % 8 == 0:
         return f"f[{at}:{at + nb}] == {g.k(head)}"
     mask = ((1 << plen) - 1) << (8 * nb - plen)

@@ -61,17 +61,18 @@ class RxGate:
 class RulesRxGate(RxGate):
     """An RxGate with traffic rules only (the common vDS case): the same checks, fewer steps."""
 
-    __slots__ = ()
+    __slots__ = ("_fn",)
 
     def __init__(self, rules: RuleMatcher) -> None:
         super().__init__(disabled=False, lock=None, qos=None, rules=rules)
+        self._fn = rules.fn
 
     def __call__(self, port: Any, f: bytes, vid: int, pcp: int, n: int, now: int
                  ) -> bytes | tuple[bytes, int] | None:
-        rules = self.rules
-        i = rules.fn(f, vid)  # the switch passes frames of 14 bytes and more
+        i = self._fn(f, vid)  # the switch passes frames of 14 bytes and more
         if i < 0:
             return f
+        rules = self.rules
         rules.hits[i] += 1
         r = rules.last = rules.rules[i]
         if r.action is RuleAction.ACCEPT:
