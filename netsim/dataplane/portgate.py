@@ -142,7 +142,8 @@ def build_gates(
 
 
 def explain(port: Any) -> list[str]:
-    """Lines for `hvsim trace`: the policies on this port's way into the switch."""
+    """Lines for `hvsim trace`: the policies a frame from this (VM) port meets on its way into
+    the switch (rules toward a VM show up as matches, see `matched_since`)."""
     out = []
     group = getattr(port, "sw_group", None)
     where = f"port group {group.name!r}" if group is not None else f"port {port.name}"
@@ -154,12 +155,9 @@ def explain(port: Any) -> list[str]:
         out.append(f"{where} default_locking_mode={LockingMode(default).value}")
     if pol is not None and pol[1] is not None:
         out.append(f"{port.name} {pol[1].describe()}")
-    for gate in (getattr(port, "sw_rx_gate", None), getattr(port, "sw_tx_gate", None)):
-        rules = getattr(gate, "rules", None)
-        if rules is not None:
-            way = "in" if isinstance(gate, RxGate) else "out"
-            out.append(f"{where} traffic rules ({way}): "
-                       + "; ".join(r.describe() for r in rules.rules))
+    rules = getattr(getattr(port, "sw_rx_gate", None), "rules", None)
+    if rules is not None:  # the rules frames from this VM meet
+        out.append(f"{where} traffic rules: " + "; ".join(r.describe() for r in rules.rules))
     return out
 
 

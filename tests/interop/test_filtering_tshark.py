@@ -112,6 +112,12 @@ def test_trace_names_the_rule_that_marked_or_dropped() -> None:
     assert "traffic rule matched: app1.eth0 (from the VM): rule 10 'voice': tag dscp=46 cos=5" \
         in text
     assert lab.fabric["esx1/dvs0"].rule_counters()["app1.eth0"]["in"] == {10: 0, 20: 0}
+    # toward the VM: rule 20 (both directions) drops telnet arriving from the network
+    t = lab.trace("esx1/vmnic0", {"eth": {"dst": "00:50:56:00:00:01", "src": PEER},
+                                  "vlan": 10, "ipv4": {"src": "10.0.10.99",
+                                                       "dst": "10.0.10.1"}, "tcp": {"dport": 23}})
+    assert [(d.port, d.reason) for d in t.drops] == [("app1.eth0", "filtered")]
+    assert "app1.eth0 (to the VM): rule 20 'no telnet': drop" in t.render()
 
 
 def test_draw_shows_the_policies() -> None:
