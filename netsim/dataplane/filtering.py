@@ -47,6 +47,7 @@ _ETHERTYPES = {"ipv4": ETH_IPV4, "ip": ETH_IPV4, "ipv6": ETH_IPV6, "arp": ETH_AR
 _PROTOCOLS = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "icmpv6": 58,
               "sctp": 132}
 _PORT_PROTOS = frozenset({6, 17, 132})
+MAX_RULES = 1024  # more than a vDS port group holds; bounds the work one document causes
 
 #: vSphere's infrastructure traffic classes (DistributedVirtualSwitchHostInfrastructureTrafficClass)
 SYSTEM_TRAFFIC = ("management", "faultTolerance", "vmotion", "virtualMachine", "iSCSI", "nfs",
@@ -289,6 +290,8 @@ class TrafficRuleset:
     enabled: bool = True
 
     def __post_init__(self) -> None:
+        if len(self.rules) > MAX_RULES:
+            raise ConfigError(f"traffic rules: {len(self.rules)} rules, more than {MAX_RULES}")
         rules = tuple(sorted(self.rules, key=lambda r: r.sequence))
         seqs = [r.sequence for r in rules]
         dup = sorted({s for s in seqs if seqs.count(s) > 1})
@@ -610,7 +613,6 @@ _RULE_KEYS = ("sequence", "description", "direction", "action", "dscp", "cos", "
               "system_traffic")
 _MAC_KEYS = ("src", "dst", "protocol", "vlan")
 _IP_KEYS = ("src", "dst", "protocol", "src_port", "dst_port", "version")
-MAX_RULES = 1024  # more than any vDS port group holds; bounds the work one document causes
 
 
 def _keys(raw: Any, allowed: tuple[str, ...], where: str) -> dict[str, Any]:

@@ -273,6 +273,7 @@ def test_ruleset_document_round_trips() -> None:
     ([{"sequence": 1}, {"sequence": 1}], r"sequence number\(s\) \[1\] used twice"),
     ([{"sequence": 1, "direction": "sideways"}], "direction 'sideways'"),
     ({"enabled": "yes"}, "enabled"),
+    ([{"sequence": i} for i in range(1025)], "1025 rules, more than 1024"),
 ])
 def test_bad_rules_are_refused_naming_the_field(doc, msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
@@ -302,3 +303,10 @@ def test_port_group_shapes_both_directions_independently() -> None:
     # a VM attached after the policy was set gets it too (one port group, one policy)
     late = sw.attach(Vif(2, 0, mac=B), "pg")
     assert late.sw_egress_shaper is not None and late.sw_shaper is not None
+
+
+def test_the_largest_ruleset_compiles_and_matches_its_last_rule() -> None:
+    rules = [rule(i, "drop", IpQualifier(protocol="udp", dst_port=i)) for i in range(1, 1024)]
+    m = RuleMatcher([*rules, rule(5000, "accept", MacQualifier(src=A_S))])
+    assert m.match(udp(1023), 0).sequence == 1023
+    assert m.match(udp(2000), 0).sequence == 5000
