@@ -14,7 +14,8 @@ qualifiers matches (AND):
   says, "to match traffic to VLAN ID if VST is active, use a rule on an uplink port group".
 - IP qualifier (`DvsIpNetworkRuleQualifier`): source / destination address or prefix (IPv4 or
   IPv6; a rule with addresses of one family never matches the other), protocol number, source
-  / destination port or port range (TCP, UDP, SCTP).
+  / destination port or port range (TCP, UDP, SCTP; in IPv4 first fragments only). For IPv6
+  the protocol is the fixed header's next header: extension headers are not walked.
 - System traffic qualifier (`DvsSystemTrafficNetworkRuleQualifier`): the infrastructure traffic
   type. Every port hvsim has is a VM's vNIC, so its frames are `virtualMachine` traffic; a rule
   for `vmotion`, `nfs`, ... matches none of them (hvsim has no VMkernel adapters).
@@ -311,11 +312,12 @@ class TrafficRuleset:
 
 
 # -- compilation -----------------------------------------------------------------------------
-# Each rule compiles to a list of conditions: Python expressions over the frame `f`, the guest
-# VLAN `v` and a few fields parsed once per frame (`s4`, `d4`, `sp`, `dp`, ...); constants are
-# named `k0`, `k1`, ... in the generated function's namespace, so no configured text ever
-# becomes code. One function per (ethertype, IP protocol) bucket tests its rules in sequence
-# order and returns the index of the first that matches (-1 for none): one call per frame.
+# Each rule compiles to a list of conditions: Python expressions over the frame `f` (bytes at
+# fixed offsets), the guest VLAN `v` and the L4 ports `sp`/`dp` (parsed once per frame, only
+# in the buckets whose rules look at them); constants are ints or named `k0`, `k1`, ... in the
+# generated function's namespace, so no configured text ever becomes code. One generated
+# function per port and direction dispatches on the ethertype and IP protocol, tests only the
+# rules that could match, in sequence order, and returns the first match's index (-1: none).
 _PRELUDE = {
     # ports only in a first fragment with room for them
     "sp": "sp = (f[o] << 8) | f[o + 1] if has_l4 else -1",
