@@ -7,10 +7,11 @@ arrives (the one asyncio hop is the output port's queue; see DESIGN.md §2):
     → VLAN classify (the port's access/trunk/native mode)
     → security (forged transmits)                         [StandardSwitch, VM ports]
     → ingress shaping (egress from the VM)                [port group shaping]
+    → VIF locking / QoS, traffic rules (drop or mark)     [portgate.RxGate]
     → learn (VLAN, source MAC) → port; mirror ingress
     → lookup (VLAN, destination MAC): one port, or the flood domain of the VLAN
     → per output port: filters (promiscuous, MAC changes, uplink rules), VLAN tag/untag,
-      egress shaping, mirror egress, enqueue.
+      traffic rules toward the VM [portgate.TxGate], egress shaping, mirror egress, enqueue.
 
 Every rejected frame is counted on a port under a `DROP_REASONS` name; nothing about a frame's
 contents can raise out of `ingress`. Frames stay `bytes`; tags are added and removed by slicing.
