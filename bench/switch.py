@@ -42,6 +42,7 @@ from typing import Any
 
 from netsim.clock import RealClock
 from netsim.dataplane.filtering import ruleset_from_doc
+from netsim.dataplane.lag import Lag, LagConfig, LagPort
 from netsim.dataplane.policy import LoadBalancing, TeamingPolicy
 from netsim.dataplane.port import Pif, Vif
 from netsim.dataplane.pvlan import PvlanMap
@@ -99,7 +100,7 @@ def _udp_frame(size: int) -> bytes:
 
 
 def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = False,
-           rules: bool = False) -> tuple[Vif, Pif, PcapngWriter | None]:
+           lag: bool = False, rules: bool = False) -> tuple[Vif, Pif, PcapngWriter | None]:
     clock = RealClock()
     sw = StandardSwitch("vSwitch0", clock=clock)
     vid, peer_vid = 5, 5
@@ -109,7 +110,19 @@ def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = Fal
     sw.add_port_group(PortGroup("VLAN 5", vlan=vid, traffic_rules=ruleset_from_doc(
         FILTER_RULES) if rules else None))
     vm = sw.attach(Vif(1, 0, mac=VM_MAC, queue_size=4 * BURST), "VLAN 5")
-    up = sw.add_uplink(Pif("vmnic0", queue_size=4 * BURST))
+    if lag:  # a static LAG of 4, hashing srcDestIpTcpUdpPortVlan: `up` = the bench frame's member
+        lp = LagPort("lag1")
+        group = Lag(lp, LagConfig(mode="static"))
+        members = [Pif(f"vmnic{i}", queue_size=4 * BURST) for i in range(4)]
+        for m in members:
+            group.add_member(m)
+        sw.add_uplink(lp)
+        members[0].receive(fr.ethernet(VM_MAC, PEER_MAC, fr.ETHERTYPE_IPV4, bytes(46),
+                                       vid=peer_vid))
+        vm.vnic.drain()
+        up = group.member_for(fr.push_tag(_frame(64), vid))  # type: ignore[assignment]
+    else:
+        up = sw.add_uplink(Pif("vmnic0", queue_size=4 * BURST))
     if ip_hash:  # a team of 4; the bench frame's addresses hash to vmnic0
         for i in range(1, 4):
             sw.add_uplink(Pif(f"vmnic{i}", queue_size=4 * BURST))
@@ -125,8 +138,10 @@ def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = Fal
 
 
 async def _hop(n: int, size: int, capture_dir: Path | None, *, batched: bool = False,
-               pvlan: bool = False, ip_hash: bool = False, rules: bool = False) -> float:
-    vm, up, writer = _build(capture_dir, pvlan=pvlan, ip_hash=ip_hash, rules=rules)
+               pvlan: bool = False, ip_hash: bool = False, lag: bool = False,
+               rules: bool = False) -> float:
+    vm, up, writer = _build(capture_dir, pvlan=pvlan, ip_hash=ip_hash, lag=lag,
+                            rules=rules)
     frame = _udp_frame(size) if rules else _frame(size)
     send = vm.vnic.send
     send_many = vm.vnic.send_many
@@ -355,7 +370,7 @@ def run(*, quick: bool) -> dict[str, Any]:
     res["ratio_stalled_vs_hop"] = stalled_pairs[len(stalled_pairs) // 2][0]
     res["ratio_stalled_vs_hop_rounds"] = [round(r, 3) for r, _, _ in stalled_pairs]
     for key, opts in (("pvlan", {"pvlan": True}), ("iphash", {"ip_hash": True}),
-                      ("filter", {"rules": True})):
+                      ("lag", {"lag": True}), ("filter", {"rules": True})):
         kind_pairs = []
         for _ in range(max(3, repeat)):
             gc.collect()
@@ -405,6 +420,10 @@ def run(*, quick: bool) -> dict[str, Any]:
         "{:,.2f}×")
     row("switch hop, 64 B, IP-hash team of 4 uplinks", "hop_64_iphash_fps")
     row("ratio IP-hash hop / plain hop (median of back-to-back pairs)", "ratio_iphash_vs_hop",
+        "{:,.2f}×")
+    row("switch hop, 64 B, into a static LAG of 4 (srcDestIpTcpUdpPortVlan hash)",
+        "hop_64_lag_fps")
+    row("ratio LAG hop / plain hop (median of back-to-back pairs)", "ratio_lag_vs_hop",
         "{:,.2f}×")
     row("switch hop, 64 B, 10 traffic filter rules on the port group (none match)",
         "hop_64_filter_fps")

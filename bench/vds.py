@@ -7,6 +7,13 @@ Ours: a publisher process pushes N 64-byte frames through `BatchSender` over an 
 (frames batched per topic, length-prefixed, sequence-numbered) and a subscriber process decodes
 them with `BatchReceiver`. Rates are frames (or messages) received per second, from the moment
 the publisher starts until the last one arrives; losses are reported, not hidden.
+
+At scale (`bench/_fleet.py`): 500 hosts in 4 `hvsim host --names-from` processes (20 in 2 with
+--quick), 50 port groups: time from a vds-push until every host reports the version, beside
+a plain-MQTT baseline of the same fan-out and round trip (one QoS 1 publish of the same size
+to as many aiomqtt subscribers in as many processes, each acknowledging on its own topic);
+a vMotion between hosts of two processes; the broker's received packets per host per
+keep-alive while idle ($SYS/broker/messages/received, PINGREQ included); RSS per agent.
 """
 from __future__ import annotations
 
@@ -21,7 +28,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import _fleet
+
 FRAME_SIZE = 64
+#: the distributed switch at scale: hosts, `hvsim host` processes, port groups, keep-alive (s)
+FLEET_HOSTS = 500
+FLEET_PROCESSES = 4
+FLEET_PORTGROUPS = 50
+FLEET_KEEPALIVE_S = 5
 TOPIC = "hvsim/bench/host/h1/data/dvs/to/h2"
 IDLE_S = 1.5  # the subscriber stops after this long without traffic
 
@@ -349,6 +363,12 @@ def run(*, quick: bool) -> dict:
             e2e = _e2e(ctx, broker.port, n_e2e)
         with MosquittoBroker(Path(d) / "trickle") as broker:  # fresh retained state
             trickle = _e2e(ctx, broker.port, n_e2e // 4, burst=1)
+        fleet_hosts, fleet_procs = (20, 2) if quick else (FLEET_HOSTS, FLEET_PROCESSES)
+        fleet = asyncio.run(_fleet.measure(Path(d) / "fleet", n_hosts=fleet_hosts,
+                                           n_procs=fleet_procs, n_portgroups=FLEET_PORTGROUPS,
+                                           keepalive=FLEET_KEEPALIVE_S))
+        plain_push = _fleet.plain_fanout(fleet_hosts, fleet_procs, fleet.config_bytes,
+                                         Path(d) / "fanout")
     ratio = ours["rate"] / plain["rate"] if plain["rate"] else 0.0
     result = {
         "frame_size": FRAME_SIZE,
@@ -389,6 +409,30 @@ def run(*, quick: bool) -> dict:
         "rollout_change_s": roll["change_rollout_s"],
         "rollout_ports_moved": roll["ports_moved_to_new_vlan"],
         "rollout_target_s": 2.0,
+        "fleet_hosts": fleet.hosts,
+        "fleet_processes": fleet.processes,
+        "fleet_portgroups": fleet.portgroups,
+        "fleet_config_bytes": fleet.config_bytes,
+        "fleet_online_s": round(fleet.online_s, 2),
+        "fleet_push_s": round(fleet.push_s, 3),
+        "fleet_push_hosts_reached": fleet.push_reached,
+        "fleet_push_cpu_s": round(fleet.push_cpu_s, 2),
+        "fleet_push_baseline_plain_mqtt_s": round(plain_push, 3),
+        "fleet_push_ratio_vs_baseline": round(fleet.push_s / plain_push, 2) if plain_push else None,
+        "fleet_push_target_s": 10.0,
+        "fleet_change_s": round(fleet.change_s, 3),
+        "fleet_migrate_s": round(fleet.migrate_s, 3),
+        "fleet_migrate_target_s": 1.0,
+        "fleet_keepalive_s": fleet.keepalive_s,
+        "fleet_steady_window_s": fleet.steady_window_s,
+        "fleet_steady_broker_packets": fleet.steady_packets,
+        "fleet_steady_broker_publishes": fleet.steady_publishes,
+        "fleet_steady_msgs_per_host_per_keepalive": round(
+            fleet.packets_per_host_per_keepalive, 3),
+        "fleet_steady_target_msgs_per_host_per_keepalive": 1.0,
+        "fleet_rss_kib_per_process": fleet.rss_kib_per_process,
+        "fleet_rss_kib_per_agent": round(fleet.rss_kib_per_agent),
+        "fleet_rss_kib_per_agent_without_interpreter": round(fleet.rss_kib_per_agent_marginal),
     }
     table = Table(title=f"vDS data plane through mosquitto, {FRAME_SIZE}-byte frames, 2 processes")
     table.add_column("path")
@@ -422,4 +466,26 @@ def run(*, quick: bool) -> dict:
         f"{roll['ports_moved_to_new_vlan']} ports) {roll['change_rollout_s'] * 1000:.0f} ms "
         "(target < 2 s)"
     )
+    t = Table(title=f"vDS of {fleet.hosts} hosts in {fleet.processes} `hvsim host` processes "
+              f"through mosquitto, {fleet.portgroups} port groups ({fleet.config_bytes:,} "
+              "bytes of config)")
+    t.add_column("what")
+    t.add_column("measured", justify="right")
+    t.add_column("baseline / target", justify="right")
+    t.add_row(f"plain MQTT: 1 publish → {fleet.hosts} subscribers, each acks",
+              f"{plain_push * 1000:,.0f} ms", "baseline")
+    t.add_row(f"vds-push v1 → every host reports it (CPU {fleet.push_cpu_s:.2f} s)",
+              f"{fleet.push_s * 1000:,.0f} ms ({fleet.push_reached} hosts)",
+              f"{result['fleet_push_ratio_vs_baseline']}× baseline; ≤ 10 s")
+    t.add_row("vds-push v2 (one more port group)", f"{fleet.change_s * 1000:,.0f} ms", "")
+    t.add_row("vMotion between hosts of two processes", f"{fleet.migrate_s * 1000:,.0f} ms",
+              "≤ 1 s")
+    t.add_row(f"idle: broker packets per host per keep-alive ({fleet.keepalive_s} s)",
+              f"{fleet.packets_per_host_per_keepalive:.2f} ({fleet.steady_publishes} PUBLISH)",
+              "≤ 1")
+    t.add_row("RSS per host agent (without the interpreter)",
+              f"{fleet.rss_kib_per_agent / 1024:.2f} MiB "
+              f"({fleet.rss_kib_per_agent_marginal / 1024:.2f} MiB)", "")
+    t.add_row("all hosts online after start", f"{fleet.online_s:.1f} s", "")
+    Console().print(t)
     return result

@@ -1,4 +1,4 @@
 """`python -m netsim` is the `hvsim` command."""
-from netsim.cli.app import main
+from netsim.cli import main
 
 main()

@@ -62,7 +62,7 @@ def open_disk(spec: str, *, read_only: bool,
         pvs = [_path(p, base_dir) for p in m.group(3).split(",")]
         vg = VolumeGroup.open(m.group(1), pvs, writable=not read_only)
         try:
-            return LvDisk(vg, vg.open_lv(m.group(2)))
+            return LvDisk(vg, vg.open_lv(m.group(2), write_lock=not read_only))
         except BaseException:
             vg.close()
             raise

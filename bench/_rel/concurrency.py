@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storage.errors import StorageError
+
 MiB = 2**20
 VDI_SIZE = 4 * MiB
 CHUNK = 64 * 1024
@@ -264,7 +266,13 @@ def sigkill_loop(kind: str, *, rounds: int = 6, seed: int = 7) -> ConcurrencyRes
                 v = sr.vdis.get(u)
                 if v is None or v.read_only or v.hidden:
                     continue
-                dev = sr.vdi_open(u)
+                try:
+                    dev = sr.vdi_open(u)
+                except StorageError as exc:     # a full VG cannot inflate the leaf: refused
+                    res.refused["write (no space)"] = res.refused.get("write (no space)", 0) + 1
+                    if "insufficient free space" not in str(exc):
+                        raise
+                    continue
                 off = rng.randrange(0, VDI_SIZE // CHUNK) * CHUNK
                 dev.write(off, pattern(tag))
                 dev.close()

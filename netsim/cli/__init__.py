@@ -5,7 +5,16 @@ from typing import Any
 
 
 def main() -> None:
-    """Console entry point (see `netsim.cli.app.main`)."""
+    """Console entry point (see `netsim.cli.app.main`). The data-moving storage commands run
+    without loading the typer app when invoked plainly (`storage.cli.fast`: start-up was half
+    the time of a 1 GiB `hvsim vhd export`)."""
+    import sys
+
+    from storage.cli import fast
+
+    status = fast.run(sys.argv[1:])
+    if status is not None:
+        sys.exit(status)
     from netsim.cli.app import main as _main
 
     _main()

@@ -8,6 +8,9 @@
   frames from the same MAC on another port do not move it (a GARP says "I moved", a stray frame
   does not).
 - An optional per-port limit (`learn(..., limit=N)`) refuses new MACs beyond N on a port.
+- A live entry learned again on another port is a move (OVS `ovs-appctl fdb/stats-show`
+  "Total number of moved MAC entries"): counted in `moves`, and reported to `on_move` - the
+  MAC flapping a switch logs when one source MAC keeps arriving on two ports.
 
 Time is passed in (`now_ns`), never read here, so the table is deterministic under any clock.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -78,6 +81,9 @@ class MacTable(Generic[P]):
         self.evictions = 0
         self.expirations = 0
         self.lock_refusals = 0
+        self.moves = 0
+        #: called as on_move(vid, mac, old_port, new_port, now_ns) when a live entry moves
+        self.on_move: Callable[[int, bytes, P, P, int], None] | None = None
 
     def __len__(self) -> int:
         return len(self._table)
@@ -103,6 +109,10 @@ class MacTable(Generic[P]):
             ):
                 self.lock_refusals += 1
                 return LOCKED
+            if now_ns - e.last_ns <= self.aging_ns:
+                self.moves += 1
+                if self.on_move is not None:
+                    self.on_move(vid, mac, e.port, port, now_ns)
             self._remove(key, e)
         lru = self._by_port.get(port)
         if limit and lru is not None and len(lru) >= limit:

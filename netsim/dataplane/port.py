@@ -64,6 +64,10 @@ DROP_REASONS = (
     "vif-locked",  # Xen VIF locking_mode=locked: a source MAC/IP not allowed
     "vif-disabled",  # Xen VIF locking_mode=disabled: all traffic dropped
     "vif-qos",  # over the Xen VIF QoS rate limit (qos_algorithm_type=ratelimit)
+    "lag-not-collecting",  # arrived on a LAG/bond member that is not collecting (LACP not
+    # in sync, a backup member of active-backup, a flood on a balance-slb non-active member)
+    "slow-protocols",  # LACP/Marker/OAM to 01:80:c2:00:00:02 on a port that is no LAG member:
+    # link-local, never forwarded by a bridge (IEEE 802.3 Annex 57A)
 )
 
 #: A tap sees every frame crossing a port: (frame bytes, outbound?). Captures read their clock.

@@ -47,6 +47,7 @@ from typing import Any
 from netsim.clock import Clock, RealClock
 from netsim.dataplane.filtering import TrafficRuleset
 from netsim.dataplane.mac_table import DEFAULT_AGING_S, DEFAULT_SIZE, NO_SPACE, MacEntry, MacTable
+from netsim.dataplane.macflap import MacFlapLog
 from netsim.dataplane.policy import (
     LoadBalancing,
     SecurityPolicy,
@@ -80,6 +81,8 @@ _MODE_CODE = {
     VlanMode.NATIVE_UNTAGGED: 3,
 }
 _ACCESS, _TRUNK = 0, 1
+#: Slow Protocols (LACP, Marker, OAM) group address: consumed by the link, never forwarded
+_SLOW_PROTOCOLS = bytes.fromhex("0180c2000002")
 _TAGS: dict[int, bytes] = {}  # (pcp | 802.1ad bit) << 13 | VID -> the 4 tag bytes, built once
 
 
@@ -129,6 +132,9 @@ class Bridge:
         # private VLAN → its primary, whose MAC table it shares; empty without PVLANs, so the
         # pipeline pays one truth test for them
         self._fids: dict[int, int] = {}
+        #: MAC moves between ports (flapping), as the table reports them
+        self.mac_flaps = MacFlapLog()
+        self.mac_table.on_move = self.mac_flaps.record
 
     # -- private VLANs ------------------------------------------------------------------------
     @property
@@ -478,6 +484,9 @@ class Bridge:
                     return out
                 self._emit(out, inner, tagged, vid, pcp, now)
                 return out
+        if inner[0] == 0x01 and inner[:6] == _SLOW_PROTOCOLS:
+            port.counters.drop("slow-protocols")  # never forwarded by a bridge (802.3 57A)
+            return None
         members = self._flood.get(vid)
         if members is None:
             members = self._members(vid)
@@ -1123,6 +1132,9 @@ class StandardSwitch(Bridge):
                         if p is not port and p is not out:
                             tagged = self._to_port(p, None, inner, tagged, vid, pcp, now)
                 return out
+        if not unicast and inner[:6] == _SLOW_PROTOCOLS:
+            port.counters.drop("slow-protocols")  # LACP/OAM are link-local (802.3 57A)
+            return None
         fl = self._vm_flood.get(vid)
         if fl is None:
             fl = self._vm_members(vid)

@@ -248,7 +248,8 @@ class PacedClock:
     def __init__(self, start_ns: int | None = None) -> None:
         self._start = time.time_ns() if start_ns is None else int(start_ns)
         self._mono0 = time.perf_counter_ns()
-        self._deadlines: list[int] = []
+        self._deadlines: list[tuple[int, int]] = []   # (deadline, arrival) of each sleeper
+        self._seq = 0
         self._final = 0  # sleepers in their last stretch (within COARSE_NS of the deadline)
 
     def now_ns(self) -> int:
@@ -260,35 +261,44 @@ class PacedClock:
         await self.sleep_until(self.now_ns() + _seconds_to_ns(seconds))
 
     async def sleep_until(self, t_ns: int) -> None:
-        """Wait until `now_ns()` reaches `t_ns`; other tasks run while this one waits."""
+        """Wait until `now_ns()` reaches `t_ns`; other tasks run while this one waits.
+
+        Sleepers wake in deadline order, first come first served for equal deadlines, even
+        when the process was preempted past several deadlines at once (then all are due and
+        each waits for the earlier ones to go first)."""
         remaining = t_ns - self.now_ns()
-        if remaining <= 0:
-            await asyncio.sleep(0)
-            return
-        heapq.heappush(self._deadlines, t_ns)
+        self._seq += 1
+        me = (t_ns, self._seq)
+        heapq.heappush(self._deadlines, me)
         final = False
         try:
-            if remaining > self.COARSE_NS:
+            if remaining <= 0:
+                await asyncio.sleep(0)
+            elif remaining > self.COARSE_NS:
                 await asyncio.sleep((remaining - self.COARSE_NS) / _NS)
             ready: Any = getattr(asyncio.get_running_loop(), "_ready", ())
             self._final += 1
             final = True
-            while (now := self.now_ns()) < t_ns:
+            while (now := self.now_ns()) < t_ns or self._deadlines[0] < me:
+                if now >= t_ns:             # due, but an earlier sleeper has not gone yet
+                    await asyncio.sleep(0)
+                    continue
                 # Others first, unless the only runnable tasks are this clock's other sleepers
                 # in their last stretch (each yields to the rest: spinning together would keep
                 # the process busy, and a busy process is the one the OS preempts).
                 if len(ready) >= self._final and now < t_ns - self.SPIN_NS:
                     await asyncio.sleep(0)
                     continue
-                block = self._deadlines[0] - self.SPIN_NS - now
+                first = self._deadlines[0][0]
+                block = first - self.SPIN_NS - now
                 if block > 0:
                     time.sleep(block / _NS)  # noqa: ASYNC251 - the loop is idle, see above
-                elif self._deadlines[0] < t_ns:
+                elif first < t_ns:
                     await asyncio.sleep(0)  # an earlier sleeper is due: let it go
         finally:
             if final:
                 self._final -= 1
-            self._deadlines.remove(t_ns)
+            self._deadlines.remove(me)
             heapq.heapify(self._deadlines)
 
     async def settle(self) -> None:

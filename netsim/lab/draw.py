@@ -147,6 +147,8 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                     label += f"\n{_pvlan_label(spec.pvlans)}"
                 if spec.mtu is not None:
                     label += f"\nMTU {spec.mtu}"
+                if spec.lag is not None:  # vDS LAG / Xen bond
+                    label += f"\n{spec.lag.name}: {spec.lag.describe()}"
             else:
                 label = data["name"]
                 if kind == "pif" and not spec.up:
@@ -160,6 +162,8 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
             plabel = data["name"]
             if data["spec"].pvlans:
                 plabel += f"\n{_pvlan_label(data['spec'].pvlans)}"
+            for ch in data["spec"].channels:  # port-channels
+                plabel += f"\n{ch.name}: {ch.describe()}"
             lines.append(f"  {_q(nid)} [label={_q(plabel)}, {styles['pswitch']}];")
     ranks["switch"].extend(ranks.pop("vlanpif"))
     for kind in ("vm", "portgroup", "switch", "pif", "pswitch"):
@@ -184,6 +188,8 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
         elif kind == "uplink":
             sw, pif = (a, b) if ka == "switch" else (b, a)
             style = ', style=dashed, label="standby"' if data.get("role") == "standby" else ""
+            if data.get("lag"):
+                style = f", label={_q(data['lag'])}"
             lines.append(f"  {_q(sw)} -- {_q(pif)} [penwidth=1.5{style}];")
         elif kind == "portgroup":
             pg, sw = (a, b) if ka == "portgroup" else (b, a)

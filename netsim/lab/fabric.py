@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import zlib
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from netsim.clock import Clock, RealClock, sweep_by_deadline
 from netsim.dataplane.impair import ImpairedPath, Impairment, direction_seed
+from netsim.dataplane.lag import Lag, LagConfig, LagPort
 from netsim.dataplane.policy import TeamingPolicy
 from netsim.dataplane.port import Pif, Port, Vif, VlanPif, VmPort, VNic
 from netsim.dataplane.portgate import port_rule_counters
@@ -216,6 +218,28 @@ class Host:
             sw.add_uplink(uplink)
         return sw
 
+    def add_bond(self, name: str, pifs: Iterable[Pif | str], config: LagConfig | None = None
+                 ) -> LagPort:
+        """A bond (XenServer `xe bond-create network-uuid= pif-uuids= mode=`) or a vDS LAG
+        (`VMwareDvsLacpGroupConfig`) over PIFs of this host: the returned port is the uplink
+        to give the switch; the PIFs stay cabled as they are. The LACP system id is derived
+        from the host name."""
+        members = [self.pifs.get(p) if isinstance(p, str) else p for p in pifs]
+        for want, m in zip(pifs, members, strict=True):
+            if m is None or m not in self.pifs.values():
+                raise ConfigError(f"{self.name}: bond {name}: no PIF {want!r} on this host")
+        if len(members) < 1:
+            raise ConfigError(f"{self.name}: bond {name} needs at least one PIF")
+        port = LagPort(name, mtu=min(m.mtu for m in members if m is not None))
+        system = b"\x02" + zlib.crc32(self.name.encode()).to_bytes(4, "big") + b"\x00"
+        lag = Lag(port, config, system=system)
+        for m in members:
+            lag.add_member(m)  # type: ignore[arg-type]
+        self.fabric._register(f"{self.name}/{name}", port)
+        self.pifs[name] = port
+        self.fabric._add_lag(lag)
+        return port
+
     def add_vm(self, name: str, *, domid: int | None = None) -> Vm:
         """A guest on this host; domids count from 1 unless given."""
         vm = Vm(self, name, domid if domid is not None else next(self._domids))
@@ -253,6 +277,8 @@ class Fabric:
         self._macs = itertools.count(1)
         self._watched: list[Any] = []  # guest queues drained by on_receive callbacks
         self._bridges: list[Bridge] = []  # every switch: each gets a MAC aging sweep task
+        #: every LAG / port-channel / bond by its logical port's path; each runs its timers
+        self.lags: dict[str, Lag] = {}
         self.running = False
         #: seeds every impaired direction's RNG (the topology's `seed`)
         self.seed = 0
@@ -287,6 +313,27 @@ class Fabric:
             raise ConfigError(f"{switch!r} is not a physical switch of this fabric")
         port = sw.add_port(Port(name, mtu=mtu), vlan)
         self._register(f"{sw.name}/{name}", port)
+        return port
+
+    def add_lag(self, switch: PhysicalSwitch | str, name: str, members: Iterable[str],
+                config: LagConfig | None = None, vlan: Any = None, *, mtu: int = 1500
+                ) -> LagPort:
+        """A port-channel `name` on a physical switch (`interface Port-channel1` +
+        `channel-group 1 mode active` on each member): member ports `<switch>/<member>` to
+        cable, and the logical port `<switch>/<name>` that learns and forwards for them."""
+        sw = self[switch] if isinstance(switch, str) else switch
+        if not isinstance(sw, PhysicalSwitch):
+            raise ConfigError(f"{switch!r} is not a physical switch of this fabric")
+        port = LagPort(name, mtu=mtu)
+        system = b"\x02" + zlib.crc32(sw.name.encode()).to_bytes(4, "big") + b"\x01"
+        lag = Lag(port, config, system=system)
+        for mname in members:
+            member = Port(mname, mtu=mtu)
+            self._register(f"{sw.name}/{mname}", member)
+            lag.add_member(member)
+        sw.add_port(port, vlan)
+        self._register(f"{sw.name}/{name}", port)
+        self._add_lag(lag)
         return port
 
     def link(self, a: Port | str, b: Port | str) -> Link:
@@ -668,6 +715,12 @@ class Fabric:
         if self.running:
             self._start_aging(sw)
 
+    def _add_lag(self, lag: Lag) -> None:
+        self.lags[lag.port.path] = lag
+        lag.clock_now(self.clock.now_ns)
+        if self.running:
+            self._start(lag.run(self.clock), f"lag {lag.port.path}")
+
     def _start_aging(self, sw: Bridge) -> None:
         self._start(self._age(sw), f"mac aging {sw.name}")
 
@@ -687,6 +740,8 @@ class Fabric:
             self._start_link(link)
         for sw in self._bridges:
             self._start_aging(sw)
+        for path, lag in self.lags.items():
+            self._start(lag.run(self.clock), f"lag {path}")
         pending, self._pending = self._pending, []
         for coro, name in pending:
             self._start(coro, name)

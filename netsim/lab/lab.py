@@ -114,9 +114,18 @@ def build_fabric(topo: Topology, *, clock: Clock | None = None) -> Fabric:
         if ps.pvlans:
             phys.pvlan = _pvlan_map(ps.pvlans)
     for ps in topo.physical:
+        in_channel = {m for ch in ps.channels for m in ch.members}
         for p in ps.ports:
-            port = fab.add_port(ps.name, p.name, _vlan_policy(p), mtu=p.mtu)
-            fab.link(fab[f"{p.host}/{p.pif}"], port)
+            if p.name not in in_channel:
+                port = fab.add_port(ps.name, p.name, _vlan_policy(p), mtu=p.mtu)
+                fab.link(fab[f"{p.host}/{p.pif}"], port)
+        for ch in ps.channels:  # a port-channel: its member ports, cabled, and Po as one port
+            specs = {p.name: p for p in ps.ports}
+            first = specs[ch.members[0]]
+            fab.add_lag(ps.name, ch.name, ch.members, ch.config, _vlan_policy(first),
+                        mtu=first.mtu)
+            for m in ch.members:
+                fab.link(fab[f"{specs[m].host}/{specs[m].pif}"], fab[f"{ps.name}/{m}"])
     for link in topo.links:
         trunk = VlanPolicy.trunk(link.vlans)
         a = fab.add_port(link.a, f"to-{link.b}", trunk, mtu=link.mtu)
@@ -163,8 +172,15 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
                              mtu=s.mtu)
         if s.pvlans:
             sw.pvlan = _pvlan_map(s.pvlans)
+        lag = s.lag
+        if lag is not None:  # vDS LAG / Xen bond: one uplink in place of its members
+            pifs[lag.name] = host.add_bond(lag.name, [pifs[m] for m in lag.members],
+                                           lag.config)
         for u in s.uplinks:
-            sw.add_uplink(pifs[u])
+            if lag is None or u not in lag.members:
+                sw.add_uplink(pifs[u])
+            elif u == lag.members[0]:
+                sw.add_uplink(pifs[lag.name])
         if teaming is not None:  # set once every uplink it names is there
             sw.teaming = teaming
         switches[s.name] = sw
@@ -172,7 +188,7 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
     xapi = 0
     for n in h.networks:
         spec = h.switch(n.switch)
-        if h.type == "xen" and 1 <= n.vlan <= 4094 and len(spec.uplinks) == 1:
+        if h.type == "xen" and 1 <= n.vlan <= 4094 and (len(spec.uplinks) == 1 or spec.lag):
             # XenServer: a VLAN network is its own bridge xapiN on the VLAN PIF ethX.VID
             while f"xapi{xapi}" in used:
                 xapi += 1
@@ -181,7 +197,8 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
             bridge = host.add_switch(name, mac_table_size=spec.mac_table_size,
                                      aging_s=spec.aging_s, mtu=spec.mtu)
             bridge.add_port_group(_port_group(n, vlan=0))
-            bridge.add_uplink(host.vlan_pif(pifs[spec.uplinks[0]], n.vlan))
+            parent = pifs[spec.lag.name if spec.lag else spec.uplinks[0]]  # bond0.5 on a bond
+            bridge.add_uplink(host.vlan_pif(parent, n.vlan))
             out.networks[n.name] = (bridge, n.name)
         else:
             sw = switches[n.switch]

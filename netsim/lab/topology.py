@@ -31,6 +31,7 @@ from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
 from netsim.dataplane.vifpolicy import VifLocking, VifQos
 from netsim.errors import ConfigError, TopologyError
 from netsim.lab import policyspec
+from netsim.lab.lagspec import LagSpec, channels, host_lag
 from netsim.lab.yamlsrc import SourceMap, load_yaml
 
 PathT = tuple[str | int, ...]
@@ -96,6 +97,8 @@ class SwitchSpec:
     #: private VLANs as (primary, secondary, type) entries (`VMwareDVSPvlanMapEntry`)
     pvlans: tuple[tuple[int, int, str], ...] = ()
     mtu: int | None = None  # vSS `mtu` / vDS `maxMtu`: caps every port of the switch
+    #: a vDS LAG / XenServer bond over some of `uplinks`: the switch's uplink in their place
+    lag: LagSpec | None = None
 
     @property
     def internal(self) -> bool:
@@ -244,6 +247,7 @@ class PhysSwitchSpec:
     name: str
     ports: tuple[PhysPortSpec, ...]
     pvlans: tuple[tuple[int, int, str], ...] = ()  # a PVLAN-aware switch's map
+    channels: tuple[LagSpec, ...] = ()  # port-channels (LACP or static) over its ports
 
 
 @dataclass(frozen=True)
@@ -446,7 +450,7 @@ def _kind(value: Any) -> str:
 _TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors", "links")
 _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mirrors")
 _PIF_KEYS = ("mtu", "up", "impair")
-_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu")
+_SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu", "lag", "bond")
 _TEAM_KEYS = ("policy", "active", "standby", "notify_switches", "failback")
 _NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming", "mtu", "blocked",
              *policyspec.NET_KEYS)
@@ -456,7 +460,7 @@ _VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "dis
 _DISK_KEYS = ("device", "source", "mode")
 _VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach", "mtu", *policyspec.VIF_KEYS)
 _ROUTE_KEYS = ("to", "via")
-_PHYS_KEYS = ("ports", "links", "pvlans")
+_PHYS_KEYS = ("ports", "links", "pvlans", "channels")
 _PORT_KEYS = ("mode", "vlans", "vlan", "native", "impair", "mtu")
 _LINK_KEYS = ("vlans", "mtu")
 _MIRROR_KEYS = ("switch", "sources", "vlans", "destination", "direction")
@@ -747,7 +751,13 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
             pif_owner[u] = sname
         if len(set(uplinks)) != len(uplinks):
             raise c.fail((*sp, "uplinks"), "an uplink is listed twice")
-        teaming = _teaming(c, s.get("teaming"), (*sp, "teaming"), uplinks, htype)
+        if "lag" in s and "bond" in s:
+            raise c.fail((*sp, "bond"), "a switch has either a `lag:` (ESXi) or a `bond:` (Xen)")
+        lag_key = "lag" if "lag" in s else "bond"
+        lag = host_lag(c, s.get(lag_key), (*sp, lag_key), htype, uplinks)
+        team_uplinks = uplinks if lag is None else (
+            lag.name, *(u for u in uplinks if u not in lag.members))  # the LAG is one uplink
+        teaming = _teaming(c, s.get("teaming"), (*sp, "teaming"), team_uplinks, htype)
         size = c.integer(s.get("mac_table_size", 8192), (*sp, "mac_table_size"), 1, 10**6,
                          "MAC table size")
         aging = s.get("aging", 300)
@@ -761,7 +771,7 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
                              "feature; XenServer has none")
             pvlans = _pvlans(c, s["pvlans"], (*sp, "pvlans"))
         switches[sname] = SwitchSpec(hname, sname, uplinks, teaming, size, float(aging),
-                                     pvlans=pvlans, mtu=_mtu(c, s, sp))
+                                     pvlans=pvlans, mtu=_mtu(c, s, sp), lag=lag)
 
     networks: dict[str, NetworkSpec] = {}
     nets_raw = dict(c.mapping(h.get("networks"), (*hp, "networks")))
@@ -1148,7 +1158,9 @@ def _physical(c: _Checker, raw: Any, hosts: dict[str, HostSpec]
         for li, lraw in enumerate(c.seq(s.get("links"), (*sp, "links"))):
             raw_links.append(((*sp, "links", li), sname, "", lraw))
         switches.append(PhysSwitchSpec(sname, tuple(ports),
-                                       _pvlans(c, s.get("pvlans"), (*sp, "pvlans"))))
+                                       _pvlans(c, s.get("pvlans"), (*sp, "pvlans")),
+                                       channels(c, s.get("channels"), (*sp, "channels"),
+                                                {p.name: p for p in ports})))
     names = {s.name for s in switches}
     links = []
     for lp, a, _, lraw in raw_links:
@@ -1225,15 +1237,22 @@ def _check_loops(c: _Checker, topo: Topology, link_paths: list[PathT]) -> None:
     edges: list[tuple[str, str, PathT]] = []
     for s in topo.physical:
         g.add_node(f"physical switch {s.name}")
+        channel_of = {m: ch.name for ch in s.channels for m in ch.members}
+        seen: set[tuple[str, str]] = set()
         for p in s.ports:
             host = topo.host(p.host)
             sw = next((x for x in host.switches if p.pif in x.uplinks), None)
             if sw is None:
                 end = f"{p.host}/{p.pif}"
-            elif sw.teaming is not None:
+            elif sw.teaming is not None or sw.lag is not None:
                 end = f"{p.host}/{sw.name} uplink {p.pif}"
             else:
                 end = f"{p.host}/{sw.name}"
+            ch = channel_of.get(p.name)
+            if ch is not None:  # a port-channel is one link, however many cables
+                if (ch, end) in seen:
+                    continue
+                seen.add((ch, end))
             edges.append((f"physical switch {s.name}", end,
                           ("physical", s.name, "ports", p.name)))
     for lp, link in zip(link_paths, topo.links, strict=True):
@@ -1343,6 +1362,15 @@ class TopologyBuilder:
             phys.setdefault(a, {}).setdefault("links", []).append({b: opts})
         return self
 
+    def add_channel(self, switch: str, name: str, ports: Iterable[str], *, mode: str,
+                    **opts: Any) -> TopologyBuilder:
+        """A port-channel `name` on physical switch `switch` over its `HOST.PIF` ports (mode
+        active, passive or on; opts: rate, load_balance). A host switch's LAG or bond is
+        `add_switch(..., lag={...})` (ESXi) or `bond={...}` (Xen)."""
+        phys = self.doc.setdefault("physical", {}).setdefault(switch, {})
+        phys.setdefault("channels", {})[name] = {"ports": list(ports), "mode": mode, **opts}
+        return self
+
     def add_mirror(self, host: str, name: str, *, destination: str, **opts: Any
                    ) -> TopologyBuilder:
         """A port-mirroring session on `host`."""
@@ -1386,19 +1414,24 @@ def to_graph(topo: Topology) -> nx.MultiGraph:
                 role = "active"
                 if s.teaming is not None and u in s.teaming.standby:
                     role = "standby"
-                g.add_edge(sid, node_id("pif", h.name, u), kind="uplink", role=role)
+                lag = s.lag.name if s.lag is not None and u in s.lag.members else None
+                g.add_edge(sid, node_id("pif", h.name, u), kind="uplink", role=role, lag=lag)
         for n in h.networks:
             nid = node_id("pg", h.name, n.name)
             g.add_node(nid, kind="portgroup", name=n.name, host=h.name, spec=n, vlan=n.vlan)
             sw = h.switch(n.switch)
             g.add_edge(nid, node_id("switch", h.name, sw.name), kind="portgroup")
             if h.type == "xen" and 1 <= n.vlan <= 4094:
-                for u in sw.uplinks:  # XenServer: a VLAN network gets VLAN PIF ethX.VID
-                    vid = node_id("vlanpif", h.name, f"{u}.{n.vlan}")
-                    g.add_node(vid, kind="vlanpif", name=f"{u}.{n.vlan}", host=h.name,
-                               vlan=n.vlan, pif=u)
+                # XenServer: a VLAN network gets VLAN PIF ethX.VID (bond0.VID on a bond)
+                bases = [(sw.lag.name, sw.lag.members)] if sw.lag is not None else [
+                    (u, (u,)) for u in sw.uplinks]
+                for base, members in bases:
+                    vid = node_id("vlanpif", h.name, f"{base}.{n.vlan}")
+                    g.add_node(vid, kind="vlanpif", name=f"{base}.{n.vlan}", host=h.name,
+                               vlan=n.vlan, pif=base)
                     g.add_edge(nid, vid, kind="vlanpif")
-                    g.add_edge(vid, node_id("pif", h.name, u), kind="vlanpif")
+                    for u in members:
+                        g.add_edge(vid, node_id("pif", h.name, u), kind="vlanpif")
         for vm in h.vms:
             vmid = node_id("vm", vm.name)
             g.add_node(vmid, kind="vm", name=vm.name, host=h.name, spec=vm)

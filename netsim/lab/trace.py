@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from netsim.dataplane.lag import Lag
 from netsim.dataplane.port import Pif, Port, TapList, VmPort
 from netsim.dataplane.portgate import drop_cause, explain, matched_since, rule_hits
 from netsim.errors import FrameError, TopologyError
@@ -76,14 +77,18 @@ class Hop:
     lookup: str = ""
     outputs: list[Output] = field(default_factory=list)
     drops: list[Drop] = field(default_factory=list)
+    learn: str = ""  # a MAC move this frame makes (flapping), if any
     #: traffic rules that matched at this hop (filtering and marking)
     rules: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"switch": self.switch, "in_port": self.in_port, "frame": self.frame.hex(),
-                "classify": self.classify, "security": self.security, "lookup": self.lookup,
-                "outputs": [o.as_dict() for o in self.outputs],
-                "drops": [d.as_dict() for d in self.drops], "rules": self.rules}
+        out = {"switch": self.switch, "in_port": self.in_port, "frame": self.frame.hex(),
+               "classify": self.classify, "security": self.security, "lookup": self.lookup,
+               "outputs": [o.as_dict() for o in self.outputs],
+               "drops": [d.as_dict() for d in self.drops], "rules": self.rules}
+        if self.learn:
+            out["learn"] = self.learn
+        return out
 
 
 @dataclass
@@ -132,6 +137,8 @@ class Trace:
                 lines.append(f"   security: {s}")
             for r in h.rules:
                 lines.append(f"   traffic rule matched: {r}")
+            if h.learn:
+                lines.append(f"   MAC learning: {h.learn}")
             if h.lookup:
                 lines.append(f"   MAC lookup: {h.lookup}")
             for o in h.outputs:
@@ -312,6 +319,17 @@ def _security(sw: Any, port: Port, f: bytes) -> list[str]:
     return out
 
 
+def _learn_note(sw: Any, vid: int, port: Port, f: bytes) -> str:
+    """A MAC move this frame's source makes: it was learned, and is still fresh, on another
+    port of this switch - what a switch logs as MAC flapping."""
+    mt = sw.mac_table
+    e = mt.get_entry((sw.learning_vlan(vid), f[6:12]))
+    if e is None or e.port is port or sw.clock.now_ns() - e.last_ns > mt.aging_ns:
+        return ""
+    return (f"{fr.mac_to_str(f[6:12])} moves from {e.port.name} to {port.name}: MAC flapping "
+            f"({mt.moves} move(s) on {sw.name} so far)")
+
+
 def _lookup(sw: Any, vid: int, f: bytes) -> str:
     dst = f[0:6]
     if dst[0] & 1:
@@ -451,6 +469,7 @@ def trace_frame(fab: Any, source: Any, frame: bytes | str | Mapping[str, Any]) -
                 hop.security = _security(sw, port, f)
                 inner_f = f[:12] + f[16:] if f[12:14] == b"\x81\x00" and len(f) >= 18 else f
                 hop.lookup = _lookup(sw, vid, inner_f)
+                hop.learn = _learn_note(sw, vid, port, f)
             t.hops.append(hop)
             prev = rec.current, rec.current_vid, rec.current_frame
             rec.current, rec.current_vid, rec.current_frame = hop, vid, f
@@ -502,6 +521,8 @@ def trace_frame(fab: Any, source: Any, frame: bytes | str | Mapping[str, Any]) -
                 elif p.link is not None:
                     peer = p.link.peer(p)
                     then = f"cable to {_name(twin, peer)}"
+                    if isinstance(p.switch, Lag):  # a member picked by the LAG's mode
+                        then += f" (member of {p.switch.name}, {p.switch.choice_text()})"
                     pending.append((peer, out))
                 else:
                     then = "leaves the lab (no cable)"

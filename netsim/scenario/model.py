@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from netsim.dataplane.impair import Impairment, parse_impairment
-from netsim.errors import ScenarioError
+from netsim.errors import ConfigError, ScenarioError
 from netsim.lab.yamlsrc import SourceMap, load_yaml
 from netsim.wire.filters import Filter, FilterError, compile_filter
 from netsim.wire.framespec import SpecError, parse_spec
@@ -169,6 +169,15 @@ class ImpairEvent(Step):
     direction: str
     impairment: Impairment | None  # None = clear
     key: str = "port"
+
+
+@dataclass(frozen=True)
+class LagEvent(Step):
+    """Change a LAG, bond or port-channel's settings live (`xe bond-set-mode`, a vDS LAG
+    edit, `lacp rate fast`): keys of `netsim.dataplane.lag.LagConfig`."""
+
+    target: str
+    changes: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -311,6 +320,11 @@ class Scenario:
                 port = lookup(s.target, (*s.path, "impair", s.key), (Port,), "a port")
                 if s.direction == "cable" and port.link is None:
                     raise self.error((*s.path, "impair", s.key), f"{s.target} has no cable")
+            elif isinstance(s, LagEvent):
+                from netsim.dataplane.lag import LagPort
+
+                lookup(s.target, (*s.path, "lag", "port"), (LagPort,), "a LAG, bond or "
+                       "port-channel")
             elif isinstance(s, FlushMac) and s.switch is not None:
                 lookup(s.switch, (*s.path, "flush_mac", "switch"), (Bridge,), "a switch")
             elif isinstance(s, MoveVm):
@@ -534,7 +548,7 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
 
 
 _STEP_KINDS = ("send", "replay", "link", "port_group", "flush_mac", "move_vm", "migrate",
-               "impair", "vif")
+               "impair", "lag", "vif")
 
 
 def _step(r: _Reader, raw: Any, path: PathT) -> Step:
@@ -606,6 +620,8 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
         return _impair_step(r, body, at, path, kp)
     if kind == "vif":
         return _vif_step(r, body, at, path, kp)
+    if kind == "lag":
+        return _lag_step(r, body, at, path, kp)
     if kind == "flush_mac":
         b = r.mapping(body, kp, ("switch",))
         return FlushMac(at, path, r.name(b["switch"], (*kp, "switch")) if "switch" in b else None)
@@ -644,6 +660,24 @@ def _policy_changes(r: _Reader, b: Mapping[str, Any], kp: PathT) -> dict[str, An
         out["default_locking_mode"] = policyspec.parse_locking_default(
             b["default_locking_mode"], (*kp, "default_locking_mode"), r.fail)
     return out
+def _lag_step(r: _Reader, body: Any, at: int, path: PathT, kp: PathT) -> LagEvent:
+    """`{port: esx1/lag1, mode: lacp|static|active-backup|balance-slb, lacp: active|passive,
+    rate: fast|slow, hashing: ALGORITHM, rebalance_interval: MS}`: the settings to change."""
+    from netsim.dataplane.lag import LagConfig
+
+    b = r.mapping(body, kp, ("port", "mode", "lacp", "rate", "hashing", "rebalance_interval"),
+                  ("port",))
+    names = {"rebalance_interval": "rebalance_interval_ms"}
+    changes = {names.get(k, k): v for k, v in b.items() if k != "port"}
+    if not changes:
+        raise r.fail(kp, "change something: mode, lacp, rate, hashing or rebalance_interval")
+    for k, v in b.items():  # each value checked alone, so the error names its key
+        if k != "port":
+            try:
+                LagConfig(**{names.get(k, k): v})
+            except ConfigError as exc:
+                raise r.fail((*kp, k), str(exc)) from None
+    return LagEvent(at, path, r.name(b["port"], (*kp, "port")), changes)
 
 
 def _impair_step(r: _Reader, body: Any, at: int, path: PathT, kp: PathT) -> ImpairEvent:

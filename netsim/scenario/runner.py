@@ -34,6 +34,7 @@ from netsim.scenario.model import (
     Expectation,
     FlushMac,
     ImpairEvent,
+    LagEvent,
     LinkEvent,
     MoveVm,
     PingCheck,
@@ -87,6 +88,10 @@ class Report:
     removed: list[str] = dataclasses.field(default_factory=list)
     #: what each impaired direction did ("esx1/vmnic0:out": offered, delivered, lost, ...)
     impairments: dict[str, dict[str, Any]] | None = None
+    #: MAC moves per switch that saw any (flapping: "moves" and the hosts that flapped)
+    mac_flaps: dict[str, dict[str, Any]] | None = None
+    #: every LAG / bond / port-channel at the end (`Lag.status()`), by its port's path
+    lags: dict[str, dict[str, Any]] | None = None
 
     @property
     def passed(self) -> bool:
@@ -103,6 +108,10 @@ class Report:
             out["realtime"] = self.realtime
         if self.impairments:
             out["impairments"] = self.impairments
+        if self.mac_flaps:
+            out["mac_flaps"] = self.mac_flaps
+        if self.lags:
+            out["lags"] = self.lags
         return out
 
     def to_json(self) -> str:
@@ -305,6 +314,9 @@ class ScenarioRun:
             results = [self._evaluate(i, e, arrivals.get(i)) for i, e in
                        enumerate(scn.expectations)]
             counters = fab.counters()
+            mac_flaps = {sw.name: {"moves": sw.mac_flaps.total, "hosts": sw.mac_flaps.as_list()}
+                         for sw in _all_switches(fab) if sw.mac_flaps.total}
+            lags = {path: lag.status() for path, lag in getattr(fab, "lags", {}).items()}
             impairments = {
                 path.name: {"settings": path.impairment.describe(), "held": path.held,
                             **path.stats.as_dict()}
@@ -315,7 +327,8 @@ class ScenarioRun:
                         sorted(self._step_stats, key=lambda s: s["step"]), counters,
                         [p.name for p in captures], self._end_ns,
                         _summary(self._offsets) if self.realtime else None, removed,
-                        dict(sorted(impairments.items())) or None)
+                        dict(sorted(impairments.items())) or None,
+                        dict(sorted(mac_flaps.items())) or None, lags or None)
         if self.out_dir is not None:
             (self.out_dir / "report.json").write_text(report.to_json())
         return report
@@ -380,6 +393,11 @@ class ScenarioRun:
                                      "direction": s.direction,
                                      "impair": s.impairment.describe() if s.impairment
                                      else "clear"})
+        elif isinstance(s, LagEvent):
+            lag = fab[s.target].lag
+            lag.reconfigure(dataclasses.replace(lag.config, **s.changes), self.clock.now_ns())
+            self._step_stats.append({"step": idx, "kind": "lag", "target": s.target,
+                                     **dict(s.changes)})
         elif isinstance(s, FlushMac):
             switches = [fab[s.switch]] if s.switch is not None else _all_switches(fab)
             flushed = sum(sw.mac_table.flush() for sw in switches)

@@ -336,13 +336,18 @@ class ManagementPlane:
     ) -> None:
         """Return once every host in `hosts` (default: the config's members) runs ≥ `version`."""
         want = hosts if hosts is not None else set(self.configs[vds].hosts)
+        # Only hosts still lagging are looked at again on each status (versions only go up):
+        # at 500 hosts, re-checking all of them for each of 500 reports was 250,000 checks.
+        remaining = set(want)
 
         def lagging() -> set[str]:
-            return {h for h in want if (self.peers.version(h, vds) or 0) < version}
+            nonlocal remaining
+            remaining = {h for h in remaining if (self.peers.version(h, vds) or 0) < version}
+            return remaining
 
         def refusals() -> list[str]:
             out = []
-            for h in sorted(lagging()):
+            for h in sorted(remaining):
                 st = self.peers.hosts.get(h)
                 if st is not None and st.refused and st.refused[:2] == (vds, version):
                     out.append(f"{h}: {st.refused[2]}")
@@ -476,6 +481,8 @@ class ProxyLink:
     ) -> None:
         await self.set_vlans(frozenset())
         await self._stack.aclose()
+        with contextlib.suppress(ValueError):  # the peers may be shared with other agents
+            self.peers.on_down.remove(self._host_down)
 
     async def set_vlans(self, vlans: frozenset[int]) -> None:
         """Receive floods of exactly these VLANs (the ones with local ports)."""
@@ -607,6 +614,80 @@ class ProxyLink:
         self.remote.forget(self.fids.get(vid, vid), mac)
 
 
+# ----------------------------------------------------------------------------- fabric view
+class FabricView:
+    """What the host agents of one process share: every host's presence and status, and each
+    vDS's configuration, each read once on one subscription of one bus.
+
+    Without it every agent subscribes to all of these itself, so each status report reaches
+    every host (hosts² messages per push: 250,000 at 500 hosts) and each pushed config is
+    decoded once per agent; with it a report reaches each process once and a config is decoded
+    once per process, then handed to its agents (`HostPlane(view=...)`).
+    """
+
+    #: retained presence + status of this many hosts fit in the subscription queues
+    MAX_HOSTS = 16384
+
+    def __init__(self, bus: Bus, topics: Topics) -> None:
+        self.bus = bus
+        self.topics = topics
+        self.peers = Peers(topics)
+        self.failures: Failures = []
+        self.bad_configs = 0
+        self.last_error = ""
+        #: the latest config per topic (or why it was refused), for agents that attach later
+        self.latest: dict[str, VdsConfig | ConfigError] = {}
+        self._planes: list[HostPlane] = []
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Self:
+        await self._stack.__aenter__()
+        try:
+            for flt in (self.topics.all_presence, self.topics.all_status):
+                sub = await self._stack.enter_async_context(self.bus.subscribe(
+                    flt, qos=1, maxsize=self.MAX_HOSTS, policy=DropPolicy.DROP_OLDEST))
+                task = _start(_pump(sub, self.peers.handle), f"view {flt}", self.failures)
+                self._stack.callback(task.cancel)
+            cfg = await self._stack.enter_async_context(self.bus.subscribe(
+                self.topics.all_vds_configs, qos=1, maxsize=64, policy=DropPolicy.DROP_OLDEST))
+            task = _start(_pump(cfg, self._config), "view configs", self.failures)
+            self._stack.callback(task.cancel)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    def _config(self, msg: BusMessage) -> None:
+        try:
+            config: VdsConfig | ConfigError = VdsConfig.from_json(msg.payload, source=msg.topic)
+        except ConfigError as exc:
+            self.bad_configs += 1
+            self.last_error = str(exc)
+            config = exc
+        self.latest[msg.topic] = config
+        for plane in self._planes:
+            plane.offer(msg.topic, config)
+
+    def attach(self, plane: HostPlane) -> None:
+        """Hand `plane` every config from now on, starting with the latest ones."""
+        self._planes.append(plane)
+        for topic, config in self.latest.items():
+            plane.offer(topic, config)
+
+    def detach(self, plane: HostPlane) -> None:
+        """Stop handing configs to `plane`."""
+        with contextlib.suppress(ValueError):
+            self._planes.remove(plane)
+
+
 # ----------------------------------------------------------------------------- host plane
 ApplyFn = Callable[[VdsConfig], Awaitable[frozenset[int]]]
 
@@ -639,7 +720,9 @@ class HostPlane:
         apply: ApplyFn,
         extra_status: Callable[[], dict[str, Any]] | None = None,
         on_event: Callable[[str], None] | None = None,
+        view: FabricView | None = None,
     ) -> None:
+        self.view = view
         self.extra_status = extra_status
         self.on_event = on_event or (lambda text: None)
         self.refused: tuple[str, int, str] | None = None
@@ -648,8 +731,12 @@ class HostPlane:
         self.host = host
         self.session = session
         self.apply = apply
-        self.peers = Peers(topics)
+        self.peers = view.peers if view is not None else Peers(topics)
         self.running: dict[str, VdsConfig] = {}
+        #: with a shared view: the latest config (or why it was refused) per topic, not yet
+        #: taken; newer versions replace older ones waiting here (versions only go up)
+        self._inbox: dict[str, VdsConfig | ConfigError] = {}
+        self._inbox_ready = asyncio.Event()
         self.vlans: dict[str, frozenset[int]] = {}
         self.links: dict[str, ProxyLink] = {}
         self.counters = HostPlaneCounters()
@@ -659,6 +746,17 @@ class HostPlane:
 
     async def __aenter__(self) -> Self:
         await self._stack.__aenter__()
+        if self.view is not None:
+            try:
+                await self.report()
+                task = _start(self._follow_inbox(), f"{self.host} config", self.failures)
+                self._stack.callback(task.cancel)
+                self.view.attach(self)
+                self._stack.callback(self.view.detach, self)
+            except BaseException:
+                await self._stack.aclose()
+                raise
+            return self
         try:
             for flt in (self.topics.all_presence, self.topics.all_status):
                 sub = await self._stack.enter_async_context(
@@ -695,14 +793,33 @@ class HostPlane:
         async for msg in sub:
             await self.handle_config(msg)
 
+    def offer(self, topic: str, config: VdsConfig | ConfigError) -> None:
+        """A config (decoded once by the shared view, or why it could not be) for `_take`."""
+        self._inbox[topic] = config
+        self._inbox_ready.set()
+
+    async def _follow_inbox(self) -> None:
+        while True:
+            await self._inbox_ready.wait()
+            self._inbox_ready.clear()
+            items = list(self._inbox.values())
+            self._inbox.clear()
+            for item in items:
+                await self._take(item)
+
     async def handle_config(self, msg: BusMessage) -> None:
         """Apply a published config if it is for us and newer than what we run."""
-        c = self.counters
         try:
-            config = VdsConfig.from_json(msg.payload, source=msg.topic)
+            config: VdsConfig | ConfigError = VdsConfig.from_json(msg.payload, source=msg.topic)
         except ConfigError as exc:
+            config = exc
+        await self._take(config)
+
+    async def _take(self, config: VdsConfig | ConfigError) -> None:
+        c = self.counters
+        if isinstance(config, ConfigError):
             c.refused += 1
-            c.last_error = str(exc)
+            c.last_error = str(config)
             return
         if self.host not in config.hosts:
             c.not_member += 1
@@ -838,7 +955,8 @@ class ProxySwitch:
                 ),
                 shaping=_shaping(pg.shaping_out),
                 egress_shaping=_shaping(pg.shaping_in),
-                teaming=_teaming(pg.teaming, nics),
+                teaming=_teaming(pg.teaming, nics,
+                                 {lag.name: lag.uplinks for lag in config.lags}),
                 blocked=pg.blocked,
                 traffic_rules=pg.traffic_rules,
             )
@@ -934,18 +1052,29 @@ class ProxySwitch:
             await link.flush()
 
 
-def _teaming(t: DvTeaming | None, nics: dict[str, str]) -> TeamingPolicy | None:
+def _teaming(t: DvTeaming | None, nics: dict[str, str],
+             lags: dict[str, tuple[str, ...]] | None = None) -> TeamingPolicy | None:
     """A distributed port group's teaming over vDS uplink names, as a policy over this host's
     NICs (uplinks this host does not map are left out; if it maps none of them, the group
-    uses all of this host's uplinks)."""
+    uses all of this host's uplinks). A LAG in the order stands for its uplinks, all active
+    and hashed per frame (in distributed mode the bus carries the frames: no LACP on it)."""
     if t is None:
         return None
-    active = tuple(nics[u] for u in t.active if u in nics)
-    standby = tuple(nics[u] for u in t.standby if u in nics)
+    lags = lags or {}
+
+    def nics_of(names: tuple[str, ...]) -> tuple[str, ...]:
+        out = [nics[m] for u in names for m in lags.get(u, (u,)) if m in nics]
+        return tuple(dict.fromkeys(out))
+
+    active = nics_of(t.active)
+    standby = tuple(n for n in nics_of(t.standby) if n not in active)
     if (t.active or t.standby) and not active and not standby:
         return None
+    lb = LoadBalancing(t.policy)
+    if t.active and t.active[0] in lags:
+        lb = LoadBalancing.IP_HASH
     return TeamingPolicy(active=active, standby=standby,
-                         load_balancing=LoadBalancing(t.policy),
+                         load_balancing=lb,
                          notify_switches=t.notify_switches, failback=t.failback)
 
 

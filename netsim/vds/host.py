@@ -29,10 +29,10 @@ from netsim.errors import ConfigError, NetsimError, TopologyError, TransportErro
 from netsim.lab.agent import GuestAgent
 from netsim.lab.fabric import Fabric, Vm
 from netsim.lab.topology import TeamingSpec, Topology
-from netsim.vds.dswitch import HostPlane, ProxyLink, ProxySwitch
+from netsim.vds.dswitch import FabricView, HostPlane, ProxyLink, ProxySwitch
 from netsim.vds.transport.bus import Bus, BusMessage, Subscription
 from netsim.vds.transport.topics import Topics
-from netsim.vds.vdsconfig import DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
+from netsim.vds.vdsconfig import DvLag, DvPortGroup, DvSecurity, DvShaping, DvTeaming, VdsConfig
 from netsim.wire.frame import mac_to_bytes, mac_to_str
 
 #: how long after a VM left frames for it at the old host count as "in flight" (seconds)
@@ -77,7 +77,10 @@ class HostAgent:
         batch_frames: int = 256,
         guests: bool = False,
         on_event: Callable[[str], None] | None = None,
+        view: FabricView | None = None,
     ) -> None:
+        """`view`: the process's shared `FabricView` (peers and configs read once for all its
+        agents); without one the agent subscribes to them itself."""
         self.on_event = on_event or (lambda text: None)
         self.run_guests = guests
         self.guests: dict[str, GuestAgent] = {}
@@ -96,7 +99,7 @@ class HostAgent:
             extra_status=lambda: {
                 "vms": sorted(self.host.vms), "migration_error": self.migrations.last_error,
             },
-            on_event=self.on_event,
+            on_event=self.on_event, view=view,
         )
         self.migrations = MigrationCounters()
         self._arrived = asyncio.Event()
@@ -472,7 +475,8 @@ def vds_from_topology(
                     DvShaping(net.shaping.average_bps, net.shaping.peak_bps,
                               net.shaping.burst_bytes) if net.shaping else None
                 ),
-                teaming=_dv_teaming(net.teaming or swspec.teaming, swspec.uplinks),
+                teaming=_dv_teaming(net.teaming or swspec.teaming, swspec.uplinks,
+                                    swspec.lag.name if swspec.lag else None),
                 shaping_in=(
                     DvShaping(net.egress_shaping.average_bps, net.egress_shaping.peak_bps,
                               net.egress_shaping.burst_bytes) if net.egress_shaping else None
@@ -495,15 +499,34 @@ def vds_from_topology(
     return VdsConfig(
         name, 1, uplinks=tuple(f"uplink{i + 1}" for i in range(width)),
         portgroups=tuple(pg for _, pg in groups.values()), hosts=members,
+        lags=_dv_lags(topo, switch),
     )
 
 
-def _dv_teaming(spec: TeamingSpec | None, uplinks: tuple[str, ...]) -> DvTeaming | None:
-    """A topology teaming over one host's PIFs, over the vDS uplink names instead; None when
-    the host has fewer than two uplinks (nothing to team)."""
+def _dv_lags(topo: Topology, switch: str | None) -> tuple[DvLag, ...]:
+    """The LAG of the vDS, from the first host whose switch has one (a vDS LAG is one
+    definition; each host's NICs back its uplinks). The bus carries the hosts' traffic in
+    distributed mode, so the LAG is configuration here: LACP runs where NICs are cabled."""
+    for h in topo.hosts:
+        swspec = h.switch(_vds_switch(topo, h.name, switch))
+        lag = swspec.lag
+        if lag is not None:
+            name = {nic: f"uplink{i + 1}" for i, nic in enumerate(swspec.uplinks)}
+            c = lag.config
+            return (DvLag(lag.name, tuple(name[m] for m in lag.members), c.lacp, c.hashing,
+                          c.rate),)
+    return ()
+
+
+def _dv_teaming(spec: TeamingSpec | None, uplinks: tuple[str, ...], lag: str | None = None
+                ) -> DvTeaming | None:
+    """A topology teaming over one host's PIFs, over the vDS uplink names instead (a LAG keeps
+    its name); None when the host has fewer than two uplinks (nothing to team)."""
     if spec is None or len(uplinks) < 2:
         return None
     name = {nic: f"uplink{i + 1}" for i, nic in enumerate(uplinks)}
+    if lag is not None:
+        name[lag] = lag
     return DvTeaming(spec.policy, tuple(name[n] for n in spec.active),
                      tuple(name[n] for n in spec.standby))
 

@@ -22,14 +22,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from netsim.errors import ConfigError, TransportError
+from netsim.errors import ConfigError, NetsimError, TransportError
 from netsim.lab.fabric import Fabric
 from netsim.lab.topology import Topology, load_topology
-from netsim.vds.dswitch import ManagementPlane
+from netsim.vds.dswitch import FabricView, ManagementPlane
 from netsim.vds.host import HostAgent, host_plan, vds_from_topology
 from netsim.vds.transport.bus import Bus, DropPolicy
 from netsim.vds.transport.claim import (
     ClaimWatch,
+    HostAccessError,
     HostClaim,
     HostConflictError,
     check_host_free,
@@ -59,11 +60,18 @@ class Lab:
         return Topics(self.fabric)
 
 
-def _bus(lab: Lab, client_id: str, presence: str | None = None) -> Bus:
+def _bus(lab: Lab, client_id: str, presence: str | None = None, *,
+         keepalive: int | None = None) -> Bus:
     if lab.settings is None:
         raise ConfigError("this command needs --broker mqtt://HOST:PORT")
-    return MqttBus(lab.settings, client_id=f"hvsim-{lab.fabric}-{client_id}",
+    settings = lab.settings if keepalive is None else replace(lab.settings, keepalive=keepalive)
+    return MqttBus(settings, client_id=f"hvsim-{lab.fabric}-{client_id}",
                    presence_topic=presence)
+
+
+#: keep-alive of a process's shared reading connection: it carries no presence (no will), so
+#: it need not be noticed quickly when it dies, and its pings should not add to the hosts'
+VIEW_KEEPALIVE_S = 60
 
 
 def _stop_event() -> asyncio.Event:
@@ -95,6 +103,19 @@ async def _config_or_stop(waiting: Coroutine[Any, Any, Any], stop: asyncio.Event
     return True
 
 
+async def _reminding(waiting: Coroutine[Any, Any, Any], text: str, bus: Bus) -> Any:
+    """Await `waiting`, printing `text` (and the broker's state) every `CONFIG_REMINDER_S`."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CONFIG_REMINDER_S)
+            if done:
+                return task.result()
+            console.print(text + _broker_state(bus))
+    finally:
+        task.cancel()
+
+
 _RANGE = re.compile(r"^([^\[\]]*)\[(\d+)-(\d+)\]([^\[\]]*)$")
 MAX_HOSTS_PER_PROCESS = 1000
 #: Host agents of one process that may be connecting to the broker at the same time.
@@ -124,12 +145,22 @@ def expand_host_names(spec: str) -> list[str]:
     return names
 
 
+#: a host still without its configuration says so this often (seconds)
+CONFIG_REMINDER_S = 30.0
+#: longest pause between attempts of a host (of several in a process) to join
+JOIN_RETRY_MAX_S = 30.0
+
+
 async def run_hosts(
     topo_path: Path, names: list[str], lab: Lab, *, duration: float | None,
-    config_wait_s: float = 60.0,
+    config_wait_s: float | None = None,
 ) -> None:
     """Run several hosts of the topology in this process (each its own agent and broker
-    connection, with its own presence), until stopped or for `duration` seconds."""
+    connection, with its own presence), until stopped or for `duration` seconds.
+
+    The agents share one more connection, without a will, for what they all read: every
+    host's presence and status and the vDS configurations (a `FabricView`), and for the
+    look-before-joining check of each host name."""
     topo = load_topology(topo_path)
     known = {h.name for h in topo.hosts}
     missing = [n for n in names if n not in known]
@@ -137,41 +168,101 @@ async def run_hosts(
         raise ConfigError(f"{topo_path}: no host {', '.join(missing[:5])}"
                           f"{' ...' if len(missing) > 5 else ''} in the topology "
                           f"({len(known)} hosts)")
+    vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)  # once, not per host
     stop = _stop_event()
     # Connect a few at a time: a hundred MQTT handshakes started in one loop turn starve each
     # other (the broker drops clients whose CONNECT comes later than its timeout).
     starting = asyncio.Semaphore(STARTS_AT_ONCE)
 
-    async def one(name: str) -> None:
-        await starting.acquire()
-        connected = asyncio.Event()
-        run = asyncio.ensure_future(run_host(
-            topo_path, name, lab, duration=duration, config_wait_s=config_wait_s, topo=topo,
-            stop=stop, connected=connected.set))
-        waiter = asyncio.ensure_future(connected.wait())
-        try:
-            await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            starting.release()
-        await run
+    waiting = set(names)
 
-    await asyncio.gather(*(one(n) for n in names))
+    async def one(name: str, view: FabricView) -> None:
+        delay = 1.0
+        while True:
+            await starting.acquire()
+            connected = asyncio.Event()
+            run = asyncio.ensure_future(run_host(
+                topo_path, name, lab, duration=duration, config_wait_s=config_wait_s,
+                topo=topo, vds=vds, stop=stop, connected=connected.set, view=view,
+                configured=lambda: waiting.discard(name)))
+            waiter = asyncio.ensure_future(connected.wait())
+            try:
+                await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                starting.release()
+            try:
+                await run
+                return
+            except (HostConflictError, HostAccessError):
+                raise
+            except TransportError as exc:
+                # The shared connection got in, so address and login are right: a host that
+                # could not join (a timeout while the broker is busy with hundreds of others,
+                # or a restart) tries again, as its bus would once connected.
+                if connected.is_set() or stop.is_set():
+                    raise
+                console.print(f"{name}: {exc}; trying again in {delay:.0f} s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, JOIN_RETRY_MAX_S)
+
+    async def remind(bus: Bus) -> None:
+        vds = lab.vds_name
+        while waiting:
+            await asyncio.sleep(CONFIG_REMINDER_S)
+            if waiting:
+                console.print(f"{len(waiting)} of {len(names)} hosts still wait for {vds}'s "
+                              f"configuration (hvsim vds-push){_broker_state(bus)}")
+
+    claim = HostClaim.new()
+    async with (
+        _bus(lab, f"view-{claim.instance}",
+             keepalive=max(VIEW_KEEPALIVE_S, lab.settings.keepalive if lab.settings else 0))
+        as bus,
+        FabricView(bus, lab.topics) as view,
+    ):
+        reminder = asyncio.create_task(remind(bus))
+        try:
+            await asyncio.gather(*(one(n, view) for n in names))
+        finally:
+            reminder.cancel()
+        if view.failures:
+            name, err = view.failures[0]
+            raise NetsimError(f"task {name!r} crashed: {err!r}") from err
+
+
+def _broker_state(bus: Bus) -> str:
+    """'' while connected; else why not (the bus keeps reconnecting by itself)."""
+    if getattr(bus, "connected", True):
+        return ""
+    why = getattr(bus, "last_error", None)
+    return f"; the broker is not reachable, retrying{f' ({why})' if why else ''}"
 
 
 async def run_host(
-    topo_path: Path, name: str, lab: Lab, *, duration: float | None, config_wait_s: float = 60.0,
-    topo: Topology | None = None, stop: asyncio.Event | None = None,
+    topo_path: Path, name: str, lab: Lab, *, duration: float | None,
+    config_wait_s: float | None = None,
+    topo: Topology | None = None, vds: VdsConfig | None = None,
+    stop: asyncio.Event | None = None,
     connected: Callable[[], None] | None = None,
+    view: FabricView | None = None,
+    configured: Callable[[], None] | None = None,
 ) -> None:
     """Run host `name` of the topology until stopped (or for `duration` seconds);
     `connected()` is called once it is online (presence published, waiting for its
-    configuration)."""
+    configuration), `configured()` once its first configuration is applied.
+
+    Without a configuration the host waits (saying so every `CONFIG_REMINDER_S` unless it runs
+    with a shared `view`, whose owner says it for all), through broker outages (the bus
+    reconnects by itself), for `config_wait_s` seconds if given (then TransportError), else
+    until stopped. With `view`, the host reads peers and configurations from it and probes
+    its name on the view's connection."""
     if duration is not None:
-        config_wait_s = min(config_wait_s, duration)
+        config_wait_s = duration if config_wait_s is None else min(config_wait_s, duration)
     if topo is None:
         topo = load_topology(topo_path)
-    vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
+    if vds is None:
+        vds = vds_from_topology(topo, name=lab.vds_name, switch=lab.switch)
     plan = host_plan(topo, name, vds, switch=lab.switch)
     topics = lab.topics
     session = int.from_bytes(os.urandom(4), "big")
@@ -179,24 +270,32 @@ async def run_host(
         stop = _stop_event()
     claim = HostClaim.new()
     # look first, on a connection without a will: a second instance must not touch the first
-    async with _bus(lab, f"{name}-probe-{claim.instance}") as probe:
-        stale = lab.settings.keepalive * 1.5 if lab.settings else None
-        await check_host_free(probe, topics, name, claim, stale_after_s=stale)
+    stale = lab.settings.keepalive * 1.5 if lab.settings else None
+    if view is not None:
+        await check_host_free(view.bus, topics, name, claim, stale_after_s=stale)
+    else:
+        async with _bus(lab, f"{name}-probe-{claim.instance}") as probe:
+            await check_host_free(probe, topics, name, claim, stale_after_s=stale)
     async with (
         Fabric() as fab,
         _bus(lab, f"{name}-{claim.instance}", topics.presence(name)) as bus,
         ClaimWatch(bus, topics, name, claim) as watch,
-        HostAgent(fab, name, bus, topics, session=session, guests=True,
+        HostAgent(fab, name, bus, topics, session=session, guests=True, view=view,
                   on_event=lambda text: console.print(f"{name}: {text}")) as agent,
     ):
         console.print(f"{name}: connected to {lab.settings.url if lab.settings else 'memory'}; "
                       f"waiting for {vds.name}'s configuration (hvsim vds-push)")
         if connected is not None:
             connected()
-        if not await _config_or_stop(agent.wait_config(vds.name, 1, within_s=config_wait_s),
-                                     stop):
+        waiting = agent.wait_config(vds.name, 1, within_s=config_wait_s)
+        if view is None:
+            waiting = _reminding(waiting, f"{name}: still waiting for {vds.name}'s "
+                                 "configuration (hvsim vds-push)", bus)
+        if not await _config_or_stop(waiting, stop):
             console.print(f"{name}: leaving before any configuration arrived")
             return
+        if configured is not None:
+            configured()
         for vm, nics in plan.vms.items():
             await agent.add_vm(vm, nics, domid=plan.domids[vm], **plan.guests[vm])
         running = agent.plane.running[vds.name].version

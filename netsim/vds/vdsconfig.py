@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from netsim.dataplane.filtering import TrafficRuleset, ruleset_from_doc, ruleset_to_doc
+from netsim.dataplane.lag import HASHES
 from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
 from netsim.errors import ConfigError
 
@@ -50,6 +51,19 @@ class DvTeaming:
 
 
 @dataclass(frozen=True)
+class DvLag:
+    """A LACP LAG of the vDS (`VMwareDvsLacpGroupConfig`): its name, `mode` active/passive,
+    the vDS uplinks it bundles (`uplinkNum` is their count), `loadbalanceAlgorithm`,
+    `timeoutMode` fast/slow. In a teaming order it stands for all of them."""
+
+    name: str
+    uplinks: tuple[str, ...]
+    mode: str = "passive"
+    load_balance: str = "srcDestIpTcpUdpPortVlan"
+    timeout: str = "slow"
+
+
+@dataclass(frozen=True)
 class DvPortGroup:
     """A distributed port group: exists on every member host's proxy switch."""
 
@@ -79,6 +93,8 @@ class VdsConfig:
     pvlans: tuple[tuple[int, int, str], ...] = ()
     #: `VMwareDVSConfigSpec.maxMtu`: the largest frame payload any proxy switch port passes
     max_mtu: int = 1500
+    #: LACP LAGs over the uplinks (`VmwareDistributedVirtualSwitch.lacpGroupConfig`)
+    lags: tuple[DvLag, ...] = ()
 
     def pvlan_map(self) -> PvlanMap:
         """The PVLAN map the proxy switches apply."""
@@ -198,9 +214,11 @@ def _parse(doc: dict, source: str) -> VdsConfig:
                 raise ConfigError(f"{tw}.policy: {policy!r} not one of {TEAMING_POLICIES}")
             active = tuple(_get(t, "active", list, tw, []))
             standby = tuple(_get(t, "standby", list, tw, []))
+            lag_names = [lg.get("name") for lg in doc.get("lags") or [] if isinstance(lg, dict)]
             for u in (*active, *standby):
-                if u not in uplinks:
-                    raise ConfigError(f"{tw}: uplink {u!r} is not one of the vDS's {list(uplinks)}")
+                if u not in uplinks and u not in lag_names:
+                    raise ConfigError(f"{tw}: uplink {u!r} is not one of the vDS's "
+                                      f"{list(uplinks) + lag_names}")
             teaming = DvTeaming(policy, active, standby,
                                 _get(t, "notify_switches", bool, tw, True),
                                 _get(t, "failback", bool, tw, True))
@@ -245,4 +263,35 @@ def _parse(doc: dict, source: str) -> VdsConfig:
     max_mtu = _get(doc, "max_mtu", int, where, 1500)
     if not 68 <= max_mtu <= 9216:
         raise ConfigError(f"{where}.max_mtu: {max_mtu} outside 68..9216")
-    return VdsConfig(name, version, uplinks, tuple(pgs), hosts, pvlans, max_mtu)
+    return VdsConfig(name, version, uplinks, tuple(pgs), hosts, pvlans, max_mtu,
+                     _lags(_get(doc, "lags", list, where, []), uplinks, where))
+
+
+def _lags(raw: list[Any], uplinks: tuple[str, ...], where: str) -> tuple[DvLag, ...]:
+    out: list[DvLag] = []
+    used: dict[str, str] = {}
+    for i, d in enumerate(raw):
+        lw = f"{where}.lags[{i}]"
+        if not isinstance(d, dict):
+            raise ConfigError(f"{lw}: expected an object")
+        name = _get(d, "name", str, lw)
+        if not name or name in uplinks or any(lg.name == name for lg in out):
+            raise ConfigError(f"{lw}.name: {_label(name)!r} is empty or already a name here")
+        members = tuple(_get(d, "uplinks", list, lw))
+        if len(members) < 2:
+            raise ConfigError(f"{lw}.uplinks: a LAG bundles at least two uplinks")
+        for u in members:
+            if u not in uplinks:
+                raise ConfigError(f"{lw}.uplinks: {u!r} is not one of {list(uplinks)}")
+            if u in used:
+                raise ConfigError(f"{lw}.uplinks: {u!r} is already in LAG {used[u]}")
+            used[u] = name
+        lag = DvLag(name, members, _get(d, "mode", str, lw, "passive"),
+                    _get(d, "load_balance", str, lw, "srcDestIpTcpUdpPortVlan"),
+                    _get(d, "timeout", str, lw, "slow"))
+        for key, ok in (("mode", ("active", "passive")), ("timeout", ("fast", "slow")),
+                        ("load_balance", tuple(HASHES))):
+            if getattr(lag, key) not in ok:
+                raise ConfigError(f"{lw}.{key}: {getattr(lag, key)!r} not one of {ok}")
+        out.append(lag)
+    return tuple(out)

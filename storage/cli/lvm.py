@@ -613,7 +613,7 @@ def lvwrite_cmd(
     with open_input(input_file) as src, _vg(vg, devices) as g:
         if g.write_block:  # duplicate PVs and none can be told to be the real one
             raise LvmError(g.write_block)
-        dev = g.open_lv(name)
+        dev = g.open_lv(name, write_lock=True)
         if total is not None and start + total > dev.size:
             raise LvmError(f"{vg}/{name}: {total} bytes at {start} do not fit in the LV's "
                            f"{dev.size} bytes")

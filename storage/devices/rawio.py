@@ -113,7 +113,10 @@ class FileIO:
 
     def pwrite(self, offset: int, data: bytes) -> None:
         """Write all of `data` at `offset`."""
-        view = memoryview(data)
+        n = os.pwrite(self._fd, data, offset)
+        if n == len(data):                  # the usual case: one call, no view
+            return
+        view, offset = memoryview(data)[n:], offset + n
         while view:
             n = os.pwrite(self._fd, view, offset)
             view = view[n:]

@@ -8,11 +8,16 @@ own writes); `LvRawIO` lets a format driver (a VHD for LVHD) live inside an LV.
 from __future__ import annotations
 
 import bisect
+import errno
+import fcntl
 import os
+import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from storage.devices.imagelock import _FLOCK, F_OFD_SETLK
 from storage.devices.rawio import RawIO
 from storage.errors import LvmError
 from storage.lvm.cow import CowStore
@@ -134,6 +139,36 @@ class LvBinding:
     fast: tuple[int, int] | None = None  # (fd, byte offset) when one file holds the whole LV
 
 
+LV_LOCK_BASE = 1 << 40   # far above the bytes QEMU locks (100..203) on the same PV files
+
+
+class LvWriteLock:
+    """One writer per LV across processes (and open devices): an exclusive open-file-description
+    lock on one byte of the VG's first PV file, chosen by the LV's id, so it follows the LV
+    through renames and resizes and vanishes with its holder. LVM2 leaves this to lvmlockd
+    (an "ex" LV lock for exclusive activation); files shared on one host need it here."""
+
+    def __init__(self, pv_path: str, lv_id: str, name: str) -> None:
+        self.fd = os.open(pv_path, os.O_RDWR | os.O_CLOEXEC)
+        byte = LV_LOCK_BASE + zlib.crc32(lv_id.encode())
+        try:
+            fcntl.fcntl(self.fd, F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET,
+                                                          byte, 1, 0))
+        except OSError as exc:
+            os.close(self.fd)
+            self.fd = -1
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise LvmError(f"{name}: logical volume is open for writing elsewhere (one "
+                               "writer at a time); close it there first") from None
+            raise
+
+    def release(self) -> None:
+        """Let another writer in."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class FollowsVg:
     """An open LV device that follows its VG's metadata: a resize, rename or new snapshot applies
     to it. Subclasses set `name`, `_size`, `_read_only` in `_refresh` (and bump `_gen`)."""
@@ -191,11 +226,17 @@ class _LvDeviceBase(FollowsVg):
     def _bounds(self, offset: int, length: int) -> None:
         raise LvmError(f"{self.name}: I/O at {offset}+{length} beyond the LV's {self._size} bytes")
 
+    write_lock: LvWriteLock | None = None
+
     def close(self) -> None:
-        """Flush; the PV files stay open with the VG."""
+        """Flush (and let another writer in); the PV files stay open with the VG."""
         if not self.closed:
-            self.flush()
-            self.closed = True
+            try:
+                self.flush()
+            finally:
+                self.closed = True
+                if self.write_lock is not None:
+                    self.write_lock.release()
 
     def flush(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError

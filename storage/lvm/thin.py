@@ -369,7 +369,12 @@ class ThinDevice(FollowsVg):
         self.pool.discard(self.device_id, offset, length)
 
     def close(self) -> None:
-        """Flush and stop using the device."""
+        """Flush and stop using the device (letting another writer in)."""
         if not self.closed:
-            self.flush()
-            self.closed = True
+            try:
+                self.flush()
+            finally:
+                self.closed = True
+                lock = getattr(self, "write_lock", None)
+                if lock is not None:
+                    lock.release()

@@ -32,6 +32,7 @@ from storage.lvm.device import (
     LogicalVolumeDevice,
     LvBinding,
     LvRawIO,
+    LvWriteLock,
     Run,
     SnapshotDevice,
     _zero_io,
@@ -982,32 +983,54 @@ class VolumeGroup:
         return LvBinding(f"{self.name}/{lv.name}", emap, read_only,
                          [self.store(s) for s in self.snapshots_of(lv.name)], fast)
 
-    def open_lv(self, name: str) -> LogicalVolumeDevice | SnapshotDevice:
+    def open_lv(self, name: str, *, write_lock: bool = False
+                ) -> LogicalVolumeDevice | SnapshotDevice:
         """The LV as a BlockDevice (a snapshot's frozen view for snapshots).
 
         The device follows later changes made through this VG handle (resize, rename, new
-        snapshots of it); it fails cleanly once the LV is removed.
+        snapshots of it); it fails cleanly once the LV is removed. `write_lock`: the caller
+        will write; refused (LvmError) while another open device, here or in another
+        process, holds the LV's write lock, which is released on close.
         """
         lv = self.meta.lv(name)
         if not self.meta.lv_visible(lv):
             raise LvmError(f"{self.name}/{name} is an internal LV")
-        if self.snapshot_segment(name) is not None:
-            return SnapshotDevice(self, lv.id)
-        if self.thin_segment(name) is not None:
-            return ThinDevice(self, lv.id)  # type: ignore[return-value]
         if self.pool_segment(name) is not None:
             raise LvmError(f"{self.name}/{name} is a thin pool; create thin LVs in it "
                            "(lvcreate -V SIZE -T POOL)")
-        return LogicalVolumeDevice(self, lv.id)
+        lock = self._lv_write_lock(lv.id, name) if write_lock else None
+        try:
+            if self.snapshot_segment(name) is not None:
+                dev: LogicalVolumeDevice | SnapshotDevice = SnapshotDevice(self, lv.id)
+            elif self.thin_segment(name) is not None:
+                dev = ThinDevice(self, lv.id)  # type: ignore[assignment]
+            else:
+                dev = LogicalVolumeDevice(self, lv.id)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        dev.write_lock = lock
+        return dev
+
+    def _lv_write_lock(self, lv_id: str, name: str) -> LvWriteLock | None:
+        """The LV's cross-process writer lock, on the VG's first PV file (None for PVs that
+        are not files or devices: in-memory VGs have one user)."""
+        first = next((self.devices.get(pv.name) for pv in self.meta.pvs
+                      if self.devices.get(pv.name) is not None), None)   # same PV everywhere
+        if first is None or not isinstance(first.io, FileIO):
+            return None
+        return LvWriteLock(first.io.name, lv_id, f"{self.name}/{name}")
 
     def raw_io(self, name: str, *, resizable: bool = False,
-               length: int | None = None) -> LvRawIO:
+               length: int | None = None, write_lock: bool = False) -> LvRawIO:
         """A RawIO view of LV `name`.
 
         `resizable`: truncate()/writes past the end run lvextend (and, without `length`,
         lvreduce). `length`: present a file of that length inside the LV (see LvRawIO).
+        `write_lock`: as for `open_lv`.
         """
-        dev = self.open_lv(name)
+        dev = self.open_lv(name, write_lock=write_lock)
         lv_id = self.meta.lv(name).id
 
         def resize(size: int) -> None:

@@ -13,6 +13,7 @@ gives the VDI's content.
 """
 from __future__ import annotations
 
+import errno
 import os
 import uuid as uuidlib
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from storage.vhd.image import VhdImage
 
 CHUNK = 4 * 1024 * 1024         # unit of reads and writes
 DELTA_GRAIN = 64 * 1024         # a delta holds whole 64 KiB pieces (the CBT block size)
+ZERO_GRAIN = 4096               # zero pieces skipped on import: qemu-img convert's -S 4k default
 _ZEROS = bytes(CHUNK)
 FORMATS = ("raw", "vhd")
 
@@ -36,7 +38,7 @@ Progress = Callable[[int], None]
 def is_zero(data: bytes | memoryview) -> bool:
     """True when every byte is zero (a C-level compare against a zero buffer)."""
     n = len(data)
-    return data == _ZEROS[:n] if n <= CHUNK else not any(data)
+    return _ZEROS.startswith(data) if n <= CHUNK else not any(data)
 
 
 def _check_format(fmt_name: str) -> None:
@@ -130,56 +132,167 @@ def export_delta(base: BlockDevice, cur: BlockDevice, out_path: str | os.PathLik
     return held
 
 
+def data_runs(data: bytes | bytearray | memoryview,
+              grain: int = ZERO_GRAIN) -> list[tuple[int, int]]:
+    """The [start, end) byte ranges of `data` to write: everything but its all-zero aligned
+    `grain`-sized pieces (a short last piece always counts as data).
+
+    Hand-written for speed (measured: a Python step per 4 KiB piece, or `bytes.find` of a
+    zero piece, made a 1 GiB import 2-3x slower than `qemu-img convert`): only pieces whose
+    first 8 bytes are zero can be zero, so those words are gathered with one strided copy and
+    each run of candidates is confirmed with one memcmp (`bytes.startswith`;
+    `memoryview == memoryview` compares item by item, ~100x slower)."""
+    n = len(data)
+    full = n - n % grain
+    if full == 0 or grain % 8:
+        return [(0, n)] if n else []
+    if not isinstance(data, bytes | bytearray):
+        data = bytes(data)
+    mv = memoryview(data)
+    heads = mv[:full].cast("Q")[::grain // 8].tobytes()    # 8 bytes per piece
+    pieces = len(heads) // 8
+    runs: list[tuple[int, int]] = []
+    start = 0                                # where the current data run began (bytes)
+    i = 0                                    # next piece to look at
+    while i < pieces:
+        f = heads.find(_ZEROS[:8], i * 8)
+        if f < 0:
+            break
+        if f % 8:                            # straddles two heads: not a candidate
+            i = f // 8 + 1
+            continue
+        i = f // 8
+        j = i + 1                            # grow the run of zero heads (doubling)
+        step = 1
+        while j < pieces:
+            k = min(step, pieces - j)
+            if _ZEROS.startswith(heads[j * 8:(j + k) * 8]):
+                j += k
+                step *= 2
+            elif step > 1:
+                step //= 2
+            else:
+                break
+        # [a, b) is zero iff it starts with 0 and equals itself shifted by one byte: one
+        # stream through the cache instead of two (1.8x faster here than against _ZEROS)
+        if data.startswith(mv[i * grain + 1:j * grain], i * grain):
+            zeros = [(i, j)]
+        else:                                # zero heads, data behind some: piece by piece
+            zeros = []
+            for p in range(i, j):
+                if _ZEROS.startswith(mv[p * grain:(p + 1) * grain]):
+                    if zeros and zeros[-1][1] == p:
+                        zeros[-1] = (zeros[-1][0], p + 1)
+                    else:
+                        zeros.append((p, p + 1))
+        for zi, zj in zeros:
+            if zi * grain > start:
+                runs.append((start, zi * grain))
+            start = zj * grain
+        i = j
+    if start < n:
+        runs.append((start, n))
+    return runs
+
+
 def copy_content(src: BlockDevice, dst: BlockDevice, *, progress: Progress | None = None,
                  only_changes: bool = False) -> int:
     """Make `dst`'s first `src.size` bytes equal `src`'s; returns the bytes written.
 
-    Writes go in runs of whole `DELTA_GRAIN` pieces; a piece that already reads the same in
-    `dst` (zeros over an unallocated block, or with `only_changes` anything unchanged) is not
-    written, so zeros never allocate space in a VHD."""
+    All-zero 4 KiB pieces (`ZERO_GRAIN`, as `qemu-img convert -S 4k`) are written only where
+    `dst` does not already read zeros, so zeros never allocate space in a VHD and the output
+    is as sparse as qemu-img's. A source that knows its holes (`data_extents`, a sparse raw
+    file) is not read there, as qemu-img asks block status first. With `only_changes`
+    anything unchanged in whole `DELTA_GRAIN` pieces is skipped too (a revert rewrites only
+    what differs)."""
     size = src.size
     if dst.size < size:
         raise SrError(f"the target is {dst.size} bytes, smaller than the {size} bytes to copy")
+    extents_of = getattr(src, "data_extents", None)
     written = 0
     for off in _pieces(size):
         n = min(CHUNK, size - off)
-        data = src.read(off, n)
-        zero = is_zero(data)
-        if not zero and not only_changes:
-            old = None
+        if only_changes:
+            written += _write_changes(dst, off, src.read(off, n))
         else:
-            old = dst.read(off, n)
-            if old == data:
-                if progress:
-                    progress(n)
-                continue
-        mv = memoryview(data)
-        old_mv = memoryview(old) if old is not None else mv
-        zeros = memoryview(_ZEROS)
-        start = None
-        for p in range(0, n + DELTA_GRAIN, DELTA_GRAIN):
-            q = min(p + DELTA_GRAIN, n)
-            if p >= n:
-                same = True                      # flush the last run
-            elif old is not None:
-                same = mv[p:q] == old_mv[p:q]
-            elif mv[p:q] == zeros[:q - p]:       # a zero piece: write it only over data
-                if old is None:                  # read what is there once per chunk
-                    old = dst.read(off, n)
-                    old_mv = memoryview(old)
-                same = old_mv[p:q] == zeros[:q - p]
+            ext = extents_of(off, n) if extents_of is not None else None
+            if ext is None:
+                pieces = [(0, src.read(off, n))]
             else:
-                same = False
-            if same:
-                if start is not None:
-                    dst.write(off + start, mv[start:p])
-                    written += p - start
-                    start = None
-            elif start is None:
-                start = p
+                pieces = [(a, src.read(off + a, b - a)) for a, b in _grain_aligned(ext, off, n)]
+            written += _write_data(dst, off, n, pieces)
         if progress:
             progress(n)
     dst.flush()
+    return written
+
+
+def _grain_aligned(extents: list[tuple[int, int]], off: int, n: int) -> list[tuple[int, int]]:
+    """Absolute byte extents as ranges of the chunk at `off`, widened to whole ZERO_GRAINs."""
+    out: list[tuple[int, int]] = []
+    for a, b in extents:
+        lo = max(0, (a - off) // ZERO_GRAIN * ZERO_GRAIN)
+        hi = min(n, -(-(b - off) // ZERO_GRAIN) * ZERO_GRAIN)
+        if out and out[-1][1] >= lo:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        elif hi > lo:
+            out.append((lo, hi))
+    return out
+
+
+def _write_data(dst: BlockDevice, off: int, n: int, pieces: list[tuple[int, bytes]]) -> int:
+    """Write the chunk of `n` bytes at `off` whose data is `pieces` ((start in the chunk,
+    bytes); zeros elsewhere): its non-zero grains, and zeros only over what is not zero."""
+    runs: list[tuple[int, int, memoryview]] = []
+    for a, data in pieces:
+        mv = memoryview(data)
+        runs += [(a + s, a + e, mv[s:e]) for s, e in data_runs(data)]
+    if sum(e - s for s, e, _ in runs) < n:
+        old = dst.read(off, n)
+        if not _ZEROS.startswith(old):          # zeros must replace what is there
+            zero = memoryview(_ZEROS)
+            extra: list[tuple[int, int, memoryview]] = []
+            pos = 0
+            for s, e, _ in [*runs, (n, n, zero)]:
+                if s > pos:
+                    extra += [(pos + a, pos + b, zero[:b - a])
+                              for a, b in data_runs(old[pos:s])]
+                pos = e
+            runs = sorted(runs + extra, key=lambda r: r[0])
+    for s, _, view in runs:
+        dst.write(off + s, view)
+    return sum(e - s for s, e, _ in runs)
+
+
+def _merged(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in runs:
+        if out and out[-1][1] >= s:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _write_changes(dst: BlockDevice, off: int, data: bytes) -> int:
+    """Write the `DELTA_GRAIN` pieces of `data` that differ from what `dst` holds at `off`."""
+    n = len(data)
+    old = dst.read(off, n)
+    if old == data:
+        return 0
+    mv = memoryview(data)
+    written = 0
+    start = None
+    for p in range(0, n + DELTA_GRAIN, DELTA_GRAIN):
+        q = min(p + DELTA_GRAIN, n)
+        same = p >= n or old.startswith(mv[p:q], p)
+        if same:
+            if start is not None:
+                dst.write(off + start, mv[start:p])
+                written += p - start
+                start = None
+        elif start is None:
+            start = p
     return written
 
 
@@ -205,6 +318,29 @@ class FileDevice:
     def read_only(self) -> bool:
         """Always True."""
         return True
+
+    def data_extents(self, offset: int, length: int) -> list[tuple[int, int]] | None:
+        """The (start, end) ranges of [offset, offset+length) a raw source may hold data in;
+        the rest are holes of the file, or past its end (zeros). None: unknown (a VHD source,
+        or no SEEK_DATA here)."""
+        if self._io is None:
+            return None
+        fd, end = self._io.fileno(), offset + length
+        out: list[tuple[int, int]] = []
+        pos = offset
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:   # only a hole (or the end) is left
+                    break
+                return None
+            if data >= end:
+                break
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+            out.append((data, hole))
+            pos = hole
+        return out
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes at `offset`."""

@@ -515,16 +515,22 @@ def export(img: VhdImage, out_path: str | os.PathLike[str], *, progress: Progres
 HOLE_GRAIN = 64 * 1024
 
 
-def write_sparse(fd: int, data: memoryview, pos: int, zeros: memoryview) -> None:
+def write_sparse(fd: int, data: memoryview, pos: int, zeros: memoryview | bytes) -> None:
     """pwrite `data` at `pos`, leaving each all-zero 64 KiB piece a hole (as `qemu-img convert`
-    does); non-zero pieces in a row go out in one call. `zeros` is at least as long as `data`."""
+    does); non-zero pieces in a row go out in one call. `zeros` is at least as long as `data`.
+
+    Compares are `bytes.startswith` (a memcmp); `memoryview == memoryview` compares item by
+    item, ~100x slower (measured)."""
+    z = zeros.obj if isinstance(zeros, memoryview) else zeros
+    if not isinstance(z, bytes):
+        z = bytes(len(data))
     n = len(data)
-    if data == zeros[:n]:
+    if z.startswith(data):
         return
     start = None
     for p in range(0, n, HOLE_GRAIN):
         q = min(p + HOLE_GRAIN, n)
-        if data[p:q] == zeros[:q - p]:
+        if z.startswith(data[p:q]):
             if start is not None:
                 os.pwrite(fd, data[start:p], pos + start)
                 start = None

@@ -210,3 +210,54 @@ def test_peers_ignore_malformed_status() -> None:
     p.handle(BusMessage(TOPICS.presence("esx1"), b"online"))
     assert p.bad_status == 1 and p.online() == {"esx1"}
     assert p.flood_targets("dvs1", 100, exclude="esx2") == set()
+
+
+async def test_agents_sharing_a_view_decode_each_config_once_and_late_ones_catch_up(
+        bus_kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host planes of one process on a shared `FabricView`: one decode per published config
+    (not one per agent), every member applies it, a plane that attaches later gets the latest
+    one, a bad document is refused on every plane, and the peers are the view's."""
+    from netsim.vds import dswitch
+
+    decodes = 0
+    real = VdsConfig.from_json
+
+    def counting(data: bytes, *, source: str) -> VdsConfig:
+        nonlocal decodes
+        decodes += 1
+        return real(data, source=source)
+
+    monkeypatch.setattr(dswitch.VdsConfig, "from_json", staticmethod(counting))
+    async with contextlib.AsyncExitStack() as stack:
+        vc = await stack.enter_async_context(bus_kit.make("vcenter"))
+        mp = await stack.enter_async_context(ManagementPlane(vc, TOPICS))
+        shared = await stack.enter_async_context(bus_kit.make("view"))
+        view = await stack.enter_async_context(dswitch.FabricView(shared, TOPICS))
+        hosts = {n: Host(n, {"App": 0}) for n in ("esx1", "esx2", "esx3")}
+
+        async def join(h: Host, i: int) -> None:
+            bus = await stack.enter_async_context(
+                bus_kit.make(h.name, presence_topic=TOPICS.presence(h.name)))
+            h.plane = await stack.enter_async_context(
+                HostPlane(bus, TOPICS, host=h.name, session=i, apply=h.apply, view=view))
+
+        await join(hosts["esx1"], 1)
+        await join(hosts["esx2"], 2)
+        await mp.publish(dvs(1))
+        await mp.wait_applied("dvs1", 1, {"esx1", "esx2"}, within_s=T)
+        await join(hosts["esx3"], 3)  # attaches after the push: takes the retained latest
+        await mp.wait_applied("dvs1", 1, within_s=T)
+        assert [h.applied for h in hosts.values()] == [[1], [1], [1]]
+        assert decodes == 1
+        assert all(h.plane.peers is view.peers for h in hosts.values())
+        await view.peers.wait_until(lambda: view.peers.online() == set(hosts), within_s=T,
+                                    what="presence")
+        await vc.publish(TOPICS.vds_config("dvs1"), b"{not json", qos=1, retain=True)
+
+        async def refused() -> None:
+            while not all(h.plane.counters.refused == 1 for h in hosts.values()):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(refused(), T)
+        assert view.bad_configs == 1 and decodes == 2
+        assert [h.applied for h in hosts.values()] == [[1], [1], [1]]  # still running v1

@@ -71,3 +71,24 @@ async def test_paced_sleepers_in_their_last_stretch_wake_in_order() -> None:
     await asyncio.gather(at(3.0), at(3.3), at(3.6), at(2.0))
     assert order == [20, 30, 33, 36]
     assert clock.now_ns() >= t0 + 3_600_000
+
+
+async def test_paced_sleepers_all_overdue_after_a_stall_wake_in_deadline_order() -> None:
+    """The process stalls (preempted, a slow callback) past every sleeper's deadline: they
+    still wake in deadline order, first come first served for equal deadlines."""
+    import time
+
+    clock = PacedClock()
+    t0 = clock.now_ns()
+    order: list[str] = []
+
+    async def at(ms: float, tag: str) -> None:
+        await clock.sleep_until(t0 + int(ms * 1e6))
+        order.append(tag)
+
+    tasks = [asyncio.create_task(at(ms, tag))
+             for ms, tag in ((0.5, "c"), (0.2, "a"), (0.5, "d"), (0.3, "b"))]
+    await asyncio.sleep(0)           # every sleeper has started waiting
+    time.sleep(0.01)                 # noqa: ASYNC251 - the stall under test
+    await asyncio.gather(*tasks)
+    assert order == ["a", "b", "c", "d"]

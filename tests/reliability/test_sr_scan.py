@@ -169,3 +169,24 @@ def test_cli_scan_reports_then_fixes(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "1 orphan volumes introduced" in res.stdout
     res = runner.invoke(app, ["sr", "scan", str(tmp_path / "sr")])
     assert res.exit_code == 0, res.output
+
+
+def test_lvhd_scan_removes_an_lv_killed_before_its_vhd_was_written(tmp_path: Path) -> None:
+    """A process killed between creating `VHD-<uuid>` and writing the VHD into it (seen with
+    SIGKILLed snapshot/clone workers on a full VG) leaves an LV of zeros: provably empty, so
+    scan removes it; an LV holding bytes that are not a VHD is still left alone."""
+    import uuid as uuidlib
+
+    sr = _new_sr(tmp_path / "sr", "lvhd")
+    keep = sr.vdi_create("keep", 4 * MiB)
+    zeros, junk = (f"VHD-{uuidlib.uuid4()}" for _ in range(2))
+    vg = sr.driver.vg
+    vg.lvcreate(zeros, 8 * MiB)
+    vg.lvcreate(junk, 8 * MiB)
+    dev = vg.open_lv(junk, write_lock=True)
+    dev.write(MiB, b"not a vhd")
+    dev.close()
+    rep = sr.scan()
+    assert rep.removed_volumes == [zeros]
+    assert [u.split(":")[0] for u in rep.unreadable] == [junk]
+    assert sorted(sr.driver.list_volumes()) == sorted([keep.location, junk])

@@ -23,3 +23,10 @@ def test_quick_run_moves_every_frame_and_reports_ratios() -> None:
     assert r["ratio_vs_baseline"] == pytest.approx(
         r["vds_frames_per_s"] / r["baseline_aiomqtt_msgs_per_s"], rel=0.01
     )
+    # the fleet (20 hosts in 2 processes with --quick): push reached all, baseline measured
+    assert r["fleet_push_hosts_reached"] == r["fleet_hosts"] == 20
+    assert r["fleet_push_baseline_plain_mqtt_s"] > 0
+    assert r["fleet_push_ratio_vs_baseline"] == pytest.approx(
+        r["fleet_push_s"] / r["fleet_push_baseline_plain_mqtt_s"], rel=0.05)
+    assert r["fleet_steady_broker_publishes"] == 0 and 0 < r["fleet_migrate_s"] < 30
+    assert r["fleet_rss_kib_per_agent"] > r["fleet_rss_kib_per_agent_without_interpreter"] > 0

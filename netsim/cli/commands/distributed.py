@@ -110,6 +110,11 @@ def host(
                           help="MQTT keep-alive in seconds: a host that goes silent (hung, "
                           "cut off) is marked down after about 1.5-2× this.")
     ] = 5,
+    config_wait: Annotated[
+        float, typer.Option("--config-wait", min=0, help="Give up (exit 2) when no vDS "
+                            "configuration arrived within this many seconds (0: wait until "
+                            "stopped, saying so every 30 s).")
+    ] = 0.0,
 ) -> None:
     """Run one host of a topology as its own process: its VMs (with guest stacks that answer
     ping) on a distributed-switch proxy, joined to the other hosts through an MQTT broker.
@@ -137,10 +142,12 @@ def host(
     names = expand_host_names(name)
     if len(names) == 1:
         lab = _lab(broker, user or names[0], password_file, tls_ca, fabric, switch, keepalive)
-        asyncio.run(run_host(topology, names[0], lab, duration=duration))  # type: ignore[arg-type]
+        asyncio.run(run_host(topology, names[0], lab, duration=duration,  # type: ignore[arg-type]
+                             config_wait_s=config_wait or None))
         return
     lab = _lab(broker, user, password_file, tls_ca, fabric, switch, keepalive)
-    asyncio.run(run_hosts(topology, names, lab, duration=duration))  # type: ignore[arg-type]
+    asyncio.run(run_hosts(topology, names, lab, duration=duration,  # type: ignore[arg-type]
+                          config_wait_s=config_wait or None))
 
 
 def vds_push(

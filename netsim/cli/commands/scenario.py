@@ -154,12 +154,32 @@ def replay(
                       f"{st['delivered']} delivered, {st['lost']} lost, {st['queue_dropped']} "
                       f"over the limit, {st['duplicated']} duplicated, {st['corrupted']} "
                       f"corrupted, {st['reordered']} reordered")
+    print_lags_and_flaps(report.lags or {}, report.mac_flaps or {})
     for d in drops:
         console.print(f"drops.pcapng: {d.summary()}")
     files = ", ".join([*report.captures, *(["drops.pcapng"] if drops else []), "report.json"])
     console.print(f"wrote {out}/: {files}")
     if not report.passed:
         raise typer.Exit(1)
+
+
+def print_lags_and_flaps(lags: dict[str, Any], flaps: dict[str, Any]) -> None:
+    """Each LAG's members at the end (`Lag.status()` by path), and every switch that saw a MAC
+    flap (switch → {"moves", "hosts"}), as a switch logs MACFLAP_NOTIF and OVS `fdb/stats-show`
+    counts moves."""
+    for path, st in lags.items():
+        members = ", ".join(f"{m['member']} {m['status']}"
+                            + (" distributing" if m["distributing"] else "")
+                            for m in st["members"])
+        console.print(f"LAG {path} ({st['mode']}): {'up' if st['up'] else 'DOWN'}; {members}",
+                      highlight=False, markup=False)
+    for sw, fl in flaps.items():
+        console.print(f"MAC flapping on {sw}: {fl['moves']} move(s)", highlight=False,
+                      markup=False)
+        for h in fl["hosts"][:5]:
+            console.print(f"  host {h['mac']} in VLAN {h['vlan']} is flapping between "
+                          f"{' and '.join(h['ports'])}: {h['moves']} move(s)", highlight=False,
+                          markup=False)
 
 
 def _print_replay_summary(report: Any) -> None:

@@ -284,6 +284,15 @@ def run(
                 drops_text = ", ".join(f"{k} {v}" for k, v in c["drops"].items())
                 table.add_row(name, str(c["rx_frames"]), str(c["tx_frames"]), drops_text)
         console.print(table)
+        from netsim.cli.commands.scenario import print_lags_and_flaps
+
+        fab = lab.fabric
+        switches = [*fab.switches.values(), *(s for h in fab.hosts.values()
+                                             for s in h.switches.values())]
+        print_lags_and_flaps({p: lag.status() for p, lag in fab.lags.items()},
+                             {sw.name: {"moves": sw.mac_flaps.total,
+                                        "hosts": sw.mac_flaps.as_list()}
+                              for sw in switches if sw.mac_flaps.total})
         console.print(f"wrote {len(paths)} capture file(s) in {out}")
         if drops is not None:
             console.print(f"wrote {out / 'drops.pcapng'}: {drops.summary()}")

@@ -56,6 +56,7 @@ class MosquittoBroker:
         acl_file: Path | None = None,
         tls: TlsFiles | None = None,
         executable: str = "mosquitto",
+        sys_interval: int | None = None,
     ) -> None:
         exe = shutil.which(executable)
         if exe is None:
@@ -72,6 +73,8 @@ class MosquittoBroker:
         self.password_file = password_file
         self.acl_file = acl_file
         self.tls = tls
+        #: seconds between the broker's $SYS/broker/... updates (mosquitto's default: 10)
+        self.sys_interval = sys_interval
         self.config_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -108,6 +111,8 @@ class MosquittoBroker:
             "max_queued_messages 100000",
             f"listener {self.port} {self.host}",
         ]
+        if self.sys_interval is not None:
+            lines.append(f"sys_interval {self.sys_interval}")
         if self.tls is not None:
             lines += [
                 f"cafile {self.tls.cafile}",
@@ -170,6 +175,11 @@ class MosquittoBroker:
         if down_s:
             time.sleep(down_s)
         self.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The mosquitto process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def running(self) -> bool:

@@ -37,6 +37,10 @@ class HostConflictError(TransportError):
     """Another live instance runs this host name in this fabric."""
 
 
+class HostAccessError(TransportError):
+    """The broker does not let this login publish and read the host's own topics."""
+
+
 @dataclass(frozen=True, slots=True)
 class HostClaim:
     """Which process runs a host: published retained on `host/<name>/claim`."""
@@ -98,7 +102,7 @@ async def check_host_free(
         try:
             await asyncio.wait_for(echo.get(), within_s)
         except TimeoutError:
-            raise TransportError(
+            raise HostAccessError(
                 f"host {host} of fabric {topics.fabric}: the broker does not let this login "
                 f"publish and read its own topics {topics.host_root(host)}/# (within {within_s} "
                 "s); check the broker's ACL for this host's user"

@@ -131,17 +131,29 @@ class LvhdSRDriver(LvmBackedDriver):
                 d.swap(self._open_chain(vdi, read_only=d.read_only, extra=extra))
 
     # ------------------------------------------------------------------ VHD in an LV
-    def _io(self, lv: str, *, length: int | None = None) -> LvRawIO:
+    def _io(self, lv: str, *, length: int | None = None, write_lock: bool = False) -> LvRawIO:
         if length is None:
             length = self.vg.lv_size(lv)
-        return self.vg.raw_io(lv, resizable=True, length=length)
+        return self.vg.raw_io(lv, resizable=True, length=length, write_lock=write_lock)
 
-    def _open_one(self, lv: str, *, read_only: bool) -> VhdImage:
+    def _open_one(self, lv: str, *, read_only: bool, write_lock: bool = False) -> VhdImage:
+        """Open one LV's VHD. `write_lock`: a VDI's data path (one writer per LV across
+        processes); the SR's own maintenance (coalesce, relinking) runs under the SR lock
+        and does without."""
         try:
-            return VhdImage.open(self._io(lv), read_only=read_only,
-                                 barriers=self.sr.sync and not read_only)
+            io = self._io(lv, write_lock=write_lock)
         except LvmError as exc:
-            raise SrError(f"{self.vg_name}/{lv}: {exc}") from exc
+            msg = str(exc)
+            raise SrError(msg if msg.startswith(f"{self.vg_name}/") else
+                          f"{self.vg_name}/{lv}: {msg}") from exc
+        try:
+            return VhdImage.open(io, read_only=read_only,
+                                 barriers=self.sr.sync and not read_only)
+        except BaseException as exc:
+            io.close()
+            if isinstance(exc, LvmError):
+                raise SrError(f"{self.vg_name}/{lv}: {exc}") from exc
+            raise
 
     def _vhd_end(self, lv: str) -> int:
         img = self._open_one(lv, read_only=True)
@@ -172,7 +184,7 @@ class LvhdSRDriver(LvmBackedDriver):
     def _open_chain(self, vdi: VDI, *, read_only: bool,
                     extra: dict[str, VDI] | None = None) -> VhdImage:
         records = {**self.sr.vdis, **(extra or {})}
-        leaf = self._open_one(vdi.location, read_only=read_only)
+        leaf = self._open_one(vdi.location, read_only=read_only, write_lock=not read_only)
         try:
             cur, rec, depth = leaf, vdi, 1
             while cur.parent_uuid is not None:
@@ -345,6 +357,19 @@ class LvhdSRDriver(LvmBackedDriver):
         for c in copies:
             c.parent = base.uuid
 
+    def _all_zero(self, location: str) -> bool:
+        """The LV reads zeros from start to end (stops at the first byte that is not)."""
+        try:
+            dev = self.vg.open_lv(location)
+        except LvmError:
+            return False
+        try:
+            step = 4 << 20
+            return not any(dev.read(off, min(step, dev.size - off)).strip(b"\0")
+                           for off in range(0, dev.size, step))
+        finally:
+            dev.close()
+
     def probe_volume(self, location: str) -> Volume:
         """Open the LV's VHD; a differencing one's parent is the recorded VDI whose VHD has
         the uuid it names."""
@@ -352,7 +377,10 @@ class LvhdSRDriver(LvmBackedDriver):
         try:
             img = self._open_one(location, read_only=True)
         except StorageError as exc:
-            vol.error = str(exc)
+            if self._all_zero(location):   # created, killed before its VHD was written:
+                vol.has_data = False       # provably nothing in it (new extents are zeroed)
+            else:
+                vol.error = str(exc)
             return vol
         try:
             vol.virtual_size = img.size

@@ -186,7 +186,7 @@ class LvmSRDriver(LvmBackedDriver):
 
     def vdi_open(self, vdi: VDI, *, read_only: bool) -> BlockDevice:
         """The LV (a snapshot's frozen view for snapshot VDIs)."""
-        dev = self.vg.open_lv(vdi.location)
+        dev = self.vg.open_lv(vdi.location, write_lock=not read_only)
         return ReadOnlyDevice(dev) if read_only and not dev.read_only else dev
 
     def vdi_snapshot(self, vdi: VDI, copies: list[VDI]) -> list[VDI]:

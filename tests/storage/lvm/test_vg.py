@@ -320,3 +320,28 @@ def test_striped_lv_spreads_units_across_pvs(vg: VolumeGroup, pv_files) -> None:
     with pytest.raises(LvmError, match="only 2 PVs"):
         g.lvcreate("three", 12 * MiB, stripes=3)
     g.close()
+
+
+def test_one_writer_per_lv_across_vg_handles(vg: VolumeGroup, pv_files) -> None:
+    """Two handles on one VG stand for two processes: while one holds an LV open for writing,
+    the other cannot open it for writing (readers and other LVs are unaffected); the lock
+    follows the LV through a rename and goes with close."""
+    from storage.errors import LvmError
+
+    vg.lvcreate("a", 8 << 20)
+    vg.lvcreate("b", 8 << 20)
+    writer = vg.open_lv("a", write_lock=True)
+    other = VolumeGroup.open("vg0", pv_files)
+    try:
+        with pytest.raises(LvmError, match="open for writing elsewhere"):
+            other.open_lv("a", write_lock=True)
+        other.open_lv("a").close()                       # a reader
+        other.open_lv("b", write_lock=True).close()      # another LV
+        vg.lvrename("a", "a2")
+        other.refresh()
+        with pytest.raises(LvmError, match="open for writing elsewhere"):
+            other.open_lv("a2", write_lock=True)
+        writer.close()
+        other.open_lv("a2", write_lock=True).close()
+    finally:
+        other.close()

@@ -179,3 +179,31 @@ def test_resize_read_write_via_stdio(sr_path: Path, tmp_path: Path) -> None:
     out = hv("vdi", "read", "--sr", sr_path, u, "--offset", new_size - 10, "--length", 20,
              code=2)
     assert "past the end" in out
+
+
+@pytest.mark.parametrize("kind", ["file", "lvm", "lvhd"])
+def test_a_second_writer_is_refused_while_a_vbd_is_plugged(tmp_path: Path, kind: str) -> None:
+    """Two writers never share a disk: `vdi write` from elsewhere (another SR handle, as
+    another process has) is refused while a VBD has the VDI open read-write, on every SR
+    type; once unplugged the write goes through."""
+    sr = make_sr(tmp_path / "sr", kind)
+    u = hv("vdi", "create", "--sr", sr, "--size", "8M", "--name", "d").strip()
+    s = SR.open(sr)
+    vbd = s.vbd_create(u, "vm1")
+    dev = s.vbd_plug(vbd.uuid)
+    dev.write(0, b"A" * 4096)
+    payload = tmp_path / "x"
+    payload.write_bytes(b"xy")
+    try:
+        err = hv("vdi", "write", "--sr", sr, u, "--offset", 0, "--input", payload, code=2)
+        assert "lock" in err or "open for writing elsewhere" in err
+        if kind == "file":   # QEMU's lock bytes: a reader needs -U beside a writer
+            assert "--force-share" in hv("vdi", "read", "--sr", sr, u, "--offset", 0,
+                                         "--length", 2, code=2)
+        else:                # an LV has one writer lock; readers go through
+            assert hv("vdi", "read", "--sr", sr, u, "--offset", 0, "--length", 2) == "AA"
+    finally:
+        s.vbd_unplug(vbd.uuid)
+        s.close()
+    hv("vdi", "write", "--sr", sr, u, "--offset", 0, "--input", payload)
+    assert hv("vdi", "read", "--sr", sr, u, "--offset", 0, "--length", 4) == "xyAA"

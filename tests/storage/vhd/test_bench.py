@@ -11,5 +11,10 @@ def test_quick_bench_reports_sane_figures() -> None:
     for key in ("qemu_img_MiB_s", "hvsim_cli_MiB_s", "hvsim_inprocess_MiB_s", "ratio_cli"):
         assert res["export"][key] > 0
     assert res["chain"]["ratio"] > 0
+    assert set(res["export"]["cpu_s"]) == {"qemu", "cli", "inproc"}
+    imp = res["vdi"]["import_raw"]
+    assert imp["cpu_s"]["hvsim"] > 0 and imp["ratio"] > 0
+    # as sparse as qemu-img (the same blocks; per block at most a page apart: the bitmap's)
+    assert imp["hvsim_file_bytes"] <= imp["qemu_file_bytes"] + 32 * 4096
     assert set(res["iops_4k"]) == {f"{d}_{op}" for d in ("raw", "dynamic", "chain16")
                                    for op in ("read", "write")}
