@@ -21,6 +21,11 @@ III session (every frame copied, encapsulated and sent out of the same uplink: t
 per frame sent; target ≥0.4×), and with the switch's IPFIX flow meter on every port (the frame
 parsed and counted into its flow; target ≥0.5×), as ratios to the plain hop from pairs.
 
+Issue 19 item 5: the hop from a port whose port group has 10 traffic filtering rules (drops,
+DSCP/CoS tags, accepts on TCP/UDP ports, prefixes, MAC ranges), none matching the bench
+traffic (a UDP/IPv4 frame), so every frame is tested against every rule that could match it;
+same ratio and target (≥0.5× the plain hop).
+
 Targets (issue 3): ≥300k frames/s 64-byte without capture on one core, ≥100× (a), ≥0.3× (b);
 ≥150k frames/s with capture.
 Live streams (issue 17): the same hop with a live capture stream of the uplink (what `hvsim
@@ -41,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from netsim.clock import RealClock
+from netsim.dataplane.filtering import ruleset_from_doc
 from netsim.dataplane.flowmeter import FlowMeter, IpfixConfig
 from netsim.dataplane.lag import Lag, LagConfig, LagPort
 from netsim.dataplane.mirror import ErspanSource, MirrorSession
@@ -69,15 +75,42 @@ TARGETS = {
     "ratio_iphash_vs_hop": 0.5,
     "ratio_erspan_vs_hop": 0.4,
     "ratio_ipfix_vs_hop": 0.5,
+    "ratio_filter_vs_hop": 0.5,
 }
+
+#: the filter row's ruleset (DvsTrafficRuleset): ten rules, none matching `_udp_frame`
+FILTER_RULES = [
+    {"sequence": 10, "action": "drop", "ip": {"protocol": "tcp", "dst_port": 23}},
+    {"sequence": 20, "action": "drop", "ip": {"protocol": "tcp", "dst_port": 445}},
+    {"sequence": 30, "action": "tag", "dscp": 46, "cos": 5,
+     "ip": {"protocol": "udp", "dst_port": "5060-5061"}},
+    {"sequence": 40, "action": "tag", "dscp": 34, "ip": {"protocol": "udp", "dst_port": 3478}},
+    {"sequence": 50, "action": "drop", "ip": {"src": "192.168.0.0/16"}},
+    {"sequence": 60, "action": "drop", "mac": {"protocol": "arp"}},
+    {"sequence": 70, "action": "drop", "ip": {"dst": "203.0.113.0/24"}},
+    {"sequence": 80, "action": "accept", "ip": {"protocol": "icmpv6"}},
+    {"sequence": 90, "action": "tag", "cos": 3,
+     "mac": {"src": "00:50:56:00:00:00/ff:ff:ff:00:00:00"}},
+    {"sequence": 100, "action": "drop", "ip": {"protocol": "udp", "src": "10.9.0.0/16",
+                                               "dst_port": 53}},
+]
 
 
 def _frame(size: int) -> bytes:
     return fr.ethernet(PEER_MAC, VM_MAC, fr.ETHERTYPE_IPV4, bytes(size - 14))
 
 
+def _udp_frame(size: int) -> bytes:
+    """A UDP/IPv4 frame of `size` bytes, 10.0.0.1:4000 → 10.0.0.2:7 (for the filter row)."""
+    n = size - 14
+    ip = bytes((0x45, 0, n >> 8, n & 0xFF, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1,
+                10, 0, 0, 2))
+    udp = (4000).to_bytes(2, "big") + (7).to_bytes(2, "big") + (n - 20).to_bytes(2, "big")
+    return fr.ethernet(PEER_MAC, VM_MAC, fr.ETHERTYPE_IPV4, ip + udp + bytes(n - 28))
+
+
 def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = False,
-           lag: bool = False, monitor: str | None = None
+           lag: bool = False, monitor: str | None = None, rules: bool = False
            ) -> tuple[Vif, Pif, PcapngWriter | None]:
     clock = RealClock()
     sw = StandardSwitch("vSwitch0", clock=clock)
@@ -85,7 +118,8 @@ def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = Fal
     if pvlan:  # an isolated secondary; the peer (a router) answers from the primary
         sw.pvlan = PvlanMap.from_mapping({100: {101: "isolated"}})
         vid, peer_vid = 101, 100
-    sw.add_port_group(PortGroup("VLAN 5", vlan=vid))
+    sw.add_port_group(PortGroup("VLAN 5", vlan=vid, traffic_rules=ruleset_from_doc(
+        FILTER_RULES) if rules else None))
     vm = sw.attach(Vif(1, 0, mac=VM_MAC, queue_size=4 * BURST), "VLAN 5")
     if lag:  # a static LAG of 4, hashing srcDestIpTcpUdpPortVlan: `up` = the bench frame's member
         lp = LagPort("lag1")
@@ -124,11 +158,11 @@ def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = Fal
 
 async def _hop(n: int, size: int, capture_dir: Path | None, *, batched: bool = False,
                pvlan: bool = False, ip_hash: bool = False, lag: bool = False,
-               monitor: str | None = None) -> float:
+               monitor: str | None = None, rules: bool = False) -> float:
     vm, up, writer = _build(capture_dir, pvlan=pvlan, ip_hash=ip_hash, lag=lag,
-                            monitor=monitor)
+                            monitor=monitor, rules=rules)
     out_n = 2 * n if monitor == "erspan" else n  # an ERSPAN copy leaves with each frame
-    frame = _frame(size)
+    frame = _udp_frame(size) if rules else _frame(size)
     send = vm.vnic.send
     send_many = vm.vnic.send_many
     burst = [frame] * BURST
@@ -357,7 +391,7 @@ def run(*, quick: bool) -> dict[str, Any]:
     res["ratio_stalled_vs_hop_rounds"] = [round(r, 3) for r, _, _ in stalled_pairs]
     for key, opts in (("pvlan", {"pvlan": True}), ("iphash", {"ip_hash": True}),
                       ("lag", {"lag": True}), ("erspan", {"monitor": "erspan"}),
-                      ("ipfix", {"monitor": "ipfix"})):
+                      ("ipfix", {"monitor": "ipfix"}), ("filter", {"rules": True})):
         kind_pairs = []
         for _ in range(max(3, repeat)):
             gc.collect()
@@ -418,6 +452,10 @@ def run(*, quick: bool) -> dict[str, Any]:
     row("switch hop, 64 B, IPFIX flow meter on the switch", "hop_64_ipfix_fps")
     row("ratio IPFIX-metered hop / plain hop (median of back-to-back pairs)",
         "ratio_ipfix_vs_hop", "{:,.2f}×")
+    row("switch hop, 64 B, 10 traffic filter rules on the port group (none match)",
+        "hop_64_filter_fps")
+    row("ratio filtered hop / plain hop (median of back-to-back pairs)", "ratio_filter_vs_hop",
+        "{:,.2f}×")
     row("pcapng records/s: dpkt EPB objects (per-interface, ns)", "pcapng_dpkt_records_per_s")
     row("pcapng records/s: hvsim struct writer", "pcapng_records_per_s")
     Console().print(t)

@@ -60,6 +60,10 @@ DROP_REASONS = (
     "corrupt",  # arrived with a bit flipped by an impairment: the FCS check failed
     "pvlan",  # private VLANs: the destination port may not receive this (secondary) VLAN
     "blocked",  # the port is blocked (vSphere DVPortSetting.blocked): nothing in or out
+    "filtered",  # dropped by a traffic filtering rule (vDS DvsTrafficRule, action drop)
+    "vif-locked",  # Xen VIF locking_mode=locked: a source MAC/IP not allowed
+    "vif-disabled",  # Xen VIF locking_mode=disabled: all traffic dropped
+    "vif-qos",  # over the Xen VIF QoS rate limit (qos_algorithm_type=ratelimit)
     "lag-not-collecting",  # arrived on a LAG/bond member that is not collecting (LACP not
     # in sync, a backup member of active-backup, a flood on a balance-slb non-active member)
     "slow-protocols",  # LACP/Marker/OAM to 01:80:c2:00:00:02 on a port that is no LAG member:
@@ -279,6 +283,7 @@ class Port:
         #: (link up, no taps, no egress shaping or mirroring): the switch's inlined fast path.
         self.tx_plain = True
         self.sw_egress_shaper: Any = None
+        self.sw_tx_gate: Any = None  # netsim.dataplane.portgate.TxGate
         self.sw_mirror_tx: tuple[Port, ...] = ()
         #: link impairment (`netsim.dataplane.impair.ImpairedPath`) of the frames this port
         #: sends (after its taps: captured when sent) and of those it receives (before its
@@ -310,6 +315,7 @@ class Port:
         or MTU checks."""
         self.tx_plain = bool(
             self.link_up and not self.taps and self.sw_egress_shaper is None
+            and self.sw_tx_gate is None
             and not self.sw_mirror_tx and self.impair_out is None and self.impair_in is None
             and not self.sw_blocked and not self.sw_mtu_check
         )

@@ -7,10 +7,11 @@ arrives (the one asyncio hop is the output port's queue; see DESIGN.md §2):
     → VLAN classify (the port's access/trunk/native mode)
     → security (forged transmits)                         [StandardSwitch, VM ports]
     → ingress shaping (egress from the VM)                [port group shaping]
+    → VIF locking / QoS, traffic rules (drop or mark)     [portgate.RxGate]
     → learn (VLAN, source MAC) → port; mirror ingress
     → lookup (VLAN, destination MAC): one port, or the flood domain of the VLAN
     → per output port: filters (promiscuous, MAC changes, uplink rules), VLAN tag/untag,
-      egress shaping, mirror egress, enqueue.
+      traffic rules toward the VM [portgate.TxGate], egress shaping, mirror egress, enqueue.
 
 Every rejected frame is counted on a port under a `DROP_REASONS` name; nothing about a frame's
 contents can raise out of `ingress`. Frames stay `bytes`; tags are added and removed by slicing.
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netsim.clock import Clock, RealClock
+from netsim.dataplane.filtering import TrafficRuleset
 from netsim.dataplane.mac_table import DEFAULT_AGING_S, DEFAULT_SIZE, NO_SPACE, MacEntry, MacTable
 from netsim.dataplane.macflap import MacFlapLog
 from netsim.dataplane.policy import (
@@ -57,9 +59,11 @@ from netsim.dataplane.policy import (
     port_group_vlan,
 )
 from netsim.dataplane.port import Pif, Port, VmPort
+from netsim.dataplane.portgate import build_gates
 from netsim.dataplane.pvlan import PvlanMap
 from netsim.dataplane.shaper import Shaper
 from netsim.dataplane.teaming import ip_hash_index, rarp_announce, src_mac_index
+from netsim.dataplane.vifpolicy import LockingMode, VifLocking, VifQos, locking_mode
 from netsim.errors import ConfigError
 from netsim.wire.frame import arp_is_gratuitous
 
@@ -192,6 +196,8 @@ class Bridge:
         port.sw_mirror_tx = ()
         port.sw_check_reflect = False
         port.sw_block_reason = "blocked"
+        port.sw_rx_gate = None  # VIF locking/QoS, traffic rules (netsim.dataplane.portgate)
+        port.sw_tx_gate = None
         self._rx_checks(port)
         port.refresh()
         self._set_vlan(port, vlan)
@@ -206,6 +212,7 @@ class Bridge:
         port.sw_rx_checks = bool(
             not port.sw_forged_ok or port.sw_shaper is not None or port.sw_check_reflect
             or port.sw_mirror_rx or port.sw_blocked or port.sw_discovery is not None
+            or port.sw_rx_gate is not None
         )
 
     # -- blocking and MTU ---------------------------------------------------------------------
@@ -462,6 +469,14 @@ class Bridge:
             if port.sw_check_reflect and self._reflected(vid, src, now):
                 c.drop("reflected")
                 return
+            gate = port.sw_rx_gate
+            if gate is not None:  # VIF locking/QoS, traffic filtering and marking
+                passed = gate(port, inner, vid if port.sw_mode else 0, pcp, n, now)
+                if passed is not inner:
+                    if passed is None:
+                        return
+                    inner, pcp = passed  # marked (DSCP/CoS): the tag is built anew
+                    tagged = None
             if port.sw_mirror_rx:
                 for m in port.sw_mirror_rx:
                     m.transmit(frame)
@@ -571,7 +586,7 @@ class Bridge:
         now = self._now()
         ingress = self.ingress
         to_port = self._to_port
-        reuse = port.sw_shaper is None and not port.sw_mirror_rx
+        reuse = port.sw_shaper is None and not port.sw_mirror_rx and port.sw_rx_gate is None
         hdr = None  # the run's header: dst, src, and the tag if any
         out: Any = None
         tagged_run = False
@@ -651,6 +666,11 @@ class Bridge:
         if out.sw_mtu_check and len(f) - (4 if f is tagged else 0) > out.sw_max_untagged:
             out.counters.drop("oversize")  # bigger than this hop's MTU
             return tagged
+        gate = out.sw_tx_gate
+        if gate is not None:  # a disabled VIF, traffic filtering and marking
+            f = gate(out, inner, f, vid, pcp)
+            if f is None:
+                return tagged
         shaper = out.sw_egress_shaper
         if shaper is not None and not shaper.conform(len(f), now):
             out.counters.drop("shaped")
@@ -697,6 +717,14 @@ class PortGroup:
     mtu: int | None = None
     #: every port of the group blocked (vSphere `DVPortSetting.blocked` on the port group)
     blocked: bool = False
+    #: shaping of frames leaving the switch to the group's VMs (vDS egress traffic shaping,
+    #: `DVPortSetting.outShapingPolicy`); `shaping` is the ingress one, from the VMs
+    egress_shaping: ShapingPolicy | None = None
+    #: traffic filtering and marking (vDS `DvsTrafficRuleset`); None = no rules
+    traffic_rules: TrafficRuleset | None = None
+    #: XenServer `network.default_locking_mode` (unlocked/disabled): what VIFs whose
+    #: locking_mode is network_default get
+    default_locking_mode: LockingMode = LockingMode.UNLOCKED
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -715,6 +743,20 @@ class PortGroup:
         _check_mtu(self.mtu, f"port group {self.name!r}")
         if not isinstance(self.blocked, bool):
             raise ConfigError(f"port group {self.name!r}: blocked must be true or false")
+        if self.egress_shaping is not None and not isinstance(self.egress_shaping,
+                                                              ShapingPolicy):
+            raise ConfigError(f"port group {self.name!r}: egress_shaping must be a "
+                              "ShapingPolicy")
+        if self.traffic_rules is not None and not isinstance(self.traffic_rules,
+                                                             TrafficRuleset):
+            raise ConfigError(f"port group {self.name!r}: traffic_rules must be a "
+                              "TrafficRuleset")
+        mode = locking_mode(self.default_locking_mode,
+                            f"port group {self.name!r}: default_locking_mode")
+        if mode not in (LockingMode.UNLOCKED, LockingMode.DISABLED):
+            raise ConfigError(f"port group {self.name!r}: default_locking_mode must be "
+                              f"unlocked or disabled, not {mode.value}")
+        object.__setattr__(self, "default_locking_mode", mode)
 
     @property
     def vlan_policy(self) -> VlanPolicy:
@@ -799,12 +841,49 @@ class StandardSwitch(Bridge):
         port.sw_mac_changes_ok = sec.mac_changes
         port.sw_mac_limit = group.mac_limit
         port.sw_shaper = Shaper(group.shaping, self._now()) if group.shaping else None
-        if port.sw_blocked != group.blocked:
-            port.sw_blocked = group.blocked
-            port.refresh()
+        port.sw_egress_shaper = (Shaper(group.egress_shaping, self._now())
+                                 if group.egress_shaping else None)
+        port.sw_blocked = group.blocked
+        self._set_gates(port)
+        port.refresh()
         self._rx_checks(port)
         self._mtu_changed()
         self._changed()
+
+    def _set_gates(self, port: VmPort) -> None:
+        locking, qos = getattr(port, "sw_vif_policy", None) or (None, None)
+        group = port.sw_group
+        port.sw_rx_gate, port.sw_tx_gate = build_gates(
+            mac=port.vnic.mac, rules=group.traffic_rules, locking=locking,
+            network_default=group.default_locking_mode, qos=qos, now_ns=self._now())
+
+    def set_vif_policy(self, port: VmPort | str, *, locking: VifLocking | None = None,
+                       qos: VifQos | None = None) -> None:
+        """Set a VIF's XenServer locking (`locking_mode`, `ipv4_allowed`, `ipv6_allowed`) and
+        QoS (`ratelimit`, kbps); None = unset (network default locking, no rate limit)."""
+        p = self._port(port)
+        if p.sw_role != ROLE_VM:
+            raise ConfigError(f"{self.name}: {p.name} is not a VIF; locking and QoS are "
+                              "set on VIFs")
+        if locking is not None and not isinstance(locking, VifLocking):
+            raise ConfigError(f"{self.name}/{p.name}: locking must be a VifLocking")
+        if qos is not None and not isinstance(qos, VifQos):
+            raise ConfigError(f"{self.name}/{p.name}: qos must be a VifQos")
+        p.sw_vif_policy = (locking, qos)  # type: ignore[attr-defined]
+        self._set_gates(p)  # type: ignore[arg-type]
+        self._rx_checks(p)
+        p.refresh()
+
+    def rule_counters(self) -> dict[str, dict[str, dict[int, int]]]:
+        """Matches per traffic rule (by sequence number), per VM port and direction (`in` =
+        from the VM, `out` = to the VM); ports without rules are left out."""
+        out: dict[str, dict[str, dict[int, int]]] = {}
+        for name, p in self.ports.items():
+            for way, gate in (("in", p.sw_rx_gate), ("out", p.sw_tx_gate)):
+                rules = getattr(gate, "rules", None)
+                if rules is not None:
+                    out.setdefault(name, {})[way] = rules.counters()
+        return out
 
     def update_port_group(self, group: PortGroup) -> None:
         """Replace a port group's policies; its ports pick them up at once."""

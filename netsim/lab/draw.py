@@ -15,6 +15,7 @@ import networkx as nx
 
 from netsim.dataplane.discovery import DiscoveryConfig
 from netsim.errors import NetsimError
+from netsim.lab.policyspec import policy_label, vif_label
 from netsim.lab.topology import PhysLinkSpec, PhysPortSpec, Topology, to_graph
 
 FORMATS = ("svg", "png", "pdf", "dot")
@@ -144,6 +145,7 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                 label = data["name"] + (" (router)" if spec.router else "")
                 if host.type == "xen":
                     label += f"\ndom{spec.domid}"
+                label += vif_label(spec)  # VIF locking and QoS
             elif kind == "portgroup":
                 pv = {sec: (pri, t) for pri, sec, t in host.switch(spec.switch).pvlans}
                 if spec.vlan in pv:  # a private VLAN port group
@@ -161,6 +163,7 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                     label += "\nBLOCKED"
                 if spec.shaping:
                     label += f"\nshaped {spec.shaping.average_bps / 1e6:g} Mbit/s"
+                label += policy_label(spec)  # egress shaping, traffic rules, locking default
                 if spec.teaming is not None:  # the port group overrides its switch's teaming
                     label += f"\nteaming: {', '.join(spec.teaming.active)} active"
                     if spec.teaming.standby:

@@ -30,6 +30,7 @@ from netsim.dataplane.impair import ImpairedPath, Impairment, direction_seed
 from netsim.dataplane.lag import Lag, LagConfig, LagPort
 from netsim.dataplane.policy import TeamingPolicy
 from netsim.dataplane.port import Pif, Port, Vif, VlanPif, VmPort, VNic
+from netsim.dataplane.portgate import port_rule_counters
 from netsim.dataplane.switch import Bridge, PhysicalSwitch, PortGroup, StandardSwitch
 from netsim.errors import CaptureError, ConfigError, NetsimError, TopologyError
 from netsim.wire.capture import PcapngWriter
@@ -657,8 +658,16 @@ class Fabric:
         return short if self._short.get(short) is port else port.path
 
     def counters(self) -> dict[str, dict[str, Any]]:
-        """Every port's counters by full name."""
-        return {p.path: p.counters.as_dict() for p in self.ports()}
+        """Every port's counters by full name (with `rules`, the matches per traffic rule,
+        on ports that have traffic filtering rules)."""
+        out = {}
+        for p in self.ports():
+            out[p.path] = c = p.counters.as_dict()
+            if getattr(p, "sw_rx_gate", None) or getattr(p, "sw_tx_gate", None):
+                rules = port_rule_counters(p)
+                if rules:
+                    c["rules"] = rules
+        return out
 
     def _hint(self, name: str) -> str:
         cands = [n for n in self._objects if name.lower() in n.lower()] or self.names()

@@ -93,10 +93,15 @@ def _port_group(n: NetworkSpec, vlan: int | None = None) -> PortGroup:
     shaping = None
     if n.shaping is not None:
         shaping = ShapingPolicy(n.shaping.average_bps, n.shaping.peak_bps, n.shaping.burst_bytes)
+    eg = n.egress_shaping
     return PortGroup(n.name, vlan=n.vlan if vlan is None else vlan,
                      security=SecurityPolicy(s.promiscuous, s.mac_changes, s.forged_transmits),
                      shaping=shaping, teaming=_teaming(n.teaming), mtu=n.mtu,
-                     blocked=n.blocked)
+                     blocked=n.blocked,
+                     egress_shaping=ShapingPolicy(eg.average_bps, eg.peak_bps, eg.burst_bytes)
+                     if eg is not None else None,
+                     traffic_rules=n.traffic_rules,
+                     default_locking_mode=n.default_locking_mode)
 
 
 def _teaming(t: TeamingSpec | None) -> TeamingPolicy | None:
@@ -286,7 +291,9 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
         for f in vm_spec.vifs:
             sw, pg = out.networks[f.network]
             if h.type == "xen":
-                vm.add_vif(sw, pg, mac=f.mac, mtu=f.mtu)
+                vif = vm.add_vif(sw, pg, mac=f.mac, mtu=f.mtu)
+                if f.locking is not None or f.qos is not None:
+                    sw.set_vif_policy(vif, locking=f.locking, qos=f.qos)
             else:
                 vm.add_nic(sw, pg, mac=f.mac, mtu=f.mtu)
     return out

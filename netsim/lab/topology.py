@@ -26,11 +26,14 @@ from typing import Any
 import networkx as nx
 
 from netsim.dataplane.discovery import DiscoveryConfig
+from netsim.dataplane.filtering import TrafficRuleset
 from netsim.dataplane.flowmeter import IpfixConfig
 from netsim.dataplane.impair import Impairment, parse_impairment
 from netsim.dataplane.mirror import MAX_SAMPLING_RATE, MIN_MIRRORED_LENGTH, SESSION_TYPES
 from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
+from netsim.dataplane.vifpolicy import VifLocking, VifQos
 from netsim.errors import ConfigError, TopologyError
+from netsim.lab import policyspec
 from netsim.lab.lagspec import LagSpec, channels, host_lag
 from netsim.lab.yamlsrc import SourceMap, load_yaml
 from netsim.wire.erspan import ENCAPSULATIONS
@@ -126,6 +129,9 @@ class NetworkSpec:
     teaming: TeamingSpec | None = None  # overrides the switch's teaming (ESXi port groups)
     mtu: int | None = None  # a XenServer network's MTU; caps the ports of the port group
     blocked: bool = False  # every port blocked (vSphere DVPortSetting.blocked)
+    egress_shaping: ShapingSpec | None = None  # to the VMs (vDS egress; `shaping` = ingress)
+    traffic_rules: TrafficRuleset | None = None  # vDS traffic filtering and marking
+    default_locking_mode: str = "unlocked"  # XenServer network.default_locking_mode
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,8 @@ class VifSpec:
     vlan: int | None = None  # the guest tags its frames itself (VGT port groups)
     attach: AttachSpec | None = None
     mtu: int = 1500  # the vNIC's / VIF's MTU
+    locking: VifLocking | None = None  # XenServer VIF locking_mode / ipv4_allowed / ...
+    qos: VifQos | None = None  # XenServer VIF qos_algorithm_type=ratelimit
 
 
 @dataclass(frozen=True)
@@ -476,12 +484,13 @@ _PIF_KEYS = ("mtu", "up", "impair")
 _SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu", "lag", "bond",
                 "discovery", "ipfix")
 _TEAM_KEYS = ("policy", "active", "standby", "notify_switches", "failback")
-_NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming", "mtu", "blocked")
+_NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming", "mtu", "blocked",
+             *policyspec.NET_KEYS)
 _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
 _SHAPE_KEYS = ("average", "peak", "burst")
 _VM_KEYS = ("host", "domid", "vifs", "nics", "router", "gateway", "routes", "disks")
 _DISK_KEYS = ("device", "source", "mode")
-_VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach", "mtu")
+_VIF_KEYS = ("network", "mac", "ip", "vlan", "impair", "attach", "mtu", *policyspec.VIF_KEYS)
 _ROUTE_KEYS = ("to", "via")
 _PHYS_KEYS = ("ports", "links", "pvlans", "channels", "discovery", "rspan_vlans")
 _IPFIX_KEYS = ("collector_ip", "collector_port", "observation_domain_id", "active_flow_timeout",
@@ -862,9 +871,19 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
             if twin is not None:  # xapi: one VLAN PIF ethX.VID, one network
                 raise c.fail((*np_, "vlan"), f"VLAN {vlan} on {sw} is already network "
                              f"{twin.name}")
+        for key in policyspec.NET_KEYS:  # vDS filtering/egress shaping; XenServer locking
+            if n.get(key) is not None and (htype == "xen") != (key == "default_locking_mode"):
+                raise c.fail((*np_, key), f"{key} is a "
+                             f"{'XenServer network' if htype != 'xen' else 'vSphere port group'}"
+                             f" setting; host {hname} is {htype}")
         networks[nname] = NetworkSpec(
             hname, nname, sw, vlan, internal, security, shaping, teaming, mtu=_mtu(c, n, np_),
-            blocked=c.boolean(n.get("blocked"), (*np_, "blocked"), False))
+            blocked=c.boolean(n.get("blocked"), (*np_, "blocked"), False),
+            egress_shaping=_shaping(c, n.get("egress_shaping"), (*np_, "egress_shaping")),
+            traffic_rules=policyspec.parse_traffic_rules(
+                n.get("traffic_rules"), (*np_, "traffic_rules"), c.fail),
+            default_locking_mode=policyspec.parse_locking_default(
+                n.get("default_locking_mode"), (*np_, "default_locking_mode"), c.fail).value)
 
     vm_dicts: list[dict[str, Any]] = []
     domids: dict[int, PathT] = {}
@@ -921,9 +940,14 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
             else:
                 pending.append((host_index, vi, fi, fp))
             attach = _attach(c, f.get("attach"), (*fp, "attach"))
+            bad = next((k for k in policyspec.VIF_KEYS if f.get(k) is not None), None)
+            if bad is not None and htype != "xen":
+                raise c.fail((*fp, bad), f"{bad} is a XenServer VIF setting; host {hname} "
+                             f"is {htype}")
+            locking, qos = policyspec.parse_vif_policy(f, fp, c.fail)
             vifs.append({"vm": vname, "index": fi, "port": port, "network": net,
                          "mac": mac, "ip": ip, "vlan": guest_vlan, "attach": attach,
-                         "mtu": _mtu(c, f, fp) or 1500})
+                         "mtu": _mtu(c, f, fp) or 1500, "locking": locking, "qos": qos})
         if len({v["attach"] is None for v in vifs}) > 1:
             raise c.fail((*vp, key), "attach all of a VM's vNICs to real interfaces or none "
                          "(a VM runs either the built-in guest stack or a real one)")

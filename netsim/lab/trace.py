@@ -29,6 +29,7 @@ import yaml
 
 from netsim.dataplane.lag import Lag
 from netsim.dataplane.port import Pif, Port, TapList, VmPort
+from netsim.dataplane.portgate import drop_cause, explain, matched_since, rule_hits
 from netsim.errors import FrameError, TopologyError
 from netsim.lab.fabric import Vm
 from netsim.wire import frame as fr
@@ -78,12 +79,14 @@ class Hop:
     outputs: list[Output] = field(default_factory=list)
     drops: list[Drop] = field(default_factory=list)
     learn: str = ""  # a MAC move this frame makes (flapping), if any
+    #: traffic rules that matched at this hop (filtering and marking)
+    rules: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         out = {"switch": self.switch, "in_port": self.in_port, "frame": self.frame.hex(),
                "classify": self.classify, "security": self.security, "lookup": self.lookup,
                "outputs": [o.as_dict() for o in self.outputs],
-               "drops": [d.as_dict() for d in self.drops]}
+               "drops": [d.as_dict() for d in self.drops], "rules": self.rules}
         if self.learn:
             out["learn"] = self.learn
         return out
@@ -137,6 +140,8 @@ class Trace:
             lines.append(f"   VLAN: {h.classify}")
             for s in h.security:
                 lines.append(f"   security: {s}")
+            for r in h.rules:
+                lines.append(f"   traffic rule matched: {r}")
             if h.learn:
                 lines.append(f"   MAC learning: {h.learn}")
             if h.lookup:
@@ -315,6 +320,7 @@ def _security(sw: Any, port: Port, f: bytes) -> list[str]:
                    f"{fr.mac_to_str(src)}, vNIC {fr.mac_to_str(port.vnic.mac)}: {verdict}")
     if getattr(port, "sw_shaper", None) is not None:
         out.append(f"{_group(port)} shaping: {port.sw_group.shaping}")
+    out.extend(explain(port))  # VIF locking/QoS, traffic rules
     out.extend(_monitors(port))
     return out
 
@@ -359,6 +365,9 @@ def _lookup(sw: Any, vid: int, f: bytes) -> str:
 def _cause(port: Port, reason: str, f: bytes, vid: int | None) -> str:
     """The setting behind a drop, in the words of the configuration."""
     g = _group(port)
+    policy = drop_cause(port, reason)  # traffic rules, VIF locking/QoS
+    if policy is not None:
+        return policy
     if reason == "not-promiscuous":
         return f"{port.name}: {g} promiscuous=Reject"
     if reason == "mac-changed":
@@ -495,10 +504,12 @@ def trace_frame(fab: Any, source: Any, frame: bytes | str | Mapping[str, Any]) -
             t.hops.append(hop)
             prev = rec.current, rec.current_vid, rec.current_frame
             rec.current, rec.current_vid, rec.current_frame = hop, vid, f
+            hits = rule_hits(sw.ports.values())
             try:
                 return inner(port, f, now)
             finally:
                 rec.current, rec.current_vid, rec.current_frame = prev
+                hop.rules = matched_since(hits)
 
         sw.ingress = ingress
 

@@ -21,6 +21,7 @@ steps:
   - {at: 5s, port: {name: esx1/web.eth0, blocked: true}}      # or mtu: N
   - {at: 6s, port_group: {name: web, host: esx1, blocked: false, mtu: 1400,
                           teaming: {policy: failover, active: [vmnic0]}}}
+  - {at: 4s, vif: {port: vif1.0, locking_mode: locked, ipv4_allowed: [10.0.5.1]}}  # as xe
 expect:
   - arrives: {at: vif2.0, match: "ether src 00:16:3e:00:05:01", tagged: false,
               after: 100ms, within: 50ms, count: 10}          # or min: 1 (the default)
@@ -132,6 +133,17 @@ class Replay(Step):
 
 
 @dataclass(frozen=True)
+class VifEvent(Step):
+    """Change a XenServer VIF's locking and/or QoS (`xe vif-param-set`); what the step does
+    not name stays as it is."""
+
+    port: str
+    locking: Any = None  # a VifLocking, or None = unchanged
+    qos: Any = None  # a VifQos, or None = unchanged
+    clear_qos: bool = False  # `qos_algorithm_type: ""`: no rate limit any more
+
+
+@dataclass(frozen=True)
 class LinkEvent(Step):
     """Bring a port or cable up or down."""
 
@@ -152,6 +164,8 @@ class PortGroupEvent(Step):
     blocked: bool | None = None
     mtu: int | None = None
     teaming: Mapping[str, Any] | None = None  # see `SwitchEvent.teaming`
+    #: other PortGroup fields to replace (traffic_rules, default_locking_mode), as values
+    changes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -317,7 +331,7 @@ class Scenario:
 
         `pingable`: the VMs that can ping (have an address); None = pings are not available.
         """
-        from netsim.dataplane.port import Port
+        from netsim.dataplane.port import Port, Vif
         from netsim.dataplane.switch import Bridge, StandardSwitch
         from netsim.lab.fabric import Link, Vm
 
@@ -364,6 +378,8 @@ class Scenario:
                 if s.to not in fabric.hosts:
                     raise self.error((*s.path, s.key, "to"), f"no host {s.to!r} (hosts: "
                                      f"{', '.join(sorted(fabric.hosts))})")
+            elif isinstance(s, VifEvent):
+                lookup(s.port, (*s.path, "vif", "port"), (Vif,), "a XenServer VIF")
             elif isinstance(s, PortGroupEvent):
                 if s.switch is not None:
                     lookup(s.switch, (*s.path, "port_group", "switch"), (StandardSwitch,),
@@ -600,7 +616,7 @@ def parse_scenario(text: str, source: str = "scenario.yaml", *, base: Path | Non
 
 
 _STEP_KINDS = ("send", "replay", "link", "port_group", "flush_mac", "move_vm", "migrate",
-               "impair", "lag", "switch", "port", "mirror")
+               "impair", "lag", "switch", "port", "mirror", "vif")
 
 
 def _step(r: _Reader, raw: Any, path: PathT) -> Step:
@@ -653,7 +669,7 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
         return LinkEvent(at, path, r.name(b["port"], (*kp, "port")), state == "up")
     if kind == "port_group":
         b = r.mapping(body, kp, ("name", "host", "switch", "vlan", "security", "blocked", "mtu",
-                                 "teaming"), ("name",))
+                                 "teaming", "traffic_rules", "default_locking_mode"), ("name",))
         vlan = r.integer(b["vlan"], (*kp, "vlan"), 0, 4095) if "vlan" in b else None
         security = None
         if "security" in b:
@@ -663,13 +679,15 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
         blocked = r.boolean(b["blocked"], (*kp, "blocked")) if "blocked" in b else None
         mtu = r.integer(b["mtu"], (*kp, "mtu"), 68, 9216) if "mtu" in b else None
         teaming = _teaming_change(r, b["teaming"], (*kp, "teaming")) if "teaming" in b else None
+        changes = _policy_changes(r, b, kp)
         if vlan is None and security is None and blocked is None and mtu is None and (
-                teaming is None):
-            raise r.fail(kp, "change something: vlan, security, blocked, mtu and/or teaming")
+                teaming is None) and not changes:
+            raise r.fail(kp, "change something: vlan, security, blocked, mtu, teaming, "
+                         "traffic_rules and/or default_locking_mode")
         return PortGroupEvent(at, path, r.name(b["name"], (*kp, "name")),
                               r.name(b["host"], (*kp, "host")) if "host" in b else None,
                               r.name(b["switch"], (*kp, "switch")) if "switch" in b else None,
-                              vlan, security, blocked, mtu, teaming)
+                              vlan, security, blocked, mtu, teaming, changes)
     if kind == "switch":
         b = r.mapping(body, kp, ("name", "mtu", "teaming", "discovery"), ("name",))
         mtu = r.integer(b["mtu"], (*kp, "mtu"), 68, 9216) if "mtu" in b else None
@@ -699,6 +717,8 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
         return PortEvent(at, path, r.name(b["name"], (*kp, "name")), blocked, mtu)
     if kind == "impair":
         return _impair_step(r, body, at, path, kp)
+    if kind == "vif":
+        return _vif_step(r, body, at, path, kp)
     if kind == "lag":
         return _lag_step(r, body, at, path, kp)
     if kind == "mirror":
@@ -715,6 +735,36 @@ def _step(r: _Reader, raw: Any, path: PathT) -> Step:
     return MoveVm(at, path, r.name(b["vm"], (*kp, "vm")), r.name(b["to"], (*kp, "to")), kind)
 
 
+def _vif_step(r: _Reader, body: Any, at: int, path: PathT, kp: PathT) -> VifEvent:
+    """`{port: vif1.0, locking_mode: locked, ipv4_allowed: [...], qos_algorithm_type:
+    ratelimit, qos_algorithm_params: {kbps: N}}`; `qos_algorithm_type: ""` removes the limit."""
+    from netsim.lab import policyspec
+
+    b = r.mapping(body, kp, ("port", *policyspec.VIF_KEYS), ("port",))
+    port = r.name(b["port"], (*kp, "port"))
+    clear = b.get("qos_algorithm_type") == "" and "qos_algorithm_params" not in b
+    rest = {k: v for k, v in b.items() if k != "port" and not (clear and
+                                                                k == "qos_algorithm_type")}
+    if not rest and not clear:
+        raise r.fail(kp, "change something: locking_mode, ipv4_allowed, ipv6_allowed or "
+                     "qos_algorithm_type/qos_algorithm_params")
+    locking, qos = policyspec.parse_vif_policy(rest, kp, r.fail)
+    return VifEvent(at, path, port, locking, qos, clear)
+
+
+def _policy_changes(r: _Reader, b: Mapping[str, Any], kp: PathT) -> dict[str, Any]:
+    """traffic_rules (a new ruleset; `[]` = none) and default_locking_mode of a port group."""
+    from netsim.dataplane.filtering import TrafficRuleset
+    from netsim.lab import policyspec
+
+    out: dict[str, Any] = {}
+    if "traffic_rules" in b:
+        rs = policyspec.parse_traffic_rules(b["traffic_rules"], (*kp, "traffic_rules"), r.fail)
+        out["traffic_rules"] = rs if rs is not None and rs != TrafficRuleset() else None
+    if "default_locking_mode" in b:
+        out["default_locking_mode"] = policyspec.parse_locking_default(
+            b["default_locking_mode"], (*kp, "default_locking_mode"), r.fail)
+    return out
 def _lag_step(r: _Reader, body: Any, at: int, path: PathT, kp: PathT) -> LagEvent:
     """`{port: esx1/lag1, mode: lacp|static|active-backup|balance-slb, lacp: active|passive,
     rate: fast|slow, hashing: ALGORITHM, rebalance_interval: MS}`: the settings to change."""

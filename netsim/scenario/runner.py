@@ -46,6 +46,7 @@ from netsim.scenario.model import (
     Send,
     Step,
     SwitchEvent,
+    VifEvent,
     find_port_group,
     fmt_ns,
 )
@@ -389,6 +390,13 @@ class ScenarioRun:
             (obj.set_link if hasattr(obj, "set_link") else obj.set_up)(s.up)
             self._step_stats.append({"step": idx, "kind": "link", "target": s.target,
                                      "up": s.up})
+        elif isinstance(s, VifEvent):
+            port = fab[s.port]
+            locking, qos = getattr(port, "sw_vif_policy", None) or (None, None)
+            port.switch.set_vif_policy(
+                port, locking=s.locking if s.locking is not None else locking,
+                qos=None if s.clear_qos else (s.qos if s.qos is not None else qos))
+            self._step_stats.append({"step": idx, "kind": "vif", "port": s.port})
         elif isinstance(s, PortGroupEvent):
             sw, pg = find_port_group(fab, s, self.scn)
             changes: dict[str, Any] = {}
@@ -396,6 +404,7 @@ class ScenarioRun:
                 changes["vlan"] = s.vlan
             if s.security is not None:
                 changes["security"] = dataclasses.replace(pg.security, **s.security)
+            changes.update(s.changes)  # traffic rules, default locking mode
             if s.blocked is not None:
                 changes["blocked"] = s.blocked
             if s.mtu is not None:

@@ -961,9 +961,11 @@ class ProxySwitch:
                     pg.security.promiscuous, pg.security.mac_changes, pg.security.forged_transmits
                 ),
                 shaping=_shaping(pg.shaping_out),
+                egress_shaping=_shaping(pg.shaping_in),
                 teaming=_teaming(pg.teaming, nics,
                                  {lag.name: lag.uplinks for lag in config.lags}),
                 blocked=pg.blocked,
+                traffic_rules=pg.traffic_rules,
             )
             for pg in config.portgroups
         }
@@ -988,10 +990,6 @@ class ProxySwitch:
                 self.switch.add_port_group(group)
             elif old != group:
                 self.switch.update_port_group(group)
-            shaping_in = _shaping(pg.shaping_in)
-            for p in self.vm_ports():
-                if p.sw_group.name == pg.name:
-                    self.switch.set_egress_shaping(p, shaping_in)
         self.new_meter = self.monitoring.apply(config.vspan_sessions, config.ipfix)
         self.config = config
         return self.vlans()

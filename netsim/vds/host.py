@@ -499,6 +499,12 @@ def vds_from_topology(
                 ),
                 teaming=_dv_teaming(net.teaming or swspec.teaming, swspec.uplinks,
                                     swspec.lag.name if swspec.lag else None),
+                shaping_in=(
+                    DvShaping(net.egress_shaping.average_bps, net.egress_shaping.peak_bps,
+                              net.egress_shaping.burst_bytes) if net.egress_shaping else None
+                ),
+                blocked=net.blocked,
+                traffic_rules=net.traffic_rules,
             )
             seen = groups.get(net.name)
             if seen is not None and seen[1].teaming is None:

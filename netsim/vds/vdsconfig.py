@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from netsim.dataplane.filtering import TrafficRuleset, ruleset_from_doc, ruleset_to_doc
 from netsim.dataplane.flowmeter import IpfixConfig
 from netsim.dataplane.lag import HASHES
 from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
@@ -71,10 +72,12 @@ class DvPortGroup:
     name: str
     vlan: int = 0
     security: DvSecurity = field(default_factory=DvSecurity)
-    shaping_in: DvShaping | None = None  # toward the VM (vDS shapes both directions)
-    shaping_out: DvShaping | None = None  # from the VM
+    shaping_in: DvShaping | None = None  # toward the VM (vSphere outShapingPolicy, "egress")
+    shaping_out: DvShaping | None = None  # from the VM (inShapingPolicy, "ingress")
     teaming: DvTeaming | None = None
     blocked: bool = False  # DVPortSetting.blocked: every port of the group passes nothing
+    #: traffic filtering and marking (`DvsTrafficRuleset`), in `ruleset_to_doc` form on the wire
+    traffic_rules: TrafficRuleset | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,9 @@ class VdsConfig:
         """The document as published (canonical key order)."""
         doc = {"schema": SCHEMA, **asdict(self)}
         doc["pvlans"] = [{"primary": p, "secondary": s, "type": t} for p, s, t in self.pvlans]
+        for pg, d in zip(self.portgroups, doc["portgroups"], strict=True):
+            d["traffic_rules"] = (ruleset_to_doc(pg.traffic_rules)
+                                  if pg.traffic_rules is not None else None)
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -242,6 +248,7 @@ def _parse(doc: dict, source: str) -> VdsConfig:
                 _shaping(p.get("shaping_out"), f"{pw}.shaping_out"),
                 teaming,
                 _get(p, "blocked", bool, pw, False),
+                ruleset_from_doc(p.get("traffic_rules"), f"{pw}.traffic_rules"),
             )
         )
     hosts: dict[str, dict[str, str]] = {}

@@ -184,7 +184,7 @@ BAD = {
               lan: {internal: true, vlna: 5}
         """,
         "topology.yaml:4: hosts.xen1.networks.lan.vlna: unknown key 'vlna' (expected one of: "
-        "switch, vlan, internal, security, shaping, teaming, mtu, blocked)"),
+        "switch, vlan, internal, security, shaping, teaming, mtu, blocked"),  # more follow
     "unknown top-level key": (
         "hosts: {xen1: {}}\nswitches: {}\n",
         "topology.yaml:2: switches: unknown key 'switches'"),
