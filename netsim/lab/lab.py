@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from netsim.clock import Clock, ManualClock, RealClock
 from netsim.dataplane.guest import Guest, Iface, Route
 from netsim.dataplane.policy import (
+    FailureDetection,
     LoadBalancing,
     SecurityPolicy,
     ShapingPolicy,
@@ -45,6 +46,7 @@ from netsim.errors import TopologyError
 from netsim.lab.agent import GuestAgent, PingResult
 from netsim.lab.attach import Attachments, uses_attachments
 from netsim.lab.fabric import Fabric
+from netsim.lab.teammon import start_team_monitors
 from netsim.lab.topology import HostSpec, NetworkSpec, PhysPortSpec, TeamingSpec, Topology
 from netsim.lab.trace import Trace, trace_frame
 
@@ -81,7 +83,8 @@ def _teaming(t: TeamingSpec | None) -> TeamingPolicy | None:
     if t is None:
         return None
     return TeamingPolicy(t.active, t.standby, LoadBalancing(t.policy),
-                         notify_switches=t.notify_switches, failback=t.failback)
+                         notify_switches=t.notify_switches, failback=t.failback,
+                         failure_detection=FailureDetection(t.failure_detection))
 
 
 @dataclass
@@ -199,6 +202,8 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
             sw = switches[n.switch]
             sw.add_port_group(_port_group(n))
             out.networks[n.name] = (sw, n.name)
+    for sw in switches.values():
+        start_team_monitors(fab, sw)
     for vm_spec in h.vms:
         vm = host.add_vm(vm_spec.name, domid=vm_spec.domid)
         for f in vm_spec.vifs:
