@@ -184,7 +184,9 @@ async def health_check(
         if b is None or b.kind != beacon.KIND_PROBE or port not in members:
             return
         p = probes.get(b.seq)
-        if p is not None and p[0] is not port:
+        # counted only in its own VLAN: a probe that left an access port untagged arrived in
+        # another VLAN
+        if p is not None and p[0] is not port and p[1] == vid:
             heard.add((port, p[0], p[1], p[2]))
 
     parties: dict[int, list[Port]] = {}  # VLAN -> the uplinks (up) whose switch has it
