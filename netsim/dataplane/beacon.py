@@ -158,6 +158,7 @@ class BeaconProbe:
         #: (time ns, uplink name, "failed" | "restored" | "shotgun" | "decided")
         self.events: list[tuple[int, str, str]] = []
         self._macs: dict[bytes, Port] = {}
+        self.closed = False
         switch.control_listeners.append(self.receive)
 
     # -- what the team is ---------------------------------------------------------------------
@@ -258,13 +259,14 @@ class BeaconProbe:
     async def run(self) -> None:
         """Beacon every interval on the switch's clock until cancelled."""
         next_ns = self.clock.now_ns()
-        while True:
+        while not self.closed:
             self.tick()
             next_ns += self.interval_ns
             await self.clock.sleep(max(0, next_ns - self.clock.now_ns()) / NS_PER_S)
 
     def close(self) -> None:
-        """Stop listening; the switch goes back to link status only."""
+        """Stop listening and beaconing; the switch goes back to link status only."""
+        self.closed = True
         if self.receive in self.switch.control_listeners:
             self.switch.control_listeners.remove(self.receive)
         self.switch.set_beacon_state(frozenset(), False)

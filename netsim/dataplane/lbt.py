@@ -127,6 +127,7 @@ class LoadBasedTeaming:
         self.speed_of = speed_of
         self.moves: list[Move] = []
         self.checks = 0
+        self.closed = False
         self._last: dict[Port, tuple[int, int]] = {}
         self._last_ns = self.clock.now_ns()
         self._snapshot()
@@ -176,7 +177,12 @@ class LoadBasedTeaming:
     async def run(self) -> None:
         """Check every `check_s` seconds of the switch's clock until cancelled."""
         next_ns = self.clock.now_ns()
-        while True:
+        while not self.closed:
             next_ns += self.check_ns
             await self.clock.sleep(max(0, next_ns - self.clock.now_ns()) / NS_PER_S)
-            self.check()
+            if not self.closed:
+                self.check()
+
+    def close(self) -> None:
+        """Stop checking (the task ends at its next wake-up); ports stay where they are."""
+        self.closed = True

@@ -28,11 +28,18 @@ from types import TracebackType
 from typing import Any, Self
 
 from netsim.clock import Clock, sweep_by_deadline
-from netsim.dataplane.policy import LoadBalancing, SecurityPolicy, ShapingPolicy, TeamingPolicy
+from netsim.dataplane.policy import (
+    FailureDetection,
+    LoadBalancing,
+    SecurityPolicy,
+    ShapingPolicy,
+    TeamingPolicy,
+)
 from netsim.dataplane.port import Pif, VmPort
 from netsim.dataplane.switch import PortGroup, StandardSwitch
 from netsim.errors import ConfigError, TransportError
 from netsim.lab.fabric import Host
+from netsim.lab.teammon import start_team_monitors
 from netsim.vds.transport.bus import (
     PRESENCE_ONLINE,
     Bus,
@@ -985,6 +992,7 @@ class ProxySwitch:
             for p in self.vm_ports():
                 if p.sw_group.name == pg.name:
                     self.switch.set_egress_shaping(p, shaping_in)
+        start_team_monitors(self.host.fabric, self.switch)  # beacon probing, LBT
         self.config = config
         return self.vlans()
 
@@ -1077,7 +1085,8 @@ def _teaming(t: DvTeaming | None, nics: dict[str, str],
         lb = LoadBalancing.IP_HASH
     return TeamingPolicy(active=active, standby=standby,
                          load_balancing=lb,
-                         notify_switches=t.notify_switches, failback=t.failback)
+                         notify_switches=t.notify_switches, failback=t.failback,
+                         failure_detection=FailureDetection(t.failure_detection))
 
 
 def _shaping(s: DvShaping | None) -> ShapingPolicy | None:
