@@ -139,6 +139,11 @@ async def test_a_cut_beyond_the_physical_switch_fails_over_by_beacons() -> None:
         assert all(sw.uplink_for(p) is not vmnic2 for p in sw.ports.values()
                    if p not in sw.uplinks)
         assert sw.notifications >= 1  # the moved vNIC was announced (RARP) on its new uplink
+        # hvsim trace says why a frame from torB's side goes nowhere now
+        app1 = lb.fabric["app1"].ports[0].vnic.mac.hex(":")
+        tr = lb.trace("esx1/vmnic2", {"eth": {"dst": app1, "src": "02:00:00:00:00:99"},
+                                      "vlan": 10})
+        assert "vmnic2: failed by beacon probing (link up" in tr.render()
         lb.fabric["torB/to-core"].link.set_up(True)
         await lb.run_for(3)
         assert sw.beacon_probe.events[-1][1:] == ("vmnic2", "restored")
