@@ -66,3 +66,43 @@ async def test_one_beacon_per_uplink_per_vlan_per_second_as_tshark_shows_it(
     assert len(per_second) == 6 and set(per_second.values()) == {2}  # t = 0..5 s, 2 VLANs
     assert sorted({r[3] for r in sent}) == ["10", "20"]
     assert len(got) == 2 * len(sent)  # and it hears both team mates on both VLANs
+
+
+HC = """name: hc
+hosts:
+  esx1:
+    type: esxi
+    pifs: {vmnic0: {mtu: 9000}}
+    switches: {vSwitch0: {uplinks: [vmnic0], mtu: 9000}}
+    port_groups: {App: {vlan: 10}, DB: {vlan: 20}}
+  esx2:
+    type: esxi
+    pifs: {vmnic0: {mtu: 9000}}
+    switches: {vSwitch0: {uplinks: [vmnic0], mtu: 9000}}
+    port_groups: {App: {vlan: 10}, DB: {vlan: 20}}
+physical:
+  tor:
+    ports:
+      esx1.vmnic0: {mode: trunk, vlans: [10, 20], mtu: 9000}
+      esx2.vmnic0: {mode: trunk, vlans: [10, 20], mtu: 9000}
+"""
+
+
+async def test_health_check_probes_as_tshark_shows_them(tmp_path: Path) -> None:
+    from netsim.lab.healthcheck import esxi_switches, health_check
+
+    t = parse_topology(HC)
+    async with Lab(t) as lab:
+        (pcap,) = lab.capture(["esx1/vmnic0"], tmp_path)
+        report = await health_check(esxi_switches(t, lab.fabric), lambda: lab.run_for(1.0))
+    assert report.ok
+    rows = [r.split("\t") for r in tshark(
+        "-r", str(pcap), "-Y", "vlan.etype == 0x8922", "-T", "fields", "-e", "eth.src",
+        "-e", "eth.dst", "-e", "vlan.id", "-e", "frame.len").splitlines()]
+    mine = mac_to_str(uplink_mac("esx1/vmnic0"))
+    peer = mac_to_str(uplink_mac("esx2/vmnic0"))
+    # per VLAN: a 60-byte probe (64 tagged) and one padded to the MTU (9000 + 14 + 4 tag),
+    # from each side, all broadcast
+    want = sorted((src, "ff:ff:ff:ff:ff:ff", vid, size) for src in (mine, peer)
+                  for vid in ("10", "20") for size in ("64", "9018"))
+    assert sorted(tuple(r) for r in rows) == want
