@@ -159,6 +159,8 @@ class BeaconProbe:
         self.events: list[tuple[int, str, str]] = []
         self._macs: dict[bytes, Port] = {}
         self.closed = False
+        #: uplink -> when this prober first saw its link up (since it last went down)
+        self._up_since: dict[Port, int] = {}
         switch.control_listeners.append(self.receive)
 
     # -- what the team is ---------------------------------------------------------------------
@@ -200,7 +202,9 @@ class BeaconProbe:
         n = 0
         for u in self.members():
             if not u.link_up:
+                self._up_since.pop(u, None)
                 continue
+            self._up_since.setdefault(u, now)
             frame = build(self.mac_of(u), u.name, self.seq)
             for vid in self.vlans(u):
                 sw.send_control(u, frame, vid)
@@ -239,13 +243,18 @@ class BeaconProbe:
         if self.started_ns is None or now - self.started_ns < self.missed * self.interval_ns:
             return
         up = [u for u in self.members() if u.link_up]
-        failed, shotgun = decide(up, lambda a, b: self.heard(a, b, now))
+        grace = self.missed * self.interval_ns
+        # an uplink whose link came up less than `missed` intervals ago has not had the time
+        # to be heard: it is given the benefit of the doubt (no flap on every link-up)
+        fresh = {u for u in up if now - self._up_since.get(u, now) < grace}
+        failed, shotgun = decide(
+            up, lambda a, b: a in fresh or b in fresh or self.heard(a, b, now))
         if failed == self.failed and shotgun == self.shotgun:
             return
         for u in sorted(failed - self.failed, key=lambda p: p.name):
             self.events.append((now, u.name, "failed"))
         for u in sorted(self.failed - failed, key=lambda p: p.name):
-            self.events.append((now, u.name, "restored"))
+            self.events.append((now, u.name, "restored" if u.link_up else "link-down"))
         if shotgun != self.shotgun:
             self.events.append((now, "*", "shotgun" if shotgun else "decided"))
         self.failed, self.shotgun = failed, shotgun

@@ -149,6 +149,17 @@ async def test_a_cut_beyond_the_physical_switch_fails_over_by_beacons() -> None:
         assert sw.beacon_probe.events[-1][1:] == ("vmnic2", "restored")
 
 
+async def test_an_uplink_whose_link_comes_back_is_not_failed_before_it_could_be_heard() -> None:
+    async with lab("beacon") as lb:
+        sw = lb.fabric["esx1/vSwitch0"]
+        await lb.run_for(4)
+        lb.set_link("esx1/vmnic1", False)
+        await lb.run_for(5)
+        lb.set_link("esx1/vmnic1", True)
+        await lb.run_for(5)
+        assert sw.beacon_probe.events == [] and sw.beacon_probe.failed == frozenset()
+
+
 async def test_link_status_only_keeps_sending_into_the_cut_and_counts_the_loss() -> None:
     async with lab("link") as lb:
         sw = lb.fabric["esx1/vSwitch0"]
