@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from netsim.clock import Clock
 from netsim.dataplane.policy import LoadBalancing
+from netsim.dataplane.switch import ROLE_VM
 
 if TYPE_CHECKING:
     from netsim.dataplane.port import Port
@@ -134,7 +135,6 @@ class LoadBasedTeaming:
 
     def _ports(self) -> list[Port]:
         sw = self.switch
-        from netsim.dataplane.switch import ROLE_VM
         return [p for p in sw.ports.values() if p.sw_role == ROLE_VM
                 and sw.teaming_of(p).load_balancing is LoadBalancing.LOAD_BASED]
 
