@@ -193,6 +193,20 @@ async def test_two_uplinks_that_lose_each_other_shotgun() -> None:
         assert not sw.shotgun
 
 
-def test_beacon_probing_is_vsphere_only_and_checked() -> None:
+XEN = """name: x
+hosts:
+  xen1:
+    type: xen
+    pifs: {eth0: {}, eth1: {}}
+    switches: {xenbr0: {uplinks: [eth0, eth1], teaming: TEAMING}}
+"""
+
+
+def test_beacon_probing_and_lbt_are_vsphere_only_and_checked() -> None:
     with pytest.raises(TopologyError, match="failure_detection must be one of link, beacon"):
         parse_topology(LAB.replace("DETECT", "arp").replace("UPLINKS", THREE))
+    parse_topology(XEN.replace("TEAMING", "{policy: failover, failure_detection: link}"))
+    with pytest.raises(TopologyError, match="beacon probing is a vSphere failure detection"):
+        parse_topology(XEN.replace("TEAMING", "{failure_detection: beacon}"))
+    with pytest.raises(TopologyError, match="load-based is a vSphere teaming policy"):
+        parse_topology(XEN.replace("TEAMING", "{policy: load-based}"))
