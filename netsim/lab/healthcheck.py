@@ -50,6 +50,7 @@ class UplinkHealth:
     mtu: int  # the MTU the switch sends (and the probe's size)
     mtu_mismatch_vlans: tuple[int, ...]  # VLANs in which a full-size frame does not pass
     unknown_vlans: tuple[int, ...] = ()  # no second uplink to tell
+    link_up: bool = True  # a link-down uplink is not probed
     #: listed VLANs where the fault may be on the other side (no group of uplinks heard each
     #: other: with two uplinks, either may be the one misconfigured)
     ambiguous_vlans: tuple[int, ...] = ()
@@ -57,7 +58,7 @@ class UplinkHealth:
     @property
     def ok(self) -> bool:
         """True when every VLAN is trunked and the MTU matches."""
-        return not (self.vlans_not_trunked or self.mtu_mismatch_vlans)
+        return self.link_up and not (self.vlans_not_trunked or self.mtu_mismatch_vlans)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class HealthReport:
 
         out = []
         for u in self.uplinks:
-            status = "ok" if u.ok else "mismatch"
+            status = "ok" if u.ok else "mismatch" if u.link_up else "link down"
             if u.ambiguous_vlans:
                 status += f" (VLAN {vl(u.ambiguous_vlans)}: this side or the other)"
             if u.unknown_vlans:
@@ -134,6 +135,26 @@ def _port_channel(port: Port | None) -> str | None:
     return None
 
 
+def _physical_ports(uplink: Port) -> str:
+    """What an uplink is cabled to: its peer's path, or for a host LAG its members' peers
+    joined by '+' ("" if nothing)."""
+    members = getattr(getattr(uplink, "lag", None), "members", None)
+    ports = [getattr(m, "port", m) for m in members] if members else [uplink]
+    peers = [_peer(p) for p in ports]
+    return "+".join(p.path for p in peers if p is not None)
+
+
+def _uplink_channel(uplink: Port) -> str | None:
+    """The port-channel behind an uplink; for a host LAG (vDS LAG, Xen bond) the one all its
+    members' physical ports are in, else None."""
+    lag = getattr(uplink, "lag", None)
+    members = getattr(lag, "members", None)
+    if members:
+        chans = {_port_channel(_peer(getattr(m, "port", m))) for m in members}
+        return chans.pop() if len(chans) == 1 else None
+    return _port_channel(_peer(uplink))
+
+
 def teaming_check(switches: Iterable[tuple[str, StandardSwitch]]) -> list[TeamingHealth]:
     """IP hash teams whose physical ports are not one port-channel, and port-channels under a
     team that does not hash by IP."""
@@ -146,7 +167,7 @@ def teaming_check(switches: Iterable[tuple[str, StandardSwitch]]) -> list[Teamin
             team = [u for u in (*active, *standby)]
             if len(team) < 2:
                 continue
-            channels = {u.name: _port_channel(_peer(u)) for u in team}
+            channels = {u.name: _uplink_channel(u) for u in team}
             names = tuple(u.name for u in team)
             lb = pol.load_balancing
             if lb is LoadBalancing.IP_HASH:
@@ -242,13 +263,15 @@ async def health_check(
     for host, sw in switches:
         vids = _vlans(sw)
         for u in sw.uplinks:
-            peer = _peer(u)
             report.uplinks.append(UplinkHealth(
-                host, sw.name, u.name, peer.path if peer is not None else "", vids,
-                tuple(v for v in vids if (u, v) in not_trunked or not u.link_up),
+                host, sw.name, u.name, _physical_ports(u), vids,
+                tuple(v for v in vids if (u, v) in not_trunked),
                 _mtu(sw), tuple(v for v in vids if (u, v) in mtu_bad),
-                tuple(v for v in vids if u.link_up and len(parties.get(v, ())) < 2),
-                tuple(v for v in vids if (u, v) in unsure_v or (u, v) in unsure_m)))
+                unknown_vlans=tuple(v for v in vids
+                                    if u.link_up and len(parties.get(v, ())) < 2),
+                ambiguous_vlans=tuple(v for v in vids
+                                      if (u, v) in unsure_v or (u, v) in unsure_m),
+                link_up=u.link_up))
     report.teaming = teaming_check(switches)
     return report
 

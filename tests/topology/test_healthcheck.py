@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -90,50 +89,45 @@ async def test_one_uplink_alone_cannot_be_checked() -> None:
 
 
 # -- teaming check: table-driven -----------------------------------------------------------------
-class _Lag:
-    """What a port-channel member's `switch` is (netsim.dataplane.lag.Lag): its logical port
-    and members."""
-
-    def __init__(self, name: str) -> None:
-        self.port = SimpleNamespace(path=name)
-        self.members: list[object] = []
-
-
 TEAM = """name: t
 hosts:
   esx1:
     type: esxi
-    pifs: {vmnic0: {}, vmnic1: {}}
-    switches: {vSwitch0: {uplinks: [vmnic0, vmnic1], teaming: {policy: POLICY}}}
-    port_groups: {App: {vlan: 10}}
+    pifs: {vmnic0: {}, vmnic1: {}, vmnic2: {}, vmnic3: {}}
+    switches:
+      vSwitch0: {uplinks: [vmnic0, vmnic1], teaming: {policy: POLICY}}
+      vSwitch1: {uplinks: [vmnic2]}
+      vSwitch2: {uplinks: [vmnic3]}
+    port_groups: {App: {vlan: 10, switch: vSwitch0}}
 physical:
   tor:
     ports:
       esx1.vmnic0: {mode: trunk, vlans: [10]}
       esx1.vmnic1: {mode: trunk, vlans: [10]}
-"""
+      esx1.vmnic2: {mode: trunk, vlans: [10]}
+      esx1.vmnic3: {mode: trunk, vlans: [10]}
+CHANNELS"""
 
 
 @pytest.mark.parametrize(
     ("policy", "channels", "warning"),
     [
-        ("ip-hash", (None, None), "vmnic0, vmnic1 not in any"),
-        ("ip-hash", ("tor/Po1", None), "vmnic1 not in any"),
-        ("ip-hash", ("tor/Po1", "tor/Po2"), "they are in tor/Po1, tor/Po2"),
-        ("ip-hash", ("tor/Po1", "tor/Po1"), None),
-        ("port-id", (None, None), None),
-        ("src-mac", ("tor/Po1", "tor/Po1"), "vmnic0, vmnic1 in a port-channel"),
+        ("ip-hash", "", "vmnic0, vmnic1 not in any"),
+        # (vmnic2 and vmnic3 are lone uplinks of other vSwitches: a channel needs two ports)
+        ("ip-hash", "Po1: {ports: [esx1.vmnic0, esx1.vmnic2], mode: on}", "vmnic1 not in any"),
+        ("ip-hash", "Po1: {ports: [esx1.vmnic0, esx1.vmnic2], mode: on}, Po2: {ports: "
+                    "[esx1.vmnic1, esx1.vmnic3], mode: on}", "they are in tor/Po1, tor/Po2"),
+        ("ip-hash", "Po1: {ports: [esx1.vmnic0, esx1.vmnic1], mode: on}", None),
+        ("port-id", "", None),
+        ("src-mac", "Po1: {ports: [esx1.vmnic0, esx1.vmnic1], mode: on}",
+         "vmnic0, vmnic1 in a port-channel"),
     ],
 )
-def test_teaming_check(policy: str, channels: tuple[str | None, str | None],
-                       warning: str | None) -> None:
-    t = parse_topology(TEAM.replace("POLICY", policy))
+def test_teaming_check(policy: str, channels: str, warning: str | None) -> None:
+    text = TEAM.replace("POLICY", policy).replace(
+        "CHANNELS", f"    channels: {{{channels}}}\n" if channels else "")
+    t = parse_topology(text)
     lab = Lab(t)
-    lags = {}
-    for i, ch in enumerate(channels):
-        if ch is not None:
-            lags.setdefault(ch, _Lag(ch))
-            lab.fabric[f"tor/esx1.vmnic{i}"].switch = lags[ch]
     found = teaming_check(esxi_switches(t, lab.fabric))
     if warning is None:
         assert found == []
@@ -145,7 +139,7 @@ def test_teaming_check(policy: str, channels: tuple[str | None, str | None],
 
 
 def test_a_port_group_override_is_checked_too() -> None:
-    t = parse_topology(TEAM.replace("POLICY", "port-id"))
+    t = parse_topology(TEAM.replace("POLICY", "port-id").replace("CHANNELS", ""))
     lab = Lab(t)
     sw = lab.fabric["esx1/vSwitch0"]
     g = sw.port_groups["App"]
@@ -190,3 +184,12 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path: Path) -> None:
     r = _hvsim("health-check", str(xen))
     assert r.returncode == 2 and "no ESXi switch with uplinks" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+async def test_a_link_down_uplink_is_listed_as_such_not_as_missing_vlans() -> None:
+    text = topo().replace("  esx3:\n    type: esxi\n    pifs: {vmnic0: {mtu: 9000}}",
+                          "  esx3:\n    type: esxi\n    pifs: {vmnic0: {mtu: 9000, up: false}}")
+    report = await check(text)
+    assert table(report) == {"esx1": ((), ()), "esx2": ((), ()), "esx3": ((), ())}
+    assert [u.link_up for u in report.uplinks] == [True, True, False] and not report.ok
+    assert report.rows()[2][-1] == "link down"

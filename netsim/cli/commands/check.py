@@ -84,6 +84,7 @@ def health_check(
             if not switches:
                 raise TopologyError(f"{topo.source}: no ESXi switch with uplinks to check "
                                     "(the health check is a vSphere feature)")
+            await lab.run_for(3.0)  # links, LAGs (LACP) and beacons settle first
             return await run_check(switches, lambda: lab.run_for(1.0))
 
     report = asyncio.run(run())
