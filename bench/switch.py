@@ -15,7 +15,9 @@ and the pcapng record rate of dpkt's block objects vs our struct writer (the ≥
 Issue 19 rows: the same hop from a VM in an isolated private VLAN port group (secondary 101 of
 primary 100; the peer learned on the primary, the frame leaves tagged 101), as a ratio to the
 plain hop from back-to-back pairs (target ≥0.5×); and the hop through an IP-hash team of 4
-uplinks (the uplink computed per frame from the IP addresses), same ratio and target.
+uplinks (the uplink computed per frame from the IP addresses), same ratio and target; the hop
+through a team of 3 with beacon probing listening, and through a load-based (LBT) team of 3,
+as ratios to the plain hop (what the failure-detection and LBT hooks cost a frame).
 Mirroring and IPFIX (issue 19 items 6, 7): the hop with the VM port mirrored by an ERSPAN type
 III session (every frame copied, encapsulated and sent out of the same uplink: two frames leave
 per frame sent; target ≥0.4×), and with the switch's IPFIX flow meter on every port (the frame
@@ -46,11 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from netsim.clock import RealClock
+from netsim.dataplane.beacon import BeaconProbe
 from netsim.dataplane.filtering import ruleset_from_doc
 from netsim.dataplane.flowmeter import FlowMeter, IpfixConfig
 from netsim.dataplane.lag import Lag, LagConfig, LagPort
+from netsim.dataplane.lbt import LoadBasedTeaming
 from netsim.dataplane.mirror import ErspanSource, MirrorSession
-from netsim.dataplane.policy import LoadBalancing, TeamingPolicy
+from netsim.dataplane.policy import FailureDetection, LoadBalancing, TeamingPolicy
 from netsim.dataplane.port import Pif, Vif
 from netsim.dataplane.pvlan import PvlanMap
 from netsim.dataplane.switch import PortGroup, StandardSwitch
@@ -110,7 +114,8 @@ def _udp_frame(size: int) -> bytes:
 
 
 def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = False,
-           lag: bool = False, monitor: str | None = None, rules: bool = False
+           lag: bool = False, monitor: str | None = None, rules: bool = False,
+           beacon: bool = False, lbt: bool = False
            ) -> tuple[Vif, Pif, PcapngWriter | None]:
     clock = RealClock()
     sw = StandardSwitch("vSwitch0", clock=clock)
@@ -138,6 +143,18 @@ def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = Fal
         for i in range(1, 4):
             sw.add_uplink(Pif(f"vmnic{i}", queue_size=4 * BURST))
         sw.teaming = TeamingPolicy(load_balancing=LoadBalancing.IP_HASH)
+    if beacon or lbt:  # a team of 3 (port id / load-based); the VM's port id pins vmnic0
+        for i in range(1, 3):
+            sw.add_uplink(Pif(f"vmnic{i}", queue_size=4 * BURST))
+        sw.teaming = TeamingPolicy(
+            load_balancing=LoadBalancing.LOAD_BASED if lbt else LoadBalancing.PORT_ID,
+            failure_detection=FailureDetection.BEACON if beacon else FailureDetection.LINK)
+        if beacon:
+            BeaconProbe(sw).send()  # listening, one round of beacons sent (and drained)
+            for u in sw.uplinks:
+                u.queue.clear()
+        if lbt:
+            LoadBasedTeaming(sw).check()
     # the peer's MAC is learned on the uplink, so the hop is a unicast lookup, not a flood
     up.receive(fr.ethernet(VM_MAC, PEER_MAC, fr.ETHERTYPE_IPV4, bytes(46), vid=peer_vid))
     vm.vnic.drain()
@@ -158,9 +175,10 @@ def _build(capture_dir: Path | None, *, pvlan: bool = False, ip_hash: bool = Fal
 
 async def _hop(n: int, size: int, capture_dir: Path | None, *, batched: bool = False,
                pvlan: bool = False, ip_hash: bool = False, lag: bool = False,
-               monitor: str | None = None, rules: bool = False) -> float:
+               monitor: str | None = None, rules: bool = False, beacon: bool = False,
+               lbt: bool = False) -> float:
     vm, up, writer = _build(capture_dir, pvlan=pvlan, ip_hash=ip_hash, lag=lag,
-                            monitor=monitor, rules=rules)
+                            monitor=monitor, rules=rules, beacon=beacon, lbt=lbt)
     out_n = 2 * n if monitor == "erspan" else n  # an ERSPAN copy leaves with each frame
     frame = _udp_frame(size) if rules else _frame(size)
     send = vm.vnic.send
@@ -391,7 +409,8 @@ def run(*, quick: bool) -> dict[str, Any]:
     res["ratio_stalled_vs_hop_rounds"] = [round(r, 3) for r, _, _ in stalled_pairs]
     for key, opts in (("pvlan", {"pvlan": True}), ("iphash", {"ip_hash": True}),
                       ("lag", {"lag": True}), ("erspan", {"monitor": "erspan"}),
-                      ("ipfix", {"monitor": "ipfix"}), ("filter", {"rules": True})):
+                      ("ipfix", {"monitor": "ipfix"}), ("filter", {"rules": True}),
+                      ("beacon", {"beacon": True}), ("lbt", {"lbt": True})):
         kind_pairs = []
         for _ in range(max(3, repeat)):
             gc.collect()
@@ -455,6 +474,12 @@ def run(*, quick: bool) -> dict[str, Any]:
     row("switch hop, 64 B, 10 traffic filter rules on the port group (none match)",
         "hop_64_filter_fps")
     row("ratio filtered hop / plain hop (median of back-to-back pairs)", "ratio_filter_vs_hop",
+        "{:,.2f}×")
+    row("switch hop, 64 B, team of 3 with beacon probing", "hop_64_beacon_fps")
+    row("ratio beacon-probing team hop / plain hop (median of back-to-back pairs)",
+        "ratio_beacon_vs_hop", "{:,.2f}×")
+    row("switch hop, 64 B, load-based team of 3 (LBT)", "hop_64_lbt_fps")
+    row("ratio LBT hop / plain hop (median of back-to-back pairs)", "ratio_lbt_vs_hop",
         "{:,.2f}×")
     row("pcapng records/s: dpkt EPB objects (per-interface, ns)", "pcapng_dpkt_records_per_s")
     row("pcapng records/s: hvsim struct writer", "pcapng_records_per_s")

@@ -23,6 +23,7 @@ from storage.errors import StorageError
 COMMAND_OWNERS: dict[str, str] = {
     "demo": "netsim.cli.commands.fabric",
     "check": "netsim.cli.commands.check",
+    "health-check": "netsim.cli.commands.check",
     "draw": "netsim.cli.commands.topology",
     "run": "netsim.cli.commands.topology",
     "ping": "netsim.cli.commands.topology",

@@ -173,6 +173,16 @@ class LoadBalancing(StrEnum):
     EXPLICIT_FAILOVER = "failover"  # always the first active (then standby) uplink that is up
     IP_HASH = "ip-hash"  # loadbalance_ip: per frame, from the source and destination IPs
     SRC_MAC = "src-mac"  # loadbalance_srcmac: per frame, from the source MAC
+    #: loadbalance_loadbased ("route based on physical NIC load", LBT): placed as port-id, then
+    #: moved off an uplink whose mean use over 30 s exceeds 75 % (netsim.dataplane.lbt)
+    LOAD_BASED = "load-based"
+
+
+class FailureDetection(StrEnum):
+    """How a team decides an uplink has failed (vSphere `HostNicFailureCriteria.checkBeacon`)."""
+
+    LINK = "link"  # "Link status only" (vSphere default)
+    BEACON = "beacon"  # "Beacon probing": link status and beacons (netsim.dataplane.beacon)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +193,7 @@ class TeamingPolicy:
     Empty `active` means every uplink not listed as standby, in the order they were added.
     `notify_switches`: a RARP per vNIC that moved to another uplink, sent on the new one
     (vSphere default yes). `failback`: a recovered uplink takes its ports back (default yes;
-    no = vSphere's `rollingOrder`).
+    no = vSphere's `rollingOrder`). `failure_detection`: link status only, or beacon probing.
     """
 
     active: tuple[str, ...] = ()
@@ -191,9 +201,17 @@ class TeamingPolicy:
     load_balancing: LoadBalancing = LoadBalancing.PORT_ID
     notify_switches: bool = True
     failback: bool = True
+    failure_detection: FailureDetection = FailureDetection.LINK
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "active", tuple(self.active))
+        try:
+            object.__setattr__(self, "failure_detection", FailureDetection(self.failure_detection))
+        except ValueError:
+            ok = ", ".join(m.value for m in FailureDetection)
+            raise ConfigError(
+                f"teaming.failure_detection: {self.failure_detection!r} is not one of {ok}"
+            ) from None
         object.__setattr__(self, "standby", tuple(self.standby))
         try:
             object.__setattr__(self, "load_balancing", LoadBalancing(self.load_balancing))

@@ -466,6 +466,9 @@ class Bridge:
             if shaper is not None and not shaper.conform(n, now):
                 c.drop("shaped")
                 return
+            if port.sw_check_reflect and inner[12] == 0x89 and inner[13] == 0x22 and \
+                    self._control_rx(port, inner, vid, now):
+                return None  # a beacon / health-check frame, for the switch itself
             if port.sw_check_reflect and self._reflected(vid, src, now):
                 c.drop("reflected")
                 return
@@ -513,6 +516,9 @@ class Bridge:
             port.counters.drop("no-destination")
 
     def _reflected(self, vid: int, src: bytes, now: int) -> bool:
+        return False
+
+    def _control_rx(self, port: Port, inner: bytes, vid: int, now: int) -> bool:
         return False
 
     def _lookup(self, vid: int, mac: bytes, now: int) -> Port | None:
@@ -803,6 +809,19 @@ class StandardSwitch(Bridge):
         self._last_uplink: dict[Port, Port | None] = {}
         #: RARPs sent to notify the physical switches of failovers
         self.notifications = 0
+        #: beacon probing's verdict (netsim.dataplane.beacon): uplinks failed beyond their link,
+        #: and shotgun mode (every frame from a VM leaves by every team uplink that is up)
+        self._beacon_failed: frozenset[Port] = frozenset()
+        self.shotgun = False
+        #: VM port → the uplink load-based teaming moved it to (netsim.dataplane.lbt)
+        self._lbt_pin: dict[Port, Port] = {}
+        #: who gets the 0x8922 frames (beacons, health-check probes) arriving on uplinks
+        self.control_listeners: list[Any] = []
+        #: 0x8922 frames taken off uplinks (never flooded to VMs)
+        self.control_frames = 0
+        #: the team's periodic tasks when running in a lab (netsim.lab.teammon)
+        self.beacon_probe: Any = None
+        self.lbt: Any = None
 
     # -- configuration -----------------------------------------------------------------------
     def add_port_group(self, group: PortGroup) -> PortGroup:
@@ -960,6 +979,7 @@ class StandardSwitch(Bridge):
         """Remove a port or uplink."""
         p = self._port(port)
         super().detach(p)
+        self._lbt_pin.pop(p, None)
         if p in self.uplinks:
             self.uplinks.remove(p)  # type: ignore[arg-type]
 
@@ -1000,7 +1020,59 @@ class StandardSwitch(Bridge):
         """The uplinks `policy` spreads ports over now: its active ones that are up, else the
         first standby that is up."""
         active, standby = self.team_order(policy)
+        bad = self._beacon_failed
+        if bad:
+            ok = [u for u in active if u.link_up and u not in bad] or \
+                [u for u in standby if u.link_up and u not in bad][:1]
+            if ok:
+                return ok
         return [u for u in active if u.link_up] or [u for u in standby if u.link_up][:1]
+
+    def team_members(self, port: Port) -> list[Pif]:
+        """The uplinks `port`'s team spreads over now (up, not failed by beacons)."""
+        return self._team_up(self.teaming_of(port))
+
+    def pin_port(self, port: Port, uplink: Port) -> None:
+        """Load-based teaming moved `port` to `uplink` (notifying the switches, if the policy
+        says so)."""
+        before = {port: self.uplink_for(port)}
+        self._lbt_pin[port] = uplink
+        self._team.pop(port, None)
+        self._pinned.clear()
+        self._notify_moves(before)
+
+    # -- beacon probing hooks (netsim.dataplane.beacon) --------------------------------------
+    def _control_rx(self, port: Port, inner: bytes, vid: int, now: int) -> bool:
+        """An ethertype 0x8922 frame (VMware beacon) on an uplink: the switch's own business,
+        handed to its listeners and never flooded to VMs."""
+        self.control_frames += 1
+        for listener in self.control_listeners:
+            listener(port, inner, vid, now)
+        return True
+
+    def send_control(self, uplink: Port, inner: bytes, vid: int) -> None:
+        """Send a switch-generated frame (beacon, health-check probe) by `uplink` in VLAN
+        `vid`, tagged as the uplink's VLAN mode says."""
+        self._emit(uplink, inner, None, vid, 0, self._now())
+
+    def set_beacon_state(self, failed: frozenset[Port], shotgun: bool) -> None:
+        """Beacon probing's verdict: `failed` uplinks carry nothing while others can (their
+        ports fail over, notifying the switches); `shotgun` sends VM frames by every team
+        uplink that is up."""
+        vms = [p for p in self.ports.values() if p.sw_role == ROLE_VM]
+        self._team.clear()
+        before = {p: self.uplink_for(p) for p in vms}
+        self._beacon_failed = frozenset(failed)
+        self.shotgun = bool(shotgun)
+        self._changed()
+        self._notify_moves(before)
+
+    def _shotgun_copies(self, port: Port, chosen: Port | None, inner: bytes,
+                        tagged: bytes | None, vid: int, pcp: int, now: int) -> None:
+        """Shotgun mode: a copy of a VM's frame by every other team uplink that is up."""
+        for u in self._team_up(self.teaming_of(port)):
+            if u is not chosen and (u.sw_carry is None or vid in u.sw_carry):
+                self._emit(u, inner, tagged, vid, pcp, now)
 
     def uplink_for(self, port: Port) -> Port | None:
         """The uplink frames from `port` leave by, or None if no uplink is up."""
@@ -1019,6 +1091,9 @@ class StandardSwitch(Bridge):
             choice = last  # rollingOrder: stay where the last failover put us
         elif lb is LoadBalancing.PORT_ID:
             choice = up[port.sw_id % len(up)]
+        elif lb is LoadBalancing.LOAD_BASED:  # placed as port id until LBT moves it
+            pin = self._lbt_pin.get(port)
+            choice = pin if pin in up else up[port.sw_id % len(up)]
         elif lb is LoadBalancing.SRC_MAC and port.sw_role == ROLE_VM:
             choice = up[port.vnic.mac[5] % len(up)]  # the vNIC's own frames
         else:
@@ -1060,7 +1135,7 @@ class StandardSwitch(Bridge):
     def _takes_flood_from(self, port: Port, uplink: Port) -> bool:
         """True if a flood arriving on `uplink` is for VM port `port`: the uplink it is pinned
         to, or for a hashing team (behind a LAG) any member that is up."""
-        if self.uplink_for(port) is uplink:
+        if self.uplink_for(port) is uplink or (self.shotgun and uplink in self.uplinks):
             return True
         h = self._hash_team(port)
         return h is not None and uplink in h[1]
@@ -1116,6 +1191,9 @@ class StandardSwitch(Bridge):
                 if policy.load_balancing is LoadBalancing.EXPLICIT_FAILOVER:
                     up = up[:1]
                 chosen.update(up)
+                if self.shotgun:
+                    chosen.update(u for side in self.team_order(policy) for u in side
+                                  if u.link_up)
             in_use = self._in_use = frozenset(chosen)
         return in_use
 
@@ -1182,6 +1260,8 @@ class StandardSwitch(Bridge):
                     if out is None:
                         port.counters.drop("link-down")
                         return
+                    if self.shotgun:
+                        self._shotgun_copies(port, out, inner, tagged, vid, pcp, now)
                     carry = out.sw_carry
                     if carry is not None and vid not in carry:
                         port.counters.drop("vlan-not-allowed")
@@ -1261,6 +1341,8 @@ class StandardSwitch(Bridge):
             elif up.sw_carry is None or vid in up.sw_carry:
                 self._emit(up, inner, tagged, vid, pcp, now)
                 sent = True
+            if up is not None and self.shotgun:
+                self._shotgun_copies(port, up, inner, tagged, vid, pcp, now)
         if not sent:
             port.counters.drop(reason)
         return None

@@ -171,7 +171,7 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
             elif kind == "switch":
                 label = data["name"]
                 t = spec.teaming
-                if t is not None and t.policy in ("ip-hash", "src-mac", "failover"):
+                if t is not None and t.policy in ("ip-hash", "src-mac", "failover", "load-based"):
                     label += f"\nteaming: {t.policy}"
                 elif t is not None and t.standby:
                     label += "\nteaming: active/standby"
@@ -181,6 +181,8 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                     label += ", no failback"
                 if t is not None and not t.notify_switches:
                     label += ", no notify"
+                if t is not None and t.failure_detection == "beacon":
+                    label += ", beacon probing"
                 if spec.internal:
                     label += "\n(no uplink)"
                 if spec.pvlans:

@@ -43,6 +43,7 @@ from netsim.dataplane.mirror import (
     vmk_mac,
 )
 from netsim.dataplane.policy import (
+    FailureDetection,
     LoadBalancing,
     SecurityPolicy,
     ShapingPolicy,
@@ -58,6 +59,7 @@ from netsim.lab.attach import Attachments, uses_attachments
 from netsim.lab.discovery import wire_discovery
 from netsim.lab.fabric import Fabric
 from netsim.lab.ipfix import IpfixExporter
+from netsim.lab.teammon import start_team_monitors
 from netsim.lab.topology import (
     HostSpec,
     MirrorSpec,
@@ -108,7 +110,8 @@ def _teaming(t: TeamingSpec | None) -> TeamingPolicy | None:
     if t is None:
         return None
     return TeamingPolicy(t.active, t.standby, LoadBalancing(t.policy),
-                         notify_switches=t.notify_switches, failback=t.failback)
+                         notify_switches=t.notify_switches, failback=t.failback,
+                         failure_detection=FailureDetection(t.failure_detection))
 
 
 @dataclass
@@ -286,6 +289,8 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
             sw = switches[n.switch]
             sw.add_port_group(_port_group(n))
             out.networks[n.name] = (sw, n.name)
+    for sw in switches.values():
+        start_team_monitors(fab, sw)
     for vm_spec in h.vms:
         vm = host.add_vm(vm_spec.name, domid=vm_spec.domid)
         for f in vm_spec.vifs:

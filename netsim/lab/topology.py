@@ -42,7 +42,8 @@ PathT = tuple[str | int, ...]
 
 HOST_TYPES = ("xen", "esxi")
 PORT_MODES = ("access", "trunk", "native-tagged", "native-untagged")
-TEAMING_POLICIES = ("port-id", "failover", "ip-hash", "src-mac")
+TEAMING_POLICIES = ("port-id", "failover", "ip-hash", "src-mac", "load-based")
+FAILURE_DETECTION = ("link", "beacon")
 XEN_OUI = (0x00, 0x16, 0x3E)
 
 
@@ -75,6 +76,7 @@ class TeamingSpec:
     standby: tuple[str, ...] = ()
     notify_switches: bool = True  # a RARP per moved vNIC on its new uplink
     failback: bool = True  # False = vSphere rollingOrder
+    failure_detection: str = "link"  # link | beacon (beacon probing, netsim.dataplane.beacon)
 
 
 @dataclass(frozen=True)
@@ -483,7 +485,7 @@ _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mir
 _PIF_KEYS = ("mtu", "up", "impair")
 _SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu", "lag", "bond",
                 "discovery", "ipfix")
-_TEAM_KEYS = ("policy", "active", "standby", "notify_switches", "failback")
+_TEAM_KEYS = ("policy", "active", "standby", "notify_switches", "failback", "failure_detection")
 _NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming", "mtu", "blocked",
              *policyspec.NET_KEYS)
 _SEC_KEYS = ("promiscuous", "mac_changes", "forged_transmits")
@@ -1083,12 +1085,19 @@ def _teaming(c: _Checker, raw: Any, path: PathT, uplinks: tuple[str, ...],
         active = tuple(u for u in uplinks if u not in standby)
     if not active:
         raise c.fail((*path, "active"), "teaming needs at least one active uplink")
-    if htype == "xen" and policy in ("ip-hash", "src-mac"):
+    if htype == "xen" and policy in ("ip-hash", "src-mac", "load-based"):
         raise c.fail((*path, "policy"), f"{policy} is a vSphere teaming policy; XenServer "
                      "bonds are active-backup, balance-slb or lacp")
+    detect = t.get("failure_detection", "link")
+    if detect not in FAILURE_DETECTION:
+        raise c.fail((*path, "failure_detection"), "failure_detection must be one of "
+                     f"{', '.join(FAILURE_DETECTION)}, got {detect!r}")
+    if htype == "xen" and detect != "link":
+        raise c.fail((*path, "failure_detection"), "beacon probing is a vSphere failure "
+                     "detection; XenServer bonds watch link status")
     return TeamingSpec(policy, active, standby,
                        c.boolean(t.get("notify_switches"), (*path, "notify_switches"), True),
-                       c.boolean(t.get("failback"), (*path, "failback"), True))
+                       c.boolean(t.get("failback"), (*path, "failback"), True), detect)
 
 
 def _shaping(c: _Checker, raw: Any, path: PathT) -> ShapingSpec | None:

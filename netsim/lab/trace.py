@@ -404,6 +404,9 @@ def _cause(port: Port, reason: str, f: bytes, vid: int | None) -> str:
     if reason == "blocked":
         return f"{port.name}: blocked"
     if reason == "uplink-not-in-use":
+        if port in getattr(port.switch, "_beacon_failed", ()):
+            return (f"{port.name}: failed by beacon probing (link up, no beacons from its team "
+                    "for 3 intervals)")
         return f"{port.name}: standby uplink while an active one is up (teaming)"
     if reason in ("runt", "oversize", "malformed"):
         return f"{len(f)} bytes, MTU {port.mtu}"

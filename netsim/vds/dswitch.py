@@ -28,11 +28,18 @@ from types import TracebackType
 from typing import Any, Self
 
 from netsim.clock import Clock, sweep_by_deadline
-from netsim.dataplane.policy import LoadBalancing, SecurityPolicy, ShapingPolicy, TeamingPolicy
+from netsim.dataplane.policy import (
+    FailureDetection,
+    LoadBalancing,
+    SecurityPolicy,
+    ShapingPolicy,
+    TeamingPolicy,
+)
 from netsim.dataplane.port import Pif, VmPort
 from netsim.dataplane.switch import PortGroup, StandardSwitch
 from netsim.errors import ConfigError, TransportError
 from netsim.lab.fabric import Host
+from netsim.lab.teammon import start_team_monitors
 from netsim.vds.monitoring import ProxyMonitoring
 from netsim.vds.transport.bus import (
     PRESENCE_ONLINE,
@@ -991,6 +998,7 @@ class ProxySwitch:
             elif old != group:
                 self.switch.update_port_group(group)
         self.new_meter = self.monitoring.apply(config.vspan_sessions, config.ipfix)
+        start_team_monitors(self.host.fabric, self.switch)  # beacon probing, LBT
         self.config = config
         return self.vlans()
 
@@ -1083,7 +1091,8 @@ def _teaming(t: DvTeaming | None, nics: dict[str, str],
         lb = LoadBalancing.IP_HASH
     return TeamingPolicy(active=active, standby=standby,
                          load_balancing=lb,
-                         notify_switches=t.notify_switches, failback=t.failback)
+                         notify_switches=t.notify_switches, failback=t.failback,
+                         failure_detection=FailureDetection(t.failure_detection))
 
 
 def _shaping(s: DvShaping | None) -> ShapingPolicy | None:

@@ -19,7 +19,8 @@ from netsim.dataplane.pvlan import PvlanEntry, PvlanMap
 from netsim.errors import ConfigError
 from netsim.vds.monitoring import DvVspanSession, parse_ipfix, parse_sessions
 
-TEAMING_POLICIES = ("port-id", "failover", "ip-hash", "src-mac")
+TEAMING_POLICIES = ("port-id", "failover", "ip-hash", "src-mac", "load-based")
+FAILURE_DETECTION = ("link", "beacon")
 SCHEMA = "hvsim.vds/1"
 
 
@@ -50,6 +51,7 @@ class DvTeaming:
     standby: tuple[str, ...] = ()
     notify_switches: bool = True
     failback: bool = True
+    failure_detection: str = "link"  # link | beacon (HostNicFailureCriteria.checkBeacon)
 
 
 @dataclass(frozen=True)
@@ -236,9 +238,13 @@ def _parse(doc: dict, source: str) -> VdsConfig:
                 if u not in uplinks and u not in lag_names:
                     raise ConfigError(f"{tw}: uplink {u!r} is not one of the vDS's "
                                       f"{list(uplinks) + lag_names}")
+            detect = _get(t, "failure_detection", str, tw, "link")
+            if detect not in FAILURE_DETECTION:
+                raise ConfigError(f"{tw}.failure_detection: {detect!r} not one of "
+                                  f"{FAILURE_DETECTION}")
             teaming = DvTeaming(policy, active, standby,
                                 _get(t, "notify_switches", bool, tw, True),
-                                _get(t, "failback", bool, tw, True))
+                                _get(t, "failback", bool, tw, True), detect)
         pgs.append(
             DvPortGroup(
                 pname,

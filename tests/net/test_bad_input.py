@@ -88,7 +88,7 @@ def test_unattached_or_down_port_counts_link_down() -> None:
     (lambda: ShapingPolicy(average_bps=10, peak_bps=5, burst_bytes=10), "peak_bps"),
     (lambda: ShapingPolicy(average_bps=0, peak_bps=5, burst_bytes=10), "average_bps"),
     (lambda: TeamingPolicy(active=("eth0",), standby=("eth0",)), "both active and standby"),
-    (lambda: TeamingPolicy(load_balancing="load-based"), "load_balancing"),
+    (lambda: TeamingPolicy(load_balancing="round-robin"), "load_balancing"),
     (lambda: Port("p", mtu=10), "mtu"),
     (lambda: Port("p", queue_size=0), "queue_size"),
     (lambda: Vif(-1, 0, mac=A), "domid"),
