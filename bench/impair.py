@@ -22,29 +22,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench.replay import MAC_A, MAC_B, two_switch_path
 from netsim.dataplane.impair import ImpairedPath, Impairment, RandomLoss
 from netsim.dataplane.port import PortCounters
-from netsim.dataplane.switch import PortGroup
 from netsim.dataplane.vclock import PacedClock, VirtualClock
-from netsim.lab.fabric import Fabric
 from netsim.wire.framespec import build_frame
 
-MAC_A, MAC_B = "00:50:56:00:00:0a", "00:50:56:00:00:0b"
 MS = 1_000_000
 LINK = Impairment(delay_ns=20 * MS, jitter_ns=5 * MS, loss=RandomLoss(0.01))
-
-
-def _path(clock: Any) -> Fabric:
-    fab = Fabric(clock=clock)
-    for h in ("esx1", "esx2"):
-        host = fab.add_host(h)
-        sw = host.add_switch("vSwitch0")
-        sw.add_port_group(PortGroup("pg10", vlan=10))
-        sw.add_uplink(host.add_pif("vmnic0"))
-    fab.link("esx1/vmnic0", "esx2/vmnic0")
-    fab["esx1"].add_vm("a").add_nic("vSwitch0", "pg10", mac=MAC_A)
-    fab["esx2"].add_vm("b").add_nic("vSwitch0", "pg10", mac=MAC_B)
-    return fab
 
 
 def _frame(i: int = 0) -> bytes:
@@ -57,7 +42,7 @@ async def _hop(n: int, imp: Impairment | None) -> tuple[float, float, int]:
     """Wall and CPU seconds to push `n` frames a -> b in 256-frame bursts 1 virtual ms apart
     (CPU time too: on a shared machine the wall clock also counts other processes)."""
     clock = VirtualClock()
-    fab = _path(clock)
+    fab = two_switch_path(clock)
     if imp is not None:
         fab.impair("esx1/vmnic0", imp, direction="out")
     got = 0
@@ -129,7 +114,7 @@ async def _link_hour(seconds: int, fps: int) -> tuple[float, float, ImpairedPath
 async def _fabric_stream(seconds: int, fps: int) -> tuple[float, int]:
     """The same stream through the two-switch path, sent by a task on the virtual clock."""
     clock = VirtualClock()
-    fab = _path(clock)
+    fab = two_switch_path(clock)
     fab.impair("esx1/vmnic0", LINK, direction="out")
     got = 0
 
