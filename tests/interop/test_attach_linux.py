@@ -188,16 +188,22 @@ async def test_vgt_guest_tags_and_promiscuous_sees_only_its_vlan(tmp_path: Path,
         for spy in ("spy10", "spy20"):
             spies[spy] = await asyncio.create_subprocess_exec(
                 "ip", "netns", "exec", attach.netns_name(lab_name, spy), "tcpdump", "-i",
-                "eth0", "-n", "-U", "-w", str(tmp_path / f"{spy}.pcap"), "icmp",
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        await asyncio.sleep(1.0)                  # tcpdump is listening
+                "eth0", "-n", "-U", *(["-c", "6"] if spy == "spy10" else []), "-w",
+                str(tmp_path / f"{spy}.pcap"), "icmp",
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for spy, p in spies.items():
+            # tcpdump prints "listening on eth0" once its socket is bound; a fixed sleep lost
+            # the whole conversation on a loaded CI machine (0 of 6 frames captured)
+            line = await asyncio.wait_for(p.stderr.readline(), 30)
+            assert b"listening on" in line, (spy, line)
         mac = lab.topo.vm("g").vifs[0].mac
         r = await asyncio.to_thread(in_ns, lab_name, "g", sys.executable, "-c", VGT_GUEST, mac)
         assert r.stdout.strip() == "ok", r.stderr[-800:]
-        await asyncio.sleep(0.3)
-        for p in spies.values():
-            p.send_signal(signal.SIGINT)
-            await asyncio.wait_for(p.wait(), 10)
+        # spy10 stops by itself after the 6 frames it must see (-c 6), however slow the machine
+        await asyncio.wait_for(spies["spy10"].wait(), 20)
+        await asyncio.sleep(0.3)                  # anything leaking to VLAN 20 arrives with them
+        spies["spy20"].send_signal(signal.SIGINT)
+        await asyncio.wait_for(spies["spy20"].wait(), 10)
     seen10 = [f for _t, f, _c in read_capture(tmp_path / "spy10.pcap")]
     seen20 = [f for _t, f, _c in read_capture(tmp_path / "spy20.pcap")]
     # 3 echo requests and 3 replies between g and a, delivered untagged to the VST spy
