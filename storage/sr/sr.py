@@ -375,6 +375,8 @@ class SR:
 
         p = Path(path)
         cfg = dict(device_config or {})
+        if not p.exists():
+            raise SrError(f"{p}: no such directory (introduce names the SR's directory)")
         if not p.is_dir():
             raise SrError(f"{p}: not a directory (introduce names the SR's directory; an LVM "
                           "SR's devices go in --device-config device=PATH[,PATH])")

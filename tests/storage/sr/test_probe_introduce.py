@@ -164,3 +164,5 @@ def test_probe_and_introduce_say_what_is_wrong(tmp_path: Path) -> None:
     junk.write_bytes(bytes(MiB))
     assert "no SR found" in hv("sr", "probe", junk, code=1)
     assert "not a directory" in hv("sr", "introduce", junk, code=2)
+    out = hv("sr", "introduce", tmp_path / "nope", code=2)
+    assert "nope: no such directory" in out and "not a directory" not in out
