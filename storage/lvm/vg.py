@@ -1022,6 +1022,18 @@ class VolumeGroup:
             return None
         return LvWriteLock(first.io.name, lv_id, f"{self.name}/{name}")
 
+    def lv_writer_elsewhere(self, name: str) -> str | None:
+        """Why LV `name` cannot be written now (its write lock is held by an open device
+        here or in another process), or None when no writer holds it."""
+        lv = self.meta.lv(name)
+        try:
+            lock = self._lv_write_lock(lv.id, name)
+        except LvmError as exc:
+            return str(exc)
+        if lock is not None:
+            lock.release()
+        return None
+
     def raw_io(self, name: str, *, resizable: bool = False,
                length: int | None = None, write_lock: bool = False) -> LvRawIO:
         """A RawIO view of LV `name`.

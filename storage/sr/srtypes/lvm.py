@@ -51,6 +51,17 @@ class LvmBackedDriver(SRDriver):
         """The LV that holds a VDI's volume."""
         return f"{self.lv_prefix}{vdi_uuid}"
 
+    def in_use(self, vdis: list[VDI]) -> list[str]:
+        """The VDIs whose LV a writer holds open (its LV write lock), here or in another
+        process: sr scan's coalesce leaves them alone, as for file SRs' image locks."""
+        out = []
+        for v in vdis:
+            if self.vg.meta.has_lv(v.location):
+                why = self.vg.lv_writer_elsewhere(v.location)
+                if why is not None:
+                    out.append(why)
+        return out
+
     def _devices(self) -> list[str]:
         cfg_path = Path(self.sr.path) / CONFIG_FILE
         try:

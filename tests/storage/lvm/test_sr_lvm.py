@@ -157,6 +157,30 @@ def test_lvhd_gc_coalesces_and_frees_lvs(tmp_path: Path) -> None:
     assert read(sr, v.uuid, 3 * MiB, 1) == b"D"
 
 
+def test_lvhd_gc_leaves_a_chain_alone_while_another_process_writes_its_leaf(
+        tmp_path: Path) -> None:
+    """A coalesce rewrites the leaf's header (relink) or swaps its LV: with the leaf open for
+    writing by another SR handle (its own open file descriptions: another process to the LV
+    write lock) gc must skip it, then coalesce once the writer has closed."""
+    sr = make_sr(tmp_path, "lvhd")
+    v = sr.vdi_create("disk0", 16 * MiB)
+    write(sr, v.uuid, 0, b"A" * MiB)
+    s1 = sr.vdi_snapshot(v.uuid)
+    write(sr, v.uuid, MiB, b"B" * MiB)
+    s2 = sr.vdi_snapshot(v.uuid)
+    sr.vdi_destroy(s1.uuid)
+    other = SR.open(sr.path)
+    dev = other.vdi_open(v.uuid)                      # the writer elsewhere
+    report = sr.gc()
+    assert not report.coalesced and report.skipped      # the hidden parent of v and s2
+    dev.write(2 * MiB, b"C" * MiB)                    # its writes still land
+    dev.close()
+    other.close()
+    assert sr.gc().coalesced
+    assert read(sr, v.uuid, 0, 3 * MiB) == b"A" * MiB + b"B" * MiB + b"C" * MiB
+    assert read(sr, s2.uuid, 0, 2 * MiB) == b"A" * MiB + b"B" * MiB
+
+
 def test_lvhd_resize_keeps_data(tmp_path: Path) -> None:
     sr = make_sr(tmp_path, "lvhd")
     v = sr.vdi_create("disk0", 10 * MiB)
