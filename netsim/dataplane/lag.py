@@ -56,12 +56,15 @@ from netsim.wire.lacp import (
     EXPIRED,
     SLOW_PROTOCOLS_MULTICAST,
     SUBTYPE_LACP,
+    SUBTYPE_MARKER,
     SYNC,
     TIMEOUT,
     Lacpdu,
     LacpInfo,
     decode_lacpdu,
+    decode_marker,
     encode_lacpdu,
+    encode_marker,
     state_text,
 )
 
@@ -70,6 +73,9 @@ FAST_PERIOD_S = 1.0
 SLOW_PERIOD_S = 30.0
 TIMEOUT_PERIODS = 3  # a partner is timed out after 3 of our periods: 3 s short, 90 s long
 MAX_PDUS_PER_FAST_PERIOD = 3  # 802.1AX §5.4.16: no more than 3 LACPDUs in any 1 s
+#: IEEE 802.3 Annex 43B.2: a port sends no more than 10 Slow Protocols frames in any second;
+#: Marker Responses beyond that budget (a partner flooding Marker PDUs) are dropped, counted
+MAX_MARKER_RESPONSES_PER_S = 10
 SLB_BUCKETS = 256
 DEFAULT_REBALANCE_MS = 10_000
 
@@ -173,7 +179,8 @@ class LagConfig:
     to send at, and our timeout (3 periods). hashing: a key of HASHES. system_priority and key
     identify our aggregator in LACPDUs (802.1AX: lower priority wins; the key groups members
     that may aggregate together). rebalance_interval_ms: balance-slb's rebalancing period
-    (0 = never).
+    (0 = never). marker_responder: answer 802.1AX Marker PDUs (the standard's Marker Responder,
+    as switches and Linux bonding do); Open vSwitch - so a XenServer bond - only counts them.
     """
 
     mode: str = "lacp"
@@ -183,6 +190,7 @@ class LagConfig:
     system_priority: int = 32768
     key: int = 1
     rebalance_interval_ms: int = DEFAULT_REBALANCE_MS
+    marker_responder: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -200,6 +208,8 @@ class LagConfig:
         r = self.rebalance_interval_ms
         if isinstance(r, bool) or not isinstance(r, int) or r < 0:
             raise ConfigError(f"rebalance_interval_ms {r!r} must be >= 0")
+        if not isinstance(self.marker_responder, bool):
+            raise ConfigError(f"marker_responder {self.marker_responder!r} must be true or false")
 
 
 # -- the logical port ---------------------------------------------------------------------
@@ -243,7 +253,7 @@ class LagPort(Pif):
 class _Member:
     """One member link's LACP variables (802.1AX §5.4.7, the ones this model needs)."""
 
-    __slots__ = ("collecting", "current_until", "last_pdu", "number", "partner",
+    __slots__ = ("collecting", "current_until", "last_pdu", "marker_times", "number", "partner",
                  "partner_matched", "periodic_due", "port", "rx_state", "selected", "stats",
                  "tx_times")
 
@@ -259,7 +269,9 @@ class _Member:
         self.collecting = False
         self.last_pdu: Lacpdu | None = None
         self.tx_times: deque[int] = deque(maxlen=MAX_PDUS_PER_FAST_PERIOD)
-        self.stats = {"pdus_rx": 0, "pdus_tx": 0, "rx_errors": 0, "markers_rx": 0}
+        self.marker_times: deque[int] = deque(maxlen=MAX_MARKER_RESPONSES_PER_S)
+        self.stats = {"pdus_rx": 0, "pdus_tx": 0, "rx_errors": 0, "markers_rx": 0,
+                      "marker_responses_tx": 0}
 
 
 class Lag:
@@ -358,8 +370,12 @@ class Lag:
         return m.port in self._dist and (not frame[0] & 1 or m.port is self._active)
 
     def _slow(self, m: _Member, frame: bytes) -> None:
-        if frame[14] != SUBTYPE_LACP:
-            m.stats["markers_rx"] += 1  # Marker and other slow protocols: counted, unanswered
+        if frame[14] == SUBTYPE_MARKER:
+            self._marker(m, frame)
+            return
+        if frame[14] != SUBTYPE_LACP:  # OAM, OSSP, ...: not ours (OVS counts them as bad PDUs)
+            m.stats["rx_errors"] += 1
+            m.port.counters.drop("slow-protocol-unsupported", 1, frame)
             return
         if self.config.mode != "lacp":
             m.stats["rx_errors"] += 1
@@ -372,6 +388,31 @@ class Lag:
             m.port.counters.drop("malformed", 1, frame)
             return
         self.receive_pdu(m.port, pdu, self._now() if self._now else 0)
+
+    def _marker(self, m: _Member, frame: bytes) -> None:
+        """802.1AX §5.5 Marker Responder: a Marker Information PDU on an LACP member is answered
+        at once, out the same member, with a Marker Response carrying the requester's port,
+        system and transaction id unchanged. Linux bonding (802.3ad mode) and switches answer;
+        Open vSwitch (lib/lacp.c, `lacp_process_packet`) only counts the PDU
+        (`dot3adAggPortStatsMarkerPDUsRx`) - `LagConfig.marker_responder=False` models that."""
+        m.stats["markers_rx"] += 1
+        try:
+            pdu = decode_marker(frame)
+        except FrameError:
+            m.stats["rx_errors"] += 1
+            m.port.counters.drop("malformed", 1, frame)
+            return
+        if pdu.response or self.config.mode != "lacp" or not self.config.marker_responder \
+                or not m.port.link_up:
+            return  # a response (we never ask), or no responder here: counted in markers_rx
+        now = self._now() if self._now else 0
+        t = m.marker_times
+        if len(t) == t.maxlen and now - t[0] < NS_PER_S:
+            m.port.counters.drop("marker-rate-limit", 1, frame)
+            return
+        t.append(now)
+        m.stats["marker_responses_tx"] += 1
+        m.port.transmit(encode_marker(_member_mac(m.port, self.system), pdu.answer()))
 
     # -- frames out -----------------------------------------------------------------------
     def member_for(self, frame: bytes) -> Port | None:

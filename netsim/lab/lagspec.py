@@ -118,9 +118,11 @@ def host_lag(c: Any, raw: Any, path: PathT, htype: str, uplinks: tuple[str, ...]
         interval = c.integer(m.get("rebalance_interval", 10_000),
                              (*path, "rebalance_interval"), 0, 86_400_000,
                              "rebalance interval (ms)")
+        # an XenServer bond is Open vSwitch's: Marker PDUs are counted, not answered (lib/lacp.c)
         config = LagConfig(mode=mode, rate=_choice(c, m, "lacp_time", path, ("fast", "slow"),
                                                    "slow"),
-                           hashing=hashing, rebalance_interval_ms=interval)
+                           hashing=hashing, rebalance_interval_ms=interval,
+                           marker_responder=False)
     if len(members) < 2:
         raise c.fail(path, f"a {'LAG' if htype == 'esxi' else 'bond'} needs at least two "
                      f"uplinks, got {len(members)}")

@@ -12,7 +12,14 @@ The state octet's bits, least significant first: LACP_Activity (1 = active), LAC
 (1 = short: the sender wants a PDU every second and times its partner out after 3 s),
 Aggregation, Synchronization, Collecting, Distributing, Defaulted, Expired.
 
-Pure codec; a frame that is not a well-formed LACPDU raises FrameError naming the field.
+The Marker protocol (802.1AX-2008 §5.5, subtype 2) shares the frame: version 1, one TLV of
+type 1 (Marker Information) or 2 (Marker Response), length 16, `{u16 requester_port;
+u8 requester_system[6]; u32 requester_transaction_id; u16 pad}`, a Terminator (0, 0) and 90
+reserved bytes - again 110 bytes of PDU. A Marker Responder answers an Information PDU with the
+same three requester fields under TLV type 2, out the port it came in by (§5.5.3.2).
+
+Pure codec; a frame that is not a well-formed LACPDU or Marker PDU raises FrameError naming
+the field.
 """
 from __future__ import annotations
 
@@ -41,6 +48,9 @@ STATE_NAMES = ("activity", "timeout", "aggregation", "synchronized", "collecting
 
 _INFO = struct.Struct("!BBH6sHHHB3x")  # TLV type, length, then the 18 bytes of information
 _COLLECTOR = struct.Struct("!BBH12x")
+_MARKER = struct.Struct("!BBBBH6sIH")  # subtype, version, TLV type, length, the 14 info bytes
+MARKER_INFO = 1
+MARKER_RESPONSE = 2
 PDU_LEN = 110
 FRAME_LEN = 14 + PDU_LEN
 
@@ -134,3 +144,55 @@ def decode_lacpdu(frame: bytes) -> Lacpdu:
         raise FrameError(f"LACPDU collector TLV at offset 56: type {t} length {ln}, "
                          "expected type 3 length 16")
     return Lacpdu(infos[0], infos[1], delay)
+
+
+@dataclass(frozen=True)
+class MarkerPdu:
+    """A decoded Marker Information (`response=False`) or Marker Response PDU: who asked
+    (the requester's port and system) and which of its markers this is."""
+
+    requester_port: int
+    requester_system: bytes
+    transaction_id: int
+    response: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.requester_port <= 0xFFFF:
+            raise FrameError(f"Marker requester port {self.requester_port!r} is not 16-bit")
+        if not isinstance(self.requester_system, bytes) or len(self.requester_system) != 6:
+            raise FrameError(f"Marker requester system {self.requester_system!r} is not a "
+                             "6-byte MAC")
+        if not 0 <= self.transaction_id <= 0xFFFFFFFF:
+            raise FrameError(f"Marker transaction id {self.transaction_id!r} is not 32-bit")
+
+    def answer(self) -> MarkerPdu:
+        """The Marker Response to this Information PDU: the same requester fields."""
+        return MarkerPdu(self.requester_port, self.requester_system, self.transaction_id, True)
+
+
+def encode_marker(src_mac: bytes, pdu: MarkerPdu) -> bytes:
+    """The 124-byte frame carrying Marker PDU `pdu`, sent from the port's MAC `src_mac`."""
+    if len(src_mac) != 6:
+        raise FrameError(f"Marker PDU source MAC {src_mac!r} is not 6 bytes")
+    body = _MARKER.pack(SUBTYPE_MARKER, 1, MARKER_RESPONSE if pdu.response else MARKER_INFO, 16,
+                        pdu.requester_port, pdu.requester_system, pdu.transaction_id, 0)
+    body += bytes(2 + 90)  # terminator TLV (0, 0) and the reserved tail
+    return SLOW_PROTOCOLS_MULTICAST + src_mac + struct.pack("!H", ETHERTYPE_SLOW) + body
+
+
+def decode_marker(frame: bytes) -> MarkerPdu:
+    """The Marker PDU in `frame` (untagged, as received on a member port)."""
+    if not is_slow_protocols(frame):
+        raise FrameError("not a Slow Protocols frame (01:80:c2:00:00:02, ethertype 0x8809)")
+    if frame[14] != SUBTYPE_MARKER:
+        raise FrameError(f"slow protocols subtype {frame[14]} is not Marker (2)")
+    if len(frame) < 14 + _MARKER.size:
+        raise FrameError(f"Marker PDU cut short: {len(frame)} bytes, at least "
+                         f"{14 + _MARKER.size} needed")
+    _sub, version, tlv, length, port, system, tid, _pad = _MARKER.unpack_from(frame, 14)
+    if version < 1:
+        raise FrameError(f"Marker PDU version {version} (offset 15) is not 1 or later")
+    if tlv not in (MARKER_INFO, MARKER_RESPONSE) or length != 16:
+        raise FrameError(f"Marker TLV at offset 16: type {tlv} length {length}, expected type "
+                         "1 (information) or 2 (response) length 16")
+    return MarkerPdu(port, system, tid, tlv == MARKER_RESPONSE)

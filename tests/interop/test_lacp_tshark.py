@@ -77,3 +77,42 @@ def test_tshark_dissects_the_pdus_of_a_negotiation(tmp_path: Path) -> None:
     # Wireshark writes Expired Defaulted Distributing Collecting Synchronization aGgregation
     # Short-timeout Activity, '*' where clear: the active fast end and the passive slow one
     assert last == {"02:00:00:00:0a:00": "**DCSGSA", "02:00:00:00:0b:00": "**DCSG**"}, last
+
+
+def test_tshark_reads_a_marker_and_our_response(tmp_path: Path) -> None:
+    """A partner's Marker Information PDU and the Marker Response our LACP member sends back,
+    as Wireshark's `marker` dissector reads them: TLV types 1 and 2, the same requester
+    port/system/transaction id, no expert warnings."""
+    from netsim.wire.lacp import MarkerPdu, encode_marker
+
+    lag = Lag(LagPort("po1"), LagConfig(rate="fast"), system=SYS_A)
+    m = Port("a0")
+    lag.add_member(m)
+    while m.queue.get_nowait() is not None:  # the first LACPDU
+        pass
+    info = encode_marker(SYS_B, MarkerPdu(0x0102, SYS_B, 0xA1B2C3D4))
+    m.receive(info)
+    response = m.queue.get_nowait()
+    assert response is not None
+    w = PcapngWriter(tmp_path / "marker.pcapng", clock=ManualClock())
+    tap = w.tap(w.add_interface("a0"))
+    tap(info, False)
+    tap(response, True)
+    w.close()
+    fields = ["slow.subtype", "marker.version", "marker.tlvType", "marker.tlvLen",
+              "marker.requesterPort", "marker.requesterSystem", "marker.requesterTransId",
+              "eth.src", "_ws.expert"]
+    # -E occurrence=f: the first TLV (the Terminator is a second tlvType/tlvLen)
+    out = tshark("-r", str(tmp_path / "marker.pcapng"), "-Y", "marker", "-T", "fields",
+                 "-E", "occurrence=f",
+                 *(x for f in fields for x in ("-e", f))).splitlines()
+    rows = [dict(zip(fields, line.split("\t"), strict=True)) for line in out]
+    assert [int(r["marker.tlvType"], 0) for r in rows] == [1, 2]
+    for r in rows:
+        assert int(r["slow.subtype"], 0) == 2 and int(r["marker.version"], 0) == 1
+        assert int(r["marker.tlvLen"], 0) == 16
+        assert int(r["marker.requesterPort"], 0) == 0x0102
+        assert r["marker.requesterSystem"] == "02:00:00:00:0b:00"
+        assert int(r["marker.requesterTransId"], 0) == 0xA1B2C3D4
+        assert r["_ws.expert"] == "", r
+    assert rows[1]["eth.src"] != "02:00:00:00:0b:00"  # the response is from our member

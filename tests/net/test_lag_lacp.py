@@ -223,10 +223,12 @@ def test_malformed_and_non_lacp_slow_frames_are_counted_not_fatal() -> None:
     good = encode_lacpdu(SYS_B, Lacpdu(LacpInfo(1, SYS_B, 1, 1, 1, 0x3D), LacpInfo()))
     m.receive(good[:40])  # cut inside the partner TLV
     m.receive(good[:16] + b"\x07" + good[17:])  # actor TLV type 7
-    m.receive(good[:14] + b"\x02" + good[15:])  # a Marker PDU: counted, not answered
+    m.receive(good[:14] + b"\x02" + good[15:])  # subtype Marker, but a TLV of length 20
+    m.receive(good[:14] + b"\x03" + good[15:])  # OAM (subtype 3): not a LAG's protocol
     st = lag.status()["members"][0]
-    assert (st["rx_errors"], st["markers_rx"], st["pdus_rx"]) == (2, 1, 0)
-    assert m.counters.drops == {"malformed": 2}
+    assert (st["rx_errors"], st["markers_rx"], st["pdus_rx"]) == (4, 1, 0)
+    assert st["marker_responses_tx"] == 0 and sent(m) == []
+    assert m.counters.drops == {"malformed": 3, "slow-protocol-unsupported": 1}
 
 
 def test_lacpdu_round_trip_and_layout() -> None:

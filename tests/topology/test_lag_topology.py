@@ -48,6 +48,9 @@ def test_product_defaults() -> None:
     assert (bond.config.mode, bond.config.rebalance_interval_ms) == ("balance-slb", 10_000)
     lacp = parse(xen="bond: {mode: lacp}").host("xen1").switch("xenbr0").lag
     assert (lacp.config.mode, lacp.config.hashing) == ("lacp", "tcpudp_ports")
+    # Marker PDUs: a vSphere LAG answers (802.1AX responder); a XenServer bond is Open
+    # vSwitch's, which counts them and does not answer (lib/lacp.c)
+    assert (c.marker_responder, lacp.config.marker_responder) == (True, False)
 
 
 def test_channels_on_the_physical_switch() -> None:
