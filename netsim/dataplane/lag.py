@@ -37,6 +37,7 @@ one jump and tests drive the timers directly.
 from __future__ import annotations
 
 import asyncio
+import struct
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -181,6 +182,9 @@ class LagConfig:
     that may aggregate together). rebalance_interval_ms: balance-slb's rebalancing period
     (0 = never). marker_responder: answer 802.1AX Marker PDUs (the standard's Marker Responder,
     as switches and Linux bonding do); Open vSwitch - so a XenServer bond - only counts them.
+    lacp_fallback_ab: OVS `other_config:lacp-fallback-ab` - an LACP bond whose partner never
+    speaks LACP runs active-backup instead of going down (vswitch.xml); other modes ignore it,
+    as OVS does, so `xe bond-set-mode` away from lacp and back keeps it.
     """
 
     mode: str = "lacp"
@@ -191,6 +195,7 @@ class LagConfig:
     key: int = 1
     rebalance_interval_ms: int = DEFAULT_REBALANCE_MS
     marker_responder: bool = True
+    lacp_fallback_ab: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -208,8 +213,9 @@ class LagConfig:
         r = self.rebalance_interval_ms
         if isinstance(r, bool) or not isinstance(r, int) or r < 0:
             raise ConfigError(f"rebalance_interval_ms {r!r} must be >= 0")
-        if not isinstance(self.marker_responder, bool):
-            raise ConfigError(f"marker_responder {self.marker_responder!r} must be true or false")
+        for flag in ("marker_responder", "lacp_fallback_ab"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} {getattr(self, flag)!r} must be true or false")
 
 
 # -- the logical port ---------------------------------------------------------------------
@@ -297,11 +303,15 @@ class Lag:
         self._slb: list[Port | None] = [None] * SLB_BUCKETS
         self._slb_load = [0] * SLB_BUCKETS
         self._rebalance_due: int | None = None
+        self._fallback = False  # lacp-fallback-ab in force: no partner, running active-backup
+        self._pending_learning = False
         self._wake: asyncio.Event | None = None
         self._now: Callable[[], int] | None = None
         #: how many times balance-slb moved a bucket, and member changes of active-backup
         self.rebalances = 0
         self.failovers = 0
+        #: RARP learning packets sent after active member changes (OVS SLB/AB bonds)
+        self.learning_packets_sent = 0
 
     # -- building -------------------------------------------------------------------------
     def add_member(self, member: Port) -> None:
@@ -361,6 +371,8 @@ class Lag:
     def _admits(self, m: _Member, frame: bytes) -> bool:
         mode = self.config.mode
         if mode == "lacp":
+            if self._fallback:  # OVS bond_check_admissibility: active-backup's rule
+                return m.port is self._active
             return m.collecting
         if mode == "static":
             return m.port.link_up
@@ -421,7 +433,7 @@ class Lag:
         if not dist:
             return None
         mode = self.config.mode
-        if mode == "active-backup":
+        if mode == "active-backup" or self._fallback:
             return self._active
         if mode == "balance-slb":
             b = zlib.crc32(frame[6:12] + _vlan_of(frame)) & (SLB_BUCKETS - 1)
@@ -605,19 +617,94 @@ class Lag:
                 m.collecting = bool(m.selected and m.partner_matched and p is not None
                                     and p.state & SYNC)
             dist = tuple(m.port for m in self.members if m.collecting)
+            # OVS lacp-fallback-ab (lib/lacp.c `lacp_update_attached`, bond.c
+            # `bond_is_falling_back_to_ab`): while no member has heard a partner (every one
+            # DEFAULTED: LACP "configured", never "negotiated"), the bond runs active-backup
+            # instead of staying down; the first LACPDU heard brings LACP back
+            self._fallback = self.config.lacp_fallback_ab and \
+                all(m.rx_state == "defaulted" for m in self.members)
+            if self._fallback:
+                self._choose_active(up)
+                dist = (self._active,) if self._active is not None else ()
+            else:
+                self._active = None
         else:
             for m in self.members:
                 m.selected = m.collecting = m.port.link_up
             dist = tuple(m.port for m in up)
-            if self._active is None or not self._active.link_up:
-                if self._active is not None and up:
-                    self.failovers += 1
-                self._active = up[0].port if up else None
+            self._choose_active(up)
             if mode == "active-backup":
                 dist = (self._active,) if self._active is not None else ()
         self._dist = dist
         if bool(dist) != self.port.link_up:
             self.port.set_link(bool(dist))
+        if self._pending_learning:
+            self.send_learning_packets()
+
+    def _choose_active(self, up: list[_Member]) -> None:
+        """Keep the active member while it is up (no failback), else take the first member
+        that is up; a change of active member sends learning packets."""
+        if self._active is not None and self._active.link_up:
+            return
+        old = self._active
+        self._active = up[0].port if up else None
+        if old is not None and up:
+            self.failovers += 1
+        if self._active is not None:
+            self._pending_learning = True
+
+    def learning_packets(self) -> list[tuple[Port, bytes]]:
+        """What Open vSwitch sends when a bond's active member changes (bond.c
+        `bond_should_send_learning_packets` / `bond_compose_learning_packet`, in
+        active-backup, balance-slb, and an LACP bond fallen back to active-backup): for every
+        MAC learned on a port other than the bond - on the bond's bridge and on the bridges
+        over its VLAN PIFs (`bond0.5`) - a RARP (`compose_rarp`: ethertype 0x8035, opcode 3,
+        from that MAC to broadcast) tagged with the MAC's VLAN when it is not 0, paired with
+        the member the MAC's own frames leave by, so the physical switch relearns the MAC
+        there. Not sent for a negotiated LACP bond (the partner knows the links are one)."""
+        if self._active is None or (self.config.mode in ("lacp", "static")
+                                    and not self._fallback):
+            return []
+        out = []
+        sources = [(self.port.switch, 0)]
+        sources += [(vp.switch, vid) for vid, vp in sorted(self.port.vlan_pifs.items())]
+        seen = set()
+        for sw, tag in sources:
+            if sw is None or not hasattr(sw, "mac_entries"):
+                continue
+            for e in sw.mac_entries():
+                if e.port is self.port or e.port in self.port.vlan_pifs.values():
+                    continue
+                vid = tag or e.vlan
+                mac = bytes.fromhex(e.mac.replace(":", ""))
+                if (vid, mac) in seen:
+                    continue
+                seen.add((vid, mac))
+                frame = rarp_learning_packet(mac, vid)
+                member = self._member_quiet(frame)
+                if member is not None:
+                    out.append((member, frame))
+        return out
+
+    def send_learning_packets(self) -> int:
+        """Send `learning_packets()` out their members; how many were sent."""
+        self._pending_learning = False
+        n = 0
+        for member, frame in self.learning_packets():
+            if member.transmit(frame):
+                n += 1
+        self.learning_packets_sent += n
+        return n
+
+    def _member_quiet(self, frame: bytes) -> Port | None:
+        """`member_for` without counting the frame in balance-slb's bucket load."""
+        if self.config.mode == "balance-slb" and self._dist:
+            b = zlib.crc32(frame[6:12] + _vlan_of(frame)) & (SLB_BUCKETS - 1)
+            p = self._slb[b]
+            if p is None or p not in self._dist:
+                p = self._slb[b] = self._dist[b % len(self._dist)]
+            return p
+        return self._active
 
     def rebalance(self) -> int:
         """balance-slb: move hash buckets from the busiest member to the least busy while a
@@ -651,6 +738,8 @@ class Lag:
         mode = self.config.mode
         if mode == "active-backup":
             return "active-backup: the active member"
+        if self._fallback:
+            return "lacp-fallback-ab (no LACP partner): the active member"
         if mode == "balance-slb":
             return "balance-slb: its source MAC's bucket"
         return f"{self.config.hashing} hash over {len(self._dist)} member(s)"
@@ -735,7 +824,8 @@ class Lag:
                 "rate": self.config.rate, "hashing": self.config.hashing,
                 "up": self.port.link_up, "members": rows,
                 "active": self._active.name if self._active is not None else None,
-                "rebalances": self.rebalances, "failovers": self.failovers}
+                "rebalances": self.rebalances, "failovers": self.failovers,
+                "fallback_ab": self._fallback, "learning_packets": self.learning_packets_sent}
 
 
 def _with_state(info: LacpInfo, state: int) -> LacpInfo:
@@ -758,3 +848,16 @@ def _member_mac(port: Port, system: bytes) -> bytes:
     h = zlib.crc32(port.name.encode()) & 0xFFFFFF
     return bytes((system[0] | 0x02, system[1], system[2])) + h.to_bytes(3, "big")
 
+
+
+def rarp_learning_packet(mac: bytes, vid: int = 0) -> bytes:
+    """Open vSwitch's learning packet (lib/packets.c `compose_rarp`): a RARP request
+    (ethertype 0x8035, opcode 3 "request reverse") from `mac` to broadcast with `mac` as
+    sender and target hardware address and 0.0.0.0 for both protocol addresses, 802.1Q-tagged
+    with `vid` when it is not 0; 60 bytes untagged."""
+    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 3, mac, bytes(4), mac, bytes(4))
+    frame = b"\xff" * 6 + mac + b"\x80\x35" + body
+    frame += bytes(60 - len(frame))
+    if vid:
+        frame = frame[:12] + struct.pack("!HH", 0x8100, vid) + frame[12:]
+    return frame

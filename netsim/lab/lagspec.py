@@ -14,7 +14,8 @@ hosts:
     switches:
       xenbr0:
         uplinks: [eth0, eth1]
-        bond: {mode: lacp, hashing_algorithm: tcpudp_ports}   # xe bond-create mode=lacp
+        bond: {mode: lacp, hashing_algorithm: tcpudp_ports,   # xe bond-create mode=lacp
+               lacp_fallback_ab: true}   # other-config:lacp-fallback-ab (OVS vswitch.xml)
 physical:
   core:
     ports: {esx1.vmnic0: {}, esx1.vmnic1: {}}
@@ -25,8 +26,10 @@ physical:
 
 Defaults follow each product: a vSphere LAG is `passive` with the `slow` timeout and
 `srcDestIpTcpUdpPortVlan`; a XenServer bond is `balance-slb` (rebalanced every 10000 ms),
-`lacp` bonds hash `tcpudp_ports`; a switch's channel needs its `mode` (active, passive or `on`
-= static) and runs `lacp rate normal` (slow) with `src-dst-ip` unless told otherwise.
+`lacp` bonds hash `tcpudp_ports` and go down without a partner unless `lacp_fallback_ab`
+(then they run active-backup until a partner speaks LACP); a switch's channel needs its `mode`
+(active, passive or `on` = static) and runs `lacp rate normal` (slow) with `src-dst-ip` unless
+told otherwise.
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ from netsim.dataplane.lag import HASHES, VSPHERE_DEFAULT_HASH, XEN_DEFAULT_HASH,
 PathT = tuple[Any, ...]
 
 _VSPHERE_KEYS = ("name", "uplinks", "mode", "timeout", "load_balance")
-_XEN_KEYS = ("name", "mode", "hashing_algorithm", "rebalance_interval", "lacp_time")
+_XEN_KEYS = ("name", "mode", "hashing_algorithm", "rebalance_interval", "lacp_time",
+             "lacp_fallback_ab")
 _CHANNEL_KEYS = ("ports", "mode", "rate", "load_balance")
 XEN_BOND_MODES = ("active-backup", "balance-slb", "lacp")
 #: Cisco `port-channel load-balance` → our hash (netsim.dataplane.lag.HASHES)
@@ -64,7 +68,8 @@ class LagSpec:
         """`lacp active fast srcDestIp` / `balance-slb 10000 ms` / `static`, for drawings."""
         c = self.config
         if c.mode == "lacp":
-            return f"lacp {c.lacp} {c.rate} {c.hashing}"
+            fallback = " fallback-ab" if c.lacp_fallback_ab else ""
+            return f"lacp {c.lacp} {c.rate} {c.hashing}{fallback}"
         if c.mode == "balance-slb":
             return f"balance-slb {c.rebalance_interval_ms} ms"
         if c.mode == "static":
@@ -115,6 +120,13 @@ def host_lag(c: Any, raw: Any, path: PathT, htype: str, uplinks: tuple[str, ...]
         if "hashing_algorithm" in m and mode != "lacp":
             raise c.fail((*path, "hashing_algorithm"), "hashing_algorithm applies to lacp "
                          f"bonds; a {mode} bond places source MACs itself")
+        fallback = m.get("lacp_fallback_ab", False)
+        if not isinstance(fallback, bool):
+            raise c.fail((*path, "lacp_fallback_ab"), "lacp_fallback_ab must be true or false, "
+                         f"got {fallback!r}")
+        if fallback and mode != "lacp":
+            raise c.fail((*path, "lacp_fallback_ab"), "lacp_fallback_ab applies to lacp bonds "
+                         f"(other-config:lacp-fallback-ab); this bond is {mode}")
         interval = c.integer(m.get("rebalance_interval", 10_000),
                              (*path, "rebalance_interval"), 0, 86_400_000,
                              "rebalance interval (ms)")
@@ -122,7 +134,7 @@ def host_lag(c: Any, raw: Any, path: PathT, htype: str, uplinks: tuple[str, ...]
         config = LagConfig(mode=mode, rate=_choice(c, m, "lacp_time", path, ("fast", "slow"),
                                                    "slow"),
                            hashing=hashing, rebalance_interval_ms=interval,
-                           marker_responder=False)
+                           marker_responder=False, lacp_fallback_ab=fallback)
     if len(members) < 2:
         raise c.fail(path, f"a {'LAG' if htype == 'esxi' else 'bond'} needs at least two "
                      f"uplinks, got {len(members)}")

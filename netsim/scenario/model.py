@@ -767,15 +767,17 @@ def _policy_changes(r: _Reader, b: Mapping[str, Any], kp: PathT) -> dict[str, An
     return out
 def _lag_step(r: _Reader, body: Any, at: int, path: PathT, kp: PathT) -> LagEvent:
     """`{port: esx1/lag1, mode: lacp|static|active-backup|balance-slb, lacp: active|passive,
-    rate: fast|slow, hashing: ALGORITHM, rebalance_interval: MS}`: the settings to change."""
+    rate: fast|slow, hashing: ALGORITHM, rebalance_interval: MS, lacp_fallback_ab: BOOL}`:
+    the settings to change (`xe bond-param-set other-config:lacp-fallback-ab=true`)."""
     from netsim.dataplane.lag import LagConfig
 
-    b = r.mapping(body, kp, ("port", "mode", "lacp", "rate", "hashing", "rebalance_interval"),
-                  ("port",))
+    b = r.mapping(body, kp, ("port", "mode", "lacp", "rate", "hashing", "rebalance_interval",
+                             "lacp_fallback_ab"), ("port",))
     names = {"rebalance_interval": "rebalance_interval_ms"}
     changes = {names.get(k, k): v for k, v in b.items() if k != "port"}
     if not changes:
-        raise r.fail(kp, "change something: mode, lacp, rate, hashing or rebalance_interval")
+        raise r.fail(kp, "change something: mode, lacp, rate, hashing, rebalance_interval or "
+                     "lacp_fallback_ab")
     for k, v in b.items():  # each value checked alone, so the error names its key
         if k != "port":
             try:

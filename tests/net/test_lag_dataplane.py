@@ -9,7 +9,14 @@ import ipaddress
 import pytest
 
 from netsim.clock import NS_PER_S, ManualClock
-from netsim.dataplane.lag import HASHES, Lag, LagConfig, LagPort, hash_frame
+from netsim.dataplane.lag import (
+    HASHES,
+    Lag,
+    LagConfig,
+    LagPort,
+    hash_frame,
+    rarp_learning_packet,
+)
 from netsim.dataplane.policy import LoadBalancing, TeamingPolicy
 from netsim.dataplane.port import Pif, Port, Vif
 from netsim.dataplane.switch import PhysicalSwitch, PortGroup, StandardSwitch
@@ -193,6 +200,8 @@ def test_active_backup_uses_one_member_fails_over_and_does_not_fail_back() -> No
     eth[0].receive(bc)
     assert len(sent(vif)) == 1 and eth[1].counters.drops == {"lag-not-collecting": 1}
     eth[0].set_link(False)
+    # OVS: the new active member announces each MAC behind the bond (one RARP each)
+    assert sent(eth[1]) == [rarp_learning_packet(VM)] and lag.learning_packets_sent == 1
     vif.vnic.send(udp(PEER, VM, "10.0.0.1", "10.0.0.2"))
     assert len(sent(eth[1])) == 1 and lag.failovers == 1
     eth[0].set_link(True)  # recovered: stays backup

@@ -101,6 +101,9 @@ async def test_lacp_timers_scenario_changes_the_rate_live_and_times_out_a_member
     ("{port: core/Po2, mode: balance-tcp}", "steps[0].lag.mode: lag mode 'balance-tcp' is not "
                                             "one of"),
     ("{port: core/Po2}", "steps[0].lag: change something"),
+    ("{port: xen1/bond0, lacp_fallback_ab: maybe}", "steps[0].lag.lacp_fallback_ab: "
+                                                   "lacp_fallback_ab 'maybe' must be true or "
+                                                   "false"),
     ("{port: core, rate: fast}", "steps[0].lag.port: 'core' is a PhysicalSwitch, not a LAG"),
 ])
 def test_bad_lag_steps_give_one_clear_error(tmp_path: Path, step: str, message: str) -> None:

@@ -51,6 +51,9 @@ def test_product_defaults() -> None:
     # Marker PDUs: a vSphere LAG answers (802.1AX responder); a XenServer bond is Open
     # vSwitch's, which counts them and does not answer (lib/lacp.c)
     assert (c.marker_responder, lacp.config.marker_responder) == (True, False)
+    fb = parse(xen="bond: {mode: lacp, lacp_fallback_ab: true}").host("xen1").switch("xenbr0")
+    assert fb.lag.config.lacp_fallback_ab and fb.lag.describe() == \
+        "lacp active slow tcpudp_ports fallback-ab"  # as `hvsim draw` labels the bridge
 
 
 def test_channels_on_the_physical_switch() -> None:
@@ -76,6 +79,14 @@ BAD = {
     "hash on slb": ("", "bond: {hashing_algorithm: src_mac}", "",
                     "topology.yaml:14: hosts.xen1.switches.xenbr0.bond.hashing_algorithm: "
                     "hashing_algorithm applies to lacp bonds"),
+    "fallback on slb": ("", "bond: {lacp_fallback_ab: true}", "",
+                        "topology.yaml:14: hosts.xen1.switches.xenbr0.bond.lacp_fallback_ab: "
+                        "lacp_fallback_ab applies to lacp bonds"),
+    "fallback not bool": ("", "bond: {mode: lacp, lacp_fallback_ab: maybe}", "",
+                          "topology.yaml:14: hosts.xen1.switches.xenbr0.bond.lacp_fallback_ab: "
+                          "lacp_fallback_ab must be true or false, got 'maybe'"),
+    "fallback on esxi": ("lag: {lacp_fallback_ab: true}", "", "",
+                         "topology.yaml:8: hosts.esx1.switches.dvs.lag"),
     "member not uplink": ("lag: {uplinks: [vmnic0, vmnic7]}", "", "",
                           "topology.yaml:8: hosts.esx1.switches.dvs.lag.uplinks[1]: vmnic7 is "
                           "not an uplink of this switch"),
