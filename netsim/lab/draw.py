@@ -86,8 +86,8 @@ def _monitoring_label(topo: Topology, host: str, spec: Any) -> str:
         extra = [f"1 in {m.sampling_rate}"] if m.sampling_rate > 1 else []
         if m.mirrored_packet_length:
             extra.append(f"{m.mirrored_packet_length} B")
-        if not m.normal_traffic_allowed:
-            extra.append("no normal I/O")
+        if not m.normal_traffic_allowed and m.type in ("dvPortMirror", "remoteMirrorDest"):
+            extra.append("no normal I/O")  # only a destination port has normal I/O
         src = "" if m.type == "remoteMirrorDest" else f"{srcs} "
         out += f"\nmirror {m.name}: {src}{what}" + (f" ({', '.join(extra)})" if extra else "")
     ip = spec.ipfix

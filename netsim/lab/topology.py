@@ -286,7 +286,8 @@ class MirrorSpec:
     type: str = "dvPortMirror"
     sampling_rate: int = 1
     mirrored_packet_length: int | None = None
-    normal_traffic_allowed: bool = True
+    #: vSphere Client "Normal I/O on destination ports": Disallowed unless set
+    normal_traffic_allowed: bool = False
     strip_original_vlan: bool = False
     encapsulation_vlan: int = 0  # the RSPAN VLAN; for ERSPAN the VMkernel port's VLAN
     uplinks: tuple[str, ...] = ()  # RSPAN/ERSPAN: the uplinks copies leave by (default: all)
@@ -1414,7 +1415,7 @@ def _mirrors(c: _Checker, raw: Any, hosts_raw: dict[str, Any],
                                  "(type: encapsulatedRemoteMirrorSource)")
         out.append(MirrorSpec(
             hname, mname, sw, dest, sources, vlans, direction, kind, rate, length,
-            c.boolean(m.get("normal_traffic_allowed"), (*mp, "normal_traffic_allowed"), True),
+            c.boolean(m.get("normal_traffic_allowed"), (*mp, "normal_traffic_allowed"), False),
             c.boolean(m.get("strip_original_vlan"), (*mp, "strip_original_vlan"), False),
             enc_vlan, uplinks, enc, str(m.get("source_ip", "")),
             c.integer(m.get("erspan_id", 0), (*mp, "erspan_id"), 0, 1023, "ERSPAN session ID"),

@@ -55,7 +55,9 @@ class DvVspanSession:
     uplinks: tuple[str, ...] = ()
     sampling_rate: int = 1
     mirrored_packet_length: int | None = None
-    normal_traffic_allowed: bool = True
+    #: `VMwareVspanSession.normalTrafficAllowed`; unset = false, the vSphere Client's
+    #: "Normal I/O on destination ports: Disallowed"
+    normal_traffic_allowed: bool = False
     strip_original_vlan: bool = False
     encapsulation_vlan: int = 0
     encapsulation: str = "gre"
@@ -135,7 +137,7 @@ def parse_sessions(doc: Any, where: str, uplinks: tuple[str, ...]) -> tuple[DvVs
             _get(d, "direction", str, w, "both"), vlans, _get(d, "destination", str, w, ""),
             strs["uplinks"], _get(d, "sampling_rate", int, w, 1),
             _get(d, "mirrored_packet_length", (int, type(None)), w, None),
-            _get(d, "normal_traffic_allowed", bool, w, True),
+            _get(d, "normal_traffic_allowed", bool, w, False),
             _get(d, "strip_original_vlan", bool, w, False),
             _get(d, "encapsulation_vlan", int, w, 0), _get(d, "encapsulation", str, w, "gre"),
             _get(d, "source_ip", str, w, ""), _get(d, "destination_mac", str, w, ""),

@@ -189,3 +189,16 @@ def test_the_topology_sessions_and_ipfix_become_the_vds_ones() -> None:
     assert (s["db-erspan"].encapsulation, s["db-erspan"].sampling_rate) == ("erspan3", 2)
     assert v.ipfix == topo.host("esx1").switch("dvs1").ipfix  # esx2 sets none: one vDS setting
     assert VdsConfig.from_json(v.to_json()) == v
+
+
+@pytest.mark.parametrize(("given", "expected"), [({}, False), ({"normal_traffic_allowed": True},
+                                                               True)])
+def test_an_unset_normal_traffic_allowed_in_the_pushed_config_is_false(given: dict,
+                                                                       expected: bool) -> None:
+    """`VMwareVspanSession.normalTrafficAllowed` unset = false: the destination port of a
+    session pushed without it carries mirrored frames only (vSphere Client: Disallowed)."""
+    from netsim.vds.monitoring import parse_sessions
+
+    (s,) = parse_sessions([{"name": "span", "sources": ["a.eth0"], "destination": "mon.eth0",
+                            **given}], "vdsconfig.vspan_sessions", ())
+    assert s.normal_traffic_allowed is expected

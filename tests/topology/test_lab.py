@@ -168,13 +168,17 @@ async def test_shaped_rate_is_the_average_within_two_percent() -> None:
         assert src.counters.drops["shaped"] > 0
 
 
-async def test_port_mirroring_copies_a_ports_frames() -> None:
+@pytest.mark.parametrize("normal", [None, True])
+async def test_port_mirroring_copies_a_ports_frames(normal: bool | None) -> None:
+    """None: the session leaves `normal_traffic_allowed` unset - vSphere's default,
+    "Normal I/O on destination ports: Disallowed": vm3 gets the copies and nothing else."""
     t = TopologyBuilder("mirror")
     t.add_host("xen1", pifs=["eth0"]).add_switch("xen1", "xenbr0", uplinks=["eth0"])
     t.add_port_group("xen1", "lan", switch="xenbr0")
     for i in (1, 2, 3):
         t.add_vm("xen1", f"vm{i}", nics=[{"network": "lan", "ip": f"10.0.0.{i}/24"}])
-    t.add_mirror("xen1", "span", sources=["vif1.0"], destination="vif3.0")
+    opts = {} if normal is None else {"normal_traffic_allowed": normal}
+    t.add_mirror("xen1", "span", sources=["vif1.0"], destination="vif3.0", **opts)
     async with Lab(t.build()) as lab:
         assert (await lab.ping("vm1", "vm2")).replied
         mirror = lab["vif3.0"]
@@ -182,11 +186,14 @@ async def test_port_mirroring_copies_a_ports_frames() -> None:
         assert mirror.counters.tx_frames >= 4
         assert lab.agents["vm3"].guest.counters["rx-not-for-me"] >= 2
         before = mirror.counters.tx_frames
-        # traffic that does not touch vif1.0 is not mirrored
-        assert (await lab.ping("vm2", "vm3")).replied
+        # traffic that does not touch vif1.0 is not mirrored; vm3's own traffic flows only
+        # where normal I/O is allowed, and is counted where it is not
+        assert (await lab.ping("vm2", "vm3")).replied is bool(normal)
         copies = mirror.counters.tx_frames - before
         direct = lab.agents["vm3"].guest.counters["rx-echo-request"]
-        assert copies <= 3 and direct == 1
+        assert copies <= 3 and direct == (1 if normal else 0)
+        if not normal:
+            assert mirror.counters.drops.get("mirror-destination", 0) >= 1
 
 
 async def test_pif_down_in_the_file_cuts_the_host_off() -> None:
