@@ -1,11 +1,12 @@
 """The per-port policy gates of a VM port: what a frame passes between the vNIC and its port,
 in each direction, beyond VLAN and security handling.
 
-Into the switch (from the VM), in this order: a disabled VIF drops everything (`vif-disabled`);
-VIF locking (`vif-locked`); VIF QoS rate limit (`vif-qos`); the port group's traffic filtering
-and marking rules (`filtered`, or a DSCP/CoS mark). Out of the switch (to the VM): a disabled
-VIF; the rules. The switch (`netsim.dataplane.switch`) calls a gate only for ports that have
-one, so ports without policies keep the fast path.
+Into the switch (from the VM), in this order: a disabled VIF drops everything
+(`vif-disabled`); VIF locking (`vif-locked`); VIF QoS rate limit (`vif-qos`); the port group's
+traffic filtering and marking rules (`filtered`, or a DSCP/CoS mark). Out of the switch (to the
+VM): a disabled VIF; the rules. An uplink has gates with the uplink port group's traffic rules
+only (in = from the network, out = to it). The switch (`netsim.dataplane.switch`) calls a gate
+only for ports that have one, so ports without policies keep the fast path.
 """
 from __future__ import annotations
 
@@ -141,12 +142,23 @@ def build_gates(
     return rx, tx
 
 
+_ROLE_UPLINK = 2  # netsim.dataplane.switch.ROLE_UPLINK (that module imports this one)
+
+
+def _where(port: Any, group: Any) -> str:
+    if group is not None:
+        return f"port group {group.name!r}"
+    if getattr(port, "sw_role", None) == _ROLE_UPLINK:
+        return "uplink port group"
+    return f"port {port.name}"
+
+
 def explain(port: Any) -> list[str]:
     """Lines for `hvsim trace`: the policies a frame from this (VM) port meets on its way into
     the switch (rules toward a VM show up as matches, see `matched_since`)."""
     out = []
     group = getattr(port, "sw_group", None)
-    where = f"port group {group.name!r}" if group is not None else f"port {port.name}"
+    where = _where(port, group)
     pol = getattr(port, "sw_vif_policy", None)
     default = getattr(group, "default_locking_mode", LockingMode.UNLOCKED)
     if pol is not None and pol[0] is not None:
@@ -156,7 +168,7 @@ def explain(port: Any) -> list[str]:
     if pol is not None and pol[1] is not None:
         out.append(f"{port.name} {pol[1].describe()}")
     rules = getattr(getattr(port, "sw_rx_gate", None), "rules", None)
-    if rules is not None:  # the rules frames from this VM meet
+    if rules is not None:  # the rules frames from this port (VM or uplink) meet
         out.append(f"{where} traffic rules: " + "; ".join(r.describe() for r in rules.rules))
     return out
 
@@ -164,7 +176,7 @@ def explain(port: Any) -> list[str]:
 def drop_cause(port: Any, reason: str) -> str | None:
     """The setting behind a `filtered` / `vif-*` drop at `port`, or None for other reasons."""
     group = getattr(port, "sw_group", None)
-    where = f"port group {group.name!r}" if group is not None else f"port {port.name}"
+    where = _where(port, group)
     pol = getattr(port, "sw_vif_policy", None) or (None, None)
     default = LockingMode(getattr(group, "default_locking_mode", LockingMode.UNLOCKED))
     if reason == "filtered":
@@ -221,6 +233,9 @@ def matched_since(before: dict[tuple[Any, str], tuple[int, ...]]) -> list[str]:
             continue
         for r, n, m in zip(rules.rules, rules.hits, counts, strict=False):
             if n > m:
-                arrow = "from the VM" if way == "in" else "to the VM"
+                if getattr(p, "sw_role", None) == _ROLE_UPLINK:  # uplink port group
+                    arrow = "from the network" if way == "in" else "to the network"
+                else:
+                    arrow = "from the VM" if way == "in" else "to the VM"
                 out.append(f"{p.name} ({arrow}): {r.describe()}")
     return out

@@ -822,6 +822,7 @@ class StandardSwitch(Bridge):
         #: the team's periodic tasks when running in a lab (netsim.lab.teammon)
         self.beacon_probe: Any = None
         self.lbt: Any = None
+        self._uplink_rules: TrafficRuleset | None = None
 
     # -- configuration -----------------------------------------------------------------------
     def add_port_group(self, group: PortGroup) -> PortGroup:
@@ -938,9 +939,34 @@ class StandardSwitch(Bridge):
             raise ConfigError(f"{self.name}: an uplink must be a Pif (eth0, eth0.5), not {pif!r}")
         self._attach(pif, vlan if vlan is not None else VlanPolicy.trunk(), ROLE_UPLINK)
         pif.sw_check_reflect = True
-        self._rx_checks(pif)
         self.uplinks.append(pif)
+        self._set_uplink_gates(pif)
         return pif
+
+    @property
+    def uplink_rules(self) -> TrafficRuleset | None:
+        """Traffic filtering and marking of the uplink port group (vSphere lets a
+        `DvsTrafficRuleset` sit on the vDS's uplink port group, `dvs-DVUplinks-N`): the rules
+        meet every frame entering the switch from an uplink (`incomingPackets`) and leaving by
+        one (`outgoingPackets`); a MAC qualifier's `vlan` is the VLAN on the wire (VST), which
+        a VM port's rules cannot see. None = no rules."""
+        return self._uplink_rules
+
+    @uplink_rules.setter
+    def uplink_rules(self, rules: TrafficRuleset | None) -> None:
+        if rules is not None and not isinstance(rules, TrafficRuleset):
+            raise ConfigError(f"{self.name}: uplink_rules must be a TrafficRuleset or None")
+        self._uplink_rules = rules
+        for p in self.uplinks:
+            self._set_uplink_gates(p)
+
+    def _set_uplink_gates(self, pif: Port) -> None:
+        rules = self._uplink_rules
+        pif.sw_rx_gate, pif.sw_tx_gate = build_gates(
+            mac=b"", rules=rules, locking=None, network_default=LockingMode.UNLOCKED, qos=None,
+            now_ns=0) if rules is not None else (None, None)
+        self._rx_checks(pif)
+        pif.refresh()
 
     @property
     def teaming(self) -> TeamingPolicy:

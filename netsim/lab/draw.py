@@ -191,6 +191,12 @@ def to_dot(topo: Topology, graph: nx.MultiGraph | None = None) -> str:
                     label += f"\nMTU {spec.mtu}"
                 if spec.lag is not None:  # vDS LAG / Xen bond
                     label += f"\n{spec.lag.name}: {spec.lag.describe()}"
+                ur = spec.uplink_traffic_rules
+                if ur is not None and ur.rules:  # the uplink port group's filtering
+                    acts = ", ".join(sorted({r.action.value for r in ur.rules}))
+                    label += (f"\nuplink port group: {len(ur.rules)} traffic rule"
+                              f"{'s' if len(ur.rules) != 1 else ''} ({acts})"
+                              + ("" if ur.enabled else " disabled"))
                 label += _monitoring_label(topo, host.name, spec)
                 if spec.discovery is not None:  # set in the file (else the host's default)
                     label += f"\n{_discovery_label(spec.discovery)}"

@@ -268,6 +268,8 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
                 sw.add_uplink(pifs[lag.name])
         if teaming is not None:  # set once every uplink it names is there
             sw.teaming = teaming
+        if s.uplink_traffic_rules is not None:  # the vDS uplink port group's rules
+            sw.uplink_rules = s.uplink_traffic_rules
         switches[s.name] = sw
     used = {s.name for s in h.switches}
     xapi = 0

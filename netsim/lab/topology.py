@@ -110,6 +110,8 @@ class SwitchSpec:
     discovery: DiscoveryConfig | None = None
     #: IPFIX export of the switch's flows (`VMwareIpfixConfig`); None = off
     ipfix: IpfixConfig | None = None
+    #: traffic filtering and marking on the uplink port group (vDS `dvs-DVUplinks-N`)
+    uplink_traffic_rules: TrafficRuleset | None = None
 
     @property
     def internal(self) -> bool:
@@ -485,7 +487,7 @@ _TOP_KEYS = ("name", "seed", "hosts", "vms", "physical", "mirrors", "links")
 _HOST_KEYS = ("type", "pifs", "switches", "networks", "port_groups", "vms", "mirrors")
 _PIF_KEYS = ("mtu", "up", "impair")
 _SWITCH_KEYS = ("uplinks", "teaming", "mac_table_size", "aging", "pvlans", "mtu", "lag", "bond",
-                "discovery", "ipfix")
+                "discovery", "ipfix", "uplink_traffic_rules")
 _TEAM_KEYS = ("policy", "active", "standby", "notify_switches", "failback", "failure_detection")
 _NET_KEYS = ("switch", "vlan", "internal", "security", "shaping", "teaming", "mtu", "blocked",
              *policyspec.NET_KEYS)
@@ -810,11 +812,18 @@ def _host(c: _Checker, host_index: int, hname: str, hraw: Any,
                 raise c.fail((*sp, "pvlans"), "private VLANs are a vSphere distributed switch "
                              "feature; XenServer has none")
             pvlans = _pvlans(c, s["pvlans"], (*sp, "pvlans"))
+        if s.get("uplink_traffic_rules") is not None and htype != "esxi":
+            raise c.fail((*sp, "uplink_traffic_rules"), "uplink_traffic_rules is a vSphere "
+                         f"distributed switch setting (its uplink port group); host {hname} "
+                         f"is {htype}")
         switches[sname] = SwitchSpec(hname, sname, uplinks, teaming, size, float(aging),
                                      pvlans=pvlans, mtu=_mtu(c, s, sp), lag=lag,
                                      discovery=_discovery(c, s.get("discovery"),
                                                           (*sp, "discovery"), htype),
-                                     ipfix=_ipfix(c, s.get("ipfix"), (*sp, "ipfix")))
+                                     ipfix=_ipfix(c, s.get("ipfix"), (*sp, "ipfix")),
+                                     uplink_traffic_rules=policyspec.parse_traffic_rules(
+                                         s.get("uplink_traffic_rules"),
+                                         (*sp, "uplink_traffic_rules"), c.fail))
 
     networks: dict[str, NetworkSpec] = {}
     nets_raw = dict(c.mapping(h.get("networks"), (*hp, "networks")))

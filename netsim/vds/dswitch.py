@@ -997,6 +997,8 @@ class ProxySwitch:
                 self.switch.add_port_group(group)
             elif old != group:
                 self.switch.update_port_group(group)
+        if self.switch.uplink_rules != config.uplink_traffic_rules:
+            self.switch.uplink_rules = config.uplink_traffic_rules
         self.new_meter = self.monitoring.apply(config.vspan_sessions, config.ipfix)
         start_team_monitors(self.host.fabric, self.switch)  # beacon probing, LBT
         self.config = config

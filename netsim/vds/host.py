@@ -522,13 +522,17 @@ def vds_from_topology(
     found = [h.switch(_vds_switch(topo, h.name, switch)).discovery for h in topo.hosts]
     ld = next((d for d in found if d is not None), None)
     sessions, ipfix = monitoring_from_topology(topo, lambda h: _vds_switch(topo, h, switch))
+    # the uplink port group is one per vDS: the first host switch that sets rules speaks for it
+    urules = next((r for h in topo.hosts
+                   if (r := h.switch(_vds_switch(topo, h.name, switch)).uplink_traffic_rules)
+                   is not None), None)
     return VdsConfig(
         name, 1, uplinks=tuple(f"uplink{i + 1}" for i in range(width)),
         portgroups=tuple(pg for _, pg in groups.values()), hosts=members,
         lags=_dv_lags(topo, switch),
         link_discovery=(DvLinkDiscovery(ld.protocols[0], ld.operation) if ld is not None
                         else DvLinkDiscovery()),
-        vspan_sessions=sessions, ipfix=ipfix,
+        vspan_sessions=sessions, ipfix=ipfix, uplink_traffic_rules=urules,
     )
 
 

@@ -114,6 +114,9 @@ class VdsConfig:
     vspan_sessions: tuple[DvVspanSession, ...] = ()
     #: flow export (`VMwareDVSConfigSpec.ipfixConfig`); None = off
     ipfix: IpfixConfig | None = None
+    #: traffic filtering and marking of the uplink port group (`DvsTrafficRuleset` of
+    #: `dvs-DVUplinks-N`), in `ruleset_to_doc` form on the wire; None = no rules
+    uplink_traffic_rules: TrafficRuleset | None = None
 
     def pvlan_map(self) -> PvlanMap:
         """The PVLAN map the proxy switches apply."""
@@ -141,6 +144,8 @@ class VdsConfig:
         for pg, d in zip(self.portgroups, doc["portgroups"], strict=True):
             d["traffic_rules"] = (ruleset_to_doc(pg.traffic_rules)
                                   if pg.traffic_rules is not None else None)
+        doc["uplink_traffic_rules"] = (ruleset_to_doc(self.uplink_traffic_rules)
+                                       if self.uplink_traffic_rules is not None else None)
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -299,7 +304,9 @@ def _parse(doc: dict, source: str) -> VdsConfig:
                      _lags(_get(doc, "lags", list, where, []), uplinks, where), discovery,
                      parse_sessions(doc.get("vspan_sessions"), f"{where}.vspan_sessions",
                                     uplinks),
-                     parse_ipfix(doc.get("ipfix"), f"{where}.ipfix"))
+                     parse_ipfix(doc.get("ipfix"), f"{where}.ipfix"),
+                     ruleset_from_doc(doc.get("uplink_traffic_rules"),
+                                      f"{where}.uplink_traffic_rules"))
 
 
 def _lags(raw: list[Any], uplinks: tuple[str, ...], where: str) -> tuple[DvLag, ...]:

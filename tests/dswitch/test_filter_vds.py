@@ -98,3 +98,44 @@ async def test_a_frame_marked_on_one_host_arrives_marked_on_the_other(bus_kit) -
         a.vnic.send(udp(dst, src, 9))
         assert Ether(await recv(b))[UDP].dport == 9
         await asyncio.sleep(0)
+
+
+UPLINK_RULES = ruleset_from_doc([
+    {"sequence": 10, "action": "drop", "direction": "outgoingPackets",
+     "ip": {"protocol": "udp", "dst_port": 9}},
+    {"sequence": 20, "action": "drop", "direction": "incomingPackets",
+     "ip": {"protocol": "tcp", "tcp_flags": "0x02/0x12"}},
+])
+
+
+def test_uplink_rules_round_trip_in_the_document_and_bad_ones_name_the_path() -> None:
+    from dataclasses import replace
+
+    c = replace(config(3, rules=None), uplink_traffic_rules=UPLINK_RULES)
+    assert VdsConfig.from_json(c.to_json()) == c
+    doc = json.loads(c.to_json())
+    assert doc["uplink_traffic_rules"]["rules"][1]["ip"]["tcp_flags"] == "0x02/0x12"
+    assert json.loads(config(3).to_json())["uplink_traffic_rules"] is None
+    doc["uplink_traffic_rules"]["rules"][0]["ip"]["dst_port"] = 70000
+    with pytest.raises(ConfigError, match=r"uplink_traffic_rules\[0\]: ip.dst_port: 70000"):
+        VdsConfig.from_json(json.dumps(doc).encode())
+
+
+async def test_uplink_port_group_rules_apply_on_every_member_host(bus_kit) -> None:
+    from dataclasses import replace
+
+    async with lab(bus_kit) as (mp, ag):
+        a = (await ag["esx1"].add_vm("a", [NicSpec("dvs1", "App", "00:50:56:00:00:01")])).ports[0]
+        b = (await ag["esx2"].add_vm("b", [NicSpec("dvs1", "App", "00:50:56:00:00:02")])).ports[0]
+        await sees(ag["esx1"], "esx2", 100)
+        await mp.publish(replace(config(2, rules=None), uplink_traffic_rules=UPLINK_RULES))
+        await mp.wait_applied("dvs1", 2, within_s=T)
+        dst, src = "00:50:56:00:00:02", "00:50:56:00:00:01"
+        a.vnic.send(udp(dst, src, 9))  # leaves esx1's uplink: rule 10 drops it there
+        a.vnic.send(udp(dst, src, 5060))
+        assert Ether(await recv(b))[UDP].dport == 5060
+        up1 = ag["esx1"].proxies["dvs1"].uplinks["uplink1"]
+        assert up1.counters.drops == {"filtered": 1} and a.counters.drops == {}
+        for agent in ag.values():  # every proxy switch carries the uplink port group's rules
+            assert agent.proxies["dvs1"].switch.uplink_rules == UPLINK_RULES
+        await asyncio.sleep(0)
