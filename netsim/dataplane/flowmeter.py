@@ -3,10 +3,13 @@
 The meter watches every port of a switch through the switch's mirror hooks: a frame entering
 the switch is metered once (its ingress copy), and the output ports it leaves by (its egress
 copies, in the same synchronous pipeline run) give the flow's egressInterface (0 when it was
-flooded). Flows are keyed as IPFIX flow keys are: source and destination IPv4 address, IP
-protocol, transport ports (TCP, UDP, SCTP; 0 otherwise and for later fragments), VLAN and
-ingress interface. Counts are IP octets (the IPv4 total length) and packets. Frames that are
-not IPv4 are counted as `unmetered`, never silently ignored.
+flooded). Flows are keyed as IPFIX flow keys are: source and destination IPv4 or IPv6
+address, IP protocol, transport ports (TCP, UDP, SCTP; 0 otherwise and for later fragments)
+or ICMP/ICMPv6 type and code, VLAN and ingress interface. Counts are IP octets (the IPv4 total
+length; 40 + the IPv6 payload length) and packets. For IPv6 the protocol is the fixed header's
+next header: extension headers are not walked (their flows have ports 0), as the traffic
+filter does. Frames that are neither IPv4 nor IPv6 (ARP, ...) or are cut inside the IP header
+are counted as `unmetered`, never silently ignored.
 
 Timeouts run on the switch's clock (virtual in a lab): a flow idle for `idle_flow_timeout`
 seconds ends (flowEndReason 1); a flow older than `active_flow_timeout` is exported and starts
@@ -73,7 +76,7 @@ class MeterCounters:
     """What the meter did with the frames it saw."""
 
     metered: int = 0  # packets counted into a flow
-    unmetered: int = 0  # not IPv4 (ARP, IPv6, ...) or a cut IPv4 header
+    unmetered: int = 0  # neither IPv4 nor IPv6 (ARP, ...) or a cut IP header
     sampled_out: int = 0
     table_full: int = 0
     flows_exported: int = 0
@@ -165,6 +168,10 @@ class FlowMeter:
             off = 16
         ip = off + 2
         if frame[off] != 8 or frame[off + 1] or len(frame) < ip + 20 or frame[ip] >> 4 != 4:
+            if frame[off] == 0x86 and frame[off + 1] == 0xDD and len(frame) >= ip + 40 and \
+                    frame[ip] >> 4 == 6:
+                self._ingress6(port, frame, ip, vid)
+                return
             c.unmetered += 1
             return
         n = self.config.sampling_rate
@@ -183,7 +190,11 @@ class FlowMeter:
                 ((frame[ip + 6] & 0x1F) << 8) | frame[ip + 7]) and len(frame) >= l4 + 4:
             sport = (frame[l4] << 8) | frame[l4 + 1]
             dport = (frame[l4 + 2] << 8) | frame[l4 + 3]
+        elif proto == 1 and not (((frame[ip + 6] & 0x1F) << 8) | frame[ip + 7]) and \
+                len(frame) >= l4 + 2:
+            dport = (frame[l4] << 8) | frame[l4 + 1]  # ICMP type, code (exported as IE 32)
         key = (frame[ip + 12:ip + 20], proto, sport, dport, vid, self.ifindex.get(port, 0))
+        # the IPv4 path counts inline (the per-frame hot path; `_count` says the same)
         now = self._now()
         flow = self.flows.get(key)
         if flow is None:
@@ -196,6 +207,49 @@ class FlowMeter:
                 w.set_result(None)
         flow.packets += 1
         flow.octets += min(total, len(frame) - ip) if total >= 20 else len(frame) - ip
+        flow.last_ns = now
+        flow.egress = 0
+        flow.internal = False
+        c.metered += 1
+        self._pending = flow
+        self._ntx = 0
+        self._in_vm = port.sw_role == ROLE_VM  # type: ignore[attr-defined]
+
+    def _ingress6(self, port: Port, frame: bytes, ip: int, vid: int) -> None:
+        """An IPv6 frame (fixed header at `ip`) entered by `port`."""
+        n = self.config.sampling_rate
+        if n > 1:
+            k = self._phase
+            self._phase = k + 1 if k + 1 < n else 0
+            if k:
+                self.counters.sampled_out += 1
+                return
+        proto = frame[ip + 6]
+        sport = dport = 0
+        l4 = ip + 40
+        if proto in (6, 17, 132) and len(frame) >= l4 + 4:
+            sport = (frame[l4] << 8) | frame[l4 + 1]
+            dport = (frame[l4 + 2] << 8) | frame[l4 + 3]
+        elif proto == 58 and len(frame) >= l4 + 2:
+            dport = (frame[l4] << 8) | frame[l4 + 1]  # ICMPv6 type, code (IE 139)
+        size = 40 + ((frame[ip + 4] << 8) | frame[ip + 5])
+        self._count(port, (frame[ip + 8:ip + 40], proto, sport, dport, vid,
+                           self.ifindex.get(port, 0)), min(size, len(frame) - ip))
+
+    def _count(self, port: Port, key: tuple, octets: int) -> None:
+        c = self.counters
+        now = self._now()
+        flow = self.flows.get(key)
+        if flow is None:
+            if len(self.flows) >= self.max_flows:
+                c.table_full += 1
+                return
+            flow = self.flows[key] = _Flow(key, now)
+            w = self._waiter
+            if w is not None and not w.done():
+                w.set_result(None)
+        flow.packets += 1
+        flow.octets += octets
         flow.last_ns = now
         flow.egress = 0
         flow.internal = False
@@ -266,8 +320,12 @@ class FlowMeter:
             self.counters.flows_filtered += 1
             return
         addrs, proto, sport, dport, vid, ingress = f.key
-        out.append(FlowRecord(str(ipaddress.IPv4Address(addrs[:4])),
-                              str(ipaddress.IPv4Address(addrs[4:])),
+        half = len(addrs) // 2  # 4 bytes each for IPv4, 16 for IPv6
+        icmp = 0
+        if proto == (1 if half == 4 else 58):  # the key keeps type/code where ports go
+            icmp, dport = dport, 0
+        out.append(FlowRecord(str(ipaddress.ip_address(addrs[:half])),
+                              str(ipaddress.ip_address(addrs[half:])),
                               proto, sport, dport, vid, ingress, f.egress, f.octets, f.packets,
-                              f.start_ns // 1_000_000, f.last_ns // 1_000_000, reason))
+                              f.start_ns // 1_000_000, f.last_ns // 1_000_000, reason, icmp))
         self.counters.flows_exported += 1

@@ -7,12 +7,16 @@ registry numbers, RFC 7012) and their lengths; a data set (ID = template ID) car
 laid out by it. Over UDP an exporter must send its templates again periodically (RFC 7011
 §8.4); ours go in every message, which also lets a collector started late decode at once.
 
-Our template (`FLOW_TEMPLATE`, ID 256) uses only standard IEs: sourceIPv4Address (8),
-destinationIPv4Address (12), protocolIdentifier (4), sourceTransportPort (7),
+Our templates use only standard IEs. IPv4 flows (`FLOW_TEMPLATE`, ID 256): sourceIPv4Address
+(8), destinationIPv4Address (12), protocolIdentifier (4), sourceTransportPort (7),
 destinationTransportPort (11), vlanId (58), ingressInterface (10), egressInterface (14),
 octetDeltaCount (1), packetDeltaCount (2), flowStartMilliseconds (152), flowEndMilliseconds
-(153), flowEndReason (136). Wireshark's `cflow` dissector reads them (`tshark -d
-udp.port==4739,cflow`). Pure: the caller passes times and sequence numbers.
+(153), flowEndReason (136), icmpTypeCodeIPv4 (32: type × 256 + code, 0 unless ICMP). IPv6
+flows (`FLOW6_TEMPLATE`, ID 257): the same with sourceIPv6Address (27) and
+destinationIPv6Address (28) for the addresses and icmpTypeCodeIPv6 (139). A message carries
+both templates and a data set for each family it has records of. Wireshark's `cflow` dissector
+reads them (`tshark -d udp.port==4739,cflow`). Pure: the caller passes times and sequence
+numbers.
 
 `IpfixDecoder` reads any exporter's messages (templates, options templates, enterprise IEs,
 variable-length fields), keeping templates per (exporter, domain) with a bound on how many.
@@ -54,21 +58,30 @@ IE_NAMES: dict[int, tuple[str, str]] = {
     14: ("egressInterface", "uint"),
     27: ("sourceIPv6Address", "ipv6"),
     28: ("destinationIPv6Address", "ipv6"),
+    32: ("icmpTypeCodeIPv4", "uint"),
     56: ("sourceMacAddress", "mac"),
     58: ("vlanId", "uint"),
     80: ("destinationMacAddress", "mac"),
     136: ("flowEndReason", "uint"),
+    139: ("icmpTypeCodeIPv6", "uint"),
     149: ("observationDomainId", "uint"),
     152: ("flowStartMilliseconds", "uint"),
     153: ("flowEndMilliseconds", "uint"),
 }
 
+FLOW6_TEMPLATE_ID = 257
 FLOW_TEMPLATE: tuple[tuple[int, int], ...] = (
     (8, 4), (12, 4), (4, 1), (7, 2), (11, 2), (58, 2), (10, 4), (14, 4),
-    (1, 8), (2, 8), (152, 8), (153, 8), (136, 1),
+    (1, 8), (2, 8), (152, 8), (153, 8), (136, 1), (32, 2),
 )
-_RECORD = struct.Struct("!4s4sBHHHIIQQQQB")
+FLOW6_TEMPLATE: tuple[tuple[int, int], ...] = (
+    (27, 16), (28, 16), (4, 1), (7, 2), (11, 2), (58, 2), (10, 4), (14, 4),
+    (1, 8), (2, 8), (152, 8), (153, 8), (136, 1), (139, 2),
+)
+_RECORD = struct.Struct("!4s4sBHHHIIQQQQBH")
+_RECORD6 = struct.Struct("!16s16sBHHHIIQQQQBH")
 assert _RECORD.size == sum(n for _, n in FLOW_TEMPLATE)
+assert _RECORD6.size == sum(n for _, n in FLOW6_TEMPLATE)
 _HEADER = struct.Struct("!HHIII")
 
 
@@ -89,33 +102,67 @@ class FlowRecord:
     start_ms: int
     end_ms: int
     end_reason: int = END_IDLE
+    #: ICMP / ICMPv6 type × 256 + code (icmpTypeCodeIPv4 / icmpTypeCodeIPv6); 0 otherwise
+    icmp_type_code: int = 0
 
 
 def _template_set() -> bytes:
-    body = struct.pack("!HH", FLOW_TEMPLATE_ID, len(FLOW_TEMPLATE))
-    body += b"".join(struct.pack("!HH", ie, n) for ie, n in FLOW_TEMPLATE)
+    body = b""
+    for tid, fields in ((FLOW_TEMPLATE_ID, FLOW_TEMPLATE), (FLOW6_TEMPLATE_ID, FLOW6_TEMPLATE)):
+        body += struct.pack("!HH", tid, len(fields))
+        body += b"".join(struct.pack("!HH", ie, n) for ie, n in fields)
     return struct.pack("!HH", TEMPLATE_SET_ID, 4 + len(body)) + body
 
 
 _TEMPLATE_SET = _template_set()
+#: IPv4 records that fit one message (fewer when IPv6 records share it)
 RECORDS_PER_MESSAGE = (MAX_MESSAGE - _HEADER.size - len(_TEMPLATE_SET) - 4) // _RECORD.size
+
+
+def _pack(r: FlowRecord) -> tuple[int, bytes]:
+    """(template ID, the record's bytes) for `r`, by its address family."""
+    src, dst = ipaddress.ip_address(r.src_ip), ipaddress.ip_address(r.dst_ip)
+    if src.version != dst.version:
+        raise FrameError(f"flow record {r.src_ip} -> {r.dst_ip} mixes IPv4 and IPv6")
+    rec = _RECORD if src.version == 4 else _RECORD6
+    return (FLOW_TEMPLATE_ID if src.version == 4 else FLOW6_TEMPLATE_ID,
+            rec.pack(src.packed, dst.packed, r.protocol, r.src_port, r.dst_port, r.vlan,
+                     r.ingress, r.egress, r.octets, r.packets, r.start_ms, r.end_ms,
+                     r.end_reason, r.icmp_type_code))
 
 
 def encode_messages(records: list[FlowRecord], *, export_time: int, seq: int,
                     domain_id: int) -> list[bytes]:
-    """The IPFIX messages (one per UDP datagram, each with the template) carrying `records`;
-    `seq` = data records sent before the first of them in this observation domain."""
+    """The IPFIX messages (one per UDP datagram of at most MAX_MESSAGE bytes, each with both
+    templates) carrying `records`, IPv4 ones in a data set of template 256 and IPv6 ones in
+    one of template 257; `seq` = data records sent before this message in this domain."""
     out = []
-    for i in range(0, len(records), RECORDS_PER_MESSAGE):
-        chunk = records[i:i + RECORDS_PER_MESSAGE]
-        data = b"".join(_RECORD.pack(
-            ipaddress.IPv4Address(r.src_ip).packed, ipaddress.IPv4Address(r.dst_ip).packed,
-            r.protocol, r.src_port, r.dst_port, r.vlan, r.ingress, r.egress,
-            r.octets, r.packets, r.start_ms, r.end_ms, r.end_reason) for r in chunk)
-        body = _TEMPLATE_SET + struct.pack("!HH", FLOW_TEMPLATE_ID, 4 + len(data)) + data
+    base = _HEADER.size + len(_TEMPLATE_SET)
+    sets: dict[int, list[bytes]] = {}
+    size = base
+    n = 0
+
+    def close() -> None:
+        nonlocal size, n, sets
+        body = _TEMPLATE_SET + b"".join(
+            struct.pack("!HH", tid, 4 + sum(map(len, recs))) + b"".join(recs)
+            for tid, recs in sorted(sets.items()))
         out.append(_HEADER.pack(IPFIX_VERSION, _HEADER.size + len(body),
-                                export_time & 0xFFFFFFFF, (seq + i) & 0xFFFFFFFF,
+                                export_time & 0xFFFFFFFF, (seq + n) & 0xFFFFFFFF,
                                 domain_id) + body)
+        n += sum(len(recs) for recs in sets.values())
+        sets, size = {}, base
+
+    for r in records:
+        tid, data = _pack(r)
+        grow = len(data) + (0 if tid in sets else 4)  # a new data set needs its header
+        if sets and size + grow > MAX_MESSAGE:
+            close()
+            grow = len(data) + 4
+        sets.setdefault(tid, []).append(data)
+        size += grow
+    if sets:
+        close()
     return out
 
 

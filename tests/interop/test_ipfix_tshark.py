@@ -158,3 +158,61 @@ def test_hvsim_ipfix_listen_refuses_what_it_cannot_bind_in_one_line(args: list[s
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "error:" in proc.stderr
+
+
+def test_tshark_decodes_ipv4_and_ipv6_flows_of_one_message_by_both_templates(
+        tmp_path: Path) -> None:
+    """IPv6 flows metered on a switch (IEs 27/28 in template 257) and IPv4 ICMP flows
+    (icmpTypeCodeIPv4, IE 32, in template 256), exported in one message: Wireshark's cflow
+    dissector reads both templates and every record with no expert warnings."""
+    from netsim.clock import ManualClock as Clock
+    from netsim.dataplane.flowmeter import FlowMeter, IpfixConfig
+    from netsim.dataplane.port import Vif
+    from netsim.dataplane.switch import PortGroup, StandardSwitch
+    from netsim.wire.ipfix import encode_messages
+
+    sw = StandardSwitch("dvs", clock=Clock())
+    sw.add_port_group(PortGroup("pg", vlan=10))
+    macs = [bytes([0, 0x50, 0x56, 0, 0, i]) for i in (1, 2)]
+    a, _b = (sw.attach(Vif(i + 1, 0, mac=m), "pg") for i, m in enumerate(macs))
+    meter = FlowMeter(IpfixConfig("127.0.0.1"), sw.clock)
+    meter.attach(sw)
+    v6 = [bytes.fromhex(f"20010db8000000000000000000000{i:03x}") for i in (1, 2)]
+
+    def ip6(nh: int, l4: bytes) -> bytes:
+        return ethernet(macs[1], macs[0], 0x86DD,
+                        struct.pack("!IHBB", 6 << 28, len(l4), nh, 64) + v6[0] + v6[1] + l4)
+
+    a.vnic.send(ip6(17, struct.pack("!HHHH", 5353, 53, 8, 0)))
+    a.vnic.send(ip6(58, bytes((128, 0)) + bytes(6)))  # ICMPv6 echo request
+    lo1, lo2 = socket.inet_aton("10.0.0.1"), socket.inet_aton("10.0.0.2")
+    icmp = bytes((3, 3)) + bytes(6)  # port unreachable
+    a.vnic.send(ethernet(macs[1], macs[0], 0x0800, ipv4_header(lo1, lo2, 1, len(icmp)) + icmp))
+    recs = meter.flush()
+    assert len(recs) == 3
+    (msg,) = encode_messages(recs, export_time=1_700_000_000, seq=0, domain_id=7)
+    pcap = as_pcap(tmp_path / "ipfix6.pcapng", [msg], 4739)
+    tmpl = tshark("-r", str(pcap), "-d", "udp.port==4739,cflow", "-T", "fields",
+                  "-E", "aggregator=;", "-e", "cflow.template_id", "-e", "_ws.expert")
+    ids, expert = tmpl.strip().split("\t") if "\t" in tmpl.strip() else (tmpl.strip(), "")
+    assert {"256", "257"} <= set(ids.split(";")) and expert == "", tmpl
+    fields = ["cflow.srcaddr", "cflow.dstaddr", "cflow.srcaddrv6", "cflow.dstaddrv6",
+              "cflow.protocol", "cflow.srcport", "cflow.dstport", "cflow.icmp_type_code_ipv4",
+              "cflow.icmp_ipv6_type", "cflow.icmp_ipv6_code", "cflow.packets", "cflow.octets"]
+    out = tshark("-r", str(pcap), "-d", "udp.port==4739,cflow", "-T", "json",
+                 *(x for f in fields for x in ("-e", f)))
+    got = json.loads(out)[0]["_source"]["layers"]
+    assert got["cflow.srcaddr"] == ["10.0.0.1"] and got["cflow.dstaddr"] == ["10.0.0.2"]
+    assert got["cflow.srcaddrv6"] == ["2001:db8::1"] * 2
+    assert got["cflow.dstaddrv6"] == ["2001:db8::2"] * 2
+    # records in set order: IPv4 (template 256) first, then the two IPv6 flows
+    assert sorted(got["cflow.protocol"]) == ["1", "17", "58"]
+    assert [int(x, 0) for x in got["cflow.icmp_type_code_ipv4"]] == [0x0303]  # v4 only
+    # icmpTypeCodeIPv6 (IE 139), which Wireshark splits into type and code: one per v6 flow
+    v6_icmp = sorted(zip(got["cflow.icmp_ipv6_type"], got["cflow.icmp_ipv6_code"],
+                         strict=True))
+    assert v6_icmp == [("0", "0"), ("128", "0")]
+    v6rows = sorted(zip(got["cflow.protocol"][1:], got["cflow.dstport"][1:], strict=True))
+    assert v6rows == [("17", "53"), ("58", "0")]
+    assert got["cflow.octets"][0] == str(20 + 8) and sorted(got["cflow.octets"][1:]) == \
+        ["48", "48"]

@@ -65,21 +65,83 @@ def test_a_flow_counts_ip_octets_and_packets_with_its_ports_and_interfaces() -> 
     assert recs[("10.0.0.2", "10.0.0.1")].egress == 0
 
 
-@pytest.mark.parametrize(("frame", "metered", "key"), [
-    (udp(2, 1, 1, 2), 1, (17, 1, 2, 10)),
-    (udp(2, 1, 1, 2, proto=6), 1, (6, 1, 2, 10)),
-    (udp(2, 1, 1, 2, proto=1), 1, (1, 0, 0, 10)),  # not TCP/UDP/SCTP: no ports
-    (ethernet(MAC[2], MAC[1], 0x0806, bytes(28)), 0, None),  # ARP
-    (ethernet(MAC[2], MAC[1], 0x86DD, bytes(60)), 0, None),  # IPv6
-    (ethernet(MAC[2], MAC[1], 0x0800, bytes(10)), 0, None),  # IPv4 header cut short
-])
-def test_flow_keys_by_kind_of_frame(frame: bytes, metered: int, key: tuple | None) -> None:
+V6 = [bytes.fromhex(f"20010db8{0:022x}{i:02x}") for i in range(8)]
+
+
+def ip6(dst: int, src: int, nh: int, l4: bytes) -> bytes:
+    """An IPv6 frame from VM `src` to VM `dst`: fixed header (next header `nh`) + `l4`."""
+    hdr = struct.pack("!IHBB", 6 << 28, len(l4), nh, 64) + V6[src] + V6[dst]
+    return ethernet(MAC[dst], MAC[src], 0x86DD, hdr + l4)
+
+
+def icmp(kind: int, code: int) -> bytes:
+    return bytes((kind, code)) + bytes(6) + b"ping" * 4
+
+
+# (frame, metered?, (protocol, src port, dst port, VLAN, ICMP type/code), IP octets)
+KEY_CASES = [
+    (udp(2, 1, 1, 2), 1, (17, 1, 2, 10, 0), 128),
+    (udp(2, 1, 1, 2, proto=6), 1, (6, 1, 2, 10, 0), 128),
+    (udp(2, 1, 0x0800, 2, proto=1), 1, (1, 0, 0, 10, 0x0800), 128),  # echo request: IE 32
+    (udp(2, 1, 0x0301, 2, proto=1), 1, (1, 0, 0, 10, 0x0301), 128),  # port unreachable
+    (udp(2, 1, 1, 2, proto=47), 1, (47, 0, 0, 10, 0), 128),  # GRE: no ports, no ICMP
+    (ip6(2, 1, 17, struct.pack("!HHHH", 546, 547, 8, 0)), 1, (17, 546, 547, 10, 0), 48),
+    (ip6(2, 1, 6, struct.pack("!HHII", 40000, 443, 0, 0) + bytes(8)), 1,
+     (6, 40000, 443, 10, 0), 60),
+    (ip6(2, 1, 58, icmp(128, 0)), 1, (58, 0, 0, 10, 128 << 8), 64),  # echo request: IE 139
+    (ip6(2, 1, 0, bytes(8)), 1, (0, 0, 0, 10, 0), 48),  # hop-by-hop: not walked, no ports
+    (ethernet(MAC[2], MAC[1], 0x0806, bytes(28)), 0, None, 0),  # ARP
+    (ethernet(MAC[2], MAC[1], 0x86DD, bytes(60)), 0, None, 0),  # 0x86DD, not a v6 header
+    (ethernet(MAC[2], MAC[1], 0x0800, bytes(10)), 0, None, 0),  # IPv4 header cut short
+]
+
+
+@pytest.mark.parametrize(("frame", "metered", "key", "octets"), KEY_CASES)
+def test_flow_keys_by_kind_of_frame(frame: bytes, metered: int, key: tuple | None,
+                                    octets: int) -> None:
     _, _, (a, _, _), _, meter = lab()
     a.vnic.send(frame)
     assert meter.counters.metered == metered and meter.counters.unmetered == 1 - metered
     recs = meter.flush()
     if key is not None:
-        assert [(r.protocol, r.src_port, r.dst_port, r.vlan) for r in recs] == [key]
+        assert [(r.protocol, r.src_port, r.dst_port, r.vlan, r.icmp_type_code)
+                for r in recs] == [key]
+        assert [r.octets for r in recs] == [octets]
+        v6 = frame[12:14] == b"\x86\xdd"
+        assert recs[0].src_ip == ("2001:db8::1" if v6 else "10.0.0.1")
+
+
+def test_icmp_flows_are_keyed_by_type_and_code() -> None:
+    """An echo request and its reply, and two unreachables of different codes, are four
+    flows, as in OVS's and IPFIX's flow keys."""
+    _, _, (a, _, _), _, meter = lab()
+    for kind_code in (0x0800, 0x0800, 0x0000, 0x0301, 0x0303):
+        a.vnic.send(udp(2, 1, kind_code, 0, proto=1))
+    got = sorted((r.icmp_type_code, r.packets) for r in meter.flush())
+    assert got == [(0x0000, 1), (0x0301, 1), (0x0303, 1), (0x0800, 2)]
+
+
+def test_ipv4_and_ipv6_records_share_messages_in_two_data_sets() -> None:
+    v4 = records(3)
+    v6 = [FlowRecord("2001:db8::1", "2001:db8::2", 58, 0, 0, 10, 1, 2, 64, 1, 5, 6, 1,
+                     icmp_type_code=0x8000 + i) for i in range(3)]
+    mixed = [x for pair in zip(v4, v6, strict=True) for x in pair]
+    (msg,) = encode_messages(mixed, export_time=1, seq=0, domain_id=1)
+    out = IpfixDecoder().decode(msg, "exp").records
+    assert [r.get("sourceIPv6Address", r.get("sourceIPv4Address")) for r in out] == \
+        ["10.0.0.1"] * 3 + ["2001:db8::1"] * 3  # set 256, then set 257
+    assert [r["icmpTypeCodeIPv6"] for r in out[3:]] == [0x8000, 0x8001, 0x8002]
+    # many IPv6 records: split under the MTU, sequence numbers count every record before
+    msgs = encode_messages(v6 * 40, export_time=1, seq=100, domain_id=1)
+    dec = IpfixDecoder()
+    decoded = [dec.decode(m, "exp") for m in msgs]
+    assert all(len(m) <= 1400 for m in msgs) and len(msgs) > 1
+    assert sum(len(m.records) for m in decoded) == 120
+    seqs = [m.seq for m in decoded]
+    assert seqs == [100 + sum(len(m.records) for m in decoded[:i]) for i in range(len(msgs))]
+    with pytest.raises(FrameError, match="mixes IPv4 and IPv6"):
+        encode_messages([FlowRecord("10.0.0.1", "2001:db8::1", 6, 1, 2, 0, 0, 0, 1, 1, 0, 0)],
+                        export_time=0, seq=0, domain_id=1)
 
 
 def test_vgt_frames_are_keyed_by_their_own_vlan() -> None:
@@ -177,7 +239,7 @@ def test_messages_split_under_the_mtu_and_decode_back() -> None:
         "protocolIdentifier": 17, "sourceTransportPort": 0, "destinationTransportPort": 53,
         "vlanId": 10, "ingressInterface": 1, "egressInterface": 2, "octetDeltaCount": 1000,
         "packetDeltaCount": 1, "flowStartMilliseconds": 1_700_000_000_000,
-        "flowEndMilliseconds": 1_700_000_001_000, "flowEndReason": 1}
+        "flowEndMilliseconds": 1_700_000_001_000, "flowEndReason": 1, "icmpTypeCodeIPv4": 0}
 
 
 def _msg(body: bytes, *, version: int = 10) -> bytes:
@@ -227,3 +289,21 @@ def test_metering_does_not_change_what_the_switch_forwards() -> None:
     sent(a)
     a.vnic.send(udp(2, 1, 1, 1))
     assert [f[6:12] for f in sent(b)] == [MAC[1]]
+
+
+@pytest.mark.parametrize(("rec", "line"), [
+    (FlowRecord("10.0.0.1", "10.0.0.2", 17, 5000, 53, 10, 1, 2, 128, 1, 0, 1000, 1),
+     "10.0.0.1:5000 -> 10.0.0.2:53 proto 17 vlan 10 if 1->2 packets 1 octets 128"),
+    (FlowRecord("10.0.0.1", "10.0.0.2", 1, 0, 0, 10, 1, 2, 84, 1, 0, 0, 1, 0x0800),
+     "10.0.0.1 -> 10.0.0.2 proto 1 icmp 8/0 vlan 10"),
+    (FlowRecord("2001:db8::1", "2001:db8::2", 6, 40000, 443, 0, 1, 0, 60, 1, 0, 0, 4),
+     "[2001:db8::1]:40000 -> [2001:db8::2]:443 proto 6 vlan 0"),
+    (FlowRecord("2001:db8::1", "2001:db8::2", 58, 0, 0, 0, 1, 0, 64, 1, 0, 0, 4, 0x8000),
+     "2001:db8::1 -> 2001:db8::2 proto 58 icmp 128/0 vlan 0"),
+])
+def test_ipfix_listen_prints_ipv4_ipv6_and_icmp_flows(rec: FlowRecord, line: str) -> None:
+    from netsim.cli.commands.ipfix import _line
+
+    (msg,) = encode_messages([rec], export_time=0, seq=0, domain_id=3)
+    (r,) = IpfixDecoder().decode(msg, "exp").records
+    assert _line(r, "127.0.0.1:9", 3).startswith(line)

@@ -23,15 +23,20 @@ _REASONS = {1: "idle", 2: "active", 3: "end", 4: "forced", 5: "no-resources"}
 
 
 def _line(rec: dict[str, Any], exporter: str, domain: int) -> str:
-    if "sourceIPv4Address" not in rec:  # another exporter's template: print what it said
+    v4 = "sourceIPv4Address" in rec
+    if not v4 and "sourceIPv6Address" not in rec:  # another exporter's template: as it said
         return f"{exporter} domain {domain}: " + " ".join(f"{k}={v}" for k, v in rec.items())
+    fam = "IPv4" if v4 else "IPv6"
+    src, dst = rec[f"source{fam}Address"], rec.get(f"destination{fam}Address")
     proto = rec.get("protocolIdentifier", 0)
     sport, dport = rec.get("sourceTransportPort", 0), rec.get("destinationTransportPort", 0)
-    src = f"{rec['sourceIPv4Address']}:{sport}" if sport or dport else rec["sourceIPv4Address"]
-    dst = (f"{rec.get('destinationIPv4Address')}:{dport}" if sport or dport
-           else rec.get("destinationIPv4Address"))
+    if sport or dport:
+        src, dst = (f"{src}:{sport}", f"{dst}:{dport}") if v4 else (
+            f"[{src}]:{sport}", f"[{dst}]:{dport}")
+    icmp = rec.get(f"icmpTypeCode{fam}", 0)
+    kind = f" icmp {icmp >> 8}/{icmp & 0xFF}" if proto in (1, 58) else ""
     dur = (rec.get("flowEndMilliseconds", 0) - rec.get("flowStartMilliseconds", 0)) / 1000
-    return (f"{src} -> {dst} proto {proto} vlan {rec.get('vlanId', 0)} "
+    return (f"{src} -> {dst} proto {proto}{kind} vlan {rec.get('vlanId', 0)} "
             f"if {rec.get('ingressInterface', 0)}->{rec.get('egressInterface', 0)} "
             f"packets {rec.get('packetDeltaCount', 0)} octets {rec.get('octetDeltaCount', 0)} "
             f"duration {dur:.3f}s end {_REASONS.get(rec.get('flowEndReason', 0), '?')} "
