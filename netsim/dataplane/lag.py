@@ -29,6 +29,12 @@ mode:
   Broadcast and multicast are accepted only on the active member, so a flood the physical switch
   sends down every member enters once.
 
+Around those, as 802.1AX and Open vSwitch do: an LACP member answers a Marker Information PDU
+with a Marker Response out the same member (`marker_responder`; an OVS bond only counts it); an
+active-backup or balance-slb bond whose active member changes sends a RARP learning packet per
+MAC behind it (`learning_packets`, OVS `bond_compose_learning_packet`); and an LACP bond with
+`lacp_fallback_ab` runs active-backup while no partner speaks LACP.
+
 The LACP state machine is a plain object driven by `receive_pdu(member, pdu, now)` and
 `tick(now)`, with `next_due_ns()` saying when it next has something to do; `Lag.run(clock)` is
 the fabric's task that calls `tick` at those deadlines, so a virtual clock crosses idle time in
@@ -847,7 +853,6 @@ def _member_mac(port: Port, system: bytes) -> bytes:
         return mac
     h = zlib.crc32(port.name.encode()) & 0xFFFFFF
     return bytes((system[0] | 0x02, system[1], system[2])) + h.to_bytes(3, "big")
-
 
 
 def rarp_learning_packet(mac: bytes, vid: int = 0) -> bytes:
