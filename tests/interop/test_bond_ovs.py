@@ -151,3 +151,48 @@ def test_fallback_markers_and_learning_packets_match_open_vswitch(ovs_bond) -> N
 def _q(script: str) -> str:
     """`script` inside single quotes for sh."""
     return script.replace("'", "'\"'\"'")
+
+
+def test_moving_an_slb_hash_sends_no_learning_packet_in_ovs_nor_in_ours(ovs_bond) -> None:
+    """`bond/migrate` moves one balance-slb hash to the other member (what `bond_rebalance`
+    does by load): OVS sends no RARP for it - the moved MAC's own next frame teaches the
+    physical switch - and our rebalance sends none either; `bond/set-active-member` (a change
+    of active member) does send them, in OVS as in ours."""
+    br = ovs_bond
+    br.vsctl("set", "port", "bond0", "lacp=off", "bond_mode=balance-slb")
+    assert until(lambda: "bond_mode: balance-slb" in appctl(br, "bond/show", "bond0"), 10)
+    br._ns("python3", "-c", SEND, "ha", fr.ethernet(fr.BROADCAST, VM, 0x88B5, bytes(46)).hex())
+    assert until(lambda: "00:16:3e:00:00:aa" in appctl(br, "fdb/show", "br0"), 5)
+    h = appctl(br, "bond/hash", "00:16:3e:00:00:aa", "0").strip()
+    assert h.isdigit(), h
+    time.sleep(1.0)  # let the learning packets of the mode change go by
+    for target in ("b0", "b1"):  # one of them is a move
+        cap = br._ns("sh", "-c", f"python3 -c '{_q(CAPTURE)}' h{target} - 1.5 & sleep 0.3; "
+                     f"ovs-appctl -t {br.tmp}/vswitchd.ctl bond/migrate bond0 {h} {target}; "
+                     "wait").stdout
+        assert "migrated" in cap, cap  # ovs-appctl's answer, between the frames
+        frames = [x for x in cap.split() if re.fullmatch(r"(?:[0-9a-f]{2}){14,}", x)]
+        rarps = [x for x in frames if bytes.fromhex(x)[12:14] == b"\x80\x35"]
+        assert rarps == [], (target, rarps)
+    # the control: changing the active member does send them (the same capture sees them)
+    active = re.search(r"active member mac: \S+\((b[01])\)",
+                       appctl(br, "bond/show", "bond0")).group(1)
+    other = "b1" if active == "b0" else "b0"
+    cap = br._ns("sh", "-c", f"python3 -c '{_q(CAPTURE)}' h{other} - 1.5 & sleep 0.3; "
+                 f"ovs-appctl -t {br.tmp}/vswitchd.ctl bond/set-active-member bond0 {other}; "
+                 "wait").stdout
+    frames = [bytes.fromhex(x) for x in cap.split() if re.fullmatch(r"(?:[0-9a-f]{2}){14,}", x)]
+    assert rarp_learning_packet(VM)[:42] in [f[:42] for f in frames if f[12:14] == b"\x80\x35"]
+    lag = Lag(LagPort("bond0"), LagConfig(mode="balance-slb"))
+    eth = [Pif("eth0"), Pif("eth1")]
+    for p in eth:
+        lag.add_member(p)
+    for i in range(8):  # eight source MACs, one busy: a rebalance moves buckets
+        for _ in range(40 if i == 0 else 1):
+            lag.port.transmit(fr.ethernet(fr.BROADCAST, bytes([0, 0x16, 0x3E, 0, 1, i]),
+                                          0x88B5, bytes(1000)))
+    for p in eth:
+        while p.queue.get_nowait() is not None:
+            pass
+    assert lag.rebalance() >= 1
+    assert all(p.queue.get_nowait() is None for p in eth) and lag.learning_packets_sent == 0
