@@ -75,9 +75,11 @@ def _child(job: str, arg: str) -> None:
             async with Lab(topo) as lab:
                 names = list(lab.agents)
                 per_vlan = spec["sources"] // spec["vlans"]
-                # sources spread evenly: per_vlan in every VLAN, over every host
-                pick = [names[i * spec["vlans"] + i % spec["vlans"]]
-                        for i in range(per_vlan * spec["vlans"])]
+                # sources spread evenly: per_vlan in every VLAN, over every host (every VM
+                # when all are sources: the full run)
+                pick = (names if spec["sources"] >= len(names) else
+                        [names[i * spec["vlans"] + i % spec["vlans"]]
+                         for i in range(per_vlan * spec["vlans"])])
                 v0 = lab.clock.now_ns()
                 c1 = time.process_time()
                 r = await lab.pingall(vms=pick)
@@ -120,6 +122,42 @@ def _in_child(job: str, spec: dict[str, Any]) -> dict[str, Any]:
     _, _, stdout = _run([sys.executable, "-c",
                          f"from bench._scale import _child; _child({job!r}, {json.dumps(spec)!r})"])
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_full_pingall(*, quick: bool = False) -> dict[str, Any]:
+    """Issue 21 target 2 measured, not projected: every VM of the 1,000-VM lab (10 hosts, 10
+    VLANs, one /16) pings every other, 999,000 pings, in a child process; its wall and CPU
+    time, peak RSS (VmHWM of the child) and whether every same-VLAN pair, and no other,
+    answered."""
+    spec = ({"hosts": 10, "vms": 1000, "vlans": 10, "sources": 1000} if not quick else
+            {"hosts": 4, "vms": 200, "vlans": 4, "sources": 200})
+    m = _in_child("pingall", spec)
+    return {
+        **spec, "measured": m, "pings": spec["vms"] * (spec["vms"] - 1),
+        "target_s": 40.0, "target_rss_mib": 1024,
+        "exact": m["answered"] == m["expected"] and m["queue_full"] == 0,
+        "meets_target_cpu": None if quick else m["cpu_s"] <= 40.0 and m["rss_mib"] <= 1024,
+        "meets_target_wall": None if quick else m["wall_s"] <= 40.0 and m["rss_mib"] <= 1024,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def full_table(row: dict[str, Any]) -> Any:
+    """The full run as a one-row rich table."""
+    from rich.table import Table
+
+    m = row["measured"]
+    t = Table(title=f"pingall of all {row['vms']:,} VMs ({row['pings']:,} pings, "
+                    f"{row['hosts']} hosts, {row['vlans']} VLANs); load average "
+                    f"{row['load_average_at_start']}")
+    for col in ("answered / expected", "wall", "CPU (lab setup + pings)", "peak RSS",
+                "target", "met (CPU / wall)"):
+        t.add_column(col)
+    t.add_row(f"{m['answered']:,} / {m['expected']:,} (queue-full {m['queue_full']})",
+              f"{m['wall_s']:.1f} s", f"{m['cpu_s']:.1f} s ({m['setup_cpu_s']:.1f} + "
+              f"{m['pingall_cpu_s']:.1f})", f"{m['rss_mib']} MiB", "≤ 40 s, ≤ 1 GiB",
+              f"{_met(row['meets_target_cpu'])} / {_met(row['meets_target_wall'])}")
+    return t
 
 
 def run_scale(*, quick: bool = False) -> dict[str, Any]:

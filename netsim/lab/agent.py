@@ -141,6 +141,16 @@ class GuestAgent:
                    payload: bytes = b"hvsim-ping-payload") -> PingResult:
         """Send one ICMP echo request to `dst`; wait up to `wait_s` clock seconds for a reply."""
         dst = ipaddress.IPv4Address(dst)
+        seq, rtt, ttl = await self.ping_fields(dst, wait_s=wait_s, payload=payload)
+        if rtt is None:
+            return PingResult(self.name, dst, seq, False)
+        return PingResult(self.name, dst, seq, True, rtt, ttl)
+
+    async def ping_fields(self, dst: ipaddress.IPv4Address, *, wait_s: float = 1.0,
+                          payload: bytes = b"hvsim-ping-payload"
+                          ) -> tuple[int, float | None, int | None]:
+        """`ping` without the result object: (ICMP sequence number, round-trip time in clock
+        seconds or None if unanswered, the reply's TTL or None)."""
         self._seq = (self._seq + 1) & 0xFFFF
         key = (self._ident, self._seq)
         fut: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
@@ -149,7 +159,7 @@ class GuestAgent:
         try:
             if self.guest.route(dst) is None:  # nothing can be sent, nothing can come back
                 self.guest.counters["no-route"] += 1
-                return PingResult(self.name, dst, key[1], False)
+                return key[1], None, None
             # (an empty list is fine: the packet waits behind an ARP request already out)
             self._send(self.guest.ping(dst, ident=key[0], seq=key[1], payload=payload))
             # Wait, re-sending the ARP request at each retransmit time that falls inside the
@@ -167,12 +177,10 @@ class GuestAgent:
                     sent += 1
                     self._send(self.guest.retry_arp(dst))
             if fut.done():
-                reply = fut.result()
-                return PingResult(self.name, dst, key[1], True,
-                                  (self.clock.now_ns() - start) / 1e9, reply.ttl)
+                return key[1], (self.clock.now_ns() - start) / 1e9, fut.result().ttl
             # Unresolved: the neighbour fails (Linux drops its queue after the last probe), so
             # the next ping to it sends a new ARP request at once.
             self.guest.give_up(dst)
-            return PingResult(self.name, dst, key[1], False)
+            return key[1], None, None
         finally:
             self._waiting.pop(key, None)

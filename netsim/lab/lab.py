@@ -24,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from array import array
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from netsim.clock import Clock, ManualClock, RealClock
 from netsim.dataplane.flowmeter import FlowMeter
@@ -306,27 +307,179 @@ def _build_host(fab: Fabric, h: HostSpec) -> BuiltHost:
     return out
 
 
-@dataclass(frozen=True)
-class Reachability:
-    """Who reaches whom: `matrix[src][dst]` is True when a ping from src to dst was answered."""
+class _Row(Mapping[str, bool]):
+    """One source's row of a `Reachability` matrix: destination name -> answered."""
 
-    vms: tuple[str, ...]
-    matrix: dict[str, dict[str, bool]]
-    results: tuple[PingResult, ...]
+    __slots__ = ("_i", "_r")
+
+    def __init__(self, r: Reachability, i: int) -> None:
+        self._r = r
+        self._i = i
+
+    def __getitem__(self, dst: str) -> bool:
+        r = self._r
+        j = r._index.get(dst)
+        if j is None or j == self._i:
+            raise KeyError(dst)
+        return bool(r._ok[self._i * len(r.vms) + j])
+
+    def __iter__(self) -> Iterator[str]:
+        return (d for j, d in enumerate(self._r.vms) if j != self._i)
+
+    def __len__(self) -> int:
+        return max(0, len(self._r.vms) - 1)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+class _Matrix(Mapping[str, Mapping[str, bool]]):
+    """`matrix[src][dst]`, read from the answered bitmap (no dict of dicts is kept)."""
+
+    __slots__ = ("_r",)
+
+    def __init__(self, r: Reachability) -> None:
+        self._r = r
+
+    def __getitem__(self, src: str) -> Mapping[str, bool]:
+        i = self._r._index.get(src)
+        if i is None:
+            raise KeyError(src)
+        return _Row(self._r, i)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._r.vms)
+
+    def __len__(self) -> int:
+        return len(self._r.vms)
+
+    def __repr__(self) -> str:
+        return repr({s: dict(row) for s, row in self.items()})
+
+
+class _Results(Sequence[PingResult]):
+    """Every ping's `PingResult`, source by source, destinations in lab order; each made
+    when it is read."""
+
+    __slots__ = ("_r",)
+
+    def __init__(self, r: Reachability) -> None:
+        self._r = r
+
+    def __len__(self) -> int:
+        return self._r.pairs
+
+    @overload
+    def __getitem__(self, k: int) -> PingResult: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> tuple[PingResult, ...]: ...
+
+    def __getitem__(self, k: int | slice) -> PingResult | tuple[PingResult, ...]:
+        if isinstance(k, slice):
+            return tuple(self[i] for i in range(*k.indices(len(self))))
+        total = len(self)
+        if k < 0:
+            k += total
+        if not 0 <= k < total:
+            raise IndexError("pingall result index out of range")
+        m = len(self._r.vms) - 1
+        i, j = divmod(k, m)
+        return self._r._result(i, j + (j >= i))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} ping results>"
+
+
+class Reachability:
+    """Who reaches whom: `matrix[src][dst]` is True when a ping from src to dst was answered.
+
+    Kept compact, whatever the lab's size: one byte per (src, dst) pair for the answer, and
+    arrays of the target address, ICMP sequence number, round-trip time and TTL; `result(src,
+    dst)` and `results` make `PingResult`s only when read (a 1,000-VM pingall has 999,000).
+    """
+
+    def __init__(self, vms: Sequence[str]) -> None:
+        self.vms: tuple[str, ...] = tuple(vms)
+        n = len(self.vms)
+        self._index = {v: i for i, v in enumerate(self.vms)}
+        self._ok = bytearray(n * n)
+        self._dst = array("I", bytes(4 * n * n))
+        self._seq = array("H", bytes(2 * n * n))
+        self._rtt = array("d", bytes(8 * n * n))
+        self._ttl = bytearray(n * n)
+        self.matrix: Mapping[str, Mapping[str, bool]] = _Matrix(self)
+
+    def record(self, src: int, dst: int, target: int, seq: int, rtt_s: float | None,
+               ttl: int | None) -> None:
+        """Store one ping's fate: `src`/`dst` index `vms`; `rtt_s` None when unanswered."""
+        k = src * len(self.vms) + dst
+        self._dst[k] = target
+        self._seq[k] = seq
+        if rtt_s is not None:
+            self._ok[k] = 1
+            self._rtt[k] = rtt_s
+            self._ttl[k] = ttl or 0
 
     def reachable(self, src: str, dst: str) -> bool:
         """True if `src` got an answer from `dst`."""
         return self.matrix[src][dst]
 
+    def result(self, src: str, dst: str) -> PingResult:
+        """The ping from `src` to `dst`, as a `PingResult`."""
+        i, j = self._index[src], self._index[dst]
+        if i == j:
+            raise KeyError(f"{src} does not ping itself")
+        return self._result(i, j)
+
+    def _result(self, i: int, j: int) -> PingResult:
+        k = i * len(self.vms) + j
+        dst = ipaddress.IPv4Address(self._dst[k])
+        if self._ok[k]:
+            return PingResult(self.vms[i], dst, self._seq[k], True, self._rtt[k],
+                              self._ttl[k])
+        return PingResult(self.vms[i], dst, self._seq[k], False)
+
+    @property
+    def results(self) -> Sequence[PingResult]:
+        """Every ping's result, source by source, destinations in lab order."""
+        return _Results(self)
+
+    def answered_row(self, src: str) -> bytes:
+        """`src`'s answers as bytes, one per VM in `vms` order (1 answered; its own is 0)."""
+        n = len(self.vms)
+        i = self._index[src]
+        return bytes(self._ok[i * n:(i + 1) * n])
+
     @property
     def pairs(self) -> int:
         """How many (src, dst) pairs were tried."""
-        return sum(len(row) for row in self.matrix.values())
+        n = len(self.vms)
+        return n * (n - 1)
 
     @property
     def answered(self) -> int:
         """How many pairs answered."""
-        return sum(v for row in self.matrix.values() for v in row.values())
+        return self._ok.count(1)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Reachability):
+            return NotImplemented
+        return (self.vms == other.vms and self._ok == other._ok and self._dst == other._dst
+                and self._seq == other._seq and self._rtt == other._rtt
+                and self._ttl == other._ttl)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Reachability {self.answered}/{self.pairs} answered among {len(self.vms)} VMs>"
 
 
 class Lab:
@@ -557,31 +710,34 @@ class Lab:
         limits = {n: asyncio.Semaphore(per_vm) for n in names}
         n = len(names)
         total = n * (n - 1)
-        replies: dict[tuple[str, str], PingResult] = {}
+        reach = Reachability(names)
+        record = reach.record
 
-        def pairs() -> Iterator[tuple[str, str]]:
+        def pairs() -> Iterator[tuple[int, int]]:
             for k in range(1, n):
-                for i, src in enumerate(names):
-                    yield src, names[(i + k) % n]
+                for i in range(n):
+                    yield i, (i + k) % n
 
         todo = pairs()
         # a VM with one address is pinged there from everywhere: look it up once
         single = {d: a[0] for d in names
                   if len(a := self.agents[d].guest.addresses()) == 1}
+        agents = [self.agents[v] for v in names]
+        sems = [limits[v] for v in names]
 
         async def worker() -> None:
-            for src, dst in todo:
+            for i, j in todo:
+                src, dst = names[i], names[j]
                 target = single.get(dst) or self.address_of(dst, toward=src)
-                async with limits[src]:
-                    replies[src, dst] = await self.agents[src].ping(target, wait_s=wait_s)
+                async with sems[i]:
+                    seq, rtt, ttl = await agents[i].ping_fields(target, wait_s=wait_s)
+                record(i, j, int(target), seq, rtt, ttl)
                 if progress is not None:
                     progress(1)
 
         workers = min(self.ping_budget(), total)
         await self.drive(asyncio.gather(*(worker() for _ in range(workers))))
-        matrix = {s: {d: replies[s, d].replied for d in names if d != s} for s in names}
-        results = tuple(replies[s, d] for s in names for d in names if d != s)
-        return Reachability(tuple(names), matrix, results)
+        return reach
 
     def set_link(self, name: str, up: bool) -> None:
         """Bring a PIF (`esx1/vmnic0`) or any port up or down; a switch with NIC teaming fails
