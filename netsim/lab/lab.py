@@ -410,10 +410,11 @@ class Reachability:
         self.vms: tuple[str, ...] = tuple(vms)
         n = len(self.vms)
         self._index = {v: i for i, v in enumerate(self.vms)}
+        # 16 bytes a pair: 1, 4, 2, 8 and 1
         self._ok = bytearray(n * n)
-        self._dst = array("I", bytes(4 * n * n))
-        self._seq = array("H", bytes(2 * n * n))
-        self._rtt = array("d", bytes(8 * n * n))
+        self._dst = array("I", [0]) * (n * n)
+        self._seq = array("H", [0]) * (n * n)
+        self._rtt = array("d", [0.0]) * (n * n)
         self._ttl = bytearray(n * n)
         self.matrix: Mapping[str, Mapping[str, bool]] = _Matrix(self)
 
