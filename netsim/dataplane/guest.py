@@ -119,6 +119,9 @@ class Guest:
         self._counters: Counter[str] = Counter()
         self._arp_not_for_me = 0  # a plain int: it counts the most frequent frame of all
         self._ident = 0
+        #: True while the guest's reader is handing it frames taken off its port's queue
+        #: (a switch then queues for it rather than deciding for it: `VmPort.set_reader`)
+        self.reading = False
 
     @property
     def counters(self) -> Counter[str]:
@@ -127,6 +130,10 @@ class Guest:
             self._counters["rx-arp-not-for-me"] += self._arp_not_for_me
             self._arp_not_for_me = 0
         return self._counters
+
+    def iface_state(self, ifindex: int) -> _IfState | None:
+        """Interface `ifindex`'s MAC, IPv4 address (4 bytes) and tag; None if there is none."""
+        return self._if[ifindex] if 0 <= ifindex < len(self._if) else None
 
     # ------------------------------------------------------------------------- addressing
     def addresses(self) -> list[ipaddress.IPv4Address]:

@@ -522,6 +522,21 @@ class VmPort(Port):
         if m[0] & 1:
             raise ConfigError(f"{name}: MAC {mac_to_str(m)} is a multicast address")
         self.vnic = VNic(self, m)
+        #: the `Guest` reading this port's queue, and its IPv4 address on this vNIC, when it
+        #: reads it untagged (`set_reader`): lets a switch decide someone else's broadcast ARP
+        #: request for the guest when nothing is queued ahead of it (see `Bridge._forward`)
+        self.rx_guest: Any = None
+        self.rx_ip: bytes | None = None
+        self.rx_if = 0
+
+    def set_reader(self, guest: Any, ifindex: int = 0) -> None:
+        """`guest` (a `netsim.dataplane.guest.Guest`) reads this port's frames on its
+        interface `ifindex`; None: nobody does (the frames just queue)."""
+        st = guest.iface_state(ifindex) if guest is not None else None
+        if st is None or st.vlan is not None or st.ip is None:
+            self.rx_guest = None  # VGT guests and guests without an address: frame by frame
+            return
+        self.rx_guest, self.rx_ip, self.rx_if = guest, st.ip, ifindex
 
     @property
     def mac(self) -> bytes:

@@ -84,6 +84,8 @@ _ACCESS, _TRUNK = 0, 1
 #: Slow Protocols (LACP, Marker, OAM) group address: consumed by the link, never forwarded
 _SLOW_PROTOCOLS = bytes.fromhex("0180c2000002")
 _TAGS: dict[int, bytes] = {}  # (pcp | 802.1ad bit) << 13 | VID -> the 4 tag bytes, built once
+#: EtherType ARP and an Ethernet/IPv4 ARP request's fixed header: bytes 12..21 of an untagged one
+_ARP_REQUEST_HDR = b"\x08\x06\x00\x01\x08\x00\x06\x04\x00\x01"
 
 
 
@@ -1341,6 +1343,16 @@ class StandardSwitch(Bridge):
             # once per VM per ARP request.
             n = len(inner)
             untag_any = not (vid or pcp & 7)
+            # Someone's ARP request (untagged toward the guest): for a guest that reads its
+            # port and has nothing queued ahead of this frame, the guest's answer is decided
+            # here, as Guest.receive would: not for it and the sender unknown, it counts the
+            # frame; the sender known at the same MAC, nothing changes (Linux arp_process
+            # refreshes an existing neighbour entry: here, the same entry). Anything else —
+            # a request for it, a new MAC for a known sender, frames queued ahead — is queued.
+            if n >= 42 and inner[12:22] == _ARP_REQUEST_HDR:
+                spa, sha, tpa = inner[28:32], inner[22:28], inner[38:42]
+            else:
+                tpa = None
             for p in targets:
                 if (p.tx_plain and p.sw_pvlan_rx is None and (
                         untag_any or (vid == p.sw_untagged_vid
@@ -1348,6 +1360,18 @@ class StandardSwitch(Bridge):
                         and (p.sw_mac_changes_ok or p.vnic.effective_mac == p.vnic.mac)):
                     q = p.queue
                     items = q.items
+                    g = p.rx_guest
+                    if (tpa is not None and g is not None and not items and not g.reading
+                            and tpa != p.rx_ip):
+                        known = g.arp.get(spa)
+                        if known is None:
+                            g._arp_not_for_me += 1
+                        if known is None or (known == sha
+                                             and (p.rx_if, spa) not in g._pending):
+                            c = p.counters
+                            c.tx_frames += 1
+                            c.tx_bytes += n
+                            continue
                     if len(items) < q.maxlen:
                         items.append(inner)
                         if q._waiter is not None:

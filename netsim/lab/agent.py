@@ -63,10 +63,15 @@ class GuestAgent:
 
     def deliver(self, ifindex: int, frame: bytes) -> None:
         """A frame arrived on vNIC `ifindex`: let the stack answer, and settle waiting pings."""
-        txs = self.guest.receive(ifindex, frame)
-        if txs:
-            self._send(txs)
-        if self.guest.inbox:
+        guest = self.guest
+        guest.reading = True
+        try:
+            txs = guest.receive(ifindex, frame)
+            if txs:
+                self._send(txs)
+        finally:
+            guest.reading = False
+        if guest.inbox:
             self._settle()
 
     def deliver_batch(self, ifindex: int, frames: Sequence[bytes]) -> None:
@@ -75,12 +80,16 @@ class GuestAgent:
         receive = self.guest.receive_batch
         inbox = self.guest.inbox
         start = 0
-        while start < len(frames):
-            txs, start = receive(ifindex, frames, start)
-            if txs:
-                self._send(txs)
-            if inbox:
-                self._settle()
+        self.guest.reading = True  # frames taken off the queue wait here: see VmPort.set_reader
+        try:
+            while start < len(frames):
+                txs, start = receive(ifindex, frames, start)
+                if txs:
+                    self._send(txs)
+                if inbox:
+                    self._settle()
+        finally:
+            self.guest.reading = False
 
     def _settle(self) -> None:
         """Hand what the stack received to the pings waiting for it (the rest to `received`)."""

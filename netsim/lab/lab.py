@@ -524,6 +524,7 @@ class Lab:
         for name, agent in self.agents.items():
             for i, p in enumerate(self.fabric[name].ports):
                 self.fabric.on_receive_batch(p.vnic, _deliverer(agent, i))
+                p.set_reader(agent.guest, i)
         att = self.attachments
         if att is not None:
             await asyncio.to_thread(att.setup)
@@ -541,6 +542,9 @@ class Lab:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        for name in self.agents:  # nobody reads the guests' ports any more: frames queue
+            for p in self.fabric[name].ports:
+                p.set_reader(None)
         try:
             await self._detach_disks()
         finally:
