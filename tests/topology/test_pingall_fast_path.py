@@ -136,3 +136,74 @@ def test_receive_batch_is_receive_frame_by_frame() -> None:
         assert one.arp == many.arp and list(one.inbox) == list(many.inbox)
         # it stops where there is something to send or to read, not after every frame
         assert stops < len(frames) / 2
+
+
+def _arp(op: int, smac: bytes, sha: bytes, spa: bytes, dmac: bytes, tha: bytes,
+         tpa: bytes) -> bytes:
+    return (dmac + smac + b"\x08\x06\x00\x01\x08\x00\x06\x04\x00" + bytes([op]) + sha + spa
+            + tha + tpa)
+
+
+def _switch_with_guest(reader: bool) -> tuple[Any, Any, list[Any]]:
+    from netsim.clock import ManualClock
+    from netsim.dataplane.port import Vif
+    from netsim.dataplane.switch import PortGroup, StandardSwitch
+    from netsim.lab.agent import GuestAgent
+
+    clock = ManualClock()
+    sw = StandardSwitch("vs", clock=clock)
+    sw.add_port_group(PortGroup("pg", vlan=0))
+    me = sw.attach(Vif(1, 0, mac="00:16:3e:00:00:01"), "pg")
+    peers = [sw.attach(Vif(2 + k, 0, mac=f"00:16:3e:00:01:{k:02x}"), "pg") for k in range(5)]
+    guest = Guest("g", [Iface("00:16:3e:00:00:01", ipaddress.IPv4Interface("10.0.0.1/24"))])
+    agent = GuestAgent(guest, [me.vnic.send], clock)
+    if reader:
+        me.set_reader(guest, 0)
+    return agent, me, peers
+
+
+def test_a_flood_decided_at_the_switch_is_the_guest_reading_it() -> None:
+    # The same random stream of ARP requests (for the guest or not, from senders it knows or
+    # not, sometimes with a new MAC for a known sender), ARP replies teaching it senders, its
+    # own pings, and reads of its queue at random moments: a switch that decides floods for
+    # the guest (when nothing is queued ahead) leaves the guest and every port exactly as one
+    # that queues every frame for the guest to read.
+    me_mac, bcast = bytes.fromhex("00163e000001"), b"\xff" * 6
+    decided = 0
+    for seed in range(20):
+        rng = random.Random(seed)
+        runs = [_switch_with_guest(reader) for reader in (True, False)]
+        for _ in range(300):
+            k = rng.randrange(5)
+            op = rng.randrange(10)
+            smac = bytes.fromhex(f"00163e0001{k:02x}")
+            sha = smac if rng.random() < 0.8 else bytes.fromhex(f"02000000{seed:02x}{k:02x}")
+            spa = bytes([10, 0, 0, 10 + k])
+            tpa = bytes([10, 0, 0, 1 if rng.random() < 0.2 else 20 + rng.randrange(5)])
+            dst = ipaddress.IPv4Address(f"10.0.0.{10 + rng.randrange(6)}")
+            seq = rng.randrange(9)
+            for agent, me, peers in runs:
+                before = me.counters.tx_frames - len(me.queue)
+                if op < 6:
+                    peers[k].vnic.send(_arp(1, smac, sha, spa, bcast, b"\0" * 6, tpa))
+                elif op == 6:
+                    peers[k].vnic.send(_arp(2, smac, sha, spa, me_mac, me_mac,
+                                            bytes([10, 0, 0, 1])))
+                elif op == 7:
+                    agent._send(agent.guest.ping(dst, seq=seq))
+                elif op == 8:
+                    agent.guest.give_up(dst)
+                else:
+                    agent.deliver_batch(0, me.vnic.drain())
+                if agent is runs[0][0] and op < 6:
+                    decided += me.counters.tx_frames - len(me.queue) - before
+        for agent, me, _ in runs:
+            agent.deliver_batch(0, me.vnic.drain())
+        (fast, fme, fpeers), (exact, eme, epeers) = runs
+        assert fast.guest.counters == exact.guest.counters
+        assert fast.guest.arp == exact.guest.arp
+        assert fast.guest._pending.keys() == exact.guest._pending.keys()
+        assert [p.counters.as_dict() for p in (fme, *fpeers)] == \
+            [p.counters.as_dict() for p in (eme, *epeers)]
+        assert [p.vnic.drain() for p in fpeers] == [p.vnic.drain() for p in epeers]
+    assert decided > 20 * 20  # the switch decided many (of ~180 requests a seed)
