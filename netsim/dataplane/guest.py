@@ -32,6 +32,7 @@ BROADCAST = b"\xff" * 6
 PENDING_PER_HOP = 16  # packets queued per unresolved next hop; older ones are dropped (counted)
 
 Tx = tuple[int, bytes]  # (interface index, frame)
+_Hop = tuple[int, ipaddress.IPv4Address]  # (interface index, next hop)
 #: EtherType ARP, then an ARP request's fixed header for Ethernet/IPv4 (htype 1, ptype 0x0800,
 #: hlen 6, plen 4, op 1): bytes 12..21 of an untagged ARP request.
 _ARP_REQUEST_HDR = b"\x08\x06\x00\x01\x08\x00\x06\x04\x00\x01"
@@ -122,6 +123,8 @@ class Guest:
         #: True while the guest's reader is handing it frames taken off its port's queue
         #: (a switch then queues for it rather than deciding for it: `VmPort.set_reader`)
         self.reading = False
+        # route() answers by destination (interfaces, routes and gateway are fixed at creation)
+        self._route_cache: dict[ipaddress.IPv4Address, _Hop | None] = {}
 
     @property
     def counters(self) -> Counter[str]:
@@ -143,6 +146,15 @@ class Guest:
     def route(self, dst: ipaddress.IPv4Address) -> tuple[int, ipaddress.IPv4Address] | None:
         """(interface, next hop) toward `dst`: connected networks, static routes (longest prefix
         first), then the default gateway; None when there is no route."""
+        cache = self._route_cache
+        if dst in cache:
+            return cache[dst]
+        if len(cache) >= 4096:  # bounded whatever a guest is asked to reach
+            cache.clear()
+        hop = cache[dst] = self._lookup_route(dst)
+        return hop
+
+    def _lookup_route(self, dst: ipaddress.IPv4Address) -> _Hop | None:
         best: tuple[int, int, ipaddress.IPv4Address] | None = None  # (prefix, if, next hop)
         for idx, i in enumerate(self.ifaces):
             if i.ip is not None and dst in i.ip.network and (

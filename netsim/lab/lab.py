@@ -635,13 +635,14 @@ class Lab:
     async def settle(self, *, rounds: int = 5, limit: int = 1_000_000) -> None:
         """Yield to the loop until no port holds a queued frame for `rounds` passes in a row
         (every frame in flight, guests' answers included, has arrived)."""
-        queues = [p.queue for p in self.fabric.ports()
-                  if p.link is not None or isinstance(p, VmPort)]  # the queues someone drains
+        # the queues someone drains, as their deques: one C-level pass a round
+        queues = [p.queue.items for p in self.fabric.ports()
+                  if p.link is not None or isinstance(p, VmPort)]
         quiet = 0
         for _ in range(limit):
             await asyncio.sleep(0)
             self.fabric.check()
-            if any(len(q) for q in queues):
+            if any(map(len, queues)):
                 quiet = 0
             else:
                 quiet += 1
