@@ -689,4 +689,11 @@ class VlanPif(Pif):
 
     def receive(self, frame: bytes) -> None:
         """A frame of this VLAN, untagged by the parent, enters this PIF's switch."""
+        sw = self.switch
+        if sw is not None and self.link_up and not self.taps and self.impair_in is None:
+            c = self.counters  # Port.receive -> Port.arrive with nothing in the way, inlined
+            c.rx_frames += 1
+            c.rx_bytes += len(frame)
+            sw.ingress(self, frame)
+            return
         Port.receive(self, frame)

@@ -46,7 +46,14 @@ from typing import Any
 
 from netsim.clock import Clock, RealClock
 from netsim.dataplane.filtering import TrafficRuleset
-from netsim.dataplane.mac_table import DEFAULT_AGING_S, DEFAULT_SIZE, NO_SPACE, MacEntry, MacTable
+from netsim.dataplane.mac_table import (
+    DEFAULT_AGING_S,
+    DEFAULT_SIZE,
+    GARP_LOCK_S,
+    NO_SPACE,
+    MacEntry,
+    MacTable,
+)
 from netsim.dataplane.macflap import MacFlapLog
 from netsim.dataplane.policy import (
     LoadBalancing,
@@ -68,6 +75,7 @@ from netsim.errors import ConfigError
 from netsim.wire.frame import arp_is_gratuitous
 
 _UNSET: Any = object()
+_GARP_LOCK_NS = int(GARP_LOCK_S * 1_000_000_000)  # MacTable.learn's lock after a GARP
 
 # Port roles on a switch.
 ROLE_BRIDGE = 0  # a port of a physical 802.1Q bridge
@@ -490,9 +498,11 @@ class Bridge:
         key = (self._fids.get(vid, vid), src) if self._fids else (vid, src)
         e = self._mac_get(key)
         arp = inner[12] == 0x08 and inner[13] == 0x06
-        if e is not None and e.port is port and not arp:
+        if e is not None and e.port is port:
             e.last_ns = now  # known here already: refresh (MacTable.learn's first branch)
             e.lru.move_to_end(key)
+            if arp and arp_is_gratuitous(inner, 14):
+                e.locked_until_ns = now + _GARP_LOCK_NS
         elif self.mac_table.learn(
             key[0], src, port, now, garp=arp and arp_is_gratuitous(inner, 14),
             limit=port.sw_mac_limit,
