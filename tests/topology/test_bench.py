@@ -35,3 +35,23 @@ def test_quick_bench_has_the_scale_rows_beside_their_baselines() -> None:
     assert b["exact"] and b["measured"]["answered"] == b["measured"]["expected"] > 0
     c = rows["build_teardown_5000"]["measured"]
     assert 0 < c["build_start_stop_s"] and c["rss_mib"] < 1024
+
+
+def test_full_pingall_is_measured_not_projected() -> None:
+    from bench._scale import run_full_pingall
+
+    row = run_full_pingall(quick=True)  # every VM of a 200-VM lab on 4 VLANs pings every other
+    m = row["measured"]
+    assert m["pairs"] == row["pings"] == 200 * 199 and m["sources"] == 200
+    assert row["exact"] and m["answered"] == m["expected"] == 4 * 50 * 49
+    assert 0 < m["pingall_cpu_s"] <= m["cpu_s"] and 0 < m["rss_mib"] < 1024
+
+
+def test_bench_full_on_a_benchmark_without_one_is_one_clear_error() -> None:
+    from typer.testing import CliRunner
+
+    from netsim.cli.app import app
+
+    result = CliRunner().invoke(app, ["bench", "switch", "--full"])
+    assert result.exit_code == 2
+    assert "has no --full run" in result.output and "Traceback" not in result.output
