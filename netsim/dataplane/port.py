@@ -533,8 +533,10 @@ class VmPort(Port):
         """`guest` (a `netsim.dataplane.guest.Guest`) reads this port's frames on its
         interface `ifindex`; None: nobody does (the frames just queue)."""
         st = guest.iface_state(ifindex) if guest is not None else None
-        if st is None or st.vlan is not None or st.ip is None:
-            self.rx_guest = None  # VGT guests and guests without an address: frame by frame
+        if st is None or st.vlan is not None or st.ip is None or len(guest.ifaces) != 1:
+            # VGT guests, guests without an address, and guests with several vNICs (one ARP
+            # cache, several queues read in turn: what is "ahead" spans queues): frame by frame
+            self.rx_guest = None
             return
         self.rx_guest, self.rx_ip, self.rx_if = guest, st.ip, ifindex
 

@@ -207,3 +207,24 @@ def test_a_flood_decided_at_the_switch_is_the_guest_reading_it() -> None:
             [p.counters.as_dict() for p in (eme, *epeers)]
         assert [p.vnic.drain() for p in fpeers] == [p.vnic.drain() for p in epeers]
     assert decided > 20 * 20  # the switch decided many (of ~180 requests a seed)
+
+
+def test_only_a_single_vnic_untagged_guest_has_its_floods_decided_by_the_switch() -> None:
+    from netsim.dataplane.port import Vif
+
+    def guest(*ifaces: Iface) -> Guest:
+        return Guest("g", list(ifaces))
+
+    one = Iface("00:16:3e:00:00:01", ipaddress.IPv4Interface("10.0.0.1/24"))
+    two = Iface("00:16:3e:00:00:02", ipaddress.IPv4Interface("10.0.1.1/24"))
+    port = Vif(1, 0)
+    port.set_reader(guest(one))
+    assert port.rx_guest is not None and port.rx_ip == bytes([10, 0, 0, 1])
+    # a router's vNICs share one ARP cache but have a queue each: what is "ahead" of a frame
+    # spans queues read in turn, so its ports queue every frame
+    for g in (guest(one, two), guest(Iface(one.mac, one.ip, vlan=5)), guest(Iface(one.mac))):
+        port.set_reader(g)
+        assert port.rx_guest is None
+    port.set_reader(guest(one))
+    port.set_reader(None)
+    assert port.rx_guest is None
