@@ -181,7 +181,8 @@ class Guest:
     def ping(self, dst: ipaddress.IPv4Address | str, *, ident: int = 1, seq: int = 1,
              payload: bytes = b"hvsim-ping-payload", ttl: int = 64) -> list[Tx]:
         """Frames that send one ICMP echo request to `dst` (an ARP request first if needed)."""
-        dst = ipaddress.IPv4Address(dst)
+        if not isinstance(dst, ipaddress.IPv4Address):  # (IPv4Address(addr) re-parses str(addr))
+            dst = ipaddress.IPv4Address(dst)
         msg = icmp_message(ICMP_ECHO_REQUEST, 0, struct.pack("!HH", ident, seq), payload)
         return self._send_ip(dst, PROTO_ICMP, msg, ttl=ttl)
 
