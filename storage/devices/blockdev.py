@@ -53,6 +53,11 @@ class DelegatingDisk:
         self._dev = dev
 
     @property
+    def inner(self) -> BlockDevice:
+        """The device this one forwards to."""
+        return self._dev
+
+    @property
     def size(self) -> int:
         """Virtual size in bytes."""
         return self._dev.size

@@ -240,6 +240,26 @@ def _grain_aligned(extents: list[tuple[int, int]], off: int, n: int) -> list[tup
     return out
 
 
+def vhd_under(dev: object) -> VhdImage | None:
+    """The VHD chain under an SR's device wrappers (CBT logging, an LVHD device), if any."""
+    for _ in range(4):
+        if isinstance(dev, VhdImage):
+            return dev
+        dev = getattr(dev, "image", None) or getattr(dev, "inner", None)
+    return None
+
+
+def reads_zero(dev: BlockDevice, offset: int, length: int) -> bool:
+    """True when no image of `dev`'s VHD chain holds a sector of the range (it reads zeros
+    without being read); False when unknown (not a VHD, or some sector is allocated).
+
+    Asked of the live block map on every call, never remembered: a write in between (ours,
+    or a block allocated by an earlier chunk) shows at once. Saves reading back and comparing
+    4 MiB of zeros per chunk of an import into a new VDI (~0.25 s per GiB)."""
+    img = vhd_under(dev)
+    return img is not None and all(io is None for _, io, _ in img.map(offset, length))
+
+
 def _write_data(dst: BlockDevice, off: int, n: int, pieces: list[tuple[int, bytes]]) -> int:
     """Write the chunk of `n` bytes at `off` whose data is `pieces` ((start in the chunk,
     bytes); zeros elsewhere): its non-zero grains, and zeros only over what is not zero."""
@@ -247,7 +267,7 @@ def _write_data(dst: BlockDevice, off: int, n: int, pieces: list[tuple[int, byte
     for a, data in pieces:
         mv = memoryview(data)
         runs += [(a + s, a + e, mv[s:e]) for s, e in data_runs(data)]
-    if sum(e - s for s, e, _ in runs) < n:
+    if sum(e - s for s, e, _ in runs) < n and not reads_zero(dst, off, n):
         old = dst.read(off, n)
         if not _ZEROS.startswith(old):          # zeros must replace what is there
             zero = memoryview(_ZEROS)
@@ -409,7 +429,11 @@ def vdi_export(sr: SR, uuid: str, out_path: str | os.PathLike[str], *, fmt_name:
 def vdi_import(sr: SR, uuid: str, in_path: str | os.PathLike[str], *, fmt_name: str = "raw",
                progress: Progress | None = None) -> int:
     """`xe vdi-import`: the VDI's content becomes the file's (the rest of the VDI reads zeros).
-    Returns the bytes written."""
+    Returns the bytes written.
+
+    The data is written, not fsynced, as `qemu-img convert` leaves it (the kernel writes it
+    back; `sync` makes it durable at once), unless the SR is in sync mode (`sr.sync`: every
+    VHD allocation step is fsynced, and so is the end of the import)."""
     vdi = _data_vdi(sr, uuid)
     _not_busy(sr, vdi, "importing into it")
     src = FileDevice(in_path, fmt_name)
@@ -419,6 +443,9 @@ def vdi_import(sr: SR, uuid: str, in_path: str | os.PathLike[str], *, fmt_name: 
                           f"({vdi.virtual_size} bytes); resize it first with `hvsim vdi resize`")
         dev = sr.vdi_open(vdi.uuid)
         try:
+            img = vhd_under(dev)
+            if not sr.sync and img is not None and isinstance(img.io, chain.VhdFileIO):
+                img.io.durable = False      # as qemu-img convert: no fsync of the data
             written = copy_content(src, dev, progress=progress)
             tail = dev.size - src.size
             if tail > 0:
