@@ -112,6 +112,35 @@ def test_export_without_fallocate_writes_the_same_file_and_stops_asking(
     assert len(calls) == 1                  # one refusal turns preallocation off for the copy
 
 
+def test_export_where_splice_cannot_write_the_output_copies_by_hand(
+        half: tuple[Path, bytes, list[tuple[int, int]]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first range's bytes are already in the pipe when the output refuses them: they
+    must be written from the file, not lost, and the pipe not reused with them inside."""
+    src, want, held = half
+    real, refused = os.splice, []
+
+    def splice(fd_in: int, fd_out: int, count: int, offset_src: int | None = None,
+               offset_dst: int | None = None, flags: int = 0) -> int:
+        if offset_dst is not None:
+            refused.append(offset_dst)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd_in, fd_out, count, offset_src=offset_src, flags=flags)
+
+    monkeypatch.setattr(os, "splice", splice)
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(2):                      # a second export into the same file system too
+        out = tmp_path / "out.raw"
+        img = chain.open_chain(src)
+        try:
+            chain.export(img, out)
+        finally:
+            img.close()
+        assert out.read_bytes() == want and data_extents(out) == held
+    assert len(refused) == 2                # once per open image, then by hand throughout
+    assert len(os.listdir("/proc/self/fd")) == fds     # the pipes were closed
+
+
 def test_export_to_another_file_system_and_onto_a_full_one(
         half: tuple[Path, bytes, list[tuple[int, int]]], tmp_path: Path) -> None:
     src, want, held = half
