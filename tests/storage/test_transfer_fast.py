@@ -305,3 +305,21 @@ def test_an_extending_block_write_is_preallocated_and_never_grows_the_file_furth
         assert p.stat().st_blocks * 512 <= p.stat().st_size + 4096
     finally:
         img.close()
+
+
+def test_export_process_loads_no_json_pathlib_or_import_hook(
+        half: tuple[Path, bytes, list[tuple[int, int]]], tmp_path: Path) -> None:
+    """Start-up is part of what a user waits for (a 1 GiB export copies in ~0.15 s): the
+    editable install is a plain path (pyproject's package-dir), not setuptools' import hook,
+    and the export path imports json and pathlib only where it uses them."""
+    src, want, _ = half
+    out = tmp_path / "o.raw"
+    probe = ("import sys\nfrom netsim.cli import main\nsys.argv = ['hvsim', 'vhd', 'export', "
+             f"{str(src)!r}, {str(out)!r}]\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('json', 'pathlib') if m in sys.modules),\n"
+             "      [type(f).__name__ for f in sys.meta_path if 'ditable' in repr(f)])")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=300)
+    assert r.stderr == ""
+    assert r.stdout.splitlines()[-1] == "[] []"
+    assert out.read_bytes() == want
