@@ -94,13 +94,14 @@ class VhdFileIO(FileIO):
             src, dst, left = data, out_offset + (data - offset), hole - data
             if self.prealloc_out and not preallocate(out_fd, dst, left):
                 self.prealloc_out = False
-            if self._no_splice_dev == os.fstat(out_fd).st_dev:
+            if self._no_splice_src or self._no_splice_dev == os.fstat(out_fd).st_dev:
                 self._copy_by_hand(src, out_fd, dst, left)
             else:
                 self._splice(src, out_fd, dst, left)
             pos = hole
 
     _no_splice_dev: int | None = None       # st_dev of a file system splice cannot write
+    _no_splice_src = False
     _pipe: tuple[int, int, int] | None = None   # (read end, write end, capacity)
 
     def _splice(self, src: int, out_fd: int, dst: int, left: int) -> None:
@@ -115,7 +116,15 @@ class VhdFileIO(FileIO):
         r, w, cap = self._pipe
         try:
             while left > 0:
-                k = os.splice(self._fd, w, min(left, cap), offset_src=src)
+                try:
+                    k = os.splice(self._fd, w, min(left, cap), offset_src=src)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                        raise
+                    self._no_splice_src = True      # this file cannot be spliced from
+                    self._close_pipe()
+                    self._copy_by_hand(src, out_fd, dst, left)
+                    return
                 if k <= 0:
                     raise StorageError(f"{self.name}: unexpected end of file at {src}")
                 moved = 0

@@ -112,20 +112,22 @@ def test_export_without_fallocate_writes_the_same_file_and_stops_asking(
     assert len(calls) == 1                  # one refusal turns preallocation off for the copy
 
 
-def test_export_where_splice_cannot_write_the_output_copies_by_hand(
+@pytest.mark.parametrize("side", ["output", "input"])
+def test_export_where_splice_cannot_move_the_data_copies_by_hand(
         half: tuple[Path, bytes, list[tuple[int, int]]], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first range's bytes are already in the pipe when the output refuses them: they
+        monkeypatch: pytest.MonkeyPatch, side: str) -> None:
+    """When the output refuses them, the first range's bytes are already in the pipe: they
     must be written from the file, not lost, and the pipe not reused with them inside."""
     src, want, held = half
     real, refused = os.splice, []
 
     def splice(fd_in: int, fd_out: int, count: int, offset_src: int | None = None,
                offset_dst: int | None = None, flags: int = 0) -> int:
-        if offset_dst is not None:
-            refused.append(offset_dst)
+        if (offset_dst if side == "output" else offset_src) is not None:
+            refused.append(count)
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real(fd_in, fd_out, count, offset_src=offset_src, flags=flags)
+        return real(fd_in, fd_out, count, offset_src=offset_src, offset_dst=offset_dst,
+                    flags=flags)
 
     monkeypatch.setattr(os, "splice", splice)
     fds = len(os.listdir("/proc/self/fd"))
