@@ -102,16 +102,27 @@ class VhdFileIO(FileIO):
 
     _no_splice_dev: int | None = None       # st_dev of a file system splice cannot write
     _no_splice_src = False
+    _no_big_pipe = False
     _pipe: tuple[int, int, int] | None = None   # (read end, write end, capacity)
 
     def _splice(self, src: int, out_fd: int, dst: int, left: int) -> None:
         """Move `left` bytes from `src` to `dst` of `out_fd` through the pipe."""
         if self._pipe is None:
+            if self._no_big_pipe:
+                self._kernel_copy(src, out_fd, dst, left)
+                return
             r, w = os.pipe2(os.O_CLOEXEC)
             try:
                 cap = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, SPLICE_PIPE)
-            except OSError:              # EPERM: above /proc/sys/fs/pipe-max-size
-                cap = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+            except OSError:
+                # EPERM: above /proc/sys/fs/pipe-max-size, or the user's pipes are over
+                # pipe-user-pages-soft (then new pipes get 8 KiB: a Python loop per 8 KiB
+                # would be slower than the kernel's copy loop)
+                os.close(r)
+                os.close(w)
+                self._no_big_pipe = True
+                self._kernel_copy(src, out_fd, dst, left)
+                return
             self._pipe = (r, w, cap)
         r, w, cap = self._pipe
         try:
@@ -143,6 +154,21 @@ class VhdFileIO(FileIO):
         except BaseException:
             self._close_pipe()           # never leave bytes in it for the next copy
             raise
+
+    def _kernel_copy(self, src: int, out_fd: int, dst: int, left: int) -> None:
+        """copy_file_range `left` bytes (pread/pwrite where it cannot: another file system
+        on kernels >= 5.19, or a file system without it)."""
+        while left > 0:
+            try:
+                n = os.copy_file_range(self._fd, out_fd, left, src, dst)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                self._copy_by_hand(src, out_fd, dst, left)
+                return
+            if n <= 0:
+                raise StorageError(f"{self.name}: unexpected end of file at {src}")
+            src, dst, left = src + n, dst + n, left - n
 
     def _close_pipe(self) -> None:
         if self._pipe is not None:

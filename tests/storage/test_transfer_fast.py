@@ -143,6 +143,43 @@ def test_export_where_splice_cannot_move_the_data_copies_by_hand(
     assert len(os.listdir("/proc/self/fd")) == fds     # the pipes were closed
 
 
+def test_export_without_a_big_pipe_lets_the_kernel_copy(
+        half: tuple[Path, bytes, list[tuple[int, int]]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over pipe-user-pages-soft (root without CAP_SYS_RESOURCE shares it with every root
+    process) a pipe cannot grow: the copy is then copy_file_range, not 8 KiB splices."""
+    import fcntl
+
+    src, want, held = half
+    real_fcntl, real_cfr = fcntl.fcntl, os.copy_file_range
+    copied: list[int] = []
+
+    def no_big_pipes(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETPIPE_SZ:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return real_fcntl(fd, cmd, arg)
+
+    def cfr(fd_in: int, fd_out: int, count: int, offset_src: int | None = None,
+            offset_dst: int | None = None) -> int:
+        n = real_cfr(fd_in, fd_out, count, offset_src, offset_dst)
+        copied.append(n)
+        return n
+
+    monkeypatch.setattr(fcntl, "fcntl", no_big_pipes)
+    monkeypatch.setattr(os, "copy_file_range", cfr)
+    monkeypatch.setattr(os, "splice", None)         # must not be called
+    fds = len(os.listdir("/proc/self/fd"))
+    out = tmp_path / "out.raw"
+    img = chain.open_chain(src)
+    try:
+        chain.export(img, out)
+    finally:
+        img.close()
+    assert out.read_bytes() == want and data_extents(out) == held
+    assert sum(copied) == sum(e - s for s, e in held)
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 def test_export_to_another_file_system_and_onto_a_full_one(
         half: tuple[Path, bytes, list[tuple[int, int]]], tmp_path: Path) -> None:
     src, want, held = half
