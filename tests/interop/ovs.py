@@ -20,6 +20,14 @@ from types import TracebackType
 PROBE = Path(__file__).with_name("ovs_probe.py")
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` is alive (a zombie, waiting for its reaper, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class OvsBridge:
     """A bridge `br0` whose ports are configured with `ovs-vsctl set port` arguments."""
 
@@ -66,7 +74,8 @@ class OvsBridge:
             self.version = self.vsctl("get", "open_vswitch", ".", "ovs_version").strip('"')
             if self.version in ("", "[]"):
                 self.version = self._ns("ovs-vswitchd", "--version").stdout.split()[-1]
-            time.sleep(0.5)  # let vswitchd open every port before the first frame
+            for name in self.ports:  # vswitchd has opened every port before the first frame
+                self.vsctl("wait-until", "Interface", f"o{name}", "link_state=up")
         except BaseException:
             self.close()
             raise
@@ -82,14 +91,20 @@ class OvsBridge:
 
     def close(self) -> None:
         """Stop the daemons we started (by their pid files) and delete the namespace."""
+        pids = []
         for pidfile in ("vswitchd.pid", "ovsdb.pid"):
             p = self.tmp / pidfile
             if p.exists():
                 try:
-                    os.kill(int(p.read_text().strip()), signal.SIGTERM)
+                    pid = int(p.read_text().strip())
+                    os.kill(pid, signal.SIGTERM)
+                    pids.append(pid)
                 except (ProcessLookupError, ValueError):
                     pass
-        time.sleep(0.2)
+        deadline = time.monotonic() + 20  # they have left before their namespace goes
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if _running(pid)]
+            time.sleep(0.02)
         subprocess.run(["ip", "netns", "delete", self.ns], check=False, capture_output=True)
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,

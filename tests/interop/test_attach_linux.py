@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import inspect
 import json
 import os
 import signal
@@ -87,6 +88,36 @@ async def ping(lab: str, vm: str, dst: str, count: int = 3) -> bool:
     return r.returncode == 0
 
 
+async def iperf3_server(lab: str, vm: str, port: int) -> asyncio.subprocess.Process:
+    """`iperf3 -s -1` in `vm`'s namespace, returned once its socket listens (a fixed sleep
+    raced the server's start on a loaded machine)."""
+    server = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", attach.netns_name(lab, vm), "iperf3", "-s", "-1", "-p",
+        str(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async def listening() -> bool:
+            r = await asyncio.to_thread(in_ns, lab, vm, "ss", "-Hltn", f"sport = :{port}")
+            return bool(r.stdout.strip()) or server.returncode is not None
+
+        await until(listening, f"iperf3 listening on {vm}:{port}")
+        assert server.returncode is None, f"iperf3 -s in {vm} exited {server.returncode}"
+    except BaseException:
+        if server.returncode is None:
+            server.kill()
+        await server.wait()
+        raise
+    return server
+
+
+async def until(cond, what: str, within_s: float = 30) -> None:  # type: ignore[no-untyped-def]
+    """Poll `cond` (a function, or a coroutine function) until it holds; fail after
+    `within_s` naming `what`. The deadline is generous: it only bounds a hang."""
+    deadline = time.monotonic() + within_s
+    while not (await ok if inspect.isawaitable(ok := cond()) else ok):
+        assert time.monotonic() < deadline, f"{what}: not within {within_s:.0f} s"
+        await asyncio.sleep(0.05)
+
+
 def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
@@ -123,11 +154,8 @@ async def test_vlan_10_reaches_across_trunk_vlan_20_does_not_and_uplink_shows_ta
 async def test_iperf3_tcp_between_namespaces(lab_name: str) -> None:
     lab = Lab(parse_topology(two_hosts(lab_name)))
     async with lab:
-        server = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", attach.netns_name(lab_name, "b"), "iperf3", "-s", "-1", "-p",
-            "5201", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = await iperf3_server(lab_name, "b", 5201)
         try:
-            await asyncio.sleep(0.5)
             r = await asyncio.to_thread(in_ns, lab_name, "a", "iperf3", "-c", "10.0.0.2", "-p",
                                         "5201", "-t", "2", "-J")
         finally:
@@ -391,9 +419,10 @@ async def test_guest_mac_change_follows_the_mac_changes_policy(lab_name: str,
     async with lab:
         assert await ping(lab_name, "b", "10.0.0.1")
         in_ns(lab_name, "b", "ip", "link", "set", "eth0", "address", "02:00:00:00:00:42")
-        await asyncio.sleep(0.3)
         vnic = lab.fabric["esx2/b.eth0"].vnic
-        assert vnic.effective_mac == bytes.fromhex("020000000042")
+        # the lab hears of the change from the kernel; wait for it, not a fixed 0.3 s
+        await until(lambda: vnic.effective_mac == bytes.fromhex("020000000042"),
+                    "the vNIC takes the guest's new MAC")
         in_ns(lab_name, "a", "ip", "neigh", "flush", "all")
         assert await ping(lab_name, "b", "10.0.0.1", count=2) is mac_changes
         drops = lab.fabric["esx2/b.eth0"].counters.as_dict()["drops"]
@@ -424,11 +453,8 @@ async def test_traffic_shaping_limits_a_real_tcp_flow(lab_name: str) -> None:
     assert "shaping" in text
     lab = Lab(parse_topology(text))
     async with lab:
-        server = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", attach.netns_name(lab_name, "b"), "iperf3", "-s", "-1", "-p",
-            "5202", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = await iperf3_server(lab_name, "b", 5202)
         try:
-            await asyncio.sleep(0.5)
             r = await asyncio.to_thread(in_ns, lab_name, "a", "iperf3", "-c", "10.0.0.2", "-p",
                                         "5202", "-t", str(secs), "-J")
         finally:
@@ -454,10 +480,12 @@ async def test_an_interface_removed_under_the_lab_stops_its_pump_only(
         pump = lab.attachments.pumps["a.eth0"]  # type: ignore[union-attr]
         assert pump.reading
         await asyncio.to_thread(subprocess.run, ["ip", "link", "del", outer], check=True)
-        await asyncio.sleep(0.5)
+
         def rx_errors() -> int:
             return sum(n for k, n in pump.counters.drops.items() if k.startswith("rx-"))
 
+        # the pump sees the loss when the loop next runs it: wait for that, not a fixed 0.5 s
+        await until(lambda: rx_errors() >= 1, "the pump counts the interface's loss")
         first = rx_errors()
         await asyncio.sleep(0.5)
         # the kernel reports the loss once (ENETDOWN); the socket is then quiet, no busy loop;

@@ -12,7 +12,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -132,10 +131,12 @@ def test_hvsim_ipfix_listen_prints_one_line_per_flow_and_counts_bad_datagrams() 
         port = int(first.rsplit(":", 1)[1])
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b"\x00\x0a\x00\x05junk", ("127.0.0.1", port))
-        time.sleep(0.2)
+        # the listener reports it before the lab's datagrams come (not a fixed sleep)
+        bad = proc.stderr.readline()
         asyncio.run(run_lab(port))
         # stopping the lab ends the open flows (flowEndReason 4, forced) and exports them
         out, err = proc.communicate(timeout=60)
+        err = bad + err
     finally:
         if proc.poll() is None:
             proc.kill()
