@@ -15,7 +15,7 @@ from netsim.vds.transport.bus import BusMessage
 from netsim.vds.transport.topics import Topics
 from netsim.vds.vdsconfig import DvPortGroup, VdsConfig
 
-T = 5.0
+T = 15.0  # must-arrive waits: generous, they only bound a hang (CI machines are loaded)
 TOPICS = Topics("lab")
 
 

@@ -16,7 +16,7 @@ from netsim.vds.transport.bus import (
     validate_filter,
 )
 
-T = 5.0  # seconds to wait for a message that must arrive
+T = 15.0  # seconds to wait for a message that must arrive (generous: CI machines are loaded)
 
 
 async def next_msg(sub: Subscription):

@@ -112,13 +112,13 @@ async def test_local_event_channel_coalesces() -> None:
     a, b = local_event_channel_pair()
     a.notify()
     a.notify()
-    await asyncio.wait_for(b.wait(), 1)
+    await asyncio.wait_for(b.wait(), 10)
     assert a.sent == 2 and b.received == 1
     waiter = asyncio.create_task(b.wait())
     await asyncio.sleep(0)
     assert not waiter.done()
     a.notify()
-    await asyncio.wait_for(waiter, 1)
+    await asyncio.wait_for(waiter, 10)
 
 
 async def test_socket_event_channel() -> None:
@@ -129,9 +129,9 @@ async def test_socket_event_channel() -> None:
         assert not waiter.done()
         a.notify()
         a.notify()
-        await asyncio.wait_for(waiter, 1)
+        await asyncio.wait_for(waiter, 10)
         b.notify()
-        await asyncio.wait_for(a.wait(), 1)
+        await asyncio.wait_for(a.wait(), 10)
     finally:
         a.close()
         b.close()
