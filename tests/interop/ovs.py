@@ -81,9 +81,12 @@ class OvsBridge:
             raise
         return self
 
-    def send_all(self, sends: list[tuple[str, bytes]]) -> list[dict[str, list[bytes]]]:
-        """Send each (port, frame) in turn; per send, the frames that left each other port."""
-        req = {"ports": [f"h{p}" for p in self.ports],
+    def send_all(self, sends: list[tuple[str, bytes]],
+                 by_source: bool = False) -> list[dict[str, list[bytes]]]:
+        """Send each (port, frame) in turn; per send, the frames that left each other port.
+        `by_source`: every frame has its own source MAC; send them all at once and tell what
+        left by that MAC (see ovs_probe)."""
+        req = {"ports": [f"h{p}" for p in self.ports], "by_source": by_source,
                "sends": [[f"h{p}", f.hex()] for p, f in sends]}
         out = self._ns(sys.executable, str(PROBE), input=json.dumps(req)).stdout
         return [{k[1:]: [bytes.fromhex(x) for x in v] for k, v in got.items()}

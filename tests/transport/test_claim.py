@@ -71,7 +71,7 @@ async def test_the_later_started_of_two_racing_instances_wins(bus_kit, b_first: 
             await asyncio.sleep(0.1)
             async with ClaimWatch(second[0], T, "esx1", second[1]) as w2:
                 wa, wb = (w1, w2) if first[1] is a else (w2, w1)
-                await asyncio.wait_for(wa.superseded.wait(), 5)
+                await asyncio.wait_for(wa.superseded.wait(), 15)
                 await asyncio.sleep(0.1)
                 assert not wb.superseded.is_set()
                 assert wa.superseded_by == b
