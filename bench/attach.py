@@ -65,7 +65,12 @@ async def _measure(ns_a: str, ns_b: str, dst: str, *, seconds: int, pings: int) 
         "ip", "netns", "exec", ns_b, "iperf3", "-s", "-1", "-p", "5299",
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        await asyncio.sleep(0.5)
+        # until the server listens (a fixed 0.5 s lost that race on a loaded machine)
+        for _ in range(600):
+            if server.returncode is not None or await _run(
+                    "ip", "netns", "exec", ns_b, "ss", "-Hltn", "sport = :5299"):
+                break
+            await asyncio.sleep(0.05)
         out = await _run("ip", "netns", "exec", ns_a, "iperf3", "-c", dst, "-p", "5299", "-t",
                          str(seconds), "-J")
     finally:

@@ -114,8 +114,10 @@ def test_wrong_password_is_refused_with_a_clear_message(tmp_path: Path) -> None:
 
 
 def test_a_second_host_process_with_the_same_name_is_refused(mqtt_broker) -> None:
+    # --duration only bounds a leak (the test kills it): it must outlast the checks below,
+    # which take their time on a loaded machine (20 s could run out before them)
     first = subprocess.Popen([*HVSIM, "host", "--name", "esx1", "--broker", mqtt_broker.url,
-                              "--duration", "20", TOPO],
+                              "--duration", "300", TOPO],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(100):  # until the first one is online
