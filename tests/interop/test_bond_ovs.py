@@ -31,12 +31,19 @@ pytestmark = pytest.mark.interop
 VM = bytes.fromhex("00163e0000aa")
 PEER_SYS = bytes.fromhex("02000000bb01")
 
+# argv: interface, link to set down once listening (or -), seconds; optionally a file to
+# create once listening and the hex of a control frame: seen, the capture ends 1 s later
+# (readiness and the control replace fixed 0.3 s / 1.5 s windows a loaded machine
+# can outrun: python3's start alone takes longer there)
 CAPTURE = r'''
 import select, socket, subprocess, sys, time
 want, down, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+ready, control = (sys.argv[4], bytes.fromhex(sys.argv[5])) if len(sys.argv) > 5 else (None, None)
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 s.bind((want, 0))
 s.setblocking(False)
+if ready:
+    open(ready, "w").close()
 if down != "-":
     subprocess.run(["ip", "link", "set", down, "down"], check=True)
 end = time.monotonic() + seconds
@@ -45,7 +52,10 @@ while time.monotonic() < end:
     if r:
         try:
             while True:
-                print(s.recv(65535).hex())
+                f = s.recv(65535)
+                print(f.hex())
+                if f == control:
+                    end = min(end, time.monotonic() + 1.0)
         except BlockingIOError:
             pass
 '''
@@ -119,7 +129,8 @@ def test_fallback_markers_and_learning_packets_match_open_vswitch(ovs_bond) -> N
 
     # 2. a Marker Information PDU: counted, never answered - by OVS and by our Xen bond
     marker = encode_marker(PEER_SYS, MarkerPdu(1, PEER_SYS, 0x1234))
-    cap = br._ns("sh", "-c", f"python3 -c '{_q(CAPTURE)}' h{active} - 1.5 & sleep 0.3; "
+    cap = br._ns("sh", "-c", f"python3 -c '{_q(CAPTURE)}' h{active} - 30 {br.tmp}/r1 "
+                 f"{marker.hex()} & {_until_exists(f'{br.tmp}/r1')}; "
                  f"python3 -c '{_q(SEND)}' h{active} {marker.hex()}; wait").stdout
     seen = [bytes.fromhex(x) for x in cap.split()]
     assert [f for f in seen if f == marker], "the capture missed the marker we sent"
@@ -153,6 +164,11 @@ def _q(script: str) -> str:
     return script.replace("'", "'\"'\"'")
 
 
+def _until_exists(path: str) -> str:
+    """sh: wait (at most 30 s) until `path` exists, i.e. the capture listens."""
+    return f"i=0; until [ -e {path} ] || [ $i -ge 600 ]; do sleep 0.05; i=$((i+1)); done"
+
+
 def test_moving_an_slb_hash_sends_no_learning_packet_in_ovs_nor_in_ours(ovs_bond) -> None:
     """`bond/migrate` moves one balance-slb hash to the other member (what `bond_rebalance`
     does by load): OVS sends no RARP for it - the moved MAC's own next frame, which now leaves
@@ -168,7 +184,9 @@ def test_moving_an_slb_hash_sends_no_learning_packet_in_ovs_nor_in_ours(ovs_bond
     assert h.isdigit(), h
     time.sleep(2.0)  # let what the mode change sent go by
     for target in ("b0", "b1"):  # one of them is a move
-        cap = br._ns("sh", "-c", f"python3 -c '{_q(CAPTURE)}' h{target} - 1.5 & sleep 0.3; "
+        ready = f"{br.tmp}/r-{target}"
+        cap = br._ns("sh", "-c", f"python3 -c '{_q(CAPTURE)}' h{target} - 30 {ready} "
+                     f"{vm_frame.hex()} & {_until_exists(ready)}; "
                      f"ovs-appctl -t {br.tmp}/vswitchd.ctl bond/migrate bond0 {h} {target} "
                      f"2>&1; sleep 0.3; python3 -c '{_q(SEND)}' ha {vm_frame.hex()}; "
                      "wait").stdout
