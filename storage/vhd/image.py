@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from storage.devices.rawio import RawIO
+from storage.devices.rawio import FileIO, RawIO
 from storage.errors import StorageError, VhdFormatError
 from storage.vhd import format as fmt
 from storage.vhd.format import SECTOR, DynamicHeader, Footer, ParentLocator
@@ -81,12 +81,25 @@ class VhdImage:
         self._barriers = barriers
         self._size = footer.virtual_size
         self._bitmaps: dict[int, bytearray] = {}
-        self._full: set[int] = set()
+        # Blocks whose every sector is present here -> byte offset of the block's data in
+        # the container: a write inside one of them is a single pwrite (`write`).
+        self._full: dict[int, int] = {}
         self._closed = False
+        # The fast write path's state: the block size when writes may take it (a dynamic or
+        # differencing image open read-write; 0 otherwise and after close), and the file
+        # descriptor to write to directly when the container is a plain file (-1: go through
+        # `io.pwrite`, e.g. memory or an LV whose pwrite maps offsets).
+        self._fast_bsize = 0
+        self._fast_fd = -1
         if header is not None:
             self._spb = header.block_size // SECTOR
             self._bm = header.bitmap_size
             self._bm_full = fmt.bitmap_bits(b"\xff" * self._bm, 0, self._spb)
+            if not read_only:
+                self._fast_bsize = header.block_size
+                if isinstance(io, FileIO) and type(io).pwrite is FileIO.pwrite:
+                    self._fast_fd = io.fileno()
+        self._footer_raw: tuple[Footer, bytes] | None = None
         if self.warnings and not read_only:
             self._repair_footer()
 
@@ -426,6 +439,13 @@ class VhdImage:
         if self.io.size() > end:
             self.io.truncate(end)
 
+    def _packed_footer(self) -> bytes:
+        """`self.footer.pack()`, packed once per footer (every block allocation writes it)."""
+        cached = self._footer_raw
+        if cached is None or cached[0] is not self.footer:
+            cached = self._footer_raw = (self.footer, self.footer.pack())
+        return cached[1]
+
     def _repair_footer(self) -> None:
         if self.header is not None:
             self.io.pwrite(0, self.footer.pack())  # the copy, in case it was the one that lied
@@ -446,7 +466,7 @@ class VhdImage:
             bm = bytearray(raw.ljust(self._bm, b"\0"))
             self._bitmaps[block] = bm
             if fmt.bitmap_bits(bm, 0, self._spb) == self._bm_full:
-                self._full.add(block)
+                self._full[block] = self.bat[block] * SECTOR + self._bm
         return bm
 
     def _mapping_changed(self, block: int | None) -> None:
@@ -594,17 +614,22 @@ class VhdImage:
     def write(self, offset: int, data: bytes) -> None:
         """Write `data` at `offset` (any alignment) into this image; parents are never touched."""
         length = len(data)
-        header = self.header
-        if header is not None and not self._read_only and not self._closed and \
-                not (offset | length) & (SECTOR - 1) and 0 <= offset <= self._size - length:
-            # Aligned, inside the disk: into a block already wholly allocated, one pwrite.
-            # (Measured: the general path below cost a raw file's rate of 4 KiB writes 30%.)
-            bsize = header.block_size
+        bsize = self._fast_bsize
+        if bsize and not (offset | length) & (SECTOR - 1) and 0 <= offset <= self._size - length:
+            # Hand-written for `hvsim bench storage` (random 4 KiB writes): an aligned write
+            # inside one block whose sectors are all present is one pwrite at the offset
+            # cached in `_full` (no BAT or bitmap lookup, no allocation), on the descriptor
+            # itself for a plain file (one Python call less). Measured: the general path below
+            # cost a raw file's rate of 4 KiB writes 30%; this path costs it ~5%.
             blk = offset // bsize
-            inb = offset - blk * bsize
-            if inb + length <= bsize and blk in self._full:
-                self.io.pwrite(self.bat[blk] * SECTOR + self._bm + inb, data)
-                return
+            at = self._full.get(blk)
+            if at is not None:
+                inb = offset - blk * bsize
+                if inb + length <= bsize:
+                    fd = self._fast_fd
+                    if fd < 0 or os.pwrite(fd, data, at + inb) != length:
+                        self.io.pwrite(at + inb, data)   # (a short write: all of it again)
+                    return
         if self._read_only:
             raise StorageError(f"{self.name}: image is read-only")
         self._check_range(offset, length)
@@ -666,7 +691,7 @@ class VhdImage:
         lo, hi = inb // 8, (inb + n + 7) // 8
         self.io.pwrite(entry * SECTOR + lo, bytes(bm[lo:hi]))
         if fmt.bitmap_bits(bm, 0, self._spb) == self._bm_full:
-            self._full.add(blk)
+            self._full[blk] = entry * SECTOR + self._bm
         self._mapping_changed(blk)
 
     def _allocate_and_write(self, blk: int, inb: int, n: int, chunk: memoryview) -> None:
@@ -704,10 +729,10 @@ class VhdImage:
         self._barrier()
         # 4. footer at the new end
         self._footer_pos = new_end
-        self.io.pwrite(new_end, self.footer.pack())
+        self.io.pwrite(new_end, self._packed_footer())
         self._bitmaps[blk] = bm
         if fmt.bitmap_bits(bm, 0, self._spb) == self._bm_full:
-            self._full.add(blk)
+            self._full[blk] = pos + bm_size
         self._mapping_changed(blk)
 
     def flush(self) -> None:
@@ -734,7 +759,7 @@ class VhdImage:
                 self.bat[blk] = fmt.UNALLOCATED
                 self.io.pwrite(self.header.table_offset + 4 * blk, b"\xff\xff\xff\xff")
                 self._bitmaps.pop(blk, None)
-                self._full.discard(blk)
+                self._full.pop(blk, None)
                 self._mapping_changed(blk)
 
     def close(self) -> None:
@@ -745,6 +770,7 @@ class VhdImage:
             self.flush()
         finally:
             self._closed = True
+            self._fast_bsize, self._fast_fd = 0, -1   # the descriptor's number may be reused
             self.io.close()
             if self.parent is not None:
                 self.parent.close()
@@ -832,7 +858,7 @@ class VhdImage:
                 if self.bat[blk] != fmt.UNALLOCATED:
                     self.bat[blk] = fmt.UNALLOCATED
                     self._bitmaps.pop(blk, None)
-                    self._full.discard(blk)
+                    self._full.pop(blk, None)
             self.io.pwrite(h.table_offset, fmt.pack_bat(self.bat))
             # max_table_entries stays: the BAT keeps its room for growing back.
         # vhd-util (vhd-util-resize.c, vhd_add_bat_entries) changes only curr_size and the
