@@ -8,7 +8,13 @@ Figures (same process, same page-cache-warm files in a temporary directory):
   `vdi list-changed-blocks` on a 100 GiB VDI (target < 100 ms).
 - sequential read of the same content through a depth-16 chain against depth 1; target ≥ 0.7×.
 - random 4 KiB reads and writes per second on a dynamic VHD, with raw-file pread/pwrite as the
-  baseline.
+  baseline. The write target (≥ 0.5×) is measured on a new dynamic VHD against a new sparse raw
+  file, both written the same way: a first pass (every 2 MiB block of the VHD allocated on the
+  way) and a second pass over the same offsets. Writes into the half-filled image are reported
+  too, but its blocks were filled by 2 MiB writes, and Linux (6.x, ext4 large folios) keeps
+  such data in page-cache folios of up to 2 MiB whose every 4 KiB overwrite costs several
+  times a write into a small folio: measured 4.5x slower for a raw file filled that way than
+  for a sparse one, so that row compares page-cache states, not the VHD code.
 """
 from __future__ import annotations
 
@@ -152,17 +158,18 @@ def run(*, quick: bool) -> dict:
         fd = os.open(raw, os.O_RDWR)
         try:
             t_raw_r = _best(lambda: [os.pread(fd, 4096, o) for o in offs], 1)
-            t_raw_w = _best(lambda: [os.pwrite(fd, buf, o) for o in offs], 1)
         finally:
             os.close(fd)
-        iops: dict = {"raw_read": len(offs) / t_raw_r, "raw_write": len(offs) / t_raw_w}
+        iops: dict = {"raw_read": len(offs) / t_raw_r}
+        iops.update(_fresh_writes(tmp, size, block, offs, buf, runs))
         for label, path in (("dynamic", src), ("chain16", levels[-1])):
             dev = chain.open_chain(path, read_only=False)
             try:
                 iops[f"{label}_read"] = len(offs) / _best(
                     lambda d=dev: [d.read(o, 4096) for o in offs], 1)
-                iops[f"{label}_write"] = len(offs) / _best(
-                    lambda d=dev: [d.write(o, buf) for o in offs], 1)
+                # the half-filled image's writes are "filled_write" (see the module docstring)
+                key = "filled_write" if label == "dynamic" else f"{label}_write"
+                iops[key] = len(offs) / _best(lambda d=dev: [d.write(o, buf) for o in offs], 1)
             finally:
                 dev.close()
         res["iops_4k"] = iops
@@ -171,6 +178,43 @@ def run(*, quick: bool) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     _print(res)
     return res
+
+
+def _fresh_writes(tmp: Path, size: int, block: int, offs: list[int], buf: bytes,
+                  runs: int) -> dict[str, float]:
+    """Random 4 KiB writes per second into a new dynamic VHD and into a new sparse raw file of
+    the same size, alternating (fresh files each round, best round kept): pass 1 allocates
+    the VHD's blocks as it goes, pass 2 rewrites the same offsets."""
+    best = {k: float("inf") for k in ("raw_write", "raw_write2", "dynamic_write",
+                                      "dynamic_write2")}
+    raw, vhd = tmp / "fresh.raw", tmp / "fresh.vhd"
+    for _ in range(runs):
+        raw.unlink(missing_ok=True)
+        vhd.unlink(missing_ok=True)
+        with open(raw, "wb") as f:
+            f.truncate(size)
+        fd = os.open(raw, os.O_RDWR)
+        try:
+            for key in ("raw_write", "raw_write2"):
+                t = time.perf_counter()
+                for o in offs:
+                    os.pwrite(fd, buf, o)
+                best[key] = min(best[key], time.perf_counter() - t)
+        finally:
+            os.close(fd)
+        dev = chain.create_image(vhd, size=size, block_size=block)
+        try:
+            for key in ("dynamic_write", "dynamic_write2"):
+                write = dev.write
+                t = time.perf_counter()
+                for o in offs:
+                    write(o, buf)
+                best[key] = min(best[key], time.perf_counter() - t)
+        finally:
+            dev.close()
+    raw.unlink(missing_ok=True)
+    vhd.unlink(missing_ok=True)
+    return {k: len(offs) / v for k, v in best.items()}
 
 
 def _hvsim(*args: str) -> None:
@@ -288,16 +332,20 @@ def _print(res: dict) -> None:
     t.add_row("outputs identical", str(e["identical_output"]), "", "")
     t.add_row("sequential read, depth 16", f"{c['depth16_MiB_s']:.0f} MiB/s",
               f"depth 1 {c['depth1_MiB_s']:.0f} MiB/s", f"{c['ratio']:.2f}× (target ≥0.7)")
-    for label in ("dynamic", "chain16"):
-        for op in ("read", "write"):
-            t.add_row(f"random 4 KiB {op}s, {label}", f"{i[f'{label}_{op}']:.0f}/s",
-                      f"raw file {i[f'raw_{op}']:.0f}/s",
-                      f"{i[f'{label}_{op}'] / i[f'raw_{op}']:.2f}×")
+    for name, key, base, note in (
+            ("random 4 KiB reads, dynamic", "dynamic_read", "raw_read", ""),
+            ("random 4 KiB writes, new dynamic (allocating)", "dynamic_write", "raw_write",
+             " (target ≥0.5)"),
+            ("random 4 KiB writes, new dynamic, 2nd pass", "dynamic_write2", "raw_write2", ""),
+            ("random 4 KiB writes, half-filled dynamic", "filled_write", "raw_write",
+             " (2 MiB folios)"),
+            ("random 4 KiB reads, chain16", "chain16_read", "raw_read", ""),
+            ("random 4 KiB writes, chain16", "chain16_write", "raw_write", "")):
+        t.add_row(name, f"{i[key]:.0f}/s", f"raw file {i[base]:.0f}/s",
+                  f"{i[key] / i[base]:.2f}×{note}")
     v = res["vdi"]
     t.add_row("random 4 KiB reads, chain16 vs dynamic", "", "",
               f"{i['chain16_read'] / i['dynamic_read']:.2f}× (target ≥0.7)")
-    t.add_row("random 4 KiB writes, dynamic vs raw", "", "",
-              f"{i['dynamic_write'] / i['raw_write']:.2f}× (target ≥0.5)")
     t.add_row("hvsim vdi export --format raw (process)", f"{v['export_raw']['hvsim_s']:.3f} s",
               f"qemu-img convert {v['export_raw']['qemu_img_s']:.3f} s",
               f"{v['export_raw']['ratio']:.2f}× (target ≥1.0)")

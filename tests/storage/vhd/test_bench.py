@@ -16,5 +16,7 @@ def test_quick_bench_reports_sane_figures() -> None:
     assert imp["cpu_s"]["hvsim"] > 0 and imp["ratio"] > 0
     # as sparse as qemu-img (the same blocks; per block at most a page apart: the bitmap's)
     assert imp["hvsim_file_bytes"] <= imp["qemu_file_bytes"] + 32 * 4096
-    assert set(res["iops_4k"]) == {f"{d}_{op}" for d in ("raw", "dynamic", "chain16")
-                                   for op in ("read", "write")}
+    iops = res["iops_4k"]
+    assert set(iops) == {"raw_read", "raw_write", "raw_write2", "dynamic_read", "dynamic_write",
+                         "dynamic_write2", "filled_write", "chain16_read", "chain16_write"}
+    assert all(v > 0 for v in iops.values())
