@@ -480,6 +480,34 @@ def bitmap_runs(bitmap: bytes, start: int, count: int) -> list[tuple[int, int, b
     return runs
 
 
+def bitmap_all_set(bitmap: bytes | bytearray, start: int, count: int) -> bool:
+    """True when bits [start, start+count) (MSB first) are all set.
+
+    Hand-written for the write path (is this write's sector range already present? is the block
+    now whole?): `bitmap_bits` builds a string of the bits, which cost a random 4 KiB write into
+    a differencing image more than its two pwrites (measured: 1.4 s of 4.1 s for 40,000)."""
+    end = start + count
+    i = start
+    while i < end and i % 8:
+        if not bitmap[i // 8] & (0x80 >> (i % 8)):
+            return False
+        i += 1
+    full = (end - i) // 8
+    lo = i // 8
+    for p in range(lo, lo + full, len(_ONES)):     # whole bytes: memcmp, no bit strings
+        if not _ONES.startswith(bitmap[p:min(p + len(_ONES), lo + full)]):
+            return False
+    i += full * 8
+    while i < end:
+        if not bitmap[i // 8] & (0x80 >> (i % 8)):
+            return False
+        i += 1
+    return True
+
+
+_ONES = b"\xff" * 4096
+
+
 def bitmap_set(bitmap: bytearray, start: int, count: int) -> None:
     """Set bits [start, start+count) (MSB first) in place."""
     end = start + count

@@ -94,7 +94,6 @@ class VhdImage:
         if header is not None:
             self._spb = header.block_size // SECTOR
             self._bm = header.bitmap_size
-            self._bm_full = fmt.bitmap_bits(b"\xff" * self._bm, 0, self._spb)
             if not read_only:
                 self._fast_bsize = header.block_size
                 if isinstance(io, FileIO) and type(io).pwrite is FileIO.pwrite:
@@ -465,7 +464,7 @@ class VhdImage:
             raw = self.io.pread(self.bat[block] * SECTOR, self._bm)
             bm = bytearray(raw.ljust(self._bm, b"\0"))
             self._bitmaps[block] = bm
-            if fmt.bitmap_bits(bm, 0, self._spb) == self._bm_full:
+            if fmt.bitmap_all_set(bm, 0, self._spb):
                 self._full[block] = self.bat[block] * SECTOR + self._bm
         return bm
 
@@ -684,13 +683,13 @@ class VhdImage:
         """Set the bitmap bits of sectors just written into allocated block `blk` (after
         their data: data before bitmap)."""
         bm = self._bitmap(blk)
-        if fmt.bitmap_bits(bm, inb, n) == b"1" * n:
+        if fmt.bitmap_all_set(bm, inb, n):
             return
         self._barrier()
         fmt.bitmap_set(bm, inb, n)
         lo, hi = inb // 8, (inb + n + 7) // 8
         self.io.pwrite(entry * SECTOR + lo, bytes(bm[lo:hi]))
-        if fmt.bitmap_bits(bm, 0, self._spb) == self._bm_full:
+        if fmt.bitmap_all_set(bm, 0, self._spb):
             self._full[blk] = entry * SECTOR + self._bm
         self._mapping_changed(blk)
 
@@ -731,7 +730,7 @@ class VhdImage:
         self._footer_pos = new_end
         self.io.pwrite(new_end, self._packed_footer())
         self._bitmaps[blk] = bm
-        if fmt.bitmap_bits(bm, 0, self._spb) == self._bm_full:
+        if fmt.bitmap_all_set(bm, 0, self._spb):
             self._full[blk] = pos + bm_size
         self._mapping_changed(blk)
 

@@ -150,6 +150,8 @@ def test_bitmap_set_and_runs_match_a_bit_model(sets: list[tuple[int, int]], star
     assert flat == model[start:start + count]
     assert all(a[2] != b[2] for a, b in itertools.pairwise(runs))
     assert fmt.bitmap_count(bytes(bm), 4096) == sum(model)
+    assert fmt.bitmap_all_set(bm, start, count) == all(model[start:start + count])
+    assert fmt.bitmap_all_set(bm, 0, 4096) == all(model)
 
 
 def test_bitmap_bit_zero_is_most_significant() -> None:
@@ -158,3 +160,14 @@ def test_bitmap_bit_zero_is_most_significant() -> None:
     assert bm[0] == 0x80
     fmt.bitmap_set(bm, 9, 1)
     assert bm[1] == 0x40
+
+
+@pytest.mark.parametrize("clear", [None, 0, 7, 8, 2047, 4088, 4095])
+def test_bitmap_all_set_sees_any_clear_bit(clear: int | None) -> None:
+    bm = bytearray(b"\xff" * 512)
+    if clear is not None:
+        bm[clear // 8] &= ~(0x80 >> clear % 8) & 0xFF
+    assert fmt.bitmap_all_set(bm, 0, 4096) is (clear is None)
+    for start, count in ((0, 8), (3, 9), (4088, 8), (2040, 16)):
+        hit = clear is not None and start <= clear < start + count
+        assert fmt.bitmap_all_set(bm, start, count) is not hit
