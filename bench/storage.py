@@ -183,34 +183,37 @@ def run(*, quick: bool) -> dict:
 def _fresh_writes(tmp: Path, size: int, block: int, offs: list[int], buf: bytes,
                   runs: int) -> dict[str, float]:
     """Random 4 KiB writes per second into a new dynamic VHD and into a new sparse raw file of
-    the same size, alternating (fresh files each round, best round kept): pass 1 allocates
-    the VHD's blocks as it goes, pass 2 rewrites the same offsets."""
+    the same size (fresh files each round, best round kept): pass 1 allocates the VHD's
+    blocks as it goes, pass 2 rewrites the same offsets. Each timed pass starts after a
+    `sync` (no dirty pages from the other file being written back under it), and the two
+    take turns going first."""
     best = {k: float("inf") for k in ("raw_write", "raw_write2", "dynamic_write",
                                       "dynamic_write2")}
     raw, vhd = tmp / "fresh.raw", tmp / "fresh.vhd"
-    for _ in range(runs):
+    for rnd in range(runs):
         raw.unlink(missing_ok=True)
         vhd.unlink(missing_ok=True)
         with open(raw, "wb") as f:
             f.truncate(size)
         fd = os.open(raw, os.O_RDWR)
+        dev = chain.create_image(vhd, size=size, block_size=block)
+        pwrite, write = os.pwrite, dev.write
+        order = ("dynamic_write", "raw_write") if rnd % 2 else ("raw_write", "dynamic_write")
         try:
-            for key in ("raw_write", "raw_write2"):
-                t = time.perf_counter()
-                for o in offs:
-                    os.pwrite(fd, buf, o)
-                best[key] = min(best[key], time.perf_counter() - t)
+            for suffix in ("", "2"):
+                for name in order:
+                    os.sync()
+                    t = time.perf_counter()
+                    if name == "raw_write":
+                        for o in offs:
+                            pwrite(fd, buf, o)
+                    else:
+                        for o in offs:
+                            write(o, buf)
+                    key = name + suffix
+                    best[key] = min(best[key], time.perf_counter() - t)
         finally:
             os.close(fd)
-        dev = chain.create_image(vhd, size=size, block_size=block)
-        try:
-            for key in ("dynamic_write", "dynamic_write2"):
-                write = dev.write
-                t = time.perf_counter()
-                for o in offs:
-                    write(o, buf)
-                best[key] = min(best[key], time.perf_counter() - t)
-        finally:
             dev.close()
     raw.unlink(missing_ok=True)
     vhd.unlink(missing_ok=True)
