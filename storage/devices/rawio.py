@@ -101,6 +101,11 @@ class FileIO:
     (force share). A FIFO, directory, socket or character device is refused before any read
     can block on it."""
 
+    #: An overwrite of bytes already inside the file may be an `os.pwrite` on `fileno()` at
+    #: the same offset (what `VhdImage.write`'s fast path does); a subclass whose `pwrite`
+    #: maps offsets or must see every write sets this False.
+    direct_overwrites = True
+
     def __init__(self, path: str | os.PathLike[str], *, writable: bool = True,
                  create: bool = False, lock: LockMode | None = None) -> None:
         self.name = str(path)

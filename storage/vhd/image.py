@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from storage.devices.rawio import FileIO, RawIO
+from storage.devices.rawio import RawIO
 from storage.errors import StorageError, VhdFormatError
 from storage.vhd import format as fmt
 from storage.vhd.format import SECTOR, DynamicHeader, Footer, ParentLocator
@@ -96,8 +96,8 @@ class VhdImage:
             self._bm = header.bitmap_size
             if not read_only:
                 self._fast_bsize = header.block_size
-                if isinstance(io, FileIO) and type(io).pwrite is FileIO.pwrite:
-                    self._fast_fd = io.fileno()
+                if getattr(io, "direct_overwrites", False):
+                    self._fast_fd = io.fileno()  # type: ignore[attr-defined]
         self._footer_raw: tuple[Footer, bytes] | None = None
         if self.warnings and not read_only:
             self._repair_footer()
